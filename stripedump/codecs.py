@@ -1,0 +1,198 @@
+"""One codec interface and a registry of the codecs stripedump knows.
+
+Why: every other module names a codec only through this registry (by name on
+the command line, by its one-byte ID on disk), so adding a codec is one class
+here and nothing else.  Optional libraries are imported only when a codec is
+first used, which keeps ``stripedump --help`` cheap in a capture kernel and
+lets stripedump run with just the standard library's zlib when a package is
+missing (the chosen codec then fails with a clear CodecUnavailable).
+
+Formats are the ones makedumpfile writes per page, so that one-page blocks can
+later be copied into kdump-compressed files as they are: zlib stream (level 1
+by default), LZO1X-1 without python-lzo's header, raw snappy, zstd frame.
+LZ4 is an LZ4 block without size prefix (kdump has no LZ4 flag; join
+transcodes it).
+
+Thread-safety: a Codec instance is used by one process at a time.
+"""
+
+from __future__ import annotations
+
+import abc
+import zlib
+from dataclasses import dataclass
+
+from .errors import CodecUnavailable, UsageError
+
+
+class Codec(abc.ABC):
+    ID: int = -1
+    name: str = ""
+    kdump_flag: int | None = None      # DUMP_DH_COMPRESSED_* bit, if kdump has one
+    default_level: int | None = None
+    levels: range | None = None
+
+    def __init__(self, level: int | None = None):
+        self.level = self.default_level if level is None else level
+
+    @abc.abstractmethod
+    def compress(self, data) -> bytes:
+        """Compress one block (any buffer); the result may be any buffer."""
+
+    @abc.abstractmethod
+    def decompress(self, data, size: int) -> bytes:
+        """Decompress one block that must expand to exactly ``size`` bytes."""
+
+    def __repr__(self) -> str:
+        return self.spec
+
+    @property
+    def spec(self) -> str:
+        return self.name if self.level in (None, self.default_level) else f"{self.name}:{self.level}"
+
+
+class NoneCodec(Codec):
+    ID, name = 0, "none"
+
+    def compress(self, data) -> bytes:
+        return data
+
+    def decompress(self, data, size: int) -> bytes:
+        return bytes(data)
+
+
+class ZlibCodec(Codec):
+    ID, name, kdump_flag = 1, "zlib", 0x01
+    default_level, levels = 1, range(0, 10)
+
+    def compress(self, data) -> bytes:
+        return zlib.compress(data, self.level)
+
+    def decompress(self, data, size: int) -> bytes:
+        d = zlib.decompressobj()
+        out = d.decompress(data, size)
+        if d.unconsumed_tail or not d.eof:
+            raise ValueError("zlib stream longer than the block or truncated")
+        return out
+
+
+class LzoCodec(Codec):
+    ID, name, kdump_flag = 2, "lzo", 0x02
+
+    def __init__(self, level=None):
+        super().__init__(level)
+        self._lzo = _need("lzo", "python-lzo")
+
+    def compress(self, data) -> bytes:
+        return self._lzo.compress(bytes(data), 1, False)
+
+    def decompress(self, data, size: int) -> bytes:
+        return self._lzo.decompress(bytes(data), False, size)
+
+
+class SnappyCodec(Codec):
+    ID, name, kdump_flag = 3, "snappy", 0x04
+
+    def __init__(self, level=None):
+        super().__init__(level)
+        try:   # cramjam is what python-snappy wraps; calling it directly saves a copy
+            import cramjam
+            self._c, self._d = cramjam.snappy.compress_raw, cramjam.snappy.decompress_raw
+        except ImportError:
+            snappy = _need("snappy", "python-snappy")
+            self._c, self._d = snappy.compress, lambda b: snappy.uncompress(bytes(b))
+
+    def compress(self, data) -> bytes:
+        return self._c(data)
+
+    def decompress(self, data, size: int) -> bytes:
+        return bytes(self._d(data))
+
+
+class Lz4Codec(Codec):
+    ID, name = 4, "lz4"
+
+    def __init__(self, level=None):
+        super().__init__(level)
+        self._block = _need("lz4.block", "lz4")
+
+    def compress(self, data) -> bytes:
+        return self._block.compress(data, store_size=False)
+
+    def decompress(self, data, size: int) -> bytes:
+        return self._block.decompress(data, uncompressed_size=size)
+
+
+class ZstdCodec(Codec):
+    ID, name, kdump_flag = 5, "zstd", 0x20
+    default_level, levels = 1, range(-7, 23)
+
+    def __init__(self, level=None):
+        super().__init__(level)
+        zstd = _need("zstandard", "zstandard")
+        self._c = zstd.ZstdCompressor(level=self.level)
+        self._d = zstd.ZstdDecompressor()
+
+    def compress(self, data) -> bytes:
+        return self._c.compress(data)
+
+    def decompress(self, data, size: int) -> bytes:
+        return self._d.decompress(data, max_output_size=size)
+
+
+_CODECS = (NoneCodec, ZlibCodec, LzoCodec, SnappyCodec, Lz4Codec, ZstdCodec)
+BY_NAME = {c.name: c for c in _CODECS}
+BY_ID = {c.ID: c for c in _CODECS}
+NAMES = tuple(BY_NAME)
+
+
+def _need(module: str, package: str):
+    import importlib
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        raise CodecUnavailable(
+            f"codec library {package!r} is not installed ({e}); "
+            f"install it or choose another --codec") from None
+
+
+@dataclass(frozen=True)
+class CodecSpec:
+    """A validated codec choice, e.g. ``zstd:3``; stored on disk as (ID, level)."""
+    name: str
+    level: int | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> "CodecSpec":
+        name, _, lvl = text.strip().lower().partition(":")
+        if name not in BY_NAME:
+            raise UsageError(f"unknown codec {text!r}; choose one of {', '.join(NAMES)}")
+        codec_cls = BY_NAME[name]
+        level = None
+        if lvl:
+            if codec_cls.levels is None:
+                raise UsageError(f"codec {name} takes no level (got {text!r})")
+            try:
+                level = int(lvl)
+            except ValueError:
+                raise UsageError(f"codec level must be an integer (got {text!r})") from None
+            if level not in codec_cls.levels:
+                raise UsageError(f"{name} level must be in {codec_cls.levels.start}.."
+                                 f"{codec_cls.levels.stop - 1} (got {level})")
+        return cls(name, level)
+
+    @property
+    def codec_id(self) -> int:
+        return BY_NAME[self.name].ID
+
+    @property
+    def stored_level(self) -> int:
+        """The level as stored on disk (signed byte; 0 when the codec has none)."""
+        c = BY_NAME[self.name]
+        return 0 if c.default_level is None else (c.default_level if self.level is None else self.level)
+
+    def make(self) -> Codec:
+        return BY_NAME[self.name](self.level)
+
+    def __str__(self) -> str:
+        return self.name if self.level is None else f"{self.name}:{self.level}"

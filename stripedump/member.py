@@ -1,0 +1,297 @@
+"""Writing and reading one member: chunk records, index, footer, header.
+
+Why: the pipeline moves bytes between processes; this module knows what the
+bytes mean.  ``encode_chunk`` turns source pages into a self-describing chunk
+record in a caller's buffer (a shared-memory slot), ``decode_chunk`` turns a
+record back into bytes and checks every length and checksum on the way.
+``MemberWriter`` is owned by exactly one writer process; ``MemberReader``
+opens a member for join, verify and info and never trusts a field before it
+has been bounds-checked.
+"""
+
+from __future__ import annotations
+
+import os
+from array import array
+
+from . import codecs as codecs_mod
+from .errors import MemberError, TargetIOError, VerifyError
+from .format import (BLOCK_COMPRESSED, BLOCK_LEN_MASK, BLOCK_RAW, BLOCK_ZERO, CHUNK_ALL_ZERO,
+                     CHUNK_HEADER_SIZE, CHUNK_MAGIC, HEADER_BLOCK, INDEX_EVERY, KIND_PAGES,
+                     STATE_COMPLETE, ChunkHeader, Footer, IndexEntry, MemberHeader, RecordHead,
+                     checksum, pack_index, unpack_index, unpack_manifest)
+from .plan import Chunk
+
+SYNC_EVERY = 256 << 20     # machine-limits §4: buffered writes collapse past the dirty limit
+
+
+def record_bound(chunk_bytes: int, block_bytes: int) -> int:
+    """Largest record a chunk can need: blocks are stored raw when they do not shrink."""
+    return CHUNK_HEADER_SIZE + 4 * -(-chunk_bytes // block_bytes) + chunk_bytes
+
+
+def encode_chunk(src, codec, chunk: Chunk, block_bytes: int, out, zero) -> tuple[int, int]:
+    """Read ``chunk`` from ``src`` and write its record into ``out``.
+
+    ``zero`` is a bytes-like of at least ``block_bytes`` zeros.  Returns
+    (record length, payload checksum).
+    """
+    w = src.phys_window(chunk.start, chunk.count) if chunk.kind == KIND_PAGES \
+        else src.window(chunk.start, chunk.count)
+    with w:
+        obj, base, n = w.obj, w.base, w.length
+        nblocks = -(-n // block_bytes)
+        table = array("I", bytes(4 * nblocks))
+        tstart = CHUNK_HEADER_SIZE
+        pos = dstart = tstart + 4 * nblocks
+        mv = w.view()
+        raw_only = codec.ID == 0
+        zeros = 0
+        try:
+            for i in range(nblocks):
+                a = i * block_bytes
+                b = min(a + block_bytes, n)
+                ln = b - a
+                if obj.find(zero if ln == block_bytes else zero[:ln], base + a, base + b) == base + a:
+                    table[i] = BLOCK_ZERO << 30
+                    zeros += 1
+                    continue
+                blk = mv[a:b]
+                if not raw_only:
+                    c = codec.compress(blk)
+                    cl = len(c)
+                    if cl < ln:
+                        out[pos:pos + cl] = c
+                        table[i] = (BLOCK_COMPRESSED << 30) | cl
+                        pos += cl
+                        continue
+                out[pos:pos + ln] = blk
+                table[i] = (BLOCK_RAW << 30) | ln
+                pos += ln
+        finally:
+            mv.release()
+    flags = 0
+    if zeros == nblocks:
+        flags, nblocks, pos = CHUNK_ALL_ZERO, 0, tstart
+    else:
+        out[tstart:dstart] = table.tobytes()
+    csum = checksum(memoryview(out)[tstart:pos])
+    ChunkHeader(CHUNK_MAGIC, chunk.kind, codec.ID, flags, chunk.id, chunk.start, n, nblocks,
+                pos - tstart, csum).pack_into(out, 0)
+    return pos, csum
+
+
+def decode_chunk(rec, where: str, block_bytes: int, codec_cache: dict) -> tuple[ChunkHeader, bytearray, list]:
+    """Check and expand one record.
+
+    Returns (header, data, runs): ``data`` holds ``raw_length`` bytes and
+    ``runs`` the (start, end) byte ranges that are not all zero.
+    """
+    h = ChunkHeader.unpack(rec, where)
+    if h.record_length > len(rec):
+        raise VerifyError(f"{where}: chunk record is truncated")
+    body = memoryview(rec)[CHUNK_HEADER_SIZE:h.record_length]
+    if checksum(body) != h.payload_checksum:
+        raise VerifyError(f"{where}: checksum mismatch (the member is corrupt)")
+    if h.raw_length > (1 << 32):
+        raise VerifyError(f"{where}: implausible chunk length {h.raw_length}")
+    data = bytearray(h.raw_length)
+    runs: list[list[int]] = []
+    if h.flags & CHUNK_ALL_ZERO:
+        return h, data, runs
+    nblocks = -(-h.raw_length // block_bytes)
+    if h.nblocks != nblocks or 4 * nblocks > len(body):
+        raise VerifyError(f"{where}: block table does not match the chunk length")
+    table = array("I", body[:4 * nblocks].tobytes())
+    if table.itemsize != 4:   # pragma: no cover - exotic platforms
+        table = array("L", body[:4 * nblocks].tobytes())
+    codec = codec_cache.get(h.codec_id)
+    if codec is None:
+        if h.codec_id not in codecs_mod.BY_ID:
+            raise MemberError(f"{where}: unknown codec id {h.codec_id}")
+        codec = codec_cache[h.codec_id] = codecs_mod.BY_ID[h.codec_id]()
+    pos = 4 * nblocks
+    for i, e in enumerate(table):
+        how, ln = e >> 30, e & BLOCK_LEN_MASK
+        a = i * block_bytes
+        b = min(a + block_bytes, h.raw_length)
+        if how == BLOCK_ZERO:
+            continue
+        if pos + ln > len(body):
+            raise VerifyError(f"{where}: block {i} runs past the record")
+        if how == BLOCK_RAW:
+            if ln != b - a:
+                raise VerifyError(f"{where}: raw block {i} has length {ln}, expected {b - a}")
+            data[a:b] = body[pos:pos + ln]
+        elif how == BLOCK_COMPRESSED:
+            try:
+                out = codec.decompress(body[pos:pos + ln], b - a)
+            except Exception as e:   # every codec library has its own error type
+                raise VerifyError(f"{where}: block {i} does not decompress ({codec.name}: {e})") from None
+            if len(out) != b - a:
+                raise VerifyError(f"{where}: block {i} decompresses to {len(out)} bytes, expected {b - a}")
+            data[a:b] = out
+        else:
+            raise VerifyError(f"{where}: block {i} has an unknown storage kind {how}")
+        pos += ln
+        if runs and runs[-1][1] == a:
+            runs[-1][1] = b
+        else:
+            runs.append([a, b])
+    if pos != len(body):
+        raise VerifyError(f"{where}: block table does not account for the whole payload")
+    return h, data, runs
+
+
+def write_all(fd: int, data, where: str, offset: int | None = None) -> None:
+    mv = memoryview(data)
+    done = 0
+    while done < len(mv):
+        try:
+            n = os.write(fd, mv[done:]) if offset is None else os.pwrite(fd, mv[done:], offset + done)
+        except OSError as e:
+            raise TargetIOError(f"{where}: write failed: {e.strerror}") from None
+        if n == 0:
+            raise TargetIOError(f"{where}: write failed: short write (device full?)")
+        done += n
+
+
+class MemberWriter:
+    """Appends chunk records to one member; owned by one writer process."""
+
+    def __init__(self, fd: int, path: str, header: MemberHeader, start: int):
+        self.fd, self.path, self.header = fd, path, header
+        self.pos = start
+        self.pending: list[IndexEntry] = []
+        self.index_offsets: list[int] = []
+        self.chunks = 0
+        self.bytes_in = 0
+        self.since_sync = 0
+        self.synced_to = 0
+
+    def append(self, rec, chunk_id: int, csum: int, raw_len: int) -> None:
+        write_all(self.fd, rec, f"target {self.path}")
+        self.pending.append(IndexEntry(chunk_id, self.pos, len(rec), csum))
+        self.pos += len(rec)
+        self.chunks += 1
+        self.bytes_in += raw_len
+        self.since_sync += len(rec)
+        if len(self.pending) >= INDEX_EVERY:
+            self._flush_index()
+        if self.since_sync >= SYNC_EVERY:
+            self._sync_and_drop()
+
+    def _flush_index(self) -> None:
+        if not self.pending:
+            return
+        rec = pack_index(self.pending)
+        write_all(self.fd, rec, f"target {self.path}")
+        self.index_offsets.append(self.pos)
+        self.pos += len(rec)
+        self.pending = []
+
+    def _sync_and_drop(self) -> None:
+        try:
+            os.fdatasync(self.fd)
+            os.posix_fadvise(self.fd, self.synced_to, self.pos - self.synced_to, os.POSIX_FADV_DONTNEED)
+        except OSError as e:
+            raise TargetIOError(f"target {self.path}: sync failed: {e.strerror}") from None
+        self.synced_to = self.pos
+        self.since_sync = 0
+
+    def finish(self, state: int, note: str = "") -> int:
+        """Index, footer, header; synced.  Returns the member's length."""
+        self._flush_index()
+        footer = Footer(state, self.chunks, self.bytes_in, tuple(self.index_offsets), note).pack()
+        write_all(self.fd, footer, f"target {self.path}")
+        foff = self.pos
+        self.pos += len(footer)
+        try:
+            os.fsync(self.fd)
+        except OSError as e:
+            raise TargetIOError(f"target {self.path}: sync failed: {e.strerror}") from None
+        hdr = self.header._replace(state=state, footer_offset=foff, footer_length=len(footer))
+        write_all(self.fd, hdr.pack(), f"target {self.path}", offset=0)
+        try:
+            os.fsync(self.fd)
+        except OSError as e:
+            raise TargetIOError(f"target {self.path}: sync failed: {e.strerror}") from None
+        return self.pos
+
+
+class MemberReader:
+    """One member opened for reading; every field bounds-checked before use."""
+
+    def __init__(self, path: str):
+        self.path = path
+        try:
+            self.fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        except OSError as e:
+            raise MemberError(f"member {path}: cannot open: {e.strerror}") from None
+        try:
+            self.size = os.lseek(self.fd, 0, os.SEEK_END)
+            self.header = MemberHeader.unpack(self.pread(0, HEADER_BLOCK), f"member {path}")
+        except BaseException:
+            os.close(self.fd)
+            raise
+        self._manifest = None
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def pread(self, offset: int, length: int) -> bytes:
+        if offset < 0 or length < 0 or offset + length > self.size:
+            raise MemberError(f"member {self.path}: reference to bytes {offset}+{length} past its end "
+                              f"({self.size} bytes): truncated or corrupt")
+        parts, done = [], 0
+        while done < length:
+            try:
+                b = os.pread(self.fd, length - done, offset + done)
+            except OSError as e:
+                raise MemberError(f"member {self.path}: read error at {offset + done}: {e.strerror}") from None
+            if not b:
+                raise MemberError(f"member {self.path}: truncated at {offset + done}")
+            parts.append(b)
+            done += len(b)
+        return b"".join(parts)
+
+    @property
+    def where(self) -> str:
+        return f"member {self.path}"
+
+    def manifest(self) -> dict:
+        if self._manifest is None:
+            h = self.header
+            if h.manifest_length > 256 << 20:
+                raise MemberError(f"{self.where}: manifest length {h.manifest_length} is implausible")
+            self._manifest = unpack_manifest(self.pread(h.manifest_offset, h.manifest_length), self.where)
+        return self._manifest
+
+    def footer(self) -> Footer | None:
+        h = self.header
+        if h.footer_offset == 0:
+            return None
+        if h.footer_length > 64 << 20:
+            raise MemberError(f"{self.where}: footer length {h.footer_length} is implausible")
+        return Footer.unpack(self.pread(h.footer_offset, h.footer_length), self.where)
+
+    def index(self, footer: Footer):
+        """Index entries in the order written (a generator: memory stays bounded)."""
+        head = RecordHead.STRUCT
+        for off in footer.index_offsets:
+            m, length, _ = head.unpack(self.pread(off, head.size))
+            if m != b"SDIX" or length > INDEX_EVERY * IndexEntry.STRUCT.size:
+                raise MemberError(f"{self.where}: index record at {off} is corrupt")
+            yield from unpack_index(self.pread(off, head.size + length), f"{self.where} index at {off}")
+
+    def read_record(self, entry: IndexEntry) -> bytes:
+        if entry.length < CHUNK_HEADER_SIZE or entry.length > (1 << 31):
+            raise MemberError(f"{self.where}: index entry for chunk {entry.chunk_id} has bad length")
+        return self.pread(entry.offset, entry.length)
+
+
+def is_complete(footer: Footer | None) -> bool:
+    return footer is not None and footer.state == STATE_COMPLETE
+

@@ -1,0 +1,415 @@
+"""The dump pipeline: a coordinator, a pool of workers, one writer per member.
+
+Design
+------
+Processes, not threads: per-page compression calls are ~3 us and the GIL
+hand-off between CPUs eats the gain of threads (machine-limits §3).  Every
+child is forked from the coordinator, so the source's file descriptor and
+one anonymous shared mapping (the *slot pool*) are inherited; nothing needs
+/dev/shm, which a capture kernel may not mount.
+
+    coordinator --(chunk id, slot)--> task queue --> worker 1..W
+        worker: maps the chunk's source pages itself (mmap window), zero-tests
+        and compresses block by block straight into its slot, then
+        --(chunk id, slot, length, checksum)--> queue of writer (id % D)
+        writer d: one large write() of the slot to member d, index entry,
+        --(slot freed)--> coordinator's event queue
+
+No page data passes through the coordinator or through a queue: queues carry
+a few integers per chunk, the bytes stay in the slot pool (machine-limits §5:
+shared memory moves 18 GB/s per 1 MiB, queues 0.5 GB/s).
+
+Memory bound: the slot pool has ``S = 2*W + 2*D`` slots of
+``record_bound(chunk, block)`` bytes (a chunk stored raw plus its block
+table), so the pool is ``S * (chunk_size + chunk_size/block_size*4 + 48)``:
+8.0 MiB for 2 workers, 2 disks and 1 MiB chunks, whatever the size of the
+dump.  Backpressure is the free-slot list: the coordinator hands out a chunk
+only when a slot is free, so a slow disk stalls the workers instead of
+growing a queue.  Each writer keeps at most INDEX_EVERY index entries.
+
+Ordering: chunks are handed out in plan order; writers append records in the
+order they arrive, and each member's index records where every chunk went, so
+no writer waits for another.
+
+Failure: every error in a child travels back as (class name, message) on the
+event queue.  The first one stops the feed: new tasks are skipped, in-flight
+slots drain, writers finalize their members as INCOMPLETE with the reason,
+and the coordinator raises the error.  A child that dies is noticed within
+POLL seconds (its exit code); nothing blocks without a timeout, so the
+coordinator never hangs.  SIGINT/SIGTERM stop the feed the same way.
+"""
+
+from __future__ import annotations
+
+import mmap
+import multiprocessing
+import os
+import queue
+import signal
+import time
+import uuid
+from dataclasses import dataclass, field
+
+from . import __version__
+from .config import DumpConfig
+from .errors import IncompleteDump, Interrupted, StripedumpError, TargetIOError, UsageError, from_wire
+from .format import (HEADER_BLOCK, MEMBER_MAGIC, STATE_COMPLETE, STATE_INCOMPLETE, STATE_WRITING,
+                     VERSION, CHECKSUM_XXH3_64, MemberHeader, pack_manifest)
+from .member import MemberWriter, encode_chunk, record_bound, write_all
+from .plan import Plan, placement
+from .targets import check_targets, open_target
+from .vmcore import Source
+
+POLL = 0.5            # seconds between liveness checks while waiting
+JOIN_TIMEOUT = 30.0   # seconds a child gets to exit after its sentinel
+SLOT_ALIGN = 4096
+
+
+@dataclass
+class DumpResult:
+    dump_id: str
+    source: str
+    codec: str
+    members: list[str]
+    bytes_in: int
+    bytes_out: list[int]
+    chunks: int
+    seconds: float
+    workers: int
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def ratio(self) -> float:
+        out = sum(self.bytes_out)
+        return self.bytes_in / out if out else 0.0
+
+    @property
+    def mb_per_s(self) -> float:
+        return self.bytes_in / self.seconds / 1e6 if self.seconds else 0.0
+
+    def summary(self) -> str:
+        outs = ", ".join(f"{p} {n / 1e6:.1f} MB" for p, n in zip(self.members, self.bytes_out))
+        return (f"dumped {self.bytes_in / 1e6:.1f} MB from {self.source} to {len(self.members)} "
+                f"member(s) [{outs}], {self.codec}, ratio {self.ratio:.2f}, "
+                f"{self.seconds:.2f} s, {self.mb_per_s:.1f} MB/s")
+
+    def to_json(self) -> dict:
+        return {"dump_id": self.dump_id, "source": self.source, "codec": self.codec,
+                "members": [{"path": p, "bytes": n} for p, n in zip(self.members, self.bytes_out)],
+                "input_bytes": self.bytes_in, "output_bytes": sum(self.bytes_out),
+                "chunks": self.chunks, "seconds": round(self.seconds, 6),
+                "mb_per_s": round(self.mb_per_s, 3), "ratio": round(self.ratio, 4),
+                "workers": self.workers, **self.extra}
+
+
+def build_manifest(src: Source, plan: Plan, cfg: DumpConfig, dump_id: str, block_bytes: int,
+                   members: int) -> dict:
+    import base64
+    info = src.info
+    return {
+        "format_version": VERSION, "tool": f"stripedump {__version__}", "dump_id": dump_id,
+        "created": int(time.time()), "codec": str(cfg.codec), "members": members,
+        "placement": "round-robin", "block_bytes": block_bytes,
+        "source": {"path": os.path.abspath(src.path), "size": src.size, "elfclass": info.elfclass,
+                   "endian": info.endian, "machine": info.machine, "page_size": src.page_size,
+                   "nr_cpus": info.nr_cpus,
+                   "segments": [s.to_json() for s in sorted(info.loads + info.note_segments,
+                                                            key=lambda s: s.index)],
+                   "notes": base64.b64encode(info.notes).decode()},
+        "plan": plan.to_json(),
+    }
+
+
+def _child_init() -> None:
+    # Ctrl-C goes to the whole foreground process group; only the coordinator
+    # decides what to do about it.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def _worker(wid, src, codec_spec, plan_json, block_bytes, pool, slot_size, tasks, writer_qs,
+            events, stop) -> None:
+    _child_init()
+    try:
+        codec = codec_spec.make()
+        plan = Plan.from_json(plan_json)
+        zero = bytes(block_bytes)
+        pool_mv = memoryview(pool)
+        ppid = os.getppid()
+        while True:
+            try:
+                task = tasks.get(timeout=POLL)
+            except queue.Empty:
+                if os.getppid() != ppid:
+                    return     # coordinator gone: nobody will read our results
+                continue
+            if task is None:
+                return
+            cid, slot = task
+            if stop.value:
+                events.put(("skip", slot))
+                continue
+            try:
+                chunk = plan.chunk(cid)
+                out = pool_mv[slot * slot_size:(slot + 1) * slot_size]
+                length, csum = encode_chunk(src, codec, chunk, block_bytes, out, zero)
+                out.release()
+            except StripedumpError as e:
+                events.put(("err", f"worker {wid}", slot, *e.to_wire()))
+                continue
+            writer_qs[placement(cid, len(writer_qs))].put(
+                (cid, slot, length, csum, chunk.raw_bytes(plan.page_size)))
+    except Exception as e:   # a bug: report it rather than die silently
+        events.put(("err", f"worker {wid}", None, "StripedumpError",
+                    f"internal error in worker {wid}: {type(e).__name__}: {e}"))
+
+
+def _writer(d, writer: MemberWriter, pool, slot_size, inbox, events) -> None:
+    _child_init()
+    pool_mv = memoryview(pool)
+    failed = None
+    ppid = os.getppid()
+    while True:
+        try:
+            msg = inbox.get(timeout=POLL)
+        except queue.Empty:
+            if os.getppid() != ppid:
+                return
+            continue
+        if msg[0] == "end":
+            state, note = msg[1], msg[2]
+            if failed:
+                state, note = STATE_INCOMPLETE, failed
+            try:
+                length = writer.finish(state, note)
+            except StripedumpError as e:
+                if not failed:
+                    events.put(("err", f"writer {d}", None, *e.to_wire()))
+                length = writer.pos
+            events.put(("done", d, length, writer.chunks, writer.bytes_in))
+            return
+        cid, slot, length, csum, raw_len = msg
+        if not failed:
+            try:
+                writer.append(pool_mv[slot * slot_size:slot * slot_size + length], cid, csum, raw_len)
+            except StripedumpError as e:
+                failed = str(e)
+                events.put(("err", f"writer {d}", None, *e.to_wire()))
+            except Exception as e:
+                failed = f"internal error in writer {d}: {type(e).__name__}: {e}"
+                events.put(("err", f"writer {d}", None, "StripedumpError", failed))
+        events.put(("free", slot, raw_len))
+
+
+def _describe_exit(p) -> str:
+    code = p.exitcode
+    if code is not None and code < 0:
+        try:
+            return f"killed by signal {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exited with status {code}"
+
+
+class _Signals:
+    """Turns SIGINT/SIGTERM into a flag the coordinator loop checks."""
+
+    def __init__(self):
+        self.signum = None
+        self._old = {}
+
+    def __enter__(self):
+        for s in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._old[s] = signal.signal(s, self._handle)
+            except ValueError:   # not the main thread: leave signals alone
+                pass
+        return self
+
+    def _handle(self, signum, frame):
+        self.signum = signum
+
+    def __exit__(self, *exc):
+        for s, h in self._old.items():
+            signal.signal(s, h)
+
+
+def dump(cfg: DumpConfig, progress=None) -> DumpResult:
+    """Dump ``cfg.source`` striped over ``cfg.targets``; raises StripedumpError."""
+    t0 = time.monotonic()
+    src = Source(cfg.source, use_mmap=cfg.use_mmap)
+    try:
+        return _dump(cfg, src, t0, progress)
+    finally:
+        src.close()
+
+
+def _dump(cfg: DumpConfig, src: Source, t0: float, progress) -> DumpResult:
+    chunk_pages, block_bytes = cfg.geometry(src.page_size)
+    targets = check_targets(list(cfg.targets), src.st, cfg.force)
+    plan = Plan(src.pfn_ranges, src.residue(), src.page_size, chunk_pages)
+    nmem = len(targets)
+    dump_id = uuid.uuid4()
+    manifest = build_manifest(src, plan, cfg, str(dump_id), block_bytes, nmem)
+    manifest_rec = pack_manifest(manifest)
+    start = HEADER_BLOCK + len(manifest_rec)
+    headers = []
+    opened = []
+    try:
+        for i, t in enumerate(targets):
+            open_target(t, start + 4096)
+            opened.append(t)
+            h = MemberHeader(MEMBER_MAGIC, VERSION, STATE_WRITING, dump_id.bytes, i, nmem,
+                             cfg.codec.codec_id, cfg.codec.stored_level, CHECKSUM_XXH3_64,
+                             src.page_size, chunk_pages, block_bytes // src.page_size, int(time.time()),
+                             HEADER_BLOCK, len(manifest_rec), 0, 0)
+            head = h.pack()
+            write_all(t.fd, head + bytes(HEADER_BLOCK - len(head)) + manifest_rec, f"target {t.path}", 0)
+            os.lseek(t.fd, start, os.SEEK_SET)
+            headers.append(h)
+        if cfg.manifest_path:
+            _write_json_manifest(cfg.manifest_path, manifest, [t.path for t in targets])
+        result = _run(cfg, src, plan, targets, headers, start, block_bytes, progress)
+    finally:
+        for t in opened:
+            os.close(t.fd)
+    result.dump_id = str(dump_id)
+    result.seconds = time.monotonic() - t0
+    return result
+
+
+def _write_json_manifest(path: str, manifest: dict, members: list[str]) -> None:
+    import json
+    if any(os.path.exists(p) and os.path.samefile(p, path) for p in members if os.path.exists(path)):
+        raise UsageError(f"--manifest {path} is one of the targets")
+    try:
+        with open(path, "w") as f:
+            json.dump({**manifest, "member_paths": members}, f, indent=1, sort_keys=True)
+            f.write("\n")
+    except OSError as e:
+        raise TargetIOError(f"cannot write manifest {path}: {e.strerror}") from None
+
+
+def _run(cfg, src, plan, targets, headers, start, block_bytes, progress) -> DumpResult:
+    W, D = cfg.nworkers, len(targets)
+    nslots = 2 * W + 2 * D
+    slot_size = -(-record_bound(plan.chunk_bytes, block_bytes) // SLOT_ALIGN) * SLOT_ALIGN
+    pool = mmap.mmap(-1, nslots * slot_size, mmap.MAP_SHARED)
+    ctx = multiprocessing.get_context("fork")
+    tasks, events = ctx.Queue(), ctx.Queue()
+    writer_qs = [ctx.Queue() for _ in range(D)]
+    stop = ctx.Value("b", 0, lock=False)
+    plan_json = plan.to_json()
+    workers = [ctx.Process(target=_worker, name=f"stripedump-worker-{i}",
+                           args=(i, src, cfg.codec, plan_json, block_bytes, pool, slot_size, tasks,
+                                 writer_qs, events, stop), daemon=True) for i in range(W)]
+    writers = [ctx.Process(target=_writer, name=f"stripedump-writer-{d}",
+                           args=(d, MemberWriter(t.fd, t.path, headers[d], start), pool, slot_size,
+                                 writer_qs[d], events), daemon=True) for d, t in enumerate(targets)]
+    for p in writers + workers:
+        p.start()
+    free = list(range(nslots))
+    inflight = 0
+    error: StripedumpError | None = None
+    chunk_ids = iter(range(plan.n_chunks))
+    exhausted = False
+    done_in = 0
+    members_done: dict[int, tuple] = {}
+
+    def fail(e: StripedumpError):
+        nonlocal error
+        if error is None:
+            error = e
+            stop.value = 1
+
+    def dead_children(procs, label):
+        for i, p in enumerate(procs):
+            if p.exitcode is not None:
+                fail(StripedumpError(f"{label} {i} (pid {p.pid}) {_describe_exit(p)} unexpectedly")
+                     if p.exitcode != 0 else StripedumpError(f"{label} {i} stopped unexpectedly"))
+                return True
+        return False
+
+    with _Signals() as sig:
+        # Phase 1: feed chunks while slots are free; drain what is in flight.
+        while True:
+            if sig.signum and error is None:
+                fail(Interrupted(f"interrupted by {signal.Signals(sig.signum).name}; "
+                                 "members finalized as incomplete", sig.signum))
+            while error is None and free and not exhausted:
+                cid = next(chunk_ids, None)
+                if cid is None:
+                    exhausted = True
+                    break
+                tasks.put((cid, free.pop()))
+                inflight += 1
+            if inflight == 0 and (exhausted or error is not None):
+                break
+            try:
+                ev = events.get(timeout=POLL)
+            except queue.Empty:
+                if dead_children(workers, "worker") or dead_children(writers, "writer"):
+                    break       # a dead child's slots never come back: stop waiting for them
+                continue
+            kind = ev[0]
+            if kind == "free":
+                free.append(ev[1])
+                inflight -= 1
+                done_in += ev[2]
+                if progress:
+                    progress(done_in, plan.input_bytes)
+            elif kind == "skip":
+                free.append(ev[1])
+                inflight -= 1
+            elif kind == "err":
+                _, who, slot, name, msg = ev
+                fail(from_wire(name, msg))
+                if slot is not None:
+                    free.append(slot)
+                    inflight -= 1
+        # Phase 2: stop workers, then tell writers how to finish.
+        for _ in workers:
+            tasks.put(None)
+        _join_all(workers, fail, "worker")
+        state = STATE_COMPLETE if error is None else STATE_INCOMPLETE
+        note = "" if error is None else str(error)
+        for q in writer_qs:
+            q.put(("end", state, note))
+        deadline = time.monotonic() + JOIN_TIMEOUT + 60
+        while len(members_done) < D and time.monotonic() < deadline:
+            try:
+                ev = events.get(timeout=POLL)
+            except queue.Empty:
+                if all(p.exitcode is not None for p in writers):
+                    break
+                continue
+            if ev[0] == "done":
+                members_done[ev[1]] = ev[2:]
+            elif ev[0] == "err":
+                fail(from_wire(ev[3], ev[4]))
+        _join_all(writers, fail, "writer")
+        for d in range(D):
+            if d not in members_done:
+                fail(TargetIOError(f"target {targets[d].path}: writer did not finish; "
+                                   "the member is incomplete"))
+    pool.close()
+    if error is not None:
+        if not isinstance(error, Interrupted):
+            error = IncompleteDump(f"dump incomplete: {error}; the members hold every chunk "
+                                   "written before the failure")
+        raise error
+    return DumpResult("", src.path, str(cfg.codec), [t.path for t in targets], plan.input_bytes,
+                      [members_done[d][0] for d in range(D)], plan.n_chunks, 0.0, W,
+                      {"block_bytes": block_bytes, "chunk_bytes": plan.chunk_bytes})
+
+
+def _join_all(procs, fail, label) -> None:
+    deadline = time.monotonic() + JOIN_TIMEOUT
+    for i, p in enumerate(procs):
+        p.join(max(0.1, deadline - time.monotonic()))
+        if p.is_alive():
+            p.kill()
+            p.join(5)
+            fail(StripedumpError(f"{label} {i} (pid {p.pid}) did not stop in time and was killed"))
+        elif p.exitcode not in (0, None):
+            fail(StripedumpError(f"{label} {i} (pid {p.pid}) {_describe_exit(p)}"))

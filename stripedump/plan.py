@@ -1,0 +1,120 @@
+"""Chunking of the source and placement of chunks on members: pure functions.
+
+Why: the plan is a function of a few numbers stored in the manifest (merged
+PFN ranges, residue file ranges, chunk size), so it is never materialised: a
+2 TiB machine cut into 1 MiB chunks has two million chunks, and the
+coordinator, the writers and join each regenerate what they need on demand.
+Chunk IDs are dense (0..n-1): first the page chunks in PFN order, then the
+file (residue) chunks in file order.
+
+Page chunks are aligned to multiples of ``chunk_pages`` in absolute PFN and
+never cross a range boundary, so the chunk holding a PFN is found in
+O(log ranges).  Placement is RAID0-style round robin: chunk i lives on member
+``i % members`` (docs/format.md, "Placement").
+"""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass
+
+from .format import KIND_FILE, KIND_PAGES
+
+
+@dataclass(frozen=True)
+class Chunk:
+    id: int
+    kind: int      # KIND_PAGES or KIND_FILE
+    start: int     # first PFN, or file offset
+    count: int     # pages, or bytes
+
+    def raw_bytes(self, page_size: int) -> int:
+        return self.count * page_size if self.kind == KIND_PAGES else self.count
+
+    def describe(self, page_size: int) -> str:
+        if self.kind == KIND_PAGES:
+            return f"chunk {self.id} (PFN {self.start:#x}-{self.start + self.count - 1:#x})"
+        return f"chunk {self.id} (file bytes {self.start:#x}-{self.start + self.count - 1:#x})"
+
+
+def placement(chunk_id: int, members: int) -> int:
+    """The member that stores a chunk: RAID0 round robin."""
+    return chunk_id % members
+
+
+class Plan:
+    def __init__(self, pfn_ranges, residue, page_size: int, chunk_pages: int):
+        self.pfn_ranges = [(int(a), int(b)) for a, b in pfn_ranges]
+        self.residue = [(int(a), int(b)) for a, b in residue]
+        self.page_size = page_size
+        self.chunk_pages = chunk_pages
+        self.chunk_bytes = chunk_pages * page_size
+        # first chunk id of each pfn range, then of each residue range
+        self._page_first, n = [], 0
+        for a, b in self.pfn_ranges:
+            self._page_first.append(n)
+            n += self._range_chunks(a, b)
+        self.n_page_chunks = n
+        self._file_first = []
+        for a, b in self.residue:
+            self._file_first.append(n)
+            n += -(-(b - a) // self.chunk_bytes)
+        self.n_chunks = n
+        self.total_pages = sum(b - a for a, b in self.pfn_ranges)
+        self.residue_bytes = sum(b - a for a, b in self.residue)
+
+    @property
+    def input_bytes(self) -> int:
+        return self.total_pages * self.page_size + self.residue_bytes
+
+    def _range_chunks(self, a: int, b: int) -> int:
+        cp = self.chunk_pages
+        return (b - 1) // cp - a // cp + 1 if b > a else 0
+
+    def _page_chunk(self, ri: int, k: int, cid: int) -> Chunk:
+        a, b = self.pfn_ranges[ri]
+        cp = self.chunk_pages
+        lo = a if k == 0 else (a // cp + k) * cp
+        hi = min(b, (a // cp + k + 1) * cp)
+        return Chunk(cid, KIND_PAGES, lo, hi - lo)
+
+    def _file_chunk(self, ri: int, k: int, cid: int) -> Chunk:
+        a, b = self.residue[ri]
+        lo = a + k * self.chunk_bytes
+        return Chunk(cid, KIND_FILE, lo, min(b, lo + self.chunk_bytes) - lo)
+
+    def chunk(self, cid: int) -> Chunk:
+        if not 0 <= cid < self.n_chunks:
+            raise IndexError(cid)
+        if cid < self.n_page_chunks:
+            ri = bisect.bisect_right(self._page_first, cid) - 1
+            return self._page_chunk(ri, cid - self._page_first[ri], cid)
+        ri = bisect.bisect_right(self._file_first, cid) - 1
+        return self._file_chunk(ri, cid - self._file_first[ri], cid)
+
+    def __iter__(self):
+        cid = 0
+        for ri, (a, b) in enumerate(self.pfn_ranges):
+            for k in range(self._range_chunks(a, b)):
+                yield self._page_chunk(ri, k, cid)
+                cid += 1
+        for ri, (a, b) in enumerate(self.residue):
+            for k in range(-(-(b - a) // self.chunk_bytes)):
+                yield self._file_chunk(ri, k, cid)
+                cid += 1
+
+    def chunks_of_member(self, member: int, members: int):
+        for cid in range(member, self.n_chunks, members):
+            yield self.chunk(cid)
+
+    def to_json(self) -> dict:
+        return {"pfn_ranges": self.pfn_ranges, "residue": self.residue,
+                "page_size": self.page_size, "chunk_pages": self.chunk_pages,
+                "n_chunks": self.n_chunks}
+
+    @classmethod
+    def from_json(cls, d: dict) -> "Plan":
+        p = cls(d["pfn_ranges"], d["residue"], d["page_size"], d["chunk_pages"])
+        if p.n_chunks != d["n_chunks"]:
+            raise ValueError("chunk count does not match the ranges")
+        return p

@@ -1,0 +1,263 @@
+"""Synthetic ELF vmcores: the one builder used by the demo, the tests and bench.
+
+Why in the package: ``make demo`` and ``stripedump bench`` need sources on a
+machine without a crashed kernel, and the tests need every layout that real
+producers write.  The builder writes ELF with ``struct`` directly (not with
+the reader's pyelftools), so reader bugs are not mirrored by the writer.
+
+Layouts (``layout=``):
+* ``kernel``: as fs/proc/vmcore.c presents /proc/vmcore: header area and note
+  area page-rounded, each load laid out ``[rounddown(paddr), roundup(paddr +
+  memsz))`` back to back, ``p_offset`` inside its first page;
+* ``packed``: load data back to back with no rounding, so file offsets are
+  not congruent to physical addresses (as some tools write);
+* ``gaps``: like packed, with junk between loads and after the last one.
+Options: ELF32, QEMU-style headers (a section header at 64, program headers
+after it), PN_XNUM, a kernel-text load that overlaps RAM, loads that start or
+end inside a page, ``p_memsz > p_filesz``, and a shadowed copy whose bytes
+differ from the owner's.
+
+Page content catches misplaced data: every non-zero page starts with its PFN
+and a per-page pattern, and pages are a mix of zero, text-like, low-entropy
+and random kinds (like memory).
+"""
+
+from __future__ import annotations
+
+import random
+import struct
+from dataclasses import dataclass, field
+
+PT_LOAD, PT_NOTE = 1, 4
+PN_XNUM = 0xFFFF
+EM_X86_64, EM_386 = 62, 3
+
+_WORDS = (b"kernel ", b"page ", b"struct ", b"task_struct ", b"mm ", b"spin_lock ", b"0000 ",
+          b"ffff8880 ", b"sched ", b"irq ", b"\n", b"vmcore ", b"dentry ")
+
+
+def page_content(pfn: int, page_size: int = 4096, zero_share: int = 4) -> bytes:
+    """Deterministic contents of physical page ``pfn`` (10 kinds, ``zero_share`` of them zero)."""
+    h = (pfn * 2654435761) & 0xFFFFFFFF
+    kind = (h >> 7) % 10
+    if kind < zero_share:
+        return bytes(page_size)
+    head = struct.pack("<QQ", pfn, h | 0x5A5A000000000000)
+    rnd = random.Random(pfn)
+    if kind < 6:      # text-like: compresses well
+        body = b"".join(rnd.choice(_WORDS) for _ in range(page_size // 5))
+    elif kind < 8:    # low entropy: small values, sparse
+        body = bytes(rnd.choice((0, 0, 0, 1, 2, 255)) for _ in range(256)) * (page_size // 256)
+    else:             # random: does not compress
+        body = rnd.randbytes(page_size)
+    return (head + body)[:page_size]
+
+
+def phys_bytes(addr: int, length: int, page_size: int = 4096, content=page_content) -> bytes:
+    out = bytearray()
+    pfn = addr // page_size
+    skip = addr - pfn * page_size
+    while len(out) < length + skip:
+        out += content(pfn, page_size)
+        pfn += 1
+    return bytes(out[skip:skip + length])
+
+
+@dataclass
+class Load:
+    paddr: int
+    filesz: int
+    memsz: int | None = None
+    vaddr: int | None = None
+    differ: bool = False          # file bytes differ from physical memory (a bad shadow copy)
+
+    def __post_init__(self):
+        if self.memsz is None:
+            self.memsz = self.filesz
+        if self.vaddr is None:
+            self.vaddr = 0xFFFF888000000000 + self.paddr
+
+
+@dataclass
+class Built:
+    path: str
+    size: int
+    loads: list[Load]
+    page_size: int
+    elfclass: int
+    offsets: list[int] = field(default_factory=list)   # p_offset of each load
+
+
+def vmcoreinfo_text(page_size: int = 4096, release: str = "6.1.0-synthetic", extra: str = "") -> bytes:
+    return (f"OSRELEASE={release}\nPAGESIZE={page_size}\nBUILD-ID=0123456789abcdef\n"
+            f"SYMBOL(init_uts_ns)=ffffffff82a13ac0\nOFFSET(uts_namespace.name)=4\n"
+            f"NUMBER(phys_base)=-109051904\nCRASHTIME=1764000000\n{extra}").encode()
+
+
+def _note(name: bytes, ntype: int, desc: bytes) -> bytes:
+    name0 = name + b"\0"
+    pad = lambda b: b + bytes(-len(b) % 4)
+    return struct.pack("<III", len(name0), len(desc), ntype) + pad(name0) + pad(desc)
+
+
+def notes_blob(nr_cpus: int = 2, page_size: int = 4096, vmcoreinfo: bytes | None = None) -> bytes:
+    rnd = random.Random(7)
+    out = b"".join(_note(b"CORE", 1, rnd.randbytes(336)) for _ in range(nr_cpus))
+    return out + _note(b"VMCOREINFO", 0, vmcoreinfo if vmcoreinfo is not None else vmcoreinfo_text(page_size))
+
+
+def build(path: str, loads: list[Load], *, elfclass: int = 64, layout: str = "kernel",
+          qemu_style: bool = False, pn_xnum: bool = False, page_size: int = 4096, nr_cpus: int = 2,
+          notes: bytes | None = None, content=page_content, sparse: bool = True) -> Built:
+    """Write an ELF core at ``path`` whose PT_LOADs hold ``loads``."""
+    ps = page_size
+    e64 = elfclass == 64
+    ehsize, phentsize, shentsize = (64, 56, 64) if e64 else (52, 32, 40)
+    phnum = len(loads) + 1
+    use_sh = qemu_style or pn_xnum
+    sh_off = ehsize if use_sh else 0
+    ph_off = ehsize + (shentsize if use_sh else 0)
+    hdr_end = ph_off + phnum * phentsize
+    note = notes if notes is not None else notes_blob(nr_cpus, ps)
+    rnd = random.Random(11)
+    if layout == "kernel":
+        note_off = -(-hdr_end // ps) * ps
+        pos = note_off + -(-len(note) // ps) * ps
+    else:
+        note_off = hdr_end + (24 if layout == "gaps" else 0)
+        pos = note_off + len(note)
+    placed = []   # (file_start, bytes_start_phys, nbytes, load)
+    offsets = []
+    for ld in loads:
+        if layout == "kernel":
+            start = ld.paddr - ld.paddr % ps
+            end = -(-(ld.paddr + ld.memsz) // ps) * ps
+            offsets.append(pos + ld.paddr - start)
+            placed.append((pos, start, end - start, ld))
+            pos += end - start
+        else:
+            if layout == "gaps":
+                pos += rnd.randrange(1, 3 * ps)
+            offsets.append(pos)
+            placed.append((pos, ld.paddr, ld.filesz, ld))
+            pos += ld.filesz
+    total = pos + (rnd.randrange(1, ps) if layout == "gaps" else 0)
+
+    with open(path, "wb") as f:
+        f.truncate(total)
+        if layout == "gaps":   # junk everywhere first; data overwrites it below
+            blk = rnd.randbytes(1 << 16)
+            for o in range(0, total, len(blk)):
+                f.seek(o)
+                f.write(blk[:min(len(blk), total - o)])
+        # ELF header
+        ident = b"\x7fELF" + bytes([2 if e64 else 1, 1, 1, 0]) + bytes(8)
+        e_phnum = PN_XNUM if pn_xnum else phnum
+        e_shnum = 1 if use_sh else 0
+        machine = EM_X86_64 if e64 else EM_386
+        if e64:
+            eh = ident + struct.pack("<HHIQQQIHHHHHH", 4, machine, 1, 0, ph_off, sh_off, 0, ehsize,
+                                     phentsize, e_phnum, shentsize, e_shnum, 0)
+        else:
+            eh = ident + struct.pack("<HHIIIIIHHHHHH", 4, machine, 1, 0, ph_off, sh_off, 0, ehsize,
+                                     phentsize, e_phnum, shentsize, e_shnum, 0)
+        f.seek(0)
+        f.write(eh)
+        if use_sh:   # section header 0: sh_info holds the real phnum under PN_XNUM
+            info = phnum if pn_xnum else 0
+            if e64:
+                sh = struct.pack("<IIQQQQIIQQ", 0, 0, 0, 0, 0, 0, 0, info, 0, 0)
+            else:
+                sh = struct.pack("<IIIIIIIIII", 0, 0, 0, 0, 0, 0, 0, info, 0, 0)
+            f.seek(sh_off)
+            f.write(sh)
+        # program headers
+        phs = [(PT_NOTE, note_off, 0, 0, len(note), len(note), 0, 0)]
+        for ld, off in zip(loads, offsets):
+            phs.append((PT_LOAD, off, ld.vaddr, ld.paddr, ld.filesz, ld.memsz, 7, 0))
+        f.seek(ph_off)
+        for t, off, va, pa, fs, ms, fl, al in phs:
+            if e64:
+                f.write(struct.pack("<IIQQQQQQ", t, fl, off, va, pa, fs, ms, al))
+            else:
+                f.write(struct.pack("<IIIIIIII", t, off, va & 0xFFFFFFFF, pa, fs, ms, fl, al))
+        f.seek(note_off)
+        f.write(note)
+        # load data
+        for (fstart, pstart, n, ld), off in zip(placed, offsets):
+            data = bytearray(phys_bytes(pstart, n, ps, content))
+            if layout == "kernel":
+                # bytes beyond p_filesz inside the load's pages: not memory the
+                # core describes; fill with junk so the residue must keep them
+                tail = off - fstart + ld.filesz
+                data[tail:] = bytes([0xA5]) * (len(data) - tail)
+            if ld.differ:
+                a = off - fstart
+                data[a:a + ld.filesz] = bytes(b ^ 0xFF for b in data[a:a + ld.filesz])
+            _write_sparse(f, fstart, data, ps if sparse else 0)
+    return Built(path, total, loads, ps, elfclass, offsets)
+
+
+def _write_sparse(f, offset: int, data, page_size: int) -> None:
+    """Write data, skipping all-zero pages (holes) when page_size is set."""
+    if not page_size:
+        f.seek(offset)
+        f.write(data)
+        return
+    zero = bytes(page_size)
+    mv = memoryview(data)
+    run_start = None
+    for a in range(0, len(mv) + page_size, page_size):
+        chunk = mv[a:a + page_size]
+        is_data = len(chunk) > 0 and chunk.tobytes() != zero[:len(chunk)]
+        if is_data and run_start is None:
+            run_start = a
+        elif not is_data and run_start is not None:
+            f.seek(offset + run_start)
+            f.write(mv[run_start:a])
+            run_start = None
+
+
+def expected_page(built: Built, pfn: int, content=page_content) -> bytes:
+    """What a reader must return for physical page ``pfn`` (first load wins, zeros elsewhere)."""
+    ps = built.page_size
+    out = bytearray(ps)
+    covered = bytearray(ps)
+    lo = pfn * ps
+    for ld in built.loads:
+        a, b = max(ld.paddr, lo), min(ld.paddr + ld.filesz, lo + ps)
+        if a >= b:
+            continue
+        data = phys_bytes(a, b - a, ps, content)
+        if ld.differ:
+            data = bytes(x ^ 0xFF for x in data)
+        for i in range(a - lo, b - lo):
+            if not covered[i]:
+                out[i] = data[i - (a - lo)]
+                covered[i] = 1
+    return bytes(out)
+
+
+MIB = 1 << 20
+
+
+def layouts() -> dict[str, dict]:
+    """Named test layouts: keyword arguments for ``build`` (small: a few MiB each)."""
+    ram = [Load(0x1000, 0x9E000), Load(0x100000, 3 * MIB), Load(0x1000000, 2 * MIB + 0x800)]
+    kernel_text = Load(0x200000, MIB + 0x345, vaddr=0xFFFFFFFF81000000)
+    return {
+        "simple": dict(loads=[Load(0, 4 * MIB)]),
+        "kernel": dict(loads=[kernel_text] + ram),
+        "kernel-after": dict(loads=ram + [kernel_text]),
+        "unaligned": dict(loads=[Load(0x1234, 0x20000 - 0x1234), Load(0x40800, 0x3000, 0x9000),
+                                 Load(0x80000, 0, 0x4000), Load(0x90010, 0x1fff0)]),
+        "same-page": dict(loads=[Load(0x100000, 0x800), Load(0x100800, 0x800), Load(0x101000, 0x2000)]),
+        "packed": dict(loads=[kernel_text] + ram, layout="packed"),
+        "gaps": dict(loads=[Load(0x1234, 0x10000)] + ram[:2], layout="gaps"),
+        "qemu": dict(loads=ram, qemu_style=True, layout="packed"),
+        "pn_xnum": dict(loads=ram, pn_xnum=True),
+        "elf32": dict(loads=[kernel_text] + ram, elfclass=32),
+        "elf32-pn_xnum": dict(loads=ram, elfclass=32, pn_xnum=True, layout="gaps"),
+        "differing-overlap": dict(loads=ram + [Load(0x200000, 0x10000, differ=True)]),
+        "holes": dict(loads=[Load(0, 0x10000), Load(64 * MIB, 0x10000), Load(1 << 32, 0x10000)]),
+    }
