@@ -71,7 +71,7 @@ class ZlibCodec(Codec):
     def decompress(self, data, size: int) -> bytes:
         d = zlib.decompressobj()
         out = d.decompress(data, size)
-        if d.unconsumed_tail or not d.eof:
+        if d.unconsumed_tail or d.unused_data or not d.eof:
             raise ValueError("zlib stream longer than the block or truncated")
         return out
 

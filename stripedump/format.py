@@ -27,7 +27,7 @@ from typing import NamedTuple
 
 import xxhash
 
-from .errors import MemberError
+from .errors import MemberError, VerifyError
 
 VERSION = 1
 HEADER_BLOCK = 4096
@@ -174,12 +174,12 @@ class ChunkHeader(NamedTuple):
     @classmethod
     def unpack(cls, data, where: str) -> "ChunkHeader":
         if len(data) < cls.STRUCT.size:
-            raise MemberError(f"{where}: chunk record is truncated")
+            raise VerifyError(f"{where}: chunk record is truncated")
         h = cls(*cls.STRUCT.unpack_from(data))
         if h.magic != CHUNK_MAGIC:
-            raise MemberError(f"{where}: no chunk record here")
+            raise VerifyError(f"{where}: no chunk record here")
         if zlib.crc32(memoryview(data)[:cls.STRUCT.size - 4]) != h.crc:
-            raise MemberError(f"{where}: chunk header is corrupt (checksum mismatch)")
+            raise VerifyError(f"{where}: chunk header is corrupt (checksum mismatch)")
         return h
 
     @property

@@ -194,7 +194,8 @@ def build(path: str, loads: list[Load], *, elfclass: int = 64, layout: str = "ke
             if ld.differ:
                 a = off - fstart
                 data[a:a + ld.filesz] = bytes(b ^ 0xFF for b in data[a:a + ld.filesz])
-            _write_sparse(f, fstart, data, ps if sparse else 0)
+            # junk-filled layouts need their zero pages written, not left as holes
+            _write_sparse(f, fstart, data, ps if sparse and layout != "gaps" else 0)
     return Built(path, total, loads, ps, elfclass, offsets)
 
 
@@ -222,19 +223,22 @@ def expected_page(built: Built, pfn: int, content=page_content) -> bytes:
     """What a reader must return for physical page ``pfn`` (first load wins, zeros elsewhere)."""
     ps = built.page_size
     out = bytearray(ps)
-    covered = bytearray(ps)
     lo = pfn * ps
+    free = [(lo, lo + ps)]          # bytes of the page no earlier load has supplied
     for ld in built.loads:
-        a, b = max(ld.paddr, lo), min(ld.paddr + ld.filesz, lo + ps)
-        if a >= b:
-            continue
-        data = phys_bytes(a, b - a, ps, content)
-        if ld.differ:
-            data = bytes(x ^ 0xFF for x in data)
-        for i in range(a - lo, b - lo):
-            if not covered[i]:
-                out[i] = data[i - (a - lo)]
-                covered[i] = 1
+        a0, b0 = ld.paddr, ld.paddr + ld.filesz
+        rest = []
+        for a, b in free:
+            x, y = max(a, a0), min(b, b0)
+            if x >= y:
+                rest.append((a, b))
+                continue
+            data = phys_bytes(x, y - x, ps, content)
+            if ld.differ:
+                data = bytes(v ^ 0xFF for v in data)
+            out[x - lo:y - lo] = data
+            rest += [r for r in ((a, x), (y, b)) if r[0] < r[1]]
+        free = rest
     return bytes(out)
 
 

@@ -1,0 +1,56 @@
+"""Shared fixtures: synthetic vmcores from the one builder, and a CLI runner.
+
+The CLI runner starts a real ``python -m stripedump`` process, so exit codes,
+stderr and the absence of tracebacks are checked as a user would see them.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from stripedump import synth
+
+
+@pytest.fixture
+def vmcore(tmp_path):
+    """build(layout_name, **overrides) -> Built, written under tmp_path."""
+    def make(layout="kernel", name="vmcore", **kw):
+        args = dict(synth.layouts()[layout])
+        args.update(kw)
+        return synth.build(str(tmp_path / name), **args)
+    return make
+
+
+class CliResult:
+    def __init__(self, proc):
+        self.rc, self.out, self.err = proc.returncode, proc.stdout, proc.stderr
+
+    def __repr__(self):
+        return f"<rc={self.rc} out={self.out!r} err={self.err!r}>"
+
+
+def run_cli(*args, timeout=120, cwd=None) -> CliResult:
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    proc = subprocess.run([sys.executable, "-m", "stripedump", *map(str, args)], capture_output=True,
+                          text=True, timeout=timeout, cwd=cwd, env=env, stdin=subprocess.DEVNULL)
+    return CliResult(proc)
+
+
+@pytest.fixture
+def cli():
+    return run_cli
+
+
+def assert_one_line_error(res: CliResult, code: int, *needles: str) -> None:
+    """The error contract: documented exit code, one line on stderr, no traceback."""
+    assert res.rc == code, res
+    assert "Traceback" not in res.err, res.err
+    lines = [ln for ln in res.err.splitlines() if ln.strip()]
+    assert len(lines) == 1, res.err
+    assert lines[0].startswith("stripedump: error: "), res.err
+    for n in needles:
+        assert n in lines[0], (n, lines[0])

@@ -1,0 +1,135 @@
+"""join/verify refuse what is not one whole, intact dump, and name the culprit."""
+
+import os
+import shutil
+
+import pytest
+
+from stripedump.codecs import CodecSpec
+from stripedump.config import DumpConfig, JoinConfig
+from stripedump.errors import IncompleteDump, MemberError, OutputError, VerifyError
+from stripedump.format import HEADER_BLOCK, MemberHeader
+from stripedump.join import RenderMap, join, verify
+from stripedump.member import MemberReader
+from stripedump.pipeline import dump
+
+
+@pytest.fixture
+def dumped(tmp_path, vmcore):
+    b = vmcore("kernel")
+    targets = [str(tmp_path / f"m{i}") for i in range(3)]
+    dump(DumpConfig(b.path, tuple(targets), CodecSpec("zstd"), 2, 65536))
+    return b, targets
+
+
+def test_missing_member_is_named(dumped, tmp_path):
+    b, t = dumped
+    with pytest.raises(MemberError, match=r"missing member\(s\) 1"):
+        join(JoinConfig((t[0], t[2]), str(tmp_path / "o")))
+
+
+def test_member_given_twice(dumped, tmp_path):
+    b, t = dumped
+    shutil.copy(t[1], tmp_path / "copy")
+    with pytest.raises(MemberError, match="member 1 is given twice"):
+        join(JoinConfig((t[0], t[1], str(tmp_path / "copy"), t[2]), str(tmp_path / "o")))
+
+
+def test_members_of_different_dumps_are_refused(dumped, tmp_path, vmcore):
+    b, t = dumped
+    other = [str(tmp_path / f"x{i}") for i in range(3)]
+    dump(DumpConfig(b.path, tuple(other), CodecSpec("lz4"), 1, 65536))
+    with pytest.raises(MemberError, match="different dumps"):
+        join(JoinConfig((t[0], other[1], t[2]), str(tmp_path / "o")))
+
+
+def test_not_a_member(dumped, tmp_path):
+    b, t = dumped
+    with pytest.raises(MemberError, match="not a stripedump member"):
+        join(JoinConfig((t[0], t[1], b.path), str(tmp_path / "o")))
+
+
+def test_existing_output_needs_force(dumped, tmp_path):
+    b, t = dumped
+    out = tmp_path / "o"
+    out.write_bytes(b"keep me")
+    with pytest.raises(OutputError, match="exists"):
+        join(JoinConfig(tuple(t), str(out)))
+    assert out.read_bytes() == b"keep me"
+    join(JoinConfig(tuple(t), str(out), force=True))
+    assert out.read_bytes() == open(b.path, "rb").read()
+
+
+def _record_of(member, n=3):
+    r = MemberReader(member)
+    try:
+        entries = list(r.index(r.footer()))
+    finally:
+        r.close()
+    return entries[n]
+
+
+@pytest.mark.parametrize("where", ["payload", "table", "header"])
+def test_flipped_byte_is_found_and_named(dumped, tmp_path, where):
+    b, t = dumped
+    e = _record_of(t[1])
+    pos = {"payload": e.offset + e.length - 5, "table": e.offset + 60, "header": e.offset + 20}[where]
+    with open(t[1], "r+b") as f:
+        f.seek(pos)
+        byte = f.read(1)
+        f.seek(pos)
+        f.write(bytes([byte[0] ^ 0x10]))
+    v = verify(t, 2)
+    assert len(v.errors) == 1
+    assert t[1] in v.errors[0] and f"chunk {e.chunk_id}" in v.errors[0] and "PFN" in v.errors[0]
+    out = tmp_path / "o"
+    with pytest.raises(VerifyError, match=f"chunk {e.chunk_id}"):
+        join(JoinConfig(tuple(t), str(out)))
+    assert not out.exists() and not (tmp_path / "o.partial").exists()
+
+
+def test_truncated_member_is_named(dumped, tmp_path):
+    b, t = dumped
+    os.truncate(t[2], os.path.getsize(t[2]) // 2)
+    with pytest.raises(MemberError, match=t[2]):
+        join(JoinConfig(tuple(t), str(tmp_path / "o")))
+
+
+def test_corrupt_member_header(dumped, tmp_path):
+    b, t = dumped
+    with open(t[0], "r+b") as f:
+        f.seek(40)
+        f.write(b"\xff")
+    with pytest.raises(MemberError, match="header is corrupt"):
+        join(JoinConfig(tuple(t), str(tmp_path / "o")))
+
+
+def test_newer_format_version_is_refused(dumped, tmp_path):
+    b, t = dumped
+    r = MemberReader(t[0])
+    h = r.header._replace(version=99)
+    r.close()
+    with open(t[0], "r+b") as f:
+        f.write(h.pack())
+    with pytest.raises(MemberError, match="newer"):
+        join(JoinConfig(tuple(t), str(tmp_path / "o")))
+
+
+def test_unfinalized_member_is_incomplete(dumped, tmp_path):
+    b, t = dumped
+    r = MemberReader(t[1])
+    h = r.header._replace(state=0, footer_offset=0, footer_length=0)
+    r.close()
+    with open(t[1], "r+b") as f:
+        f.write(h.pack())
+    with pytest.raises(IncompleteDump, match="never finalized"):
+        join(JoinConfig(tuple(t), str(tmp_path / "o")))
+
+
+def test_render_map_sends_overlapping_loads_to_both_copies():
+    segs = [dict(type=1, offset=1000, paddr=0, filesz=100, memsz=100),
+            dict(type=1, offset=5000, paddr=50, filesz=100, memsz=100)]
+    rm = RenderMap(segs, [(1010, 1020)])
+    spans = list(rm.spans(0, 200))
+    assert spans == [(0, 10, [1000]), (20, 50, [1020]), (50, 100, [1050, 5000]), (100, 150, [5050])]
+    assert HEADER_BLOCK == 4096 and MemberHeader.STRUCT.size <= HEADER_BLOCK
