@@ -143,6 +143,10 @@ def _normalize(argv: list[str]) -> list[str]:
     while i < len(argv) and argv[i] in ("--debug",):
         i += 1
     if i < len(argv) and argv[i] not in COMMANDS and argv[i] not in ("-h", "--help", "--version"):
+        import os
+        if not argv[i].startswith("-") and not os.path.exists(argv[i]):
+            raise UsageError(f"unknown command {argv[i]!r}; choose one of {', '.join(COMMANDS)} "
+                             "(see 'stripedump --help')")
         return argv[:i] + ["dump"] + argv[i:]
     return argv
 

@@ -230,7 +230,7 @@ class MemberReader:
             raise MemberError(f"member {path}: cannot open: {e.strerror}") from None
         try:
             self.size = os.lseek(self.fd, 0, os.SEEK_END)
-            self.header = MemberHeader.unpack(self.pread(0, HEADER_BLOCK), f"member {path}")
+            self.header = MemberHeader.unpack(self.pread(0, min(HEADER_BLOCK, self.size)), f"member {path}")
         except BaseException:
             os.close(self.fd)
             raise
