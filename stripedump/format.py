@@ -92,11 +92,15 @@ class MemberHeader(NamedTuple):
         if len(data) < cls.STRUCT.size or data[:8] != MEMBER_MAGIC:
             raise MemberError(f"{where}: not a stripedump member (no member header)")
         h = cls(*cls.STRUCT.unpack_from(data))
+        if h.version < 1:
+            raise MemberError(f"{where}: member format version {h.version} is not valid")
         if h.version > VERSION:
             raise MemberError(f"{where}: member format version {h.version} is newer than this "
                               f"stripedump understands ({VERSION}); upgrade stripedump")
         if zlib.crc32(data[:cls.STRUCT.size - 4]) != h.crc:
             raise MemberError(f"{where}: member header is corrupt (checksum mismatch)")
+        if h.checksum_algo != CHECKSUM_XXH3_64:
+            raise MemberError(f"{where}: unknown checksum algorithm {h.checksum_algo}")
         if h.member_count == 0 or h.member_index >= h.member_count or h.page_size < 512 \
                 or h.page_size & (h.page_size - 1) or h.chunk_pages == 0 or h.block_pages == 0:
             raise MemberError(f"{where}: member header has impossible geometry")

@@ -130,7 +130,7 @@ def _join_worker(wid, paths, block_bytes, sink_args, tasks, events) -> None:
                 continue
             if task is None:
                 return
-            d, cid, offset, length, csum, desc = task
+            d, cid, offset, length, csum, kind, start, raw, desc = task
             where = f"member {paths[d]}, {desc}"
             try:
                 fd = fds.get(d)
@@ -142,6 +142,8 @@ def _join_worker(wid, paths, block_bytes, sink_args, tasks, events) -> None:
                 h, data, runs = decode_chunk(rec, where, block_bytes, codecs)
                 if h.chunk_id != cid or h.payload_checksum != csum:
                     raise VerifyError(f"{where}: record does not match the index (found chunk {h.chunk_id})")
+                if (h.kind, h.start, h.raw_length) != (kind, start, raw):
+                    raise VerifyError(f"{where}: record describes other data than the plan says")
                 sink.put(h.kind, h.start, data, runs)
                 events.put(("ok", h.raw_length))
             except StripedumpError as e:
@@ -223,8 +225,9 @@ def _run_pool(ds: DumpSet, workers: int, output: str | None, keep_going: bool, p
                     fatal = Interrupted("interrupted; output removed", sig.signum)
                 if fatal is not None:
                     break
-                desc = ds.plan.chunk(e.chunk_id).describe(ds.page_size)
-                tasks.put((d, e.chunk_id, e.offset, e.length, e.checksum, desc))
+                c = ds.plan.chunk(e.chunk_id)
+                tasks.put((d, e.chunk_id, e.offset, e.length, e.checksum, c.kind, c.start,
+                           c.raw_bytes(ds.page_size), c.describe(ds.page_size)))
                 inflight += 1
                 while inflight >= limit and alive and fatal is None:
                     alive = wait_one()

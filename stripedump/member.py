@@ -12,6 +12,7 @@ has been bounds-checked.
 from __future__ import annotations
 
 import os
+import sys
 from array import array
 
 from . import codecs as codecs_mod
@@ -22,6 +23,8 @@ from .format import (BLOCK_COMPRESSED, BLOCK_LEN_MASK, BLOCK_RAW, BLOCK_ZERO, CH
                      checksum, pack_index, unpack_index, unpack_manifest)
 from .plan import Chunk
 
+BIG_ENDIAN_HOST = sys.byteorder == "big"   # the block table is little-endian on disk
+assert array("I").itemsize == 4, "stripedump needs a 4-byte unsigned int"
 SYNC_EVERY = 256 << 20     # machine-limits §4: buffered writes collapse past the dirty limit
 
 
@@ -74,6 +77,8 @@ def encode_chunk(src, codec, chunk: Chunk, block_bytes: int, out, zero) -> tuple
     if zeros == nblocks:
         flags, nblocks, pos = CHUNK_ALL_ZERO, 0, tstart
     else:
+        if BIG_ENDIAN_HOST:
+            table.byteswap()
         out[tstart:dstart] = table.tobytes()
     csum = checksum(memoryview(out)[tstart:pos])
     ChunkHeader(CHUNK_MAGIC, chunk.kind, codec.ID, flags, chunk.id, chunk.start, n, nblocks,
@@ -103,8 +108,8 @@ def decode_chunk(rec, where: str, block_bytes: int, codec_cache: dict) -> tuple[
     if h.nblocks != nblocks or 4 * nblocks > len(body):
         raise VerifyError(f"{where}: block table does not match the chunk length")
     table = array("I", body[:4 * nblocks].tobytes())
-    if table.itemsize != 4:   # pragma: no cover - exotic platforms
-        table = array("L", body[:4 * nblocks].tobytes())
+    if BIG_ENDIAN_HOST:
+        table.byteswap()
     codec = codec_cache.get(h.codec_id)
     if codec is None:
         if h.codec_id not in codecs_mod.BY_ID:

@@ -97,3 +97,76 @@ def test_verify_reports_good_dump(tmp_path, vmcore):
     res, targets, _ = round_trip(tmp_path, b.path, "zstd", 2, 2)
     v = verify(targets, 2)
     assert v.errors == [] and v.chunks == res.chunks
+
+
+# -- real processes: signals and dying children never hang the dump ----------
+
+import signal
+import subprocess
+import sys
+import time
+
+import psutil
+
+
+def _start_slow_dump(tmp_path, *extra):
+    src = str(tmp_path / "big")
+    synth.build(src, synth.demo_loads(192 << 20))
+    targets = f"{tmp_path}/m0,{tmp_path}/m1"
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    p = subprocess.Popen([sys.executable, "-m", "stripedump", "dump", "--disks", targets, "--codec",
+                          "zlib:9", "--workers", "2", *extra, src], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, env=env)
+    return p, [f"{tmp_path}/m0", f"{tmp_path}/m1"]
+
+
+def _wait_for_children(p, n, timeout=20):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        kids = psutil.Process(p.pid).children()
+        if len(kids) >= n:
+            return kids
+        time.sleep(0.05)
+    raise AssertionError("children did not start")
+
+
+@pytest.mark.parametrize("sig,code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_signal_stops_cleanly_and_finalizes_members_as_incomplete(tmp_path, sig, code):
+    from stripedump.info import info
+    p, members = _start_slow_dump(tmp_path)
+    _wait_for_children(p, 4)
+    time.sleep(0.5)
+    p.send_signal(sig)
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == code, err
+    assert "Traceback" not in err and "interrupted" in err
+    states = [m["state"] for m in info(members)["members"]]
+    assert states == ["incomplete", "incomplete"]
+
+
+def test_killed_worker_is_noticed_and_reported(tmp_path):
+    p, members = _start_slow_dump(tmp_path)
+    kids = _wait_for_children(p, 4)
+    time.sleep(0.3)
+    # the last two children started are the workers (writers start first)
+    victim = sorted(kids, key=lambda k: k.create_time())[-1]
+    victim.kill()
+    out, err = p.communicate(timeout=90)
+    assert p.returncode == 8, err
+    assert "killed by signal SIGKILL" in err and "Traceback" not in err
+    assert len([ln for ln in err.splitlines() if ln.strip()]) == 1
+
+
+def test_mmap_refusal_falls_back_to_read(tmp_path, vmcore, monkeypatch):
+    import mmap as mmap_mod
+    from stripedump.vmcore import Source
+    b = vmcore("kernel")
+
+    def refuse(*a, **k):
+        raise OSError(19, "No such device")
+    monkeypatch.setattr(mmap_mod, "mmap", refuse)
+    with Source(b.path) as s:
+        with s.phys_window(0x100, 4) as w:
+            got = bytes(w.view())
+        assert not s.use_mmap
+    assert got == b"".join(synth.expected_page(b, p) for p in range(0x100, 0x104))

@@ -1,0 +1,138 @@
+"""docs/format.md must agree with stripedump/format.py.
+
+The doc is the authoritative description of the member layout; these tests
+parse the parts of it that state numbers (the "Sizes" lines, the struct
+tables marked ``<!-- struct: NAME -->``, the ``<!-- constants -->`` and
+``<!-- codecs -->`` tables, the version line) and compare them with the code,
+so a change to a struct cannot silently leave the doc behind.
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+import zlib
+from pathlib import Path
+
+import pytest
+
+from stripedump import codecs, format as fmt
+from stripedump.member import record_bound
+
+DOC = Path(__file__).resolve().parents[1] / "docs" / "format.md"
+
+TYPE_NAMES = {"B": "u8", "b": "i8", "H": "u16", "h": "i16", "I": "u32", "i": "i32",
+              "Q": "u64", "q": "i64", "x": "pad"}
+
+# struct name in the doc -> (struct.Struct, field names in order)
+STRUCTS = {
+    "MemberHeader": (fmt.MemberHeader.STRUCT, fmt.MemberHeader._fields),
+    "RecordHead": (fmt.RecordHead.STRUCT, fmt.RecordHead._fields),
+    "ChunkHeader": (fmt.ChunkHeader.STRUCT, fmt.ChunkHeader._fields),
+    "IndexEntry": (fmt.IndexEntry.STRUCT, fmt.IndexEntry._fields),
+    "Footer.HEAD": (fmt.Footer.HEAD, ("state", "chunks", "bytes_in", "index_count")),
+}
+
+
+@pytest.fixture(scope="module")
+def doc() -> str:
+    return DOC.read_text()
+
+
+def layout(st: struct.Struct, names) -> list[tuple[int, int, str, str]]:
+    """(offset, size, type, field) for every item of a little-endian struct format."""
+    f = st.format
+    assert f[0] == "<", f"{f}: the format must be little-endian, unaligned"
+    rows, off, names = [], 0, list(names)
+    for count, code in re.findall(r"(\d*)([a-zA-Z?])", f[1:]):
+        n = int(count) if count else 1
+        if code == "s":
+            rows.append((off, n, f"bytes[{n}]", names.pop(0)))
+            off += n
+            continue
+        for _ in range(n):
+            size = struct.calcsize("<" + code)
+            rows.append((off, size, TYPE_NAMES[code], "(pad)" if code == "x" else names.pop(0)))
+            off += size
+    assert off == st.size
+    assert not names, f"{f}: fields left over: {names}"
+    return rows
+
+
+def table_after(doc: str, marker: str) -> list[list[str]]:
+    """Body rows of the first Markdown table after ``<!-- marker -->``."""
+    tag = f"<!-- {marker} -->"
+    assert tag in doc, f"docs/format.md has no {tag}"
+    lines = doc.split(tag, 1)[1].lstrip("\n").splitlines()
+    rows = []
+    for line in lines:
+        if not line.startswith("|"):
+            break
+        rows.append([c.strip().strip("`") for c in line.strip().strip("|").split("|")])
+    assert len(rows) > 2, f"no table after {tag}"
+    return rows[2:]        # drop the heading and the |---| line
+
+
+def stated_sizes(doc: str) -> dict[str, int]:
+    sizes = {}
+    for m in re.finditer(r"^([A-Za-z][\w .]*?): (\d+) bytes\b", doc, re.M):
+        name, n = m.group(1), int(m.group(2))
+        assert sizes.get(name, n) == n, f"docs/format.md states two sizes for {name}"
+        sizes[name] = n
+    return sizes
+
+
+def test_stated_sizes_match_code(doc):
+    expected = {
+        "Header block": fmt.HEADER_BLOCK,
+        "MemberHeader": fmt.MemberHeader.STRUCT.size,
+        "RecordHead": fmt.RecordHead.STRUCT.size,
+        "ChunkHeader": fmt.ChunkHeader.STRUCT.size,
+        "Block table entry": record_bound(4096, 4096) - fmt.CHUNK_HEADER_SIZE - 4096,
+        "IndexEntry": fmt.IndexEntry.STRUCT.size,
+        "Footer head": fmt.Footer.HEAD.size,
+    }
+    assert stated_sizes(doc) == expected
+
+
+def test_version_line(doc):
+    m = re.search(r"^Format version: (\d+)$", doc, re.M)
+    assert m, "docs/format.md has no 'Format version: N' line"
+    assert int(m.group(1)) == fmt.VERSION
+
+
+@pytest.mark.parametrize("name", sorted(STRUCTS))
+def test_struct_table_matches_code(doc, name):
+    st, names = STRUCTS[name]
+    want = layout(st, names)
+    rows = table_after(doc, f"struct: {name}")
+    got = [(int(r[0]), int(r[1]), r[2], r[3]) for r in rows[:len(want)]]
+    assert got == want
+    assert f"`{st.format}`" in doc, f"docs/format.md does not quote {name}'s format {st.format}"
+
+
+def test_header_crc_covers_what_the_doc_says():
+    h = fmt.MemberHeader(fmt.MEMBER_MAGIC, fmt.VERSION, 0, bytes(16), 0, 1, 0, 0, 1, 4096, 256, 1,
+                         0, fmt.HEADER_BLOCK, 16, 0, 0)
+    b = h.pack()
+    assert len(b) == 96
+    assert struct.unpack_from("<I", b, 92)[0] == zlib.crc32(b[:92])
+
+
+def test_constants_table_matches_code(doc):
+    rows = table_after(doc, "constants")
+    assert rows
+    for name, value, *_ in rows:
+        actual = getattr(fmt, name)
+        if isinstance(actual, bytes):
+            assert value.encode() == actual, name
+        else:
+            assert int(value, 0) == actual, name
+    for name in ("VERSION", "HEADER_BLOCK", "INDEX_EVERY", "MEMBER_MAGIC", "MANIFEST_MAGIC",
+                 "CHUNK_MAGIC", "INDEX_MAGIC", "FOOTER_MAGIC", "CHUNK_ALL_ZERO", "BLOCK_LEN_MASK"):
+        assert name in {r[0] for r in rows}, f"constant {name} missing from docs/format.md"
+
+
+def test_codec_table_matches_code(doc):
+    rows = table_after(doc, "codecs")
+    assert {r[0]: int(r[1]) for r in rows} == {n: c.ID for n, c in codecs.BY_NAME.items()}
