@@ -32,7 +32,7 @@ from .dumpset import DumpSet
 from .errors import MemberError, OutputError, StripedumpError, VerifyError, from_wire
 from .format import KIND_FILE, KIND_PAGES
 from .member import decode_chunk
-from .pipeline import POLL, _child_init, _describe_exit, _join_all, _Signals
+from .pipeline import POLL, _child_init, _describe_exit, _join_all, _Signals, messages
 from .errors import Interrupted
 from .vmcore import PT_LOAD, subtract_ranges
 
@@ -120,17 +120,7 @@ def _join_worker(wid, paths, block_bytes, sink_args, tasks, events) -> None:
             fd_out = os.open(sink_args["output"], os.O_WRONLY)
         sink = ChunkSink(fd_out, sink_args["render"], sink_args["page_size"], sink_args["output"])
         codecs = {}
-        ppid = os.getppid()
-        while True:
-            try:
-                task = tasks.get(timeout=POLL)
-            except queue.Empty:
-                if os.getppid() != ppid:
-                    return
-                continue
-            if task is None:
-                return
-            d, cid, offset, length, csum, kind, start, raw, desc = task
+        for d, cid, offset, length, csum, kind, start, raw, desc in messages(tasks):
             where = f"member {paths[d]}, {desc}"
             try:
                 fd = fds.get(d)

@@ -127,6 +127,25 @@ def _child_init() -> None:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
+def messages(q):
+    """Messages from a child's inbox until the ``None`` sentinel.
+
+    Stops as well when the coordinator has gone (the child was re-parented):
+    nobody would read the child's results, so it must not wait forever.
+    """
+    ppid = os.getppid()
+    while True:
+        try:
+            msg = q.get(timeout=POLL)
+        except queue.Empty:
+            if os.getppid() != ppid:
+                return
+            continue
+        if msg is None:
+            return
+        yield msg
+
+
 def _worker(wid, src, codec_spec, plan_json, block_bytes, pool, slot_size, tasks, writer_qs,
             events, stop) -> None:
     _child_init()
@@ -135,17 +154,7 @@ def _worker(wid, src, codec_spec, plan_json, block_bytes, pool, slot_size, tasks
         plan = Plan.from_json(plan_json)
         zero = bytes(block_bytes)
         pool_mv = memoryview(pool)
-        ppid = os.getppid()
-        while True:
-            try:
-                task = tasks.get(timeout=POLL)
-            except queue.Empty:
-                if os.getppid() != ppid:
-                    return     # coordinator gone: nobody will read our results
-                continue
-            if task is None:
-                return
-            cid, slot = task
+        for cid, slot in messages(tasks):
             if stop.value:
                 events.put(("skip", slot))
                 continue
@@ -168,14 +177,7 @@ def _writer(d, writer: MemberWriter, pool, slot_size, inbox, events) -> None:
     _child_init()
     pool_mv = memoryview(pool)
     failed = None
-    ppid = os.getppid()
-    while True:
-        try:
-            msg = inbox.get(timeout=POLL)
-        except queue.Empty:
-            if os.getppid() != ppid:
-                return
-            continue
+    for msg in messages(inbox):
         if msg[0] == "end":
             state, note = msg[1], msg[2]
             if failed:
