@@ -54,6 +54,9 @@ class DumpConfig:
     force: bool = False
     manifest_path: str | None = None
     use_mmap: bool = True
+    direct_io: bool = False
+    memory_limit: int = 0            # 0: derived from available memory (see pipeline.pool_geometry)
+    discard: bool = False            # bench only: compress but write nothing
 
     def __post_init__(self):
         if self.workers < 0:

@@ -25,7 +25,9 @@ from .plan import Chunk
 
 BIG_ENDIAN_HOST = sys.byteorder == "big"   # the block table is little-endian on disk
 assert array("I").itemsize == 4, "stripedump needs a 4-byte unsigned int"
-SYNC_EVERY = 256 << 20     # machine-limits §4: buffered writes collapse past the dirty limit
+SYNC_EVERY = 256 << 20
+DIRECT_ALIGN = 4096        # O_DIRECT offset and length alignment (logical block size or less)
+STAGE_BYTES = 4 << 20      # per-writer staging buffer for --direct-io     # machine-limits §4: buffered writes collapse past the dirty limit
 
 
 def record_bound(chunk_bytes: int, block_bytes: int) -> int:
@@ -39,6 +41,16 @@ def encode_chunk(src, codec, chunk: Chunk, block_bytes: int, out, zero) -> tuple
     ``zero`` is a bytes-like of at least ``block_bytes`` zeros.  Returns
     (record length, payload checksum).
     """
+    if chunk.kind == KIND_PAGES:
+        hole = src.phys_is_hole(chunk.start, chunk.count)
+        n = chunk.count * src.page_size
+    else:
+        hole = src.file_is_hole(chunk.start, chunk.count)
+        n = chunk.count
+    if hole:       # sparse source: all zero, nothing to read
+        ChunkHeader(CHUNK_MAGIC, chunk.kind, codec.ID, CHUNK_ALL_ZERO, chunk.id, chunk.start, n, 0, 0,
+                    checksum(b"")).pack_into(out, 0)
+        return CHUNK_HEADER_SIZE, checksum(b"")
     w = src.phys_window(chunk.start, chunk.count) if chunk.kind == KIND_PAGES \
         else src.window(chunk.start, chunk.count)
     with w:
@@ -162,9 +174,22 @@ def write_all(fd: int, data, where: str, offset: int | None = None) -> None:
 
 
 class MemberWriter:
-    """Appends chunk records to one member; owned by one writer process."""
+    """Appends chunk records to one member; owned by one writer process.
 
-    def __init__(self, fd: int, path: str, header: MemberHeader, start: int):
+    Three ways to put bytes on the target:
+    * buffered (default): ``write()`` each record, and every SYNC_EVERY bytes
+      ``fdatasync`` + ``POSIX_FADV_DONTNEED`` so the page cache never holds
+      more than that (machine-limits §4: past the dirty limit plain buffered
+      writes collapse to a fifth of the disk's speed, and a capture kernel
+      has no memory to spare);
+    * direct (``--direct-io``): the fd is O_DIRECT; records are gathered in
+      a page-aligned staging buffer and written in multiples of DIRECT_ALIGN,
+      the tail padded with zeros at the end;
+    * discard (bench's no-write run): nothing is written, offsets still move.
+    """
+
+    def __init__(self, fd: int, path: str, header: MemberHeader, start: int, direct: bool = False,
+                 discard: bool = False):
         self.fd, self.path, self.header = fd, path, header
         self.pos = start
         self.pending: list[IndexEntry] = []
@@ -172,35 +197,82 @@ class MemberWriter:
         self.chunks = 0
         self.bytes_in = 0
         self.since_sync = 0
-        self.synced_to = 0
+        self.synced_to = start
+        self.direct, self.discard = direct, discard
+        self._stage = None
+        self._staged = 0
+        if direct and start % DIRECT_ALIGN:
+            raise ValueError("direct I/O needs an aligned start")
+
+    def _emit(self, data) -> None:
+        if self.discard:
+            pass
+        elif self.direct:
+            self._stage_bytes(data)
+        else:
+            write_all(self.fd, data, f"target {self.path}")
+        self.pos += len(data)
+
+    def _stage_bytes(self, data) -> None:
+        import mmap
+        if self._stage is None:
+            self._stage = mmap.mmap(-1, STAGE_BYTES)
+        mv = memoryview(data)
+        while len(mv):
+            n = min(len(mv), STAGE_BYTES - self._staged)
+            self._stage[self._staged:self._staged + n] = mv[:n]
+            self._staged += n
+            mv = mv[n:]
+            if self._staged == STAGE_BYTES:
+                self._flush_stage(final=False)
+
+    def _flush_stage(self, final: bool) -> None:
+        if not self._staged:
+            return
+        n = self._staged if final else self._staged - self._staged % DIRECT_ALIGN
+        if final and n % DIRECT_ALIGN:
+            pad = DIRECT_ALIGN - n % DIRECT_ALIGN
+            self._stage[n:n + pad] = bytes(pad)
+            n += pad
+        with memoryview(self._stage) as mv:
+            write_all(self.fd, mv[:n], f"target {self.path}")
+        rest = self._staged - n
+        if rest > 0:
+            self._stage.move(0, n, rest)
+        self._staged = max(rest, 0)
 
     def append(self, rec, chunk_id: int, csum: int, raw_len: int) -> None:
-        write_all(self.fd, rec, f"target {self.path}")
         self.pending.append(IndexEntry(chunk_id, self.pos, len(rec), csum))
-        self.pos += len(rec)
+        self._emit(rec)
         self.chunks += 1
         self.bytes_in += raw_len
         self.since_sync += len(rec)
         if len(self.pending) >= INDEX_EVERY:
             self._flush_index()
-        if self.since_sync >= SYNC_EVERY:
+        if self.since_sync >= SYNC_EVERY and not self.direct and not self.discard:
             self._sync_and_drop()
 
     def _flush_index(self) -> None:
         if not self.pending:
             return
-        rec = pack_index(self.pending)
-        write_all(self.fd, rec, f"target {self.path}")
         self.index_offsets.append(self.pos)
-        self.pos += len(rec)
+        self._emit(pack_index(self.pending))
         self.pending = []
 
-    def _sync_and_drop(self) -> None:
+    def _sync(self, data_only: bool = False) -> None:
+        if self.discard:
+            return
         try:
-            os.fdatasync(self.fd)
-            os.posix_fadvise(self.fd, self.synced_to, self.pos - self.synced_to, os.POSIX_FADV_DONTNEED)
+            (os.fdatasync if data_only else os.fsync)(self.fd)
         except OSError as e:
             raise TargetIOError(f"target {self.path}: sync failed: {e.strerror}") from None
+
+    def _sync_and_drop(self) -> None:
+        self._sync(data_only=True)
+        try:
+            os.posix_fadvise(self.fd, self.synced_to, self.pos - self.synced_to, os.POSIX_FADV_DONTNEED)
+        except OSError:
+            pass     # advice only
         self.synced_to = self.pos
         self.since_sync = 0
 
@@ -208,20 +280,25 @@ class MemberWriter:
         """Index, footer, header; synced.  Returns the member's length."""
         self._flush_index()
         footer = Footer(state, self.chunks, self.bytes_in, tuple(self.index_offsets), note).pack()
-        write_all(self.fd, footer, f"target {self.path}")
         foff = self.pos
-        self.pos += len(footer)
-        try:
-            os.fsync(self.fd)
-        except OSError as e:
-            raise TargetIOError(f"target {self.path}: sync failed: {e.strerror}") from None
+        self._emit(footer)
+        if self.direct and not self.discard:
+            self._flush_stage(final=True)
+        self._sync()
         hdr = self.header._replace(state=state, footer_offset=foff, footer_length=len(footer))
-        write_all(self.fd, hdr.pack(), f"target {self.path}", offset=0)
-        try:
-            os.fsync(self.fd)
-        except OSError as e:
-            raise TargetIOError(f"target {self.path}: sync failed: {e.strerror}") from None
+        if not self.discard:
+            block = aligned_block(hdr.pack())
+            write_all(self.fd, block, f"target {self.path}", offset=0)
+            self._sync()
         return self.pos
+
+
+def aligned_block(data: bytes, size: int = HEADER_BLOCK):
+    """``data`` zero-padded to ``size`` in a page-aligned buffer (usable with O_DIRECT)."""
+    import mmap
+    buf = mmap.mmap(-1, size)
+    buf[:len(data)] = data
+    return buf
 
 
 class MemberReader:

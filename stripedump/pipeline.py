@@ -55,7 +55,7 @@ from .config import DumpConfig
 from .errors import IncompleteDump, Interrupted, StripedumpError, TargetIOError, UsageError, from_wire
 from .format import (HEADER_BLOCK, MEMBER_MAGIC, STATE_COMPLETE, STATE_INCOMPLETE, STATE_WRITING,
                      VERSION, CHECKSUM_XXH3_64, MemberHeader, pack_manifest)
-from .member import MemberWriter, encode_chunk, record_bound, write_all
+from .member import MemberWriter, aligned_block, encode_chunk, record_bound, write_all
 from .plan import Plan, placement
 from .targets import check_targets, open_target
 from .vmcore import Source
@@ -251,27 +251,30 @@ def _dump(cfg: DumpConfig, src: Source, t0: float, progress) -> DumpResult:
     targets = check_targets(list(cfg.targets), src.st, cfg.force)
     plan = Plan(src.pfn_ranges, src.residue(), src.page_size, chunk_pages)
     nmem = len(targets)
+    pool = pool_geometry(cfg.nworkers, nmem, plan.chunk_bytes, block_bytes, cfg.memory_limit, cfg.direct_io)
     dump_id = uuid.uuid4()
     manifest = build_manifest(src, plan, cfg, str(dump_id), block_bytes, nmem)
     manifest_rec = pack_manifest(manifest)
-    start = HEADER_BLOCK + len(manifest_rec)
+    # chunk records start page-aligned, so --direct-io can write them as they come
+    start = -(-(HEADER_BLOCK + len(manifest_rec)) // SLOT_ALIGN) * SLOT_ALIGN
     headers = []
     opened = []
     try:
         for i, t in enumerate(targets):
-            open_target(t, start + 4096)
+            open_target(t, start + 4096, cfg.direct_io)
             opened.append(t)
             h = MemberHeader(MEMBER_MAGIC, VERSION, STATE_WRITING, dump_id.bytes, i, nmem,
                              cfg.codec.codec_id, cfg.codec.stored_level, CHECKSUM_XXH3_64,
                              src.page_size, chunk_pages, block_bytes // src.page_size, int(time.time()),
                              HEADER_BLOCK, len(manifest_rec), 0, 0)
-            head = h.pack()
-            write_all(t.fd, head + bytes(HEADER_BLOCK - len(head)) + manifest_rec, f"target {t.path}", 0)
+            block = aligned_block(h.pack() + bytes(HEADER_BLOCK - MemberHeader.STRUCT.size) + manifest_rec,
+                                  start)
+            write_all(t.fd, block, f"target {t.path}", 0)
             os.lseek(t.fd, start, os.SEEK_SET)
             headers.append(h)
         if cfg.manifest_path:
             _write_json_manifest(cfg.manifest_path, manifest, [t.path for t in targets])
-        result = _run(cfg, src, plan, targets, headers, start, block_bytes, progress)
+        result = _run(cfg, src, plan, targets, headers, start, block_bytes, pool, progress)
     finally:
         for t in opened:
             os.close(t.fd)
@@ -292,10 +295,48 @@ def _write_json_manifest(path: str, manifest: dict, members: list[str]) -> None:
         raise TargetIOError(f"cannot write manifest {path}: {e.strerror}") from None
 
 
-def _run(cfg, src, plan, targets, headers, start, block_bytes, progress) -> DumpResult:
+def available_memory() -> int:
+    try:
+        import psutil
+        return psutil.virtual_memory().available
+    except Exception:     # psutil missing: /proc/meminfo says the same
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    return 256 << 20
+
+
+def pool_geometry(workers: int, disks: int, chunk_bytes: int, block_bytes: int,
+                  memory_limit: int = 0, direct_io: bool = False) -> tuple[int, int]:
+    """(slots, slot size) of the shared buffer pool, within the memory limit.
+
+    slot = roundup(chunk + 4 * chunk/block + 52, 4 KiB): a chunk stored raw
+    plus its block table.  Slots S = 2W + 2D: each worker fills one while the
+    next waits, each writer writes one while the next waits.  The pool
+    (S x slot) plus D staging buffers of 4 MiB with --direct-io must fit in
+    the limit; the default limit is a quarter of the available memory, as
+    makedumpfile sizes its cyclic buffer from free memory.  Fewer slots are
+    used when the limit is tight, down to W + D (one each); below that the
+    dump is refused with the numbers to change.
+    """
+    from .member import STAGE_BYTES
+    slot = -(-record_bound(chunk_bytes, block_bytes) // SLOT_ALIGN) * SLOT_ALIGN
+    limit = memory_limit or available_memory() // 4
+    budget = limit - (disks * STAGE_BYTES if direct_io else 0)
+    want, need = 2 * workers + 2 * disks, workers + disks
+    slots = min(want, budget // slot) if budget > 0 else 0
+    if slots < need:
+        raise UsageError(f"memory limit {limit >> 20} MiB is too small for {workers} worker(s) and {disks} "
+                         f"disk(s) with {chunk_bytes >> 10} KiB chunks: the buffer pool needs at least "
+                         f"{(need * slot + (disks * STAGE_BYTES if direct_io else 0)) >> 20} MiB; "
+                         "lower --workers or --chunk-size, or raise --memory-limit")
+    return slots, slot
+
+
+def _run(cfg, src, plan, targets, headers, start, block_bytes, geometry, progress) -> DumpResult:
     W, D = cfg.nworkers, len(targets)
-    nslots = 2 * W + 2 * D
-    slot_size = -(-record_bound(plan.chunk_bytes, block_bytes) // SLOT_ALIGN) * SLOT_ALIGN
+    nslots, slot_size = geometry
     pool = mmap.mmap(-1, nslots * slot_size, mmap.MAP_SHARED)
     ctx = multiprocessing.get_context("fork")
     tasks, events = ctx.Queue(), ctx.Queue()
@@ -306,7 +347,8 @@ def _run(cfg, src, plan, targets, headers, start, block_bytes, progress) -> Dump
                            args=(i, src, cfg.codec, plan_json, block_bytes, pool, slot_size, tasks,
                                  writer_qs, events, stop), daemon=True) for i in range(W)]
     writers = [ctx.Process(target=_writer, name=f"stripedump-writer-{d}",
-                           args=(d, MemberWriter(t.fd, t.path, headers[d], start), pool, slot_size,
+                           args=(d, MemberWriter(t.fd, t.path, headers[d], start, cfg.direct_io,
+                                                 cfg.discard), pool, slot_size,
                                  writer_qs[d], events), daemon=True) for d, t in enumerate(targets)]
     for p in writers + workers:
         p.start()
@@ -402,7 +444,8 @@ def _run(cfg, src, plan, targets, headers, start, block_bytes, progress) -> Dump
         raise error
     return DumpResult("", src.path, str(cfg.codec), [t.path for t in targets], plan.input_bytes,
                       [members_done[d][0] for d in range(D)], plan.n_chunks, 0.0, W,
-                      {"block_bytes": block_bytes, "chunk_bytes": plan.chunk_bytes})
+                      {"block_bytes": block_bytes, "chunk_bytes": plan.chunk_bytes,
+                       "slots": nslots, "pool_bytes": nslots * slot_size})
 
 
 def _join_all(procs, fail, label) -> None:

@@ -61,6 +61,8 @@ def page_content(pfn: int, page_size: int = 4096, zero_share: int = 4) -> bytes:
 
 
 def phys_bytes(addr: int, length: int, page_size: int = 4096, content=page_content) -> bytes:
+    if content is None:
+        return bytes(length)
     out = bytearray()
     pfn = addr // page_size
     skip = addr - pfn * page_size
@@ -116,7 +118,11 @@ def notes_blob(nr_cpus: int = 2, page_size: int = 4096, vmcoreinfo: bytes | None
 def build(path: str, loads: list[Load], *, elfclass: int = 64, layout: str = "kernel",
           qemu_style: bool = False, pn_xnum: bool = False, page_size: int = 4096, nr_cpus: int = 2,
           notes: bytes | None = None, content=page_content, sparse: bool = True) -> Built:
-    """Write an ELF core at ``path`` whose PT_LOADs hold ``loads``."""
+    """Write an ELF core at ``path`` whose PT_LOADs hold ``loads``.
+
+    ``content(pfn, page_size)`` gives each page; ``content=None`` means all
+    zero, left as holes (a large sparse source costs no disk space).
+    """
     ps = page_size
     e64 = elfclass == 64
     ehsize, phentsize, shentsize = (64, 56, 64) if e64 else (52, 32, 40)
@@ -190,19 +196,26 @@ def build(path: str, loads: list[Load], *, elfclass: int = 64, layout: str = "ke
                 f.write(struct.pack("<IIIIIIII", t, off, va & 0xFFFFFFFF, pa, fs, ms, fl, al))
         f.seek(note_off)
         f.write(note)
-        # load data
+        # load data, in pieces so that a large source never sits in memory
         for (fstart, pstart, n, ld), off in zip(placed, offsets):
-            data = bytearray(phys_bytes(pstart, n, ps, content))
-            if layout == "kernel":
-                # bytes beyond p_filesz inside the load's pages: not memory the
-                # core describes; fill with junk so the residue must keep them
-                tail = off - fstart + ld.filesz
-                data[tail:] = bytes([0xA5]) * (len(data) - tail)
-            if ld.differ:
-                a = off - fstart
-                data[a:a + ld.filesz] = bytes(b ^ 0xFF for b in data[a:a + ld.filesz])
-            # junk-filled layouts need their zero pages written, not left as holes
-            _write_sparse(f, fstart, data, ps if sparse and layout != "gaps" else 0)
+            junk_from = off - fstart + ld.filesz if layout == "kernel" else n
+            flip = (off - fstart, off - fstart + ld.filesz) if ld.differ else (0, 0)
+            for a in range(0, n, PIECE):
+                b = min(n, a + PIECE)
+                if content is None and b <= junk_from and flip[1] <= a:
+                    continue          # all zero: leave the hole
+                data = bytearray(b - a) if content is None else \
+                    bytearray(phys_bytes(pstart + a, b - a, ps, content))
+                # bytes beyond p_filesz inside a "kernel" load's pages are not
+                # memory the core describes: junk, so the residue must keep them
+                if junk_from < b:
+                    j = max(junk_from, a)
+                    data[j - a:] = bytes([0xA5]) * (b - j)
+                x, y = max(flip[0], a), min(flip[1], b)
+                if x < y:
+                    data[x - a:y - a] = bytes(v ^ 0xFF for v in data[x - a:y - a])
+                # junk-filled layouts need their zero pages written, not left as holes
+                _write_sparse(f, fstart + a, data, ps if sparse and layout != "gaps" else 0)
     return Built(path, total, loads, ps, elfclass, offsets)
 
 
@@ -250,6 +263,7 @@ def expected_page(built: Built, pfn: int, content=page_content) -> bytes:
 
 
 MIB = 1 << 20
+PIECE = 16 * MIB
 
 
 def layouts() -> dict[str, dict]:

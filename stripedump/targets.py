@@ -18,6 +18,7 @@ device be written.
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from dataclasses import dataclass
@@ -155,11 +156,12 @@ def _read_signature(path: str) -> str | None:
     return probe_signature(head)
 
 
-def open_target(t: Target, min_size: int) -> None:
+def open_target(t: Target, min_size: int, direct: bool = False) -> None:
     """Open a checked target for writing (fd stored on the Target)."""
+    flags = getattr(os, "O_CLOEXEC", 0) | (getattr(os, "O_DIRECT", 0) if direct else 0)
     try:
         if t.is_block:
-            t.fd = os.open(t.path, os.O_WRONLY | getattr(os, "O_CLOEXEC", 0))
+            t.fd = os.open(t.path, os.O_WRONLY | flags)
             t.capacity = os.lseek(t.fd, 0, os.SEEK_END)
             os.lseek(t.fd, 0, os.SEEK_SET)
             if t.capacity < min_size:
@@ -168,7 +170,9 @@ def open_target(t: Target, min_size: int) -> None:
                 raise TargetRefused(f"target {t.path} is too small ({t.capacity} bytes; "
                                     f"the member header and manifest alone need {min_size})")
         else:
-            t.fd = os.open(t.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0),
-                           0o600)
+            t.fd = os.open(t.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | flags, 0o600)
     except OSError as e:
+        if direct and e.errno == errno.EINVAL:
+            raise TargetIOError(f"target {t.path}: its filesystem does not support O_DIRECT "
+                                "(--direct-io); dump without it") from None
         raise TargetIOError(f"target {t.path}: cannot open for writing: {e.strerror}") from None

@@ -29,6 +29,7 @@ Why this shape:
 from __future__ import annotations
 
 import bisect
+import errno
 import mmap
 import os
 import stat
@@ -338,6 +339,7 @@ class Source:
         self._owner_starts = [o.start for o in self.owners]
         self.pfn_ranges = merge_pfn_ranges(self.info.loads, self.page_size)
         self.use_mmap = use_mmap
+        self._seek_data = hasattr(os, "SEEK_DATA") and stat.S_ISREG(self.st.st_mode)
 
     def close(self) -> None:
         if self.fd >= 0:
@@ -378,6 +380,38 @@ class Source:
             parts.append(b)
             done += len(b)
         return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def file_is_hole(self, offset: int, length: int) -> bool:
+        """True when file bytes [offset, offset+length) are a hole (read as zeros).
+
+        Uses SEEK_DATA, so a sparse source's holes cost one system call
+        instead of a read.  /proc/vmcore reports everything as data.
+        """
+        if not self._seek_data or length <= 0:
+            return False
+        try:
+            nxt = os.lseek(self.fd, offset, os.SEEK_DATA)
+        except OSError as e:
+            if e.errno == errno.ENXIO:      # no data at or after offset
+                return True
+            self._seek_data = False         # not supported here: read everything
+            return False
+        return nxt >= offset + length
+
+    def phys_is_hole(self, pfn: int, npages: int) -> bool:
+        """True when every file byte behind pages [pfn, pfn+npages) is a hole."""
+        if not self._seek_data:
+            return False
+        ps = self.page_size
+        lo, hi = pfn * ps, (pfn + npages) * ps
+        i = max(bisect.bisect_right(self._owner_starts, lo) - 1, 0)
+        while i < len(self.owners) and self.owners[i].start < hi:
+            o = self.owners[i]
+            a, b = max(o.start, lo), min(o.end, hi)
+            if a < b and not self.file_is_hole(o.offset + a - o.start, b - a):
+                return False
+            i += 1
+        return True
 
     # -- physical reads ---------------------------------------------------
     def phys_window(self, pfn: int, npages: int) -> Window:

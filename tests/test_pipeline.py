@@ -170,3 +170,39 @@ def test_mmap_refusal_falls_back_to_read(tmp_path, vmcore, monkeypatch):
             got = bytes(w.view())
         assert not s.use_mmap
     assert got == b"".join(synth.expected_page(b, p) for p in range(0x100, 0x104))
+
+
+def test_direct_io_round_trip(tmp_path, vmcore):
+    b = vmcore("kernel")
+    res, targets, _ = round_trip(tmp_path, b.path, "lz4", 2, 2, direct_io=True)
+    # O_DIRECT members are written in whole 4 KiB blocks
+    assert all(os.path.getsize(t) % 4096 == 0 for t in targets)
+
+
+def test_memory_limit_bounds_the_pool(tmp_path, vmcore):
+    from stripedump.errors import UsageError
+    from stripedump.pipeline import pool_geometry
+    b = vmcore("kernel")
+    # 2 workers, 2 disks, 1 MiB chunks: 8 slots of 1 MiB + 1 page + table
+    slots, slot = pool_geometry(2, 2, 1 << 20, 4096, 64 << 20)
+    assert (slots, slot) == (8, (1 << 20) + 4096)
+    slots, slot = pool_geometry(2, 2, 1 << 20, 4096, 5 << 20)
+    assert slots == 4
+    with pytest.raises(UsageError, match="too small"):
+        pool_geometry(2, 2, 1 << 20, 4096, 3 << 20)
+    res, _, _ = round_trip(tmp_path, b.path, "lz4", 2, 2, chunk="64K", memory_limit=300 << 10)
+    assert res.extra["pool_bytes"] <= 300 << 10
+
+
+def test_sparse_source_holes_are_not_read(tmp_path):
+    from stripedump.vmcore import Source
+    src = str(tmp_path / "sparse")
+    size = 8 << 30       # 8 GiB of holes: the file takes no space
+    synth.build(src, [synth.Load(0, size)], content=None)
+    with Source(src) as s:
+        assert s.phys_is_hole(0, 1 << 20)
+    targets = [str(tmp_path / "m0"), str(tmp_path / "m1")]
+    res = dump(DumpConfig(src, tuple(targets), CodecSpec("lz4"), 2, 1 << 20))
+    assert res.bytes_in >= size and sum(res.bytes_out) < 2 << 20
+    v = verify(targets, 2)
+    assert v.errors == [] and v.bytes_out == res.bytes_in
