@@ -32,7 +32,7 @@ EXIT_CODES = """exit codes:
   9    the join output cannot be written
   130  interrupted by SIGINT; 143 by SIGTERM"""
 
-COMMANDS = ("dump", "join", "info", "verify")
+COMMANDS = ("dump", "join", "info", "verify", "bench")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -101,6 +101,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="unit of work and of striping (default 1M)")
     d.add_argument("--block-size", type=_size("--block-size"), default=0, metavar="SIZE",
                    help="compression block inside a chunk (default: one page)")
+    d.add_argument("--memory-limit", type=_size("--memory-limit"), default=0, metavar="SIZE",
+                   help="cap on the shared buffer pool (default: a quarter of available memory)")
+    d.add_argument("--direct-io", action="store_true",
+                   help="write targets with O_DIRECT, bypassing the page cache")
     d.add_argument("--manifest", metavar="PATH", help="also write the manifest as JSON to PATH")
     d.add_argument("--force", action="store_true",
                    help="overwrite targets that are non-empty files or carry a signature")
@@ -109,16 +113,32 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
 
     j = sub.add_parser("join", formatter_class=_formatter, help="rebuild the vmcore from the members",
-                       description="Rebuild the original ELF vmcore, byte for byte, from all members "
-                                   "(in any order). Every chunk's checksum is verified.",
+                       description="Rebuild the dump from all members (in any order): the original ELF "
+                                   "vmcore byte for byte (default), or makedumpfile's kdump-compressed "
+                                   "or flattened format for crash, drgn, libkdumpfile and makedumpfile. "
+                                   "Every chunk's checksum is verified.",
                        epilog="examples:\n"
                               "  stripedump join /dev/sdb /dev/sdc -o vmcore\n"
-                              "  stripedump join m1 m0 -o vmcore --force --workers 4\n\n" + EXIT_CODES)
+                              "  stripedump join m1 m0 -o vmcore --force --workers 4\n"
+                              "  stripedump join m0 m1 --format kdump -o vmcore.kdump\n"
+                              "  stripedump join m0 m1 --format flat -o - | ssh host makedumpfile -R "
+                              "/var/crash/vmcore\n\n"
+                              "kdump and flat pages are compressed with --codec (default: the dump's "
+                              "codec when it is zlib, lzo, snappy or zstd, else lzo); pages of a dump "
+                              "taken with one-page blocks in that codec are copied without "
+                              "recompression.\n\n" + EXIT_CODES)
     j.add_argument("members", nargs="+", metavar="MEMBER")
-    j.add_argument("-o", "--output", required=True, metavar="OUT", help="the file to create")
+    j.add_argument("-o", "--output", required=True, metavar="OUT",
+                   help="the file to create; - (standard output) with --format flat")
+    j.add_argument("--format", choices=("elf", "kdump", "flat"), default="elf",
+                   help="elf: the source ELF vmcore (default); kdump: kdump-compressed; "
+                        "flat: kdump-compressed in makedumpfile's flattened format")
+    j.add_argument("--codec", type=_codec, default=None, metavar="CODEC[:LEVEL]",
+                   help="page codec of kdump/flat output: zlib, lzo, snappy or zstd")
     j.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
     j.add_argument("--workers", type=_positive_int, default=0, metavar="N")
-    j.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
+    j.add_argument("--json", action="store_true",
+                   help="print a JSON summary on stdout (on stderr with -o -)")
     j.add_argument("-q", "--quiet", action="store_true")
 
     i = sub.add_parser("info", formatter_class=_formatter, help="describe a dump from its members",
@@ -134,6 +154,33 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--workers", type=_positive_int, default=0, metavar="N")
     v.add_argument("--json", action="store_true")
     v.add_argument("-q", "--quiet", action="store_true")
+    b = sub.add_parser("bench", formatter_class=_formatter,
+                       help="measure MB/s per codec x CPUs x disks on generated data",
+                       description="Run the real dump pipeline on a generated vmcore (no RAM or disk "
+                                   "of its size needed) and report throughput, ratio, CPU and memory.",
+                       epilog="examples:\n"
+                              "  stripedump bench --size 10G\n"
+                              "  stripedump bench --size 2G --codecs lz4,zstd --workers 1,2 --disks 1,2 "
+                              "--no-write\n"
+                              "  stripedump bench --size 4G --data mixed --disks /mnt/a,/mnt/b --json\n"
+                              "  stripedump bench --size 1G --plot bench.png\n\n" + EXIT_CODES)
+    b.add_argument("--size", type=_size("--size"), default="1G", metavar="SIZE",
+                   help="RAM size of the generated machine (default 1G)")
+    b.add_argument("--codecs", default="lz4,snappy,lzo,zlib,zstd,none", metavar="C1,C2,...")
+    b.add_argument("--workers", default=None, metavar="N1,N2,...",
+                   help="worker counts to try (default: 1 and all usable CPUs)")
+    b.add_argument("--disks", default="1", metavar="N1,N2,... | DIR,DIR,...",
+                   help="numbers of temporary target files, or one directory per disk (default 1)")
+    b.add_argument("--data", default="random", choices=("random", "mixed", "zero"),
+                   help="random (incompressible, as in the talk), mixed (memory-like) or zero")
+    b.add_argument("--no-write", action="store_true",
+                   help="also run each case with writers that discard (CPU bound)")
+    b.add_argument("--chunk-size", type=_size("--chunk-size"), default="1M", metavar="SIZE")
+    b.add_argument("--block-size", type=_size("--block-size"), default=0, metavar="SIZE")
+    b.add_argument("--dir", metavar="DIR", help="where to put the generated source (default: $TMPDIR)")
+    b.add_argument("--json", action="store_true", help='print {"results": [...]} on stdout')
+    b.add_argument("--plot", metavar="FILE.png", help="draw throughput per codec, CPUs and disks")
+    b.add_argument("-q", "--quiet", action="store_true", help="no per-run lines on stderr")
     return p
 
 
@@ -156,7 +203,7 @@ def run_dump(a) -> int:
     from .pipeline import dump
     disks = tuple(a.disks.split(","))
     cfg = DumpConfig(a.source, disks, a.codec, a.workers, a.chunk_size, a.block_size, a.force,
-                     a.manifest, not a.no_mmap)
+                     a.manifest, not a.no_mmap, a.direct_io, a.memory_limit)
     res = dump(cfg)
     if a.json:
         print(json.dumps(res.to_json()))
@@ -168,12 +215,21 @@ def run_dump(a) -> int:
 def run_join(a) -> int:
     from .config import JoinConfig
     from .join import join
-    res = join(JoinConfig(tuple(a.members), a.output, a.force, a.workers))
+    out = sys.stderr if a.output == "-" else sys.stdout   # stdout carries the dump
+    cfg = JoinConfig(tuple(a.members), a.output, a.force, a.workers, a.format, a.codec)
+    res = join(cfg, notice=None if a.quiet else
+               lambda text: print(f"stripedump: join: {text}", file=sys.stderr))
     if a.json:
-        print(json.dumps(res.to_json()))
-    elif not a.quiet:
+        print(json.dumps(res.to_json()), file=out)
+    elif not a.quiet and a.format == "elf":
         print(f"joined {res.chunks} chunks into {res.output} ({res.bytes_out / 1e6:.1f} MB), "
-              f"{res.seconds:.2f} s, {res.mb_per_s:.1f} MB/s")
+              f"{res.seconds:.2f} s, {res.mb_per_s:.1f} MB/s", file=out)
+    elif not a.quiet:
+        x = res.extra
+        mem = x["memory_bytes"]
+        print(f"joined {res.chunks} chunks into {res.output} as {a.format} ({x['codec']}, pages "
+              f"{x['pages']}): {mem / 1e6:.1f} MB of memory in {res.bytes_out / 1e6:.1f} MB, "
+              f"{res.seconds:.2f} s, {mem / res.seconds / 1e6 if res.seconds else 0:.1f} MB/s", file=out)
     return ExitCode.OK
 
 
@@ -201,7 +257,42 @@ def run_verify(a) -> int:
     return ExitCode.OK
 
 
-RUNNERS = {"dump": run_dump, "join": run_join, "info": run_info, "verify": run_verify}
+def _int_list(text: str, what: str) -> tuple[int, ...]:
+    try:
+        vals = tuple(int(x) for x in text.split(",") if x)
+    except ValueError:
+        raise UsageError(f"{what} takes numbers separated by commas (got {text!r})") from None
+    if not vals or min(vals) < 1:
+        raise UsageError(f"{what} values must be at least 1 (got {text!r})")
+    return vals
+
+
+def run_bench(a) -> int:
+    from .bench import BenchConfig, bench, parse_disks, plot, table
+    from .codecs import CodecSpec
+    from .config import usable_cpus
+    codecs = tuple(CodecSpec.parse(c) for c in a.codecs.split(",") if c)
+    if not codecs:
+        raise UsageError("--codecs is empty")
+    workers = _int_list(a.workers, "--workers") if a.workers else tuple(sorted({1, usable_cpus()}))
+    counts, dirs = parse_disks(a.disks)
+    cfg = BenchConfig(a.size, codecs, workers, counts, dirs, a.data, a.no_write, a.chunk_size,
+                      a.block_size, a.dir)
+
+    def report(row):
+        if not a.quiet:
+            print(f"bench: {row['codec']} workers={row['workers']} disks={row['disks']} "
+                  f"{'write' if row['write'] else 'no-write'}: {row['mb_per_s']:.1f} MB/s, "
+                  f"ratio {row['ratio']:.2f}, peak {row['peak_memory_bytes'] / 2**20:.1f} MiB",
+                  file=sys.stderr, flush=True)
+    rows = bench(cfg, report)
+    if a.plot:
+        plot(rows, a.plot, f"stripedump bench: {a.size / 2**30:.3g} GiB of {a.data} data")
+    print(json.dumps({"results": rows}) if a.json else table(rows))
+    return ExitCode.OK
+
+
+RUNNERS = {"dump": run_dump, "join": run_join, "info": run_info, "verify": run_verify, "bench": run_bench}
 
 
 def main(argv: list[str] | None = None) -> int:

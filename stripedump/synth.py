@@ -288,6 +288,36 @@ def layouts() -> dict[str, dict]:
     }
 
 
+def build_aliased(path: str, size: int, pool: bytes, page_size: int = 4096) -> Built:
+    """An ELF core of ``size`` bytes of RAM whose PT_LOADs all show one ``pool``.
+
+    Every load maps the same file range at a different physical address, so a
+    10 GiB machine is a file of ``len(pool)`` bytes: benchmarks read real
+    pages through the real reader without needing the disk space or the page
+    cache of the whole size.  Per-block compression cannot see the repeats.
+    """
+    n = -(-size // len(pool))
+    loads = [Load(i * len(pool), min(len(pool), size - i * len(pool))) for i in range(n)]
+    note = notes_blob(1, page_size)
+    ph_off, phentsize = 64, 56
+    note_off = -(-(ph_off + (n + 1) * phentsize) // page_size) * page_size
+    data_off = -(-(note_off + len(note)) // page_size) * page_size
+    with open(path, "wb") as f:
+        ident = b"\x7fELF" + bytes([2, 1, 1, 0]) + bytes(8)
+        f.write(ident + struct.pack("<HHIQQQIHHHHHH", 4, EM_X86_64, 1, 0, ph_off, 0, 0, 64,
+                                    phentsize, n + 1, 64, 0, 0))
+        f.seek(ph_off)
+        f.write(struct.pack("<IIQQQQQQ", PT_NOTE, 0, note_off, 0, 0, len(note), len(note), 0))
+        for ld in loads:
+            f.write(struct.pack("<IIQQQQQQ", PT_LOAD, 7, data_off, ld.vaddr, ld.paddr, ld.filesz,
+                                ld.memsz, 0))
+        f.seek(note_off)
+        f.write(note)
+        f.seek(data_off)
+        f.write(pool)
+    return Built(path, data_off + len(pool), loads, page_size, 64, [data_off] * n)
+
+
 def demo_loads(size: int) -> list[Load]:
     """A machine-like layout of ``size`` bytes of RAM: low memory, a hole, RAM, kernel text."""
     low = Load(0x1000, 0x9E000)
