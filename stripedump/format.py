@@ -203,11 +203,6 @@ class IndexEntry(NamedTuple):
     STRUCT = struct.Struct("<QQIQ")
 
 
-def pack_index(entries: list[IndexEntry]) -> bytes:
-    body = b"".join(IndexEntry.STRUCT.pack(*e) for e in entries)
-    return pack_record(INDEX_MAGIC, body)
-
-
 def unpack_index(data: bytes, where: str) -> list[IndexEntry]:
     body = unpack_record(data, INDEX_MAGIC, where)
     if len(body) % IndexEntry.STRUCT.size:
