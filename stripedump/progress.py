@@ -1,0 +1,86 @@
+"""Progress on stderr: a bar on terminals, plain lines on serial consoles.
+
+Why two forms: a support engineer at a terminal wants a live bar with MB/s
+and ETA; a capture kernel's serial console (and a log file) wants a few
+plain lines, one at the start, one every few seconds, one at the end, with
+no carriage returns to garble the log.  ``--quiet`` turns both off.  The
+library calls a plain ``progress(done, total)`` callback, so it knows
+nothing about terminals.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+TTY_EVERY = 0.2      # seconds between bar redraws
+PLAIN_EVERY = 5.0    # seconds between plain lines (serial consoles are slow)
+BAR = 30
+
+
+def _fmt_eta(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+class Progress:
+    def __init__(self, what: str, stream=None, quiet: bool = False, every: float | None = None):
+        self.what = what
+        self.stream = stream if stream is not None else sys.stderr
+        self.quiet = quiet
+        try:
+            self.tty = self.stream.isatty()
+        except (AttributeError, ValueError):
+            self.tty = False
+        self.every = every if every is not None else (TTY_EVERY if self.tty else PLAIN_EVERY)
+        self.t0 = time.monotonic()
+        self.last = None
+        self.done = self.total = 0
+        self.started = False
+
+    def __call__(self, done: int, total: int) -> None:
+        self.done, self.total = done, total
+        if self.quiet:
+            return
+        now = time.monotonic()
+        if not self.started:
+            self.started = True
+            self.last = now
+            if not self.tty:
+                self._line(now)
+            return
+        if now - self.last >= self.every:
+            self.last = now
+            self._bar(now) if self.tty else self._line(now)
+
+    def _rate(self, now: float) -> float:
+        dt = now - self.t0
+        return self.done / dt / 1e6 if dt > 0 else 0.0
+
+    def _pct(self) -> float:
+        return 100.0 * self.done / self.total if self.total else 100.0
+
+    def _line(self, now: float) -> None:
+        print(f"stripedump: {self.what}: {self._pct():5.1f}% ({self.done / 1e6:.0f} of "
+              f"{self.total / 1e6:.0f} MB), {self._rate(now):.1f} MB/s", file=self.stream, flush=True)
+
+    def _bar(self, now: float) -> None:
+        frac = self.done / self.total if self.total else 1.0
+        fill = int(BAR * frac)
+        rate = self._rate(now)
+        eta = (self.total - self.done) / (rate * 1e6) if rate > 0 else 0
+        self.stream.write(f"\r{self.what} [{'#' * fill}{'.' * (BAR - fill)}] {self._pct():5.1f}% "
+                          f"{rate:8.1f} MB/s ETA {_fmt_eta(eta)} ")
+        self.stream.flush()
+
+    def close(self) -> None:
+        """The last update (always shown, unless quiet)."""
+        if self.quiet or not self.started:
+            return
+        now = time.monotonic()
+        if self.tty:
+            self._bar(now)
+            self.stream.write("\n")
+            self.stream.flush()
+        else:
+            self._line(now)
