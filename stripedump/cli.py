@@ -93,8 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("source", metavar="SOURCE", help="the ELF vmcore, normally /proc/vmcore")
     d.add_argument("--disks", required=True, metavar="T1,T2,...",
                    help="targets: block devices (written from offset 0) or files (created)")
-    d.add_argument("--codec", type=_codec, default="lz4", metavar="CODEC[:LEVEL]",
-                   help="none, lz4, snappy, lzo, zlib or zstd, with a level for zlib/zstd (default lz4)")
+    d.add_argument("--codec", type=_codec, default=None, metavar="CODEC[:LEVEL]",
+                   help="none, lz4, snappy, lzo, zlib or zstd, with a level for zlib/zstd (default lz4, "
+                        "or the first of snappy, lzo, zstd, zlib whose library is installed)")
     d.add_argument("--workers", type=_positive_int, default=0, metavar="N",
                    help="compression processes (default: one per usable CPU)")
     d.add_argument("--chunk-size", type=_size("--chunk-size"), default="1M", metavar="SIZE",
@@ -111,6 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--no-mmap", action="store_true", help="read the source with read() instead of mmap")
     d.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
     d.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
+    d.add_argument("-v", "--verbose", action="count", default=0,
+                   help="say more: the plan, the buffer pool, each member (-vv: each child process)")
 
     j = sub.add_parser("join", formatter_class=_formatter, help="rebuild the vmcore from the members",
                        description="Rebuild the dump from all members (in any order): the original ELF "
@@ -198,13 +201,41 @@ def _normalize(argv: list[str]) -> list[str]:
     return argv
 
 
+def _default_codec(verbose: bool):
+    """lz4, or the first codec whose library is installed: zlib always is."""
+    from .codecs import CodecSpec
+    from .errors import CodecUnavailable
+    for name in ("lz4", "snappy", "lzo", "zstd", "zlib"):
+        spec = CodecSpec(name)
+        try:
+            spec.make()
+        except CodecUnavailable:
+            continue
+        if name != "lz4":
+            print(f"stripedump: note: lz4 is not installed; using {name}", file=sys.stderr)
+        return spec
+    return CodecSpec("zlib")   # pragma: no cover - zlib is in the standard library
+
+
 def run_dump(a) -> int:
     from .config import DumpConfig
     from .pipeline import dump
     disks = tuple(a.disks.split(","))
+    if a.codec is None:
+        a.codec = _default_codec(a.verbose)
     cfg = DumpConfig(a.source, disks, a.codec, a.workers, a.chunk_size, a.block_size, a.force,
                      a.manifest, not a.no_mmap, a.direct_io, a.memory_limit)
-    res = dump(cfg)
+    from .progress import Progress
+    prog = Progress("dump", quiet=a.quiet)
+    say = None
+    if a.verbose and not a.quiet:
+        def say(msg: str, level: int = 1):
+            if a.verbose >= level:
+                print(f"stripedump: {msg}", file=sys.stderr, flush=True)
+    try:
+        res = dump(cfg, progress=prog, say=say)
+    finally:
+        prog.close()
     if a.json:
         print(json.dumps(res.to_json()))
     elif not a.quiet:
@@ -227,7 +258,8 @@ def run_join(a) -> int:
     elif not a.quiet:
         x = res.extra
         mem = x["memory_bytes"]
-        print(f"joined {res.chunks} chunks into {res.output} as {a.format} ({x['codec']}, pages "
+        where = "standard output" if a.output == "-" else res.output
+        print(f"joined {res.chunks} chunks into {where} as {a.format} ({x['codec']}, pages "
               f"{x['pages']}): {mem / 1e6:.1f} MB of memory in {res.bytes_out / 1e6:.1f} MB, "
               f"{res.seconds:.2f} s, {mem / res.seconds / 1e6 if res.seconds else 0:.1f} MB/s", file=out)
     return ExitCode.OK
@@ -243,7 +275,12 @@ def run_info(a) -> int:
 def run_verify(a) -> int:
     from .errors import VerifyError
     from .join import verify
-    res = verify(list(a.members), a.workers)
+    from .progress import Progress
+    prog = Progress("verify", quiet=a.quiet)
+    try:
+        res = verify(list(a.members), a.workers, progress=prog)
+    finally:
+        prog.close()
     if a.json:
         print(json.dumps(res.to_json()))
     for e in res.errors[:20]:

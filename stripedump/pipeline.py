@@ -236,22 +236,35 @@ class _Signals:
             signal.signal(s, h)
 
 
-def dump(cfg: DumpConfig, progress=None) -> DumpResult:
-    """Dump ``cfg.source`` striped over ``cfg.targets``; raises StripedumpError."""
+def dump(cfg: DumpConfig, progress=None, say=None) -> DumpResult:
+    """Dump ``cfg.source`` striped over ``cfg.targets``; raises StripedumpError.
+
+    ``progress(done_bytes, total_bytes)`` is called as chunks land;
+    ``say(message, level)`` receives verbose details (level 1, 2).
+    """
     t0 = time.monotonic()
+    cfg.codec.make()      # a missing codec library is a usage error, before anything is touched
     src = Source(cfg.source, use_mmap=cfg.use_mmap)
     try:
-        return _dump(cfg, src, t0, progress)
+        return _dump(cfg, src, t0, progress, say or (lambda msg, level=1: None))
     finally:
         src.close()
 
 
-def _dump(cfg: DumpConfig, src: Source, t0: float, progress) -> DumpResult:
+def _dump(cfg: DumpConfig, src: Source, t0: float, progress, say) -> DumpResult:
     chunk_pages, block_bytes = cfg.geometry(src.page_size)
     targets = check_targets(list(cfg.targets), src.st, cfg.force)
     plan = Plan(src.pfn_ranges, src.residue(), src.page_size, chunk_pages)
     nmem = len(targets)
     pool = pool_geometry(cfg.nworkers, nmem, plan.chunk_bytes, block_bytes, cfg.memory_limit, cfg.direct_io)
+    info = src.info
+    say(f"source {src.path}: ELF{info.elfclass}, {len(info.loads)} PT_LOADs, page size {src.page_size}, "
+        f"{plan.total_pages} pages in {len(plan.pfn_ranges)} range(s), {plan.residue_bytes} bytes of "
+        f"headers and padding, kernel {info.vmcoreinfo.get('OSRELEASE', 'unknown')}")
+    say(f"plan: {plan.n_chunks} chunks of {plan.chunk_bytes >> 10} KiB, blocks of {block_bytes >> 10} KiB, "
+        f"codec {cfg.codec}, {cfg.nworkers} worker(s), {nmem} member(s) round robin, "
+        f"{pool[0]} buffer slots = {pool[0] * pool[1] / 2**20:.1f} MiB"
+        + (", O_DIRECT" if cfg.direct_io else ""))
     dump_id = uuid.uuid4()
     manifest = build_manifest(src, plan, cfg, str(dump_id), block_bytes, nmem)
     manifest_rec = pack_manifest(manifest)
@@ -274,7 +287,7 @@ def _dump(cfg: DumpConfig, src: Source, t0: float, progress) -> DumpResult:
             headers.append(h)
         if cfg.manifest_path:
             _write_json_manifest(cfg.manifest_path, manifest, [t.path for t in targets])
-        result = _run(cfg, src, plan, targets, headers, start, block_bytes, pool, progress)
+        result = _run(cfg, src, plan, targets, headers, start, block_bytes, pool, progress, say)
     finally:
         for t in opened:
             os.close(t.fd)
@@ -334,7 +347,7 @@ def pool_geometry(workers: int, disks: int, chunk_bytes: int, block_bytes: int,
     return slots, slot
 
 
-def _run(cfg, src, plan, targets, headers, start, block_bytes, geometry, progress) -> DumpResult:
+def _run(cfg, src, plan, targets, headers, start, block_bytes, geometry, progress, say) -> DumpResult:
     W, D = cfg.nworkers, len(targets)
     nslots, slot_size = geometry
     pool = mmap.mmap(-1, nslots * slot_size, mmap.MAP_SHARED)
@@ -352,6 +365,7 @@ def _run(cfg, src, plan, targets, headers, start, block_bytes, geometry, progres
                                  writer_qs[d], events), daemon=True) for d, t in enumerate(targets)]
     for p in writers + workers:
         p.start()
+        say(f"started {p.name} (pid {p.pid})", 2)
     free = list(range(nslots))
     inflight = 0
     error: StripedumpError | None = None
@@ -429,6 +443,7 @@ def _run(cfg, src, plan, targets, headers, start, block_bytes, geometry, progres
                 continue
             if ev[0] == "done":
                 members_done[ev[1]] = ev[2:]
+                say(f"member {targets[ev[1]].path}: {ev[3]} chunks, {ev[2]} bytes, synced")
             elif ev[0] == "err":
                 fail(from_wire(ev[3], ev[4]))
         _join_all(writers, fail, "writer")

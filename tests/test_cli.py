@@ -116,3 +116,37 @@ def test_join_errors_are_one_line(tmp_path, vmcore, cli):
 def test_version(cli):
     r = cli("--version")
     assert r.rc == 0 and r.out.startswith("stripedump ")
+
+
+def _run_without(modules, *args, cwd):
+    """Run the CLI in a Python where ``modules`` cannot be imported."""
+    import subprocess
+    import sys
+    block = "; ".join(f"sys.modules[{m!r}] = None" for m in modules)
+    code = f"import sys; {block}; from stripedump.cli import main; sys.exit(main({list(map(str, args))!r}))"
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=cwd, env=env,
+                       timeout=120)
+    from conftest import CliResult
+    return CliResult(p)
+
+
+def test_missing_codec_libraries_leave_zlib_working(tmp_path, vmcore):
+    b = vmcore("kernel")
+    gone = ["lz4", "lz4.block", "cramjam", "snappy", "lzo", "zstandard"]
+    r = _run_without(gone, "dump", "--disks", tmp_path / "m", b.path, cwd=tmp_path)
+    assert r.rc == 0, r
+    assert "lz4 is not installed; using zlib" in r.err
+    r = _run_without(gone, "join", tmp_path / "m", "-o", tmp_path / "o", cwd=tmp_path)
+    assert r.rc == 0, r
+    assert filecmp.cmp(b.path, tmp_path / "o", shallow=False)
+    r = _run_without(gone, "dump", "--disks", tmp_path / "m2", "--codec", "zstd", b.path, cwd=tmp_path)
+    assert_one_line_error(r, 2, "zstandard", "not installed")
+    assert not (tmp_path / "m2").exists()
+
+
+def test_verbose_dump_tells_the_plan(tmp_path, vmcore, cli):
+    b = vmcore("kernel")
+    r = cli("dump", "-v", "--disks", tmp_path / "m", b.path)
+    assert r.rc == 0
+    assert "plan:" in r.err and "buffer slots" in r.err and "synced" in r.err
