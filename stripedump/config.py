@@ -18,6 +18,7 @@ from .errors import UsageError
 _UNITS = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40, "P": 1 << 50}
 DEFAULT_CHUNK = 1 << 20        # machine-limits §5: shared-memory hand-off runs at 18 GB/s per 1 MiB
 MAX_CHUNK = 256 << 20
+JOIN_FORMATS = ("elf", "kdump", "flat")
 
 
 def parse_size(text: str, what: str = "size") -> int:
@@ -88,6 +89,17 @@ class JoinConfig:
     output: str
     force: bool = False
     workers: int = 0
+    format: str = "elf"                  # elf, kdump or flat (JOIN_FORMATS)
+    codec: CodecSpec | None = None       # kdump/flat page codec; None: the dump's, else lzo
+
+    def __post_init__(self):
+        if self.format not in JOIN_FORMATS:
+            raise UsageError(f"unknown join format {self.format!r}; choose one of {', '.join(JOIN_FORMATS)}")
+        if self.codec is not None and self.format == "elf":
+            raise UsageError("--codec applies to --format kdump or flat only (ELF output is not compressed)")
+        if self.output == "-" and self.format != "flat":
+            raise UsageError(f"{self.format} output is written out of order and cannot go to standard "
+                             "output; give a file name, or use --format flat")
 
     @property
     def nworkers(self) -> int:

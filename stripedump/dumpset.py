@@ -116,23 +116,50 @@ class DumpSet:
 
         Marks each chunk ID in ``seen`` (a bitmap); a chunk listed twice or
         on the wrong member is a MemberError.
+
+        The members' indexes are read round robin, one entry of each in
+        turn, so a pool reading the chunks keeps every member (disk) busy
+        and meets the chunks roughly in chunk-id (PFN) order.
         """
+        streams = [self._member_locations(d, r, f, seen)
+                   for d, (r, f) in enumerate(zip(self.readers, self.footers()))]
+        while streams:
+            for s in list(streams):
+                loc = next(s, None)
+                if loc is None:
+                    streams.remove(s)
+                else:
+                    yield loc
+
+    def _member_locations(self, d: int, r: MemberReader, f, seen: bytearray):
         n = self.plan.n_chunks
         D = len(self.readers)
-        for d, (r, f) in enumerate(zip(self.readers, self.footers())):
-            for e in r.index(f):
-                e = IndexEntry(*e)
-                if e.chunk_id >= n or placement(e.chunk_id, D) != d:
-                    raise MemberError(f"{r.where}: index lists chunk {e.chunk_id}, which does not "
-                                      "belong to this member")
-                byte, bit = divmod(e.chunk_id, 8)
-                if seen[byte] & (1 << bit):
-                    raise MemberError(f"{r.where}: chunk {e.chunk_id} is listed twice")
-                seen[byte] |= 1 << bit
-                if e.offset + e.length > r.size:
-                    raise MemberError(f"{r.where}: chunk {e.chunk_id} lies past the end of the member "
-                                      f"(member truncated to {r.size} bytes?)")
-                yield d, e
+        for e in r.index(f):
+            e = IndexEntry(*e)
+            if e.chunk_id >= n or placement(e.chunk_id, D) != d:
+                raise MemberError(f"{r.where}: index lists chunk {e.chunk_id}, which does not "
+                                  "belong to this member")
+            byte, bit = divmod(e.chunk_id, 8)
+            if seen[byte] & (1 << bit):
+                raise MemberError(f"{r.where}: chunk {e.chunk_id} is listed twice")
+            seen[byte] |= 1 << bit
+            if e.offset + e.length > r.size:
+                raise MemberError(f"{r.where}: chunk {e.chunk_id} lies past the end of the member "
+                                  f"(member truncated to {r.size} bytes?)")
+            yield d, e
+
+    def record(self, chunk_id: int) -> bytes | None:
+        """One chunk's record, found by scanning its member's index; None if not listed.
+
+        For the odd single chunk (kdump output reads ``init_uts_ns``): the
+        scan streams the index, so memory stays bounded.
+        """
+        r = self.readers[placement(chunk_id, len(self.readers))]
+        for e in r.index(r.footer()):
+            e = IndexEntry(*e)
+            if e.chunk_id == chunk_id:
+                return r.read_record(e)
+        return None
 
     def missing_chunks(self, seen: bytearray) -> list[int]:
         return [c for c in range(self.plan.n_chunks) if not seen[c >> 3] & (1 << (c & 7))]

@@ -15,7 +15,9 @@ pages stay holes on filesystems that allow them), synced, and renamed to OUT
 only when every chunk has been verified and written: a failed join never
 leaves a plausible-looking but incomplete OUT behind.
 
-``verify`` runs the same pool without an output file.
+``verify`` runs the same pool without an output file, and ``--format
+kdump`` / ``flat`` (``kdump.py``) run it with their own per-chunk handler:
+the pool itself only reads records and reports, whatever is done with them.
 """
 
 from __future__ import annotations
@@ -25,15 +27,15 @@ import multiprocessing
 import os
 import queue
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from .config import JoinConfig
 from .dumpset import DumpSet
-from .errors import MemberError, OutputError, StripedumpError, VerifyError, from_wire
+from .errors import Interrupted, MemberError, OutputError, StripedumpError, VerifyError, from_wire
 from .format import KIND_FILE, KIND_PAGES
 from .member import decode_chunk
 from .pipeline import POLL, _child_init, _describe_exit, _join_all, _Signals, messages
-from .errors import Interrupted
 from .vmcore import PT_LOAD, subtract_ranges
 
 INFLIGHT_PER_WORKER = 4
@@ -80,7 +82,7 @@ class RenderMap:
             i += 1
 
 
-def _pwrite_all(fd: int, data, offset: int, where: str) -> None:
+def pwrite_all(fd: int, data, offset: int, where: str) -> None:
     mv = memoryview(data)
     while len(mv):
         try:
@@ -102,46 +104,82 @@ class ChunkSink:
         mv = memoryview(data)
         if kind == KIND_FILE:
             for a, b in runs:
-                _pwrite_all(self.fd, mv[a:b], start + a, self.where)
+                pwrite_all(self.fd, mv[a:b], start + a, self.where)
             return
         base = start * self.page_size
         for a, b in runs:
             for pa, pb, offs in self.render.spans(base + a, base + b):
                 for off in offs:
-                    _pwrite_all(self.fd, mv[pa - base:pb - base], off, self.where)
+                    pwrite_all(self.fd, mv[pa - base:pb - base], off, self.where)
 
 
-def _join_worker(wid, paths, block_bytes, sink_args, tasks, events) -> None:
+class Task(NamedTuple):
+    """One chunk for a pool worker: where its record is and what the plan says it holds."""
+    member: int
+    chunk_id: int
+    offset: int
+    length: int
+    checksum: int
+    kind: int
+    start: int
+    raw: int
+    desc: str
+
+
+def check_record(h, where: str, t: Task) -> None:
+    """A decoded record must be the chunk the index and the plan promise."""
+    if h.chunk_id != t.chunk_id or h.payload_checksum != t.checksum:
+        raise VerifyError(f"{where}: record does not match the index (found chunk {h.chunk_id})")
+    if (h.kind, h.start, h.raw_length) != (t.kind, t.start, t.raw):
+        raise VerifyError(f"{where}: record describes other data than the plan says")
+
+
+def _pool_worker(wid, paths, make_handler, tasks, events) -> None:
+    """Read each task's record and hand it to ``handle(rec, where, task)``.
+
+    ``make_handler`` runs in the child (after fork) so that file
+    descriptors and codec state belong to this process.  Every outcome is
+    an event: ("ok", raw bytes) or ("err", class name, message).
+    """
     _child_init()
     fds = {}
     try:
-        fd_out = None
-        if sink_args["output"]:
-            fd_out = os.open(sink_args["output"], os.O_WRONLY)
-        sink = ChunkSink(fd_out, sink_args["render"], sink_args["page_size"], sink_args["output"])
-        codecs = {}
-        for d, cid, offset, length, csum, kind, start, raw, desc in messages(tasks):
-            where = f"member {paths[d]}, {desc}"
+        handle = make_handler()
+        for t in messages(tasks):
+            t = Task(*t)
+            where = f"member {paths[t.member]}, {t.desc}"
             try:
-                fd = fds.get(d)
+                fd = fds.get(t.member)
                 if fd is None:
-                    fd = fds[d] = os.open(paths[d], os.O_RDONLY)
-                rec = os.pread(fd, length, offset)
-                if len(rec) != length:
+                    fd = fds[t.member] = os.open(paths[t.member], os.O_RDONLY)
+                rec = os.pread(fd, t.length, t.offset)
+                if len(rec) != t.length:
                     raise MemberError(f"{where}: record truncated")
-                h, data, runs = decode_chunk(rec, where, block_bytes, codecs)
-                if h.chunk_id != cid or h.payload_checksum != csum:
-                    raise VerifyError(f"{where}: record does not match the index (found chunk {h.chunk_id})")
-                if (h.kind, h.start, h.raw_length) != (kind, start, raw):
-                    raise VerifyError(f"{where}: record describes other data than the plan says")
-                sink.put(h.kind, h.start, data, runs)
-                events.put(("ok", h.raw_length))
+                handle(rec, where, t)
+                events.put(("ok", t.raw))
             except StripedumpError as e:
                 events.put(("err", *e.to_wire()))
             except OSError as e:
                 events.put(("err", "MemberError", f"{where}: read error: {e.strerror}"))
+    except StripedumpError as e:
+        events.put(("err", *e.to_wire()))
     except Exception as e:
         events.put(("err", "StripedumpError", f"internal error in join worker {wid}: {type(e).__name__}: {e}"))
+
+
+def _elf_handler(output: str | None, render: RenderMap | None, page_size: int, block_bytes: int):
+    """Handler factory for ELF join (an output file) and verify (``output`` None)."""
+    def make():
+        fd_out = os.open(output, os.O_WRONLY) if output else None
+        sink = ChunkSink(fd_out, render, page_size, output)
+        codecs: dict = {}
+
+        def handle(rec, where, t):
+            h, data, runs = decode_chunk(rec, where, block_bytes, codecs)
+            check_record(h, where, t)
+            sink.put(h.kind, h.start, data, runs)
+        return handle
+    return make
 
 
 @dataclass
@@ -152,6 +190,7 @@ class JoinResult:
     chunks: int
     seconds: float
     errors: list[str]
+    extra: dict = field(default_factory=dict)
 
     @property
     def mb_per_s(self) -> float:
@@ -160,17 +199,20 @@ class JoinResult:
     def to_json(self) -> dict:
         return {"dump_id": self.dump_id, "output": self.output, "output_bytes": self.bytes_out,
                 "chunks": self.chunks, "seconds": round(self.seconds, 6),
-                "mb_per_s": round(self.mb_per_s, 3), "errors": self.errors}
+                "mb_per_s": round(self.mb_per_s, 3), "errors": self.errors, **self.extra}
 
 
-def _run_pool(ds: DumpSet, workers: int, output: str | None, keep_going: bool, progress) -> tuple:
-    """Stream every chunk through a pool; returns (chunks ok, raw bytes, errors)."""
-    render = RenderMap(ds.segments, ds.plan.residue) if output else None
-    sink_args = {"output": output, "render": render, "page_size": ds.page_size}
+def _run_pool(ds: DumpSet, workers: int, make_handler, keep_going: bool, progress,
+              wanted=None) -> tuple:
+    """Stream every chunk (or those ``wanted(chunk_id)`` accepts) through a pool.
+
+    Returns (chunks ok, raw bytes, errors).  Chunks missing from every
+    member are errors even when not wanted: the dump is not whole.
+    """
     paths = [r.path for r in ds.readers]
     ctx = multiprocessing.get_context("fork")
     tasks, events = ctx.Queue(), ctx.Queue()
-    procs = [ctx.Process(target=_join_worker, args=(i, paths, ds.block_bytes, sink_args, tasks, events),
+    procs = [ctx.Process(target=_pool_worker, args=(i, paths, make_handler, tasks, events),
                          daemon=True, name=f"stripedump-join-{i}") for i in range(workers)]
     for p in procs:
         p.start()
@@ -201,6 +243,9 @@ def _run_pool(ds: DumpSet, workers: int, output: str | None, keep_going: bool, p
                 handle(events.get(timeout=POLL))
                 return True
             except queue.Empty:
+                if sig.signum:    # a worker may be stuck on a stalled pipe: do not wait for it
+                    fatal = fatal or Interrupted("interrupted; output removed", sig.signum)
+                    return False
                 for i, p in enumerate(procs):
                     if p.exitcode is not None:
                         fatal = fatal or StripedumpError(f"join worker {i} (pid {p.pid}) "
@@ -215,9 +260,11 @@ def _run_pool(ds: DumpSet, workers: int, output: str | None, keep_going: bool, p
                     fatal = Interrupted("interrupted; output removed", sig.signum)
                 if fatal is not None:
                     break
+                if wanted is not None and not wanted(e.chunk_id):
+                    continue
                 c = ds.plan.chunk(e.chunk_id)
-                tasks.put((d, e.chunk_id, e.offset, e.length, e.checksum, c.kind, c.start,
-                           c.raw_bytes(ds.page_size), c.describe(ds.page_size)))
+                tasks.put(tuple(Task(d, e.chunk_id, e.offset, e.length, e.checksum, c.kind, c.start,
+                                     c.raw_bytes(ds.page_size), c.describe(ds.page_size))))
                 inflight += 1
                 while inflight >= limit and alive and fatal is None:
                     alive = wait_one()
@@ -240,43 +287,77 @@ def _run_pool(ds: DumpSet, workers: int, output: str | None, keep_going: bool, p
     return ok, nbytes, errors
 
 
-def join(cfg: JoinConfig, progress=None) -> JoinResult:
-    """Rebuild the source ELF vmcore from its members into ``cfg.output``."""
+class PartialOutput:
+    """The join output as ``OUT.partial``, renamed to OUT only on success.
+
+    Refuses an existing OUT without ``force`` and an OUT that is one of the
+    members.  ``size`` pre-sizes the file (holes for pages never written).
+    Used as a context manager: any exception removes the partial file.
+    """
+
+    def __init__(self, out: str, members: list[str], force: bool, size: int = 0):
+        if os.path.lexists(out) and not force:
+            raise OutputError(f"output {out} exists; refusing to overwrite it (use --force)")
+        for m in members:
+            if os.path.exists(out) and os.path.samefile(out, m):
+                raise OutputError(f"output {out} is one of the members")
+        self.out, self.tmp = out, out + ".partial"
+        try:
+            self.fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            if size:
+                os.ftruncate(self.fd, size)
+        except OSError as e:
+            raise OutputError(f"cannot create output {self.tmp}: {e.strerror}") from None
+
+    def commit(self, size: int | None = None) -> None:
+        """Set the final size (if given), sync, close and rename to OUT."""
+        try:
+            if size is not None:
+                os.ftruncate(self.fd, size)
+            os.fsync(self.fd)
+            os.close(self.fd)
+            self.fd = -1
+            os.replace(self.tmp, self.out)
+        except OSError as e:
+            raise OutputError(f"cannot finish output {self.out}: {e.strerror}") from None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, *exc):
+        if exc_type is None:
+            return
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+        try:
+            os.unlink(self.tmp)
+        except OSError:
+            pass
+
+
+def join(cfg: JoinConfig, progress=None, notice=None) -> JoinResult:
+    """Rebuild the dump from its members into ``cfg.output``.
+
+    ``cfg.format`` "elf" gives the source ELF vmcore byte for byte; "kdump"
+    and "flat" are written by ``kdump.join_kdump``.  ``notice(text)`` is
+    called with remarks a user should see (e.g. that pages are transcoded).
+    """
+    if cfg.format != "elf":
+        from .kdump import join_kdump
+        return join_kdump(cfg, progress, notice)
     t0 = time.monotonic()
-    out = cfg.output
-    if out == "-":
-        raise OutputError("ELF output cannot go to standard output (it is written out of order); "
-                          "give a file name")
     with DumpSet(list(cfg.members)) as ds:
         ds.footers()
-        if os.path.lexists(out) and not cfg.force:
-            raise OutputError(f"output {out} exists; refusing to overwrite it (use --force)")
-        for r in ds.readers:
-            if os.path.exists(out) and os.path.samefile(out, r.path):
-                raise OutputError(f"output {out} is one of the members")
-        tmp = out + ".partial"
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            os.ftruncate(fd, ds.source_size)
-        except OSError as e:
-            raise OutputError(f"cannot create output {tmp}: {e.strerror}") from None
-        try:
-            ok, nbytes, errors = _run_pool(ds, cfg.nworkers, tmp, False, progress)
+        with PartialOutput(cfg.output, [r.path for r in ds.readers], cfg.force, ds.source_size) as out:
+            handler = _elf_handler(out.tmp, RenderMap(ds.segments, ds.plan.residue), ds.page_size,
+                                   ds.block_bytes)
+            ok, nbytes, errors = _run_pool(ds, cfg.nworkers, handler, False, progress)
             if errors:
                 raise VerifyError(errors[0])
-            os.fsync(fd)
-            os.close(fd)
-            fd = -1
-            os.replace(tmp, out)
-        except BaseException:
-            if fd >= 0:
-                os.close(fd)
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
-        return JoinResult(ds.dump_id, out, ds.source_size, ok, time.monotonic() - t0, [])
+            out.commit()
+        return JoinResult(ds.dump_id, cfg.output, ds.source_size, ok, time.monotonic() - t0, [],
+                          {"format": "elf"})
 
 
 def verify(members: list[str], workers: int = 0, progress=None) -> JoinResult:
@@ -284,6 +365,7 @@ def verify(members: list[str], workers: int = 0, progress=None) -> JoinResult:
     from .config import usable_cpus
     t0 = time.monotonic()
     with DumpSet(members) as ds:
-        ok, nbytes, errors = _run_pool(ds, workers or usable_cpus(), None, True, progress)
+        handler = _elf_handler(None, None, ds.page_size, ds.block_bytes)
+        ok, nbytes, errors = _run_pool(ds, workers or usable_cpus(), handler, True, progress)
         res = JoinResult(ds.dump_id, None, nbytes, ok, time.monotonic() - t0, errors)
     return res

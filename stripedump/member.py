@@ -98,11 +98,13 @@ def encode_chunk(src, codec, chunk: Chunk, block_bytes: int, out, zero) -> tuple
     return pos, csum
 
 
-def decode_chunk(rec, where: str, block_bytes: int, codec_cache: dict) -> tuple[ChunkHeader, bytearray, list]:
-    """Check and expand one record.
+def read_chunk(rec, where: str, block_bytes: int) -> tuple[ChunkHeader, memoryview, list]:
+    """Check one record's header, checksum and block table, without decompressing.
 
-    Returns (header, data, runs): ``data`` holds ``raw_length`` bytes and
-    ``runs`` the (start, end) byte ranges that are not all zero.
+    Returns (header, body, blocks): ``body`` is the payload and ``blocks``
+    lists, for every block that is not all zero, ``(how, a, b, pos, ln)``:
+    chunk bytes ``[a, b)`` stored as ``how`` (BLOCK_RAW or BLOCK_COMPRESSED)
+    in ``body[pos:pos + ln]``.  Empty for an all-zero chunk.
     """
     h = ChunkHeader.unpack(rec, where)
     if h.record_length > len(rec):
@@ -112,21 +114,15 @@ def decode_chunk(rec, where: str, block_bytes: int, codec_cache: dict) -> tuple[
         raise VerifyError(f"{where}: checksum mismatch (the member is corrupt)")
     if h.raw_length > (1 << 32):
         raise VerifyError(f"{where}: implausible chunk length {h.raw_length}")
-    data = bytearray(h.raw_length)
-    runs: list[list[int]] = []
+    blocks: list[tuple[int, int, int, int, int]] = []
     if h.flags & CHUNK_ALL_ZERO:
-        return h, data, runs
+        return h, body, blocks
     nblocks = -(-h.raw_length // block_bytes)
     if h.nblocks != nblocks or 4 * nblocks > len(body):
         raise VerifyError(f"{where}: block table does not match the chunk length")
     table = array("I", body[:4 * nblocks].tobytes())
     if BIG_ENDIAN_HOST:
         table.byteswap()
-    codec = codec_cache.get(h.codec_id)
-    if codec is None:
-        if h.codec_id not in codecs_mod.BY_ID:
-            raise MemberError(f"{where}: unknown codec id {h.codec_id}")
-        codec = codec_cache[h.codec_id] = codecs_mod.BY_ID[h.codec_id]()
     pos = 4 * nblocks
     for i, e in enumerate(table):
         how, ln = e >> 30, e & BLOCK_LEN_MASK
@@ -139,24 +135,56 @@ def decode_chunk(rec, where: str, block_bytes: int, codec_cache: dict) -> tuple[
         if how == BLOCK_RAW:
             if ln != b - a:
                 raise VerifyError(f"{where}: raw block {i} has length {ln}, expected {b - a}")
-            data[a:b] = body[pos:pos + ln]
-        elif how == BLOCK_COMPRESSED:
-            try:
-                out = codec.decompress(body[pos:pos + ln], b - a)
-            except Exception as e:   # every codec library has its own error type
-                raise VerifyError(f"{where}: block {i} does not decompress ({codec.name}: {e})") from None
-            if len(out) != b - a:
-                raise VerifyError(f"{where}: block {i} decompresses to {len(out)} bytes, expected {b - a}")
-            data[a:b] = out
-        else:
+        elif how != BLOCK_COMPRESSED:
             raise VerifyError(f"{where}: block {i} has an unknown storage kind {how}")
+        blocks.append((how, a, b, pos, ln))
         pos += ln
+    if pos != len(body):
+        raise VerifyError(f"{where}: block table does not account for the whole payload")
+    return h, body, blocks
+
+
+def chunk_codec(h: ChunkHeader, where: str, codec_cache: dict):
+    """The codec instance for a record's ``codec_id`` (one per id and process)."""
+    codec = codec_cache.get(h.codec_id)
+    if codec is None:
+        if h.codec_id not in codecs_mod.BY_ID:
+            raise MemberError(f"{where}: unknown codec id {h.codec_id}")
+        codec = codec_cache[h.codec_id] = codecs_mod.BY_ID[h.codec_id]()
+    return codec
+
+
+def decompress_block(codec, block, size: int, where: str, i) -> bytes:
+    try:
+        out = codec.decompress(block, size)
+    except Exception as e:   # every codec library has its own error type
+        raise VerifyError(f"{where}: block {i} does not decompress ({codec.name}: {e})") from None
+    if len(out) != size:
+        raise VerifyError(f"{where}: block {i} decompresses to {len(out)} bytes, expected {size}")
+    return out
+
+
+def decode_chunk(rec, where: str, block_bytes: int, codec_cache: dict) -> tuple[ChunkHeader, bytearray, list]:
+    """Check and expand one record.
+
+    Returns (header, data, runs): ``data`` holds ``raw_length`` bytes and
+    ``runs`` the (start, end) byte ranges that are not all zero.
+    """
+    h, body, blocks = read_chunk(rec, where, block_bytes)
+    data = bytearray(h.raw_length)
+    runs: list[list[int]] = []
+    if not blocks:
+        return h, data, runs
+    codec = chunk_codec(h, where, codec_cache)
+    for how, a, b, pos, ln in blocks:
+        if how == BLOCK_RAW:
+            data[a:b] = body[pos:pos + ln]
+        else:
+            data[a:b] = decompress_block(codec, body[pos:pos + ln], b - a, where, a // block_bytes)
         if runs and runs[-1][1] == a:
             runs[-1][1] = b
         else:
             runs.append([a, b])
-    if pos != len(body):
-        raise VerifyError(f"{where}: block table does not account for the whole payload")
     return h, data, runs
 
 

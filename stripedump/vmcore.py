@@ -75,6 +75,7 @@ class Note:
     name: bytes
     type: int
     desc: bytes
+    desc_offset: int = 0     # where desc starts in the note area (kdump output points at VMCOREINFO)
 
 
 @dataclass
@@ -105,7 +106,8 @@ def parse_notes(data: bytes, endian: str) -> list[Note]:
         desc_end = desc_start + descsz
         if desc_end > len(data) or name_end > len(data):
             break
-        notes.append(Note(data[pos + 12:name_end].rstrip(b"\0"), ntype, data[desc_start:desc_end]))
+        notes.append(Note(data[pos + 12:name_end].rstrip(b"\0"), ntype, data[desc_start:desc_end],
+                          desc_start))
         pos = desc_start + ((descsz + 3) & ~3)
     return notes
 

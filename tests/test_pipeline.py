@@ -115,7 +115,7 @@ def _start_slow_dump(tmp_path, *extra):
     targets = f"{tmp_path}/m0,{tmp_path}/m1"
     env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     p = subprocess.Popen([sys.executable, "-m", "stripedump", "dump", "--disks", targets, "--codec",
-                          "zlib:9", "--workers", "2", *extra, src], stdout=subprocess.PIPE,
+                          "zlib:9", "--workers", "2", "-q", *extra, src], stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True, env=env)
     return p, [f"{tmp_path}/m0", f"{tmp_path}/m1"]
 
