@@ -8,16 +8,18 @@ child is forked from the coordinator, so the source's file descriptor and
 one anonymous shared mapping (the *slot pool*) are inherited; nothing needs
 /dev/shm, which a capture kernel may not mount.
 
-    coordinator --(chunk id, slot)--> task queue --> worker 1..W
+    coordinator --(chunk id, slot)--> task pipe --> worker 1..W
         worker: maps the chunk's source pages itself (mmap window), zero-tests
         and compresses block by block straight into its slot, then
-        --(chunk id, slot, length, checksum)--> queue of writer (id % D)
+        --(chunk id, slot, length, checksum)--> pipe of writer (id % D)
         writer d: one large write() of the slot to member d, index entry,
-        --(slot freed)--> coordinator's event queue
+        --(slot freed)--> coordinator's event pipe
 
-No page data passes through the coordinator or through a queue: queues carry
-a few integers per chunk, the bytes stay in the slot pool (machine-limits §5:
-shared memory moves 18 GB/s per 1 MiB, queues 0.5 GB/s).
+No page data passes through the coordinator or through a pipe: pipes carry a
+few integers per chunk as fixed-size records (ipc.py), the bytes stay in the
+slot pool (machine-limits §5: shared memory moves 18 GB/s per 1 MiB,
+multiprocessing queues 0.5 GB/s, and their pickling and feeder threads cost
+the coordinator a third of a CPU at a thousand chunks a second).
 
 Memory bound: the slot pool has ``S = 2*W + 2*D`` slots of
 ``record_bound(chunk, block)`` bytes (a chunk stored raw plus its block
@@ -25,14 +27,14 @@ table), so the pool is ``S * (chunk_size + chunk_size/block_size*4 + 48)``:
 8.0 MiB for 2 workers, 2 disks and 1 MiB chunks, whatever the size of the
 dump.  Backpressure is the free-slot list: the coordinator hands out a chunk
 only when a slot is free, so a slow disk stalls the workers instead of
-growing a queue.  Each writer keeps at most INDEX_EVERY index entries.
+growing a backlog.  Each writer keeps at most INDEX_EVERY index entries.
 
 Ordering: chunks are handed out in plan order; writers append records in the
 order they arrive, and each member's index records where every chunk went, so
 no writer waits for another.
 
 Failure: every error in a child travels back as (class name, message) on the
-event queue.  The first one stops the feed: new tasks are skipped, in-flight
+event pipe.  The first one stops the feed: new tasks are skipped, in-flight
 slots drain, writers finalize their members as INCOMPLETE with the reason,
 and the coordinator raises the error.  A child that dies is noticed within
 POLL seconds (its exit code); nothing blocks without a timeout, so the
@@ -46,6 +48,7 @@ import multiprocessing
 import os
 import queue
 import signal
+import struct
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -55,12 +58,15 @@ from .config import DumpConfig
 from .errors import IncompleteDump, Interrupted, StripedumpError, TargetIOError, UsageError, from_wire
 from .format import (HEADER_BLOCK, MEMBER_MAGIC, STATE_COMPLETE, STATE_INCOMPLETE, STATE_WRITING,
                      VERSION, CHECKSUM_XXH3_64, MemberHeader, pack_manifest)
+from .ipc import END, MessagePipe, RecordPipe
 from .member import MemberWriter, aligned_block, encode_chunk, record_bound, write_all
 from .plan import Plan, placement
 from .targets import check_targets, open_target
 from .vmcore import Source
 
 POLL = 0.5            # seconds between liveness checks while waiting
+TASK = "<QI"          # coordinator -> workers: chunk id, slot
+WRITE = "<QIIQQ"      # worker -> writer: chunk id, slot, record length, checksum, source bytes
 JOIN_TIMEOUT = 30.0   # seconds a child gets to exit after its sentinel
 SLOT_ALIGN = 4096
 
@@ -154,7 +160,7 @@ def _worker(wid, src, codec_spec, plan_json, block_bytes, pool, slot_size, tasks
         plan = Plan.from_json(plan_json)
         zero = bytes(block_bytes)
         pool_mv = memoryview(pool)
-        for cid, slot in messages(tasks):
+        for cid, slot in tasks.records(POLL):
             if stop.value:
                 events.put(("skip", slot))
                 continue
@@ -167,19 +173,25 @@ def _worker(wid, src, codec_spec, plan_json, block_bytes, pool, slot_size, tasks
                 events.put(("err", f"worker {wid}", slot, *e.to_wire()))
                 continue
             writer_qs[placement(cid, len(writer_qs))].put(
-                (cid, slot, length, csum, chunk.raw_bytes(plan.page_size)))
+                cid, slot, length, csum, chunk.raw_bytes(plan.page_size))
     except Exception as e:   # a bug: report it rather than die silently
         events.put(("err", f"worker {wid}", None, "StripedumpError",
                     f"internal error in worker {wid}: {type(e).__name__}: {e}"))
 
 
-def _writer(d, writer: MemberWriter, pool, slot_size, inbox, events) -> None:
+def _writer(d, writer: MemberWriter, pool, slot_size, inbox, events, notes) -> None:
     _child_init()
     pool_mv = memoryview(pool)
     failed = None
-    for msg in messages(inbox):
-        if msg[0] == "end":
-            state, note = msg[1], msg[2]
+    ppid = os.getppid()
+    while True:
+        msg = inbox.get(POLL)
+        if msg is None:
+            if os.getppid() != ppid:
+                return      # coordinator gone: leave the member unfinalized
+            continue
+        if msg[0] == END:
+            state, note = msg[1], _read_note(notes)
             if failed:
                 state, note = STATE_INCOMPLETE, failed
             try:
@@ -201,6 +213,16 @@ def _writer(d, writer: MemberWriter, pool, slot_size, inbox, events) -> None:
                 failed = f"internal error in writer {d}: {type(e).__name__}: {e}"
                 events.put(("err", f"writer {d}", None, "StripedumpError", failed))
         events.put(("free", slot, raw_len))
+
+
+def _write_note(notes, text: str) -> None:
+    data = text.encode()[:len(notes) - 4]
+    notes[:4 + len(data)] = struct.pack("<I", len(data)) + data
+
+
+def _read_note(notes) -> str:
+    (n,) = struct.unpack_from("<I", notes)
+    return bytes(notes[4:4 + n]).decode("utf-8", "replace")
 
 
 def _describe_exit(p) -> str:
@@ -352,8 +374,9 @@ def _run(cfg, src, plan, targets, headers, start, block_bytes, geometry, progres
     nslots, slot_size = geometry
     pool = mmap.mmap(-1, nslots * slot_size, mmap.MAP_SHARED)
     ctx = multiprocessing.get_context("fork")
-    tasks, events = ctx.Queue(), ctx.Queue()
-    writer_qs = [ctx.Queue() for _ in range(D)]
+    tasks, events = RecordPipe(TASK), MessagePipe()
+    writer_qs = [RecordPipe(WRITE) for _ in range(D)]
+    notes = mmap.mmap(-1, 4096, mmap.MAP_SHARED)     # the reason a dump ended early, for the writers
     stop = ctx.Value("b", 0, lock=False)
     plan_json = plan.to_json()
     workers = [ctx.Process(target=_worker, name=f"stripedump-worker-{i}",
@@ -362,7 +385,7 @@ def _run(cfg, src, plan, targets, headers, start, block_bytes, geometry, progres
     writers = [ctx.Process(target=_writer, name=f"stripedump-writer-{d}",
                            args=(d, MemberWriter(t.fd, t.path, headers[d], start, cfg.direct_io,
                                                  cfg.discard), pool, slot_size,
-                                 writer_qs[d], events), daemon=True) for d, t in enumerate(targets)]
+                                 writer_qs[d], events, notes), daemon=True) for d, t in enumerate(targets)]
     for p in writers + workers:
         p.start()
         say(f"started {p.name} (pid {p.pid})", 2)
@@ -399,59 +422,60 @@ def _run(cfg, src, plan, targets, headers, start, block_bytes, geometry, progres
                 if cid is None:
                     exhausted = True
                     break
-                tasks.put((cid, free.pop()))
+                tasks.put(cid, free.pop())
                 inflight += 1
             if inflight == 0 and (exhausted or error is not None):
                 break
-            try:
-                ev = events.get(timeout=POLL)
-            except queue.Empty:
+            evs = events.get_all(POLL)
+            if not evs:
                 if dead_children(workers, "worker") or dead_children(writers, "writer"):
                     break       # a dead child's slots never come back: stop waiting for them
                 continue
-            kind = ev[0]
-            if kind == "free":
-                free.append(ev[1])
-                inflight -= 1
-                done_in += ev[2]
-                if progress:
-                    progress(done_in, plan.input_bytes)
-            elif kind == "skip":
-                free.append(ev[1])
-                inflight -= 1
-            elif kind == "err":
-                _, who, slot, name, msg = ev
-                fail(from_wire(name, msg))
-                if slot is not None:
-                    free.append(slot)
+            for ev in evs:
+                kind = ev[0]
+                if kind == "free":
+                    free.append(ev[1])
                     inflight -= 1
+                    done_in += ev[2]
+                elif kind == "skip":
+                    free.append(ev[1])
+                    inflight -= 1
+                elif kind == "err":
+                    _, who, slot, name, msg = ev
+                    fail(from_wire(name, msg))
+                    if slot is not None:
+                        free.append(slot)
+                        inflight -= 1
+            if progress:
+                progress(done_in, plan.input_bytes)
         # Phase 2: stop workers, then tell writers how to finish.
         for _ in workers:
-            tasks.put(None)
+            tasks.put(END, 0)
         _join_all(workers, fail, "worker")
         state = STATE_COMPLETE if error is None else STATE_INCOMPLETE
         note = "" if error is None else str(error)
+        _write_note(notes, note)
         for q in writer_qs:
-            q.put(("end", state, note))
+            q.put(END, state, 0, 0, 0)
         deadline = time.monotonic() + JOIN_TIMEOUT + 60
         while len(members_done) < D and time.monotonic() < deadline:
-            try:
-                ev = events.get(timeout=POLL)
-            except queue.Empty:
-                if all(p.exitcode is not None for p in writers):
-                    break
-                continue
-            if ev[0] == "done":
-                members_done[ev[1]] = ev[2:]
-                say(f"member {targets[ev[1]].path}: {ev[3]} chunks, {ev[2]} bytes, synced")
-            elif ev[0] == "err":
-                fail(from_wire(ev[3], ev[4]))
+            evs = events.get_all(POLL)
+            if not evs and all(p.exitcode is not None for p in writers):
+                break
+            for ev in evs:
+                if ev[0] == "done":
+                    members_done[ev[1]] = ev[2:]
+                    say(f"member {targets[ev[1]].path}: {ev[3]} chunks, {ev[2]} bytes, synced")
+                elif ev[0] == "err":
+                    fail(from_wire(ev[3], ev[4]))
         _join_all(writers, fail, "writer")
         for d in range(D):
             if d not in members_done:
                 fail(TargetIOError(f"target {targets[d].path}: writer did not finish; "
                                    "the member is incomplete"))
     pool.close()
+    for pipe in [tasks, events] + writer_qs:
+        pipe.close()
     if error is not None:
         if not isinstance(error, Interrupted):
             error = IncompleteDump(f"dump incomplete: {error}; the members hold every chunk "
