@@ -8,16 +8,26 @@ SD      = $(VENV)/bin/stripedump
 DEMO   ?= demo-out
 DEMO_SIZE ?= 512M
 APT_PACKAGES = liblzo2-dev
+# The real readers that judge `join --format kdump|flat` in tests/test_kdump.py.
+TEST_APT_PACKAGES = makedumpfile crash python3-libkdumpfile
 
-.PHONY: setup system-deps demo test bench clean
+.PHONY: setup system-deps test-deps demo test bench clean
+
+# apt_install PACKAGES,WHY: install what dpkg does not have yet (sudo unless root).
+define apt_install
+	@if ! dpkg -s $(1) >/dev/null 2>&1; then \
+	  echo "installing $(1) ($(2))"; \
+	  SUDO=; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	  $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(1); \
+	fi
+endef
 
 # python-lzo builds from source and needs the LZO headers.
 system-deps:
-	@if ! dpkg -s $(APT_PACKAGES) >/dev/null 2>&1; then \
-	  echo "installing $(APT_PACKAGES) (needed to build python-lzo)"; \
-	  SUDO=; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
-	  $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PACKAGES); \
-	fi
+	$(call apt_install,$(APT_PACKAGES),needed to build python-lzo)
+
+test-deps:
+	$(call apt_install,$(TEST_APT_PACKAGES),readers that check the kdump output)
 
 $(VENV)/.installed: pyproject.toml | system-deps
 	$(PYTHON) -m venv $(VENV)
@@ -37,7 +47,7 @@ demo: setup
 	cmp $(DEMO)/vmcore $(DEMO)/vmcore.joined
 	@echo "demo: the joined vmcore is byte-for-byte identical to the source"
 
-test: setup
+test: setup test-deps
 	$(PY) -m pytest -q
 
 clean:
