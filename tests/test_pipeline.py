@@ -8,7 +8,7 @@ import pytest
 
 from stripedump import synth
 from stripedump.codecs import NAMES, CodecSpec
-from stripedump.config import DumpConfig, JoinConfig
+from stripedump.config import DumpConfig, JoinConfig, parse_size
 from stripedump.dumpset import DumpSet
 from stripedump.join import join, verify
 from stripedump.pipeline import dump
@@ -48,18 +48,23 @@ def test_round_trip_codec_targets_workers(tmp_path, vmcore, codec, ntargets, wor
 @pytest.mark.parametrize("layout", list(synth.layouts()))
 def test_round_trip_every_layout(tmp_path, vmcore, layout):
     b = vmcore(layout)
-    round_trip(tmp_path, b.path, "zstd", 3, 2, chunk="16K")
+    res, targets, out = round_trip(tmp_path, b.path, "zstd", 3, 2, chunk="16K")
+    assert verify(targets, 2).chunks == res.chunks
 
 
 @pytest.mark.parametrize("chunk,block", [("4K", 0), ("1M", "64K"), ("256K", "256K"), ("64K", "8K")])
 def test_round_trip_geometries(tmp_path, vmcore, chunk, block):
     b = vmcore("kernel")
-    round_trip(tmp_path, b.path, "snappy", 2, 2, chunk=chunk, block=block)
+    res, targets, out = round_trip(tmp_path, b.path, "snappy", 2, 2, chunk=chunk, block=block)
+    with DumpSet(targets) as ds:
+        assert ds.block_bytes == (parse_size(str(block)) or 4096)
+        assert ds.plan.chunk_bytes == parse_size(chunk)
 
 
 def test_round_trip_without_mmap(tmp_path, vmcore):
     b = vmcore("packed")
-    round_trip(tmp_path, b.path, "lzo", 2, 2, use_mmap=False)
+    res, targets, out = round_trip(tmp_path, b.path, "lzo", 2, 2, use_mmap=False)
+    assert res.ratio > 1.5
 
 
 def test_zero_pages_cost_no_payload_and_join_leaves_holes(tmp_path):
