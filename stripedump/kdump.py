@@ -91,7 +91,7 @@ MACHINE_NUMBERS = {62: "EM_X86_64", 3: "EM_386", 183: "EM_AARCH64", 21: "EM_PPC6
                    243: "EM_RISCV", 258: "EM_LOONGARCH"}
 
 # disk_dump_header, 64- and 32-bit (i386: 4-byte-aligned 64-bit members)
-_HEADER = {64: "8si390s6xqqIiiIIIIIIi", 32: "8si390s2xiiIiiIIIIIIi"}
+_HEADER = {64: "8si390s6xqqIiiIIIIIIi", 32: "8si390s2xIiIiiIIIIIIi"}
 # kdump_sub_header: 64-bit, and i386's packed layout
 _SUB = {64: "QiiQQqQqQqQQQQ", 32: "IiiIIqIqIqIQQQ"}
 
@@ -186,7 +186,7 @@ class KdumpLayout:
         B = self.page_size
         mask = (1 << self.bits) - 1
         name = b"".join(f[:UTS_LEN - 1].ljust(UTS_LEN, b"\0") for f in uts)
-        head = self.head.pack(SIGNATURE, HEADER_VERSION, name, self.crashtime, 0, status, B,
+        head = self.head.pack(SIGNATURE, HEADER_VERSION, name, self.crashtime & mask, 0, status, B,
                               self.sub_hdr_size, self.bitmap_blocks, min(self.max_mapnr, 0xFFFFFFFF),
                               0, 0, 0, 0, self.nr_cpus)
         note_at = B + self.sub.size

@@ -247,14 +247,17 @@ def test_every_page_reads_back(tmp_path, vmcore, dump_codec, join_codec, block, 
 
 ROM = [synth.Load(0x1000, 0x9E000), synth.Load(0x100000, 3 * MIB),
        synth.Load(0xFFFC0000, 0x40000, vaddr=0xFFFC0000)]
+# RAM at 1 TiB: 32 MiB bitmaps, built and written in 1 MiB pieces
+FAR = [synth.Load(0, 0x10000), synth.Load((1 << 40) - 0x3000, 0x9000)]
 
 
 @needs_libkdumpfile
 @pytest.mark.parametrize("layout", ["holes", "unaligned", "same-page", "differing-overlap", "packed",
-                                    "qemu", "kernel-after", "rom", "elf32"])
+                                    "qemu", "kernel-after", "rom", "far", "elf32"])
 def test_odd_layouts_read_back(tmp_path, vmcore, layout):
     """Holes between ranges, a ROM range high up, p_memsz > p_filesz, shared pages, ELF32."""
-    b = vmcore("kernel", loads=ROM) if layout == "rom" else vmcore(layout)
+    b = vmcore("kernel", loads={"rom": ROM, "far": FAR}[layout]) if layout in ("rom", "far") \
+        else vmcore(layout)
     out = tmp_path / "o.kdump"
     kdump_join(dump_members(tmp_path, b.path, "zlib", members=3, chunk="16K"), out, workers=2)
     with Source(b.path) as src:
@@ -457,6 +460,24 @@ def test_real_kernel_every_page_and_utsname(real_joined):
     attrs = assert_every_page_reads_back(out, src, ranges, outside=[ranges[0][1]])
     assert attrs["linux.uts.release"] == release
     assert attrs["linux.uts.version"].startswith("#1 SMP")    # read from init_uts_ns, not a stand-in
+
+
+@needs_crash
+def test_real_kernel_crash_session_with_vmlinux(real_joined, tmp_path):
+    """sys, bt (registers from the copied NT_PRSTATUS notes), log, kmem: a real session."""
+    src, release, m, out, d = real_joined
+    vmlinux = os.path.join(REAL_DIR, "vmlinux")
+    if not os.path.exists(vmlinux):
+        pytest.skip(f"no {vmlinux}: build the fixture with WITH_VMLINUX=1 (an 860 MB download)")
+    cmds = tmp_path / "cmds"
+    cmds.write_text("sys\nbt\nlog\nkmem -i\nquit\n")
+    p = subprocess.run(["crash", "-s", vmlinux, out, "-i", str(cmds)], capture_output=True, text=True,
+                       timeout=600, stdin=subprocess.DEVNULL)
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr
+    assert f"RELEASE: {release}" in p.stdout and "MACHINE: x86_64" in p.stdout
+    assert " #0 [" in p.stdout and "start_kernel" in p.stdout         # a backtrace
+    assert f"Linux version {release}" in p.stdout                     # the kernel log
+    assert "TOTAL MEM" in p.stdout and "error" not in p.stderr.lower(), p.stderr
 
 
 def test_real_kernel_drgn_reads_kernel_memory(real_joined):
