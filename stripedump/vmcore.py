@@ -44,6 +44,8 @@ NT_PRSTATUS = 1
 DEFAULT_PAGE_SIZE = 4096
 WINDOW_ALIGN = mmap.ALLOCATIONGRANULARITY
 COMPARE_BLOCK = 1 << 20
+# fault a whole window in with one call: the worker reads every page of it anyway
+MAP_POPULATE = getattr(mmap, "MAP_POPULATE", 0)
 
 
 @dataclass(frozen=True)
@@ -362,7 +364,7 @@ class Source:
         if self.use_mmap and length:
             start = offset - offset % WINDOW_ALIGN
             try:
-                mm = mmap.mmap(self.fd, offset + length - start, mmap.MAP_SHARED,
+                mm = mmap.mmap(self.fd, offset + length - start, mmap.MAP_SHARED | MAP_POPULATE,
                                mmap.PROT_READ, offset=start)
                 return Window(mm, offset - start, length, mm)
             except (OSError, ValueError, OverflowError):
