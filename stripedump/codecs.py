@@ -32,6 +32,7 @@ class Codec(abc.ABC):
     kdump_flag: int | None = None      # DUMP_DH_COMPRESSED_* bit, if kdump has one
     default_level: int | None = None
     levels: range | None = None
+    wants_bytes = False       # compress() needs a bytes object, not any buffer
 
     def __init__(self, level: int | None = None):
         self.level = self.default_level if level is None else level
@@ -96,13 +97,14 @@ class ZlibCodec(Codec):
 
 class LzoCodec(Codec):
     ID, name, kdump_flag = 2, "lzo", 0x02
+    wants_bytes = True        # python-lzo parses its input with "s#"
 
     def __init__(self, level=None):
         super().__init__(level)
         self._lzo = _need("lzo", "python-lzo")
 
     def compress(self, data) -> bytes:
-        return self._lzo.compress(bytes(data), 1, False)
+        return self._lzo.compress(data if type(data) is bytes else bytes(data), 1, False)
 
     def decompress(self, data, size: int) -> bytes:
         return self._lzo.decompress(bytes(data), False, size)

@@ -67,20 +67,25 @@ def encode_chunk(src, codec, chunk: Chunk, block_bytes: int, out, zero) -> tuple
         # bytes/bytearray.find pre-processes the needle on every call (0.5 GB/s
         # here); for those a slice compare (a copy plus memcmp, 5-11 GB/s) wins
         is_mmap = isinstance(obj, mmap.mmap)
+        find, compress = obj.find, codec.compress
+        # python-lzo takes only bytes: slice them straight out of the window
+        as_bytes = codec.wants_bytes
         zeros = 0
         try:
             for i in range(nblocks):
                 a = i * block_bytes
-                b = min(a + block_bytes, n)
+                b = a + block_bytes
+                if b > n:
+                    b = n
                 ln = b - a
                 z = zero if ln == block_bytes else zero[:ln]
-                if (obj.find(z, base + a, base + b) == base + a) if is_mmap else obj[base + a:base + b] == z:
+                if (find(z, base + a, base + b) == base + a) if is_mmap else obj[base + a:base + b] == z:
                     table[i] = BLOCK_ZERO << 30
                     zeros += 1
                     continue
-                blk = mv[a:b]
+                blk = obj[base + a:base + b] if as_bytes else mv[a:b]
                 if not raw_only:
-                    c = codec.compress(blk)
+                    c = compress(blk)
                     cl = len(c)
                     if cl < ln:
                         out[pos:pos + cl] = c
