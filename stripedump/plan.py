@@ -114,7 +114,29 @@ class Plan:
 
     @classmethod
     def from_json(cls, d: dict) -> "Plan":
-        p = cls(d["pfn_ranges"], d["residue"], d["page_size"], d["chunk_pages"])
+        """A plan read from a manifest: every field checked (ValueError) before use."""
+        ps, cp = d["page_size"], d["chunk_pages"]
+        if not isinstance(ps, int) or ps < 512 or ps > (1 << 20) or ps & (ps - 1):
+            raise ValueError(f"bad page size {ps!r}")
+        if not isinstance(cp, int) or not 1 <= cp <= (1 << 30) // ps:
+            raise ValueError(f"bad chunk size {cp!r} pages")
+        _check_ranges(d["pfn_ranges"], 1 << 52, "PFN")
+        _check_ranges(d["residue"], 1 << 62, "residue")
+        p = cls(d["pfn_ranges"], d["residue"], ps, cp)
         if p.n_chunks != d["n_chunks"]:
             raise ValueError("chunk count does not match the ranges")
         return p
+
+
+def _check_ranges(ranges, limit: int, what: str) -> None:
+    """Sorted, disjoint, non-empty [a, b) pairs of integers below ``limit``."""
+    if not isinstance(ranges, list):
+        raise ValueError(f"{what} ranges are not a list")
+    prev = 0
+    for r in ranges:
+        if not (isinstance(r, (list, tuple)) and len(r) == 2 and all(type(x) is int for x in r)):
+            raise ValueError(f"malformed {what} range {r!r}")
+        a, b = r
+        if not prev <= a < b <= limit:
+            raise ValueError(f"{what} range {r!r} is empty, unsorted, overlapping or too large")
+        prev = b

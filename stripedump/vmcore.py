@@ -44,6 +44,7 @@ NT_PRSTATUS = 1
 DEFAULT_PAGE_SIZE = 4096
 WINDOW_ALIGN = mmap.ALLOCATIONGRANULARITY
 COMPARE_BLOCK = 1 << 20
+MAX_SHADOW_FACTOR = 4       # overlapping PT_LOAD bytes allowed, as a multiple of the file size
 # fault a whole window in with one call: the worker reads every page of it anyway
 MAP_POPULATE = getattr(mmap, "MAP_POPULATE", 0)
 
@@ -340,6 +341,13 @@ class Source:
         self.size = size
         self.page_size = self.info.page_size
         self.owners, self._shadows = build_phys_map(self.info.loads)
+        shadowed = sum(c.end - c.start for c, _ in self._shadows)
+        if shadowed > MAX_SHADOW_FACTOR * max(size, 1 << 26):
+            # /proc/vmcore repeats only the kernel text; a file whose loads show
+            # the same physical memory over and over would cost loads x size of
+            # comparisons to save byte for byte
+            raise VmcoreFormatError(f"PT_LOADs overlap implausibly ({shadowed} bytes of physical memory "
+                                    f"described more than once in a {size}-byte file)")
         self._owner_starts = [o.start for o in self.owners]
         self.pfn_ranges = merge_pfn_ranges(self.info.loads, self.page_size)
         self.use_mmap = use_mmap

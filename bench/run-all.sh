@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Re-run every benchmark behind docs/benchmarks.md and print its targets table.
+#
+#   bash bench/run-all.sh            # about 10 minutes on 2 cores; results in docs/bench/
+#
+# Run it on an otherwise idle machine: the figures are ratios of runs made in
+# the same session, but a busy machine still widens their spread.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SD=${SD:-.venv/bin/stripedump}
+PY=${PY:-.venv/bin/python}
+OUT=${OUT:-docs/bench}
+mkdir -p "$OUT"
+
+echo "1/5 talk-style matrix on random data (codec x workers x disks, with no-write runs)" >&2
+$SD bench --size 2G --data random --codecs lz4,snappy,lzo,zlib,zstd,none --workers 1,2 --disks 1,2 \
+    --no-write --json --plot "$OUT/random-2G.png" -q > "$OUT/random-2G.json"
+
+echo "2/5 memory-like data" >&2
+$SD bench --size 2G --data mixed --codecs lz4,lzo,zlib,zstd --workers 1,2 --disks 2 \
+    --json --plot "$OUT/mixed-2G.png" -q > "$OUT/mixed-2G.json"
+
+echo "3/5 memory and speed on sparse all-zero sources: 1 GiB vs 64 GiB, 3 runs each" >&2
+for size in 1G 64G; do
+  for run in 1 2 3; do
+    $SD bench --size $size --data zero --codecs lz4 --workers 2 --disks 2 --json -q
+  done
+done > "$OUT/zero.jsonl"
+
+echo "4/5 real kernel: stripedump vs makedumpfile and cp (builds a QEMU vmcore once)" >&2
+$PY bench/compare.py --fill 1024 --repeat 3 --json "$OUT/compare.json" > "$OUT/compare.md"
+
+echo "5/5 micro-benchmarks of the hot paths" >&2
+$PY -m pytest bench/test_micro.py -q --benchmark-json "$OUT/micro.json" > /dev/null
+
+$PY bench/targets.py "$OUT"
