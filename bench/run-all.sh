@@ -12,25 +12,29 @@ PY=${PY:-.venv/bin/python}
 OUT=${OUT:-docs/bench}
 mkdir -p "$OUT"
 
-echo "1/5 talk-style matrix on random data (codec x workers x disks, with no-write runs)" >&2
+echo "1/6 talk-style matrix on random data (codec x workers x disks, with no-write runs)" >&2
 $SD bench --size 2G --data random --codecs lz4,snappy,lzo,zlib,zstd,none --workers 1,2 --disks 1,2 \
     --no-write --json --plot "$OUT/random-2G.png" -q > "$OUT/random-2G.json"
 
-echo "2/5 memory-like data" >&2
+echo "2/6 CPU scaling, 1 vs 2 workers (medians of 3 runs)" >&2
+$SD bench --size 1G --data random --codecs zlib,lz4 --workers 1,2 --disks 2 --no-write --repeat 3 \
+    --json -q > "$OUT/scaling.json"
+
+echo "3/6 memory-like data" >&2
 $SD bench --size 2G --data mixed --codecs lz4,lzo,zlib,zstd --workers 1,2 --disks 2 \
     --json --plot "$OUT/mixed-2G.png" -q > "$OUT/mixed-2G.json"
 
-echo "3/5 memory and speed on sparse all-zero sources: 1 GiB vs 64 GiB, 3 runs each" >&2
+echo "4/6 memory and speed on sparse all-zero sources: 1 GiB vs 64 GiB, 3 runs each" >&2
 for size in 1G 64G; do
   for run in 1 2 3; do
     $SD bench --size $size --data zero --codecs lz4 --workers 2 --disks 2 --json -q
   done
 done > "$OUT/zero.jsonl"
 
-echo "4/5 real kernel: stripedump vs makedumpfile and cp (builds a QEMU vmcore once)" >&2
+echo "5/6 real kernel: stripedump vs makedumpfile and cp (builds a QEMU vmcore once)" >&2
 $PY bench/compare.py --fill 1024 --repeat 3 --json "$OUT/compare.json" > "$OUT/compare.md"
 
-echo "5/5 micro-benchmarks of the hot paths" >&2
+echo "6/6 micro-benchmarks of the hot paths" >&2
 $PY -m pytest bench/test_micro.py -q --benchmark-json "$OUT/micro.json" > /dev/null
 
 $PY bench/targets.py "$OUT"

@@ -180,6 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also run each case with writers that discard (CPU bound)")
     b.add_argument("--chunk-size", type=_size("--chunk-size"), default="1M", metavar="SIZE")
     b.add_argument("--block-size", type=_size("--block-size"), default=0, metavar="SIZE")
+    b.add_argument("--repeat", type=_positive_int, default=1, metavar="N",
+                   help="run each case N times and report the median (default 1)")
     b.add_argument("--dir", metavar="DIR", help="where to put the generated source (default: $TMPDIR)")
     b.add_argument("--json", action="store_true", help='print {"results": [...]} on stdout')
     b.add_argument("--plot", metavar="FILE.png", help="draw throughput per codec, CPUs and disks")
@@ -314,7 +316,7 @@ def run_bench(a) -> int:
     workers = _int_list(a.workers, "--workers") if a.workers else tuple(sorted({1, usable_cpus()}))
     counts, dirs = parse_disks(a.disks)
     cfg = BenchConfig(a.size, codecs, workers, counts, dirs, a.data, a.no_write, a.chunk_size,
-                      a.block_size, a.dir)
+                      a.block_size, a.dir, a.repeat)
 
     def report(row):
         if not a.quiet:
