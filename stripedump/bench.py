@@ -8,8 +8,9 @@ Why this shape:
   ``zero`` is one sparse PT_LOAD, all holes.
 * Targets are temporary files (in the given directories, one per disk, or in
   one temporary directory), deleted after each run, so nothing is left behind.
-* ``--no-write`` runs the same pipeline with writers that discard, so a CPU
-  limit can be told from an I/O limit.
+* ``--mode no-write`` (or ``both``; ``--no-write`` is ``both``) runs the same
+  pipeline with writers that discard, so a CPU limit can be told from an I/O
+  limit.
 * Memory is the sum over the process tree of each process's peak
   proportional set size (private plus a fair share of shared memory; the
   source is mapped one chunk per worker at a time), sampled every 100 ms; CPU
@@ -115,7 +116,7 @@ class BenchConfig:
     disks: tuple[int, ...] = (1,)
     disk_dirs: tuple[str, ...] = ()
     data: str = "random"
-    no_write: bool = False
+    mode: str = "write"              # write, no-write (writers discard) or both
     chunk_size: int = 1 << 20
     block_size: int = 0
     workdir: str | None = None
@@ -171,7 +172,7 @@ def bench(cfg: BenchConfig, report=None) -> list[dict]:
         for codec in cfg.codecs:
             for w in cfg.workers:
                 for d in cfg.disks:
-                    for write in ((True, False) if cfg.no_write else (True,)):
+                    for write in {"write": (True,), "no-write": (False,), "both": (True, False)}[cfg.mode]:
                         runs = sorted((run_one(cfg, src, codec, w, d, write, tmp)
                                        for _ in range(cfg.repeat)), key=lambda r: r["mb_per_s"])
                         row = dict(runs[len(runs) // 2])

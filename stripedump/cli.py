@@ -177,7 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--data", default="random", choices=("random", "mixed", "zero"),
                    help="random (incompressible, as in the talk), mixed (memory-like) or zero")
     b.add_argument("--no-write", action="store_true",
-                   help="also run each case with writers that discard (CPU bound)")
+                   help="also run each case with writers that discard (CPU bound); same as --mode both")
+    b.add_argument("--mode", choices=("write", "no-write", "both"), default=None,
+                   help="write to the targets (default), discard (no-write), or both")
     b.add_argument("--chunk-size", type=_size("--chunk-size"), default="1M", metavar="SIZE")
     b.add_argument("--block-size", type=_size("--block-size"), default=0, metavar="SIZE")
     b.add_argument("--repeat", type=_positive_int, default=1, metavar="N",
@@ -315,7 +317,8 @@ def run_bench(a) -> int:
         raise UsageError("--codecs is empty")
     workers = _int_list(a.workers, "--workers") if a.workers else tuple(sorted({1, usable_cpus()}))
     counts, dirs = parse_disks(a.disks)
-    cfg = BenchConfig(a.size, codecs, workers, counts, dirs, a.data, a.no_write, a.chunk_size,
+    mode = a.mode or ("both" if a.no_write else "write")
+    cfg = BenchConfig(a.size, codecs, workers, counts, dirs, a.data, mode, a.chunk_size,
                       a.block_size, a.dir, a.repeat)
 
     def report(row):
