@@ -34,6 +34,7 @@ from .config import JoinConfig
 from .dumpset import DumpSet
 from .errors import Interrupted, MemberError, OutputError, StripedumpError, VerifyError, from_wire
 from .format import KIND_FILE, KIND_PAGES
+from .fileio import write_exact
 from .member import decode_chunk
 from .pipeline import POLL, _child_init, _describe_exit, _join_all, _Signals, messages
 from .vmcore import PT_LOAD, subtract_ranges
@@ -83,13 +84,7 @@ class RenderMap:
 
 
 def pwrite_all(fd: int, data, offset: int, where: str) -> None:
-    mv = memoryview(data)
-    while len(mv):
-        try:
-            n = os.pwrite(fd, mv, offset)
-        except OSError as e:
-            raise OutputError(f"{where}: write failed at offset {offset}: {e.strerror}") from None
-        mv, offset = mv[n:], offset + n
+    write_exact(fd, data, OutputError, where, offset)
 
 
 class ChunkSink:

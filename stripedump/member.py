@@ -22,6 +22,7 @@ from .format import (BLOCK_COMPRESSED, BLOCK_LEN_MASK, BLOCK_RAW, BLOCK_ZERO, CH
                      CHUNK_HEADER_SIZE, CHUNK_MAGIC, HEADER_BLOCK, INDEX_EVERY, KIND_PAGES,
                      STATE_COMPLETE, ChunkHeader, Footer, IndexEntry, MemberHeader, RecordHead,
                      INDEX_MAGIC, checksum, pack_record, unpack_index, unpack_manifest)
+from .fileio import pread_exact, write_exact
 from .plan import Chunk
 
 BIG_ENDIAN_HOST = sys.byteorder == "big"   # the block table is little-endian on disk
@@ -201,16 +202,7 @@ def decode_chunk(rec, where: str, block_bytes: int, codec_cache: dict) -> tuple[
 
 
 def write_all(fd: int, data, where: str, offset: int | None = None) -> None:
-    mv = memoryview(data)
-    done = 0
-    while done < len(mv):
-        try:
-            n = os.write(fd, mv[done:]) if offset is None else os.pwrite(fd, mv[done:], offset + done)
-        except OSError as e:
-            raise TargetIOError(f"{where}: write failed: {e.strerror}") from None
-        if n == 0:
-            raise TargetIOError(f"{where}: write failed: short write (device full?)")
-        done += n
+    write_exact(fd, data, TargetIOError, where, offset)
 
 
 class MemberWriter:
@@ -381,17 +373,7 @@ class MemberReader:
         if offset < 0 or length < 0 or offset + length > self.size:
             raise MemberError(f"member {self.path}: reference to bytes {offset}+{length} past its end "
                               f"({self.size} bytes): truncated or corrupt")
-        parts, done = [], 0
-        while done < length:
-            try:
-                b = os.pread(self.fd, length - done, offset + done)
-            except OSError as e:
-                raise MemberError(f"member {self.path}: read error at {offset + done}: {e.strerror}") from None
-            if not b:
-                raise MemberError(f"member {self.path}: truncated at {offset + done}")
-            parts.append(b)
-            done += len(b)
-        return b"".join(parts)
+        return pread_exact(self.fd, offset, length, MemberError, f"member {self.path}")
 
     @property
     def where(self) -> str:

@@ -37,6 +37,7 @@ import struct
 from dataclasses import dataclass, field
 
 from .errors import SourceError, VmcoreFormatError
+from .fileio import pread_exact
 
 PT_LOAD, PT_NOTE = 1, 4
 ET_CORE = 4
@@ -381,17 +382,7 @@ class Source:
         return Window(data, 0, length)
 
     def _pread(self, offset: int, length: int) -> bytes:
-        parts, done = [], 0
-        while done < length:
-            try:
-                b = os.pread(self.fd, min(length - done, 1 << 24), offset + done)
-            except OSError as e:
-                raise SourceError(f"read error in source at offset {offset + done:#x}: {e.strerror}") from None
-            if not b:
-                raise SourceError(f"source ended early at offset {offset + done:#x}")
-            parts.append(b)
-            done += len(b)
-        return parts[0] if len(parts) == 1 else b"".join(parts)
+        return pread_exact(self.fd, offset, length, SourceError, f"source {self.path}")
 
     def file_is_hole(self, offset: int, length: int) -> bool:
         """True when file bytes [offset, offset+length) are a hole (read as zeros).

@@ -1,0 +1,43 @@
+"""Whole reads and writes on file descriptors, with the caller's error class.
+
+Why: ``os.pread`` and ``os.write`` may move fewer bytes than asked (signals,
+block device boundaries, pipes).  Every reader and writer in stripedump needs
+the same loop; only the error it raises (SourceError, MemberError, ...) and
+the words of the message differ.
+"""
+
+from __future__ import annotations
+
+import os
+
+MAX_IO = 1 << 24     # bytes per system call: bounded, so one call never allocates more
+
+
+def pread_exact(fd: int, offset: int, length: int, error, what: str) -> bytes:
+    """``length`` bytes at ``offset``; ``error(message)`` for a read error or early end."""
+    parts, done = [], 0
+    while done < length:
+        try:
+            b = os.pread(fd, min(length - done, MAX_IO), offset + done)
+        except OSError as e:
+            raise error(f"{what}: read error at offset {offset + done:#x}: {e.strerror}") from None
+        if not b:
+            raise error(f"{what}: ends early at offset {offset + done:#x} (truncated?)")
+        parts.append(b)
+        done += len(b)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+def write_exact(fd: int, data, error, what: str, offset: int | None = None) -> None:
+    """All of ``data``, at the file position or at ``offset``; ``error(message)`` on failure."""
+    mv = memoryview(data)
+    done = 0
+    while done < len(mv):
+        at = "" if offset is None else f" at offset {offset + done:#x}"
+        try:
+            n = os.write(fd, mv[done:]) if offset is None else os.pwrite(fd, mv[done:], offset + done)
+        except OSError as e:
+            raise error(f"{what}: write failed{at}: {e.strerror}") from None
+        if n == 0:
+            raise error(f"{what}: write failed{at}: short write (device full?)")
+        done += n
