@@ -1,6 +1,7 @@
 # stripedump: two commands on a fresh Debian/Ubuntu machine
 #   make demo   set everything up, dump a synthetic vmcore over two members, join, compare
 #   make test   set everything up and run the test suite
+#   make e2e    stripedump inside a real kdump capture kernel under QEMU (not in make test)
 PYTHON ?= python3
 VENV   ?= .venv
 PY      = $(VENV)/bin/python
@@ -9,9 +10,9 @@ DEMO   ?= demo-out
 DEMO_SIZE ?= 512M
 APT_PACKAGES = liblzo2-dev
 # The real readers that judge `join --format kdump|flat` in tests/test_kdump.py.
-TEST_APT_PACKAGES = makedumpfile crash python3-libkdumpfile
+TEST_APT_PACKAGES = makedumpfile crash python3-libkdumpfile libfuse2
 
-.PHONY: setup system-deps test-deps demo test bench clean
+.PHONY: setup system-deps test-deps demo test bench e2e clean
 
 # apt_install PACKAGES,WHY: install what dpkg does not have yet (sudo unless root).
 define apt_install
@@ -49,6 +50,14 @@ demo: setup
 
 test: setup test-deps
 	$(PY) -m pytest -q
+
+# Not part of `make test`: boots Debian's kernel under QEMU (TCG), crashes it,
+# runs stripedump on /proc/vmcore in the kdump capture kernel and checks the
+# join against a raw copy (tests/e2e/capture-kernel.sh; root, 2-3 minutes).
+# Twice: Python from the host root over 9p, then packed into the initramfs.
+e2e: setup
+	STRIPEDUMP=$(abspath $(SD)) E2E_PYTHON=9p tests/e2e/capture-kernel.sh
+	STRIPEDUMP=$(abspath $(SD)) E2E_PYTHON=initramfs tests/e2e/capture-kernel.sh
 
 clean:
 	rm -rf $(VENV) $(DEMO) .pytest_cache build *.egg-info

@@ -49,7 +49,7 @@ def test_encode_chunk(benchmark, mixed_source, codec):
     chunk = plan.chunk(7)
     out = bytearray(2 << 20)
     zero = bytes(PAGE)
-    length, _ = benchmark(encode_chunk, mixed_source, c, chunk, PAGE, out, zero)
+    length, _, _ = benchmark(encode_chunk, mixed_source, c, chunk, PAGE, out, zero)
     assert 0 < length <= len(out)
 
 
@@ -58,7 +58,7 @@ def test_decode_chunk(benchmark, mixed_source, codec):
     c = CodecSpec(codec).make()
     plan = Plan(mixed_source.pfn_ranges, [], PAGE, 256)
     out = bytearray(2 << 20)
-    length, _ = encode_chunk(mixed_source, c, plan.chunk(7), PAGE, out, bytes(PAGE))
+    length, _, _ = encode_chunk(mixed_source, c, plan.chunk(7), PAGE, out, bytes(PAGE))
     rec = bytes(out[:length])
     h, data, runs = benchmark(decode_chunk, rec, "bench", PAGE, {})
     assert len(data) == 1 << 20

@@ -254,6 +254,10 @@ def run_join(a) -> int:
     cfg = JoinConfig(tuple(a.members), a.output, a.force, a.workers, a.format, a.codec)
     res = join(cfg, notice=None if a.quiet else
                lambda text: print(f"stripedump: join: {text}", file=sys.stderr))
+    from .join import describe_unreadable
+    warning = describe_unreadable(res.extra.get("unreadable", {}))
+    if warning:   # shown even with -q: the output is not the whole of memory
+        print(f"stripedump: join: warning: {warning}", file=sys.stderr)
     if a.json:
         print(json.dumps(res.to_json()), file=out)
     elif not a.quiet and a.format == "elf":
@@ -292,6 +296,10 @@ def run_verify(a) -> int:
     if res.errors:
         more = f" ({len(res.errors) - 20} more not shown)" if len(res.errors) > 20 else ""
         raise VerifyError(f"{len(res.errors)} problem(s) found{more}; first: {res.errors[0]}")
+    from .join import describe_unreadable
+    warning = describe_unreadable(res.extra.get("unreadable", {}))
+    if warning:
+        print(f"stripedump: verify: note: {warning}", file=sys.stderr)
     if not a.json and not a.quiet:
         print(f"verified {res.chunks} chunks ({res.bytes_out / 1e6:.1f} MB of source) of dump "
               f"{res.dump_id}: all checksums good, {res.seconds:.2f} s")

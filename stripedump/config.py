@@ -58,6 +58,7 @@ class DumpConfig:
     direct_io: bool = False
     memory_limit: int = 0            # 0: derived from available memory (see pipeline.pool_geometry)
     discard: bool = False            # bench only: compress but write nothing
+    stall_seconds: float = 60.0      # a worker on one chunk this long is killed and the chunk retried
 
     def __post_init__(self):
         if self.workers < 0:

@@ -32,12 +32,15 @@ from .errors import MemberError, VerifyError
 VERSION = 1
 HEADER_BLOCK = 4096
 INDEX_EVERY = 1024
+RECORD_ALIGN = 4096     # the first chunk record starts at the manifest's end rounded up to this
 
 MEMBER_MAGIC = b"STRIPEDM"
 MANIFEST_MAGIC = b"SDMF"
 CHUNK_MAGIC = b"SDCK"
 INDEX_MAGIC = b"SDIX"
 FOOTER_MAGIC = b"SDFT"
+DEGRADED_TAG = b"DGRD"        # footer extension: members dropped by --on-disk-error continue
+RECORD_MAGICS = (CHUNK_MAGIC, INDEX_MAGIC, FOOTER_MAGIC)   # what may follow the manifest
 
 # member states (MemberHeader.state)
 STATE_WRITING, STATE_COMPLETE, STATE_INCOMPLETE = 0, 1, 2
@@ -50,15 +53,21 @@ CHECKSUM_XXH3_64 = 1
 KIND_PAGES, KIND_FILE = 0, 1
 # chunk flags
 CHUNK_ALL_ZERO = 0x1          # every block is zero: no block table, no payload
+CHUNK_UNREADABLE = 0x2        # some blocks could not be read from the source (BLOCK_UNREADABLE)
 
 # block table entry: top 2 bits = how stored, low 30 bits = stored length
-BLOCK_COMPRESSED, BLOCK_RAW, BLOCK_ZERO = 0, 1, 2
+BLOCK_COMPRESSED, BLOCK_RAW, BLOCK_ZERO, BLOCK_UNREADABLE = 0, 1, 2, 3
 BLOCK_LEN_MASK = (1 << 30) - 1
 MAX_BLOCK = BLOCK_LEN_MASK
 
 
 def checksum(data) -> int:
     return xxhash.xxh3_64_intdigest(data)
+
+
+def first_record_offset(manifest_offset: int, manifest_length: int) -> int:
+    """Member offset of the first chunk record: page-aligned, so O_DIRECT can write from there."""
+    return -(-(manifest_offset + manifest_length) // RECORD_ALIGN) * RECORD_ALIGN
 
 
 class MemberHeader(NamedTuple):
@@ -216,25 +225,47 @@ class Footer(NamedTuple):
     bytes_in: int        # source bytes those chunks stand for
     index_offsets: tuple  # offsets of the IndexRecords, in order
     note: str            # why the member is incomplete, if it is
+    # --on-disk-error continue: ((failed member index, its chunks stored here), ...)
+    # for every member the dump dropped; () when none was (the DGRD extension)
+    degraded: tuple = ()
 
     HEAD = struct.Struct("<IQQI")
+    EXT = struct.Struct("<4sI")          # extension after the note: tag, body length
+    DEGRADED = struct.Struct("<IQ")      # one DGRD entry: member index, chunks taken over
 
     def pack(self) -> bytes:
         note = self.note.encode()[:4096]
         body = self.HEAD.pack(self.state, self.chunks, self.bytes_in, len(self.index_offsets))
         body += struct.pack(f"<{len(self.index_offsets)}Q", *self.index_offsets)
         body += struct.pack("<H", len(note)) + note
+        if self.degraded:
+            ext = struct.pack("<I", len(self.degraded)) + b"".join(
+                self.DEGRADED.pack(m, n) for m, n in self.degraded)
+            body += self.EXT.pack(DEGRADED_TAG, len(ext)) + ext
         return pack_record(FOOTER_MAGIC, body)
 
     @classmethod
     def unpack(cls, data: bytes, where: str) -> "Footer":
         body = unpack_record(data, FOOTER_MAGIC, where)
+        degraded: tuple = ()
         try:
             state, chunks, bytes_in, n = cls.HEAD.unpack_from(body)
             offs = struct.unpack_from(f"<{n}Q", body, cls.HEAD.size)
             pos = cls.HEAD.size + 8 * n
             (nl,) = struct.unpack_from("<H", body, pos)
             note = body[pos + 2:pos + 2 + nl].decode("utf-8", "replace")
+            pos += 2 + nl
+            while pos < len(body):       # extensions; readers skip tags they do not know
+                tag, ln = cls.EXT.unpack_from(body, pos)
+                ext = body[pos + cls.EXT.size:pos + cls.EXT.size + ln]
+                if len(ext) != ln:
+                    raise struct.error
+                if tag == DEGRADED_TAG:
+                    (k,) = struct.unpack_from("<I", ext)
+                    if 4 + k * cls.DEGRADED.size != ln:
+                        raise struct.error
+                    degraded = tuple(cls.DEGRADED.iter_unpack(ext[4:]))
+                pos += cls.EXT.size + ln
         except struct.error:
             raise MemberError(f"{where}: footer record is malformed") from None
-        return cls(state, chunks, bytes_in, offs, note)
+        return cls(state, chunks, bytes_in, offs, note, degraded)

@@ -33,11 +33,11 @@ from typing import NamedTuple
 from .config import JoinConfig
 from .dumpset import DumpSet
 from .errors import Interrupted, MemberError, OutputError, StripedumpError, VerifyError, from_wire
-from .format import KIND_FILE, KIND_PAGES
 from .fileio import write_exact
-from .member import decode_chunk
+from .format import CHUNK_HEADER_SIZE, KIND_FILE, KIND_PAGES
+from .member import decode_chunk, unreadable_ranges
 from .pipeline import POLL, _child_init, _describe_exit, _join_all, _Signals, messages
-from .vmcore import PT_LOAD, subtract_ranges
+from .vmcore import PT_LOAD, merge_ranges, subtract_ranges
 
 INFLIGHT_PER_WORKER = 4
 
@@ -134,7 +134,9 @@ def _pool_worker(wid, paths, make_handler, tasks, events) -> None:
 
     ``make_handler`` runs in the child (after fork) so that file
     descriptors and codec state belong to this process.  Every outcome is
-    an event: ("ok", raw bytes) or ("err", class name, message).
+    an event: ("ok", raw bytes, unreadable ranges) or ("err", class name,
+    message).  ``handle`` may return the byte ranges of the chunk that the
+    source could not give at dump time (BLOCK_UNREADABLE).
     """
     _child_init()
     fds = {}
@@ -150,8 +152,8 @@ def _pool_worker(wid, paths, make_handler, tasks, events) -> None:
                 rec = os.pread(fd, t.length, t.offset)
                 if len(rec) != t.length:
                     raise MemberError(f"{where}: record truncated")
-                handle(rec, where, t)
-                events.put(("ok", t.raw))
+                bad = handle(rec, where, t) or ()
+                events.put(("ok", t.raw, [(t.kind, t.start, a, b) for a, b in bad]))
             except StripedumpError as e:
                 events.put(("err", *e.to_wire()))
             except OSError as e:
@@ -173,6 +175,7 @@ def _elf_handler(output: str | None, render: RenderMap | None, page_size: int, b
             h, data, runs = decode_chunk(rec, where, block_bytes, codecs)
             check_record(h, where, t)
             sink.put(h.kind, h.start, data, runs)
+            return unreadable_ranges(h, memoryview(rec)[CHUNK_HEADER_SIZE:h.record_length], block_bytes)
         return handle
     return make
 
@@ -198,12 +201,16 @@ class JoinResult:
 
 
 def _run_pool(ds: DumpSet, workers: int, make_handler, keep_going: bool, progress,
-              wanted=None) -> tuple:
+              wanted=None, unreadable: list | None = None) -> tuple:
     """Stream every chunk (or those ``wanted(chunk_id)`` accepts) through a pool.
 
     Returns (chunks ok, raw bytes, errors).  Chunks missing from every
-    member are errors even when not wanted: the dump is not whole.
+    member are errors even when not wanted: the dump is not whole.  Ranges
+    the source could not give at dump time are added to ``unreadable`` as
+    (kind, chunk start, byte offset, byte end).
     """
+    if unreadable is None:
+        unreadable = []
     paths = [r.path for r in ds.readers]
     ctx = multiprocessing.get_context("fork")
     tasks, events = ctx.Queue(), ctx.Queue()
@@ -223,6 +230,7 @@ def _run_pool(ds: DumpSet, workers: int, make_handler, keep_going: bool, progres
         if ev[0] == "ok":
             ok += 1
             nbytes += ev[1]
+            unreadable.extend(ev[2])
             if progress:
                 progress(nbytes, ds.plan.input_bytes)
         else:
@@ -347,12 +355,13 @@ def join(cfg: JoinConfig, progress=None, notice=None) -> JoinResult:
         with PartialOutput(cfg.output, [r.path for r in ds.readers], cfg.force, ds.source_size) as out:
             handler = _elf_handler(out.tmp, RenderMap(ds.segments, ds.plan.residue), ds.page_size,
                                    ds.block_bytes)
-            ok, nbytes, errors = _run_pool(ds, cfg.nworkers, handler, False, progress)
+            bad: list = []
+            ok, nbytes, errors = _run_pool(ds, cfg.nworkers, handler, False, progress, unreadable=bad)
             if errors:
                 raise VerifyError(errors[0])
             out.commit()
         return JoinResult(ds.dump_id, cfg.output, ds.source_size, ok, time.monotonic() - t0, [],
-                          {"format": "elf"})
+                          {"format": "elf", "unreadable": unreadable_report(bad, ds.page_size)})
 
 
 def verify(members: list[str], workers: int = 0, progress=None) -> JoinResult:
@@ -361,6 +370,29 @@ def verify(members: list[str], workers: int = 0, progress=None) -> JoinResult:
     t0 = time.monotonic()
     with DumpSet(members) as ds:
         handler = _elf_handler(None, None, ds.page_size, ds.block_bytes)
-        ok, nbytes, errors = _run_pool(ds, workers or usable_cpus(), handler, True, progress)
-        res = JoinResult(ds.dump_id, None, nbytes, ok, time.monotonic() - t0, errors)
+        bad: list = []
+        ok, nbytes, errors = _run_pool(ds, workers or usable_cpus(), handler, True, progress, unreadable=bad)
+        res = JoinResult(ds.dump_id, None, nbytes, ok, time.monotonic() - t0, errors,
+                         {"unreadable": unreadable_report(bad, ds.page_size)})
     return res
+
+
+def unreadable_report(bad: list, page_size: int) -> dict:
+    """Merged PFN ranges and file ranges [start, end) that were unreadable at dump time."""
+    pfns = [(start + a // page_size, start + -(-b // page_size)) for kind, start, a, b in bad
+            if kind == KIND_PAGES]
+    files = [(start + a, start + b) for kind, start, a, b in bad if kind != KIND_PAGES]
+    return {"pfn_ranges": [list(r) for r in merge_ranges(pfns)],
+            "file_ranges": [list(r) for r in merge_ranges(files)]}
+
+
+def describe_unreadable(report: dict) -> str | None:
+    """One line for a user, or None when nothing was unreadable."""
+    pfns, files = report.get("pfn_ranges", []), report.get("file_ranges", [])
+    if not pfns and not files:
+        return None
+    pages = sum(b - a for a, b in pfns)
+    shown = ", ".join(f"{a:#x}-{b - 1:#x}" for a, b in pfns[:8]) + (" ..." if len(pfns) > 8 else "")
+    return (f"{pages} page(s) of the crashed machine's memory could not be read when the dump was "
+            f"taken and read back as zeros: PFN {shown or '-'}"
+            + (f"; and {sum(b - a for a, b in files)} bytes of ELF headers" if files else ""))

@@ -17,13 +17,15 @@ import sys
 from array import array
 
 from . import codecs as codecs_mod
-from .errors import MemberError, TargetIOError, VerifyError
-from .format import (BLOCK_COMPRESSED, BLOCK_LEN_MASK, BLOCK_RAW, BLOCK_ZERO, CHUNK_ALL_ZERO,
+from .errors import MemberError, SourceError, TargetIOError, VerifyError
+from .format import (BLOCK_COMPRESSED, BLOCK_LEN_MASK, BLOCK_RAW, BLOCK_UNREADABLE, BLOCK_ZERO,
+                     CHUNK_ALL_ZERO, CHUNK_UNREADABLE,
                      CHUNK_HEADER_SIZE, CHUNK_MAGIC, HEADER_BLOCK, INDEX_EVERY, KIND_PAGES,
                      STATE_COMPLETE, ChunkHeader, Footer, IndexEntry, MemberHeader, RecordHead,
                      INDEX_MAGIC, checksum, pack_record, unpack_index, unpack_manifest)
 from .fileio import pread_exact, write_exact
 from .plan import Chunk
+from .vmcore import Window
 
 BIG_ENDIAN_HOST = sys.byteorder == "big"   # the block table is little-endian on disk
 assert array("I").itemsize == 4, "stripedump needs a 4-byte unsigned int"
@@ -38,11 +40,49 @@ def record_bound(chunk_bytes: int, block_bytes: int) -> int:
     return CHUNK_HEADER_SIZE + 4 * -(-chunk_bytes // block_bytes) + chunk_bytes
 
 
-def encode_chunk(src, codec, chunk: Chunk, block_bytes: int, out, zero) -> tuple[int, int]:
+def read_carefully(src, chunk: Chunk) -> tuple[Window, list[tuple[int, int]]]:
+    """The chunk's bytes read one page at a time with read(), each failure retried once.
+
+    For memory that cannot be read (EIO, EFAULT from /proc/vmcore; the same
+    pages raise SIGBUS through mmap): returns a window whose unreadable pages
+    are zeros, and the list of their byte ranges within the chunk.
+    """
+    ps = src.page_size
+    n = chunk.raw_bytes(ps)
+    buf, bad = bytearray(n), []
+    saved, src.use_mmap = src.use_mmap, False
+    try:
+        for a in range(0, n, ps):
+            b = min(a + ps, n)
+            for attempt in (1, 2):
+                try:
+                    if chunk.kind == KIND_PAGES:
+                        w = src.phys_window(chunk.start + a // ps, 1)
+                    else:
+                        w = src.window(chunk.start + a, b - a)
+                    with w:
+                        buf[a:b] = w.view()[:b - a]
+                    break
+                except SourceError:
+                    if attempt == 2:
+                        if bad and bad[-1][1] == a:
+                            bad[-1] = (bad[-1][0], b)
+                        else:
+                            bad.append((a, b))
+    finally:
+        src.use_mmap = saved
+    return Window(buf, 0, n), bad
+
+
+def encode_chunk(src, codec, chunk: Chunk, block_bytes: int, out, zero,
+                 careful: bool = False) -> tuple[int, int, int]:
     """Read ``chunk`` from ``src`` and write its record into ``out``.
 
-    ``zero`` is a bytes-like of at least ``block_bytes`` zeros.  Returns
-    (record length, payload checksum).
+    ``zero`` is a bytes-like of at least ``block_bytes`` zeros.  A read error
+    (or ``careful``, after the page faults of an mmap read killed a worker)
+    switches to ``read_carefully``: blocks that hold unreadable pages become
+    BLOCK_UNREADABLE.  Returns (record length, payload checksum, unreadable
+    blocks).
     """
     if chunk.kind == KIND_PAGES:
         hole = src.phys_is_hole(chunk.start, chunk.count)
@@ -53,9 +93,17 @@ def encode_chunk(src, codec, chunk: Chunk, block_bytes: int, out, zero) -> tuple
     if hole:       # sparse source: all zero, nothing to read
         ChunkHeader(CHUNK_MAGIC, chunk.kind, codec.ID, CHUNK_ALL_ZERO, chunk.id, chunk.start, n, 0, 0,
                     checksum(b"")).pack_into(out, 0)
-        return CHUNK_HEADER_SIZE, checksum(b"")
-    w = src.phys_window(chunk.start, chunk.count) if chunk.kind == KIND_PAGES \
-        else src.window(chunk.start, chunk.count)
+        return CHUNK_HEADER_SIZE, checksum(b""), 0
+    bad: list[tuple[int, int]] = []
+    if careful:
+        w, bad = read_carefully(src, chunk)
+    else:
+        try:
+            w = src.phys_window(chunk.start, chunk.count) if chunk.kind == KIND_PAGES \
+                else src.window(chunk.start, chunk.count)
+        except SourceError:
+            w, bad = read_carefully(src, chunk)
+    unreadable = 0
     with w:
         obj, base, n = w.obj, w.base, w.length
         nblocks = -(-n // block_bytes)
@@ -79,6 +127,10 @@ def encode_chunk(src, codec, chunk: Chunk, block_bytes: int, out, zero) -> tuple
                 if b > n:
                     b = n
                 ln = b - a
+                if bad and any(x < b and a < y for x, y in bad):
+                    table[i] = BLOCK_UNREADABLE << 30
+                    unreadable += 1
+                    continue
                 z = zero if ln == block_bytes else zero[:ln]
                 if (find(z, base + a, base + b) == base + a) if is_mmap else obj[base + a:base + b] == z:
                     table[i] = BLOCK_ZERO << 30
@@ -98,7 +150,7 @@ def encode_chunk(src, codec, chunk: Chunk, block_bytes: int, out, zero) -> tuple
                 pos += ln
         finally:
             mv.release()
-    flags = 0
+    flags = CHUNK_UNREADABLE if unreadable else 0
     if zeros == nblocks:
         flags, nblocks, pos = CHUNK_ALL_ZERO, 0, tstart
     else:
@@ -108,7 +160,7 @@ def encode_chunk(src, codec, chunk: Chunk, block_bytes: int, out, zero) -> tuple
     csum = checksum(memoryview(out)[tstart:pos])
     ChunkHeader(CHUNK_MAGIC, chunk.kind, codec.ID, flags, chunk.id, chunk.start, n, nblocks,
                 pos - tstart, csum).pack_into(out, 0)
-    return pos, csum
+    return pos, csum, unreadable
 
 
 def read_chunk(rec, where: str, block_bytes: int) -> tuple[ChunkHeader, memoryview, list]:
@@ -141,7 +193,9 @@ def read_chunk(rec, where: str, block_bytes: int) -> tuple[ChunkHeader, memoryvi
         how, ln = e >> 30, e & BLOCK_LEN_MASK
         a = i * block_bytes
         b = min(a + block_bytes, h.raw_length)
-        if how == BLOCK_ZERO:
+        if how in (BLOCK_ZERO, BLOCK_UNREADABLE):
+            if ln:
+                raise VerifyError(f"{where}: block {i} has no data but a length of {ln}")
             continue
         if pos + ln > len(body):
             raise VerifyError(f"{where}: block {i} runs past the record")
@@ -155,6 +209,24 @@ def read_chunk(rec, where: str, block_bytes: int) -> tuple[ChunkHeader, memoryvi
     if pos != len(body):
         raise VerifyError(f"{where}: block table does not account for the whole payload")
     return h, body, blocks
+
+
+def unreadable_ranges(h: ChunkHeader, body, block_bytes: int) -> list[tuple[int, int]]:
+    """Byte ranges of a checked record (``read_chunk``) that the source could not give."""
+    if not h.flags & CHUNK_UNREADABLE or h.flags & CHUNK_ALL_ZERO:
+        return []
+    table = array("I", body[:4 * h.nblocks].tobytes())
+    if BIG_ENDIAN_HOST:
+        table.byteswap()
+    out: list[tuple[int, int]] = []
+    for i, e in enumerate(table):
+        if e >> 30 == BLOCK_UNREADABLE:
+            a, b = i * block_bytes, min((i + 1) * block_bytes, h.raw_length)
+            if out and out[-1][1] == a:
+                out[-1] = (out[-1][0], b)
+            else:
+                out.append((a, b))
+    return out
 
 
 def chunk_codec(h: ChunkHeader, where: str, codec_cache: dict):

@@ -65,7 +65,9 @@ from .targets import check_targets, open_target
 from .vmcore import Source
 
 POLL = 0.5            # seconds between liveness checks while waiting
-TASK = "<QI"          # coordinator -> workers: chunk id, slot
+TASK = "<QI"          # coordinator -> workers: chunk id, slot (| CAREFUL: read page by page)
+CAREFUL = 1 << 31
+CURRENT = struct.Struct("<QId")  # per worker, in shared memory: chunk id + 1 (0: idle), slot, start
 WRITE = "<QIIQQ"      # worker -> writer: chunk id, slot, record length, checksum, source bytes
 JOIN_TIMEOUT = 30.0   # seconds a child gets to exit after its sentinel
 SLOT_ALIGN = 4096
@@ -95,9 +97,12 @@ class DumpResult:
 
     def summary(self) -> str:
         outs = ", ".join(f"{p} {n / 1e6:.1f} MB" for p, n in zip(self.members, self.bytes_out))
+        bad = self.extra.get("unreadable_blocks", 0)
         return (f"dumped {self.bytes_in / 1e6:.1f} MB from {self.source} to {len(self.members)} "
                 f"member(s) [{outs}], {self.codec}, ratio {self.ratio:.2f}, "
-                f"{self.seconds:.2f} s, {self.mb_per_s:.1f} MB/s")
+                f"{self.seconds:.2f} s, {self.mb_per_s:.1f} MB/s"
+                + (f"; {bad} block(s) of source memory could not be read and are recorded as "
+                   "unreadable" if bad else ""))
 
     def to_json(self) -> dict:
         return {"dump_id": self.dump_id, "source": self.source, "codec": self.codec,
@@ -153,7 +158,7 @@ def messages(q):
 
 
 def _worker(wid, src, codec_spec, plan_json, block_bytes, pool, slot_size, tasks, writer_qs,
-            events, stop) -> None:
+            events, stop, current) -> None:
     _child_init()
     try:
         codec = codec_spec.make()
@@ -161,17 +166,24 @@ def _worker(wid, src, codec_spec, plan_json, block_bytes, pool, slot_size, tasks
         zero = bytes(block_bytes)
         pool_mv = memoryview(pool)
         for cid, slot in tasks.records(POLL):
+            careful, slot = bool(slot & CAREFUL), slot & ~CAREFUL
             if stop.value:
                 events.put(("skip", slot))
                 continue
+            # what this worker is on, for the coordinator if a page fault kills us
+            CURRENT.pack_into(current, wid * CURRENT.size, cid + 1, slot, time.monotonic())
             try:
                 chunk = plan.chunk(cid)
                 out = pool_mv[slot * slot_size:(slot + 1) * slot_size]
-                length, csum = encode_chunk(src, codec, chunk, block_bytes, out, zero)
+                length, csum, unreadable = encode_chunk(src, codec, chunk, block_bytes, out, zero, careful)
                 out.release()
             except StripedumpError as e:
                 events.put(("err", f"worker {wid}", slot, *e.to_wire()))
                 continue
+            finally:
+                CURRENT.pack_into(current, wid * CURRENT.size, 0, 0, 0.0)
+            if unreadable:
+                events.put(("unreadable", cid, unreadable))
             writer_qs[placement(cid, len(writer_qs))].put(
                 cid, slot, length, csum, chunk.raw_bytes(plan.page_size))
     except Exception as e:   # a bug: report it rather than die silently
@@ -377,11 +389,16 @@ def _run(cfg, src, plan, targets, headers, start, block_bytes, geometry, progres
     tasks, events = RecordPipe(TASK), MessagePipe()
     writer_qs = [RecordPipe(WRITE) for _ in range(D)]
     notes = mmap.mmap(-1, 4096, mmap.MAP_SHARED)     # the reason a dump ended early, for the writers
+    current = mmap.mmap(-1, W * CURRENT.size, mmap.MAP_SHARED)
     stop = ctx.Value("b", 0, lock=False)
     plan_json = plan.to_json()
-    workers = [ctx.Process(target=_worker, name=f"stripedump-worker-{i}",
+    def new_worker(i):
+        return ctx.Process(target=_worker, name=f"stripedump-worker-{i}",
                            args=(i, src, cfg.codec, plan_json, block_bytes, pool, slot_size, tasks,
-                                 writer_qs, events, stop), daemon=True) for i in range(W)]
+                                 writer_qs, events, stop, current), daemon=True)
+    workers = [new_worker(i) for i in range(W)]
+    retried: set[int] = set()
+    unreadable = 0
     writers = [ctx.Process(target=_writer, name=f"stripedump-writer-{d}",
                            args=(d, MemberWriter(t.fd, t.path, headers[d], start, cfg.direct_io,
                                                  cfg.discard), pool, slot_size,
@@ -403,8 +420,37 @@ def _run(cfg, src, plan, targets, headers, start, block_bytes, geometry, progres
             error = e
             stop.value = 1
 
+    stalled: set[int] = set()
+
+    def watch_workers():
+        """Kill a worker stuck on one chunk (a read that never returns) so it can be retried."""
+        now = time.monotonic()
+        for i, p in enumerate(workers):
+            cid, slot, t0 = CURRENT.unpack_from(current, i * CURRENT.size)
+            if cid and p.exitcode is None and now - t0 > cfg.stall_seconds and i not in stalled:
+                stalled.add(i)
+                say(f"worker {i} has been on chunk {cid - 1} for {now - t0:.0f} s; killing it")
+                p.kill()
+
     def dead_children(procs, label):
         for i, p in enumerate(procs):
+            killed = i in stalled and p.exitcode is not None
+            if procs is workers and (p.exitcode == -signal.SIGBUS or killed):
+                # a page of the source could not be read through mmap (SIGBUS:
+                # bad or poisoned memory), or the read never returned: retry
+                # that chunk page by page with read(), each page once more
+                stalled.discard(i)
+                cid, slot, _ = CURRENT.unpack_from(current, i * CURRENT.size)
+                if cid and cid - 1 not in retried:
+                    retried.add(cid - 1)
+                    CURRENT.pack_into(current, i * CURRENT.size, 0, 0, 0.0)
+                    why = "hit unreadable memory" if p.exitcode == -signal.SIGBUS else "was stuck"
+                    say(f"worker {i} {why} in chunk {cid - 1}; reading it page by page")
+                    p.join()
+                    procs[i] = new_worker(i)
+                    procs[i].start()
+                    tasks.put(cid - 1, slot | CAREFUL)
+                    continue
             if p.exitcode is not None:
                 fail(StripedumpError(f"{label} {i} (pid {p.pid}) {_describe_exit(p)} unexpectedly")
                      if p.exitcode != 0 else StripedumpError(f"{label} {i} stopped unexpectedly"))
@@ -427,10 +473,12 @@ def _run(cfg, src, plan, targets, headers, start, block_bytes, geometry, progres
             if inflight == 0 and (exhausted or error is not None):
                 break
             evs = events.get_all(POLL)
-            if not evs:
+            watch_workers()
+            if not evs or any(p.exitcode is not None for p in workers):
                 if dead_children(workers, "worker") or dead_children(writers, "writer"):
                     break       # a dead child's slots never come back: stop waiting for them
-                continue
+                if not evs:
+                    continue
             for ev in evs:
                 kind = ev[0]
                 if kind == "free":
@@ -440,6 +488,8 @@ def _run(cfg, src, plan, targets, headers, start, block_bytes, geometry, progres
                 elif kind == "skip":
                     free.append(ev[1])
                     inflight -= 1
+                elif kind == "unreadable":
+                    unreadable += ev[2]
                 elif kind == "err":
                     _, who, slot, name, msg = ev
                     fail(from_wire(name, msg))
@@ -484,7 +534,8 @@ def _run(cfg, src, plan, targets, headers, start, block_bytes, geometry, progres
     return DumpResult("", src.path, str(cfg.codec), [t.path for t in targets], plan.input_bytes,
                       [members_done[d][0] for d in range(D)], plan.n_chunks, 0.0, W,
                       {"block_bytes": block_bytes, "chunk_bytes": plan.chunk_bytes,
-                       "slots": nslots, "pool_bytes": nslots * slot_size})
+                       "slots": nslots, "pool_bytes": nslots * slot_size,
+                       "unreadable_blocks": unreadable})
 
 
 def _join_all(procs, fail, label) -> None:
