@@ -24,7 +24,6 @@ import resource
 import shutil
 import tempfile
 import threading
-import time
 from dataclasses import dataclass
 
 from .codecs import CodecSpec

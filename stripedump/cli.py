@@ -205,7 +205,7 @@ def _normalize(argv: list[str]) -> list[str]:
     return argv
 
 
-def _default_codec(verbose: bool):
+def _default_codec():
     """lz4, or the first codec whose library is installed: zlib always is."""
     from .codecs import CodecSpec
     from .errors import CodecUnavailable
@@ -226,16 +226,14 @@ def run_dump(a) -> int:
     from .pipeline import dump
     disks = tuple(a.disks.split(","))
     if a.codec is None:
-        a.codec = _default_codec(a.verbose)
+        a.codec = _default_codec()
     cfg = DumpConfig(a.source, disks, a.codec, a.workers, a.chunk_size, a.block_size, a.force,
                      a.manifest, not a.no_mmap, a.direct_io, a.memory_limit)
     from .progress import Progress
     prog = Progress("dump", quiet=a.quiet)
-    say = None
-    if a.verbose and not a.quiet:
-        def say(msg: str, level: int = 1):
-            if a.verbose >= level:
-                print(f"stripedump: {msg}", file=sys.stderr, flush=True)
+    def say(msg: str, level: int = 1):
+        if a.verbose >= level and not a.quiet:
+            print(f"stripedump: {msg}", file=sys.stderr, flush=True)
     try:
         res = dump(cfg, progress=prog, say=say)
     finally:

@@ -29,7 +29,8 @@ BAD_PFN = 0x1010          # two pages in the last RAM range of the "kernel" layo
 @pytest.fixture
 def faulty_source(tmp_path):
     try:
-        import fuse  # noqa: F401  (fusepy, with libfuse2 from Debian)
+        import fuse  # fusepy, which loads Debian's libfuse2
+        assert fuse.FUSE
     except (ImportError, OSError, EnvironmentError) as e:
         pytest.skip(f"fusepy/libfuse2 not usable here: {e}")
     if not os.path.exists("/dev/fuse"):
