@@ -44,6 +44,15 @@ def info(members: list[str]) -> dict:
         }
 
 
+def _crashtime(text: str) -> str:
+    """VMCOREINFO's CRASHTIME (seconds since the epoch) as a UTC date, or as it is."""
+    try:
+        t = datetime.datetime.fromtimestamp(int(text), datetime.timezone.utc)
+    except (ValueError, OverflowError, OSError):
+        return text
+    return f"{t:%Y-%m-%d %H:%M:%S} UTC"
+
+
 def render(d: dict) -> str:
     s = d["source"]
     created = datetime.datetime.fromtimestamp(d["created"] or 0, datetime.timezone.utc)
@@ -53,7 +62,7 @@ def render(d: dict) -> str:
         f"source:     {s['path']} ({s['size']} bytes, ELF{s['elfclass']}, e_machine {s['machine']}, "
         f"{s['nr_cpus']} CPU notes)",
         f"kernel:     {s['osrelease'] or 'unknown (no VMCOREINFO)'}"
-        + (f", crashed at {s['crashtime']}" if s['crashtime'] else ""),
+        + (f", crashed at {_crashtime(s['crashtime'])}" if s['crashtime'] else ""),
         f"memory:     {s['pages']} pages of {s['page_size']} bytes in {s['pfn_ranges']} range(s), "
         f"{s['residue_bytes']} bytes of headers and padding",
         f"codec:      {d['codec']}, chunks of {d['chunk_bytes']} bytes, blocks of {d['block_bytes']} bytes, "
