@@ -57,14 +57,15 @@ from .config import JoinConfig
 from .dumpset import DumpSet
 from .errors import OutputError, UsageError, VerifyError
 from .flat import FileSink, FlatSink
-from .format import BLOCK_COMPRESSED
-from .join import JoinResult, PartialOutput, _run_pool, check_record
-from .member import decode_chunk, read_chunk
+from .format import BLOCK_COMPRESSED, CHUNK_HEADER_SIZE, ChunkHeader
+from .join import JoinResult, PartialOutput, _run_pool, check_record, unreadable_report
+from .member import decode_chunk, read_chunk, unreadable_ranges
 from .vmcore import PT_LOAD, parse_notes, parse_vmcoreinfo
 
 SIGNATURE = b"KDUMP   "
 HEADER_VERSION = 6
 DESC_SIZE = 24
+DUMP_DH_COMPRESSED_INCOMPLETE = 0x8     # header status: some pages are missing (offset 0)
 UTS_LEN = 65                         # __NEW_UTS_LEN + 1
 START_KERNEL_MAP = 0xFFFFFFFF80000000   # x86_64 kernel-image mapping (__START_KERNEL_map)
 BITMAP_PIECE = 1 << 20               # bitmap bytes built and written at a time (8 Mi PFNs)
@@ -389,7 +390,12 @@ def _kdump_handler(lay: KdumpLayout, sink, cursor, spec: CodecSpec, copy: bool, 
             for i, p in enumerate(pages):
                 if p is not None:
                     pack_desc(descs, DESC_SIZE * i, base + p[0], p[1], p[2], 0)
+            h = ChunkHeader.unpack(rec, where)
+            bad = unreadable_ranges(h, memoryview(rec)[CHUNK_HEADER_SIZE:h.record_length], block_bytes)
+            for a, b in bad:    # memory the dump could not read: a missing page, as makedumpfile marks it
+                descs[DESC_SIZE * (a // ps):DESC_SIZE * -(-b // ps)] = bytes(DESC_SIZE * (-(-b // ps) - a // ps))
             sink.write([(lay.desc_offset(t.start), descs), (base, data)])
+            return bad
         return handle
     return make
 
@@ -435,10 +441,13 @@ def join_kdump(cfg: JoinConfig, progress=None, notice=None) -> JoinResult:
                                 (lay.bitmap_offset + lay.bitmap_len + off, piece)])
                 sink.write([(lay.zero_page_offset, bytes(lay.page_size))])
                 handler = _kdump_handler(lay, sink, cursor, spec, copy, ds.block_bytes)
+                bad: list = []
                 ok, nbytes, errors = _run_pool(ds, cfg.nworkers, handler, False, progress,
-                                               wanted=lambda cid: cid < ds.plan.n_page_chunks)
+                                               wanted=lambda cid: cid < ds.plan.n_page_chunks, unreadable=bad)
                 if errors:
                     raise VerifyError(errors[0])
+                if bad:         # pages missing: say so in the header, as makedumpfile does
+                    sink.write([(0, lay.header_area(status | DUMP_DH_COMPRESSED_INCOMPLETE, uts))])
                 size = cursor.value
                 sink.finish()
             except BaseException:
@@ -448,5 +457,6 @@ def join_kdump(cfg: JoinConfig, progress=None, notice=None) -> JoinResult:
                 out.commit(None if flat else size)
         memory = lay.num_dumpable * lay.page_size
         extra = {"format": cfg.format, "codec": str(spec), "pages": "copied" if copy else "transcoded",
-                 "utsname": uts_from, "memory_bytes": memory}
+                 "utsname": uts_from, "memory_bytes": memory,
+                 "unreadable": unreadable_report(bad, lay.page_size)}
         return JoinResult(ds.dump_id, cfg.output, size, ok, time.monotonic() - t0, [], extra)

@@ -88,3 +88,22 @@ def test_read_errors_without_mmap(tmp_path, faulty_source, cli):
     r = cli("join", "-q", tmp_path / "m1", tmp_path / "m0", "-o", tmp_path / "out")
     assert r.rc == 0 and "warning" in r.err
     assert (tmp_path / "out").read_bytes() == _expected(b, bad)
+
+
+def test_kdump_output_marks_unreadable_pages_missing(tmp_path, faulty_source, cli):
+    """As makedumpfile marks pages it could not save: descriptor offset 0, header INCOMPLETE."""
+    import struct
+    b, src, bad = faulty_source
+    m = f"{tmp_path}/m0,{tmp_path}/m1"
+    assert cli("dump", "--no-mmap", "-q", "--codec", "lzo", "--disks", m, src).rc == 0
+    out = tmp_path / "vmcore.kdump"
+    r = cli("join", "--format", "kdump", tmp_path / "m0", tmp_path / "m1", "-o", out)
+    assert r.rc == 0, r
+    assert "PFN 0x1010-0x1011" in r.err
+    data = out.read_bytes()
+    status, block, sub_hdr, bitmap_blocks = struct.unpack_from("<IiiI", data, 424)
+    assert status & 0x8 and status & 0x2            # INCOMPLETE, LZO
+    table = (1 + sub_hdr + bitmap_blocks) * block
+    rank = (0x9F - 1) + (0x400 - 0x100) + (BAD_PFN - 0x1000)    # dumpable pages before BAD_PFN
+    offsets = [struct.unpack_from("<q", data, table + 24 * (rank + i))[0] for i in range(3)]
+    assert offsets[0] == offsets[1] == 0 and offsets[2] > 0
