@@ -234,13 +234,15 @@ while read -r m f; do
     mods="$mods $m"
 done <"$KDIR/modules.load"
 install -m 755 "$HERE/guest-init.sh" "$stage/init"
-guest_sd=$SD packed="nothing: Python and stripedump come from the host root over 9p"
+guest_sd=$SD guest_wrapper=$HERE/stripedump-kdump
+packed="nothing: Python and stripedump come from the host root over 9p"
 if [ "$PYTHON_FROM" = initramfs ]; then
     # The interpreter, the trimmed standard library, stripedump and its
     # runtime dependencies, their libraries, and GNU time for the measurement.
     pack=$(timeout 300 "$(dirname "$SD")/python3" "$HERE/pack-python.py" "$stage" --extra /usr/bin/time) \
         || fail "tests/e2e/pack-python.py failed"
-    guest_sd=/opt/stripedump/bin/stripedump
+    guest_sd=/opt/stripedump/bin/stripedump guest_wrapper=/usr/sbin/stripedump-kdump
+    install -D -m 755 "$HERE/stripedump-kdump" "$stage$guest_wrapper"
     packed=$(echo "$pack" | python3 -c 'import json, sys; print(json.load(sys.stdin)["summary"])')
 fi
 capture_append="console=ttyS0 irqpoll nr_cpus=$CAPTURE_CPUS reset_devices nousb panic=-1 loglevel=4"
@@ -253,6 +255,7 @@ E2E_VMLINUZ="$vmlinuz"
 E2E_INITRD="$initrd"
 E2E_CAPTURE_APPEND="$capture_append"
 E2E_SD="$guest_sd"
+E2E_WRAPPER="$guest_wrapper"
 E2E_PYTHON=$PYTHON_FROM
 E2E_PACKED="$packed"
 E2E_CODEC="$CODEC"
@@ -345,16 +348,21 @@ avail0=$(res avail_before_kib)
 minavail=$(res min_avail_kib)
 maxrss=$(res time_maxrss_kib)
 json=$(tr -d '\r' <"$SERIAL" | sed -n 's/^E2E-JSON //p' | tail -n1)
+redump_rc=$(res redump_rc)
+redump_s=$(res redump_seconds)
 [ -n "$vmcore_bytes" ] || fail "the guest did not report the size of /proc/vmcore"
 if [ "$sd_rc" != 0 ]; then
     fail "stripedump exited $sd_rc in the capture kernel: $(tr -d '\r' <"$SERIAL" | grep -a -m1 '^stripedump: ' || echo '?')"
 fi
+[ "$redump_rc" = 0 ] || fail "the second dump (over the first) exited ${redump_rc:-?}: $(tr -d '\r' <"$SERIAL" \
+    | grep -a -e '^stripedump: ' -e '^stripedump-kdump: .*fail' | tail -n1)"
 mib() { awk -v k="${1:-0}" 'BEGIN { printf "%.1f", k / 1024 }'; }
 say "capture kernel: MemTotal $(mib "$memtotal") MiB, MemAvailable before $(mib "$avail0") MiB," \
     "minimum during the dump $(mib "$minavail") MiB"
 say "stripedump: ${sd_s}s for $vmcore_bytes bytes; peak Pss of its $nproc_peak processes $(mib "$pss") MiB," \
     "largest Rss of one $(mib "$rss1") MiB${maxrss:+, GNU time max RSS $(mib "$maxrss") MiB}"
 say "stripedump --json: $json"
+say "second dump over the first (stripedump-kdump chose --force): ${redump_s}s; the host checks this one"
 say "raw copy (dd): ${raw_s}s"
 
 # The raw disk holds the vmcore followed by zeros: cut it to the vmcore's size.
