@@ -110,6 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--force", action="store_true",
                    help="overwrite targets that are non-empty files or carry a signature")
     d.add_argument("--no-mmap", action="store_true", help="read the source with read() instead of mmap")
+    d.add_argument("--on-disk-error", choices=("stop", "continue"), default="stop",
+                   help="a target fails (ENOSPC, EIO, short write): stop the dump, exit 8 (default); or "
+                        "continue: drop it and stripe over the others (a degraded dump)")
     d.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
     d.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
     d.add_argument("-v", "--verbose", action="count", default=0,
@@ -139,6 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
     j.add_argument("--codec", type=_codec, default=None, metavar="CODEC[:LEVEL]",
                    help="page codec of kdump/flat output: zlib, lzo, snappy or zstd")
     j.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
+    j.add_argument("--allow-incomplete", action="store_true",
+                   help="join a dump that did not finish, or without a missing member: recover every "
+                        "chunk that reached disk, zeros for the rest; the missing ranges are reported")
     j.add_argument("--workers", type=_positive_int, default=0, metavar="N")
     j.add_argument("--json", action="store_true",
                    help="print a JSON summary on stdout (on stderr with -o -)")
@@ -228,7 +234,8 @@ def run_dump(a) -> int:
     if a.codec is None:
         a.codec = _default_codec()
     cfg = DumpConfig(a.source, disks, a.codec, a.workers, a.chunk_size, a.block_size, a.force,
-                     a.manifest, not a.no_mmap, a.direct_io, a.memory_limit)
+                     a.manifest, not a.no_mmap, a.direct_io, a.memory_limit,
+                     on_disk_error=a.on_disk_error)
     from .progress import Progress
     prog = Progress("dump", quiet=a.quiet)
     def say(msg: str, level: int = 1):
@@ -238,6 +245,10 @@ def run_dump(a) -> int:
         res = dump(cfg, progress=prog, say=say)
     finally:
         prog.close()
+    for f in res.extra.get("degraded", []):   # shown even with -q: the dump lost a disk
+        print(f"stripedump: warning: {f['error']}; dropped that target (--on-disk-error continue): "
+              f"{f['moved']} of its chunks went to the other members; join needs every member, "
+              f"{f['path']} included", file=sys.stderr)
     if a.json:
         print(json.dumps(res.to_json()))
     elif not a.quiet:
@@ -249,13 +260,18 @@ def run_join(a) -> int:
     from .config import JoinConfig
     from .join import join
     out = sys.stderr if a.output == "-" else sys.stdout   # stdout carries the dump
-    cfg = JoinConfig(tuple(a.members), a.output, a.force, a.workers, a.format, a.codec)
+    cfg = JoinConfig(tuple(a.members), a.output, a.force, a.workers, a.format, a.codec,
+                     a.allow_incomplete)
     res = join(cfg, notice=None if a.quiet else
                lambda text: print(f"stripedump: join: {text}", file=sys.stderr))
-    from .join import describe_unreadable
+    from .join import describe_missing, describe_unreadable
     warning = describe_unreadable(res.extra.get("unreadable", {}))
     if warning:   # shown even with -q: the output is not the whole of memory
         print(f"stripedump: join: warning: {warning}", file=sys.stderr)
+    for e in res.errors[:20]:     # --allow-incomplete: damaged chunks, left as zeros
+        print(f"stripedump: join: warning: {e}", file=sys.stderr)
+    for line in describe_missing(res.extra):
+        print(f"stripedump: join: warning: {line}", file=sys.stderr)
     if a.json:
         print(json.dumps(res.to_json()), file=out)
     elif not a.quiet and a.format == "elf":
@@ -291,9 +307,16 @@ def run_verify(a) -> int:
         print(json.dumps(res.to_json()))
     for e in res.errors[:20]:
         print(f"stripedump: verify: {e}", file=sys.stderr)
+    from .join import describe_missing
+    for line in describe_missing(res.extra):
+        print(f"stripedump: verify: {line}", file=sys.stderr)
     if res.errors:
         more = f" ({len(res.errors) - 20} more not shown)" if len(res.errors) > 20 else ""
         raise VerifyError(f"{len(res.errors)} problem(s) found{more}; first: {res.errors[0]}")
+    if not res.extra.get("complete", True):
+        from .errors import IncompleteDump
+        raise IncompleteDump(f"the dump is incomplete: {res.extra['missing_chunks']} chunk(s) missing; "
+                             f"the {res.chunks} present are good; join --allow-incomplete recovers them")
     from .join import describe_unreadable
     warning = describe_unreadable(res.extra.get("unreadable", {}))
     if warning:

@@ -19,6 +19,7 @@ _UNITS = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40,
 DEFAULT_CHUNK = 1 << 20        # machine-limits §5: shared-memory hand-off runs at 18 GB/s per 1 MiB
 MAX_CHUNK = 256 << 20
 JOIN_FORMATS = ("elf", "kdump", "flat")
+ON_DISK_ERROR = ("stop", "continue")   # dump --on-disk-error
 
 
 def parse_size(text: str, what: str = "size") -> int:
@@ -59,10 +60,13 @@ class DumpConfig:
     memory_limit: int = 0            # 0: derived from available memory (see pipeline.pool_geometry)
     discard: bool = False            # bench only: compress but write nothing
     stall_seconds: float = 60.0      # a worker on one chunk this long is killed and the chunk retried
+    on_disk_error: str = "stop"      # a target fails: "stop" the dump, or "continue" without it
 
     def __post_init__(self):
         if self.workers < 0:
             raise UsageError("--workers must be at least 1")
+        if self.on_disk_error not in ON_DISK_ERROR:
+            raise UsageError(f"--on-disk-error must be one of {', '.join(ON_DISK_ERROR)}")
         if self.chunk_size <= 0 or self.chunk_size > MAX_CHUNK:
             raise UsageError(f"--chunk-size must be between one page and {MAX_CHUNK >> 20}M")
         if self.block_size < 0:
@@ -92,6 +96,7 @@ class JoinConfig:
     workers: int = 0
     format: str = "elf"                  # elf, kdump or flat (JOIN_FORMATS)
     codec: CodecSpec | None = None       # kdump/flat page codec; None: the dump's, else lzo
+    allow_incomplete: bool = False       # recover what reached disk; zeros (holes) for the rest
 
     def __post_init__(self):
         if self.format not in JOIN_FORMATS:

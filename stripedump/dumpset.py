@@ -2,37 +2,80 @@
 
 Why: join, verify and info all start from "these files claim to be one
 dump".  This module checks that claim once: every file is a member, all
-belong to the same dump, none is given twice, none is missing, the manifests
-agree, and every member was finalized.  It then streams chunk locations from
-the members' indexes (never holding a whole index) and keeps a bitmap of
+belong to the same dump, none is given twice, none is missing (unless the
+caller allows it: ``join --allow-incomplete``), the manifests agree.  It then
+streams chunk locations (never holding a whole index) and keeps a bitmap of
 chunk IDs seen, so that a chunk missing from every member is named.
+
+Where a member's chunks are found:
+
+* finalized (complete, or incomplete after a failure): its footer's index;
+* never finalized (a killed dump, power loss, a full disk) or with a footer
+  or index that cannot be read (a truncated member): by walking its records
+  (``MemberReader.walk``).  That is allowed when the caller accepts an
+  incomplete dump, and for a member that an ``--on-disk-error continue``
+  dump dropped (the survivors' footers name it): the rest of that dump is
+  whole without it, so join needs no flag.
+
+Placement: chunk i lives on member i % members, checked for every index
+entry.  A dump taken with ``--on-disk-error continue`` may have moved chunks
+of a failed member to the others (its manifest says so), so there any member
+may hold any chunk; each chunk is still used once.
 """
 
 from __future__ import annotations
 
 import base64
 import uuid
+from dataclasses import dataclass, field
 
-from .errors import IncompleteDump, MemberError
-from .format import STATE_NAMES, IndexEntry
-from .member import MemberReader, is_complete
+from .errors import IncompleteDump, MemberError, VerifyError
+from .format import HEADER_BLOCK, KIND_PAGES, STATE_NAMES, IndexEntry
+from .member import MemberReader, WalkReport, is_complete, read_chunk
 from .plan import Plan, placement
+from .vmcore import merge_ranges
+
+INCOMPLETE_HINT = "use --allow-incomplete to recover the chunks that reached disk"
+
+
+@dataclass
+class MemberSource:
+    """How one member's chunks are found (decided once per DumpSet), and what was found."""
+    footer: object                 # Footer, or None: never finalized or unreadable
+    problem: str | None            # why the footer cannot be used; None when it can
+    walk: WalkReport = field(default_factory=WalkReport)
+    walked: bool = False           # chunks came from a walk (all or after a bad index)
+    used: int = 0                  # chunk records handed out
+    skipped: int = 0               # records not used: duplicates, foreign ids, cut off
+    notes: list = field(default_factory=list)
 
 
 class DumpSet:
-    def __init__(self, paths: list[str]):
+    def __init__(self, paths: list[str], allow_missing: bool = False):
         if not paths:
             raise MemberError("no members given")
         self.readers: list[MemberReader] = []
+        self.unwritten: list[str] = []    # given, but the dump stopped before writing a header there
         try:
             for p in paths:
-                self.readers.append(MemberReader(p))
-            self._check_set()
+                try:
+                    self.readers.append(MemberReader(p))
+                except MemberError:
+                    if not (allow_missing and _never_written(p)):
+                        raise
+                    self.unwritten.append(p)
+            if not self.readers:
+                raise MemberError(f"no member header in {', '.join(paths)}: the dump stopped before "
+                                  "writing any; nothing to recover")
+            self._check_set(allow_missing)
             self.manifest = self.readers[0].manifest()
             self._check_manifest()
         except BaseException:
             self.close()
             raise
+        self._sources: list[MemberSource | None] = [None] * len(self.readers)
+        # --on-disk-error continue: chunks may live on any member
+        self.relaxed = self.manifest.get("on_disk_error") == "continue"
 
     def close(self) -> None:
         for r in self.readers:
@@ -44,7 +87,7 @@ class DumpSet:
     def __exit__(self, *exc):
         self.close()
 
-    def _check_set(self) -> None:
+    def _check_set(self, allow_missing: bool) -> None:
         ids: dict[bytes, list[str]] = {}
         for r in self.readers:
             ids.setdefault(r.header.dump_id, []).append(r.path)
@@ -63,12 +106,15 @@ class DumpSet:
                 raise MemberError(f"member {h.member_index} is given twice ({by_index[h.member_index].path} "
                                   f"and {r.path})")
             by_index[h.member_index] = r
-        missing = [i for i in range(h0.member_count) if i not in by_index]
-        if missing:
+        self.count = h0.member_count
+        self.absent = [i for i in range(self.count) if i not in by_index]
+        if self.absent and not allow_missing:
             raise MemberError(f"dump {uuid.UUID(bytes=h0.dump_id)} has {h0.member_count} members; "
-                              f"missing member(s) {', '.join(map(str, missing))} "
-                              f"(given: {', '.join(r.path for r in self.readers)})")
-        self.readers = [by_index[i] for i in range(h0.member_count)]
+                              f"missing member(s) {', '.join(map(str, self.absent))} "
+                              f"(given: {', '.join(r.path for r in self.readers)}); join "
+                              "--allow-incomplete goes on without them")
+        # present members in member-index order; locations() names them by position here
+        self.readers = [by_index[i] for i in sorted(by_index)]
         self.header = self.readers[0].header
 
     def _check_manifest(self) -> None:
@@ -100,29 +146,80 @@ class DumpSet:
     def dump_id(self) -> str:
         return str(uuid.UUID(bytes=self.header.dump_id))
 
-    def footers(self, allow_incomplete: bool = False):
-        out = []
+    def member_name(self, d: int) -> str:
+        """Member index ``d`` as a user knows it: its path, or that it was not given."""
         for r in self.readers:
-            f = r.footer()
-            if not is_complete(f) and not allow_incomplete:
-                why = STATE_NAMES.get(r.header.state, f"state {r.header.state}") if f is None \
-                    else f"incomplete: {f.note or 'no reason recorded'}"
-                raise IncompleteDump(f"{r.where} is {why}; the dump did not finish")
-            out.append(f)
+            if r.header.member_index == d:
+                return r.path
+        return f"member {d} (not given)"
+
+    # -- which members are whole, and how their chunks are found -------------
+
+    def source(self, pos: int) -> MemberSource:
+        s = self._sources[pos]
+        if s is None:
+            r = self.readers[pos]
+            try:
+                f = r.footer()
+                problem = None if f is not None else STATE_NAMES.get(r.header.state,
+                                                                       f"in state {r.header.state}")
+            except MemberError as e:
+                f, problem = None, f"unreadable: {e}"
+            s = self._sources[pos] = MemberSource(f, problem)
+        return s
+
+    @property
+    def dropped(self) -> dict[int, int]:
+        """Members an ``--on-disk-error continue`` dump dropped -> chunks of theirs moved elsewhere."""
+        out: dict[int, int] = {}
+        for pos in range(len(self.readers)):
+            f = self.source(pos).footer
+            for m, n in (f.degraded if f is not None else ()):
+                out[m] = out.get(m, 0) + n
         return out
 
-    def locations(self, seen: bytearray):
-        """(member index, IndexEntry) for every chunk, checked against the plan.
+    def check_members(self, allow_incomplete: bool = False) -> None:
+        """Refuse a member that was not finalized complete, unless allowed.
 
-        Marks each chunk ID in ``seen`` (a bitmap); a chunk listed twice or
-        on the wrong member is a MemberError.
-
-        The members' indexes are read round robin, one entry of each in
-        turn, so a pool reading the chunks keeps every member (disk) busy
-        and meets the chunks roughly in chunk-id (PFN) order.
+        A member with an unreadable footer (truncated, damaged) is a
+        MemberError; one never finalized, or finalized incomplete, is an
+        IncompleteDump.  Members the dump dropped are always allowed.
         """
-        streams = [self._member_locations(d, r, f, seen)
-                   for d, (r, f) in enumerate(zip(self.readers, self.footers()))]
+        if allow_incomplete:
+            return
+        dropped = self.dropped
+        for pos, r in enumerate(self.readers):
+            s = self.source(pos)
+            if is_complete(s.footer) or r.header.member_index in dropped:
+                continue
+            if s.footer is None and r.header.footer_offset != 0:
+                raise MemberError(f"{r.where}: footer {s.problem}; the member is truncated or "
+                                  f"damaged; {INCOMPLETE_HINT}")
+            why = s.problem if s.footer is None else \
+                f"incomplete: {s.footer.note or 'no reason recorded'}"
+            raise IncompleteDump(f"{r.where} is {why}; the dump did not finish; {INCOMPLETE_HINT}")
+
+    def footers(self, allow_incomplete: bool = False):
+        """Each member's footer (None where there is none to read), after ``check_members``."""
+        self.check_members(allow_incomplete)
+        return [self.source(pos).footer for pos in range(len(self.readers))]
+
+    # -- chunk locations -----------------------------------------------------
+
+    def locations(self, seen: bytearray, allow_incomplete: bool = False):
+        """(position in ``readers``, IndexEntry) for every chunk found, checked against the plan.
+
+        Marks each chunk ID in ``seen`` (a bitmap).  From an index, a chunk
+        listed twice or on the wrong member is a MemberError.  Records found by
+        a walk that the plan does not place there (a record of an earlier dump
+        on a reused device) or that were already found are skipped.
+
+        The members are read round robin, one entry of each in turn, so a
+        pool reading the chunks keeps every member (disk) busy and meets the
+        chunks roughly in chunk-id (PFN) order.
+        """
+        self.check_members(allow_incomplete)
+        streams = [self._member_locations(pos, seen, allow_incomplete) for pos in range(len(self.readers))]
         while streams:
             for s in list(streams):
                 loc = next(s, None)
@@ -131,35 +228,122 @@ class DumpSet:
                 else:
                     yield loc
 
-    def _member_locations(self, d: int, r: MemberReader, f, seen: bytearray):
-        n = self.plan.n_chunks
-        D = len(self.readers)
-        for e in r.index(f):
-            e = IndexEntry(*e)
-            if e.chunk_id >= n or placement(e.chunk_id, D) != d:
-                raise MemberError(f"{r.where}: index lists chunk {e.chunk_id}, which does not "
-                                  "belong to this member")
-            byte, bit = divmod(e.chunk_id, 8)
-            if seen[byte] & (1 << bit):
-                raise MemberError(f"{r.where}: chunk {e.chunk_id} is listed twice")
-            seen[byte] |= 1 << bit
-            if e.offset + e.length > r.size:
-                raise MemberError(f"{r.where}: chunk {e.chunk_id} lies past the end of the member "
-                                  f"(member truncated to {r.size} bytes?)")
-            yield d, e
+    def _member_locations(self, pos: int, seen: bytearray, allow: bool):
+        r, s = self.readers[pos], self.source(pos)
+        if s.footer is not None:
+            entries = r.index(s.footer)
+            while True:
+                try:
+                    e = next(entries, None)
+                except MemberError as err:
+                    if not allow:
+                        raise
+                    s.notes.append(f"its index cannot be read ({err}); walked its records instead")
+                    break
+                if e is None:
+                    return
+                e = IndexEntry(*e)
+                if self._accept(pos, e, seen, allow, walked=False):
+                    yield pos, e
+        s.walked = True
+        for e in r.walk(report=s.walk):
+            if self._accept(pos, e, seen, allow, walked=True):
+                yield pos, e
+
+    def _accept(self, pos: int, e: IndexEntry, seen: bytearray, allow: bool, walked: bool) -> bool:
+        r, s = self.readers[pos], self.source(pos)
+        if e.chunk_id >= self.plan.n_chunks or \
+                (not self.relaxed and placement(e.chunk_id, self.count) != r.header.member_index):
+            if walked:
+                s.skipped += 1
+                return False
+            raise MemberError(f"{r.where}: index lists chunk {e.chunk_id}, which does not "
+                              "belong to this member")
+        byte, bit = divmod(e.chunk_id, 8)
+        if seen[byte] & (1 << bit):
+            if walked or self.relaxed:
+                s.skipped += 1
+                return False
+            raise MemberError(f"{r.where}: chunk {e.chunk_id} is listed twice")
+        if e.offset + e.length > r.size:
+            if allow:
+                s.skipped += 1
+                s.notes.append(f"chunk {e.chunk_id} lies past the end of the member")
+                return False
+            raise MemberError(f"{r.where}: chunk {e.chunk_id} lies past the end of the member "
+                              f"(member truncated to {r.size} bytes?)")
+        seen[byte] |= 1 << bit
+        s.used += 1
+        return True
 
     def record(self, chunk_id: int) -> bytes | None:
-        """One chunk's record, found by scanning its member's index; None if not listed.
+        """One chunk's checked record, found through an index or a walk; None if not found.
 
         For the odd single chunk (kdump output reads ``init_uts_ns``): the
-        scan streams the index, so memory stays bounded.
+        scan streams the index or walks without reading payloads, so memory
+        stays bounded.  The chunk's own member is looked at first; in a
+        degraded dump the others too.
         """
-        r = self.readers[placement(chunk_id, len(self.readers))]
-        for e in r.index(r.footer()):
-            e = IndexEntry(*e)
-            if e.chunk_id == chunk_id:
-                return r.read_record(e)
+        d = placement(chunk_id, self.count)
+        order = sorted(range(len(self.readers)), key=lambda p: self.readers[p].header.member_index != d)
+        for pos in order:
+            r, s = self.readers[pos], self.source(pos)
+            if r.header.member_index != d and not self.relaxed:
+                continue
+            try:
+                entries = r.index(s.footer) if s.footer is not None else r.walk(verify=False)
+                for e in entries:
+                    if e.chunk_id == chunk_id and e.offset + e.length <= r.size:
+                        rec = r.read_record(IndexEntry(*e))
+                        read_chunk(rec, r.where, self.block_bytes)
+                        return rec
+            except (MemberError, VerifyError):
+                continue
         return None
 
     def missing_chunks(self, seen: bytearray) -> list[int]:
         return [c for c in range(self.plan.n_chunks) if not seen[c >> 3] & (1 << (c & 7))]
+
+    def missing_ranges(self, chunk_ids) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+        """Merged PFN ranges and source file ranges [start, end) of these chunks."""
+        pfns, files = [], []
+        for c in chunk_ids:
+            ch = self.plan.chunk(c)
+            (pfns if ch.kind == KIND_PAGES else files).append((ch.start, ch.start + ch.count))
+        return merge_ranges(pfns), merge_ranges(files)
+
+    def member_report(self) -> list[dict]:
+        """Per member: how its chunks were found and how many, for join/verify/info output."""
+        out = []
+        for pos, r in enumerate(self.readers):
+            s = self.source(pos)
+            f = s.footer
+            state = STATE_NAMES.get(f.state if f is not None else r.header.state, "unknown")
+            if f is None and s.problem and r.header.footer_offset:
+                state = "footer unreadable"
+            d = {"index": r.header.member_index, "path": r.path, "state": state,
+                 "found_by": "walk" if s.walked else "index", "chunks": s.used}
+            if s.walked:
+                d["walk"] = s.walk.describe()
+            if s.skipped:
+                d["skipped_records"] = s.skipped
+            if s.notes:
+                d["notes"] = s.notes[:5]
+            out.append(d)
+        for i in self.absent:
+            out.append({"index": i, "path": None, "state": "not given", "found_by": None, "chunks": 0})
+        out.sort(key=lambda d: d["index"])
+        for p in self.unwritten:
+            out.append({"index": None, "path": p, "state": "no member header (never written)",
+                        "found_by": None, "chunks": 0})
+        return out
+
+
+def _never_written(path: str) -> bool:
+    """A file the dump stopped before writing a member header to: empty, or zeros where it goes."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(HEADER_BLOCK)
+    except OSError:
+        return False
+    return not head.strip(b"\0")

@@ -3,6 +3,9 @@
 Why: before a multi-hour join an engineer wants to know which kernel this is,
 whether every member finished, and how big the result will be; ``info``
 answers from the headers, manifests and footers alone (no chunk is read).
+For a member that has no usable footer (the dump was killed) it walks the
+chunk headers, without reading payloads, to say how many chunks a join
+--allow-incomplete can recover.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import datetime
 
 from .dumpset import DumpSet
 from .format import STATE_NAMES
+from .member import WalkReport
 from .vmcore import parse_notes, parse_vmcoreinfo
 
 
@@ -24,12 +28,20 @@ def info(members: list[str]) -> dict:
                 vmcoreinfo = parse_vmcoreinfo(n.desc)
                 break
         out_members = []
-        for r, f in zip(ds.readers, ds.footers(allow_incomplete=True)):
-            out_members.append({
-                "index": r.header.member_index, "path": r.path, "bytes": r.size,
-                "state": STATE_NAMES.get(f.state if f else r.header.state, "unknown"),
-                "chunks": f.chunks if f else None, "input_bytes": f.bytes_in if f else None,
-                "note": f.note if f else "never finalized"})
+        for pos, (r, f) in enumerate(zip(ds.readers, ds.footers(allow_incomplete=True))):
+            d = {"index": r.header.member_index, "path": r.path, "bytes": r.size,
+                 "state": STATE_NAMES.get(f.state if f else r.header.state, "unknown"),
+                 "chunks": f.chunks if f else None, "input_bytes": f.bytes_in if f else None,
+                 "note": f.note if f else None}
+            if f is None:        # killed dump or unreadable footer: what a walk finds
+                if r.header.footer_offset:
+                    d["state"], d["note"] = "footer unreadable", ds.source(pos).problem
+                walk = WalkReport()
+                d["recovered_chunks"] = sum(1 for _ in r.walk(verify=False, report=walk))
+                d["walk"] = walk.describe()
+            if f is not None and f.degraded:
+                d["took_over"] = [list(x) for x in f.degraded]
+            out_members.append(d)
         return {
             "dump_id": ds.dump_id, "tool": m.get("tool"), "created": m.get("created"),
             "codec": m.get("codec"), "placement": m.get("placement"),
@@ -41,6 +53,7 @@ def info(members: list[str]) -> dict:
                        "pfn_ranges": len(plan.pfn_ranges), "residue_bytes": plan.residue_bytes,
                        "osrelease": vmcoreinfo.get("OSRELEASE"), "crashtime": vmcoreinfo.get("CRASHTIME")},
             "members": out_members,
+            "degraded": [[m, n] for m, n in sorted(ds.dropped.items())],
         }
 
 
@@ -73,4 +86,14 @@ def render(d: dict) -> str:
         lines.append(f"  [{m['index']}] {m['path']}: {m['state']}, {m['bytes']} bytes"
                      + (f", {m['chunks']} chunks" if m["chunks"] is not None else "")
                      + (f" ({m['note']})" if m["note"] and m["state"] != "complete" else ""))
+        if "recovered_chunks" in m:
+            lines.append(f"      {m['recovered_chunks']} chunk record(s) found by walking its records, "
+                         "recoverable with join --allow-incomplete (payloads are checked by verify "
+                         f"and join); {m['walk']}")
+        if any(n for i, n in m.get("took_over", [])):
+            lines.append("      holds chunks of failed member(s): "
+                         + ", ".join(f"{n} of member {i}" for i, n in m["took_over"] if n))
+    for i, n in d.get("degraded", []):
+        lines.append(f"degraded:   member {i}'s target failed during the dump; {n} of its chunks were "
+                     "written to the other members instead")
     return "\n".join(lines)

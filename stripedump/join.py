@@ -31,12 +31,14 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from .config import JoinConfig
-from .dumpset import DumpSet
-from .errors import Interrupted, MemberError, OutputError, StripedumpError, VerifyError, from_wire
+from .dumpset import INCOMPLETE_HINT, DumpSet
+from .errors import (IncompleteDump, Interrupted, MemberError, OutputError, StripedumpError, VerifyError,
+                     from_wire)
 from .fileio import write_exact
 from .format import CHUNK_HEADER_SIZE, KIND_FILE, KIND_PAGES
 from .member import decode_chunk, unreadable_ranges
 from .pipeline import POLL, _child_init, _describe_exit, _join_all, _Signals, messages
+from .plan import placement
 from .vmcore import PT_LOAD, merge_ranges, subtract_ranges
 
 INFLIGHT_PER_WORKER = 4
@@ -155,9 +157,9 @@ def _pool_worker(wid, paths, make_handler, tasks, events) -> None:
                 bad = handle(rec, where, t) or ()
                 events.put(("ok", t.raw, [(t.kind, t.start, a, b) for a, b in bad]))
             except StripedumpError as e:
-                events.put(("err", *e.to_wire()))
+                events.put(("err", *e.to_wire(), t.chunk_id))
             except OSError as e:
-                events.put(("err", "MemberError", f"{where}: read error: {e.strerror}"))
+                events.put(("err", "MemberError", f"{where}: read error: {e.strerror}", t.chunk_id))
     except StripedumpError as e:
         events.put(("err", *e.to_wire()))
     except Exception as e:
@@ -201,16 +203,21 @@ class JoinResult:
 
 
 def _run_pool(ds: DumpSet, workers: int, make_handler, keep_going: bool, progress,
-              wanted=None, unreadable: list | None = None) -> tuple:
+              wanted=None, unreadable: list | None = None, allow_incomplete: bool = False,
+              missing: list | None = None) -> tuple:
     """Stream every chunk (or those ``wanted(chunk_id)`` accepts) through a pool.
 
     Returns (chunks ok, raw bytes, errors).  Chunks missing from every
-    member are errors even when not wanted: the dump is not whole.  Ranges
-    the source could not give at dump time are added to ``unreadable`` as
-    (kind, chunk start, byte offset, byte end).
+    member are errors even when not wanted: the dump is not whole; given a
+    ``missing`` list, their ids go there instead, with (``allow_incomplete``)
+    those that failed their checks, whose errors are still returned.
+    ``allow_incomplete`` also walks members that were never finalized (see
+    ``DumpSet.locations``).  Ranges the source could not give at dump time
+    are added to ``unreadable`` as (kind, chunk start, byte offset, byte end).
     """
     if unreadable is None:
         unreadable = []
+    failed: list[int] = []
     paths = [r.path for r in ds.readers]
     ctx = multiprocessing.get_context("fork")
     tasks, events = ctx.Queue(), ctx.Queue()
@@ -236,7 +243,9 @@ def _run_pool(ds: DumpSet, workers: int, make_handler, keep_going: bool, progres
         else:
             err = from_wire(ev[1], ev[2])
             errors.append(str(err))
-            if not keep_going and fatal is None:
+            if allow_incomplete and len(ev) > 3:
+                failed.append(ev[3])      # a damaged chunk: missing, the rest goes on
+            elif not keep_going and fatal is None:
                 fatal = err
 
     def wait_one():
@@ -258,7 +267,7 @@ def _run_pool(ds: DumpSet, workers: int, make_handler, keep_going: bool, progres
     alive = True
     with _Signals() as sig:
         try:
-            for d, e in ds.locations(seen):
+            for d, e in ds.locations(seen, allow_incomplete):
                 if sig.signum:
                     fatal = Interrupted("interrupted; output removed", sig.signum)
                 if fatal is not None:
@@ -281,13 +290,81 @@ def _run_pool(ds: DumpSet, workers: int, make_handler, keep_going: bool, progres
             _join_all(procs, lambda e: None, "join worker")
     if fatal is not None:
         raise fatal
-    missing = ds.missing_chunks(seen)
-    if missing:
-        descs = ", ".join(f"member {ds.readers[c % len(ds.readers)].path}: "
-                          f"{ds.plan.chunk(c).describe(ds.page_size)}" for c in missing[:5])
-        more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
-        errors.append(f"{len(missing)} chunk(s) missing from the members: {descs}{more}")
+    absent = ds.missing_chunks(seen)
+    if missing is not None:
+        missing.extend(sorted(set(absent + failed)))
+    elif absent:
+        errors.append(describe_absent(ds, absent))
     return ok, nbytes, errors
+
+
+def describe_absent(ds: DumpSet, absent: list[int]) -> str:
+    """The chunks no member holds, with the member each belongs to (the first five)."""
+    descs = ", ".join(f"member {ds.member_name(placement(c, ds.count))}: "
+                      f"{ds.plan.chunk(c).describe(ds.page_size)}" for c in absent[:5])
+    more = f" and {len(absent) - 5} more" if len(absent) > 5 else ""
+    return f"{len(absent)} chunk(s) missing from the members: {descs}{more}"
+
+
+def missing_report(ds: DumpSet, missing: list[int]) -> dict:
+    """What a join or verify of a possibly incomplete dump lacks, for --json and for people.
+
+    ``missing`` holds PFN ranges [start, end) and ``missing_file_ranges``
+    source file byte ranges, each merged; ``members`` says how each
+    member's chunks were found (its index, or a walk of its records).
+    """
+    pfns, files = ds.missing_ranges(missing)
+    return {"complete": not missing, "missing_chunks": len(missing),
+            "missing": [list(r) for r in pfns], "missing_file_ranges": [list(r) for r in files],
+            "members": ds.member_report()}
+
+
+def describe_missing(report: dict, most: int = 16) -> list[str]:
+    """Lines for stderr: how much is missing, the merged ranges, and each member's part."""
+    if report.get("complete", True):
+        return []
+    pfns, files = report["missing"], report["missing_file_ranges"]
+    pages = sum(b - a for a, b in pfns)
+    lines = [f"the dump is incomplete: {report['missing_chunks']} chunk(s) missing, {pages} page(s) "
+             f"and {sum(b - a for a, b in files)} byte(s) of ELF headers and padding; "
+             "they read as zeros"]
+    for what, ranges in (("missing PFN ranges", pfns), ("missing file bytes", files)):
+        if ranges:
+            shown = ", ".join(f"{a:#x}-{b - 1:#x}" for a, b in ranges[:most])
+            more = f" ... ({len(ranges) - most} more; --json lists all)" if len(ranges) > most else ""
+            lines.append(f"{what}: {shown}{more}")
+    for m in report["members"]:
+        if m["index"] is None:
+            lines.append(f"{m['path']}: no member header (the dump stopped before writing one)")
+        elif m["found_by"] is None:
+            lines.append(f"member {m['index']}: not given; its chunks are missing")
+        elif m["state"] != "complete" or m["found_by"] == "walk":
+            lines.append(f"member {m['index']} {m['path']}: {m['state']}, {m['chunks']} chunk(s) found by "
+                         + ("walking its records (" + m["walk"] + ")" if m["found_by"] == "walk"
+                            else "its index"))
+    return lines
+
+
+DUMP_ELF_INCOMPLETE = 0x1    # e_flags bit: makedumpfile's mark of an incomplete ELF dump (crash honours it)
+
+
+def mark_elf_incomplete(path: str) -> bool:
+    """Set DUMP_ELF_INCOMPLETE in the output's ELF header, if the header was recovered."""
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except OSError as e:
+        raise OutputError(f"cannot reopen {path}: {e.strerror}") from None
+    try:
+        head = os.pread(fd, 64, 0)
+        if len(head) < 52 or head[:4] != b"\x7fELF" or head[4] not in (1, 2) or head[5] not in (1, 2):
+            return False
+        at = 48 if head[4] == 2 else 36             # e_flags in Elf64_Ehdr / Elf32_Ehdr
+        order = "little" if head[5] == 1 else "big"
+        flags = int.from_bytes(head[at:at + 4], order) | DUMP_ELF_INCOMPLETE
+        pwrite_all(fd, flags.to_bytes(4, order), at, path)
+        return True
+    finally:
+        os.close(fd)
 
 
 class PartialOutput:
@@ -350,18 +427,33 @@ def join(cfg: JoinConfig, progress=None, notice=None) -> JoinResult:
         from .kdump import join_kdump
         return join_kdump(cfg, progress, notice)
     t0 = time.monotonic()
-    with DumpSet(list(cfg.members)) as ds:
-        ds.footers()
+    allow = cfg.allow_incomplete
+    with DumpSet(list(cfg.members), allow_missing=allow) as ds:
+        ds.check_members(allow)
         with PartialOutput(cfg.output, [r.path for r in ds.readers], cfg.force, ds.source_size) as out:
             handler = _elf_handler(out.tmp, RenderMap(ds.segments, ds.plan.residue), ds.page_size,
                                    ds.block_bytes)
             bad: list = []
-            ok, nbytes, errors = _run_pool(ds, cfg.nworkers, handler, False, progress, unreadable=bad)
-            if errors:
-                raise VerifyError(errors[0])
+            missing: list = []
+            ok, nbytes, errors = _run_pool(ds, cfg.nworkers, handler, False, progress, unreadable=bad,
+                                           allow_incomplete=allow, missing=missing)
+            check_whole(ds, errors, missing, allow)
+            if missing:            # holes where chunks are missing; say so as makedumpfile -E does
+                mark_elf_incomplete(out.tmp)
             out.commit()
-        return JoinResult(ds.dump_id, cfg.output, ds.source_size, ok, time.monotonic() - t0, [],
-                          {"format": "elf", "unreadable": unreadable_report(bad, ds.page_size)})
+        return JoinResult(ds.dump_id, cfg.output, ds.source_size, ok, time.monotonic() - t0, errors,
+                          {"format": "elf", "unreadable": unreadable_report(bad, ds.page_size),
+                           **missing_report(ds, missing)})
+
+
+def check_whole(ds: DumpSet, errors: list[str], missing: list[int], allow: bool) -> None:
+    """Without --allow-incomplete, a damaged chunk or a missing one ends the join."""
+    if allow:
+        return
+    if errors:
+        raise VerifyError(errors[0])
+    if missing:
+        raise IncompleteDump(f"{describe_absent(ds, missing)}; {INCOMPLETE_HINT}")
 
 
 def verify(members: list[str], workers: int = 0, progress=None) -> JoinResult:
@@ -371,9 +463,13 @@ def verify(members: list[str], workers: int = 0, progress=None) -> JoinResult:
     with DumpSet(members) as ds:
         handler = _elf_handler(None, None, ds.page_size, ds.block_bytes)
         bad: list = []
-        ok, nbytes, errors = _run_pool(ds, workers or usable_cpus(), handler, True, progress, unreadable=bad)
+        missing: list = []
+        # members never finalized are walked: verify says what a join would lack
+        ok, nbytes, errors = _run_pool(ds, workers or usable_cpus(), handler, True, progress, unreadable=bad,
+                                       allow_incomplete=True, missing=missing)
         res = JoinResult(ds.dump_id, None, nbytes, ok, time.monotonic() - t0, errors,
-                         {"unreadable": unreadable_report(bad, ds.page_size)})
+                         {"unreadable": unreadable_report(bad, ds.page_size),
+                          **missing_report(ds, missing)})
     return res
 
 

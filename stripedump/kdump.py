@@ -58,7 +58,8 @@ from .dumpset import DumpSet
 from .errors import OutputError, UsageError, VerifyError
 from .flat import FileSink, FlatSink
 from .format import BLOCK_COMPRESSED, CHUNK_HEADER_SIZE, ChunkHeader
-from .join import JoinResult, PartialOutput, _run_pool, check_record, unreadable_report
+from .join import (JoinResult, PartialOutput, _run_pool, check_record, check_whole, missing_report,
+                   unreadable_report)
 from .member import decode_chunk, read_chunk, unreadable_ranges
 from .vmcore import PT_LOAD, parse_notes, parse_vmcoreinfo
 
@@ -421,8 +422,9 @@ def join_kdump(cfg: JoinConfig, progress=None, notice=None) -> JoinResult:
     """Write the dump as a kdump-compressed file, or flattened (``cfg.format == "flat"``)."""
     t0 = time.monotonic()
     flat = cfg.format == "flat"
-    with DumpSet(list(cfg.members)) as ds:
-        ds.footers()
+    allow = cfg.allow_incomplete
+    with DumpSet(list(cfg.members), allow_missing=allow) as ds:
+        ds.check_members(allow)
         lay = KdumpLayout.from_dumpset(ds)
         spec, copy, why = choose_codec(ds, cfg.codec)
         spec.make()          # a missing codec library fails here, once, not in every worker
@@ -442,11 +444,14 @@ def join_kdump(cfg: JoinConfig, progress=None, notice=None) -> JoinResult:
                 sink.write([(lay.zero_page_offset, bytes(lay.page_size))])
                 handler = _kdump_handler(lay, sink, cursor, spec, copy, ds.block_bytes)
                 bad: list = []
+                missing: list = []
                 ok, nbytes, errors = _run_pool(ds, cfg.nworkers, handler, False, progress,
-                                               wanted=lambda cid: cid < ds.plan.n_page_chunks, unreadable=bad)
-                if errors:
-                    raise VerifyError(errors[0])
-                if bad:         # pages missing: say so in the header, as makedumpfile does
+                                               wanted=lambda cid: cid < ds.plan.n_page_chunks, unreadable=bad,
+                                               allow_incomplete=allow, missing=missing)
+                check_whole(ds, errors, missing, allow)
+                # pages missing (never-written descriptors read as offset 0, as
+                # makedumpfile leaves them): say so in the header, as it does
+                if bad or any(c < ds.plan.n_page_chunks for c in missing):
                     sink.write([(0, lay.header_area(status | DUMP_DH_COMPRESSED_INCOMPLETE, uts))])
                 size = cursor.value
                 sink.finish()
@@ -458,5 +463,5 @@ def join_kdump(cfg: JoinConfig, progress=None, notice=None) -> JoinResult:
         memory = lay.num_dumpable * lay.page_size
         extra = {"format": cfg.format, "codec": str(spec), "pages": "copied" if copy else "transcoded",
                  "utsname": uts_from, "memory_bytes": memory,
-                 "unreadable": unreadable_report(bad, lay.page_size)}
-        return JoinResult(ds.dump_id, cfg.output, size, ok, time.monotonic() - t0, [], extra)
+                 "unreadable": unreadable_report(bad, lay.page_size), **missing_report(ds, missing)}
+        return JoinResult(ds.dump_id, cfg.output, size, ok, time.monotonic() - t0, errors, extra)

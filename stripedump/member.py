@@ -15,6 +15,7 @@ import mmap
 import os
 import sys
 from array import array
+from collections import deque
 
 from . import codecs as codecs_mod
 from .errors import MemberError, SourceError, TargetIOError, VerifyError
@@ -22,11 +23,13 @@ from .format import (BLOCK_COMPRESSED, BLOCK_LEN_MASK, BLOCK_RAW, BLOCK_UNREADAB
                      CHUNK_ALL_ZERO, CHUNK_UNREADABLE,
                      CHUNK_HEADER_SIZE, CHUNK_MAGIC, HEADER_BLOCK, INDEX_EVERY, KIND_PAGES,
                      STATE_COMPLETE, ChunkHeader, Footer, IndexEntry, MemberHeader, RecordHead,
-                     INDEX_MAGIC, checksum, pack_record, unpack_index, unpack_manifest)
+                     FOOTER_MAGIC, INDEX_MAGIC, RECORD_MAGICS, checksum, first_record_offset,
+                     pack_record, unpack_index, unpack_manifest)
 from .fileio import pread_exact, write_exact
 from .plan import Chunk
 from .vmcore import Window
 
+MAX_FOOTER = 64 << 20      # readers refuse a longer footer record
 BIG_ENDIAN_HOST = sys.byteorder == "big"   # the block table is little-endian on disk
 assert array("I").itemsize == 4, "stripedump needs a 4-byte unsigned int"
 SYNC_EVERY = 256 << 20
@@ -294,6 +297,13 @@ class MemberWriter:
       a page-aligned staging buffer and written in multiples of DIRECT_ALIGN,
       the tail padded with zeros at the end;
     * discard (bench's no-write run): nothing is written, offsets still move.
+
+    Every write is positional (``pwrite`` at the member offset the index
+    records), and a record enters the index only once it was written: after
+    a failed or short write the next record, index or footer goes where the
+    failed one began, so a member finalized after a failure stays consistent.
+    A direct writer whose staging flush failed is ``broken`` and is not
+    finalized (its staged bytes are lost; readers walk what reached disk).
     """
 
     def __init__(self, fd: int, path: str, header: MemberHeader, start: int, direct: bool = False,
@@ -312,6 +322,9 @@ class MemberWriter:
         self.direct, self.discard = direct, discard
         self._stage = None
         self._staged = 0
+        self._stage_at = start       # member offset of the staging buffer's first byte
+        self._unwritten: deque[tuple[int, int]] = deque()   # direct: (record end, chunk id) still staged
+        self.broken = False
         if direct and start % DIRECT_ALIGN:
             raise ValueError("direct I/O needs an aligned start")
 
@@ -321,7 +334,7 @@ class MemberWriter:
         elif self.direct:
             self._stage_bytes(data)
         else:
-            write_all(self.fd, data, f"target {self.path}")
+            write_all(self.fd, data, f"target {self.path}", offset=self.pos)
         self.pos += len(data)
 
     def _stage_bytes(self, data) -> None:
@@ -344,18 +357,30 @@ class MemberWriter:
             pad = DIRECT_ALIGN - n % DIRECT_ALIGN
             self._stage[n:n + pad] = bytes(pad)
             n += pad
-        with memoryview(self._stage) as mv:
-            write_all(self.fd, mv[:n], f"target {self.path}")
+        try:
+            with memoryview(self._stage) as mv:
+                write_all(self.fd, mv[:n], f"target {self.path}", offset=self._stage_at)
+        except TargetIOError:
+            self.broken = True
+            raise
+        self._stage_at += n
+        while self._unwritten and self._unwritten[0][0] <= self._stage_at:
+            self._unwritten.popleft()
         rest = self._staged - n
         if rest > 0:
             self._stage.move(0, n, rest)
         self._staged = max(rest, 0)
 
     def append(self, rec, chunk_id: int, csum: int, raw_len: int) -> None:
+        if self.broken:
+            raise TargetIOError(f"target {self.path}: an earlier write failed")
+        at = self.pos
+        self._emit(rec)          # first: a record that failed to write is never indexed
         IndexEntry.STRUCT.pack_into(self._index, self._pending * IndexEntry.STRUCT.size,
-                                    chunk_id, self.pos, len(rec), csum)
+                                    chunk_id, at, len(rec), csum)
         self._pending += 1
-        self._emit(rec)
+        if self.direct and not self.discard and self.pos > self._stage_at:
+            self._unwritten.append((self.pos, chunk_id))
         self.chunks += 1
         self.bytes_in += raw_len
         self.since_sync += len(rec)
@@ -371,8 +396,9 @@ class MemberWriter:
     def _flush_index(self) -> None:
         if not self._pending:
             return
-        self.index_offsets.append(self.pos)
+        at = self.pos
         self._emit(pack_record(INDEX_MAGIC, self._index[:self._pending * IndexEntry.STRUCT.size]))
+        self.index_offsets.append(at)
         self._pending = 0
 
     def _sync(self, data_only: bool = False) -> None:
@@ -395,10 +421,21 @@ class MemberWriter:
         self.synced_to = self.kicked_to = self.pos
         self.since_sync = 0
 
-    def finish(self, state: int, note: str = "") -> int:
-        """Index, footer, header; synced.  Returns the member's length."""
+    def unwritten_chunks(self) -> list[int]:
+        """Chunk ids appended but still only in the direct-I/O staging buffer."""
+        return [cid for end, cid in self._unwritten]
+
+    def finish(self, state: int, note: str = "", degraded: tuple = ()) -> int:
+        """Index, footer, header; synced.  Returns the member's length.
+
+        ``degraded``: ((member index, chunks of it stored here), ...) for the
+        members an ``--on-disk-error continue`` dump dropped (Footer.degraded).
+        """
+        if self.broken:
+            raise TargetIOError(f"target {self.path}: not finalized after a failed write")
         self._flush_index()
-        footer = Footer(state, self.chunks, self.bytes_in, tuple(self.index_offsets), note).pack()
+        footer = Footer(state, self.chunks, self.bytes_in, tuple(self.index_offsets), note,
+                        tuple(degraded)).pack()
         foff = self.pos
         self._emit(footer)
         if self.direct and not self.discard:
@@ -463,7 +500,7 @@ class MemberReader:
         h = self.header
         if h.footer_offset == 0:
             return None
-        if h.footer_length > 64 << 20:
+        if h.footer_length > MAX_FOOTER:
             raise MemberError(f"{self.where}: footer length {h.footer_length} is implausible")
         return Footer.unpack(self.pread(h.footer_offset, h.footer_length), self.where)
 
@@ -480,6 +517,95 @@ class MemberReader:
         if entry.length < CHUNK_HEADER_SIZE or entry.length > (1 << 31):
             raise MemberError(f"{self.where}: index entry for chunk {entry.chunk_id} has bad length")
         return self.pread(entry.offset, entry.length)
+
+    def first_record(self) -> int:
+        """Member offset of the first record after the manifest.
+
+        Chunk records start at the manifest's end rounded up to RECORD_ALIGN
+        (zeros in between); a writer that did not align them put the first
+        record right after the manifest, and a record magic there says so.
+        """
+        h = self.header
+        end = h.manifest_offset + h.manifest_length
+        aligned = first_record_offset(h.manifest_offset, h.manifest_length)
+        if aligned != end and end + 4 <= self.size and self.pread(end, 4) in RECORD_MAGICS:
+            return end
+        return aligned
+
+    def walk(self, verify: bool = True, report: "WalkReport | None" = None):
+        """The chunk records found by reading the member record by record (IndexEntry each).
+
+        For a member whose footer never reached the disk (a killed dump, power
+        loss, a full disk) or cannot be read (truncated).  From the first
+        record, a chunk record is 52 + payload_length bytes and an index or
+        footer record 16 + length, each with its own CRC or checksum.  The walk
+        stops at the first record that fails its structural checks: bytes that
+        are no record (the end of what was written), a chunk header whose CRC
+        fails, a record longer than the geometry allows or running past the end
+        of the member (a torn write); and at the footer, which ends a member.
+        A chunk record whose header is sound but whose payload checksum fails
+        is stepped over (its length can be trusted) and listed in
+        ``report.damaged``.  With ``verify`` False payloads are not read: the
+        caller checks the records it uses.  Memory stays bounded: one record.
+        """
+        rep = report if report is not None else WalkReport()
+        h0 = self.header
+        limit = record_bound(h0.chunk_pages * h0.page_size, h0.block_pages * h0.page_size)
+        rh, hs = RecordHead.STRUCT, CHUNK_HEADER_SIZE
+        pos = self.first_record()
+        while True:
+            if pos + rh.size > self.size:
+                return rep.stop(pos, "end of the member")
+            head = self.pread(pos, min(hs, self.size - pos))
+            magic = head[:4]
+            if magic == CHUNK_MAGIC:
+                try:
+                    h = ChunkHeader.unpack(head, self.where)
+                except VerifyError:
+                    return rep.stop(pos, "a damaged or torn chunk header")
+                end = pos + h.record_length
+                if h.record_length > limit:
+                    return rep.stop(pos, f"an implausible record length for chunk {h.chunk_id}")
+                if end > self.size:
+                    return rep.stop(pos, f"chunk {h.chunk_id}'s record, cut off (torn write)")
+                if verify and checksum(self.pread(pos + hs, h.payload_length)) != h.payload_checksum:
+                    rep.damaged.append((pos, h.chunk_id))
+                else:
+                    rep.chunks += 1
+                    yield IndexEntry(h.chunk_id, pos, h.record_length, h.payload_checksum)
+                pos = end
+            elif magic in (INDEX_MAGIC, FOOTER_MAGIC):
+                _, length, csum = rh.unpack_from(head)
+                big = INDEX_EVERY * IndexEntry.STRUCT.size if magic == INDEX_MAGIC else MAX_FOOTER
+                if length > big or pos + rh.size + length > self.size:
+                    return rep.stop(pos, f"a cut-off {magic.decode()} record (torn write)")
+                if checksum(self.pread(pos + rh.size, length)) != csum:
+                    return rep.stop(pos, f"a damaged {magic.decode()} record")
+                if magic == FOOTER_MAGIC:
+                    return rep.stop(pos, "the footer")
+                pos += rh.size + length
+            else:
+                return rep.stop(pos, "the end of the records written")
+
+
+class WalkReport:
+    """What ``MemberReader.walk`` found besides the chunks: where and why it stopped."""
+
+    def __init__(self):
+        self.chunks = 0
+        self.damaged: list[tuple[int, int]] = []   # (member offset, chunk id): payload checksum failed
+        self.stopped_at: int | None = None
+        self.reason = ""
+
+    def stop(self, pos: int, reason: str) -> None:
+        self.stopped_at, self.reason = pos, reason
+
+    def describe(self) -> str:
+        s = f"{self.chunks} chunk record(s), then at offset {self.stopped_at} {self.reason}"
+        if self.damaged:
+            s += f"; {len(self.damaged)} record(s) with a bad checksum skipped (chunk " \
+                 f"{', '.join(str(c) for _, c in self.damaged[:5])}{' ...' if len(self.damaged) > 5 else ''})"
+        return s
 
 
 def is_complete(footer: Footer | None) -> bool:

@@ -57,9 +57,10 @@ from . import __version__
 from .config import DumpConfig
 from .errors import IncompleteDump, Interrupted, StripedumpError, TargetIOError, UsageError, from_wire
 from .format import (HEADER_BLOCK, MEMBER_MAGIC, STATE_COMPLETE, STATE_INCOMPLETE, STATE_WRITING,
-                     VERSION, CHECKSUM_XXH3_64, MemberHeader, pack_manifest)
+                     VERSION, CHECKSUM_XXH3_64, MemberHeader, first_record_offset, pack_manifest)
 from .ipc import END, MessagePipe, RecordPipe
 from .member import MemberWriter, aligned_block, encode_chunk, record_bound, write_all
+from .degraded import Routes
 from .plan import Plan, placement
 from .targets import check_targets, open_target
 from .vmcore import Source
@@ -102,7 +103,9 @@ class DumpResult:
                 f"member(s) [{outs}], {self.codec}, ratio {self.ratio:.2f}, "
                 f"{self.seconds:.2f} s, {self.mb_per_s:.1f} MB/s"
                 + (f"; {bad} block(s) of source memory could not be read and are recorded as "
-                   "unreadable" if bad else ""))
+                   "unreadable" if bad else "")
+                + "".join(f"; degraded: target {f['path']} failed and was dropped, {f['moved']} of its "
+                          "chunks are on the other members" for f in self.extra.get("degraded", [])))
 
     def to_json(self) -> dict:
         return {"dump_id": self.dump_id, "source": self.source, "codec": self.codec,
@@ -121,6 +124,8 @@ def build_manifest(src: Source, plan: Plan, cfg: DumpConfig, dump_id: str, block
         "format_version": VERSION, "tool": f"stripedump {__version__}", "dump_id": dump_id,
         "created": int(time.time()), "codec": str(cfg.codec), "members": members,
         "placement": "round-robin", "block_bytes": block_bytes,
+        # "continue": a failed target's chunks may have moved to the other members (degraded.py)
+        "on_disk_error": cfg.on_disk_error,
         "source": {"path": os.path.abspath(src.path), "size": src.size, "elfclass": info.elfclass,
                    "endian": info.endian, "machine": info.machine, "page_size": src.page_size,
                    "nr_cpus": info.nr_cpus,
@@ -191,10 +196,17 @@ def _worker(wid, src, codec_spec, plan_json, block_bytes, pool, slot_size, tasks
                     f"internal error in worker {wid}: {type(e).__name__}: {e}"))
 
 
-def _writer(d, writer: MemberWriter, pool, slot_size, inbox, events, notes) -> None:
+def _writer(d, writer: MemberWriter, pool, slot_size, inbox, events, notes, routes=None) -> None:
+    """Append the chunks of member ``d``; finalize it at END.
+
+    ``routes`` (``--on-disk-error continue``, degraded.py): after a failed
+    write this writer drops its target and forwards every chunk it gets to
+    a live writer instead of freeing it unwritten.
+    """
     _child_init()
     pool_mv = memoryview(pool)
     failed = None
+    taken: dict[int, int] = {}     # member -> its chunks written here after it failed
     ppid = os.getppid()
     while True:
         msg = inbox.get(POLL)
@@ -207,23 +219,37 @@ def _writer(d, writer: MemberWriter, pool, slot_size, inbox, events, notes) -> N
             if failed:
                 state, note = STATE_INCOMPLETE, failed
             try:
-                length = writer.finish(state, note)
+                length = writer.finish(state, note, routes.footer_entries(taken) if routes else ())
             except StripedumpError as e:
                 if not failed:
                     events.put(("err", f"writer {d}", None, *e.to_wire()))
                 length = writer.pos
-            events.put(("done", d, length, writer.chunks, writer.bytes_in))
+            events.put(("done", d, length, writer.chunks, writer.bytes_in, taken))
             return
         cid, slot, length, csum, raw_len = msg
         if not failed:
             try:
                 writer.append(pool_mv[slot * slot_size:slot * slot_size + length], cid, csum, raw_len)
+                if routes is not None and cid % routes.members != d:
+                    taken[cid % routes.members] = taken.get(cid % routes.members, 0) + 1
+                events.put(("free", slot, raw_len))
+                continue
             except StripedumpError as e:
-                failed = str(e)
-                events.put(("err", f"writer {d}", None, *e.to_wire()))
+                err = e
             except Exception as e:
-                failed = f"internal error in writer {d}: {type(e).__name__}: {e}"
-                events.put(("err", f"writer {d}", None, "StripedumpError", failed))
+                err = StripedumpError(f"internal error in writer {d}: {type(e).__name__}: {e}")
+            failed = str(err)
+            if routes is None:
+                events.put(("err", f"writer {d}", None, *err.to_wire()))
+            else:
+                routes.fail(d)
+                lost = writer.unwritten_chunks()    # --direct-io: staged, never written
+                failed += " (target dropped: --on-disk-error continue; later chunks are on the other members)"
+                events.put(("diskfail", d, str(err), len(lost)))
+        if routes is not None:
+            if routes.forward(cid, slot, length, csum, raw_len):
+                continue       # the slot now belongs to the writer it went to
+            events.put(("lost", d, 1, [cid]))
         events.put(("free", slot, raw_len))
 
 
@@ -303,7 +329,7 @@ def _dump(cfg: DumpConfig, src: Source, t0: float, progress, say) -> DumpResult:
     manifest = build_manifest(src, plan, cfg, str(dump_id), block_bytes, nmem)
     manifest_rec = pack_manifest(manifest)
     # chunk records start page-aligned, so --direct-io can write them as they come
-    start = -(-(HEADER_BLOCK + len(manifest_rec)) // SLOT_ALIGN) * SLOT_ALIGN
+    start = first_record_offset(HEADER_BLOCK, len(manifest_rec))
     headers = []
     opened = []
     try:
@@ -392,6 +418,9 @@ def _run(cfg, src, plan, targets, headers, start, block_bytes, geometry, progres
     current = mmap.mmap(-1, W * CURRENT.size, mmap.MAP_SHARED)
     stop = ctx.Value("b", 0, lock=False)
     plan_json = plan.to_json()
+    routes = Routes(writer_qs) if cfg.on_disk_error == "continue" else None   # degraded.py
+    dropped: dict[int, str] = {}      # member -> why its target failed (--on-disk-error continue)
+    staged: dict[int, int] = {}       # member -> chunks in its O_DIRECT stage when its target failed
     def new_worker(i):
         return ctx.Process(target=_worker, name=f"stripedump-worker-{i}",
                            args=(i, src, cfg.codec, plan_json, block_bytes, pool, slot_size, tasks,
@@ -402,14 +431,15 @@ def _run(cfg, src, plan, targets, headers, start, block_bytes, geometry, progres
     writers = [ctx.Process(target=_writer, name=f"stripedump-writer-{d}",
                            args=(d, MemberWriter(t.fd, t.path, headers[d], start, cfg.direct_io,
                                                  cfg.discard), pool, slot_size,
-                                 writer_qs[d], events, notes), daemon=True) for d, t in enumerate(targets)]
+                                 writer_qs[d], events, notes, routes), daemon=True)
+               for d, t in enumerate(targets)]
     for p in writers + workers:
         p.start()
         say(f"started {p.name} (pid {p.pid})", 2)
     free = list(range(nslots))
     inflight = 0
     error: StripedumpError | None = None
-    chunk_ids = iter(range(plan.n_chunks))
+    chunk_ids = plan.feed_order()
     exhausted = False
     done_in = 0
     members_done: dict[int, tuple] = {}
@@ -420,6 +450,18 @@ def _run(cfg, src, plan, targets, headers, start, block_bytes, geometry, progres
             error = e
             stop.value = 1
 
+    def on_degraded(ev):
+        """A writer dropped its target, or a chunk found no target left to go to."""
+        if ev[0] == "diskfail":
+            _, d, msg, nlost = ev
+            dropped[d] = msg
+            say(f"target {targets[d].path} failed ({msg}); dropped it, striping over "
+                f"{routes.survivors()} other target(s)")
+            if nlost:         # the dump goes on without them, and ends incomplete (below)
+                staged[d] = nlost
+        if routes.survivors() == 0:     # ("lost": a chunk found no target left to go to)
+            fail(TargetIOError(f"every target failed; the last: {targets[ev[1]].path}: {dropped.get(ev[1])}"))
+
     stalled: set[int] = set()
 
     def watch_workers():
@@ -427,7 +469,8 @@ def _run(cfg, src, plan, targets, headers, start, block_bytes, geometry, progres
         now = time.monotonic()
         for i, p in enumerate(workers):
             cid, slot, t0 = CURRENT.unpack_from(current, i * CURRENT.size)
-            if cid and p.exitcode is None and now - t0 > cfg.stall_seconds and i not in stalled:
+            # t0 == 0: the worker is between writing cid and t0 (pack_into is not atomic)
+            if cid and t0 and p.exitcode is None and now - t0 > cfg.stall_seconds and i not in stalled:
                 stalled.add(i)
                 say(f"worker {i} has been on chunk {cid - 1} for {now - t0:.0f} s; killing it")
                 p.kill()
@@ -496,14 +539,22 @@ def _run(cfg, src, plan, targets, headers, start, block_bytes, geometry, progres
                     if slot is not None:
                         free.append(slot)
                         inflight -= 1
+                elif kind in ("diskfail", "lost"):     # --on-disk-error continue (degraded.py)
+                    on_degraded(ev)
             if progress:
                 progress(done_in, plan.input_bytes)
+        for d, n in staged.items():
+            fail(TargetIOError(f"target {targets[d].path} failed ({dropped[d]}) with {n} chunk(s) in its "
+                               "O_DIRECT staging buffer, not all of which reached the disk"))
         # Phase 2: stop workers, then tell writers how to finish.
         for _ in workers:
             tasks.put(END, 0)
         _join_all(workers, fail, "worker")
         state = STATE_COMPLETE if error is None else STATE_INCOMPLETE
         note = "" if error is None else str(error)
+        if dropped and error is None:
+            note = "degraded: " + "; ".join(f"target {targets[d].path} failed ({m}) and was dropped"
+                                            for d, m in sorted(dropped.items()))
         _write_note(notes, note)
         for q in writer_qs:
             q.put(END, state, 0, 0, 0)
@@ -531,11 +582,14 @@ def _run(cfg, src, plan, targets, headers, start, block_bytes, geometry, progres
             error = IncompleteDump(f"dump incomplete: {error}; the members hold every chunk "
                                    "written before the failure")
         raise error
+    degraded = [{"member": d, "path": targets[d].path, "error": m,
+                 "moved": sum(v[3].get(d, 0) for v in members_done.values())}
+                for d, m in sorted(dropped.items())]
     return DumpResult("", src.path, str(cfg.codec), [t.path for t in targets], plan.input_bytes,
                       [members_done[d][0] for d in range(D)], plan.n_chunks, 0.0, W,
                       {"block_bytes": block_bytes, "chunk_bytes": plan.chunk_bytes,
                        "slots": nslots, "pool_bytes": nslots * slot_size,
-                       "unreadable_blocks": unreadable})
+                       "unreadable_blocks": unreadable, "degraded": degraded})
 
 
 def _join_all(procs, fail, label) -> None:

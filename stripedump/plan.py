@@ -42,6 +42,23 @@ def placement(chunk_id: int, members: int) -> int:
     return chunk_id % members
 
 
+def degraded_placement(chunk_id: int, members: int, alive) -> int | None:
+    """The member that stores a chunk once some targets failed (--on-disk-error continue).
+
+    ``alive[d]`` is true while member d's target works.  A chunk whose own
+    member failed goes to the survivors in turn, stripe by stripe, so they
+    share the failed member's load evenly; None when no member is left.
+    Readers never recompute this: each member's index lists what it holds.
+    """
+    d = chunk_id % members
+    if alive[d]:
+        return d
+    survivors = [i for i in range(members) if alive[i]]
+    if not survivors:
+        return None
+    return survivors[(chunk_id // members) % len(survivors)]
+
+
 class Plan:
     def __init__(self, pfn_ranges, residue, page_size: int, chunk_pages: int):
         self.pfn_ranges = [(int(a), int(b)) for a, b in pfn_ranges]
@@ -102,6 +119,15 @@ class Plan:
             for k in range(-(-(b - a) // self.chunk_bytes)):
                 yield self._file_chunk(ri, k, cid)
                 cid += 1
+
+    def feed_order(self):
+        """Chunk ids in the order a dump hands them out: the file (residue) chunks first.
+
+        They hold the ELF header, program headers and notes: small, and what
+        makes an ELF join of a dump that was stopped early usable at all.
+        """
+        yield from range(self.n_page_chunks, self.n_chunks)
+        yield from range(self.n_page_chunks)
 
     def chunks_of_member(self, member: int, members: int):
         for cid in range(member, self.n_chunks, members):

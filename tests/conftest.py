@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -54,3 +55,19 @@ def assert_one_line_error(res: CliResult, code: int, *needles: str) -> None:
     assert lines[0].startswith("stripedump: error: "), res.err
     for n in needles:
         assert n in lines[0], (n, lines[0])
+
+
+HELPERS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "helpers")
+
+
+def start_fuse(helper: str, args, mnt) -> subprocess.Popen:
+    """Run tests/helpers/HELPER (a FUSE file system) on ``mnt``; skip the test if it cannot mount."""
+    proc = subprocess.Popen([sys.executable, os.path.join(HELPERS, helper), *map(str, args)],
+                            stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 20
+    while not os.path.ismount(mnt):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.skip(f"cannot mount FUSE here: {proc.stderr.read().decode()[-200:]}")
+        time.sleep(0.05)
+    return proc

@@ -12,7 +12,6 @@ join and verify report them; every other byte comes back.
 import json
 import os
 import subprocess
-import sys
 import time
 
 import pytest
@@ -21,6 +20,8 @@ from stripedump import synth
 from stripedump.codecs import CodecSpec
 from stripedump.config import DumpConfig
 from stripedump.pipeline import dump
+
+from conftest import start_fuse
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 BAD_PFN = 0x1010          # two pages in the last RAM range of the "kernel" layout
@@ -40,14 +41,7 @@ def faulty_source(tmp_path):
     off = b.offsets[3] + BAD_PFN * 4096 - ram3.paddr
     mnt = tmp_path / "mnt"
     mnt.mkdir()
-    proc = subprocess.Popen([sys.executable, os.path.join(HERE, "helpers", "faulty_fs.py"), b.path, str(mnt),
-                             f"{off}:{off + 8192}"], stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 20
-    while not os.path.ismount(mnt):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            pytest.skip(f"cannot mount FUSE here: {proc.stderr.read().decode()[-200:]}")
-        time.sleep(0.05)
+    proc = start_fuse("faulty_fs.py", [b.path, mnt, f"{off}:{off + 8192}"], mnt)
     yield b, str(mnt / "vmcore"), (off, off + 8192)
     subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
     proc.kill()

@@ -1,0 +1,303 @@
+#!/usr/bin/env python3
+"""Soak: kill the dump at N random moments; join --allow-incomplete must recover exactly what reached disk.
+
+    .venv/bin/python bench/soak.py --runs 200           # prints "200/200 recovered" when all is well
+
+Each run starts ``stripedump dump`` on a small synthetic vmcore with a slow
+codec (zlib:9) so that the kill lands mid-dump, sleeps a random time up to a
+little more than a whole dump takes, and then kills with SIGKILL, in turn:
+
+* the whole process group at once (what power loss leaves of a process tree,
+  except the page cache, which SIGKILL does not lose);
+* the coordinator alone (the OOM killer's or a watchdog's choice: its
+  children notice and stop on their own);
+* one worker or writer (the dump must notice, finalize what it can as
+  incomplete and exit 8).
+
+Once every process of the dump is gone it checks, with an oracle that
+shares nothing with the reader under test (no walk, no index):
+
+* which chunks reached disk: every chunk record is deterministic (same
+  source, codec and geometry), so the oracle encodes each chunk once, up
+  front, and a chunk reached disk exactly when its whole record, byte for
+  byte, is somewhere in a member file;
+* that ``join --allow-incomplete --json`` recovered exactly those: the
+  count of chunks it joined, and the missing PFN and file ranges it reports,
+  equal the oracle's;
+* that every byte of the output is right: the source, with zeros where the
+  missing chunks' bytes go (and e_flags bit 0, DUMP_ELF_INCOMPLETE, set when
+  anything is missing), compared byte for byte.
+
+A run whose dump was killed before any member had a header has nothing to
+recover; join must then refuse with exit 6.  Failures keep their files in
+``--dir`` and are listed; the exit status is 0 only when every run passed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+import xxhash
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from stripedump import synth  # noqa: E402
+from stripedump.codecs import CodecSpec  # noqa: E402
+from stripedump.config import parse_size  # noqa: E402
+from stripedump.member import encode_chunk, record_bound  # noqa: E402
+from stripedump.plan import Plan  # noqa: E402
+from stripedump.vmcore import Source  # noqa: E402
+
+KILL_MODES = ("group", "coordinator", "child")
+
+
+def _merge(ranges):
+    out = []
+    for a, b in sorted(ranges):
+        if out and a <= out[-1][1]:
+            out[-1][1] = max(out[-1][1], b)
+        else:
+            out.append([a, b])
+    return out
+
+
+class Oracle:
+    """What a dump of ``src`` writes, chunk by chunk, and what a join must give back."""
+
+    def __init__(self, src: str, codec: str, chunk_size: int, block_size: int = 0):
+        spec = CodecSpec.parse(codec)
+        c = spec.make()
+        with Source(src) as s:
+            ps = s.page_size
+            block = block_size or ps
+            self.plan = Plan(s.pfn_ranges, s.residue(), ps, chunk_size // ps)
+            out = bytearray(record_bound(self.plan.chunk_bytes, block))
+            zero = bytes(block)
+            self.records = {}          # chunk id -> (record length, xxh3 of the whole record)
+            for ch in self.plan:
+                n = encode_chunk(s, c, ch, block, out, zero)[0]
+                self.records[ch.id] = (n, xxhash.xxh3_64_intdigest(memoryview(out)[:n]))
+            self.loads = [(ld.offset, ld.paddr, ld.filesz) for ld in s.info.loads]
+            self.residue = list(self.plan.residue)
+        self.page_size = ps
+        with open(src, "rb") as f:
+            self.source = f.read()
+
+    def on_disk(self, paths) -> set[int]:
+        """Chunk ids whose whole record is in one of these files, found by a plain byte search."""
+        found = set()
+        for p in paths:
+            try:
+                with open(p, "rb") as f:
+                    data = f.read()
+            except OSError:
+                continue
+            pos = data.find(b"SDCK")
+            while pos >= 0:
+                cid = int.from_bytes(data[pos + 8:pos + 16], "little")
+                rec = self.records.get(cid)
+                if rec and pos + rec[0] <= len(data) and \
+                        xxhash.xxh3_64_intdigest(memoryview(data)[pos:pos + rec[0]]) == rec[1]:
+                    found.add(cid)
+                pos = data.find(b"SDCK", pos + 1)
+        return found
+
+    def missing_ranges(self, present: set[int]):
+        pfns, files = [], []
+        for ch in self.plan:
+            if ch.id not in present:
+                (pfns if ch.kind == 0 else files).append((ch.start, ch.start + ch.count))
+        return _merge(pfns), _merge(files)
+
+    def expected_output(self, present: set[int]) -> bytes:
+        """The source with the bytes of every missing chunk zeroed (where an ELF join puts them)."""
+        img = bytearray(self.source)
+        ps = self.page_size
+        pfns, files = self.missing_ranges(present)
+        for a, b in files:
+            img[a:b] = bytes(b - a)
+        for p0, p1 in pfns:
+            for off, paddr, filesz in self.loads:
+                lo, hi = max(p0 * ps, paddr), min(p1 * ps, paddr + filesz)
+                if lo >= hi:
+                    continue
+                a, b = off + lo - paddr, off + hi - paddr
+                cur = a
+                for ra, rb in self.residue:          # residue bytes come from file chunks
+                    if rb <= cur or ra >= b:
+                        continue
+                    if ra > cur:
+                        img[cur:ra] = bytes(ra - cur)
+                    cur = max(cur, rb)
+                if cur < b:
+                    img[cur:b] = bytes(b - cur)
+        if (pfns or files) and img[:4] == b"\x7fELF":
+            at = 48 if img[4] == 2 else 36
+            order = "little" if img[5] == 1 else "big"
+            flags = int.from_bytes(img[at:at + 4], order) | 1       # DUMP_ELF_INCOMPLETE
+            img[at:at + 4] = flags.to_bytes(4, order)
+        return bytes(img)
+
+
+def _env():
+    return dict(os.environ, PYTHONPATH=ROOT)
+
+
+def _group_gone(pgid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(x) for x in f.read().split()]
+    except OSError:
+        return []
+
+
+def start_dump(src: str, members: list[str], codec: str, workers: int, chunk: str, extra=()):
+    return subprocess.Popen([sys.executable, "-m", "stripedump", "dump", "-q", "--disks", ",".join(members),
+                             "--codec", codec, "--workers", str(workers), "--chunk-size", chunk, *extra, src],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=_env(),
+                            start_new_session=True)
+
+
+def kill_dump(p, mode: str, rng: random.Random) -> str:
+    """SIGKILL the dump as ``mode`` says; returns what was killed."""
+    if mode == "group":
+        try:
+            os.killpg(p.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        return "process group"
+    if mode == "child":
+        kids = _children(p.pid)
+        if kids:
+            victim = rng.choice(kids)
+            try:
+                os.kill(victim, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            return f"child {victim}"
+    try:
+        os.kill(p.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    return "coordinator"
+
+
+def check_run(oracle: Oracle, members: list[str], out: str) -> tuple[bool, str, int]:
+    """(passed, what happened, chunks recovered) for the members a killed dump left."""
+    present = oracle.on_disk(members)
+    r = subprocess.run([sys.executable, "-m", "stripedump", "join", "--allow-incomplete", "--json", "-q",
+                        *members, "-o", out], capture_output=True, text=True, env=_env(), timeout=300)
+    if r.returncode != 0:
+        if not present and r.returncode == 6:
+            return True, "nothing reached disk; join refused (6)", 0
+        return False, f"join exit {r.returncode}: {r.stderr.strip()[-300:]}", 0
+    res = json.loads(r.stdout)
+    pfns, files = oracle.missing_ranges(present)
+    if res["chunks"] != len(present):
+        return False, f"join recovered {res['chunks']} chunks, {len(present)} reached disk", res["chunks"]
+    if res["missing"] != pfns or res["missing_file_ranges"] != files:
+        return False, f"missing ranges differ: join {res['missing'][:3]}..., oracle {pfns[:3]}...", res["chunks"]
+    with open(out, "rb") as f:
+        got = f.read()
+    want = oracle.expected_output(present)
+    if got != want:
+        at = next((i for i in range(min(len(got), len(want))) if got[i] != want[i]), min(len(got), len(want)))
+        return False, f"output differs at byte {at:#x} (sizes {len(got)}, {len(want)})", res["chunks"]
+    return True, f"{len(present)}/{len(oracle.records)} chunks on disk, all recovered", res["chunks"]
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--runs", type=int, default=200)
+    ap.add_argument("--size", default="48M", help="RAM of the synthetic source (default 48M)")
+    ap.add_argument("--codec", default="zlib:9", help="a slowish codec, so kills land mid-dump")
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--chunk-size", default="256K")
+    ap.add_argument("--seed", type=int, default=None)
+    ap.add_argument("--dir", default=None, help="work directory (default: a new one in $TMPDIR)")
+    ap.add_argument("-q", "--quiet", action="store_true", help="only the result line")
+    a = ap.parse_args(argv)
+    seed = a.seed if a.seed is not None else random.randrange(1 << 32)
+    rng = random.Random(seed)
+    work = a.dir or tempfile.mkdtemp(prefix="stripedump-soak-")
+    os.makedirs(work, exist_ok=True)
+    src = os.path.join(work, "vmcore")
+    if not os.path.exists(src):
+        synth.build(src, synth.demo_loads(parse_size(a.size)))
+    oracle = Oracle(src, a.codec, parse_size(a.chunk_size))
+    # how long an undisturbed dump takes here, and when it starts writing, to spread the kills
+    cal = [os.path.join(work, f"cal{i}") for i in range(2)]
+    t0 = time.monotonic()
+    p = start_dump(src, cal, a.codec, a.workers, a.chunk_size)
+    first = None
+    while p.poll() is None:
+        if first is None and os.path.exists(cal[0]) and os.path.getsize(cal[0]) > 0:
+            first = time.monotonic() - t0
+        time.sleep(0.005)
+    whole = time.monotonic() - t0
+    first = first or 0.0
+    for m in cal:
+        os.unlink(m)
+    say = (lambda *x: None) if a.quiet else print
+    say(f"soak: seed {seed}, source {os.path.getsize(src) >> 20} MiB, {len(oracle.records)} chunks, "
+        f"{a.codec}, an undisturbed dump takes {whole:.2f} s and writes from {first:.2f} s; "
+        f"work dir {work}")
+    passed, failures, stats = 0, [], {"killed mid-dump": 0, "finished first": 0}
+    for i in range(a.runs):
+        nmem = rng.choice((2, 3))
+        members = [os.path.join(work, f"r{i}-m{j}") for j in range(nmem)]
+        mode = KILL_MODES[i % len(KILL_MODES)]
+        p = start_dump(src, members, a.codec, a.workers, a.chunk_size)
+        delay = rng.uniform(first * 0.8, whole * 1.05)
+        time.sleep(delay)
+        rc_before = p.poll()
+        what = kill_dump(p, mode, rng) if rc_before is None else "nothing (the dump had ended)"
+        p.wait()
+        gone = _group_gone(p.pid, 60)
+        if not gone:
+            os.killpg(p.pid, signal.SIGKILL)
+        stats["finished first" if rc_before is not None else "killed mid-dump"] += 1
+        out = os.path.join(work, f"r{i}-out")
+        ok, msg, n = check_run(oracle, members, out) if gone else (False, "the dump hung after the kill", 0)
+        say(f"run {i + 1:3d}: {nmem} members, killed {what} after {delay:.3f} s (dump exit "
+            f"{p.returncode}): {'ok' if ok else 'FAILED'}: {msg}")
+        if ok:
+            passed += 1
+            for f in members + [out]:
+                if os.path.exists(f):
+                    os.unlink(f)
+        else:
+            failures.append((i + 1, msg))
+    print(f"{passed}/{a.runs} recovered")
+    say(f"soak: {stats['killed mid-dump']} killed mid-dump, {stats['finished first']} finished before "
+        f"the kill; seed {seed}")
+    for i, msg in failures:
+        print(f"  run {i} failed: {msg} (files kept in {work})")
+    if not failures and not a.dir:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0 if not failures else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

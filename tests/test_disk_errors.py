@@ -1,0 +1,226 @@
+"""A target that fills up or fails mid-dump: real file systems and devices, no mocks.
+
+* a small tmpfs that fills (ENOSPC);
+* a FUSE file system whose files fail writes with EIO past a byte offset
+  (tests/helpers/failing_target_fs.py: a disk going bad);
+* a loop device smaller than the member (a block device's end: ENOSPC, also
+  under O_DIRECT).
+
+Default (``--on-disk-error stop``): one line naming the target, exit 8, every
+member finalized or walkable, and join --allow-incomplete recovers exactly
+what reached the disks (bench/soak.py's oracle).  ``--on-disk-error
+continue``: the dump drops the target, finishes on the others, and join
+gives back the source byte for byte without any flag.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from stripedump import synth
+from stripedump.plan import degraded_placement
+
+from conftest import assert_one_line_error, start_fuse
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench"))
+import soak  # noqa: E402
+
+CODEC, CHUNK = "zlib", "64K"
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs or a loop device needs root")
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory):
+    src = str(tmp_path_factory.mktemp("diskerr") / "vm")
+    synth.build(src, synth.demo_loads(12 << 20))
+    return src, soak.Oracle(src, CODEC, 64 << 10)
+
+
+@pytest.fixture
+def small_fs(tmp_path):
+    """mount(size) -> a directory on a fresh tmpfs of that many bytes."""
+    mounts = []
+
+    def mount(size: int) -> str:
+        d = tmp_path / f"fs{len(mounts)}"
+        d.mkdir()
+        r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(d)],
+                           capture_output=True, text=True)
+        if r.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
+        mounts.append(d)
+        return str(d)
+    yield mount
+    for d in mounts:
+        subprocess.run(["umount", "-l", str(d)], capture_output=True)
+
+
+@pytest.fixture
+def failing_fs(tmp_path):
+    """A FUSE directory whose files fail writes with EIO from byte ``limit`` on; yields (mnt, backing)."""
+    try:
+        import fuse  # noqa: F401  (fusepy, with Debian's libfuse2)
+    except (ImportError, OSError, EnvironmentError) as e:
+        pytest.skip(f"fusepy/libfuse2 not usable here: {e}")
+    if not os.path.exists("/dev/fuse"):
+        pytest.skip("no /dev/fuse")
+    procs = []
+
+    def start(limit: int):
+        mnt, backing = tmp_path / f"fuse{len(procs)}", tmp_path / f"backing{len(procs)}"
+        mnt.mkdir()
+        backing.mkdir()
+        procs.append((start_fuse("failing_target_fs.py", [backing, mnt, limit], mnt), mnt))
+        return str(mnt), str(backing)
+    yield start
+    for p, mnt in procs:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+        p.kill()
+        p.wait(10)
+
+
+@pytest.fixture
+def loop_device(tmp_path):
+    """loop(size) -> /dev/loopN backed by a zero-filled file of that many bytes."""
+    devs = []
+
+    def loop(size: int) -> str:
+        img = tmp_path / f"loop{len(devs)}.img"
+        with open(img, "wb") as f:
+            f.truncate(size)
+        r = subprocess.run(["losetup", "-f", "--show", str(img)], capture_output=True, text=True)
+        if r.returncode != 0:
+            pytest.skip(f"no loop device here: {r.stderr.strip()}")
+        devs.append(r.stdout.strip())
+        return devs[-1]
+    yield loop
+    for d in devs:
+        subprocess.run(["losetup", "-d", d], capture_output=True)
+
+
+def _dump(cli, src, members, *extra):
+    return cli("dump", "-q", "--codec", CODEC, "--workers", "2", "--chunk-size", CHUNK,
+               "--disks", ",".join(members), *extra, src)
+
+
+def _recovered(cli, oracle, members, out):
+    """join --allow-incomplete gives back exactly what reached the disks, every byte right."""
+    ok, msg, n = soak.check_run(oracle, members, out)
+    assert ok, msg
+    return n
+
+
+def _byte_identical(cli, src, members, out):
+    r = cli("join", *members, "-o", out)
+    assert r.rc == 0, r
+    assert open(out, "rb").read() == open(src, "rb").read()
+    v = cli("verify", *members)
+    assert v.rc == 0, v
+
+
+@needs_root
+def test_full_filesystem_stops_cleanly(source, tmp_path, small_fs, cli):
+    src, oracle = source
+    full = small_fs(1 << 20)
+    members = [str(tmp_path / "m0"), os.path.join(full, "m1")]
+    r = _dump(cli, src, members)
+    assert_one_line_error(r, 8, members[1], "No space left on device", "dump incomplete")
+    info = json.loads(cli("info", "--json", *members).out)["members"]
+    assert all(m["state"] in ("incomplete", "writing (never finalized)") for m in info), info
+    assert_one_line_error(cli("join", *members, "-o", tmp_path / "o"), 8, "--allow-incomplete")
+    assert cli("verify", *members).rc == 8
+    n = _recovered(cli, oracle, members, str(tmp_path / "out"))
+    assert 0 < n < len(oracle.records)
+
+
+@needs_root
+def test_full_filesystem_continue_degraded(source, tmp_path, small_fs, cli):
+    src, oracle = source
+    full = small_fs(1 << 20)
+    members = [str(tmp_path / "m0"), os.path.join(full, "m1"), str(tmp_path / "m2")]
+    r = cli("dump", "--json", "--codec", CODEC, "--workers", "2", "--chunk-size", CHUNK,
+            "--on-disk-error", "continue", "--disks", ",".join(members), src)
+    assert r.rc == 0, r
+    assert "No space left on device" in r.err and "dropped that target" in r.err and members[1] in r.err
+    (deg,) = json.loads(r.out)["degraded"]
+    assert deg["member"] == 1 and deg["moved"] > 0
+    _byte_identical(cli, src, members, str(tmp_path / "out"))
+    info = json.loads(cli("info", "--json", *members).out)
+    assert info["degraded"] == [[1, deg["moved"]]]
+    assert sum(n for m in info["members"] for _, n in m.get("took_over", [])) == deg["moved"]
+
+
+@pytest.mark.parametrize("policy", ["stop", "continue"])
+def test_target_failing_with_eio(source, tmp_path, failing_fs, cli, policy):
+    src, oracle = source
+    mnt, backing = failing_fs(1 << 20)
+    members = [str(tmp_path / "m0"), os.path.join(mnt, "m1")]
+    r = _dump(cli, src, members, "--on-disk-error", policy)
+    on_disk = [members[0], os.path.join(backing, "m1")]       # read back past the failing layer
+    if policy == "stop":
+        assert_one_line_error(r, 8, members[1], "Input/output error")
+        _recovered(cli, oracle, on_disk, str(tmp_path / "out"))
+    else:
+        assert r.rc == 0 and "Input/output error" in r.err, r
+        _byte_identical(cli, src, on_disk, str(tmp_path / "out"))
+
+
+@needs_root
+def test_block_device_end_continue_degraded(source, tmp_path, loop_device, cli):
+    src, oracle = source
+    dev = loop_device(1 << 20)
+    members = [str(tmp_path / "m0"), dev]
+    r = _dump(cli, src, members, "--on-disk-error", "continue")
+    assert r.rc == 0 and dev in r.err, r
+    _byte_identical(cli, src, members, str(tmp_path / "out"))
+
+
+@needs_root
+def test_direct_io_loses_the_failed_targets_stage(source, tmp_path, loop_device, cli):
+    """O_DIRECT: chunks staged for the failed device never reached it: exit 8, the rest recovered.
+
+    (Here the whole member fits the 4 MiB stage, so the device fails at the
+    final flush, when nothing can move any more.)"""
+    src, oracle = source
+    dev = loop_device(1 << 20)
+    members = [str(tmp_path / "m0"), dev]
+    r = _dump(cli, src, members, "--on-disk-error", "continue", "--direct-io")
+    assert_one_line_error(r, 8, dev, "No space left on device")
+    n = _recovered(cli, oracle, members, str(tmp_path / "out"))
+    assert n < len(oracle.records)
+
+
+@needs_root
+def test_direct_io_stage_lost_mid_dump(source, tmp_path, loop_device, cli):
+    """Uncompressed, the stage fills and fails mid-dump: the dump goes on degraded, then exits 8."""
+    src, _ = source
+    oracle = soak.Oracle(src, "none", 64 << 10)
+    dev = loop_device(2 << 20)
+    members = [str(tmp_path / "m0"), dev]
+    r = cli("dump", "-q", "--codec", "none", "--chunk-size", CHUNK, "--direct-io", "--on-disk-error",
+            "continue", "--disks", ",".join(members), src)
+    assert_one_line_error(r, 8, dev, "staging buffer")
+    n = _recovered(cli, oracle, members, str(tmp_path / "out"))
+    assert len(oracle.records) // 2 < n < len(oracle.records)
+
+
+@needs_root
+def test_every_target_failing(source, tmp_path, small_fs, cli):
+    src, oracle = source
+    full = small_fs(2 << 20)
+    members = [os.path.join(full, "m0"), os.path.join(full, "m1")]
+    r = _dump(cli, src, members, "--on-disk-error", "continue")
+    assert_one_line_error(r, 8, "every target failed")
+    _recovered(cli, oracle, members, str(tmp_path / "out"))
+
+
+def test_degraded_placement_spreads_a_failed_members_chunks():
+    assert [degraded_placement(c, 3, [1, 1, 1]) for c in range(6)] == [0, 1, 2, 0, 1, 2]
+    # member 1 failed: its chunks 1, 4, 7, 10 go to 0, 2, 0, 2; the others stay
+    assert [degraded_placement(c, 3, [1, 0, 1]) for c in range(12)] == [0, 0, 2, 0, 2, 2, 0, 0, 2, 0, 2, 2]
+    assert degraded_placement(5, 2, [0, 0]) is None
