@@ -24,6 +24,26 @@ PIPE_BUF = select.PIPE_BUF          # writes up to this size are atomic (POSIX: 
 END = (1 << 64) - 1                 # a record whose first field is END is a sentinel
 
 
+class SharedFlag:
+    """One byte of anonymous shared memory, inherited across fork.
+
+    Not multiprocessing.Value: that takes its memory from a file in /dev/shm,
+    which a capture kernel's ramdisk may not have mounted.
+    """
+
+    def __init__(self):
+        import mmap
+        self._mm = mmap.mmap(-1, mmap.PAGESIZE, mmap.MAP_SHARED)
+
+    @property
+    def value(self) -> int:
+        return self._mm[0]
+
+    @value.setter
+    def value(self, v: int) -> None:
+        self._mm[0] = v
+
+
 class RecordPipe:
     """Fixed-size struct records; any number of writers and readers."""
 

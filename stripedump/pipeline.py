@@ -39,6 +39,13 @@ slots drain, writers finalize their members as INCOMPLETE with the reason,
 and the coordinator raises the error.  A child that dies is noticed within
 POLL seconds (its exit code); nothing blocks without a timeout, so the
 coordinator never hangs.  SIGINT/SIGTERM stop the feed the same way.
+With ``--on-disk-error continue`` a writer's failed write is not the dump's:
+that writer drops its target and forwards its chunks to the others
+(degraded.py); the dump stops only when no target is left.
+
+Order: the file (residue) chunks are handed out first: they hold the ELF
+header, program headers and notes, without which the pages of a dump that
+was stopped early are of little use.
 """
 
 from __future__ import annotations
@@ -58,7 +65,7 @@ from .config import DumpConfig
 from .errors import IncompleteDump, Interrupted, StripedumpError, TargetIOError, UsageError, from_wire
 from .format import (HEADER_BLOCK, MEMBER_MAGIC, STATE_COMPLETE, STATE_INCOMPLETE, STATE_WRITING,
                      VERSION, CHECKSUM_XXH3_64, MemberHeader, first_record_offset, pack_manifest)
-from .ipc import END, MessagePipe, RecordPipe
+from .ipc import END, MessagePipe, RecordPipe, SharedFlag
 from .member import MemberWriter, aligned_block, encode_chunk, record_bound, write_all
 from .degraded import Routes
 from .plan import Plan, placement
@@ -416,7 +423,7 @@ def _run(cfg, src, plan, targets, headers, start, block_bytes, geometry, progres
     writer_qs = [RecordPipe(WRITE) for _ in range(D)]
     notes = mmap.mmap(-1, 4096, mmap.MAP_SHARED)     # the reason a dump ended early, for the writers
     current = mmap.mmap(-1, W * CURRENT.size, mmap.MAP_SHARED)
-    stop = ctx.Value("b", 0, lock=False)
+    stop = SharedFlag()        # set by the coordinator: workers skip what is left
     plan_json = plan.to_json()
     routes = Routes(writer_qs) if cfg.on_disk_error == "continue" else None   # degraded.py
     dropped: dict[int, str] = {}      # member -> why its target failed (--on-disk-error continue)

@@ -10,6 +10,7 @@ nothing about terminals.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 
@@ -23,15 +24,32 @@ def _fmt_eta(seconds: float) -> str:
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
+def is_terminal(stream) -> bool:
+    """A terminal that can redraw a bar: a tty, with a TERM that is set and not "dumb".
+
+    A capture kernel's /dev/console is a tty too, but a serial line with no
+    TERM (or TERM=dumb/linux on the console): it gets plain lines.
+    """
+    try:
+        if not stream.isatty():
+            return False
+    except (AttributeError, ValueError):
+        return False
+    term = os.environ.get("TERM", "")
+    if term in ("", "dumb", "unknown"):
+        return False
+    try:
+        return os.ttyname(stream.fileno()) != "/dev/console"
+    except (OSError, AttributeError, ValueError):
+        return True
+
+
 class Progress:
     def __init__(self, what: str, stream=None, quiet: bool = False, every: float | None = None):
         self.what = what
         self.stream = stream if stream is not None else sys.stderr
         self.quiet = quiet
-        try:
-            self.tty = self.stream.isatty()
-        except (AttributeError, ValueError):
-            self.tty = False
+        self.tty = is_terminal(self.stream)
         self.every = every if every is not None else (TTY_EVERY if self.tty else PLAIN_EVERY)
         self.t0 = time.monotonic()
         self.last = None

@@ -30,7 +30,8 @@ def test_plain_lines_are_throttled():
     assert len(out.getvalue().splitlines()) == 2      # start and end only
 
 
-def test_bar_on_terminals():
+def test_bar_on_terminals(monkeypatch):
+    monkeypatch.setenv("TERM", "xterm")
     out = FakeTTY()
     p = Progress("verify", stream=out, every=0.0)
     p(0, 1000)
@@ -40,6 +41,17 @@ def test_bar_on_terminals():
     text = out.getvalue()
     assert "\r" in text and "[###############" in text and "ETA" in text
     assert text.endswith("\n") and "100.0%" in text.splitlines()[-1]
+
+
+def test_no_bar_without_a_usable_terminal(monkeypatch):
+    out = FakeTTY()
+    for term in ("", "dumb"):
+        monkeypatch.setenv("TERM", term)
+        p = Progress("dump", stream=out, every=0.0)
+        p(0, 10)
+        p(10, 10)
+        p.close()
+    assert "\r" not in out.getvalue() and out.getvalue().count("stripedump: dump:") == 6
 
 
 def test_quiet_prints_nothing():
