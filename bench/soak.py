@@ -153,12 +153,27 @@ def _env():
     return dict(os.environ, PYTHONPATH=ROOT)
 
 
+def _group_alive(pgid: int) -> list[int]:
+    """Processes of group ``pgid`` that still run (zombies left for init to reap do not count)."""
+    out = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat") as f:
+                rest = f.read().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(rest[2]) == pgid and rest[0] != "Z":
+            out.append(int(name))
+    return out
+
+
 def _group_gone(pgid: int, timeout: float) -> bool:
+    """True once no process of the dump's group runs (within ``timeout`` seconds)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        try:
-            os.killpg(pgid, 0)
-        except ProcessLookupError:
+        if not _group_alive(pgid):
             return True
         time.sleep(0.02)
     return False

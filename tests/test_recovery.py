@@ -324,3 +324,24 @@ def test_real_kernel_incomplete_kdump_in_crash(tmp_path, cli):
                        capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
     assert "This dumpfile is incomplete" in p.stdout + p.stderr, p.stdout[-2000:] + p.stderr
     assert p.returncode == 0 and "RELEASE:" in p.stdout, p.stdout[-2000:] + p.stderr
+
+
+def test_flat_output_of_incomplete_dump_replays_to_the_kdump_file(source, tmp_path, cli):
+    import shutil
+    import subprocess
+    if shutil.which("makedumpfile") is None:
+        pytest.skip("makedumpfile is not installed")
+    src, oracle = source
+    m = _dump(src, tmp_path)
+    _unfinalize(m[0])
+    os.truncate(m[0], os.path.getsize(m[0]) // 3)
+    k = tmp_path / "k.kdump"
+    assert cli("join", "-q", "--workers", "1", "--allow-incomplete", "--format", "kdump", *m, "-o", k).rc == 0
+    r = subprocess.run([sys.executable, "-m", "stripedump", "join", "-q", "--workers", "1",
+                        "--allow-incomplete", "--format", "flat", *m, "-o", "-"], capture_output=True,
+                       env=dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+    assert r.returncode == 0, r.stderr
+    p = subprocess.run(["makedumpfile", "-R", str(tmp_path / "r.kdump")], input=r.stdout, capture_output=True)
+    assert p.returncode == 0, p.stderr
+    assert (tmp_path / "r.kdump").read_bytes() == k.read_bytes()
+    assert _kdump_header(k)[1] & 0x8
