@@ -64,7 +64,8 @@ def small_fs(tmp_path):
 def failing_fs(tmp_path):
     """A FUSE directory whose files fail writes with EIO from byte ``limit`` on; yields (mnt, backing)."""
     try:
-        import fuse  # noqa: F401  (fusepy, with Debian's libfuse2)
+        import fuse  # fusepy, which loads Debian's libfuse2
+        assert fuse.FUSE
     except (ImportError, OSError, EnvironmentError) as e:
         pytest.skip(f"fusepy/libfuse2 not usable here: {e}")
     if not os.path.exists("/dev/fuse"):
