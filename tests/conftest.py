@@ -60,6 +60,17 @@ def assert_one_line_error(res: CliResult, code: int, *needles: str) -> None:
 HELPERS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "helpers")
 
 
+def need_fuse() -> None:
+    """Skip the test unless FUSE can run here: fusepy (over Debian's libfuse2) and /dev/fuse."""
+    try:
+        import fuse
+        assert fuse.FUSE
+    except (ImportError, OSError, EnvironmentError) as e:
+        pytest.skip(f"fusepy/libfuse2 not usable here: {e}")
+    if not os.path.exists("/dev/fuse"):
+        pytest.skip("no /dev/fuse")
+
+
 def start_fuse(helper: str, args, mnt) -> subprocess.Popen:
     """Run tests/helpers/HELPER (a FUSE file system) on ``mnt``; skip the test if it cannot mount."""
     proc = subprocess.Popen([sys.executable, os.path.join(HELPERS, helper), *map(str, args)],

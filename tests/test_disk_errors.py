@@ -25,7 +25,7 @@ import pytest
 from stripedump import synth
 from stripedump.plan import degraded_placement
 
-from conftest import assert_one_line_error, start_fuse
+from conftest import assert_one_line_error, need_fuse, start_fuse
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench"))
 import soak  # noqa: E402
@@ -63,13 +63,7 @@ def small_fs(tmp_path):
 @pytest.fixture
 def failing_fs(tmp_path):
     """A FUSE directory whose files fail writes with EIO from byte ``limit`` on; yields (mnt, backing)."""
-    try:
-        import fuse  # fusepy, which loads Debian's libfuse2
-        assert fuse.FUSE
-    except (ImportError, OSError, EnvironmentError) as e:
-        pytest.skip(f"fusepy/libfuse2 not usable here: {e}")
-    if not os.path.exists("/dev/fuse"):
-        pytest.skip("no /dev/fuse")
+    need_fuse()
     procs = []
 
     def start(limit: int):

@@ -21,7 +21,7 @@ from stripedump.codecs import CodecSpec
 from stripedump.config import DumpConfig
 from stripedump.pipeline import dump
 
-from conftest import start_fuse
+from conftest import need_fuse, start_fuse
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 BAD_PFN = 0x1010          # two pages in the last RAM range of the "kernel" layout
@@ -29,13 +29,7 @@ BAD_PFN = 0x1010          # two pages in the last RAM range of the "kernel" layo
 
 @pytest.fixture
 def faulty_source(tmp_path):
-    try:
-        import fuse  # fusepy, which loads Debian's libfuse2
-        assert fuse.FUSE
-    except (ImportError, OSError, EnvironmentError) as e:
-        pytest.skip(f"fusepy/libfuse2 not usable here: {e}")
-    if not os.path.exists("/dev/fuse"):
-        pytest.skip("no /dev/fuse")
+    need_fuse()
     b = synth.build(str(tmp_path / "vm"), **synth.layouts()["kernel"])
     ram3 = b.loads[3]
     off = b.offsets[3] + BAD_PFN * 4096 - ram3.paddr
