@@ -8,7 +8,9 @@ PY      = $(VENV)/bin/python
 SD      = $(VENV)/bin/stripedump
 DEMO   ?= demo-out
 DEMO_SIZE ?= 512M
-APT_PACKAGES = liblzo2-dev
+# python-lzo has no wheel: it builds from source with a C compiler, the C library's and
+# Python's headers and the LZO headers (a minimal Debian has none of them).
+APT_PACKAGES = gcc libc6-dev python3-dev liblzo2-dev
 # The real readers that judge `join --format kdump|flat` in tests/test_kdump.py.
 TEST_APT_PACKAGES = makedumpfile crash python3-libkdumpfile libfuse2
 
@@ -23,7 +25,6 @@ define apt_install
 	fi
 endef
 
-# python-lzo builds from source and needs the LZO headers.
 system-deps:
 	$(call apt_install,$(APT_PACKAGES),needed to build python-lzo)
 
