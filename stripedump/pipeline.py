@@ -126,6 +126,7 @@ class DumpResult:
 def build_manifest(src: Source, plan: Plan, cfg: DumpConfig, dump_id: str, block_bytes: int,
                    members: int) -> dict:
     import base64
+    from .elfhead import header_pieces
     info = src.info
     return {
         "format_version": VERSION, "tool": f"stripedump {__version__}", "dump_id": dump_id,
@@ -138,7 +139,9 @@ def build_manifest(src: Source, plan: Plan, cfg: DumpConfig, dump_id: str, block
                    "nr_cpus": info.nr_cpus,
                    "segments": [s.to_json() for s in sorted(info.loads + info.note_segments,
                                                             key=lambda s: s.index)],
-                   "notes": base64.b64encode(info.notes).decode()},
+                   "notes": base64.b64encode(info.notes).decode(),
+                   # the raw ELF header and program headers, so join rebuilds them without member 0
+                   "header_pieces": header_pieces(src.fd, src.size)},
         "plan": plan.to_json(),
     }
 
