@@ -26,9 +26,11 @@ EXIT_CODES = """exit codes:
   3    the source cannot be read or is not an ELF vmcore
   4    a target was refused for safety (--force overrides where allowed)
   5    writing a target failed
-  6    members are unreadable, from different dumps, missing or malformed
+  6    members are unreadable, malformed or from different dumps (join without
+       --allow-incomplete: or missing)
   7    a checksum or decompression check failed
-  8    the dump is incomplete (members hold what was written before the failure)
+  8    the dump is incomplete (members hold what was written before the failure;
+       verify: chunks or members missing)
   9    the join output cannot be written
   130  interrupted by SIGINT; 143 by SIGTERM"""
 
