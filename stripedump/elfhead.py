@@ -81,11 +81,10 @@ def manifest_pieces(source: dict, notes: bytes, segments: list[dict], size: int)
     for p in raw:
         if not (isinstance(p, list) and len(p) == 2 and type(p[0]) is int and isinstance(p[1], str)):
             raise ValueError(f"malformed header piece {str(p)[:40]!r}")
-        if len(p[1]) > 2 * MAX_HEADER_BYTES:
-            raise ValueError("header piece is too large")
-        data = base64.b64decode(p[1], validate=True)
-        out.append((p[0], data))
-        total += len(data)
+        total += len(p[1]) * 3 // 4          # checked before decoding allocates it
+        if total > MAX_HEADER_BYTES:
+            raise ValueError("header pieces are implausibly large")
+        out.append((p[0], base64.b64decode(p[1], validate=True)))
     pos = 0
     for s in segments:          # the notes, split back over the PT_NOTE segments in header order
         if s["type"] == PT_NOTE and s["filesz"]:
