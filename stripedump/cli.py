@@ -333,7 +333,7 @@ def run_verify(a) -> int:
     for e in res.errors[:20]:
         print(f"stripedump: verify: {e}", file=sys.stderr)
     from .join import describe_missing
-    for line in describe_missing(res.extra):
+    for line in describe_missing(res.extra, verify=True):
         print(f"stripedump: verify: {line}", file=sys.stderr)
     if res.errors:
         more = f" ({len(res.errors) - 20} more not shown)" if len(res.errors) > 20 else ""
