@@ -432,7 +432,8 @@ def real_joined(real_vmcore, tmp_path_factory):
     out = d / "real.kdump"
     res = kdump_join(m, out)
     assert res.extra["pages"] == "copied"
-    return src, release, m, str(out), d
+    yield src, release, m, str(out), d
+    shutil.rmtree(d, ignore_errors=True)    # ~100 MB; pytest keeps session directories after a failure
 
 
 @needs_makedumpfile
