@@ -189,8 +189,10 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("-q", "--quiet", action="store_true")
     b = sub.add_parser("bench", parents=[common], formatter_class=_formatter,
                        help="measure MB/s per codec x CPUs x disks on generated data",
-                       description="Run the real dump pipeline on a generated vmcore (no RAM or disk "
-                                   "of its size needed) and report throughput, ratio, CPU and memory.",
+                       description="Run the real dump pipeline on a generated vmcore (no RAM of its "
+                                   "size needed) and report throughput, ratio, CPU and memory. The "
+                                   "members written take up to its size in $TMPDIR or the --disks "
+                                   "directories while a run lasts: checked before the first run.",
                        epilog="examples:\n"
                               "  stripedump bench --size 10G\n"
                               "  stripedump bench --size 2G --codecs lz4,zstd --workers 1,2 --disks 1,2 "
