@@ -360,15 +360,19 @@ def missing_report(ds: DumpSet, missing: list[int], pieces: list | None = None) 
             "rebuilt_file_ranges": [list(r) for r in rebuilt], "members": members}
 
 
-def describe_missing(report: dict, most: int = 16) -> list[str]:
-    """Lines for stderr: how much is missing, the merged ranges, and each member's part."""
+def describe_missing(report: dict, most: int = 16, verify: bool = False) -> list[str]:
+    """Lines for stderr: how much is missing, the merged ranges, and each member's part.
+
+    ``verify``: nothing was written, so say what a join would do with them.
+    """
     if report.get("complete", True):
         return []
     pfns, files = report["missing"], report["missing_file_ranges"]
     pages = sum(b - a for a, b in pfns)
-    lines = [f"the dump is incomplete: {report['missing_chunks']} chunk(s) missing, {pages} page(s) "
-             f"and {sum(b - a for a, b in files)} byte(s) of ELF headers and padding; "
-             "they read as zeros"]
+    then = ("a join refuses the dump; join --allow-incomplete writes zeros in their place" if verify
+            else "they are zeros in the output")
+    lines = [f"the dump is incomplete: {report['missing_chunks']} chunk(s) missing or damaged, {pages} "
+             f"page(s) and {sum(b - a for a, b in files)} byte(s) of ELF headers and padding; {then}"]
     rebuilt = report.get("rebuilt_file_ranges", [])
     if rebuilt:
         lines.append(f"ELF header, program headers and notes of the missing chunk(s) rebuilt from the "
@@ -473,6 +477,32 @@ class PartialOutput:
             pass
 
 
+def check_output(out: str, force: bool) -> None:
+    """Refuse an OUT that cannot be written before any member is read (exit 9 at once).
+
+    A directory, an existing file without ``force``, something that is not a
+    regular file (the rename would replace it), a missing parent directory or
+    one this process may not write.  ``PartialOutput`` checks again when it
+    creates the file.
+    """
+    if out == "-":
+        return
+    if os.path.isdir(out):
+        raise OutputError(f"output {out} is a directory; give a file name, e.g. "
+                          f"{os.path.join(out, 'vmcore')}")
+    if os.path.lexists(out):
+        if not force:
+            raise OutputError(f"output {out} exists; refusing to overwrite it (use --force)")
+        if os.path.exists(out) and not os.path.isfile(out):
+            raise OutputError(f"output {out} is not a regular file; join writes {out}.partial and "
+                              "renames it over OUT")
+    parent = os.path.dirname(os.path.abspath(out))
+    if not os.path.isdir(parent):
+        raise OutputError(f"cannot create output {out}: directory {parent} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise OutputError(f"cannot create output {out}: no permission to write in {parent}")
+
+
 def join(cfg: JoinConfig, progress=None, notice=None) -> JoinResult:
     """Rebuild the dump from its members into ``cfg.output``.
 
@@ -480,6 +510,7 @@ def join(cfg: JoinConfig, progress=None, notice=None) -> JoinResult:
     and "flat" are written by ``kdump.join_kdump``.  ``notice(text)`` is
     called with remarks a user should see (e.g. that pages are transcoded).
     """
+    check_output(cfg.output, cfg.force)
     if cfg.format != "elf":
         from .kdump import join_kdump
         return join_kdump(cfg, progress, notice)
