@@ -1,4 +1,4 @@
-# stripedump: two commands on a fresh Debian/Ubuntu machine
+# stripedump: two commands on a fresh Debian 12 (bookworm) machine
 #   make demo   set everything up, dump a synthetic vmcore over two members, join, compare
 #   make test   set everything up and run the test suite
 #   make e2e    stripedump inside a real kdump capture kernel under QEMU (not in make test)
