@@ -11,7 +11,7 @@ output in any order; the coordinator only streams chunk locations from the
 member indexes and counts.
 
 The output is created as ``OUT.partial`` with its final size (so all-zero
-pages stay holes on filesystems that allow them), synced, and renamed to OUT
+pages stay holes on filesystems that allow them), synced, and renamed to OUT (then its directory synced)
 only when every chunk has been verified and written: a failed join never
 leaves a plausible-looking but incomplete OUT behind.
 
@@ -34,7 +34,7 @@ from .config import JoinConfig
 from .dumpset import INCOMPLETE_HINT, DumpSet
 from .errors import (IncompleteDump, Interrupted, MemberError, OutputError, StripedumpError, VerifyError,
                      from_wire)
-from .fileio import write_exact
+from .fileio import fsync_dir, write_exact
 from .format import CHUNK_HEADER_SIZE, KIND_FILE, KIND_PAGES
 from .member import decode_chunk, unreadable_ranges
 from .pipeline import POLL, _child_init, _describe_exit, _join_all, _Signals, messages
@@ -400,6 +400,7 @@ class PartialOutput:
             os.replace(self.tmp, self.out)
         except OSError as e:
             raise OutputError(f"cannot finish output {self.out}: {e.strerror}") from None
+        fsync_dir(os.path.dirname(os.path.abspath(self.out)), OutputError)   # the rename survives power loss
 
     def __enter__(self):
         return self

@@ -69,7 +69,8 @@ from .ipc import END, MessagePipe, RecordPipe, SharedFlag
 from .member import MemberWriter, aligned_block, encode_chunk, record_bound, write_all
 from .degraded import Routes
 from .plan import Plan, placement
-from .targets import check_targets, open_target
+from .fileio import fsync_dir
+from .targets import check_targets, close_targets, open_targets
 from .vmcore import Source
 
 POLL = 0.5            # seconds between liveness checks while waiting
@@ -338,11 +339,11 @@ def _dump(cfg: DumpConfig, src: Source, t0: float, progress, say) -> DumpResult:
     # chunk records start page-aligned, so --direct-io can write them as they come
     start = first_record_offset(HEADER_BLOCK, len(manifest_rec))
     headers = []
-    opened = []
+    # every target locked (canonical order) before any is truncated or written;
+    # held until the members are finalized (targets.py: exclusive targets)
+    open_targets(targets, start + 4096, cfg.direct_io, cfg.force)
     try:
         for i, t in enumerate(targets):
-            open_target(t, start + 4096, cfg.direct_io)
-            opened.append(t)
             h = MemberHeader(MEMBER_MAGIC, VERSION, STATE_WRITING, dump_id.bytes, i, nmem,
                              cfg.codec.codec_id, cfg.codec.stored_level, CHECKSUM_XXH3_64,
                              src.page_size, chunk_pages, block_bytes // src.page_size, int(time.time()),
@@ -356,23 +357,45 @@ def _dump(cfg: DumpConfig, src: Source, t0: float, progress, say) -> DumpResult:
             _write_json_manifest(cfg.manifest_path, manifest, [t.path for t in targets])
         result = _run(cfg, src, plan, targets, headers, start, block_bytes, pool, progress, say)
     finally:
-        for t in opened:
-            os.close(t.fd)
+        close_targets(targets)
     result.dump_id = str(dump_id)
     result.seconds = time.monotonic() - t0
     return result
 
 
 def _write_json_manifest(path: str, manifest: dict, members: list[str]) -> None:
+    """Write the JSON manifest so that a reader sees the old file or the new one, never a part.
+
+    A temporary file in the same directory, synced, renamed over ``path``, and
+    the directory synced: after a power loss the name points at a whole file.
+    """
     import json
+    import tempfile
     if any(os.path.exists(p) and os.path.samefile(p, path) for p in members if os.path.exists(path)):
         raise UsageError(f"--manifest {path} is one of the targets")
+    folder, name = os.path.split(os.path.abspath(path))
+    tmp = None
     try:
-        with open(path, "w") as f:
+        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
+        with os.fdopen(fd, "w") as f:
             json.dump({**manifest, "member_paths": members}, f, indent=1, sort_keys=True)
             f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)    # mkstemp makes 0600; keep what open() would have made
+        os.replace(tmp, path)
+        tmp = None
     except OSError as e:
         raise TargetIOError(f"cannot write manifest {path}: {e.strerror}") from None
+    finally:
+        if tmp is not None:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+    fsync_dir(folder, TargetIOError)
 
 
 def available_memory() -> int:
