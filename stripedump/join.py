@@ -11,9 +11,10 @@ output in any order; the coordinator only streams chunk locations from the
 member indexes and counts.
 
 The output is created as ``OUT.partial`` with its final size (so all-zero
-pages stay holes on filesystems that allow them), synced, and renamed to OUT (then its directory synced)
-only when every chunk has been verified and written: a failed join never
-leaves a plausible-looking but incomplete OUT behind.
+pages stay holes on filesystems that allow them), synced, and renamed to OUT
+(then its directory synced, so the rename survives a power loss) only when
+every chunk has been verified and written: a failed join never leaves a
+plausible-looking but incomplete OUT behind.
 
 ``verify`` runs the same pool without an output file, and ``--format
 kdump`` / ``flat`` (``kdump.py``) run it with their own per-chunk handler:
