@@ -307,7 +307,7 @@ def _recheck(t: Target, min_size: int, force: bool) -> None:
         if st.st_size > 0 and not force:
             raise TargetRefused(f"target {t.path} is a non-empty file ({st.st_size} bytes; another dump "
                                 "may have just written it); refusing to overwrite it (use --force)")
-    if not force:
+    if not force and (t.is_block or st.st_size > 0):
         sig = _read_signature(t.path)
         if sig:
             raise TargetRefused(f"target {t.path} holds {sig}; refusing to overwrite it (use --force)")
