@@ -239,7 +239,9 @@ def run_dump(a) -> int:
     from .progress import Progress
     prog = Progress("dump", quiet=a.quiet)
     def say(msg: str, level: int = 1):
-        if a.verbose >= level and not a.quiet:
+        if level <= 0:    # a setting lowered to fit the machine: shown even with -q
+            print(f"stripedump: warning: {msg}", file=sys.stderr, flush=True)
+        elif a.verbose >= level and not a.quiet:
             print(f"stripedump: {msg}", file=sys.stderr, flush=True)
     try:
         res = dump(cfg, progress=prog, say=say)
