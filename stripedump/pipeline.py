@@ -555,7 +555,7 @@ def fit_pool(workers: int, disks: int, chunk_bytes: int, block_bytes: int, memor
         if fits < 1 + disks:
             raise UsageError(f"memory limit {_size(limit)} is too small for one worker and {disks} "
                              f"disk(s) with {chunk_bytes >> 10} KiB chunks: the buffer pool needs at least "
-                             f"{((1 + disks) * slot + stage) >> 20} MiB"
+                             f"{_size((1 + disks) * slot + stage)}"
                              + ("" if limit == memory_limit else f" ({what} caps it)")
                              + "; lower --chunk-size or raise --memory-limit")
         notes.append(f"the buffer pool of {workers} worker(s) does not fit in the memory limit "
