@@ -24,7 +24,7 @@ EXIT_CODES = """exit codes:
   1    internal error (a bug; --debug shows the traceback)
   2    usage error: bad option or value
   3    the source cannot be read or is not an ELF vmcore
-  4    a target was refused for safety (--force overrides where allowed)
+  4    a target was refused for safety (--force overrides where allowed) or is in use
   5    writing a target failed
   6    members are unreadable, from different dumps, missing or malformed
   7    a checksum or decompression check failed
