@@ -61,7 +61,8 @@ def _one_cpu():
 
 def test_a_thousand_workers_on_one_cpu(tmp_path, vmcore):
     b = vmcore("kernel")
-    rc, res, err, members = _dump(tmp_path, b.path, "--workers", 1000, "--chunk-size", "64K", preexec=_one_cpu)
+    rc, res, err, members = _dump(tmp_path, b.path, "--workers", 1000, "--chunk-size", "64K",
+                                  preexec=_one_cpu)
     assert rc == 0, err
     assert ("stripedump: warning: --workers 1000 is more than 2 per usable CPU (1 CPU(s) here); "
             "using 2 workers") in err
@@ -122,11 +123,13 @@ def test_dump_under_an_address_space_limit(tmp_path):
     rc, res, err, members = _dump(tmp_path, src, "--workers", 4, "--chunk-size", "64M",
                                   "--memory-limit", "2G", "--codec", "lz4", preexec=limit)
     assert rc == 0, err
-    assert "stripedump: warning: --memory-limit 2.0 GiB does not fit in the address-space limit (ulimit -v: " in err
+    assert ("stripedump: warning: --memory-limit 2.0 GiB does not fit in the address-space limit "
+            "(ulimit -v: ") in err
     assert res["pool_bytes"] < 512 * MIB - 64 * MIB
     assert res["workers"] == _started_workers(err) >= 1
     _joins_to_source(tmp_path, members, src)
-    os.unlink(src)
+    for f in members + [src]:
+        os.unlink(f)
 
 
 @pytest.fixture

@@ -164,6 +164,7 @@ def test_mounted_device_is_refused_even_with_force(tmp_path, vmcore, loopdev):
 
 # -- exclusive targets: two dumps at once, real processes ---------------------
 
+import signal  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 
@@ -183,10 +184,25 @@ def slow_source(tmp_path_factory):
 
 def _start(src, targets, *extra):
     env = dict(os.environ, PYTHONPATH=ROOT)
-    return subprocess.Popen([sys.executable, "-m", "stripedump", "dump", "--disks", ",".join(map(str, targets)),
+    disks = ",".join(map(str, targets))
+    return subprocess.Popen([sys.executable, "-m", "stripedump", "dump", "--disks", disks,
                              "--codec", "zlib:9", "--workers", "1", "--chunk-size", "256K", "-q", *extra,
                              src], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                            stdin=subprocess.DEVNULL)
+                            stdin=subprocess.DEVNULL, start_new_session=True)
+
+
+class _Paused:
+    """The first dump, stopped (SIGSTOP to its process group) while it holds its targets."""
+
+    def __init__(self, proc):
+        self.proc = proc
+
+    def __enter__(self):
+        os.killpg(self.proc.pid, signal.SIGSTOP)
+        return self
+
+    def __exit__(self, *exc):
+        os.killpg(self.proc.pid, signal.SIGCONT)
 
 
 def _race(src, a, b, *extra):
@@ -232,6 +248,8 @@ def test_two_dumps_at_once_on_the_same_files(tmp_path, slow_source, force):
                                              *(["--force"] if force else [])), tmp_path)
         if force:
             assert "is in use: another process holds a lock on it (pid " in err, err
+    a.unlink()
+    b.unlink()
 
 
 def test_second_dump_on_a_held_file_is_refused_at_once_naming_the_holder(tmp_path, slow_source):
@@ -241,17 +259,19 @@ def test_second_dump_on_a_held_file_is_refused_at_once_naming_the_holder(tmp_pat
     while not (b.exists() and b.stat().st_size > 0):       # the first dump is writing
         assert first.poll() is None and time.monotonic() < deadline, first.communicate()
         time.sleep(0.02)
-    t0 = time.monotonic()
-    second = _start(slow_source, [tmp_path / "other", b], "--force")
-    _, err = second.communicate(timeout=60)
-    assert second.returncode == 4, err
-    assert f"target {b} is in use: another process holds a lock on it (pid {first.pid}: " in err, err
-    assert time.monotonic() - t0 < 15          # at once: no waiting for the lock
-    assert first.poll() is None                # refused while the first was still running
+    with _Paused(first):          # it holds its targets for as long as it takes
+        t0 = time.monotonic()
+        second = _start(slow_source, [tmp_path / "other", b], "--force")
+        _, err = second.communicate(timeout=60)
+        assert second.returncode == 4, err
+        assert f"target {b} is in use: another process holds a lock on it (pid {first.pid}: " in err, err
+        assert time.monotonic() - t0 < 15          # at once: no waiting for the lock
     assert first.wait(timeout=120) == 0, first.stderr.read()
     assert (tmp_path / "other").stat().st_size == 0      # the refused dump wrote nothing anywhere
     join(JoinConfig((str(a), str(b)), str(tmp_path / "o")))
     assert filecmp.cmp(slow_source, tmp_path / "o", shallow=False)
+    for f in (a, b, tmp_path / "o"):
+        f.unlink()
 
 
 def test_two_dumps_at_once_on_the_same_block_devices(tmp_path, slow_source, loopdev):
@@ -275,10 +295,11 @@ def test_block_device_held_by_another_dump_names_it(tmp_path, slow_source, loopd
                 break
         assert first.poll() is None and time.monotonic() < deadline, first.communicate()
         time.sleep(0.02)
-    second = _start(slow_source, [b], "--force")
-    _, err = second.communicate(timeout=60)
-    assert second.returncode == 4, err
-    assert f"target {b} is in use: another process holds a lock on it (pid {first.pid}: " in err, err
+    with _Paused(first):
+        second = _start(slow_source, [b], "--force")
+        _, err = second.communicate(timeout=60)
+        assert second.returncode == 4, err
+        assert f"target {b} is in use: another process holds a lock on it (pid {first.pid}: " in err, err
     assert first.wait(timeout=120) == 0, first.stderr.read()
     join(JoinConfig((a, b), str(tmp_path / "o")))
     assert filecmp.cmp(slow_source, tmp_path / "o", shallow=False)
