@@ -25,7 +25,10 @@ Memory bound: the slot pool has ``S = 2*W + 2*D`` slots of
 ``record_bound(chunk, block)`` bytes (a chunk stored raw plus its block
 table), so the pool is ``S * (chunk_size + chunk_size/block_size*4 + 48)``:
 8.0 MiB for 2 workers, 2 disks and 1 MiB chunks, whatever the size of the
-dump.  Backpressure is the free-slot list: the coordinator hands out a chunk
+dump.  W and the pool are lowered to what the machine has (``fit_pool``:
+CPUs, available memory, cgroup, ulimit -v), with a warning, never refused
+while one worker fits.
+Backpressure is the free-slot list: the coordinator hands out a chunk
 only when a slot is free, so a slow disk stalls the workers instead of
 growing a backlog.  Each writer keeps at most INDEX_EVERY index entries.
 
