@@ -53,7 +53,6 @@ was stopped early are of little use.
 
 from __future__ import annotations
 
-import dataclasses
 import mmap
 import multiprocessing
 import os
@@ -62,7 +61,7 @@ import signal
 import struct
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from . import __version__
 from .config import DumpConfig, fit_workers
@@ -329,11 +328,12 @@ def _dump(cfg: DumpConfig, src: Source, t0: float, progress, say) -> DumpResult:
     targets = check_targets(list(cfg.targets), src.st, cfg.force)
     plan = Plan(src.pfn_ranges, src.residue(), src.page_size, chunk_pages)
     nmem = len(targets)
-    workers, too_many = fit_workers(cfg.workers)       # resources fit the machine: lowered, with
+    # workers and pool lowered to what the machine has, a warning each, never refused
+    workers, too_many = fit_workers(cfg.workers)
     fit = fit_pool(workers, nmem, plan.chunk_bytes, block_bytes, cfg.memory_limit, cfg.direct_io)
-    for note in ((too_many,) if too_many else ()) + fit.warnings:   # a warning, never a refusal
+    for note in ((too_many,) if too_many else ()) + fit.warnings:
         say(note, 0)
-    cfg = dataclasses.replace(cfg, workers=fit.workers)
+    cfg = replace(cfg, workers=fit.workers)
     pool = (fit.slots, fit.slot_size)
     info = src.info
     say(f"source {src.path}: ELF{info.elfclass}, {len(info.loads)} PT_LOADs, page size {src.page_size}, "
