@@ -24,7 +24,7 @@ EXIT_CODES = """exit codes:
   1    internal error (a bug; --debug shows the traceback)
   2    usage error: bad option or value
   3    the source cannot be read or is not an ELF vmcore
-  4    a target was refused for safety (--force overrides where allowed)
+  4    a target was refused for safety (--force overrides where allowed) or is in use
   5    writing a target failed
   6    members are unreadable, malformed or from different dumps (join without
        --allow-incomplete: or missing)
@@ -268,7 +268,9 @@ def run_dump(a) -> int:
     from .progress import Progress
     prog = Progress("dump", quiet=a.quiet)
     def say(msg: str, level: int = 1):
-        if a.verbose >= level and not a.quiet:
+        if level <= 0:    # a setting lowered to fit the machine: shown even with -q
+            print(f"stripedump: warning: {msg}", file=sys.stderr, flush=True)
+        elif a.verbose >= level and not a.quiet:
             print(f"stripedump: {msg}", file=sys.stderr, flush=True)
     try:
         res = dump(cfg, progress=prog, say=say)

@@ -12,8 +12,9 @@ member indexes and counts.
 
 The output is created as ``OUT.partial`` with its final size (so all-zero
 pages stay holes on filesystems that allow them), synced, and renamed to OUT
-only when every chunk has been verified and written: a failed join never
-leaves a plausible-looking but incomplete OUT behind.
+(then its directory synced, so the rename survives a power loss) only when
+every chunk has been verified and written: a failed join never leaves a
+plausible-looking but incomplete OUT behind.
 
 ``verify`` runs the same pool without an output file, and ``--format
 kdump`` / ``flat`` (``kdump.py``) run it with their own per-chunk handler:
@@ -35,7 +36,7 @@ from .dumpset import INCOMPLETE_HINT, DumpSet
 from .elfhead import clip, manifest_pieces, rebuilt_ranges
 from .errors import (IncompleteDump, Interrupted, MemberError, OutputError, StripedumpError, VerifyError,
                      from_wire)
-from .fileio import write_exact
+from .fileio import fsync_dir, write_exact
 from .format import CHUNK_HEADER_SIZE, KIND_FILE, KIND_PAGES
 from .member import decode_chunk, unreadable_ranges
 from .pipeline import POLL, _child_init, _describe_exit, _join_all, _Signals, messages
@@ -461,6 +462,7 @@ class PartialOutput:
             os.replace(self.tmp, self.out)
         except OSError as e:
             raise OutputError(f"cannot finish output {self.out}: {e.strerror}") from None
+        fsync_dir(os.path.dirname(os.path.abspath(self.out)), OutputError)   # the rename survives power loss
 
     def __enter__(self):
         return self
