@@ -287,8 +287,8 @@ def source_chunks(path: str, ds: DumpSet) -> dict[int, bytes]:
     with Source(path, use_mmap=False) as src:
         for c in range(ds.plan.n_chunks):
             ch = ds.plan.chunk(c)
-            w = src.phys_window(ch.start, ch.count) if ch.kind == KIND_PAGES else src.window(ch.start, ch.count)
-            with w:
+            with src.phys_window(ch.start, ch.count) if ch.kind == KIND_PAGES \
+                    else src.window(ch.start, ch.count) as w:
                 out[c] = bytes(w.view())
     return out
 
@@ -359,17 +359,27 @@ class Verdict(NamedTuple):
     ok: bool
     kind: str        # "ok", "wrong" (a wrong page output), "lost" (a synced chunk not recovered)
     detail: str
+    cause: str = ""  # the failure's kind in a few words, for counting
+
+
+REFUSALS = (("manifest differs", "a member's manifest differs"),
+            ("expected a SDMF record", "a member's manifest is unreadable"),
+            ("different dumps", "members of different dumps"))
+
+
+def refusal_cause(msg: str) -> str:
+    return "join refused: " + next((why for key, why in REFUSALS if key in msg), "other")
 
 
 def check(outcome: Outcome, exp: Expected, durable: set[int]) -> Verdict:
     if outcome.refused is not None:
         if durable:
             return Verdict(False, "lost", f"join refused ({outcome.refused}) although {len(durable)} "
-                                          "chunk(s) were synced")
+                                          "chunk(s) were synced", refusal_cause(outcome.refused))
         return Verdict(True, "ok", "refused; nothing synced")
     want = exp.chunks.get(outcome.dump_id)
     if want is None:
-        return Verdict(False, "wrong", f"joined an unknown dump {outcome.dump_id}")
+        return Verdict(False, "wrong", f"joined an unknown dump {outcome.dump_id}", "an unknown dump")
     for c, data in sorted(outcome.recovered.items()):
         if data != want[c]:
             ps = exp.page_size
@@ -377,15 +387,17 @@ def check(outcome: Outcome, exp: Expected, durable: set[int]) -> Verdict:
             which = "old" if exp.ids.get("old") == outcome.dump_id else "recorded"
             other = [k for k, v in exp.chunks.items() if k != outcome.dump_id and v.get(c) == data]
             return Verdict(False, "wrong", f"chunk {c}: {len(bad)} page(s) differ from the {which} dump's "
-                                           f"source" + (" (they are the other dump's)" if other else ""))
+                                           f"source" + (" (they are the other dump's)" if other else ""),
+                           "pages of the other dump" if other else "wrong pages")
     if outcome.dump_id != exp.ids["new"]:
         lost = durable
     else:
         lost = durable - set(outcome.recovered)
     if lost:
+        other = outcome.dump_id != exp.ids["new"]
         return Verdict(False, "lost", f"{len(lost)} synced chunk(s) not recovered (e.g. {sorted(lost)[:5]})"
-                                      + ("" if outcome.dump_id == exp.ids["new"] else
-                                         f"; joined dump {outcome.dump_id} instead"))
+                                      + (f"; joined dump {outcome.dump_id} instead" if other else ""),
+                       "joined the older dump instead" if other else "synced chunks not found")
     return Verdict(True, "ok", f"{len(outcome.recovered)} recovered, {len(outcome.missing)} missing")
 
 
@@ -444,6 +456,7 @@ def run_states(rec: Recording, exp: Expected, base: dict, work: str, rng: random
     """Check every crash state; returns counts by verdict kind and the first failure of each kind."""
     counts = {"states": 0, "ok": 0, "wrong": 0, "lost": 0}
     first: dict[str, str] = {}
+    causes: dict[str, int] = {}
     for st in crash_states(rec, base, rng, per_barrier):
         if limit is not None and counts["states"] >= limit:
             break
@@ -453,8 +466,9 @@ def run_states(rec: Recording, exp: Expected, base: dict, work: str, rng: random
         counts[v.kind] += 1
         if not v.ok:
             first.setdefault(v.kind, f"{st.label}: {v.detail}")
+            causes[f"{v.kind}: {v.cause}"] = causes.get(f"{v.kind}: {v.cause}", 0) + 1
             if on_fail:
                 on_fail(st, v)
     for p in write_state(work, rec.names, {n: b"" for n in rec.names}):
         os.unlink(p)
-    return {**counts, "first": first}
+    return {**counts, "first": first, "causes": causes}
