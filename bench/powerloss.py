@@ -56,6 +56,7 @@ def main(argv=None) -> int:
     ap.add_argument("--chunk-size", default="64K")
     ap.add_argument("--codec", default="lz4")
     ap.add_argument("--sync-every", default="256K", help="STRIPEDUMP_SYNC_EVERY (default 256K)")
+    ap.add_argument("--direct-io", action="store_true", help="record a dump taken with --direct-io")
     ap.add_argument("--joins", type=int, default=10, help="states per base also run through the join command")
     ap.add_argument("--dir", help="work directory (default: a temporary one, removed)")
     ap.add_argument("--json", action="store_true")
@@ -71,7 +72,8 @@ def main(argv=None) -> int:
         synth.build(sources["new"], loads)
         synth.build(sources["old"], loads, content=older_content)
         rec = cs.record_dump(work, sources["new"], sources["old"], a.members, parse_size(a.sync_every),
-                             ("--codec", a.codec, "--chunk-size", a.chunk_size, "--workers", "2"))
+                             ("--codec", a.codec, "--chunk-size", a.chunk_size, "--workers", "2")
+                             + (("--direct-io",) if a.direct_io else ()))
         state = os.path.join(work, "state")
         os.makedirs(state, exist_ok=True)
         exp = cs.Expected(rec, sources, state)

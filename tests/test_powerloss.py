@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import random
 import shutil
+import subprocess
 import sys
 
 import pytest
@@ -160,3 +161,13 @@ def test_the_join_command_over_an_older_dump(recorded, tmp_path):
         paths = cs.write_state(state, rec.names, st.images)
         v = cs.real_join(paths, str(tmp_path / "vmcore"), exp, sources)
         assert v.ok, (st.label, v)
+
+
+@pytest.mark.parametrize("value, expected", [("131072", 131072), ("", 256 << 20), ("12k", 256 << 20),
+                                             ("0", 256 << 20), ("-5", 256 << 20)])
+def test_sync_interval_from_the_environment(value, expected):
+    """STRIPEDUMP_SYNC_EVERY (tests only) sets the fdatasync interval; anything but bytes is ignored."""
+    env = dict(os.environ, STRIPEDUMP_SYNC_EVERY=value, PYTHONPATH=cs.ROOT)
+    out = subprocess.run([sys.executable, "-c", "import stripedump.member as m; print(m.SYNC_EVERY)"],
+                         env=env, capture_output=True, text=True, check=True).stdout
+    assert int(out) == expected
