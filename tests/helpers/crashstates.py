@@ -363,7 +363,7 @@ class Verdict(NamedTuple):
 
 
 REFUSALS = (("manifest differs", "a member's manifest differs"),
-            ("expected a SDMF record", "a member's manifest is unreadable"),
+            ("SDMF record", "a member's manifest is unreadable"),      # no manifest, or cut off
             ("different dumps", "members of different dumps"))
 
 
