@@ -32,7 +32,10 @@ from .vmcore import Window
 MAX_FOOTER = 64 << 20      # readers refuse a longer footer record
 BIG_ENDIAN_HOST = sys.byteorder == "big"   # the block table is little-endian on disk
 assert array("I").itemsize == 4, "stripedump needs a 4-byte unsigned int"
-SYNC_EVERY = 256 << 20
+# for tests only: STRIPEDUMP_SYNC_EVERY=BYTES (read once, here) lowers the fdatasync interval so a
+# small dump has several sync barriers (tests/test_powerloss.py); anything but a positive integer is ignored
+_SYNC_ENV = os.environ.get("STRIPEDUMP_SYNC_EVERY", "")
+SYNC_EVERY = int(_SYNC_ENV) if _SYNC_ENV.isdigit() and int(_SYNC_ENV) > 0 else 256 << 20
 KICK_EVERY = 16 << 20      # start writeback early so the final fsync has little left to do
 DIRECT_ALIGN = 4096        # O_DIRECT offset and length alignment (logical block size or less)
 STAGE_BYTES = 4 << 20      # per-writer staging buffer for --direct-io     # machine-limits §4: buffered writes collapse past the dirty limit
