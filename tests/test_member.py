@@ -4,7 +4,8 @@ import pytest
 
 from stripedump.codecs import CodecSpec
 from stripedump.errors import SourceError, VerifyError
-from stripedump.format import CHUNK_HEADER_SIZE, CHUNK_UNREADABLE
+from stripedump.format import (BLOCK_KIND_SHIFT, BLOCK_LEN_MASK, BLOCK_RAW, BLOCK_UNREADABLE, CHUNK_HEADER_SIZE,
+                               CHUNK_UNREADABLE, ChunkHeader)
 from stripedump.member import decode_chunk, encode_chunk, read_chunk, unreadable_ranges
 from stripedump.plan import Plan
 from stripedump.vmcore import Source
@@ -50,14 +51,15 @@ def test_unreadable_block_with_a_length_is_corrupt(vmcore):
         out = bytearray(1 << 20)
         for c in plan:       # a chunk whose first block is stored raw
             length, _, _ = encode_chunk(src, CodecSpec("none").make(), c, 4096, out, bytes(4096))
-            if length > CHUNK_HEADER_SIZE and struct.unpack_from("<I", out, CHUNK_HEADER_SIZE)[0] >> 30 == 1:
+            if length > CHUNK_HEADER_SIZE and \
+                    struct.unpack_from("<I", out, CHUNK_HEADER_SIZE)[0] >> BLOCK_KIND_SHIFT == BLOCK_RAW:
                 break
     rec = bytearray(out[:length])
     # turn block 0 (raw, 4096 bytes) into "unreadable" without dropping its length
-    rec[CHUNK_HEADER_SIZE + 3] |= 0xC0
+    e = struct.unpack_from("<I", rec, CHUNK_HEADER_SIZE)[0]
+    struct.pack_into("<I", rec, CHUNK_HEADER_SIZE, (BLOCK_UNREADABLE << BLOCK_KIND_SHIFT) | (e & BLOCK_LEN_MASK))
     import xxhash
-    struct.pack_into("<Q", rec, 40, xxhash.xxh3_64_intdigest(rec[CHUNK_HEADER_SIZE:]))
-    import zlib
-    struct.pack_into("<I", rec, 48, zlib.crc32(rec[:48]))
+    h = ChunkHeader.unpack(rec, "test")
+    h._replace(payload_checksum=xxhash.xxh3_64_intdigest(rec[CHUNK_HEADER_SIZE:])).pack_into(rec)
     with pytest.raises(VerifyError, match="no data but a length"):
         read_chunk(bytes(rec), "test", 4096)
