@@ -48,8 +48,9 @@ INDEX_EVERY = 1024
 RECORD_ALIGN = 4096     # the first chunk record starts at the manifest's end rounded up to this
 MAX_CHUNK_BYTES = 256 << 20     # largest chunk a dump writes (config.MAX_CHUNK)
 MAX_CHUNKS = 1 << 28            # most chunks in one dump: readers keep a bitmap of n_chunks bits
-MAX_MANIFEST = 256 << 20        # readers read and inflate at most this much manifest
+MAX_MANIFEST = 128 << 20        # readers read and inflate at most this much manifest (notes: at most 86 MiB of base64)
 MAX_FOOTER = 64 << 20           # readers refuse a longer footer record
+MAX_SEGMENTS = 1 << 16          # program headers a manifest may list (real machines: hundreds)
 
 MEMBER_MAGIC = b"STRIPEDM"
 MANIFEST_MAGIC = b"SDM2"
@@ -292,6 +293,10 @@ def unpack_manifest(data: bytes, where: str, dump_id: bytes, version: int = VERS
         text = d.decompress(body, MAX_MANIFEST)
         if d.unconsumed_tail:
             raise ValueError(f"more than {MAX_MANIFEST >> 20} MiB of JSON")
+        # bound the Python objects json.loads would build, before it builds them:
+        # one object per segment, a few per range (manifest.Manifest checks the rest)
+        if text.count(b"{") > MAX_SEGMENTS + 64 or text.count(b"[") > 8 * MAX_SEGMENTS + 1024:
+            raise ValueError("more objects or lists than a manifest of a real machine has")
         m = json.loads(text)
     except (zlib.error, ValueError, RecursionError) as e:
         raise MemberError(f"{where}: the member's manifest cannot be decoded ({e}); the member is "

@@ -19,11 +19,11 @@ import time
 
 from . import __version__
 from .errors import MemberError, UsageError
-from .format import MAX_CHUNKS, VERSION
+from .format import MAX_CHUNKS, MAX_SEGMENTS, VERSION
 from .plan import Plan
 
 PT_LOAD, PT_NOTE = 1, 4
-MAX_SEGMENTS = 1 << 20          # more program headers than any machine has
+MAX_SHADOW_FACTOR = 4           # as vmcore.MAX_SHADOW_FACTOR
 MAX_NOTES = 64 << 20            # vmcore.py refuses more note bytes than this
 
 
@@ -80,7 +80,7 @@ class Manifest:
         self.source_size = _int(src["size"], "source size", 1, 1 << 63)
         segs = src["segments"]
         if not isinstance(segs, list) or len(segs) > MAX_SEGMENTS:
-            raise ValueError("segments are not a list of at most 2^20 program headers")
+            raise ValueError(f"segments are not a list of at most {MAX_SEGMENTS} program headers")
         ends = []
         for s in segs:
             for k in ("type", "offset", "paddr", "filesz", "memsz"):
@@ -111,6 +111,19 @@ class Manifest:
         for a, b in self.plan.residue:
             if b > self.source_size:
                 raise ValueError(f"residue range [{a}, {b}) runs past the source's end")
+        # the residue and the PT_LOADs' file data cover the whole source: nothing lies past them
+        last = max([b for a, b in self.plan.residue] +
+                   [s["offset"] + s["filesz"] for s in segs if s["type"] == PT_LOAD])
+        if self.source_size > last:
+            raise ValueError(f"source size {self.source_size} is larger than what the segments and "
+                             "the residue cover")
+        # PT_LOADs describing the same physical memory again and again would cost join
+        # (loads x size) of work: allowed as much as a source is (vmcore.MAX_SHADOW_FACTOR)
+        with_data = sorted((s["paddr"], s["paddr"] + s["filesz"]) for s in segs
+                           if s["type"] == PT_LOAD and s["filesz"])
+        shadowed = sum(b - a for a, b in with_data) - sum(b - a for a, b in _merge(with_data))
+        if shadowed > MAX_SHADOW_FACTOR * max(self.source_size, 1 << 26):
+            raise ValueError(f"PT_LOADs overlap implausibly ({shadowed} bytes described more than once)")
         # every page of the plan lies in a PT_LOAD's memory
         loads = sorted((s["paddr"] // self.page_size, -(-(s["paddr"] + s["memsz"]) // self.page_size))
                        for s in segs if s["type"] == PT_LOAD and s["memsz"])
