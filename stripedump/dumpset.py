@@ -57,6 +57,7 @@ class DumpSet:
             raise MemberError("no members given")
         self.readers: list[MemberReader] = []
         self.unwritten: list[str] = []    # given, but the dump stopped before writing a header there
+        self.unusable: dict[int, tuple[str, str]] = {}   # member index -> (path, why): no manifest to read
         try:
             for p in paths:
                 try:
@@ -68,6 +69,8 @@ class DumpSet:
             if not self.readers:
                 raise MemberError(f"no member header in {', '.join(paths)}: the dump stopped before "
                                   "writing any; nothing to recover")
+            if allow_missing:
+                self._drop_unreadable_manifests()
             self._check_set(allow_missing)
             self.manifest = self.readers[0].manifest()      # the JSON dict, as written
             self._check_manifest()
@@ -77,6 +80,28 @@ class DumpSet:
         self._sources: list[MemberSource | None] = [None] * len(self.readers)
         # --on-disk-error continue: chunks may live on any member
         self.relaxed = self.manifest.get("on_disk_error") == "continue"
+
+    def _drop_unreadable_manifests(self) -> None:
+        """With members allowed missing: a member whose manifest cannot be read counts as missing.
+
+        (The dump stopped while writing its head, or the file was cut short:
+        no chunk of it can be placed without the manifest, which the other
+        members hold identically.)  If no member's manifest can be read, the
+        first error stands.
+        """
+        keep, first = [], None
+        for r in self.readers:
+            try:
+                r.manifest()
+                keep.append(r)
+            except MemberError as e:
+                first = first or e
+                why = str(e).split(": ", 1)[-1].split("; join the other members")[0]
+                self.unusable[r.header.member_index] = (r.path, why)
+                r.close()
+        if not keep:
+            raise first
+        self.readers = keep
 
     def close(self) -> None:
         for r in self.readers:
@@ -351,7 +376,9 @@ class DumpSet:
                 d["notes"] = s.notes[:5]
             out.append(d)
         for i in self.absent:
-            out.append({"index": i, "path": None, "state": "not given", "found_by": None, "chunks": 0})
+            path, why = self.unusable.get(i, (None, None))
+            out.append({"index": i, "path": path, "state": f"unusable ({why})" if why else "not given",
+                        "found_by": None, "chunks": 0})
         out.sort(key=lambda d: d["index"])
         for p in self.unwritten:
             out.append({"index": None, "path": p, "state": "no member header (never written)",

@@ -337,7 +337,7 @@ def describe_missing(report: dict, most: int = 16) -> list[str]:
         if m["index"] is None:
             lines.append(f"{m['path']}: no member header (the dump stopped before writing one)")
         elif m["found_by"] is None:
-            lines.append(f"member {m['index']}: not given; its chunks are missing")
+            lines.append(f"member {m['index']}: {m['state']}; its chunks are missing")
         elif m["state"] != "complete" or m["found_by"] == "walk":
             lines.append(f"member {m['index']} {m['path']}: {m['state']}, {m['chunks']} chunk(s) found by "
                          + ("walking its records (" + m["walk"] + ")" if m["found_by"] == "walk"
