@@ -20,14 +20,15 @@ from collections import deque
 
 from . import codecs as codecs_mod
 from .errors import MemberError, SourceError, TargetIOError, VerifyError
-from .format import (INDEX_MAGIC, FOOTER_MAGIC, RECORD_MAGICS, V1_RECORD_MAGICS, BLOCK_COMPRESSED, BLOCK_EXCLUDED, BLOCK_KIND_SHIFT, BLOCK_LEN_MASK, BLOCK_RAW,
+from .format import (BLOCK_COMPRESSED, BLOCK_EXCLUDED, BLOCK_KIND_SHIFT, BLOCK_LEN_MASK, BLOCK_RAW,
                      BLOCK_UNREADABLE, BLOCK_ZERO, CHECKSUM_XXH3_64, CHUNK_ALL_ZERO, CHUNK_EXCLUDED,
-                     CHUNK_FLAGS_KNOWN, CHUNK_UNREADABLE, CHUNK_HEADER_SIZE, CHUNK_MAGIC, HEADER_BLOCK,
-                     INDEX_EVERY, KIND_FILE, KIND_PAGES, MAX_CHUNK_BYTES, MAX_FOOTER, MAX_MANIFEST, MEMBER_MAGIC,
-                     STATE_COMPLETE, STATE_WRITING, TRAILER_SIZE, V1_BLOCK_KIND_SHIFT, V1_BLOCK_LEN_MASK,
-                     V1_CHUNK_MAGIC, VERSION, TRAILER_MAGIC, ChunkHeader, CodecTotal, Footer, IndexEntry, MemberHeader,
-                     Trailer, checksum, first_record_offset, head_size, magic_of, pack_record,
-                     parse_head, seal_chunk_header, unpack_index, unpack_manifest)
+                     CHUNK_FLAGS_KNOWN, CHUNK_HEADER_SIZE, CHUNK_MAGIC, CHUNK_UNREADABLE, HEADER_BLOCK,
+                     INDEX_EVERY, INDEX_MAGIC, KIND_PAGES, MAX_CHUNK_BYTES, MAX_FOOTER, MAX_MANIFEST,
+                     MEMBER_MAGIC, STATE_COMPLETE, STATE_WRITING, TRAILER_MAGIC, TRAILER_SIZE,
+                     V1_BLOCK_KIND_SHIFT, V1_BLOCK_LEN_MASK, V1_CHUNK_MAGIC, V1_RECORD_MAGICS, VERSION,
+                     ChunkHeader, CodecTotal, Footer, IndexEntry, MemberHeader, Trailer, checksum,
+                     first_record_offset, head_size, magic_of, pack_record, parse_head, seal_chunk_header,
+                     unpack_index, unpack_manifest)
 from .fileio import pread_exact, write_exact
 from .plan import Chunk
 from .vmcore import Window
