@@ -89,10 +89,18 @@ class DumpSet:
         members hold identically.)  If no member's manifest can be read, the
         first error stands.
         """
-        keep, first = [], None
+        keep, first, ref = [], None, None
         for r in self.readers:
             try:
-                r.manifest()
+                if ref is None:
+                    r.manifest()             # the one parsed; the others are compared with it
+                    ref = (r, r.pread(r.header.manifest_offset, r.header.manifest_length))
+                else:
+                    h = r.header
+                    if h.manifest_offset + h.manifest_length > r.size or \
+                            r.pread(h.manifest_offset, h.manifest_length) != ref[1]:
+                        r.manifest()         # cut off or damaged: raises; else _check_manifest names it
+                        r._manifest = None
                 keep.append(r)
             except MemberError as e:
                 first = first or e

@@ -289,14 +289,7 @@ def unpack_manifest(data: bytes, where: str, dump_id: bytes, version: int = VERS
     """The manifest's JSON object; its contents are checked by manifest.py."""
     body = unpack_record(data, magic_of("manifest", version), where, dump_id, version)
     try:
-        d = zlib.decompressobj()
-        text = d.decompress(body, MAX_MANIFEST)
-        if d.unconsumed_tail:
-            raise ValueError(f"more than {MAX_MANIFEST >> 20} MiB of JSON")
-        # bound the Python objects json.loads would build, before it builds them:
-        # one object per segment, a few per range (manifest.Manifest checks the rest)
-        if text.count(b"{") > MAX_SEGMENTS + 64 or text.count(b"[") > 8 * MAX_SEGMENTS + 1024:
-            raise ValueError("more objects or lists than a manifest of a real machine has")
+        text = _inflate_manifest(body)
         m = json.loads(text)
     except (zlib.error, ValueError, RecursionError) as e:
         raise MemberError(f"{where}: the member's manifest cannot be decoded ({e}); the member is "
@@ -304,6 +297,31 @@ def unpack_manifest(data: bytes, where: str, dump_id: bytes, version: int = VERS
     if not isinstance(m, dict):
         raise MemberError(f"{where}: the member's manifest is not a JSON object; the member is damaged")
     return m
+
+
+def _inflate_manifest(body: bytes) -> bytearray:
+    """The manifest's JSON text, inflated a MiB at a time and refused as soon as it is implausible.
+
+    Bounds what parsing it can build, before it is parsed: at most
+    MAX_MANIFEST bytes, and no more objects and lists than a real machine's
+    manifest has (one object per program header, a few lists per range).
+    """
+    d = zlib.decompressobj()
+    text = bytearray()
+    objects = lists = 0
+    while True:
+        before = len(body)
+        piece = d.decompress(body, 1 << 20)
+        body = d.unconsumed_tail
+        if not piece and (not body or len(body) == before):     # the end, or no progress
+            return text
+        objects += piece.count(b"{")
+        lists += piece.count(b"[")
+        if len(text) + len(piece) > MAX_MANIFEST:
+            raise ValueError(f"more than {MAX_MANIFEST >> 20} MiB of JSON")
+        if objects > MAX_SEGMENTS + 64 or lists > 8 * MAX_SEGMENTS + 1024:
+            raise ValueError("more objects or lists than a manifest of a real machine has")
+        text += piece
 
 
 class ChunkHeader(NamedTuple):
