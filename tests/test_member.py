@@ -187,3 +187,55 @@ def test_version_1_record_sliced_at_the_version_2_size_still_gives_its_ranges(vm
     want = [(0x1011 * 4096 - chunk.start * 4096, 0x1012 * 4096 - chunk.start * 4096)]
     assert unreadable_ranges(h1, memoryview(rec)[CHUNK_HEADER_SIZE:h1.record_length], 4096) == want
     assert unreadable_ranges(h1, memoryview(rec)[52:], 4096) == want
+
+
+def test_excluded_blocks_and_kept_pages(vmcore):
+    """A block marked excluded (dump levels, issue 11) stores nothing, is not data, and kept_pages says so."""
+    from stripedump.format import BLOCK_EXCLUDED, CHUNK_EXCLUDED
+    from stripedump.member import excluded_ranges
+    import xxhash
+    b = vmcore("kernel")
+    with Source(b.path) as src:
+        plan = Plan(src.pfn_ranges, [], 4096, 16)
+        out = bytearray(1 << 20)
+        for c in plan:        # a chunk of 16 pages whose first block holds data
+            n, _, _ = encode_chunk(src, CodecSpec("zstd").make(), c, 4096, out, bytes(4096))
+            h = ChunkHeader.unpack(out, "t")
+            if c.count == 16 and n > CHUNK_HEADER_SIZE and \
+                    struct.unpack_from("<I", out, CHUNK_HEADER_SIZE)[0] >> BLOCK_KIND_SHIFT in (0, 1):
+                break
+    assert h.kept_pages == 16
+    e = struct.unpack_from("<I", out, CHUNK_HEADER_SIZE)[0]
+    body = bytearray(out[CHUNK_HEADER_SIZE:n])
+    struct.pack_into("<I", body, 0, BLOCK_EXCLUDED << BLOCK_KIND_SHIFT)
+    body = body[:4 * h.nblocks] + body[4 * h.nblocks + (e & BLOCK_LEN_MASK):]     # its stored bytes go
+    rec = bytearray(CHUNK_HEADER_SIZE) + body
+    h._replace(flags=h.flags | CHUNK_EXCLUDED, payload_length=len(body), kept_pages=15,
+               payload_checksum=xxhash.xxh3_64_intdigest(bytes(body))).pack_into(rec)
+    h2, data, runs = decode_chunk(bytes(rec), "t", 4096, {})
+    assert excluded_ranges(h2, memoryview(rec)[CHUNK_HEADER_SIZE:], 4096) == [(0, 4096)]
+    assert all(a >= 4096 for a, _ in runs) and bytes(data[:4096]) == bytes(4096)
+    read_chunk(bytes(rec), "t", 4096, page_size=4096)
+    bad = bytearray(rec)
+    h._replace(flags=h.flags | CHUNK_EXCLUDED, payload_length=len(body), kept_pages=16,
+               payload_checksum=xxhash.xxh3_64_intdigest(bytes(body))).pack_into(bad)
+    with pytest.raises(VerifyError, match="kept-page count"):
+        read_chunk(bytes(bad), "t", 4096, page_size=4096)
+    h._replace(payload_length=len(body), kept_pages=15,           # no CHUNK_EXCLUDED flag: refused
+               payload_checksum=xxhash.xxh3_64_intdigest(bytes(body))).pack_into(bad)
+    with pytest.raises(VerifyError, match="excluded"):
+        read_chunk(bytes(bad), "t", 4096)
+
+
+def test_unknown_optional_feature_is_ignored(two_dumps, tmp_path):
+    src, (a, _) = two_dumps
+    ms = [str(shutil.copy(m, tmp_path / os.path.basename(m))) for m in a]
+    for m in ms:
+        r = MemberReader(m)
+        h = r.header._replace(features_optional=1 << 9)
+        r.close()
+        with open(m, "r+b") as f:
+            f.write(h.pack())
+    join(JoinConfig(tuple(ms), str(tmp_path / "o")))
+    with open(tmp_path / "o", "rb") as f, open(src, "rb") as g:
+        assert f.read() == g.read()
