@@ -80,6 +80,7 @@ class DumpSet:
         self._sources: list[MemberSource | None] = [None] * len(self.readers)
         # --on-disk-error continue: chunks may live on any member
         self.relaxed = self.manifest.get("on_disk_error") == "continue"
+        self._dups: bool | None = None
 
     def _drop_unreadable_manifests(self) -> None:
         """With members allowed missing: a member whose manifest cannot be read counts as missing.
@@ -300,7 +301,7 @@ class DumpSet:
                 return False
             raise MemberError(f"{r.where}: chunk {e.chunk_id} lies past the end of the member "
                               f"(member truncated to {r.size} bytes?)")
-        if self.relaxed and not walked and not self._copy_verifies(r, e):
+        if self.relaxed and not walked and self._duplicates_possible() and not self._copy_verifies(r, e):
             # a chunk may be present twice (degraded dumps): take a copy that
             # verifies, not the first one met; a later copy can still be taken
             s.skipped += 1
@@ -309,6 +310,12 @@ class DumpSet:
         seen[byte] |= 1 << bit
         s.used += 1
         return True
+
+    def _duplicates_possible(self) -> bool:
+        """A chunk can be present twice only where a target failed and its chunks moved (DGRD)."""
+        if self._dups is None:
+            self._dups = bool(self.dropped)
+        return self._dups
 
     def _copy_verifies(self, r: MemberReader, e: IndexEntry) -> bool:
         """The record an index entry points to is this chunk of this dump, and sound."""

@@ -43,7 +43,7 @@ def _records(path):
         r.close()
 
 
-def _rewrite(path, header, manifest_rec, records):
+def _rewrite(path, header, manifest_rec, records, degraded=()):
     """The member again, written by the real writer, holding ``records`` in this order."""
     start = -(-(4096 + len(manifest_rec)) // 4096) * 4096
     fd = os.open(path, os.O_RDWR | os.O_TRUNC)
@@ -54,7 +54,7 @@ def _rewrite(path, header, manifest_rec, records):
         for e, rec in records:
             h = ChunkHeader.unpack(rec, path)
             w.append(bytearray(rec), e.chunk_id, e.checksum, h.raw_length)
-        w.finish(STATE_COMPLETE)
+        w.finish(STATE_COMPLETE, degraded=degraded)
     finally:
         os.close(fd)
 
@@ -82,8 +82,10 @@ def test_chunk_present_twice_is_taken_from_the_copy_that_verifies(degraded_dump,
     a, b = str(tmp_path / "m0"), str(tmp_path / "m1")
     open(a, "wb").close()
     open(b, "wb").close()
-    _rewrite(a, h0, man, [(e, rec)] + recs0)     # member 0 holds a copy too, first in its index
-    _rewrite(b, h1, man, recs1)
+    # member 0 holds a copy too, first in its index: member 1's target "failed" and that chunk was
+    # written again on member 0 (its footer says so, DGRD), although the first write reached the disk
+    _rewrite(a, h0, man, [(e, rec)] + recs0, degraded=((1, 1),))
+    _rewrite(b, h1, man, recs1, degraded=((1, 0),))
     # join reads the members round robin: member 0's first entry is met before member 1's copy
     _damage(a if damaged == "first copy" else b, e.chunk_id)
     out = str(tmp_path / "out")
