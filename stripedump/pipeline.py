@@ -63,13 +63,12 @@ import time
 import uuid
 from dataclasses import dataclass, field, replace
 
-from . import __version__
 from .config import DumpConfig, fit_workers
 from .errors import IncompleteDump, Interrupted, StripedumpError, TargetIOError, UsageError, from_wire
-from .format import (HEADER_BLOCK, MEMBER_MAGIC, STATE_COMPLETE, STATE_INCOMPLETE, STATE_WRITING,
-                     VERSION, CHECKSUM_XXH3_64, MemberHeader, first_record_offset, pack_manifest)
+from .format import HEADER_BLOCK, STATE_COMPLETE, STATE_INCOMPLETE, first_record_offset, pack_manifest
 from .ipc import END, MessagePipe, RecordPipe, SharedFlag
-from .member import MemberWriter, aligned_block, encode_chunk, record_bound, write_all
+from .manifest import build_manifest
+from .member import MemberWriter, encode_chunk, new_member_header, record_bound, write_member_head
 from .degraded import Routes
 from .plan import Plan, placement
 from .fileio import fsync_dir
@@ -125,29 +124,6 @@ class DumpResult:
                 "chunks": self.chunks, "seconds": round(self.seconds, 6),
                 "mb_per_s": round(self.mb_per_s, 3), "ratio": round(self.ratio, 4),
                 "workers": self.workers, **self.extra}
-
-
-def build_manifest(src: Source, plan: Plan, cfg: DumpConfig, dump_id: str, block_bytes: int,
-                   members: int) -> dict:
-    import base64
-    from .elfhead import header_pieces
-    info = src.info
-    return {
-        "format_version": VERSION, "tool": f"stripedump {__version__}", "dump_id": dump_id,
-        "created": int(time.time()), "codec": str(cfg.codec), "members": members,
-        "placement": "round-robin", "block_bytes": block_bytes,
-        # "continue": a failed target's chunks may have moved to the other members (degraded.py)
-        "on_disk_error": cfg.on_disk_error,
-        "source": {"path": os.path.abspath(src.path), "size": src.size, "elfclass": info.elfclass,
-                   "endian": info.endian, "machine": info.machine, "page_size": src.page_size,
-                   "nr_cpus": info.nr_cpus,
-                   "segments": [s.to_json() for s in sorted(info.loads + info.note_segments,
-                                                            key=lambda s: s.index)],
-                   "notes": base64.b64encode(info.notes).decode(),
-                   # the raw ELF header and program headers, so join rebuilds them without member 0
-                   "header_pieces": header_pieces(src.fd, src.size)},
-        "plan": plan.to_json(),
-    }
 
 
 def _child_init() -> None:
@@ -348,7 +324,7 @@ def _dump(cfg: DumpConfig, src: Source, t0: float, progress, say) -> DumpResult:
         + (", O_DIRECT" if cfg.direct_io else ""))
     dump_id = uuid.uuid4()
     manifest = build_manifest(src, plan, cfg, str(dump_id), block_bytes, nmem)
-    manifest_rec = pack_manifest(manifest)
+    manifest_rec = pack_manifest(manifest, dump_id.bytes)
     # chunk records start page-aligned, so --direct-io can write them as they come
     start = first_record_offset(HEADER_BLOCK, len(manifest_rec))
     headers = []
@@ -357,14 +333,9 @@ def _dump(cfg: DumpConfig, src: Source, t0: float, progress, say) -> DumpResult:
     open_targets(targets, start + 4096, cfg.direct_io, cfg.force)
     try:
         for i, t in enumerate(targets):
-            h = MemberHeader(MEMBER_MAGIC, VERSION, STATE_WRITING, dump_id.bytes, i, nmem,
-                             cfg.codec.codec_id, cfg.codec.stored_level, CHECKSUM_XXH3_64,
-                             src.page_size, chunk_pages, block_bytes // src.page_size, int(time.time()),
-                             HEADER_BLOCK, len(manifest_rec), 0, 0)
-            block = aligned_block(h.pack() + bytes(HEADER_BLOCK - MemberHeader.STRUCT.size) + manifest_rec,
-                                  start)
-            write_all(t.fd, block, f"target {t.path}", 0)
-            os.lseek(t.fd, start, os.SEEK_SET)
+            h = new_member_header(dump_id.bytes, i, nmem, cfg.codec.codec_id, cfg.codec.stored_level,
+                                  src.page_size, chunk_pages, block_bytes // src.page_size, len(manifest_rec))
+            write_member_head(t.fd, t.path, h, manifest_rec, start)
             headers.append(h)
         if cfg.manifest_path:
             _write_json_manifest(cfg.manifest_path, manifest, [t.path for t in targets])

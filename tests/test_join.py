@@ -122,6 +122,7 @@ def test_unfinalized_member_is_incomplete(dumped, tmp_path):
     r.close()
     with open(t[1], "r+b") as f:
         f.write(h.pack())
+        f.truncate(os.path.getsize(t[1]) - 64)     # and no trailer (format v2): as a killed dump leaves it
     with pytest.raises(IncompleteDump, match="never finalized"):
         join(JoinConfig(tuple(t), str(tmp_path / "o")))
 
