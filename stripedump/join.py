@@ -388,7 +388,7 @@ def describe_missing(report: dict, most: int = 16, verify: bool = False) -> list
         if m["index"] is None:
             lines.append(f"{m['path']}: no member header (the dump stopped before writing one)")
         elif m["found_by"] is None:
-            lines.append(f"member {m['index']}: {m['state']}; its {m.get('missing_chunks', 'share of')} "
+            lines.append(f"member {m['index']}{' ' + m['path'] if m.get('path') else ''}: {m['state']}; its {m.get('missing_chunks', 'share of')} "
                          f"chunk(s) are missing" + _member_missing(m))
         elif m["state"] != "complete" or m["found_by"] == "walk":
             lines.append(f"member {m['index']} {m['path']}: {m['state']}, {m['chunks']} chunk(s) found by "
