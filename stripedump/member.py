@@ -33,6 +33,7 @@ MAX_FOOTER = 64 << 20      # readers refuse a longer footer record
 BIG_ENDIAN_HOST = sys.byteorder == "big"   # the block table is little-endian on disk
 assert array("I").itemsize == 4, "stripedump needs a 4-byte unsigned int"
 SYNC_EVERY = 256 << 20
+SYNC_CHUNKS = 1 << 14      # also sync after this many chunks: bounds what the coordinator keeps per writer
 KICK_EVERY = 16 << 20      # start writeback early so the final fsync has little left to do
 DIRECT_ALIGN = 4096        # O_DIRECT offset and length alignment (logical block size or less)
 STAGE_BYTES = 4 << 20      # per-writer staging buffer for --direct-io     # machine-limits §4: buffered writes collapse past the dirty limit
@@ -318,6 +319,8 @@ class MemberWriter:
         self.chunks = 0
         self.bytes_in = 0
         self.since_sync = 0
+        self.unsynced = 0          # chunks appended since the last sync
+        self.syncs = 0             # successful syncs so far (the coordinator hears of each)
         self.synced_to = self.kicked_to = start
         self.direct, self.discard = direct, discard
         self._stage = None
@@ -384,12 +387,13 @@ class MemberWriter:
         self.chunks += 1
         self.bytes_in += raw_len
         self.since_sync += len(rec)
+        self.unsynced += 1
         if self._pending >= INDEX_EVERY:
             self._flush_index()
-        if not self.direct and not self.discard:
-            if self.since_sync >= SYNC_EVERY:
+        if not self.discard:
+            if self.since_sync >= SYNC_EVERY or self.unsynced >= SYNC_CHUNKS:
                 self._sync_and_drop()
-            elif self.pos - self.kicked_to >= KICK_EVERY:
+            elif not self.direct and self.pos - self.kicked_to >= KICK_EVERY:
                 self._advise_dontneed(self.kicked_to)
                 self.kicked_to = self.pos
 
@@ -419,7 +423,18 @@ class MemberWriter:
         self._sync(data_only=True)
         self._advise_dontneed(self.synced_to)
         self.synced_to = self.kicked_to = self.pos
-        self.since_sync = 0
+        self.since_sync = self.unsynced = 0
+        self.syncs += 1
+
+    def sync(self) -> None:
+        """Make the chunks appended so far durable (direct: all but those of a staged tail)."""
+        if self.direct and not self.discard:
+            self._flush_stage(final=False)
+        self._sync_and_drop()
+
+    def pending_chunks(self) -> int:
+        """How many of the last chunks appended are not on the disk even after a sync (direct: staged)."""
+        return len(self._unwritten)
 
     def unwritten_chunks(self) -> list[int]:
         """Chunk ids appended but still only in the direct-I/O staging buffer."""
