@@ -297,6 +297,9 @@ class MemberWriter:
     * direct (``--direct-io``): the fd is O_DIRECT; records are gathered in
       a page-aligned staging buffer and written in multiples of DIRECT_ALIGN,
       the tail padded with zeros at the end;
+    * either way ``fdatasync`` also every SYNC_CHUNKS chunks, and ``syncs``
+      counts the syncs: the coordinator keeps the ids of the chunks since
+      the last one, to send them elsewhere if the target fails (pipeline.py);
     * discard (bench's no-write run): nothing is written, offsets still move.
 
     Every write is positional (``pwrite`` at the member offset the index

@@ -4,16 +4,17 @@ Design
 ------
 Processes, not threads: per-page compression calls are ~3 us and the GIL
 hand-off between CPUs eats the gain of threads (machine-limits §3).  Every
-child is forked from the coordinator, so the source's file descriptor and
-one anonymous shared mapping (the *slot pool*) are inherited; nothing needs
-/dev/shm, which a capture kernel may not mount.
+child is forked from the coordinator (procs.py: fork, signal policy,
+liveness, joining), so the source's file descriptor and one anonymous
+shared mapping (the *slot pool*) are inherited; nothing needs /dev/shm,
+which a capture kernel may not mount.
 
     coordinator --(chunk id, slot)--> task pipe --> worker 1..W
         worker: maps the chunk's source pages itself (mmap window), zero-tests
         and compresses block by block straight into its slot, then
         --(chunk id, slot, length, checksum)--> pipe of writer (id % D)
         writer d: one large write() of the slot to member d, index entry,
-        --(slot freed)--> coordinator's event pipe
+        --(slot freed, chunk id, synced?)--> coordinator's event pipe
 
 No page data passes through the coordinator or through a pipe: pipes carry a
 few integers per chunk as fixed-size records (ipc.py), the bytes stay in the
@@ -33,15 +34,40 @@ Ordering: chunks are handed out in plan order; writers append records in the
 order they arrive, and each member's index records where every chunk went, so
 no writer waits for another.
 
-Failure: every error in a child travels back as (class name, message) on the
-event pipe.  The first one stops the feed: new tasks are skipped, in-flight
-slots drain, writers finalize their members as INCOMPLETE with the reason,
-and the coordinator raises the error.  A child that dies is noticed within
-POLL seconds (its exit code); nothing blocks without a timeout, so the
-coordinator never hangs.  SIGINT/SIGTERM stop the feed the same way.
+The coordinator (``_Coordinator``) runs in three named steps:
+``start_children``; ``feed`` (phase 1: hand out chunks while slots are
+free, handle the children's events, watch for dead or stuck children); and
+``shutdown`` (phase 2: stop the workers, tell each writer how to finish,
+collect the members, join every child, kill what does not stop).  Phase 2
+runs whatever happened in phase 1, so every member is finalized.
+
+Exit 0 means every chunk is on a member that was finalized and synced; every
+other outcome raises.  Failure: every error in a child travels back as
+(class name, message) on the event pipe.  The first one stops the feed: new
+tasks are skipped, in-flight slots drain, writers finalize their members as
+INCOMPLETE with the reason, and the coordinator raises the error.  Any
+exception in the coordinator itself (a bug, a KeyboardInterrupt at a bad
+moment) is such an error too.  A child that dies is noticed within POLL
+seconds (its exit code); nothing blocks without a timeout, so the
+coordinator never hangs.  SIGINT, SIGTERM and SIGHUP (to the coordinator or
+to the whole process group: children ignore them) stop the feed the same
+way and end in exit 130/143/129; a signal that arrives after the last chunk
+was written changes nothing.  Progress and messages are output, best effort:
+an output that fails (a closed stderr) is switched off, nothing else.
+
 With ``--on-disk-error continue`` a writer's failed write is not the dump's:
 that writer drops its target and forwards its chunks to the others
-(degraded.py); the dump stops only when no target is left.
+(degraded.py); the dump stops only when no target is left.  Nothing is lost
+silently: a write acknowledged before a failed sync may never reach the
+disk, so the coordinator keeps, per writer, the chunk ids it acknowledged
+since its last successful sync (at most SYNC_CHUNKS: a writer syncs every
+SYNC_EVERY bytes or SYNC_CHUNKS chunks, and says so with the slot it
+frees).  When a target fails (a write, an fdatasync, an O_DIRECT stage
+flush), those chunks are encoded again from the source and go to the
+survivors.  After the last chunk the coordinator asks every live writer to
+sync (a barrier) and repeats this for any that fails, so by the time the
+writers are told to finish, every chunk is synced on a live target; a chunk
+that has no live target left is named in the error (exit 8).
 
 Order: the file (residue) chunks are handed out first: they hold the ELF
 header, program headers and notes, without which the pages of a dump that
