@@ -30,7 +30,7 @@ EXIT_CODES = """exit codes:
   7    a checksum or decompression check failed
   8    the dump is incomplete (members hold what was written before the failure)
   9    the join output cannot be written
-  129, 130, 143  stopped by SIGHUP, SIGINT, SIGTERM (dump: members finalized as incomplete)"""
+  129  stopped by SIGHUP; 130 by SIGINT; 143 by SIGTERM (a dump finalizes its members first)"""
 
 COMMANDS = ("dump", "join", "info", "verify", "bench")
 
