@@ -252,18 +252,7 @@ def _writer(d, writer: MemberWriter, pool, slot_size, inbox, events, notes, rout
                 return      # coordinator gone: leave the member unfinalized
             continue
         if msg[0] == END:
-            state, note = msg[1], _read_note(notes)
-            if failed:
-                state, note = STATE_INCOMPLETE, failed
-            try:
-                length = writer.finish(state, note, routes.footer_entries(taken) if routes else ())
-            except Exception as e:
-                if not failed:
-                    err = e if isinstance(e, StripedumpError) else StripedumpError(
-                        f"internal error in writer {d}: {type(e).__name__}: {e}")
-                    events.put(("err", f"writer {d}", None, *err.to_wire()))
-                length = writer.pos
-            events.put(("done", d, length, writer.chunks, writer.bytes_in, taken))
+            _finish_member(d, writer, msg[1], events, notes, failed, routes, taken)
             return
         if msg[0] == SYNC:
             if not failed and attempt(writer.sync):
@@ -283,6 +272,22 @@ def _writer(d, writer: MemberWriter, pool, slot_size, inbox, events, notes, rout
                 continue       # the slot now belongs to the writer it went to
             events.put(("lost", d, cid))
         events.put(("skip", slot))
+
+
+def _finish_member(d, writer: MemberWriter, state, events, notes, failed, routes, taken) -> None:
+    """Index, footer, header: complete or incomplete as the coordinator says (a dropped target: incomplete)."""
+    note = _read_note(notes)
+    if failed:
+        state, note = STATE_INCOMPLETE, failed
+    try:
+        length = writer.finish(state, note, routes.footer_entries(taken) if routes else ())
+    except Exception as e:
+        if not failed:        # a dropped target's finish may well fail: it was reported already
+            err = e if isinstance(e, StripedumpError) else StripedumpError(
+                f"internal error in writer {d}: {type(e).__name__}: {e}")
+            events.put(("err", f"writer {d}", None, *err.to_wire()))
+        length = writer.pos
+    events.put(("done", d, length, writer.chunks, writer.bytes_in, taken))
 
 
 def _write_note(notes, text: str) -> None:
