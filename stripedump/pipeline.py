@@ -464,14 +464,11 @@ class _Coordinator:
         self.sig = sig if sig is not None else Signals()
         self.W, self.D = cfg.nworkers, len(targets)
         self.nslots, self.slot_size = geometry
-        self.pool = mmap.mmap(-1, self.nslots * self.slot_size, mmap.MAP_SHARED)
-        self.tasks, self.events = RecordPipe(TASK), MessagePipe()
-        self.writer_qs = [RecordPipe(WRITE) for _ in range(self.D)]
-        self.notes = mmap.mmap(-1, 4096, mmap.MAP_SHARED)   # why the dump ended early, for the writers
-        self.current = mmap.mmap(-1, self.W * CURRENT.size, mmap.MAP_SHARED)
-        self.stop = SharedFlag()           # set by the coordinator: workers skip what is left
+        # shared memory and pipes: made by open(), inside run()'s handler
+        self.pool = self.notes = self.current = self.stop = self.routes = None
+        self.tasks = self.events = None
+        self.writer_qs: list[RecordPipe] = []
         self.plan_json = plan.to_json()
-        self.routes = Routes(self.writer_qs) if cfg.on_disk_error == "continue" else None
         self.workers: list = []
         self.writers: list = []
         self.free = list(range(self.nslots))
@@ -498,6 +495,7 @@ class _Coordinator:
 
     def run(self) -> DumpResult:
         try:
+            self.open()
             self.start_children()
             self.feed()
         except BaseException as e:    # a bug, or KeyboardInterrupt at a bad moment
@@ -510,7 +508,18 @@ class _Coordinator:
         """The first error ends the dump: the feed stops, workers skip what is left."""
         if self.error is None:
             self.error = e
-            self.stop.value = 1
+            if self.stop is not None:
+                self.stop.value = 1
+
+    def open(self) -> None:
+        self.pool = mmap.mmap(-1, self.nslots * self.slot_size, mmap.MAP_SHARED)
+        self.notes = mmap.mmap(-1, 4096, mmap.MAP_SHARED)   # why the dump ended early, for the writers
+        self.current = mmap.mmap(-1, self.W * CURRENT.size, mmap.MAP_SHARED)
+        self.stop = SharedFlag()           # set by the coordinator: workers skip what is left
+        self.tasks, self.events = RecordPipe(TASK), MessagePipe()
+        self.writer_qs = [RecordPipe(WRITE) for _ in range(self.D)]
+        if self.cfg.on_disk_error == "continue":
+            self.routes = Routes(self.writer_qs)
 
     def start_children(self) -> None:
         for d, t in enumerate(self.targets):
@@ -625,7 +634,7 @@ class _Coordinator:
         if cid is not None:
             acked.append(cid)
         if durable >= 0:
-            del acked[:len(acked) - durable]
+            del acked[:max(0, len(acked) - durable)]
 
     def target_failed(self, d: int, msg: str) -> None:
         """Member ``d``'s target failed: its chunks since its last sync go to the others again."""
@@ -704,7 +713,8 @@ class _Coordinator:
         finally:
             reap(self.workers + self.writers)
             for pipe in [self.tasks, self.events] + self.writer_qs:
-                pipe.close()
+                if pipe is not None:
+                    pipe.close()
         for d in range(self.D):
             if d not in self.members_done:
                 self.fail(TargetIOError(f"target {self.targets[d].path}: writer did not finish; "
@@ -717,8 +727,11 @@ class _Coordinator:
         if self.dropped and self.error is None:
             note = "degraded: " + "; ".join(f"target {self.targets[d].path} failed ({m}) and was dropped"
                                             for d, m in sorted(self.dropped.items()))
-        _write_note(self.notes, note)
-        for q in self.writer_qs:
+        for d in range(len(self.writers), self.D):
+            self.finish_here(d, note)
+        if self.notes is not None:
+            _write_note(self.notes, note)
+        for q in self.writer_qs[:len(self.writers)]:
             q.put(END, state, 0, 0, 0)
         deadline = time.monotonic() + JOIN_TIMEOUT + WRITERS_GRACE
         while len(self.members_done) < self.D and time.monotonic() < deadline:
@@ -735,8 +748,18 @@ class _Coordinator:
             self.say(f"{signal_name(self.sig.signum)} came after the last chunk was written; the dump "
                      "is complete")
 
+    def finish_here(self, d: int, note: str) -> None:
+        """Member ``d``'s writer never started (a failed fork): finalize it here, as incomplete."""
+        t = self.targets[d]
+        try:
+            w = MemberWriter(t.fd, t.path, self.headers[d], self.start, self.cfg.direct_io, self.cfg.discard)
+            self.members_done[d] = (w.finish(STATE_INCOMPLETE, note), 0, 0, {})
+        except StripedumpError as e:
+            self.fail(e)
+
     def result(self) -> DumpResult:
-        self.pool.close()
+        if self.pool is not None:
+            self.pool.close()
         if self.error is not None:
             err = self.error
             if not isinstance(err, Interrupted):

@@ -222,3 +222,25 @@ def test_signals_flag_and_nohup():
         assert signal.getsignal(signal.SIGHUP) == signal.SIG_IGN
     finally:
         signal.signal(signal.SIGHUP, old)
+
+
+@pytest.mark.parametrize("failing", [2, 3], ids=["second-writer", "first-worker"])
+def test_fork_failing_still_finalizes_every_member(vmcore, tmp_path, monkeypatch, failing):
+    """fork() fails with EAGAIN (a process limit) for the Nth child: the members are finalized
+    anyway, by their writer or, where it never started, by the coordinator itself."""
+    import errno
+    from stripedump import pipeline
+    b = vmcore("kernel")
+    members = [str(tmp_path / "m0"), str(tmp_path / "m1")]
+    calls = []
+
+    def spawn(*a):
+        calls.append(a[1])
+        if len(calls) == failing:
+            raise OSError(errno.EAGAIN, "Resource temporarily unavailable")
+        return procs.spawn(*a)
+    monkeypatch.setattr(pipeline, "spawn", spawn)
+    with pytest.raises(IncompleteDump, match="Resource temporarily unavailable"):
+        dump(DumpConfig(b.path, tuple(members), CodecSpec("lz4"), 2, 16 << 10))
+    assert [m["state"] for m in info(members)["members"]] == ["incomplete", "incomplete"]
+    _no_children_left()
