@@ -273,3 +273,26 @@ def test_degraded_placement_spreads_a_failed_members_chunks():
     # member 1 failed: its chunks 1, 4, 7, 10 go to 0, 2, 0, 2; the others stay
     assert [degraded_placement(c, 3, [1, 0, 1]) for c in range(12)] == [0, 0, 2, 0, 2, 2, 0, 0, 2, 0, 2, 2]
     assert degraded_placement(5, 2, [0, 0]) is None
+
+
+def test_only_chunks_since_the_last_good_sync_are_sent_again(source, tmp_path, failing_fs, cli, monkeypatch):
+    """The coordinator keeps, per writer, the chunks since its last successful sync, no more.
+
+    Syncs every 16 chunks (lowered for the test; children inherit it at
+    fork); m1's first sync succeeds and its second fails: the 15 chunks
+    acknowledged in between are encoded again, the one being written is
+    forwarded, and the 16 synced before stay on m1 alone."""
+    from stripedump import member
+    from stripedump.codecs import CodecSpec
+    from stripedump.config import DumpConfig
+    from stripedump.pipeline import dump
+    src, oracle = source
+    monkeypatch.setattr(member, "SYNC_CHUNKS", 16)
+    mnt, backing = failing_fs(1 << 40, fail_sync_from=2)
+    members = [str(tmp_path / "m0"), os.path.join(mnt, "m1"), str(tmp_path / "m2")]
+    res = dump(DumpConfig(src, tuple(members), CodecSpec("zlib"), 2, 64 << 10, on_disk_error="continue"))
+    (deg,) = res.extra["degraded"]
+    assert deg["member"] == 1 and deg["resent"] == 15, deg
+    r = cli("join", "--allow-incomplete", "--json", "-q", members[0], members[2], "-o", tmp_path / "o1")
+    assert r.rc == 0 and json.loads(r.out)["missing_chunks"] == 16, r
+    _byte_identical(cli, src, [members[0], os.path.join(backing, "m1"), members[2]], str(tmp_path / "o2"))
