@@ -40,6 +40,7 @@ assert array("I").itemsize == 4, "stripedump needs a 4-byte unsigned int"
 # small dump has several sync barriers (tests/test_powerloss.py); anything but a positive integer is ignored
 _SYNC_ENV = os.environ.get("STRIPEDUMP_SYNC_EVERY", "")
 SYNC_EVERY = int(_SYNC_ENV) if _SYNC_ENV.isdigit() and int(_SYNC_ENV) > 0 else 256 << 20
+SYNC_CHUNKS = 1 << 14      # also sync after this many chunks: bounds what the coordinator keeps per writer
 KICK_EVERY = 16 << 20      # start writeback early so the final fsync has little left to do
 DIRECT_ALIGN = 4096        # O_DIRECT offset and length alignment (logical block size or less)
 STAGE_BYTES = 4 << 20      # per-writer staging buffer for --direct-io     # machine-limits §4: buffered writes collapse past the dirty limit
@@ -363,6 +364,9 @@ class MemberWriter:
     * direct (``--direct-io``): the fd is O_DIRECT; records are gathered in
       a page-aligned staging buffer and written in multiples of DIRECT_ALIGN,
       the tail padded with zeros at the end;
+    * either way ``fdatasync`` also every SYNC_CHUNKS chunks, and ``syncs``
+      counts the syncs: the coordinator keeps the ids of the chunks since
+      the last one, to send them elsewhere if the target fails (pipeline.py);
     * discard (bench's no-write run): nothing is written, offsets still move.
 
     Every write is positional (``pwrite`` at the member offset the index
@@ -385,6 +389,8 @@ class MemberWriter:
         self.chunks = 0
         self.bytes_in = 0
         self.since_sync = 0
+        self.unsynced = 0          # chunks appended since the last sync
+        self.syncs = 0             # successful syncs so far (the coordinator hears of each)
         self.synced_to = self.kicked_to = start
         self.direct, self.discard = direct, discard
         self._stage = None
@@ -464,12 +470,13 @@ class MemberWriter:
         if h[1] == KIND_PAGES:
             self.excluded_pages += raw_len // self.header.page_size - h[11]
         self.since_sync += len(rec)
+        self.unsynced += 1
         if self._pending >= INDEX_EVERY:
             self._flush_index()
-        if not self.direct and not self.discard:
-            if self.since_sync >= SYNC_EVERY:
+        if not self.discard:
+            if self.since_sync >= SYNC_EVERY or self.unsynced >= SYNC_CHUNKS:
                 self._sync_and_drop()
-            elif self.pos - self.kicked_to >= KICK_EVERY:
+            elif not self.direct and self.pos - self.kicked_to >= KICK_EVERY:
                 self._advise_dontneed(self.kicked_to)
                 self.kicked_to = self.pos
 
@@ -500,7 +507,18 @@ class MemberWriter:
         self._sync(data_only=True)
         self._advise_dontneed(self.synced_to)
         self.synced_to = self.kicked_to = self.pos
-        self.since_sync = 0
+        self.since_sync = self.unsynced = 0
+        self.syncs += 1
+
+    def sync(self) -> None:
+        """Make the chunks appended so far durable (direct: all but those of a staged tail)."""
+        if self.direct and not self.discard:
+            self._flush_stage(final=False)
+        self._sync_and_drop()
+
+    def pending_chunks(self) -> int:
+        """How many of the last chunks appended are not on the disk even after a sync (direct: staged)."""
+        return len(self._unwritten)
 
     def unwritten_chunks(self) -> list[int]:
         """Chunk ids appended but still only in the direct-I/O staging buffer."""

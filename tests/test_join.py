@@ -61,9 +61,13 @@ def test_existing_output_needs_force(dumped, tmp_path):
 
 
 def _record_of(member, n=3):
+    """The n-th page chunk written to ``member`` (writers append in arrival order: the file
+    chunks, handed out first, may still arrive after some page chunks)."""
+    from stripedump.format import KIND_PAGES, ChunkHeader
     r = MemberReader(member)
     try:
-        entries = list(r.index(r.footer()))
+        entries = [e for e in r.index(r.footer())
+                   if ChunkHeader.unpack(r.read_record(e), member).kind == KIND_PAGES]
     finally:
         r.close()
     # by chunk id, not write order: page chunks have the lowest ids, and the
