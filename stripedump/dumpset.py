@@ -52,7 +52,9 @@ class MemberSource:
 
 
 class DumpSet:
-    def __init__(self, paths: list[str], allow_missing: bool = False):
+    def __init__(self, paths: list[str], allow_missing: bool = False, newest_dump: bool = False):
+        """``newest_dump`` (join --allow-incomplete): members of several dumps are not refused;
+        the dump whose header is newest is read and the others' members count as missing."""
         if not paths:
             raise MemberError("no members given")
         self.readers: list[MemberReader] = []
@@ -69,6 +71,8 @@ class DumpSet:
             if not self.readers:
                 raise MemberError(f"no member header in {', '.join(paths)}: the dump stopped before "
                                   "writing any; nothing to recover")
+            if newest_dump:
+                self._keep_newest_dump()
             if allow_missing:
                 self._drop_unreadable_manifests()
             self._check_set(allow_missing)
@@ -81,6 +85,34 @@ class DumpSet:
         # --on-disk-error continue: chunks may live on any member
         self.relaxed = self.manifest.get("on_disk_error") == "continue"
         self._dups: bool | None = None
+
+    def _keep_newest_dump(self) -> None:
+        """Keep the members of the newest dump; those of older dumps count as missing.
+
+        Power lost while a dump over a reused device was writing its first
+        member heads: one member shows the new dump's header, another still
+        the older dump's.  The older member holds nothing of the new dump, so
+        it is reported (by path and why) like a member that was not given.
+        Two dumps created in the same second cannot be told apart: refused.
+        """
+        groups: dict[bytes, list[MemberReader]] = {}
+        for r in self.readers:
+            groups.setdefault(r.header.dump_id, []).append(r)
+        if len(groups) < 2:
+            return
+        newest = sorted(groups.values(), key=lambda g: max(r.header.created for r in g), reverse=True)
+        if max(r.header.created for r in newest[0]) == max(r.header.created for r in newest[1]):
+            return          # ambiguous: _check_set refuses, naming both dumps
+        keep = newest[0]
+        kept = {r.header.member_index for r in keep}
+        for g in newest[1:]:
+            for r in g:
+                if r.header.member_index not in kept and r.header.member_index < keep[0].header.member_count:
+                    self.unusable[r.header.member_index] = (
+                        r.path, f"it holds an older dump ({uuid.UUID(bytes=r.header.dump_id)}), "
+                                "not this one: the dump stopped before writing its header there")
+                r.close()
+        self.readers = keep
 
     def _drop_unreadable_manifests(self) -> None:
         """With members allowed missing: a member whose manifest cannot be read counts as missing.

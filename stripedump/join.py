@@ -515,7 +515,7 @@ def join(cfg: JoinConfig, progress=None, notice=None) -> JoinResult:
         return join_kdump(cfg, progress, notice)
     t0 = time.monotonic()
     allow = cfg.allow_incomplete
-    with DumpSet(list(cfg.members), allow_missing=allow) as ds:
+    with DumpSet(list(cfg.members), allow_missing=allow, newest_dump=allow) as ds:
         ds.check_members(allow)
         pieces = header_pieces(ds)
         with PartialOutput(cfg.output, [r.path for r in ds.readers], cfg.force, ds.source_size) as out:

@@ -423,7 +423,7 @@ def join_kdump(cfg: JoinConfig, progress=None, notice=None) -> JoinResult:
     t0 = time.monotonic()
     flat = cfg.format == "flat"
     allow = cfg.allow_incomplete
-    with DumpSet(list(cfg.members), allow_missing=allow) as ds:
+    with DumpSet(list(cfg.members), allow_missing=allow, newest_dump=allow) as ds:
         ds.check_members(allow)
         lay = KdumpLayout.from_dumpset(ds)
         spec, copy, why = choose_codec(ds, cfg.codec)

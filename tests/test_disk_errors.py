@@ -197,8 +197,10 @@ def test_failed_sync_chunks_are_sent_again(source, tmp_path, failing_fs, cli):
     _survivors_hold_everything(cli, src, [members[0], members[2]], str(tmp_path / "out"))
     info = json.loads(cli("info", "--json", members[0], members[2], os.path.join(backing, "m1")).out)
     states = [m["state"] for m in info["members"]]
-    # m1's own sync fails at its finish too: it cannot be finalized (the survivors need it not)
-    assert states[0] == states[2] == "complete" and states[1] == "writing (never finalized)", states
+    # m1's own sync fails at its finish too: its header is never rewritten, though its footer and
+    # trailer (format v2) may have reached the file unsynced; never "complete" (the survivors need it not)
+    assert states[0] == states[2] == "complete" and states[1] in ("writing (never finalized)", "incomplete"), \
+        states
 
 
 def test_failed_sync_stop(source, tmp_path, failing_fs, cli):

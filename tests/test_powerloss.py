@@ -32,7 +32,6 @@ import crashstates as cs  # noqa: E402
 
 MIB = 1 << 20
 LOADS = [synth.Load(0x100000, 3 * MIB), synth.Load(0x1000000, MIB)]
-V1_ADOPTS = pytest.mark.xfail(strict=False, reason="v1 adopts older records; fixed by format v2")
 
 
 def older_content(pfn: int, page_size: int) -> bytes:
@@ -141,7 +140,6 @@ def older(recorded):
     return res, fails
 
 
-@V1_ADOPTS
 def test_power_loss_over_an_older_dump_never_outputs_a_wrong_page(older):
     res, fails = older
     assert res["states"] >= 200
@@ -180,7 +178,6 @@ def test_the_join_command_agrees_with_the_model(recorded, tmp_path):
         assert v.ok, (st.label, v)
 
 
-@V1_ADOPTS
 def test_the_join_command_over_an_older_dump(recorded, tmp_path):
     rec, exp, sources, state = recorded
     rng = random.Random(12)

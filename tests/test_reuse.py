@@ -135,3 +135,45 @@ def test_killed_dump_over_an_older_dump_never_mixes_them(tmp_path, loops):
     ok, msg, _ = soak.check_run(oracle, devs, out)   # and every recovered byte is right (an oracle of its own)
     assert ok, msg
     os.unlink(out)
+
+
+def test_member_still_holding_an_older_dump_counts_as_missing(tmp_path):
+    """Power lost before the new dump's head reached member 1: it still shows the older dump.
+
+    join --allow-incomplete reads the newest dump and reports member 1 (its
+    path and why) as missing; without the option the set is refused, exit 6.
+    """
+    old = synth.build(str(tmp_path / "old"), **synth.layouts()["kernel"])
+    new = synth.build(str(tmp_path / "new"), **synth.layouts()["kernel"], content=_other_content)
+    m = [str(tmp_path / "m0"), str(tmp_path / "m1")]
+    assert run_cli("dump", "-q", "--codec", "lz4", "--disks", ",".join(m), old.path).rc == 0
+    os.rename(m[1], str(tmp_path / "m1.old"))
+    time.sleep(1.1)           # headers carry seconds: the new dump must be the newer one
+    assert run_cli("dump", "-q", "--force", "--codec", "lz4", "--disks", ",".join(m), new.path).rc == 0
+    os.replace(str(tmp_path / "m1.old"), m[1])
+    r = run_cli("join", *m, "-o", tmp_path / "plain")
+    assert r.rc == 6 and "different dumps" in r.err, r
+    out = tmp_path / "vmcore"
+    r = run_cli("join", "--allow-incomplete", "--json", *m, "-o", out)
+    assert r.rc == 0, r
+    res = json.loads(r.out)
+    m1 = next(x for x in res["members"] if x["index"] == 1)
+    assert m1["path"] == m[1] and "older dump" in m1["state"], m1
+    assert not res["complete"] and res["missing"]
+    # every page is the new core's or inside a declared-missing range; never the old core's
+    missing = [range(a, b) for a, b in res["missing"]]
+    src_new, got = Source(new.path), Source(str(out))
+    try:
+        ps = src_new.page_size
+        checked = 0
+        for a, b in src_new.pfn_ranges:
+            for pfn in range(a, b):
+                if any(pfn in r_ for r_ in missing):
+                    continue
+                with got.phys_window(pfn, 1) as w1, src_new.phys_window(pfn, 1) as w2:
+                    assert bytes(w1.view()[:ps]) == bytes(w2.view()[:ps]), pfn
+                checked += 1
+        assert checked > 0
+    finally:
+        src_new.close()
+        got.close()

@@ -180,6 +180,9 @@ def record_dump(work: str, source: str, old_source: str, members: int = 2, sync_
         with open(os.path.join(olddir, n), "rb") as f:
             old[n] = f.read()
     shutil.rmtree(olddir)
+    # a reused disk holds a dump of an earlier crash: member headers carry their creation time in
+    # seconds, by which join --allow-incomplete tells the newer dump from the older (DumpSet)
+    time.sleep(1.01 - time.time() % 1)
     log = os.path.join(work, "ops.log")
     proc = mount_recorder(backing, mnt, log)
     try:
@@ -330,7 +333,7 @@ def join_model(paths: list[str]) -> Outcome:
     """What ``join --allow-incomplete`` outputs for these members, chunk by chunk (in process)."""
     out = Outcome()
     try:
-        with DumpSet(paths, allow_missing=True) as ds:
+        with DumpSet(paths, allow_missing=True, newest_dump=True) as ds:
             ds.check_members(True)
             seen = bytearray(-(-ds.plan.n_chunks // 8))
             codecs: dict = {}
