@@ -114,6 +114,22 @@ class DumpSet:
                 r.close()
         self.readers = keep
 
+    def _named_dropped(self) -> set[int]:
+        """Member indexes the given members' footers name as dropped (--on-disk-error continue).
+
+        Such a member may be left out: the survivors hold every chunk the dump
+        acknowledged (re-sent from the source after its failure); a chunk that
+        is still missing is reported as for any incomplete dump.
+        """
+        out: set[int] = set()
+        for r in self.readers:
+            try:
+                f = r.footer()
+            except MemberError:
+                continue
+            out.update(m for m, _ in (f.degraded if f is not None else ()))
+        return out
+
     def _drop_unreadable_manifests(self) -> None:
         """With members allowed missing: a member whose manifest cannot be read counts as missing.
 
@@ -177,7 +193,7 @@ class DumpSet:
             by_index[h.member_index] = r
         self.count = h0.member_count
         self.absent = [i for i in range(self.count) if i not in by_index]
-        if self.absent and not allow_missing:
+        if self.absent and not allow_missing and not set(self.absent) <= self._named_dropped():
             raise MemberError(f"dump {uuid.UUID(bytes=h0.dump_id)} has {h0.member_count} members; "
                               f"missing member(s) {', '.join(map(str, self.absent))} "
                               f"(given: {', '.join(r.path for r in self.readers)}); join "
