@@ -87,3 +87,22 @@ def start_fuse(helper: str, args, mnt) -> subprocess.Popen:
             pytest.skip(f"cannot mount FUSE here: {proc.stderr.read().decode()[-200:]}")
         time.sleep(0.05)
     return proc
+
+
+@pytest.fixture
+def loop_device(tmp_path):
+    """loop(size) -> /dev/loopN backed by a zero-filled file of that many bytes."""
+    devs = []
+
+    def loop(size: int) -> str:
+        img = tmp_path / f"loop{len(devs)}.img"
+        with open(img, "wb") as f:
+            f.truncate(size)
+        r = subprocess.run(["losetup", "-f", "--show", str(img)], capture_output=True, text=True)
+        if r.returncode != 0:
+            pytest.skip(f"no loop device here: {r.stderr.strip()}")
+        devs.append(r.stdout.strip())
+        return devs[-1]
+    yield loop
+    for d in devs:
+        subprocess.run(["losetup", "-d", d], capture_output=True)

@@ -85,23 +85,7 @@ def failing_fs(tmp_path):
         p.wait(10)
 
 
-@pytest.fixture
-def loop_device(tmp_path):
-    """loop(size) -> /dev/loopN backed by a zero-filled file of that many bytes."""
-    devs = []
 
-    def loop(size: int) -> str:
-        img = tmp_path / f"loop{len(devs)}.img"
-        with open(img, "wb") as f:
-            f.truncate(size)
-        r = subprocess.run(["losetup", "-f", "--show", str(img)], capture_output=True, text=True)
-        if r.returncode != 0:
-            pytest.skip(f"no loop device here: {r.stderr.strip()}")
-        devs.append(r.stdout.strip())
-        return devs[-1]
-    yield loop
-    for d in devs:
-        subprocess.run(["losetup", "-d", d], capture_output=True)
 
 
 def _dump(cli, src, members, *extra):

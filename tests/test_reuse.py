@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import sys
 import time
 
@@ -39,22 +38,7 @@ def _other_content(pfn: int, ps: int) -> bytes:
     return bytes([p[0] ^ 0xA5]) + p[1:] if p.strip(b"\0") else p
 
 
-@pytest.fixture
-def loops(tmp_path):
-    devs = []
 
-    def loop(size: int) -> str:
-        img = tmp_path / f"loop{len(devs)}.img"
-        with open(img, "wb") as f:
-            f.truncate(size)
-        r = subprocess.run(["losetup", "-f", "--show", str(img)], capture_output=True, text=True)
-        if r.returncode != 0:
-            pytest.skip(f"no loop device here: {r.stderr.strip()}")
-        devs.append(r.stdout.strip())
-        return devs[-1]
-    yield loop
-    for d in devs:
-        subprocess.run(["losetup", "-d", d], capture_output=True)
 
 
 def _dump_id(dev: str) -> bytes:
@@ -95,11 +79,11 @@ def _pages_are_new_or_missing(src: str, out: str, res: dict) -> int:
     return checked
 
 
-def test_killed_dump_over_an_older_dump_never_mixes_them(tmp_path, loops):
+def test_killed_dump_over_an_older_dump_never_mixes_them(tmp_path, loop_device):
     old, new = str(tmp_path / "old"), str(tmp_path / "new")
     synth.build(old, synth.demo_loads(SIZE))
     synth.build(new, synth.demo_loads(SIZE), content=_other_content)
-    devs = [loops(SIZE + (8 << 20)), loops(SIZE + (8 << 20))]
+    devs = [loop_device(SIZE + (8 << 20)), loop_device(SIZE + (8 << 20))]
     oracle = soak.Oracle(new, CODEC, 256 << 10)
 
     t0 = time.monotonic()
