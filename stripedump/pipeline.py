@@ -68,6 +68,7 @@ from .format import (HEADER_BLOCK, MEMBER_MAGIC, STATE_COMPLETE, STATE_INCOMPLET
 from .ipc import END, MessagePipe, RecordPipe, SharedFlag
 from .member import MemberWriter, aligned_block, encode_chunk, record_bound, write_all
 from .degraded import Routes
+from .iowatch import SYNC, Feed, IOWatch
 from .plan import Plan, placement
 from .targets import check_targets, open_target
 from .vmcore import Source
@@ -203,12 +204,15 @@ def _worker(wid, src, codec_spec, plan_json, block_bytes, pool, slot_size, tasks
                     f"internal error in worker {wid}: {type(e).__name__}: {e}"))
 
 
-def _writer(d, writer: MemberWriter, pool, slot_size, inbox, events, notes, routes=None) -> None:
+def _writer(d, writer: MemberWriter, pool, slot_size, inbox, events, notes, routes=None,
+            watch: IOWatch | None = None) -> None:
     """Append the chunks of member ``d``; finalize it at END.
 
     ``routes`` (``--on-disk-error continue``, degraded.py): after a failed
     write this writer drops its target and forwards every chunk it gets to
-    a live writer instead of freeing it unwritten.
+    a live writer instead of freeing it unwritten.  ``watch`` (iowatch.py):
+    where this writer publishes its calls on the target and the chunks not
+    yet durable; SYNC asks for a durable point.
     """
     _child_init()
     pool_mv = memoryview(pool)
@@ -226,17 +230,34 @@ def _writer(d, writer: MemberWriter, pool, slot_size, inbox, events, notes, rout
             if failed:
                 state, note = STATE_INCOMPLETE, failed
             try:
-                length = writer.finish(state, note, routes.footer_entries(taken) if routes else ())
+                with _call(watch, d):
+                    length = writer.finish(state, note, routes.footer_entries(taken) if routes else ())
             except StripedumpError as e:
                 if not failed:
                     events.put(("err", f"writer {d}", None, *e.to_wire()))
                 length = writer.pos
             events.put(("done", d, length, writer.chunks, writer.bytes_in, taken))
             return
+        if msg[0] == SYNC:        # iowatch.py: make what was acknowledged durable
+            if not failed:
+                try:
+                    with _call(watch, d):
+                        _make_durable(writer, watch, d)
+                except StripedumpError as e:
+                    failed = f"{e} (target dropped: --on-disk-error continue)"
+                    routes.fail(d)
+                    events.put(("diskfail", d, str(e), len(writer.unwritten_chunks())))
+            events.put(("synced", d))
+            continue
         cid, slot, length, csum, raw_len = msg
         if not failed:
             try:
-                writer.append(pool_mv[slot * slot_size:slot * slot_size + length], cid, csum, raw_len)
+                with _call(watch, d, cid, slot):
+                    at = writer.pos
+                    writer.append(pool_mv[slot * slot_size:slot * slot_size + length], cid, csum, raw_len)
+                    if watch and not writer.discard and watch.acked(d, cid, at + length, writer.pos,
+                                                                    _durable(writer)):
+                        _make_durable(writer, watch, d)
                 if routes is not None and cid % routes.members != d:
                     taken[cid % routes.members] = taken.get(cid % routes.members, 0) + 1
                 events.put(("free", slot, raw_len))
@@ -258,6 +279,25 @@ def _writer(d, writer: MemberWriter, pool, slot_size, inbox, events, notes, rout
                 continue       # the slot now belongs to the writer it went to
             events.put(("lost", d, 1, [cid]))
         events.put(("free", slot, raw_len))
+
+
+def _call(watch, d, cid=None, slot=0):
+    from contextlib import nullcontext
+    return nullcontext() if watch is None else watch.call(d, cid, slot)
+
+
+def _durable(writer: MemberWriter) -> int:
+    """Member offset up to which what was written is on the device (iowatch.py)."""
+    return writer._stage_at if writer.direct else writer.synced_to
+
+
+def _make_durable(writer: MemberWriter, watch, d) -> None:
+    if writer.direct:
+        writer._flush_stage(final=False)
+    else:
+        writer._sync_and_drop()
+    if watch:
+        watch.durable(d, writer.pos, _durable(writer))
 
 
 def _write_note(notes, text: str) -> None:
@@ -357,7 +397,8 @@ def _dump(cfg: DumpConfig, src: Source, t0: float, progress, say) -> DumpResult:
         result = _run(cfg, src, plan, targets, headers, start, block_bytes, pool, progress, say)
     finally:
         for t in opened:
-            os.close(t.fd)
+            if not getattr(t, "abandoned", False):   # a hung target's close may block (iowatch.py)
+                os.close(t.fd)
     result.dump_id = str(dump_id)
     result.seconds = time.monotonic() - t0
     return result
@@ -435,10 +476,11 @@ def _run(cfg, src, plan, targets, headers, start, block_bytes, geometry, progres
     workers = [new_worker(i) for i in range(W)]
     retried: set[int] = set()
     unreadable = 0
+    iow = IOWatch(targets, cfg.io_timeout)        # hung targets (iowatch.py)
     writers = [ctx.Process(target=_writer, name=f"stripedump-writer-{d}",
                            args=(d, MemberWriter(t.fd, t.path, headers[d], start, cfg.direct_io,
                                                  cfg.discard), pool, slot_size,
-                                 writer_qs[d], events, notes, routes), daemon=True)
+                                 writer_qs[d], events, notes, routes, iow), daemon=True)
                for d, t in enumerate(targets)]
     for p in writers + workers:
         p.start()
@@ -446,7 +488,7 @@ def _run(cfg, src, plan, targets, headers, start, block_bytes, geometry, progres
     free = list(range(nslots))
     inflight = 0
     error: StripedumpError | None = None
-    chunk_ids = plan.feed_order()
+    chunk_ids = Feed(plan.feed_order())
     exhausted = False
     done_in = 0
     members_done: dict[int, tuple] = {}
@@ -468,6 +510,43 @@ def _run(cfg, src, plan, targets, headers, start, block_bytes, geometry, progres
                 staged[d] = nlost
         if routes.survivors() == 0:     # ("lost": a chunk found no target left to go to)
             fail(TargetIOError(f"every target failed; the last: {targets[ev[1]].path}: {dropped.get(ev[1])}"))
+
+    retired: set[int] = set()        # slots a hung writer still holds: never used again
+    barrier: set[int] = set()        # members asked for a durable point (SYNC), not answered yet
+    synced_all = False
+
+    def watch_targets(final=False):
+        """A hung target (iowatch.py): drop it (continue) or stop (stop); never wait for it."""
+        nonlocal inflight, exhausted, synced_all
+        for d in iow.check():
+            writers[d] = iow.abandon(writers[d])
+            targets[d].abandoned = True       # _dump must not close its fd
+            why, pending, cur = iow.hung[d], iow.pending(d), iow.current(d)
+            if cur:
+                retired.add(cur[1])
+                inflight -= 1
+            if d in barrier:
+                barrier.discard(d)
+                inflight -= 1
+            members_done[d] = (iow.position(d), 0, 0, {})
+            say(f"{why}; abandoned its writer (pid {writers[d].pid})")
+            if routes is None or final:
+                fail(TargetIOError(why + (f"; {len(pending)} chunk(s) acknowledged by it may not have "
+                                          "reached it" if routes is not None and pending else "")))
+            else:
+                routes.fail(d)
+                dropped[d] = why
+                chunk_ids.again.extend(pending)       # encoded again for the other targets
+                exhausted = synced_all = False
+                if routes.survivors() == 0:
+                    fail(TargetIOError(f"every target failed; the last: {why}"))
+        for d in iow.hung:       # what workers still send to a hung writer: forward it, or free it
+            while (rec := writer_qs[d].get(0)) is not None:
+                if rec[0] >= SYNC:
+                    continue
+                if routes is None or error is not None or not routes.forward(*rec):
+                    free.append(rec[1])
+                    inflight -= 1
 
     stalled: set[int] = set()
 
@@ -520,10 +599,17 @@ def _run(cfg, src, plan, targets, headers, start, block_bytes, geometry, progres
                     break
                 tasks.put(cid, free.pop())
                 inflight += 1
+            if routes is not None and inflight == 0 and exhausted and error is None and not synced_all:
+                synced_all = True    # a durable point everywhere while workers can still re-encode
+                for d in set(range(D)) - set(iow.hung):
+                    writer_qs[d].put(SYNC, 0, 0, 0, 0)
+                    barrier.add(d)
+                    inflight += 1
             if inflight == 0 and (exhausted or error is not None):
                 break
             evs = events.get_all(POLL)
             watch_workers()
+            watch_targets()
             if not evs or any(p.exitcode is not None for p in workers):
                 if dead_children(workers, "worker") or dead_children(writers, "writer"):
                     break       # a dead child's slots never come back: stop waiting for them
@@ -531,7 +617,7 @@ def _run(cfg, src, plan, targets, headers, start, block_bytes, geometry, progres
                     continue
             for ev in evs:
                 kind = ev[0]
-                if kind == "free":
+                if kind == "free" and ev[1] not in retired:
                     free.append(ev[1])
                     inflight -= 1
                     done_in += ev[2]
@@ -548,6 +634,9 @@ def _run(cfg, src, plan, targets, headers, start, block_bytes, geometry, progres
                         inflight -= 1
                 elif kind in ("diskfail", "lost"):     # --on-disk-error continue (degraded.py)
                     on_degraded(ev)
+                elif kind == "synced" and ev[1] in barrier:
+                    barrier.discard(ev[1])
+                    inflight -= 1
             if progress:
                 progress(done_in, plan.input_bytes)
         for d, n in staged.items():
@@ -568,6 +657,7 @@ def _run(cfg, src, plan, targets, headers, start, block_bytes, geometry, progres
         deadline = time.monotonic() + JOIN_TIMEOUT + 60
         while len(members_done) < D and time.monotonic() < deadline:
             evs = events.get_all(POLL)
+            watch_targets(final=True)
             if not evs and all(p.exitcode is not None for p in writers):
                 break
             for ev in evs:
