@@ -215,6 +215,7 @@ def _writer(d, writer: MemberWriter, pool, slot_size, inbox, events, notes, rout
     yet durable; SYNC asks for a durable point.
     """
     _child_init()
+    _release_output()
     pool_mv = memoryview(pool)
     failed = None
     taken: dict[int, int] = {}     # member -> its chunks written here after it failed
@@ -244,9 +245,13 @@ def _writer(d, writer: MemberWriter, pool, slot_size, inbox, events, notes, rout
                     with _call(watch, d):
                         _make_durable(writer, watch, d)
                 except StripedumpError as e:
-                    failed = f"{e} (target dropped: --on-disk-error continue)"
-                    routes.fail(d)
-                    events.put(("diskfail", d, str(e), len(writer.unwritten_chunks())))
+                    failed = str(e)
+                    if routes is None:
+                        events.put(("err", f"writer {d}", None, *e.to_wire()))
+                    else:
+                        failed += " (target dropped: --on-disk-error continue)"
+                        routes.fail(d)
+                        events.put(("diskfail", d, str(e), len(writer.unwritten_chunks())))
             events.put(("synced", d))
             continue
         cid, slot, length, csum, raw_len = msg
@@ -279,6 +284,16 @@ def _writer(d, writer: MemberWriter, pool, slot_size, inbox, events, notes, rout
                 continue       # the slot now belongs to the writer it went to
             events.put(("lost", d, 1, [cid]))
         events.put(("free", slot, raw_len))
+
+
+def _release_output() -> None:
+    """A writer holds no pipe of the caller's: one hung on its disk (iowatch.py) must not keep
+    ``stripedump ... | logger`` waiting after the dump has exited.  Writers report through the
+    event pipe; an unexpected death is reported by the coordinator from its exit status."""
+    null = os.open(os.devnull, os.O_WRONLY)
+    for fd in (1, 2):
+        os.dup2(null, fd)
+    os.close(null)
 
 
 def _call(watch, d, cid=None, slot=0):
@@ -599,8 +614,11 @@ def _run(cfg, src, plan, targets, headers, start, block_bytes, geometry, progres
                     break
                 tasks.put(cid, free.pop())
                 inflight += 1
-            if routes is not None and inflight == 0 and exhausted and error is None and not synced_all:
-                synced_all = True    # a durable point everywhere while workers can still re-encode
+            if inflight == 0 and exhausted and error is None and not synced_all:
+                # a durable point on every target before the end: a target that hangs now is
+                # noticed while the workers can still encode its chunks again (continue) and
+                # before the others are finalized (stop: incomplete, naming it)
+                synced_all = True
                 for d in set(range(D)) - set(iow.hung):
                     writer_qs[d].put(SYNC, 0, 0, 0, 0)
                     barrier.add(d)
