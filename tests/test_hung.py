@@ -198,3 +198,65 @@ def test_slow_target_is_not_hung(source, tmp_path, fuse_disk):
     assert "no write reached" not in r.stderr, r.stderr
     ok, msg, n = soak.check_run(oracle, members, str(tmp_path / "out"))
     assert ok and n == len(oracle.records), msg
+
+
+class _Pipe:
+    """A target without device statistics (a pipe: pipefs has no block device)."""
+
+    def __init__(self, name):
+        self.path = name
+        self.fd, self._w = os.pipe()
+
+    def close(self):
+        os.close(self.fd)
+        os.close(self._w)
+
+
+def _sleep_in_a_call(watch, d, seconds):
+    with watch.call(d, 5, 3):
+        time.sleep(seconds)
+
+
+def test_a_writer_stuck_in_one_call_is_hung_and_abandoned():
+    """The module alone: a real child stuck in a call is declared hung after the timeout, never
+    an idle one; abandoning it kills it and takes it out of multiprocessing's children."""
+    import multiprocessing
+    from stripedump.iowatch import IOWatch
+    targets = [_Pipe("t0"), _Pipe("t1")]
+    try:
+        w = IOWatch(targets, 1.0)
+        assert w.stats == [None, None]
+        p = multiprocessing.get_context("fork").Process(target=_sleep_in_a_call, args=(w, 0, 60))
+        p.start()
+        t0, hung = time.monotonic(), []
+        while not hung and time.monotonic() - t0 < 10:
+            hung = w.check()
+            time.sleep(0.05)
+        took = time.monotonic() - t0
+        assert hung == [0] and 0.9 < took < 3, (hung, took)
+        assert "t0 hung" in w.hung[0] and 1 not in w.hung
+        assert w.current(0) == (5, 3) and w.pending(0) == [5]
+        stand_in = w.abandon(p)
+        assert p not in multiprocessing.active_children()
+        assert not stand_in.is_alive() and stand_in.exitcode is None
+        os.waitpid(p.pid, 0)           # SIGKILL ended it (it was not in D state)
+    finally:
+        for t in targets:
+            t.close()
+
+
+def test_ring_keeps_every_chunk_not_yet_durable():
+    from stripedump.iowatch import RING, IOWatch
+    t = _Pipe("t")
+    try:
+        w = IOWatch([t], 60)
+        asks = [w.acked(0, c, (c + 1) * 100, (c + 1) * 100, 0) for c in range(RING)]
+        # the ring is full of ids not durable: the writer must sync before the next chunk
+        assert asks == [False] * (RING - 1) + [True]
+        assert w.pending(0) == list(range(RING))
+        w.durable(0, RING * 100, RING * 100)
+        assert w.pending(0) == []
+        assert w.acked(0, RING, RING * 100 + 50, RING * 100 + 50, RING * 100) is False
+        assert w.pending(0) == [RING]
+    finally:
+        t.close()
