@@ -64,7 +64,6 @@ import signal
 import stat
 import struct
 import time
-from contextlib import contextmanager
 
 RING = 4096               # chunk ids a writer remembers since its durable point (64 KiB per writer)
 CHECK_EVERY = 0.25        # seconds between reads of the device statistics
@@ -73,6 +72,7 @@ SYNC = (1 << 64) - 2      # a writer record asking for a durable point (END - 1)
 # per writer: calls completed, busy since (monotonic, 0: idle), chunk id + 1 in the call (0: none),
 # its slot, member position, durable position, chunks acknowledged in all
 HEAD = struct.Struct("<QdQQQQQ")
+_Q, _D = struct.Struct("<Q"), struct.Struct("<d")
 ENTRY = struct.Struct("<QQ")          # ring entry: chunk id, member offset where its record ends
 STRIDE = -(-(HEAD.size + RING * ENTRY.size) // 64) * 64
 
@@ -146,22 +146,33 @@ class IOWatch:
     def _head(self, d: int) -> list:
         return list(HEAD.unpack_from(self.mm, d * STRIDE))
 
-    def _set(self, d: int, **kw) -> None:
-        h = self._head(d)
-        for k, v in kw.items():
-            h[_FIELDS[k]] = v
-        HEAD.pack_into(self.mm, d * STRIDE, *h)
+    def _put(self, d: int, field: str, value) -> None:
+        st, off = _FIELDS[field]
+        st.pack_into(self.mm, d * STRIDE + off, value)
 
-    @contextmanager
-    def call(self, d: int, cid: int | None = None, slot: int = 0):
-        """Writer ``d`` is inside a call on its target (on chunk ``cid`` in ``slot``)."""
-        self._set(d, cid=0 if cid is None else cid + 1, slot=slot)
-        self._set(d, busy=time.monotonic())
-        try:
-            yield
-        finally:
-            calls = self._head(d)[0]
-            self._set(d, busy=0.0, cid=0, calls=calls + 1)
+    def _get(self, d: int, field: str):
+        st, off = _FIELDS[field]
+        return st.unpack_from(self.mm, d * STRIDE + off)[0]
+
+    def call(self, d: int, cid: int | None = None, slot: int = 0) -> "IOWatch":
+        """``with watch.call(d, cid, slot):`` writer ``d`` is inside a call on its target.
+
+        (A plain context manager, not @contextmanager: this runs for every
+        chunk, and the generator machinery tripled its cost.)"""
+        base = d * STRIDE
+        _Q.pack_into(self.mm, base + 16, 0 if cid is None else cid + 1)
+        _Q.pack_into(self.mm, base + 24, slot)
+        _D.pack_into(self.mm, base + 8, time.monotonic())    # last: the chunk is known when busy is
+        self._in = base
+        return self
+
+    def __enter__(self) -> None:
+        pass
+
+    def __exit__(self, *exc) -> None:
+        base = self._in
+        _D.pack_into(self.mm, base + 8, 0.0)
+        _Q.pack_into(self.mm, base, _Q.unpack_from(self.mm, base)[0] + 1)
 
     def acked(self, d: int, cid: int, end: int, pos: int, durable: int) -> bool:
         """Chunk ``cid`` (record ending at member offset ``end``) is written, not yet durable.
@@ -169,16 +180,19 @@ class IOWatch:
         True when the oldest id in the ring is still not durable: the writer
         must reach a durable point (and call ``durable``) before its next chunk.
         """
-        n = self._head(d)[6]
+        n = self._get(d, "acked")
         ENTRY.pack_into(self.mm, d * STRIDE + HEAD.size + (n % RING) * ENTRY.size, cid, end)
-        self._set(d, acked=n + 1, pos=pos, durable=durable)
+        self._put(d, "pos", pos)
+        self._put(d, "durable", durable)
+        self._put(d, "acked", n + 1)
         if n + 1 < RING:
             return False
         _, oldest_end = ENTRY.unpack_from(self.mm, d * STRIDE + HEAD.size + ((n + 1) % RING) * ENTRY.size)
         return oldest_end > durable
 
     def durable(self, d: int, pos: int, durable: int) -> None:
-        self._set(d, pos=pos, durable=durable)
+        self._put(d, "pos", pos)
+        self._put(d, "durable", durable)
 
     # -- coordinator side ------------------------------------------------------------------
     def check(self, now: float | None = None) -> list[int]:
@@ -243,7 +257,8 @@ class IOWatch:
         return Abandoned(proc)
 
 
-_FIELDS = {"calls": 0, "busy": 1, "cid": 2, "slot": 3, "pos": 4, "durable": 5, "acked": 6}
+_FIELDS = {"calls": (_Q, 0), "busy": (_D, 8), "cid": (_Q, 16), "slot": (_Q, 24), "pos": (_Q, 32),
+           "durable": (_Q, 40), "acked": (_Q, 48)}
 
 
 class Feed:
