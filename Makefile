@@ -1,4 +1,4 @@
-# stripedump: two commands on a fresh Debian/Ubuntu machine
+# stripedump: two commands on a fresh Debian 12 (bookworm) machine
 #   make demo   set everything up, dump a synthetic vmcore over two members, join, compare
 #   make test   set everything up and run the test suite
 #   make e2e    stripedump inside a real kdump capture kernel under QEMU (not in make test)
@@ -11,8 +11,9 @@ DEMO_SIZE ?= 512M
 # python-lzo has no wheel: it builds from source with a C compiler, the C library's and
 # Python's headers and the LZO headers (a minimal Debian has none of them).
 APT_PACKAGES = gcc libc6-dev python3-dev liblzo2-dev
-# The real readers that judge `join --format kdump|flat` in tests/test_kdump.py.
-TEST_APT_PACKAGES = makedumpfile crash python3-libkdumpfile libfuse2
+# The real readers that judge `join --format kdump|flat` in tests/test_kdump.py;
+# strace: tests/test_durability.py checks the order of fsync and rename calls.
+TEST_APT_PACKAGES = makedumpfile crash python3-libkdumpfile libfuse2 strace
 
 .PHONY: setup system-deps test-deps demo test bench e2e clean
 

@@ -26,7 +26,9 @@ shares nothing with the reader under test (no walk, no index):
   equal the oracle's;
 * that every byte of the output is right: the source, with zeros where the
   missing chunks' bytes go (and e_flags bit 0, DUMP_ELF_INCOMPLETE, set when
-  anything is missing), compared byte for byte.
+  anything is missing), compared byte for byte; except the ELF header, the
+  program headers and the notes, which join rebuilds from the manifest (the
+  oracle finds them in the source with its own few lines of ELF parsing).
 
 A run whose dump was killed before any member had a header has nothing to
 recover; join must then refuse with exit 6.  Failures keep their files in
@@ -41,6 +43,7 @@ import os
 import random
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import tempfile
@@ -61,6 +64,43 @@ from stripedump.vmcore import Source  # noqa: E402
 KILL_MODES = ("group", "coordinator", "child")
 
 
+def header_region(img: bytes) -> list[list[int]]:
+    """File ranges of the ELF header, program headers (section header 0 for PN_XNUM) and notes."""
+    e64, end = img[4] == 2, "<" if img[5] == 1 else ">"
+    if e64:
+        phoff, shoff = struct.unpack_from(end + "QQ", img, 32)
+        ehsize, phentsize, phnum, shentsize = 64, *struct.unpack_from(end + "HHH", img, 54)
+    else:
+        phoff, shoff = struct.unpack_from(end + "II", img, 28)
+        ehsize, phentsize, phnum, shentsize = 52, *struct.unpack_from(end + "HHH", img, 42)
+    out = [(0, ehsize)]
+    if phnum == 0xFFFF:
+        out.append((shoff, shoff + shentsize))
+        phnum = struct.unpack_from(end + "I", img, shoff + (44 if e64 else 28))[0]
+    out.append((phoff, phoff + phnum * phentsize))
+    for i in range(phnum):
+        at = phoff + i * phentsize
+        if struct.unpack_from(end + "I", img, at)[0] == 4:              # PT_NOTE
+            off, size = struct.unpack_from(end + ("8xQ16xQ" if e64 else "4xI8xI"), img, at)
+            out.append((off, off + size))
+    return _merge([r for r in out if r[0] < r[1]])
+
+
+def _subtract(ranges, cuts):
+    out = []
+    for a, b in ranges:
+        cur = a
+        for c, d in cuts:
+            if d <= cur or c >= b:
+                continue
+            if c > cur:
+                out.append([cur, c])
+            cur = max(cur, d)
+        if cur < b:
+            out.append([cur, b])
+    return out
+
+
 def _merge(ranges):
     out = []
     for a, b in sorted(ranges):
@@ -74,7 +114,7 @@ def _merge(ranges):
 class Oracle:
     """What a dump of ``src`` writes, chunk by chunk, and what a join must give back."""
 
-    def __init__(self, src: str, codec: str, chunk_size: int, block_size: int = 0):
+    def __init__(self, src: str, codec: str, chunk_size: int, block_size: int = 0, rebuild: bool = True):
         spec = CodecSpec.parse(codec)
         c = spec.make()
         with Source(src) as s:
@@ -92,6 +132,8 @@ class Oracle:
         self.page_size = ps
         with open(src, "rb") as f:
             self.source = f.read()
+        # what join rebuilds from the manifest where the chunks holding it are missing
+        self.header = header_region(self.source) if rebuild else []
 
     def on_disk(self, paths) -> set[int]:
         """Chunk ids whose whole record is in one of these files, found by a plain byte search."""
@@ -117,10 +159,10 @@ class Oracle:
         for ch in self.plan:
             if ch.id not in present:
                 (pfns if ch.kind == 0 else files).append((ch.start, ch.start + ch.count))
-        return _merge(pfns), _merge(files)
+        return _merge(pfns), _subtract(_merge(files), self.header)
 
     def expected_output(self, present: set[int]) -> bytes:
-        """The source with the bytes of every missing chunk zeroed (where an ELF join puts them)."""
+        """The source, every missing chunk's bytes zeroed where an ELF join puts them, but the header region."""
         img = bytearray(self.source)
         ps = self.page_size
         pfns, files = self.missing_ranges(present)
@@ -141,7 +183,7 @@ class Oracle:
                     cur = max(cur, rb)
                 if cur < b:
                     img[cur:b] = bytes(b - cur)
-        if (pfns or files) and img[:4] == b"\x7fELF":
+        if set(self.records) - set(present) and img[:4] == b"\x7fELF":
             at = 48 if img[4] == 2 else 36
             order = "little" if img[5] == 1 else "big"
             flags = int.from_bytes(img[at:at + 4], order) | 1       # DUMP_ELF_INCOMPLETE

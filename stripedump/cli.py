@@ -24,11 +24,13 @@ EXIT_CODES = """exit codes:
   1    internal error (a bug; --debug shows the traceback)
   2    usage error: bad option or value
   3    the source cannot be read or is not an ELF vmcore
-  4    a target was refused for safety (--force overrides where allowed)
+  4    a target was refused for safety (--force overrides where allowed) or is in use
   5    writing a target failed
-  6    members are unreadable, from different dumps, missing or malformed
+  6    members are unreadable, malformed or from different dumps (join without
+       --allow-incomplete: or missing)
   7    a checksum or decompression check failed
-  8    the dump is incomplete (members hold what was written before the failure)
+  8    the dump is incomplete (members hold what was written before the failure;
+       verify: chunks or members missing)
   9    the join output cannot be written
   130  interrupted by SIGINT; 143 by SIGTERM"""
 
@@ -44,13 +46,17 @@ def _formatter(prog):
     return argparse.RawDescriptionHelpFormatter(prog, max_help_position=30)
 
 
-def _size(what):
+def _size(what, positive=False):
+    """A size like ``4M``; ``positive``: 0 is refused (a size the user gives must be one)."""
     def parse(text):
         from .config import parse_size
         try:
-            return parse_size(text, what)
+            v = parse_size(text, what)
         except UsageError as e:
             raise argparse.ArgumentTypeError(str(e)) from None
+        if positive and v == 0:
+            raise argparse.ArgumentTypeError(f"{what} must be more than 0 (got {text!r})")
+        return v
     return parse
 
 
@@ -60,6 +66,18 @@ def _codec(text):
         return CodecSpec.parse(text)
     except UsageError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _join_codec(text):
+    """A kdump/flat page codec: only those kdump has a flag for (not none, not lz4)."""
+    from .codecs import BY_NAME
+    kdump = [n for n, c in BY_NAME.items() if c.kdump_flag is not None]
+    name = text.strip().lower().partition(":")[0]
+    if name not in kdump:
+        why = "kdump has no flag for it" if name in BY_NAME else "unknown codec"
+        raise argparse.ArgumentTypeError(f"{text!r} cannot compress kdump or flat pages ({why}); "
+                                         f"choose one of {', '.join(kdump)}")
+    return _codec(text)
 
 
 def _positive_int(text):
@@ -91,9 +109,15 @@ def build_parser() -> argparse.ArgumentParser:
                        "  stripedump join /dev/sdb /dev/sdc -o /var/crash/vmcore\n\n" + EXIT_CODES)
     p.add_argument("--version", action="version", version=f"stripedump {__version__}")
     p.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
+    # --debug is also accepted after the subcommand (SUPPRESS: a subcommand without it does not
+    # reset the value given before it)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="show tracebacks of internal errors")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
-    d = sub.add_parser("dump", formatter_class=_formatter, help="dump a vmcore over several targets",
+    d = sub.add_parser("dump", parents=[common], formatter_class=_formatter,
+                       help="dump a vmcore over several targets",
                        description="Compress SOURCE in parallel and stripe it over the targets.",
                        epilog="examples:\n"
                               "  stripedump dump --disks /dev/sdb,/dev/sdc /proc/vmcore\n"
@@ -110,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="compression processes (default: one per usable CPU)")
     d.add_argument("--chunk-size", type=_size("--chunk-size"), default="1M", metavar="SIZE",
                    help="unit of work and of striping (default 1M)")
-    d.add_argument("--block-size", type=_size("--block-size"), default=0, metavar="SIZE",
+    d.add_argument("--block-size", type=_size("--block-size", positive=True), default=0, metavar="SIZE",
                    help="compression block inside a chunk (default: one page)")
     d.add_argument("--memory-limit", type=_size("--memory-limit"), default=0, metavar="SIZE",
                    help="cap on the shared buffer pool (default: a quarter of available memory)")
@@ -131,7 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("-v", "--verbose", action="count", default=0,
                    help="say more: the plan, the buffer pool, each member (-vv: each child process)")
 
-    j = sub.add_parser("join", formatter_class=_formatter, help="rebuild the vmcore from the members",
+    j = sub.add_parser("join", parents=[common], formatter_class=_formatter,
+                       help="rebuild the vmcore from the members",
                        description="Rebuild the dump from all members (in any order): the original ELF "
                                    "vmcore byte for byte (default), or makedumpfile's kdump-compressed "
                                    "or flattened format for crash, drgn, libkdumpfile and makedumpfile. "
@@ -152,7 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     j.add_argument("--format", choices=("elf", "kdump", "flat"), default="elf",
                    help="elf: the source ELF vmcore (default); kdump: kdump-compressed; "
                         "flat: kdump-compressed in makedumpfile's flattened format")
-    j.add_argument("--codec", type=_codec, default=None, metavar="CODEC[:LEVEL]",
+    j.add_argument("--codec", type=_join_codec, default=None, metavar="CODEC[:LEVEL]",
                    help="page codec of kdump/flat output: zlib, lzo, snappy or zstd")
     j.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
     j.add_argument("--allow-incomplete", action="store_true",
@@ -163,44 +188,48 @@ def build_parser() -> argparse.ArgumentParser:
                    help="print a JSON summary on stdout (on stderr with -o -)")
     j.add_argument("-q", "--quiet", action="store_true")
 
-    i = sub.add_parser("info", formatter_class=_formatter, help="describe a dump from its members",
+    i = sub.add_parser("info", parents=[common], formatter_class=_formatter,
+                       help="describe a dump from its members",
                        epilog="examples:\n  stripedump info /dev/sdb /dev/sdc\n"
                               "  stripedump info --json m0 m1\n\n" + EXIT_CODES)
     i.add_argument("members", nargs="+", metavar="MEMBER")
     i.add_argument("--json", action="store_true")
 
-    v = sub.add_parser("verify", formatter_class=_formatter,
+    v = sub.add_parser("verify", parents=[common], formatter_class=_formatter,
                        help="check every checksum and that every chunk decompresses",
                        epilog="examples:\n  stripedump verify /dev/sdb /dev/sdc\n\n" + EXIT_CODES)
     v.add_argument("members", nargs="+", metavar="MEMBER")
     v.add_argument("--workers", type=_positive_int, default=0, metavar="N")
     v.add_argument("--json", action="store_true")
     v.add_argument("-q", "--quiet", action="store_true")
-    b = sub.add_parser("bench", formatter_class=_formatter,
+    b = sub.add_parser("bench", parents=[common], formatter_class=_formatter,
                        help="measure MB/s per codec x CPUs x disks on generated data",
-                       description="Run the real dump pipeline on a generated vmcore (no RAM or disk "
-                                   "of its size needed) and report throughput, ratio, CPU and memory.",
+                       description="Run the real dump pipeline on a generated vmcore (no RAM of its "
+                                   "size needed) and report throughput, ratio, CPU and memory. The "
+                                   "members written take up to its size in $TMPDIR or the --disks "
+                                   "directories while a run lasts: checked before the first run.",
                        epilog="examples:\n"
                               "  stripedump bench --size 10G\n"
                               "  stripedump bench --size 2G --codecs lz4,zstd --workers 1,2 --disks 1,2 "
                               "--no-write\n"
                               "  stripedump bench --size 4G --data mixed --disks /mnt/a,/mnt/b --json\n"
                               "  stripedump bench --size 1G --plot bench.png\n\n" + EXIT_CODES)
-    b.add_argument("--size", type=_size("--size"), default="1G", metavar="SIZE",
+    b.add_argument("--size", type=_size("--size", positive=True), default="1G", metavar="SIZE",
                    help="RAM size of the generated machine (default 1G)")
     b.add_argument("--codecs", default="lz4,snappy,lzo,zlib,zstd,none", metavar="C1,C2,...")
     b.add_argument("--workers", default=None, metavar="N1,N2,...",
                    help="worker counts to try (default: 1 and all usable CPUs)")
     b.add_argument("--disks", default="1", metavar="N1,N2,... | DIR,DIR,...",
                    help="numbers of temporary target files, or one directory per disk (default 1)")
-    b.add_argument("--data", default="random", choices=("random", "mixed", "zero"),
-                   help="random (incompressible, as in the talk), mixed (memory-like) or zero")
+    b.add_argument("--data", default="mixed", choices=("mixed", "random", "zero"),
+                   help="mixed (memory-like: zero, text-like, low-entropy and random pages; the "
+                        "default), random (incompressible, as in the talk) or zero")
     b.add_argument("--no-write", action="store_true",
                    help="also run each case with writers that discard (CPU bound); same as --mode both")
     b.add_argument("--mode", choices=("write", "no-write", "both"), default=None,
                    help="write to the targets (default), discard (no-write), or both")
-    b.add_argument("--chunk-size", type=_size("--chunk-size"), default="1M", metavar="SIZE")
-    b.add_argument("--block-size", type=_size("--block-size"), default=0, metavar="SIZE")
+    b.add_argument("--chunk-size", type=_size("--chunk-size", positive=True), default="1M", metavar="SIZE")
+    b.add_argument("--block-size", type=_size("--block-size", positive=True), default=0, metavar="SIZE")
     b.add_argument("--repeat", type=_positive_int, default=1, metavar="N",
                    help="run each case N times and report the median (default 1)")
     b.add_argument("--dir", metavar="DIR", help="where to put the generated source (default: $TMPDIR)")
@@ -252,7 +281,9 @@ def run_dump(a) -> int:
     from .progress import Progress
     prog = Progress("dump", quiet=a.quiet)
     def say(msg: str, level: int = 1):
-        if a.verbose >= level and not a.quiet:
+        if level <= 0:    # a setting lowered to fit the machine: shown even with -q
+            print(f"stripedump: warning: {msg}", file=sys.stderr, flush=True)
+        elif a.verbose >= level and not a.quiet:
             print(f"stripedump: {msg}", file=sys.stderr, flush=True)
     try:
         res = dump(cfg, progress=prog, say=say)
@@ -321,7 +352,7 @@ def run_verify(a) -> int:
     for e in res.errors[:20]:
         print(f"stripedump: verify: {e}", file=sys.stderr)
     from .join import describe_missing
-    for line in describe_missing(res.extra):
+    for line in describe_missing(res.extra, verify=True):
         print(f"stripedump: verify: {line}", file=sys.stderr)
     if res.errors:
         more = f" ({len(res.errors) - 20} more not shown)" if len(res.errors) > 20 else ""
@@ -351,7 +382,7 @@ def _int_list(text: str, what: str) -> tuple[int, ...]:
 
 
 def run_bench(a) -> int:
-    from .bench import BenchConfig, bench, parse_disks, plot, table
+    from .bench import BenchConfig, announce, bench, human, parse_disks, plot, preflight, table
     from .codecs import CodecSpec
     from .config import usable_cpus
     codecs = tuple(CodecSpec.parse(c) for c in a.codecs.split(",") if c)
@@ -369,10 +400,13 @@ def run_bench(a) -> int:
                   f"{'write' if row['write'] else 'no-write'}: {row['mb_per_s']:.1f} MB/s, "
                   f"ratio {row['ratio']:.2f}, peak {row['peak_memory_bytes'] / 2**20:.1f} MiB",
                   file=sys.stderr, flush=True)
+    preflight(cfg, a.plot)          # before any run: matplotlib, the plot's directory, free space
+    if not a.quiet:
+        print(announce(cfg, usable_cpus()), file=sys.stderr, flush=True)
     rows = bench(cfg, report)
+    print(json.dumps({"results": rows}) if a.json else table(rows), flush=True)   # kept if plot fails
     if a.plot:
-        plot(rows, a.plot, f"stripedump bench: {a.size / 2**30:.3g} GiB of {a.data} data")
-    print(json.dumps({"results": rows}) if a.json else table(rows))
+        plot(rows, a.plot, f"stripedump bench: {human(a.size)} of {a.data} data")
     return ExitCode.OK
 
 

@@ -206,7 +206,7 @@ class DumpSet:
 
     # -- chunk locations -----------------------------------------------------
 
-    def locations(self, seen: bytearray, allow_incomplete: bool = False):
+    def locations(self, seen: bytearray, allow_incomplete: bool = False, payloads: bool = True):
         """(position in ``readers``, IndexEntry) for every chunk found, checked against the plan.
 
         Marks each chunk ID in ``seen`` (a bitmap).  From an index, a chunk
@@ -216,10 +216,12 @@ class DumpSet:
 
         The members are read round robin, one entry of each in turn, so a
         pool reading the chunks keeps every member (disk) busy and meets the
-        chunks roughly in chunk-id (PFN) order.
+        chunks roughly in chunk-id (PFN) order.  ``payloads`` False: a walk
+        checks record headers only (``info`` reads nothing but headers).
         """
         self.check_members(allow_incomplete)
-        streams = [self._member_locations(pos, seen, allow_incomplete) for pos in range(len(self.readers))]
+        streams = [self._member_locations(pos, seen, allow_incomplete, payloads)
+                   for pos in range(len(self.readers))]
         while streams:
             for s in list(streams):
                 loc = next(s, None)
@@ -228,7 +230,7 @@ class DumpSet:
                 else:
                     yield loc
 
-    def _member_locations(self, pos: int, seen: bytearray, allow: bool):
+    def _member_locations(self, pos: int, seen: bytearray, allow: bool, payloads: bool = True):
         r, s = self.readers[pos], self.source(pos)
         if s.footer is not None:
             entries = r.index(s.footer)
@@ -246,7 +248,7 @@ class DumpSet:
                 if self._accept(pos, e, seen, allow, walked=False):
                     yield pos, e
         s.walked = True
-        for e in r.walk(report=s.walk):
+        for e in r.walk(verify=payloads, report=s.walk):
             if self._accept(pos, e, seen, allow, walked=True):
                 yield pos, e
 
@@ -337,6 +339,35 @@ class DumpSet:
             out.append({"index": None, "path": p, "state": "no member header (never written)",
                         "found_by": None, "chunks": 0})
         return out
+
+    # -- what a join would recover, member by member (info, verify, join) -----
+
+    def share(self, d: int) -> tuple[int, int]:
+        """(chunks, source bytes) the plan places on member ``d``: chunk i on member i % members.
+
+        Counted per range in O(ranges), not per chunk (two million chunks
+        for 2 TiB): every chunk of a range is full but its first and last.
+        """
+        plan, n, ps = self.plan, self.count, self.page_size
+        chunks = nbytes = 0
+        first = 0
+        for pages, ranges, unit, full in ((True, plan.pfn_ranges, ps, plan.chunk_pages),
+                                          (False, plan.residue, 1, plan.chunk_bytes)):
+            for a, b in ranges:
+                k = (b - 1) // full - a // full + 1 if pages else -(-(b - a) // full)
+                mine = _count_congruent(first, first + k, d, n)
+                chunks += mine
+                nbytes += mine * full * unit
+                for c in {first, first + k - 1}:        # the partial chunks at the ends
+                    if c % n == d:
+                        nbytes -= full * unit - plan.chunk(c).raw_bytes(ps)
+                first += k
+        return chunks, nbytes
+
+
+def _count_congruent(lo: int, hi: int, d: int, n: int) -> int:
+    """How many integers in [lo, hi) are congruent to d modulo n."""
+    return max(0, (hi - 1 - d) // n - (lo - 1 - d) // n) if hi > lo else 0
 
 
 def _never_written(path: str) -> bool:

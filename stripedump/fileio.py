@@ -8,6 +8,7 @@ the words of the message differ.
 
 from __future__ import annotations
 
+import errno
 import os
 
 MAX_IO = 1 << 24     # bytes per system call: bounded, so one call never allocates more
@@ -41,3 +42,22 @@ def write_exact(fd: int, data, error, what: str, offset: int | None = None) -> N
         if n == 0:
             raise error(f"{what}: write failed{at}: short write (device full?)")
         done += n
+
+
+def fsync_dir(path: str, error) -> None:
+    """fsync directory ``path`` so the names created or renamed in it survive a power loss.
+
+    File systems that cannot sync a directory (EINVAL, ENOTSUP: some FUSE and
+    network file systems) are skipped: there is nothing more to be done there.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_CLOEXEC", 0))
+    except OSError as e:
+        raise error(f"cannot open directory {path} to sync it: {e.strerror}") from None
+    try:
+        os.fsync(fd)
+    except OSError as e:
+        if e.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS, errno.EROFS):
+            raise error(f"cannot sync directory {path}: {e.strerror}") from None
+    finally:
+        os.close(fd)

@@ -2,10 +2,12 @@
 
 Why: before a multi-hour join an engineer wants to know which kernel this is,
 whether every member finished, and how big the result will be; ``info``
-answers from the headers, manifests and footers alone (no chunk is read).
-For a member that has no usable footer (the dump was killed) it walks the
-chunk headers, without reading payloads, to say how many chunks a join
---allow-incomplete can recover.
+answers from the headers, manifests, footers and indexes alone (no chunk
+payload is read).  For a member that has no usable footer (the dump was
+killed) it walks the chunk headers, without reading payloads.  Members may be
+missing (a disk died): that is when the question matters most, so ``info``
+says, per member and in total, what a join --allow-incomplete would recover
+and which PFN ranges it would lack, and exits 0.
 """
 
 from __future__ import annotations
@@ -14,12 +16,13 @@ import datetime
 
 from .dumpset import DumpSet
 from .format import STATE_NAMES
-from .member import WalkReport
 from .vmcore import parse_notes, parse_vmcoreinfo
 
 
 def info(members: list[str]) -> dict:
-    with DumpSet(members) as ds:
+    """What the members hold and what a join would recover; members may be missing."""
+    from .join import header_pieces, missing_report
+    with DumpSet(members, allow_missing=True) as ds:
         m, plan = ds.manifest, ds.plan
         src = m["source"]
         vmcoreinfo = {}
@@ -27,21 +30,37 @@ def info(members: list[str]) -> dict:
             if n.name == b"VMCOREINFO":
                 vmcoreinfo = parse_vmcoreinfo(n.desc)
                 break
+        # which chunks a join finds: indexes, or walks of record headers (no payload is read)
+        seen = bytearray(-(-plan.n_chunks // 8))
+        for _ in ds.locations(seen, allow_incomplete=True, payloads=False):
+            pass
+        report = missing_report(ds, ds.missing_chunks(seen), header_pieces(ds))
+        recovery = {d["index"]: d for d in report["members"] if d["index"] is not None}
         out_members = []
         for pos, (r, f) in enumerate(zip(ds.readers, ds.footers(allow_incomplete=True))):
             d = {"index": r.header.member_index, "path": r.path, "bytes": r.size,
                  "state": STATE_NAMES.get(f.state if f else r.header.state, "unknown"),
                  "chunks": f.chunks if f else None, "input_bytes": f.bytes_in if f else None,
                  "note": f.note if f else None}
+            s = ds.source(pos)
             if f is None:        # killed dump or unreadable footer: what a walk finds
                 if r.header.footer_offset:
-                    d["state"], d["note"] = "footer unreadable", ds.source(pos).problem
-                walk = WalkReport()
-                d["recovered_chunks"] = sum(1 for _ in r.walk(verify=False, report=walk))
-                d["walk"] = walk.describe()
+                    d["state"], d["note"] = "footer unreadable", s.problem
+            if s.walked:
+                d["recovered_chunks"] = s.used
+                d["walk"] = s.walk.describe()
             if f is not None and f.degraded:
                 d["took_over"] = [list(x) for x in f.degraded]
+            d.update({k: v for k, v in recovery[d["index"]].items() if k not in d})
             out_members.append(d)
+        for i in ds.absent:
+            out_members.append({**recovery[i], "index": i, "path": None, "bytes": None, "state": "not given",
+                                "chunks": None, "input_bytes": None, "note": None})
+        out_members.sort(key=lambda d: d["index"])
+        for p in ds.unwritten:
+            out_members.append({"index": None, "path": p, "bytes": None,
+                                "state": "no member header (never written)", "chunks": None,
+                                "input_bytes": None, "note": None})
         return {
             "dump_id": ds.dump_id, "tool": m.get("tool"), "created": m.get("created"),
             "codec": m.get("codec"), "placement": m.get("placement"),
@@ -54,6 +73,7 @@ def info(members: list[str]) -> dict:
                        "osrelease": vmcoreinfo.get("OSRELEASE"), "crashtime": vmcoreinfo.get("CRASHTIME")},
             "members": out_members,
             "degraded": [[m, n] for m, n in sorted(ds.dropped.items())],
+            "recovery": {k: v for k, v in report.items() if k != "members"},
         }
 
 
@@ -80,10 +100,15 @@ def render(d: dict) -> str:
         f"{s['residue_bytes']} bytes of headers and padding",
         f"codec:      {d['codec']}, chunks of {d['chunk_bytes']} bytes, blocks of {d['block_bytes']} bytes, "
         f"{d['chunks']} chunks, placed {d['placement']}",
-        f"members:    {len(d['members'])}",
+        f"members:    {sum(1 for m in d['members'] if m['path'] and m['index'] is not None)} given of "
+        f"{sum(1 for m in d['members'] if m['index'] is not None)}",
     ]
     for m in d["members"]:
-        lines.append(f"  [{m['index']}] {m['path']}: {m['state']}, {m['bytes']} bytes"
+        if m["index"] is None:
+            lines.append(f"  [-] {m['path']}: {m['state']}")
+            continue
+        lines.append(f"  [{m['index']}] {m['path'] + ': ' if m['path'] else ''}{m['state']}"
+                     + (f", {m['bytes']} bytes" if m["bytes"] is not None else "")
                      + (f", {m['chunks']} chunks" if m["chunks"] is not None else "")
                      + (f" ({m['note']})" if m["note"] and m["state"] != "complete" else ""))
         if "recovered_chunks" in m:
@@ -93,7 +118,36 @@ def render(d: dict) -> str:
         if any(n for i, n in m.get("took_over", [])):
             lines.append("      holds chunks of failed member(s): "
                          + ", ".join(f"{n} of member {i}" for i, n in m["took_over"] if n))
+        if "share_chunks" in m:
+            lines.append(f"      its share: {m['recoverable_chunks']} of {m['share_chunks']} chunk(s) "
+                         f"recoverable ({_mb(m['recoverable_bytes'])} of {_mb(m['share_bytes'])})"
+                         + (f"; missing {m['missing_pages']} page(s){_pfns(m['missing'], 4)}"
+                            if m["missing_chunks"] else ""))
     for i, n in d.get("degraded", []):
         lines.append(f"degraded:   member {i}'s target failed during the dump; {n} of its chunks were "
                      "written to the other members instead")
+    r = d.get("recovery")
+    if r:
+        lines.append(f"recovery:   a join recovers {r['recoverable_chunks']} of {d['chunks']} chunk(s), "
+                     f"{_mb(r['recoverable_bytes'])} of {_mb(r['recoverable_bytes'] + r['missing_bytes'])}"
+                     + ("; the dump is complete" if r["complete"] else
+                        " with join --allow-incomplete; the rest reads as zeros"))
+        if not r["complete"]:
+            files = sum(b - a for a, b in r["missing_file_ranges"])
+            lines.append(f"missing:    {r['missing_pages']} page(s) in {len(r['missing'])} PFN range(s)"
+                         f"{_pfns(r['missing'], 8)}; {files} byte(s) of ELF headers and padding")
+            if r["rebuilt_file_ranges"]:
+                lines.append("rebuilt:    the ELF header, program headers and notes, from the manifest ("
+                             f"{sum(b - a for a, b in r['rebuilt_file_ranges'])} bytes)")
     return "\n".join(lines)
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.1f} MB"
+
+
+def _pfns(ranges: list, most: int) -> str:
+    if not ranges:
+        return ""
+    return (" (PFN " + ", ".join(f"{a:#x}-{b - 1:#x}" for a, b in ranges[:most])
+            + (" ..." if len(ranges) > most else "") + ")")

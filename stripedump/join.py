@@ -12,8 +12,9 @@ member indexes and counts.
 
 The output is created as ``OUT.partial`` with its final size (so all-zero
 pages stay holes on filesystems that allow them), synced, and renamed to OUT
-only when every chunk has been verified and written: a failed join never
-leaves a plausible-looking but incomplete OUT behind.
+(then its directory synced, so the rename survives a power loss) only when
+every chunk has been verified and written: a failed join never leaves a
+plausible-looking but incomplete OUT behind.
 
 ``verify`` runs the same pool without an output file, and ``--format
 kdump`` / ``flat`` (``kdump.py``) run it with their own per-chunk handler:
@@ -32,9 +33,10 @@ from typing import NamedTuple
 
 from .config import JoinConfig
 from .dumpset import INCOMPLETE_HINT, DumpSet
+from .elfhead import clip, manifest_pieces, rebuilt_ranges
 from .errors import (IncompleteDump, Interrupted, MemberError, OutputError, StripedumpError, VerifyError,
                      from_wire)
-from .fileio import write_exact
+from .fileio import fsync_dir, write_exact
 from .format import CHUNK_HEADER_SIZE, KIND_FILE, KIND_PAGES
 from .member import decode_chunk, unreadable_ranges
 from .pipeline import POLL, _child_init, _describe_exit, _join_all, _Signals, messages
@@ -306,28 +308,77 @@ def describe_absent(ds: DumpSet, absent: list[int]) -> str:
     return f"{len(absent)} chunk(s) missing from the members: {descs}{more}"
 
 
-def missing_report(ds: DumpSet, missing: list[int]) -> dict:
-    """What a join or verify of a possibly incomplete dump lacks, for --json and for people.
+def header_pieces(ds: DumpSet) -> list | None:
+    """The manifest's copy of the source's header region (elfhead.py); None for an older manifest."""
+    try:
+        return manifest_pieces(ds.manifest["source"], ds.notes, ds.segments, ds.source_size)
+    except (ValueError, TypeError) as e:
+        raise MemberError(f"{ds.readers[0].where}: manifest is malformed ({e})") from None
+
+
+def _ranges_left(ranges, cuts) -> list[tuple[int, int]]:
+    return [r for a, b in ranges for r in subtract_ranges((a, b), cuts)]
+
+
+def missing_report(ds: DumpSet, missing: list[int], pieces: list | None = None) -> dict:
+    """What a join of a possibly incomplete dump recovers and lacks, for --json and for people.
 
     ``missing`` holds PFN ranges [start, end) and ``missing_file_ranges``
-    source file byte ranges, each merged; ``members`` says how each
-    member's chunks were found (its index, or a walk of its records).
+    source file byte ranges, each merged: what reads as zeros.  File bytes
+    of missing chunks that the manifest's header copy (``pieces``) rebuilds
+    are ``rebuilt_file_ranges`` instead.  ``members`` says, for each member,
+    how its chunks were found (its index, or a walk of its records) and,
+    of its share of the plan (chunk i is member i % members's), what a join
+    recovers and what is missing.
     """
+    ps = ds.page_size
     pfns, files = ds.missing_ranges(missing)
+    rebuilt = rebuilt_ranges(pieces, files)
+    files = _ranges_left(files, rebuilt)
+    miss_by: dict[int, list[int]] = {}
+    for c in missing:
+        miss_by.setdefault(placement(c, ds.count), []).append(c)
+    members = ds.member_report()
+    total_bytes = 0
+    for m in members:
+        if m["index"] is None:
+            continue
+        share_chunks, share_bytes = ds.share(m["index"])
+        gone = miss_by.get(m["index"], [])
+        mp, mf = ds.missing_ranges(gone)
+        mf = _ranges_left(mf, rebuilt)
+        gone_bytes = sum(ds.plan.chunk(c).raw_bytes(ps) for c in gone)
+        total_bytes += gone_bytes
+        m.update({"share_chunks": share_chunks, "share_bytes": share_bytes,
+                  "recoverable_chunks": share_chunks - len(gone), "recoverable_bytes": share_bytes - gone_bytes,
+                  "missing_chunks": len(gone), "missing_pages": sum(b - a for a, b in mp),
+                  "missing": [list(r) for r in mp], "missing_file_ranges": [list(r) for r in mf]})
     return {"complete": not missing, "missing_chunks": len(missing),
+            "recoverable_chunks": ds.plan.n_chunks - len(missing),
+            "recoverable_bytes": ds.plan.input_bytes - total_bytes,
+            "missing_pages": sum(b - a for a, b in pfns), "missing_bytes": total_bytes,
             "missing": [list(r) for r in pfns], "missing_file_ranges": [list(r) for r in files],
-            "members": ds.member_report()}
+            "rebuilt_file_ranges": [list(r) for r in rebuilt], "members": members}
 
 
-def describe_missing(report: dict, most: int = 16) -> list[str]:
-    """Lines for stderr: how much is missing, the merged ranges, and each member's part."""
+def describe_missing(report: dict, most: int = 16, verify: bool = False) -> list[str]:
+    """Lines for stderr: how much is missing, the merged ranges, and each member's part.
+
+    ``verify``: nothing was written, so say what a join would do with them.
+    """
     if report.get("complete", True):
         return []
     pfns, files = report["missing"], report["missing_file_ranges"]
     pages = sum(b - a for a, b in pfns)
-    lines = [f"the dump is incomplete: {report['missing_chunks']} chunk(s) missing, {pages} page(s) "
-             f"and {sum(b - a for a, b in files)} byte(s) of ELF headers and padding; "
-             "they read as zeros"]
+    then = ("a join refuses the dump; join --allow-incomplete writes zeros in their place" if verify
+            else "they are zeros in the output")
+    lines = [f"the dump is incomplete: {report['missing_chunks']} chunk(s) missing or damaged, {pages} "
+             f"page(s) and {sum(b - a for a, b in files)} byte(s) of ELF headers and padding; {then}"]
+    rebuilt = report.get("rebuilt_file_ranges", [])
+    if rebuilt:
+        lines.append(f"ELF header, program headers and notes of the missing chunk(s) rebuilt from the "
+                     f"manifest: {sum(b - a for a, b in rebuilt)} byte(s) at "
+                     + ", ".join(f"{a:#x}-{b - 1:#x}" for a, b in rebuilt[:most]))
     for what, ranges in (("missing PFN ranges", pfns), ("missing file bytes", files)):
         if ranges:
             shown = ", ".join(f"{a:#x}-{b - 1:#x}" for a, b in ranges[:most])
@@ -337,12 +388,23 @@ def describe_missing(report: dict, most: int = 16) -> list[str]:
         if m["index"] is None:
             lines.append(f"{m['path']}: no member header (the dump stopped before writing one)")
         elif m["found_by"] is None:
-            lines.append(f"member {m['index']}: not given; its chunks are missing")
+            lines.append(f"member {m['index']}: not given; its {m.get('missing_chunks', 'share of')} "
+                         f"chunk(s) are missing" + _member_missing(m))
         elif m["state"] != "complete" or m["found_by"] == "walk":
             lines.append(f"member {m['index']} {m['path']}: {m['state']}, {m['chunks']} chunk(s) found by "
                          + ("walking its records (" + m["walk"] + ")" if m["found_by"] == "walk"
-                            else "its index"))
+                            else "its index") + _member_missing(m))
     return lines
+
+
+def _member_missing(m: dict) -> str:
+    """', N page(s) of its share missing (PFN a-b, ...)' for a member's line, or ''."""
+    if not m.get("missing_chunks"):
+        return ""
+    shown = ", ".join(f"{a:#x}-{b - 1:#x}" for a, b in m["missing"][:4])
+    more = " ..." if len(m["missing"]) > 4 else ""
+    return (f"; of its share, {m['missing_pages']} page(s) missing" + (f" (PFN {shown}{more})" if shown else "")
+            + f", {m['recoverable_chunks']} of {m['share_chunks']} chunk(s) recoverable")
 
 
 DUMP_ELF_INCOMPLETE = 0x1    # e_flags bit: makedumpfile's mark of an incomplete ELF dump (crash honours it)
@@ -400,6 +462,7 @@ class PartialOutput:
             os.replace(self.tmp, self.out)
         except OSError as e:
             raise OutputError(f"cannot finish output {self.out}: {e.strerror}") from None
+        fsync_dir(os.path.dirname(os.path.abspath(self.out)), OutputError)   # the rename survives power loss
 
     def __enter__(self):
         return self
@@ -416,6 +479,32 @@ class PartialOutput:
             pass
 
 
+def check_output(out: str, force: bool) -> None:
+    """Refuse an OUT that cannot be written before any member is read (exit 9 at once).
+
+    A directory, an existing file without ``force``, something that is not a
+    regular file (the rename would replace it), a missing parent directory or
+    one this process may not write.  ``PartialOutput`` checks again when it
+    creates the file.
+    """
+    if out == "-":
+        return
+    if os.path.isdir(out):
+        raise OutputError(f"output {out} is a directory; give a file name, e.g. "
+                          f"{os.path.join(out, 'vmcore')}")
+    if os.path.lexists(out):
+        if not force:
+            raise OutputError(f"output {out} exists; refusing to overwrite it (use --force)")
+        if os.path.exists(out) and not os.path.isfile(out):
+            raise OutputError(f"output {out} is not a regular file; join writes {out}.partial and "
+                              "renames it over OUT")
+    parent = os.path.dirname(os.path.abspath(out))
+    if not os.path.isdir(parent):
+        raise OutputError(f"cannot create output {out}: directory {parent} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise OutputError(f"cannot create output {out}: no permission to write in {parent}")
+
+
 def join(cfg: JoinConfig, progress=None, notice=None) -> JoinResult:
     """Rebuild the dump from its members into ``cfg.output``.
 
@@ -423,6 +512,7 @@ def join(cfg: JoinConfig, progress=None, notice=None) -> JoinResult:
     and "flat" are written by ``kdump.join_kdump``.  ``notice(text)`` is
     called with remarks a user should see (e.g. that pages are transcoded).
     """
+    check_output(cfg.output, cfg.force)
     if cfg.format != "elf":
         from .kdump import join_kdump
         return join_kdump(cfg, progress, notice)
@@ -430,6 +520,7 @@ def join(cfg: JoinConfig, progress=None, notice=None) -> JoinResult:
     allow = cfg.allow_incomplete
     with DumpSet(list(cfg.members), allow_missing=allow) as ds:
         ds.check_members(allow)
+        pieces = header_pieces(ds)
         with PartialOutput(cfg.output, [r.path for r in ds.readers], cfg.force, ds.source_size) as out:
             handler = _elf_handler(out.tmp, RenderMap(ds.segments, ds.plan.residue), ds.page_size,
                                    ds.block_bytes)
@@ -439,11 +530,14 @@ def join(cfg: JoinConfig, progress=None, notice=None) -> JoinResult:
                                            allow_incomplete=allow, missing=missing)
             check_whole(ds, errors, missing, allow)
             if missing:            # holes where chunks are missing; say so as makedumpfile -E does
+                # the headers and notes of missing residue chunks, from the manifest: an ELF file
+                for off, data in clip(pieces or [], ds.missing_ranges(missing)[1]):
+                    pwrite_all(out.fd, data, off, out.tmp)
                 mark_elf_incomplete(out.tmp)
             out.commit()
         return JoinResult(ds.dump_id, cfg.output, ds.source_size, ok, time.monotonic() - t0, errors,
                           {"format": "elf", "unreadable": unreadable_report(bad, ds.page_size),
-                           **missing_report(ds, missing)})
+                           **missing_report(ds, missing, pieces)})
 
 
 def check_whole(ds: DumpSet, errors: list[str], missing: list[int], allow: bool) -> None:
@@ -457,10 +551,14 @@ def check_whole(ds: DumpSet, errors: list[str], missing: list[int], allow: bool)
 
 
 def verify(members: list[str], workers: int = 0, progress=None) -> JoinResult:
-    """Check every chunk of every member; errors are collected, not fatal."""
+    """Check every chunk of every member; errors are collected, not fatal.
+
+    Members may be missing: the report says what a join would recover.
+    """
     from .config import usable_cpus
     t0 = time.monotonic()
-    with DumpSet(members) as ds:
+    with DumpSet(members, allow_missing=True) as ds:
+        pieces = header_pieces(ds)
         handler = _elf_handler(None, None, ds.page_size, ds.block_bytes)
         bad: list = []
         missing: list = []
@@ -469,7 +567,7 @@ def verify(members: list[str], workers: int = 0, progress=None) -> JoinResult:
                                        allow_incomplete=True, missing=missing)
         res = JoinResult(ds.dump_id, None, nbytes, ok, time.monotonic() - t0, errors,
                          {"unreadable": unreadable_report(bad, ds.page_size),
-                          **missing_report(ds, missing)})
+                          **missing_report(ds, missing, pieces)})
     return res
 
 

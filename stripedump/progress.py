@@ -6,6 +6,11 @@ plain lines, one at the start, one every few seconds, one at the end, with
 no carriage returns to garble the log.  ``--quiet`` turns both off.  The
 library calls a plain ``progress(done, total)`` callback, so it knows
 nothing about terminals.
+
+No rate and no ETA until one can be measured: the first line is printed
+at the first update, when next to nothing has moved (a rate then would be
+noise, e.g. "0.1 MB/s" for a dump about to run at 500), so it says only
+how much there is to do; later lines and the last one carry the rate.
 """
 
 from __future__ import annotations
@@ -55,6 +60,7 @@ class Progress:
         self.last = None
         self.done = self.total = 0
         self.started = False
+        self.first = True    # the first update: nothing measured yet
 
     def __call__(self, done: int, total: int) -> None:
         self.done, self.total = done, total
@@ -66,29 +72,34 @@ class Progress:
             self.last = now
             if not self.tty:
                 self._line(now)
+            self.first = False
             return
         if now - self.last >= self.every:
             self.last = now
             self._bar(now) if self.tty else self._line(now)
 
-    def _rate(self, now: float) -> float:
+    def _rate(self, now: float) -> float | None:
+        """MB/s since the start; None at the first update, before anything could be measured."""
         dt = now - self.t0
-        return self.done / dt / 1e6 if dt > 0 else 0.0
+        return self.done / dt / 1e6 if dt > 0 and not self.first else None
 
     def _pct(self) -> float:
         return 100.0 * self.done / self.total if self.total else 100.0
 
     def _line(self, now: float) -> None:
+        rate = self._rate(now)
         print(f"stripedump: {self.what}: {self._pct():5.1f}% ({self.done / 1e6:.0f} of "
-              f"{self.total / 1e6:.0f} MB), {self._rate(now):.1f} MB/s", file=self.stream, flush=True)
+              f"{self.total / 1e6:.0f} MB)" + ("" if rate is None else f", {rate:.1f} MB/s"),
+              file=self.stream, flush=True)
 
     def _bar(self, now: float) -> None:
         frac = self.done / self.total if self.total else 1.0
         fill = int(BAR * frac)
         rate = self._rate(now)
-        eta = (self.total - self.done) / (rate * 1e6) if rate > 0 else 0
+        eta = _fmt_eta((self.total - self.done) / (rate * 1e6)) if rate else "-:--:--"
+        shown = f"{'-' if rate is None else f'{rate:.1f}':>8} MB/s ETA {eta}"
         self.stream.write(f"\r{self.what} [{'#' * fill}{'.' * (BAR - fill)}] {self._pct():5.1f}% "
-                          f"{rate:8.1f} MB/s ETA {_fmt_eta(eta)} ")
+                          f"{shown} ")
         self.stream.flush()
 
     def close(self) -> None:

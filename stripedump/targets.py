@@ -9,7 +9,29 @@ any byte is written, and every refusal names the target and the reason:
   filesystem, partition table, volume or dump signature (the magic numbers
   wipefs/blkid look for, list below), or a stripedump member;
 * a mounted block device (never, even with --force);
-* a block device too small to hold the member header and manifest.
+* a block device too small to hold the member header and manifest;
+* a target another process holds: another dump on it, a mount, a RAID or
+  device-mapper holder (exclusive targets, below).
+
+Exclusive targets: two dumps started at once on the same targets (a kdump
+service and a manual run) must not both write, or each would overwrite the
+other's records and both could exit 0 over members nobody can read.  So
+``open_targets`` opens every target without truncating it, then takes every
+lock (``flock(LOCK_EX|LOCK_NB)`` for files; ``O_EXCL`` for block devices,
+which the kernel also refuses while the device is mounted or claimed by
+md/dm or by another O_EXCL opener, plus a flock that names the holder in
+/proc/locks and keeps udev from probing the device mid-dump), and only then
+checks the targets again, truncates files and lets anything be written.
+Locks are taken in one canonical order (by device and inode), never
+waiting: of two dumps started together on overlapping targets, in whatever
+order their ``--disks`` name them, the one that takes the first shared
+target first gets all of them; the other is refused at once (exit 4,
+naming the target and the holder's pid where /proc/locks knows it),
+having written nothing.  The locks are held until the members are
+finalized (the dump closes the descriptors at its very end).
+
+Durability: the directory of every member file is fsynced once the files
+exist, so a power loss right after the dump cannot lose a member's name.
 
 ``--force`` lets a dump overwrite a non-empty file or a signed device; it
 never lets one target be used twice, the source be overwritten, or a mounted
@@ -19,11 +41,14 @@ device be written.
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import stat
+import time
 from dataclasses import dataclass
 
 from .errors import TargetIOError, TargetRefused, UsageError
+from .fileio import fsync_dir
 
 # (offset, magic, what) -- from util-linux libblkid's probers
 SIGNATURES = (
@@ -66,6 +91,7 @@ class Target:
     existed: bool
     fd: int = -1
     capacity: int | None = None   # bytes, for block devices
+    key: tuple = ()               # canonical lock order: ("blk", rdev) or ("ino", dev, ino)
 
 
 def _mounted_devices() -> dict[int, str]:
@@ -156,23 +182,176 @@ def _read_signature(path: str) -> str | None:
     return probe_signature(head)
 
 
-def open_target(t: Target, min_size: int, direct: bool = False) -> None:
-    """Open a checked target for writing (fd stored on the Target)."""
-    flags = getattr(os, "O_CLOEXEC", 0) | (getattr(os, "O_DIRECT", 0) if direct else 0)
+UDEV_LOCK_WAIT = 3.0   # seconds: udev holds a shared flock on a block device while it probes it
+
+
+def open_targets(targets: list[Target], min_size: int, direct: bool = False, force: bool = False) -> None:
+    """Open, lock (canonical order, never waiting), re-check, then truncate every target.
+
+    On any refusal or error every descriptor opened here is closed (releasing
+    its lock) and nothing has been written or truncated.  The descriptors stay
+    on the Targets, locked, until ``close_targets``.
+    """
+    flags = os.O_WRONLY | getattr(os, "O_CLOEXEC", 0) | (getattr(os, "O_DIRECT", 0) if direct else 0)
     try:
+        _open_and_lock(targets, flags, min_size, direct, force)
+    except BaseException:
+        close_targets(targets)
+        raise
+
+
+def _open_and_lock(targets: list[Target], flags: int, min_size: int, direct: bool, force: bool) -> None:
+    # 1. files: open (create) without truncating, to learn their inode;
+    #    a block device's O_EXCL open is its lock, so it waits for step 2
+    for t in targets:
         if t.is_block:
-            t.fd = os.open(t.path, os.O_WRONLY | flags)
-            t.capacity = os.lseek(t.fd, 0, os.SEEK_END)
-            os.lseek(t.fd, 0, os.SEEK_SET)
-            if t.capacity < min_size:
-                os.close(t.fd)
-                t.fd = -1
-                raise TargetRefused(f"target {t.path} is too small ({t.capacity} bytes; "
-                                    f"the member header and manifest alone need {min_size})")
+            t.key = ("blk", _stat(t.path).st_rdev)
         else:
-            t.fd = os.open(t.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | flags, 0o600)
+            t.fd = _open(t.path, flags | os.O_CREAT, direct)
+            st = _io(t, os.fstat, t.fd)
+            t.key = ("ino", st.st_dev, st.st_ino)
+    # 2. every lock, in one order
+    for t in sorted(targets, key=lambda t: t.key):
+        if t.is_block:
+            try:
+                t.fd = os.open(t.path, flags | os.O_EXCL)
+            except OSError as e:
+                if e.errno == errno.EBUSY:
+                    raise TargetRefused(f"target {t.path} is in use: {_holder(t.path)}; "
+                                        "refusing to write to it") from None
+                _open_error(t.path, e, direct)
+            _flock(t, UDEV_LOCK_WAIT)
+        else:
+            _flock(t, 0)
+    # 3. under the locks: what was checked before may have changed (a dump
+    #    that held a target a moment ago may have finished writing it)
+    for t in targets:
+        _recheck(t, min_size, force)
+    # 4. only now: truncate, and make the new names durable
+    for t in targets:
+        if not t.is_block:
+            _io(t, os.ftruncate, t.fd, 0)
+    for d in sorted({os.path.dirname(os.path.abspath(t.path)) for t in targets if not t.is_block}):
+        fsync_dir(d, TargetIOError)
+
+
+def _io(t: Target, call, *args):
+    try:
+        return call(*args)
     except OSError as e:
-        if direct and e.errno == errno.EINVAL:
-            raise TargetIOError(f"target {t.path}: its filesystem does not support O_DIRECT "
-                                "(--direct-io); dump without it") from None
-        raise TargetIOError(f"target {t.path}: cannot open for writing: {e.strerror}") from None
+        raise TargetIOError(f"target {t.path}: {e.strerror}") from None
+
+
+def close_targets(targets: list[Target]) -> None:
+    """Close every open target descriptor, which releases its lock."""
+    for t in targets:
+        if t.fd >= 0:
+            try:
+                os.close(t.fd)
+            except OSError:
+                pass
+            t.fd = -1
+
+
+def _stat(path: str) -> os.stat_result:
+    try:
+        return os.stat(path)
+    except OSError as e:
+        raise TargetIOError(f"target {path}: {e.strerror}") from None
+
+
+def _open(path: str, flags: int, direct: bool) -> int:
+    try:
+        return os.open(path, flags, 0o600)
+    except OSError as e:
+        _open_error(path, e, direct)
+
+
+def _open_error(path: str, e: OSError, direct: bool):
+    if direct and e.errno == errno.EINVAL:
+        raise TargetIOError(f"target {path}: its filesystem does not support O_DIRECT "
+                            "(--direct-io); dump without it") from None
+    raise TargetIOError(f"target {path}: cannot open for writing: {e.strerror}") from None
+
+
+def _flock(t: Target, wait: float) -> None:
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            fcntl.flock(t.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except OSError as e:
+            if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                raise TargetIOError(f"target {t.path}: cannot lock it: {e.strerror}") from None
+        if time.monotonic() >= deadline:
+            raise TargetRefused(f"target {t.path} is in use: {_holder(t.path)}; refusing to write to it")
+        time.sleep(0.05)
+
+
+def _recheck(t: Target, min_size: int, force: bool) -> None:
+    st = _io(t, os.fstat, t.fd)
+    if t.is_block:
+        t.capacity = _io(t, os.lseek, t.fd, 0, os.SEEK_END)
+        _io(t, os.lseek, t.fd, 0, os.SEEK_SET)
+        if t.capacity < min_size:
+            raise TargetRefused(f"target {t.path} is too small ({t.capacity} bytes; "
+                                f"the member header and manifest alone need {min_size})")
+    else:
+        try:
+            now = os.stat(t.path)
+        except OSError:
+            now = None
+        if now is None or (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino):
+            raise TargetRefused(f"target {t.path} was removed or replaced while it was being opened; "
+                                "refusing to write to it")
+        if st.st_size > 0 and not force:
+            raise TargetRefused(f"target {t.path} is a non-empty file ({st.st_size} bytes; another dump "
+                                "may have just written it); refusing to overwrite it (use --force)")
+    if not force and (t.is_block or st.st_size > 0):
+        sig = _read_signature(t.path)
+        if sig:
+            raise TargetRefused(f"target {t.path} holds {sig}; refusing to overwrite it (use --force)")
+
+
+def _holder(path: str) -> str:
+    """Who holds ``path``, as far as the kernel says: a flock's pid, a mount, a md/dm holder."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return "another process holds it"
+    node = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    pids = []
+    try:
+        with open("/proc/locks") as f:
+            for line in f:
+                parts = line.split()
+                if "->" in parts or len(parts) < 6:
+                    continue            # a waiter, not a holder
+                if parts[1] == "FLOCK" and parts[5] == node and parts[3] == "WRITE":
+                    pids.append(int(parts[4]))
+    except (OSError, ValueError):
+        pass
+    if pids and pids[0] != os.getpid():
+        return f"another process holds a lock on it (pid {pids[0]}: {_cmdline(pids[0])})"
+    if stat.S_ISBLK(st.st_mode):
+        mounted = _mounted_devices()
+        if st.st_rdev in mounted:
+            return f"it is mounted at {mounted[st.st_rdev]}"
+        try:
+            holders = os.listdir(f"/sys/dev/block/{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}/holders")
+        except OSError:
+            holders = []
+        if holders:
+            return f"it is held by {', '.join(sorted(holders))}"
+        return "another process holds it open exclusively (a mount, RAID, device-mapper or another dump)"
+    return "another process holds a lock on it"
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            words = f.read().split(b"\0")
+    except OSError:
+        return "unknown"
+    text = " ".join(w.decode("utf-8", "replace") for w in words if w)
+    return text[:120] + ("..." if len(text) > 120 else "") or "unknown"

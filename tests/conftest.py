@@ -34,9 +34,14 @@ class CliResult:
         return f"<rc={self.rc} out={self.out!r} err={self.err!r}>"
 
 
-def run_cli(*args, timeout=120, cwd=None) -> CliResult:
+def run_cli(*args, timeout=120, cwd=None, without=()) -> CliResult:
+    """``python -m stripedump ARGS``; ``without``: modules that cannot be imported in that Python."""
     env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    proc = subprocess.run([sys.executable, "-m", "stripedump", *map(str, args)], capture_output=True,
+    run = ["-m", "stripedump"]
+    if without:
+        block = "; ".join(f"sys.modules[{m!r}] = None" for m in without)
+        run = ["-c", f"import sys, runpy; {block}; runpy.run_module('stripedump', run_name='__main__')"]
+    proc = subprocess.run([sys.executable, *run, *map(str, args)], capture_output=True,
                           text=True, timeout=timeout, cwd=cwd, env=env, stdin=subprocess.DEVNULL)
     return CliResult(proc)
 

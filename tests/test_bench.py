@@ -71,3 +71,89 @@ def test_bench_into_directories(tmp_path, cli):
 ])
 def test_bench_usage_errors(cli, args, needle):
     assert_one_line_error(cli("bench", *args), 2, needle)
+
+
+def test_default_data_is_memory_like_and_named(tmp_path, cli):
+    """With default options every ratio was 1.00 (random data): now mixed, and the table says so."""
+    r = cli("bench", "--size", "16M", "--codecs", "lz4", "--workers", "1", "--dir", tmp_path, timeout=300)
+    assert r.rc == 0, r
+    head, rule, row = r.out.splitlines()
+    assert head.split()[0] == "data" and row.split()[:2] == ["mixed", "lz4"]
+    assert float(row.split()[6]) > 1.5           # the ratio column: memory compresses
+    # announced before the first run: how many runs, of what, roughly how long
+    first = r.err.splitlines()[0]
+    assert first.startswith("bench: 1 run(s) (1 codec(s) x 1 worker count(s) x 1 disk count(s)) of "
+                            "16 MiB of mixed data (memory-like); roughly "), first
+
+
+def test_announces_every_run(tmp_path, cli):
+    r = cli("bench", "--size", "8M", "--codecs", "lz4,zlib", "--workers", "1,2", "--disks", "1,2",
+            "--mode", "both", "--repeat", "2", "--json", "--dir", tmp_path, timeout=300)
+    assert r.rc == 0, r
+    assert r.err.splitlines()[0].startswith(
+        "bench: 32 run(s) (2 codec(s) x 2 worker count(s) x 2 disk count(s) x write and no-write x "
+        "2 repeats) of 8 MiB of mixed data")
+    assert len(json.loads(r.out)["results"]) == 16              # 32 runs, the median of each pair
+    assert {row["data"] for row in json.loads(r.out)["results"]} == {"mixed"}
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--size", "0"], "--size must be more than 0"),
+    (["--chunk-size", "0"], "--chunk-size must be more than 0"),
+    (["--block-size", "0"], "--block-size must be more than 0"),
+    (["--block-size", "6000"], "--block-size 6000 must be a multiple of the page size"),
+    (["--chunk-size", "1M", "--block-size", "2M"], "at most --chunk-size"),
+])
+def test_sizes_checked_before_any_run(tmp_path, cli, args, needle):
+    """--size 0 was "internal error: ZeroDivisionError"; bad geometry failed after making the source."""
+    r = cli("bench", "--codecs", "lz4", "--workers", "1", "--dir", tmp_path, *args)
+    assert_one_line_error(r, 2, needle)
+    assert os.listdir(tmp_path) == []
+
+
+def test_plot_without_matplotlib_refused_before_any_run(tmp_path, cli):
+    r = cli("bench", "--size", "16M", "--codecs", "lz4", "--workers", "1", "--dir", tmp_path,
+            "--plot", tmp_path / "b.png", without=["matplotlib"])
+    assert_one_line_error(r, 2, "--plot needs matplotlib", "leave out --plot")
+    assert os.listdir(tmp_path) == []            # no source made, no run started
+    r = cli("bench", "--size", "16M", "--plot", tmp_path / "no" / "b.png")
+    assert_one_line_error(r, 2, "--plot", "does not exist")
+
+
+def _small_fs(tmp_path, size="24M"):
+    """A real filesystem with little room: a tmpfs of ``size`` (root only)."""
+    import subprocess
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    d = tmp_path / "small"
+    d.mkdir()
+    p = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(d)],
+                       capture_output=True, text=True)
+    if p.returncode:
+        pytest.skip(f"cannot mount a tmpfs here: {p.stderr.strip()}")
+    return d
+
+
+def test_too_little_space_refused_before_any_run(tmp_path, cli):
+    """It ran every case, then ended in "No space left on device" without a hint."""
+    import subprocess
+    small = _small_fs(tmp_path)
+    try:
+        # members to a 24 MiB filesystem: 64 MiB of memory-like data may need 64 MiB stored raw
+        r = cli("bench", "--size", "64M", "--codecs", "lz4", "--workers", "1", "--disks", f"{small}",
+                "--dir", tmp_path)
+        assert_one_line_error(r, 2, "may need up to", str(small), "free", "--mode no-write", "--disks DIR")
+        assert "bench: lz4" not in r.err and os.listdir(small) == []
+        # the default: source and members in --dir (or $TMPDIR)
+        r = cli("bench", "--size", "64M", "--codecs", "lz4", "--workers", "1", "--dir", small)
+        assert_one_line_error(r, 2, "may need up to", str(small), "--mode no-write")
+        # what the message suggests works: no members written; or data that fits (all-zero pages)
+        r = cli("bench", "--size", "64M", "--codecs", "lz4", "--workers", "1", "--disks", f"{small}",
+                "--dir", tmp_path, "--mode", "no-write", "-q")
+        assert r.rc == 0, r
+        r = cli("bench", "--size", "64M", "--codecs", "lz4", "--workers", "1", "--disks", f"{small}",
+                "--dir", tmp_path, "--data", "zero", "-q")
+        assert r.rc == 0, r
+        assert os.listdir(small) == []
+    finally:
+        subprocess.run(["umount", str(small)])

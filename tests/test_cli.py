@@ -109,6 +109,9 @@ def test_join_errors_are_one_line(tmp_path, vmcore, cli):
         f.write(b"\x00\xff\x00\xff")
     r = cli("verify", *m)
     assert r.rc == 7 and "Traceback" not in r.err and str(m[1]) in r.err
+    # verify changes nothing: it says what a join would do, not that the chunk "reads as zeros"
+    assert "read as zeros" not in r.err
+    assert "a join refuses the dump; join --allow-incomplete writes zeros in their place" in r.err
     assert_one_line_error(cli("join", *m, "-o", tmp_path / "o3"), 7, str(m[1]))
     assert not (tmp_path / "o3").exists()
 
@@ -150,3 +153,93 @@ def test_verbose_dump_tells_the_plan(tmp_path, vmcore, cli):
     r = cli("dump", "-v", "--disks", tmp_path / "m", b.path)
     assert r.rc == 0
     assert "plan:" in r.err and "buffer slots" in r.err and "synced" in r.err
+
+
+@pytest.mark.parametrize("args,code", [
+    (["info", "/nonexistent"], 6),
+    (["verify", "/nonexistent"], 6),
+    (["join", "/nonexistent", "-o", "out"], 6),
+    (["dump", "--disks", "m", "/nonexistent"], 3),
+    (["--disks", "m", "/nonexistent"], 3),                # the no-subcommand form
+    (["bench", "--size", "0"], 2),
+])
+def test_debug_is_accepted_anywhere(tmp_path, cli, args, code):
+    """``stripedump bench ... --debug`` was "unrecognized arguments": after, before, in the middle."""
+    for where in (0, len(args)) + ((1,) if args[0] != "--disks" else ()):
+        r = cli(*args[:where], "--debug", *args[where:], cwd=tmp_path)
+        assert r.rc == code and "unrecognized" not in r.err, (where, r)
+
+
+def test_debug_after_the_subcommand_shows_the_traceback(tmp_path, cli):
+    """An internal error (here: a module of stripedump that cannot be imported) is one line, exit 1;
+    with --debug, before or after the subcommand, the traceback."""
+    r = cli("info", "m0", without=["stripedump.info"], cwd=tmp_path)
+    assert r.rc == 1 and "Traceback (most recent call last)" not in r.err, r
+    assert "internal error: ModuleNotFoundError" in r.err, r
+    for args in (["--debug", "info", "m0"], ["info", "m0", "--debug"]):
+        r = cli(*args, without=["stripedump.info"], cwd=tmp_path)
+        assert r.rc == 1 and "Traceback (most recent call last)" in r.err and "stripedump.info" in r.err, r
+
+
+@pytest.mark.parametrize("args", [
+    ["dump", "--disks", "m", "--block-size", "0", "src"],
+    ["dump", "--disks", "m", "--block-size", "0K", "src"],
+])
+def test_block_size_zero_is_a_usage_error(tmp_path, cli, args):
+    """--block-size 0 was accepted silently (as one page); like --chunk-size 0, it is refused."""
+    assert_one_line_error(cli(*args, cwd=tmp_path), 2, "--block-size must be more than 0")
+    assert_one_line_error(cli("dump", "--disks", "m", "--chunk-size", "0", "src", cwd=tmp_path), 2,
+                          "--chunk-size")
+
+
+@pytest.mark.parametrize("codec,needle", [
+    ("snapy", "unknown codec"),
+    ("lz4", "kdump has no flag for it"),
+    ("none", "kdump has no flag for it"),
+])
+def test_join_codec_lists_only_kdump_codecs(tmp_path, cli, codec, needle):
+    r = cli("join", "m0", "-o", "out", "--format", "kdump", "--codec", codec, cwd=tmp_path)
+    assert_one_line_error(r, 2, needle, "choose one of zlib, lzo, snappy, zstd")
+    assert "none" not in r.err.split("choose one of")[1] and "lz4" not in r.err.split("choose one of")[1]
+
+
+def test_join_output_checked_before_reading_any_member(tmp_path, vmcore, cli):
+    """``join -o DIR --force`` did the whole join, then failed with "Is a directory"."""
+    b = vmcore("kernel")
+    m = tmp_path / "m0"
+    assert cli("dump", "-q", "--disks", m, b.path).rc == 0
+    outdir = tmp_path / "outdir"
+    outdir.mkdir()
+    for fmt in ("elf", "kdump", "flat"):
+        assert_one_line_error(cli("join", m, "-o", outdir, "--force", "--format", fmt), 9,
+                              f"output {outdir} is a directory")
+    # checked before anything is read: members that do not exist are not even opened
+    assert_one_line_error(cli("join", "/nonexistent", "-o", outdir, "--force"), 9, "is a directory")
+    assert_one_line_error(cli("join", "/nonexistent", "-o", tmp_path / "no" / "out"), 9,
+                          f"directory {tmp_path / 'no'} does not exist")
+    assert_one_line_error(cli("join", "/nonexistent", "-o", "/dev/null", "--force"), 9,
+                          "not a regular file")
+    assert os.listdir(outdir) == []
+
+
+def test_join_output_without_permission(tmp_path, cli):
+    """A directory this user may not write in: exit 9 before any member is read."""
+    import subprocess
+    import sys
+    import tempfile
+    base = tempfile.mkdtemp(prefix="stripedump-test-")      # traversable by others, unlike tmp_path
+    try:
+        os.chmod(base, 0o755)
+        ro = os.path.join(base, "ro")
+        os.mkdir(ro, 0o555)
+        cmd = [sys.executable, "-m", "stripedump", "join", "/nonexistent", "-o", os.path.join(ro, "out")]
+        if os.geteuid() == 0:       # root writes anywhere: run as nobody
+            cmd = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *cmd]
+        env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        p = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=base, timeout=60)
+        from conftest import CliResult
+        assert_one_line_error(CliResult(p), 9, f"no permission to write in {ro}")
+    finally:
+        os.chmod(os.path.join(base, "ro"), 0o755)
+        import shutil
+        shutil.rmtree(base)

@@ -432,7 +432,8 @@ def real_joined(real_vmcore, tmp_path_factory):
     out = d / "real.kdump"
     res = kdump_join(m, out)
     assert res.extra["pages"] == "copied"
-    return src, release, m, str(out), d
+    yield src, release, m, str(out), d
+    shutil.rmtree(d, ignore_errors=True)    # ~100 MB; pytest keeps session directories after a failure
 
 
 @needs_makedumpfile
@@ -505,6 +506,7 @@ def test_real_kernel_matches_makedumpfile_and_refilters(real_vmcore, tmp_path):
     assert p.returncode == 0, p.stdout + p.stderr
     out = tmp_path / "ours.kdump"
     kdump_join(dump_members(tmp_path, ram, "lzo", chunk="1M"), out)
+    os.unlink(ram)           # the 200 MB copy: not needed any more, not kept if the test fails
     a, b = parse_kdump(str(ref)), parse_kdump(str(out))
     n = (1 + a["sub_hdr_size"] + a["bitmap_blocks"]) * a["block_size"]
     assert b["data"][:n] == a["data"][:n]

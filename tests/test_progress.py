@@ -1,4 +1,5 @@
 import io
+import time
 
 from stripedump.progress import Progress
 
@@ -16,9 +17,37 @@ def test_plain_lines_for_serial_consoles():
     p.close()
     lines = out.getvalue().splitlines()
     assert "\r" not in out.getvalue()
-    assert lines[0].startswith("stripedump: dump:   0.0% (0 of 0 MB)")
+    assert lines[0] == "stripedump: dump:   0.0% (0 of 0 MB)"      # no rate before one is measured
     assert lines[-1].startswith("stripedump: dump: 100.0%")
-    assert all("MB/s" in ln for ln in lines)
+    assert all("MB/s" in ln for ln in lines[1:])
+
+
+def test_first_line_has_no_rate_until_one_is_measured():
+    """The first line came out as "0.0% (0 of 1073 MB), 0.1 MB/s": a rate from nothing."""
+    out = io.StringIO()
+    p = Progress("dump", stream=out, every=0.0)
+    p(100_000, 1_073_741_824)
+    time.sleep(0.05)
+    p(600_000_000, 1_073_741_824)
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "stripedump: dump:   0.0% (0 of 1074 MB)"
+    assert lines[1].startswith("stripedump: dump:  55.9% (600 of 1074 MB), ") and lines[1].endswith(" MB/s")
+
+
+def test_bar_has_no_eta_until_one_can_be_measured(monkeypatch):
+    monkeypatch.setenv("TERM", "xterm")
+    out = FakeTTY()
+    p = Progress("dump", stream=out, every=0.0)
+    p(0, 1000)
+    time.sleep(0.05)
+    p(0, 1000)             # nothing moved yet: a rate of 0, no ETA (it showed 0:00:00)
+    assert "0.0 MB/s ETA -:--:--" in out.getvalue()
+    out = FakeTTY()
+    p = Progress("dump", stream=out, every=0.0)
+    p(0, 1000)
+    time.sleep(0.05)
+    p(500, 1000)
+    assert " MB/s ETA 0:00:00" in out.getvalue() and "- MB/s" not in out.getvalue()
 
 
 def test_plain_lines_are_throttled():

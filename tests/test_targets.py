@@ -160,3 +160,174 @@ def test_mounted_device_is_refused_even_with_force(tmp_path, vmcore, loopdev):
             _dump(b.path, [dev], force=True)
     finally:
         subprocess.run(["umount", str(mnt)], capture_output=True)
+
+
+# -- exclusive targets: two dumps at once, real processes ---------------------
+
+import signal  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+
+from stripedump import synth  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def slow_source(tmp_path_factory):
+    """A source whose dump (zlib:9, one worker) takes about a second: long enough to overlap."""
+    path = str(tmp_path_factory.mktemp("exclusive") / "vmcore")
+    synth.build(path, synth.demo_loads(32 << 20))
+    yield path
+    os.unlink(path)
+
+
+def _start(src, targets, *extra):
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    disks = ",".join(map(str, targets))
+    return subprocess.Popen([sys.executable, "-m", "stripedump", "dump", "--disks", disks,
+                             "--codec", "zlib:9", "--workers", "1", "--chunk-size", "256K", "-q", *extra,
+                             src], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            stdin=subprocess.DEVNULL, start_new_session=True)
+
+
+class _Paused:
+    """The first dump, stopped (SIGSTOP to its process group) while it holds its targets."""
+
+    def __init__(self, proc):
+        self.proc = proc
+
+    def __enter__(self):
+        os.killpg(self.proc.pid, signal.SIGSTOP)
+        return self
+
+    def __exit__(self, *exc):
+        os.killpg(self.proc.pid, signal.SIGCONT)
+
+
+def _race(src, a, b, *extra):
+    """Start `--disks a` and `--disks b` together; return [(rc, stderr, targets)] of both."""
+    procs = [(_start(src, a, *extra), a), (_start(src, b, *extra), b)]
+    out = []
+    for p, t in procs:
+        _, err = p.communicate(timeout=120)
+        out.append((p.returncode, err, t))
+    return out
+
+
+def _one_winner(src, results, tmp_path):
+    rcs = sorted(r[0] for r in results)
+    assert rcs == [0, 4], results
+    (win,) = [r for r in results if r[0] == 0]
+    (lose,) = [r for r in results if r[0] == 4]
+    lines = [ln for ln in lose[1].splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("stripedump: error: target "), lose[1]
+    assert "Traceback" not in lose[1]
+    out = tmp_path / "joined"
+    join(JoinConfig(tuple(map(str, win[2])), str(out), force=True))
+    assert filecmp.cmp(src, out, shallow=False)
+    out.unlink()
+    return lose[1]
+
+
+@pytest.mark.parametrize("force", [False, True], ids=["plain", "force"])
+def test_two_dumps_at_once_on_the_same_files(tmp_path, slow_source, force):
+    """Issue 9 case 2: a kdump service and a manual run on the same targets.
+
+    With --force both pass the emptiness check, so only the lock keeps them
+    apart (before locks, both exited 0 here); reversed --disks orders must not
+    make both fail.  Without --force the emptiness check may refuse the second
+    when the first has already written (the race of the issue needs both to
+    check at once): one reversed round only.
+    """
+    a, b = tmp_path / "m0", tmp_path / "m1"
+    for order in ([a, b], [b, a]) if force else ([b, a],):
+        for t in (a, b):
+            t.write_bytes(b"")
+        err = _one_winner(slow_source, _race(slow_source, [a, b], order,
+                                             *(["--force"] if force else [])), tmp_path)
+        if force:
+            assert "is in use: another process holds a lock on it (pid " in err, err
+    a.unlink()
+    b.unlink()
+
+
+def test_second_dump_on_a_held_file_is_refused_at_once_naming_the_holder(tmp_path, slow_source):
+    a, b = tmp_path / "m0", tmp_path / "m1"
+    first = _start(slow_source, [a, b])
+    deadline = time.monotonic() + 30
+    while not (b.exists() and b.stat().st_size > 0):       # the first dump is writing
+        assert first.poll() is None and time.monotonic() < deadline, first.communicate()
+        time.sleep(0.02)
+    with _Paused(first):          # it holds its targets for as long as it takes
+        t0 = time.monotonic()
+        second = _start(slow_source, [tmp_path / "other", b], "--force")
+        _, err = second.communicate(timeout=60)
+        assert second.returncode == 4, err
+        assert f"target {b} is in use: another process holds a lock on it (pid {first.pid}: " in err, err
+        assert time.monotonic() - t0 < 15          # at once: no waiting for the lock
+    assert first.wait(timeout=120) == 0, first.stderr.read()
+    assert (tmp_path / "other").stat().st_size == 0      # the refused dump wrote nothing anywhere
+    join(JoinConfig((str(a), str(b)), str(tmp_path / "o")))
+    assert filecmp.cmp(slow_source, tmp_path / "o", shallow=False)
+    for f in (a, b, tmp_path / "o"):
+        f.unlink()
+
+
+def test_two_dumps_at_once_on_the_same_block_devices(tmp_path, slow_source, loopdev):
+    a, b = loopdev(32 << 20), loopdev(32 << 20)
+    zero = bytes(1 << 20)
+    for order in ([a, b], [b, a]):
+        for d in (a, b):
+            with open(d, "r+b") as f:      # no signature left from the previous round
+                f.write(zero)
+        err = _one_winner(slow_source, _race(slow_source, [a, b], order, "--force"), tmp_path)
+        assert "is in use: another process holds a lock on it (pid " in err, err
+
+
+def test_block_device_held_by_another_dump_names_it(tmp_path, slow_source, loopdev):
+    a, b = loopdev(32 << 20), loopdev(32 << 20)
+    first = _start(slow_source, [a, b])
+    deadline = time.monotonic() + 30
+    while True:
+        with open(b, "rb") as f:
+            if f.read(8) == b"STRIPEDM":
+                break
+        assert first.poll() is None and time.monotonic() < deadline, first.communicate()
+        time.sleep(0.02)
+    with _Paused(first):
+        second = _start(slow_source, [b], "--force")
+        _, err = second.communicate(timeout=60)
+        assert second.returncode == 4, err
+        assert f"target {b} is in use: another process holds a lock on it (pid {first.pid}: " in err, err
+    assert first.wait(timeout=120) == 0, first.stderr.read()
+    join(JoinConfig((a, b), str(tmp_path / "o")))
+    assert filecmp.cmp(slow_source, tmp_path / "o", shallow=False)
+
+
+def test_block_device_held_exclusively_is_refused(tmp_path, vmcore, loopdev):
+    """O_EXCL: a device another process claimed (as a mount or md/dm would) is never written."""
+    b = vmcore("simple")
+    dev = loopdev(8 << 20)
+    holder = os.open(dev, os.O_RDONLY | os.O_EXCL)
+    try:
+        with pytest.raises(TargetRefused, match=f"target {dev} is in use: another process holds it open "
+                                                "exclusively"):
+            _dump(b.path, [tmp_path / "m0", dev], force=True)
+    finally:
+        os.close(holder)
+    assert (tmp_path / "m0").stat().st_size == 0       # nothing truncated or written before the refusal
+    _dump(b.path, [tmp_path / "m0", dev], force=True)
+
+
+def test_file_replaced_after_the_check_is_not_truncated(tmp_path, vmcore):
+    """The checks are made again under the lock: a target that a finished dump filled is refused."""
+    from stripedump.targets import check_targets, open_targets
+    b = vmcore("simple")
+    t = tmp_path / "m"
+    targets = check_targets([str(t)], os.stat(b.path), False)    # checked while it did not exist
+    t.write_bytes(b"a member written meanwhile")
+    with pytest.raises(TargetRefused, match="non-empty file"):
+        open_targets(targets, 8192)
+    assert t.read_bytes() == b"a member written meanwhile"
+    assert targets[0].fd == -1
