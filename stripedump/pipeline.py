@@ -212,17 +212,20 @@ def _worker(wid, src, codec_spec, plan_json, block_bytes, pool, slot_size, tasks
 
 
 def _writer(d, writer: MemberWriter, pool, slot_size, inbox, events, notes, routes=None,
-            watch: IOWatch | None = None) -> None:
+            watch: IOWatch | None = None, others=()) -> None:
     """Append the chunks of member ``d``; finalize it at END.
 
     ``routes`` (``--on-disk-error continue``, degraded.py): after a failed
     write this writer drops its target and forwards every chunk it gets to
     a live writer instead of freeing it unwritten.  ``watch`` (iowatch.py):
     where this writer publishes its calls on the target and the chunks not
-    yet durable; SYNC asks for a durable point.
+    yet durable; SYNC asks for a durable point.  ``others``: the other
+    targets' fds, closed at once (a writer holds its own target only).
     """
     _child_init()
     _release_output()
+    for fd in others:
+        os.close(fd)
     pool_mv = memoryview(pool)
     failed = None
     taken: dict[int, int] = {}     # member -> its chunks written here after it failed
@@ -425,8 +428,7 @@ def _dump(cfg: DumpConfig, src: Source, t0: float, progress, say) -> DumpResult:
             _write_json_manifest(cfg.manifest_path, manifest, [t.path for t in targets])
         result = _run(cfg, src, plan, targets, headers, start, block_bytes, pool, progress, say)
     finally:
-        # a hung target's fd is left open: its close may block (iowatch.py)
-        close_targets([t for t in targets if not getattr(t, "abandoned", False)])
+        close_targets(targets)
     result.dump_id = str(dump_id)
     result.seconds = time.monotonic() - t0
     result.extra["lowered"] = [n for n in (too_many,) + fit.warnings if n]   # --json: what was lowered
@@ -659,11 +661,16 @@ def _run(cfg, src, plan, targets, headers, start, block_bytes, geometry, progres
     writers = [ctx.Process(target=_writer, name=f"stripedump-writer-{d}",
                            args=(d, MemberWriter(t.fd, t.path, headers[d], start, cfg.direct_io,
                                                  cfg.discard), pool, slot_size,
-                                 writer_qs[d], events, notes, routes, iow), daemon=True)
+                                 writer_qs[d], events, notes, routes, iow),
+                           kwargs={"others": tuple(u.fd for u in targets if u is not t)}, daemon=True)
                for d, t in enumerate(targets)]
     for p in writers + workers:
         p.start()
         say(f"started {p.name} (pid {p.pid})", 2)
+        if p is writers[-1]:
+            # from here on only its writer holds a target open (iowatch.py): no other process's
+            # close (a flush, on NFS or FUSE) waits on a hung target, the coordinator's exit included
+            close_targets(targets)
     free = list(range(nslots))
     inflight = 0
     error: StripedumpError | None = None
@@ -699,7 +706,6 @@ def _run(cfg, src, plan, targets, headers, start, block_bytes, geometry, progres
         nonlocal inflight, exhausted, synced_all
         for d in iow.check():
             writers[d] = iow.abandon(writers[d])
-            targets[d].abandoned = True       # _dump must not close its fd
             why, pending, cur = iow.hung[d], iow.pending(d), iow.current(d)
             if cur:
                 retired.add(cur[1])
