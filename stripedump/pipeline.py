@@ -42,6 +42,9 @@ slots drain, writers finalize their members as INCOMPLETE with the reason,
 and the coordinator raises the error.  A child that dies is noticed within
 POLL seconds (its exit code); nothing blocks without a timeout, so the
 coordinator never hangs.  SIGINT/SIGTERM stop the feed the same way.
+A writer blocked on a target that stopped answering (D state) is noticed by
+the progress of its device, abandoned and never waited for (iowatch.py);
+once the writers run, only its writer holds a target open.
 With ``--on-disk-error continue`` a writer's failed write is not the dump's:
 that writer drops its target and forwards its chunks to the others
 (degraded.py); the dump stops only when no target is left.
