@@ -102,6 +102,10 @@ def fuse_disk(tmp_path):
         if r.returncode != 0:
             pytest.skip(f"no loop device over a FUSE file here: {r.stderr.strip()}")
         entry["loop"] = r.stdout.strip()
+        # requests of at most one FUSE write (128 KiB), so a slow disk completes one every DELAY s
+        # (the default, 1280 KiB, would make 10 writes of the slow disk one request)
+        with open(f"/sys/block/{os.path.basename(entry['loop'])}/queue/max_sectors_kb", "w") as f:
+            f.write("128")
         return entry["loop"], str(backing / "disk.img"), abort
     yield disk
     for e in made:          # release whatever is blocked on it first, then take it apart
