@@ -57,6 +57,7 @@ sys.path.insert(0, ROOT)
 from stripedump import synth  # noqa: E402
 from stripedump.codecs import CodecSpec  # noqa: E402
 from stripedump.config import parse_size  # noqa: E402
+from stripedump.format import CHUNK_MAGIC, seal_chunk_header  # noqa: E402
 from stripedump.member import encode_chunk, record_bound  # noqa: E402
 from stripedump.plan import Plan  # noqa: E402
 from stripedump.vmcore import Source  # noqa: E402
@@ -123,12 +124,13 @@ class Oracle:
             self.plan = Plan(s.pfn_ranges, s.residue(), ps, chunk_size // ps)
             out = bytearray(record_bound(self.plan.chunk_bytes, block))
             zero = bytes(block)
-            self.records = {}          # chunk id -> (record length, xxh3 of the whole record)
+            self.records = {}          # chunk id -> the whole record, before a writer stamps its dump id
             for ch in self.plan:
                 n = encode_chunk(s, c, ch, block, out, zero)[0]
-                self.records[ch.id] = (n, xxhash.xxh3_64_intdigest(memoryview(out)[:n]))
+                self.records[ch.id] = bytes(out[:n])
             self.loads = [(ld.offset, ld.paddr, ld.filesz) for ld in s.info.loads]
             self.residue = list(self.plan.residue)
+        self._hashes: dict = {}
         self.page_size = ps
         with open(src, "rb") as f:
             self.source = f.read()
@@ -144,15 +146,26 @@ class Oracle:
                     data = f.read()
             except OSError:
                 continue
-            pos = data.find(b"SDCK")
+            dump_id = data[12:28]      # MemberHeader.dump_id: only this dump's records count
+            pos = data.find(CHUNK_MAGIC)
             while pos >= 0:
-                cid = int.from_bytes(data[pos + 8:pos + 16], "little")
+                cid = int.from_bytes(data[pos + 24:pos + 32], "little")
                 rec = self.records.get(cid)
-                if rec and pos + rec[0] <= len(data) and \
-                        xxhash.xxh3_64_intdigest(memoryview(data)[pos:pos + rec[0]]) == rec[1]:
+                if rec and pos + len(rec) <= len(data) and \
+                        xxhash.xxh3_64_intdigest(memoryview(data)[pos:pos + len(rec)]) == \
+                        self._stamped(cid, dump_id):
                     found.add(cid)
-                pos = data.find(b"SDCK", pos + 1)
+                pos = data.find(CHUNK_MAGIC, pos + 1)
         return found
+
+    def _stamped(self, cid: int, dump_id: bytes) -> int:
+        """xxh3 of chunk ``cid``'s record as the writer of dump ``dump_id`` writes it."""
+        key = (cid, dump_id)
+        if key not in self._hashes:
+            rec = bytearray(self.records[cid])
+            seal_chunk_header(rec, 0, dump_id)
+            self._hashes[key] = xxhash.xxh3_64_intdigest(rec)
+        return self._hashes[key]
 
     def missing_ranges(self, present: set[int]):
         pfns, files = [], []

@@ -32,7 +32,7 @@ EXIT_CODES = """exit codes:
   8    the dump is incomplete (members hold what was written before the failure;
        verify: chunks or members missing)
   9    the join output cannot be written
-  130  interrupted by SIGINT; 143 by SIGTERM"""
+  129  stopped by SIGHUP; 130 by SIGINT; 143 by SIGTERM (a dump finalizes its members first)"""
 
 COMMANDS = ("dump", "join", "info", "verify", "bench")
 
@@ -278,25 +278,27 @@ def run_dump(a) -> int:
     cfg = DumpConfig(a.source, disks, a.codec, a.workers, a.chunk_size, a.block_size, a.force,
                      a.manifest, not a.no_mmap, a.direct_io, a.memory_limit,
                      on_disk_error=a.on_disk_error, io_timeout=a.io_timeout)
-    from .progress import Progress
-    prog = Progress("dump", quiet=a.quiet)
+    from .progress import Output, Progress
+    # output is best effort: a closed or full stdout/stderr never changes the dump or its exit code
+    err, out = Output(sys.stderr), Output(sys.stdout)
+    prog = Progress("dump", stream=err, quiet=a.quiet)
     def say(msg: str, level: int = 1):
         if level <= 0:    # a setting lowered to fit the machine: shown even with -q
-            print(f"stripedump: warning: {msg}", file=sys.stderr, flush=True)
+            err.print(f"stripedump: warning: {msg}")
         elif a.verbose >= level and not a.quiet:
-            print(f"stripedump: {msg}", file=sys.stderr, flush=True)
+            err.print(f"stripedump: {msg}")
     try:
         res = dump(cfg, progress=prog, say=say)
     finally:
         prog.close()
     for f in res.extra.get("degraded", []):   # shown even with -q: the dump lost a disk
-        print(f"stripedump: warning: {f['error']}; dropped that target (--on-disk-error continue): "
-              f"{f['moved']} of its chunks went to the other members; join needs every member, "
-              f"{f['path']} included", file=sys.stderr)
+        err.print(f"stripedump: warning: {f['error']}; dropped that target (--on-disk-error continue): "
+                  f"{f['moved']} of its chunks went to the other members; join needs every member, "
+                  f"{f['path']} included")
     if a.json:
-        print(json.dumps(res.to_json()))
+        out.print(json.dumps(res.to_json()))
     elif not a.quiet:
-        print(res.summary())
+        out.print(res.summary())
     return ExitCode.OK
 
 
@@ -423,16 +425,21 @@ def main(argv: list[str] | None = None) -> int:
             return ExitCode.USAGE
         return RUNNERS[a.command](a)
     except StripedumpError as e:
-        print(f"stripedump: error: {e}", file=sys.stderr)
+        _report(f"stripedump: error: {e}")
         return int(e.exit_code)
     except KeyboardInterrupt:
-        print("stripedump: interrupted", file=sys.stderr)
+        _report("stripedump: interrupted")
         return ExitCode.SIGINT
     except BrokenPipeError:
         return ExitCode.OK
     except Exception as e:
         if debug:
             raise
-        print(f"stripedump: internal error: {type(e).__name__}: {e} (run with --debug for a traceback)",
-              file=sys.stderr)
+        _report(f"stripedump: internal error: {type(e).__name__}: {e} (run with --debug for a traceback)")
         return ExitCode.INTERNAL
+
+
+def _report(line: str) -> None:
+    """The one error line on stderr; a stderr that cannot take it does not change the exit code."""
+    from .progress import Output
+    Output(sys.stderr).print(line)

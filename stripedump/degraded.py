@@ -16,7 +16,13 @@ confined here, on the writers' side:
   its footer names the dropped members (``Footer.degraded``) and how many of
   their chunks it took;
 * when no writer is left, a chunk cannot be placed: it is reported lost and
-  its slot freed, and the coordinator stops the dump.
+  its slot freed, and the coordinator stops the dump;
+* what the failed target took before it failed is not trusted either: a
+  write that returned may never reach the disk when a later write or the
+  fdatasync fails.  The coordinator, which hears of every chunk written and
+  of every successful sync, sends the chunks since that target's last sync
+  to the workers again; their writer (the failed one) forwards them here
+  like any other (pipeline.py, ``_Coordinator.target_failed``).
 
 Ordering: a forwarded chunk keeps its slot until the survivor has written
 it and freed it, so the coordinator's count of chunks in flight stays exact

@@ -25,14 +25,15 @@ may hold any chunk; each chunk is still used once.
 
 from __future__ import annotations
 
-import base64
+import re
 import uuid
 from dataclasses import dataclass, field
 
 from .errors import IncompleteDump, MemberError, VerifyError
-from .format import HEADER_BLOCK, KIND_PAGES, STATE_NAMES, IndexEntry
-from .member import MemberReader, WalkReport, is_complete, read_chunk
-from .plan import Plan, placement
+from .format import HEADER_BLOCK, KIND_PAGES, MAX_CHUNK_BYTES, STATE_NAMES, IndexEntry
+from .manifest import Manifest
+from .member import MemberReader, WalkReport, is_complete, read_chunk, set_chunk_limit
+from .plan import placement
 from .vmcore import merge_ranges
 
 INCOMPLETE_HINT = "use --allow-incomplete to recover the chunks that reached disk"
@@ -56,6 +57,7 @@ class DumpSet:
             raise MemberError("no members given")
         self.readers: list[MemberReader] = []
         self.unwritten: list[str] = []    # given, but the dump stopped before writing a header there
+        self.unusable: dict[int, tuple[str, str]] = {}   # member index -> (path, why): no manifest to read
         try:
             for p in paths:
                 try:
@@ -67,8 +69,10 @@ class DumpSet:
             if not self.readers:
                 raise MemberError(f"no member header in {', '.join(paths)}: the dump stopped before "
                                   "writing any; nothing to recover")
+            if allow_missing:
+                self._drop_unreadable_manifests()
             self._check_set(allow_missing)
-            self.manifest = self.readers[0].manifest()
+            self.manifest = self.readers[0].manifest()      # the JSON dict, as written
             self._check_manifest()
         except BaseException:
             self.close()
@@ -76,10 +80,42 @@ class DumpSet:
         self._sources: list[MemberSource | None] = [None] * len(self.readers)
         # --on-disk-error continue: chunks may live on any member
         self.relaxed = self.manifest.get("on_disk_error") == "continue"
+        self._dups: bool | None = None
+
+    def _drop_unreadable_manifests(self) -> None:
+        """With members allowed missing: a member whose manifest cannot be read counts as missing.
+
+        (The dump stopped while writing its head, or the file was cut short:
+        no chunk of it can be placed without the manifest, which the other
+        members hold identically.)  If no member's manifest can be read, the
+        first error stands.
+        """
+        keep, first, ref = [], None, None
+        for r in self.readers:
+            try:
+                if ref is None:
+                    r.manifest()             # the one parsed; the others are compared with it
+                    ref = (r, r.pread(r.header.manifest_offset, r.header.manifest_length))
+                else:
+                    h = r.header
+                    if h.manifest_offset + h.manifest_length > r.size or \
+                            r.pread(h.manifest_offset, h.manifest_length) != ref[1]:
+                        r.manifest()         # cut off or damaged: raises; else _check_manifest names it
+                        r._manifest = None
+                keep.append(r)
+            except MemberError as e:
+                first = first or e
+                why = str(e).split(": ", 1)[-1].split("; join the other members")[0]
+                self.unusable[r.header.member_index] = (r.path, why)
+                r.close()
+        if not keep:
+            raise first
+        self.readers = keep
 
     def close(self) -> None:
         for r in self.readers:
             r.close()
+        set_chunk_limit(MAX_CHUNK_BYTES)
 
     def __enter__(self):
         return self
@@ -98,8 +134,9 @@ class DumpSet:
         by_index: dict[int, MemberReader] = {}
         for r in self.readers:
             h = r.header
-            if (h.member_count, h.page_size, h.chunk_pages, h.block_pages, h.manifest_length) != \
-                    (h0.member_count, h0.page_size, h0.chunk_pages, h0.block_pages, h0.manifest_length):
+            if (h.version, h.member_count, h.page_size, h.chunk_pages, h.block_pages, h.manifest_length) != \
+                    (h0.version, h0.member_count, h0.page_size, h0.chunk_pages, h0.block_pages,
+                     h0.manifest_length):
                 raise MemberError(f"member {r.path} disagrees with member {self.readers[0].path} "
                                   "on the dump geometry")
             if h.member_index in by_index:
@@ -118,29 +155,21 @@ class DumpSet:
         self.header = self.readers[0].header
 
     def _check_manifest(self) -> None:
-        m = self.manifest
-        where = self.readers[0].where
-        try:
-            src = m["source"]
-            self.page_size = int(src["page_size"])
-            self.source_size = int(src["size"])
-            self.segments = list(src["segments"])
-            self.notes = base64.b64decode(src["notes"])
-            self.block_bytes = int(m["block_bytes"])
-            self.plan = Plan.from_json(m["plan"])
-            for s in self.segments:
-                for k in ("type", "offset", "paddr", "filesz", "memsz"):
-                    if not isinstance(s[k], int) or s[k] < 0:
-                        raise ValueError(f"segment field {k}")
-        except (KeyError, TypeError, ValueError) as e:
-            raise MemberError(f"{where}: manifest is malformed ({e})") from None
-        if self.page_size != self.header.page_size or self.plan.chunk_pages != self.header.chunk_pages \
-                or self.block_bytes != self.header.block_pages * self.page_size:
-            raise MemberError(f"{where}: manifest and member header disagree")
+        """The manifest checked once (manifest.Manifest), and the same in every member given."""
+        r0 = self.readers[0]
+        m = Manifest(self.manifest, self.header, r0.where)
+        self.checked = m
+        self.page_size, self.source_size = m.page_size, m.source_size
+        self.segments, self.notes = m.segments, m.notes
+        self.block_bytes, self.plan = m.block_bytes, m.plan
+        if m.members != self.count:
+            raise MemberError(f"{r0.where}: the manifest and the member header disagree on the number "
+                              "of members; the member is damaged")
+        set_chunk_limit(self.plan.chunk_bytes)     # no record may claim more (inherited by join's pool)
         for r in self.readers[1:]:
             if r.pread(r.header.manifest_offset, r.header.manifest_length) != \
-                    self.readers[0].pread(self.header.manifest_offset, self.header.manifest_length):
-                raise MemberError(f"{r.where}: manifest differs from {self.readers[0].path}'s")
+                    r0.pread(self.header.manifest_offset, self.header.manifest_length):
+                raise MemberError(f"{r.where}: manifest differs from {r0.path}'s")
 
     @property
     def dump_id(self) -> str:
@@ -274,9 +303,29 @@ class DumpSet:
                 return False
             raise MemberError(f"{r.where}: chunk {e.chunk_id} lies past the end of the member "
                               f"(member truncated to {r.size} bytes?)")
+        if self.relaxed and not walked and self._duplicates_possible() and not self._copy_verifies(r, e):
+            # a chunk may be present twice (degraded dumps): take a copy that
+            # verifies, not the first one met; a later copy can still be taken
+            s.skipped += 1
+            s.notes.append(f"a copy of chunk {e.chunk_id} fails its checks; another copy is used if any")
+            return False
         seen[byte] |= 1 << bit
         s.used += 1
         return True
+
+    def _duplicates_possible(self) -> bool:
+        """A chunk can be present twice only where a target failed and its chunks moved (DGRD)."""
+        if self._dups is None:
+            self._dups = bool(self.dropped)
+        return self._dups
+
+    def _copy_verifies(self, r: MemberReader, e: IndexEntry) -> bool:
+        """The record an index entry points to is this chunk of this dump, and sound."""
+        try:
+            h, _, _ = read_chunk(r.read_record(e), r.where, self.block_bytes, r.dump_id, self.page_size)
+        except (MemberError, VerifyError):
+            return False
+        return h.chunk_id == e.chunk_id and h.payload_checksum == e.checksum
 
     def record(self, chunk_id: int) -> bytes | None:
         """One chunk's checked record, found through an index or a walk; None if not found.
@@ -297,14 +346,25 @@ class DumpSet:
                 for e in entries:
                     if e.chunk_id == chunk_id and e.offset + e.length <= r.size:
                         rec = r.read_record(IndexEntry(*e))
-                        read_chunk(rec, r.where, self.block_bytes)
+                        h, _, _ = read_chunk(rec, r.where, self.block_bytes, r.dump_id, self.page_size)
+                        if h.chunk_id != chunk_id:
+                            continue
                         return rec
             except (MemberError, VerifyError):
                 continue
         return None
 
     def missing_chunks(self, seen: bytearray) -> list[int]:
-        return [c for c in range(self.plan.n_chunks) if not seen[c >> 3] & (1 << (c & 7))]
+        """Chunk ids not marked in ``seen``; the scan skips full bytes in C, so a
+        whole dump costs little and a dump missing most of its chunks costs one
+        id per missing chunk."""
+        n = self.plan.n_chunks
+        out = []
+        for m in re.finditer(rb"[^\xff]", bytes(seen[:-(-n // 8)])):
+            byte = m.start()
+            v = seen[byte]
+            out.extend(c for c in range(byte * 8, min(byte * 8 + 8, n)) if not v & (1 << (c & 7)))
+        return out
 
     def missing_ranges(self, chunk_ids) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
         """Merged PFN ranges and source file ranges [start, end) of these chunks."""
@@ -333,7 +393,9 @@ class DumpSet:
                 d["notes"] = s.notes[:5]
             out.append(d)
         for i in self.absent:
-            out.append({"index": i, "path": None, "state": "not given", "found_by": None, "chunks": 0})
+            path, why = self.unusable.get(i, (None, None))
+            out.append({"index": i, "path": path, "state": f"unusable ({why})" if why else "not given",
+                        "found_by": None, "chunks": 0})
         out.sort(key=lambda d: d["index"])
         for p in self.unwritten:
             out.append({"index": None, "path": p, "state": "no member header (never written)",

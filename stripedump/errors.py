@@ -24,6 +24,7 @@ class ExitCode(enum.IntEnum):
     VERIFY = 7        # a checksum or decompression check failed
     INCOMPLETE = 8    # the dump was stopped early; members hold what was written
     OUTPUT = 9        # join/verify output cannot be written
+    SIGHUP = 129
     SIGINT = 130
     SIGTERM = 143
 
@@ -83,7 +84,7 @@ class OutputError(StripedumpError):
 class Interrupted(StripedumpError):
     def __init__(self, message: str, signum: int):
         super().__init__(message)
-        self.exit_code = ExitCode.SIGINT if signum == 2 else ExitCode.SIGTERM
+        self.exit_code = {1: ExitCode.SIGHUP, 2: ExitCode.SIGINT}.get(signum, ExitCode.SIGTERM)
 
 
 class CodecUnavailable(UsageError):

@@ -53,8 +53,10 @@ def info(members: list[str]) -> dict:
                 d["took_over"] = [list(x) for x in f.degraded]
             d.update({k: v for k, v in recovery[d["index"]].items() if k not in d})
             out_members.append(d)
-        for i in ds.absent:
-            out_members.append({**recovery[i], "index": i, "path": None, "bytes": None, "state": "not given",
+        for i in ds.absent:      # not given, or given but unusable (e.g. its manifest cut off)
+            path, why = ds.unusable.get(i, (None, None))
+            out_members.append({**recovery[i], "index": i, "path": path, "bytes": None,
+                                "state": f"unusable ({why})" if why else "not given",
                                 "chunks": None, "input_bytes": None, "note": None})
         out_members.sort(key=lambda d: d["index"])
         for p in ds.unwritten:

@@ -40,20 +40,24 @@ What happens to a hung writer: it gets SIGKILL at once, which stays pending
 until its call returns, so it never runs another line of ours whatever the
 device does later; its Process object is taken out of multiprocessing's list
 of children and replaced by a stand-in (``Abandoned``) that is neither alive
-nor dead, so no join, liveness check or exit handler waits for it; its
-target's fd is marked so the coordinator never closes it.
+nor dead, so no join, liveness check or exit handler waits for it.  Once
+the writers run, each target is open in its writer only (pipeline.py closes
+the coordinator's descriptors before the workers are forked, and each writer
+the other targets'): closing a descriptor of a file on a hung NFS or FUSE
+file system sends a flush that blocks too, and every process's exit closes
+its descriptors.
 
-Which chunks it held: the slot it is writing (published), the records
-waiting in its pipe (the coordinator reads them out), and the chunks it
-acknowledged since its last durable point (fdatasync for buffered writes,
-the last staged flush for ``--direct-io``), which may never reach the disk.
-The writer keeps their ids in a ring in the same mapping and moves its
-durable point forward (a sync) before the ring would overwrite an id not yet
-durable, so the list is always whole: at most one extra sync per RING
-chunks.  Under ``--on-disk-error continue`` they are encoded again from the
-source and go to the other members (the pipe's records are forwarded, as
-degraded.py does for a failed write); under ``stop`` the dump stops and says
-so.
+Which chunks it held: the slot it is writing (published here: retired,
+never used again), the records waiting in its pipe (the coordinator reads
+them out), and the chunks it acknowledged since its last successful sync,
+which may never reach the disk (the coordinator keeps those per writer for
+failed targets already: pipeline.py, ``target_failed``).  Under
+``--on-disk-error continue`` they are encoded again from the source and go to
+the other members (the pipe's records are forwarded, as degraded.py does for
+a failed write); under ``stop`` the dump stops and says so.  The
+coordinator's SYNC barrier before the end runs under ``stop`` too, so a disk
+that hangs in its last sync is noticed before the other members are
+finalized: they say it, as incomplete.
 """
 
 from __future__ import annotations
@@ -65,16 +69,13 @@ import stat
 import struct
 import time
 
-RING = 4096               # chunk ids a writer remembers since its durable point (64 KiB per writer)
 CHECK_EVERY = 0.25        # seconds between reads of the device statistics
-SYNC = (1 << 64) - 2      # a writer record asking for a durable point (END - 1), see pipeline._writer
 
 # per writer: calls completed, busy since (monotonic, 0: idle), chunk id + 1 in the call (0: none),
-# its slot, member position, durable position, chunks acknowledged in all
-HEAD = struct.Struct("<QdQQQQQ")
+# its slot, member position when the call began
+HEAD = struct.Struct("<QdQQQ")
 _Q, _D = struct.Struct("<Q"), struct.Struct("<d")
-ENTRY = struct.Struct("<QQ")          # ring entry: chunk id, member offset where its record ends
-STRIDE = -(-(HEAD.size + RING * ENTRY.size) // 64) * 64
+STRIDE = 64
 
 # /sys/dev/block/M:m/stat fields that count completed writes: writes, write sectors,
 # discards, discard sectors, flushes (older kernels have fewer fields)
@@ -143,18 +144,10 @@ class IOWatch:
         self.hung: dict[int, str] = {}      # member -> why
 
     # -- writer side -----------------------------------------------------------------------
-    def _head(self, d: int) -> list:
-        return list(HEAD.unpack_from(self.mm, d * STRIDE))
+    def _head(self, d: int) -> tuple:
+        return HEAD.unpack_from(self.mm, d * STRIDE)
 
-    def _put(self, d: int, field: str, value) -> None:
-        st, off = _FIELDS[field]
-        st.pack_into(self.mm, d * STRIDE + off, value)
-
-    def _get(self, d: int, field: str):
-        st, off = _FIELDS[field]
-        return st.unpack_from(self.mm, d * STRIDE + off)[0]
-
-    def call(self, d: int, cid: int | None = None, slot: int = 0) -> "IOWatch":
+    def call(self, d: int, cid: int | None = None, slot: int = 0, pos: int = 0) -> "IOWatch":
         """``with watch.call(d, cid, slot):`` writer ``d`` is inside a call on its target.
 
         (A plain context manager, not @contextmanager: this runs for every
@@ -162,6 +155,7 @@ class IOWatch:
         base = d * STRIDE
         _Q.pack_into(self.mm, base + 16, 0 if cid is None else cid + 1)
         _Q.pack_into(self.mm, base + 24, slot)
+        _Q.pack_into(self.mm, base + 32, pos)
         _D.pack_into(self.mm, base + 8, time.monotonic())    # last: the chunk is known when busy is
         self._in = base
         return self
@@ -173,26 +167,6 @@ class IOWatch:
         base = self._in
         _D.pack_into(self.mm, base + 8, 0.0)
         _Q.pack_into(self.mm, base, _Q.unpack_from(self.mm, base)[0] + 1)
-
-    def acked(self, d: int, cid: int, end: int, pos: int, durable: int) -> bool:
-        """Chunk ``cid`` (record ending at member offset ``end``) is written, not yet durable.
-
-        True when the oldest id in the ring is still not durable: the writer
-        must reach a durable point (and call ``durable``) before its next chunk.
-        """
-        n = self._get(d, "acked")
-        ENTRY.pack_into(self.mm, d * STRIDE + HEAD.size + (n % RING) * ENTRY.size, cid, end)
-        self._put(d, "pos", pos)
-        self._put(d, "durable", durable)
-        self._put(d, "acked", n + 1)
-        if n + 1 < RING:
-            return False
-        _, oldest_end = ENTRY.unpack_from(self.mm, d * STRIDE + HEAD.size + ((n + 1) % RING) * ENTRY.size)
-        return oldest_end > durable
-
-    def durable(self, d: int, pos: int, durable: int) -> None:
-        self._put(d, "pos", pos)
-        self._put(d, "durable", durable)
 
     # -- coordinator side ------------------------------------------------------------------
     def check(self, now: float | None = None) -> list[int]:
@@ -225,20 +199,6 @@ class IOWatch:
         h = self._head(d)
         return (h[2] - 1, h[3]) if h[2] else None
 
-    def pending(self, d: int) -> list[int]:
-        """Chunks writer ``d`` acknowledged that may not be on its device, the current one included."""
-        h = self._head(d)
-        n, durable = h[6], h[5]
-        out = []
-        for i in range(max(0, n - RING), n):
-            cid, end = ENTRY.unpack_from(self.mm, d * STRIDE + HEAD.size + (i % RING) * ENTRY.size)
-            if end > durable:
-                out.append(cid)
-        cur = self.current(d)
-        if cur and cur[0] not in out:
-            out.append(cur[0])
-        return out
-
     def position(self, d: int) -> int:
         return self._head(d)[4]
 
@@ -255,21 +215,3 @@ class IOWatch:
         except AttributeError:
             pass
         return Abandoned(proc)
-
-
-_FIELDS = {"calls": (_Q, 0), "busy": (_D, 8), "cid": (_Q, 16), "slot": (_Q, 24), "pos": (_Q, 32),
-           "durable": (_Q, 40), "acked": (_Q, 48)}
-
-
-class Feed:
-    """The plan's chunk ids, with chunks to encode again (a hung writer's) handed out first."""
-
-    def __init__(self, ids):
-        from collections import deque
-        self.ids, self.again = iter(ids), deque()
-
-    def __iter__(self):
-        return self
-
-    def __next__(self) -> int:
-        return self.again.popleft() if self.again else next(self.ids)

@@ -24,7 +24,6 @@ the pool itself only reads records and reports, whatever is done with them.
 from __future__ import annotations
 
 import bisect
-import multiprocessing
 import os
 import queue
 import time
@@ -39,7 +38,8 @@ from .errors import (IncompleteDump, Interrupted, MemberError, OutputError, Stri
 from .fileio import fsync_dir, write_exact
 from .format import CHUNK_HEADER_SIZE, KIND_FILE, KIND_PAGES
 from .member import decode_chunk, unreadable_ranges
-from .pipeline import POLL, _child_init, _describe_exit, _join_all, _Signals, messages
+from .procs import POLL, Signals as _Signals, child_init as _child_init, describe_exit as _describe_exit, \
+    join_all as _join_all, messages, queue_pair, spawn
 from .plan import placement
 from .vmcore import PT_LOAD, merge_ranges, subtract_ranges
 
@@ -221,12 +221,9 @@ def _run_pool(ds: DumpSet, workers: int, make_handler, keep_going: bool, progres
         unreadable = []
     failed: list[int] = []
     paths = [r.path for r in ds.readers]
-    ctx = multiprocessing.get_context("fork")
-    tasks, events = ctx.Queue(), ctx.Queue()
-    procs = [ctx.Process(target=_pool_worker, args=(i, paths, make_handler, tasks, events),
-                         daemon=True, name=f"stripedump-join-{i}") for i in range(workers)]
-    for p in procs:
-        p.start()
+    tasks, events = queue_pair()
+    procs = [spawn(_pool_worker, f"stripedump-join-{i}", (i, paths, make_handler, tasks, events))
+             for i in range(workers)]
     seen = bytearray(-(-ds.plan.n_chunks // 8))
     errors: list[str] = []
     fatal: StripedumpError | None = None
@@ -388,7 +385,7 @@ def describe_missing(report: dict, most: int = 16, verify: bool = False) -> list
         if m["index"] is None:
             lines.append(f"{m['path']}: no member header (the dump stopped before writing one)")
         elif m["found_by"] is None:
-            lines.append(f"member {m['index']}: not given; its {m.get('missing_chunks', 'share of')} "
+            lines.append(f"member {m['index']}{' ' + m['path'] if m.get('path') else ''}: {m['state']}; its {m.get('missing_chunks', 'share of')} "
                          f"chunk(s) are missing" + _member_missing(m))
         elif m["state"] != "complete" or m["found_by"] == "walk":
             lines.append(f"member {m['index']} {m['path']}: {m['state']}, {m['chunks']} chunk(s) found by "

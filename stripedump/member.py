@@ -14,28 +14,39 @@ from __future__ import annotations
 import mmap
 import os
 import sys
+import time
 from array import array
 from collections import deque
 
 from . import codecs as codecs_mod
 from .errors import MemberError, SourceError, TargetIOError, VerifyError
-from .format import (BLOCK_COMPRESSED, BLOCK_LEN_MASK, BLOCK_RAW, BLOCK_UNREADABLE, BLOCK_ZERO,
-                     CHUNK_ALL_ZERO, CHUNK_UNREADABLE,
-                     CHUNK_HEADER_SIZE, CHUNK_MAGIC, HEADER_BLOCK, INDEX_EVERY, KIND_PAGES,
-                     STATE_COMPLETE, ChunkHeader, Footer, IndexEntry, MemberHeader, RecordHead,
-                     FOOTER_MAGIC, INDEX_MAGIC, RECORD_MAGICS, checksum, first_record_offset,
-                     pack_record, unpack_index, unpack_manifest)
+from .format import (BLOCK_COMPRESSED, BLOCK_EXCLUDED, BLOCK_KIND_SHIFT, BLOCK_LEN_MASK, BLOCK_RAW,
+                     BLOCK_UNREADABLE, BLOCK_ZERO, CHECKSUM_XXH3_64, CHUNK_ALL_ZERO, CHUNK_EXCLUDED,
+                     CHUNK_FLAGS_KNOWN, CHUNK_HEADER_SIZE, CHUNK_MAGIC, CHUNK_UNREADABLE, HEADER_BLOCK,
+                     INDEX_EVERY, INDEX_MAGIC, KIND_PAGES, MAX_CHUNK_BYTES, MAX_FOOTER, MAX_MANIFEST,
+                     MEMBER_MAGIC, STATE_COMPLETE, STATE_WRITING, TRAILER_MAGIC, TRAILER_SIZE,
+                     V1_BLOCK_KIND_SHIFT, V1_BLOCK_LEN_MASK, V1_CHUNK_MAGIC, V1_RECORD_MAGICS, VERSION,
+                     ChunkHeader, CodecTotal, Footer, IndexEntry, MemberHeader, Trailer, checksum,
+                     first_record_offset, head_size, magic_of, pack_record, parse_head, seal_chunk_header,
+                     unpack_index, unpack_manifest)
 from .fileio import pread_exact, write_exact
 from .plan import Chunk
 from .vmcore import Window
 
-MAX_FOOTER = 64 << 20      # readers refuse a longer footer record
+MAX_MANIFEST_RECORD = MAX_MANIFEST   # a compressed manifest is never longer than the JSON it holds
 BIG_ENDIAN_HOST = sys.byteorder == "big"   # the block table is little-endian on disk
 assert array("I").itemsize == 4, "stripedump needs a 4-byte unsigned int"
-SYNC_EVERY = 256 << 20
+# for tests only: STRIPEDUMP_SYNC_EVERY=BYTES (read once, here) lowers the fdatasync interval so a
+# small dump has several sync barriers (tests/test_powerloss.py); anything but a positive integer is ignored
+_SYNC_ENV = os.environ.get("STRIPEDUMP_SYNC_EVERY", "")
+SYNC_EVERY = int(_SYNC_ENV) if _SYNC_ENV.isdigit() and int(_SYNC_ENV) > 0 else 256 << 20
+SYNC_CHUNKS = 1 << 14      # also sync after this many chunks: bounds what the coordinator keeps per writer
 KICK_EVERY = 16 << 20      # start writeback early so the final fsync has little left to do
 DIRECT_ALIGN = 4096        # O_DIRECT offset and length alignment (logical block size or less)
 STAGE_BYTES = 4 << 20      # per-writer staging buffer for --direct-io     # machine-limits §4: buffered writes collapse past the dirty limit
+
+
+NO_DUMP = bytes(16)
 
 
 def record_bound(chunk_bytes: int, block_bytes: int) -> int:
@@ -93,9 +104,11 @@ def encode_chunk(src, codec, chunk: Chunk, block_bytes: int, out, zero,
     else:
         hole = src.file_is_hole(chunk.start, chunk.count)
         n = chunk.count
+    # the dump id is left zero here: the member's writer stamps it (MemberWriter.append)
+    kept = chunk.count if chunk.kind == KIND_PAGES else 0
     if hole:       # sparse source: all zero, nothing to read
-        ChunkHeader(CHUNK_MAGIC, chunk.kind, codec.ID, CHUNK_ALL_ZERO, chunk.id, chunk.start, n, 0, 0,
-                    checksum(b"")).pack_into(out, 0)
+        ChunkHeader(CHUNK_MAGIC, chunk.kind, codec.ID, CHUNK_ALL_ZERO, NO_DUMP, chunk.id, chunk.start, n,
+                    0, 0, checksum(b""), kept).pack_into(out, 0)
         return CHUNK_HEADER_SIZE, checksum(b""), 0
     bad: list[tuple[int, int]] = []
     if careful:
@@ -131,12 +144,12 @@ def encode_chunk(src, codec, chunk: Chunk, block_bytes: int, out, zero,
                     b = n
                 ln = b - a
                 if bad and any(x < b and a < y for x, y in bad):
-                    table[i] = BLOCK_UNREADABLE << 30
+                    table[i] = BLOCK_UNREADABLE << BLOCK_KIND_SHIFT
                     unreadable += 1
                     continue
                 z = zero if ln == block_bytes else zero[:ln]
                 if (find(z, base + a, base + b) == base + a) if is_mmap else obj[base + a:base + b] == z:
-                    table[i] = BLOCK_ZERO << 30
+                    table[i] = BLOCK_ZERO << BLOCK_KIND_SHIFT
                     zeros += 1
                     continue
                 blk = obj[base + a:base + b] if as_bytes else mv[a:b]
@@ -145,11 +158,11 @@ def encode_chunk(src, codec, chunk: Chunk, block_bytes: int, out, zero,
                     cl = len(c)
                     if cl < ln:
                         out[pos:pos + cl] = c
-                        table[i] = (BLOCK_COMPRESSED << 30) | cl
+                        table[i] = (BLOCK_COMPRESSED << BLOCK_KIND_SHIFT) | cl
                         pos += cl
                         continue
                 out[pos:pos + ln] = blk
-                table[i] = (BLOCK_RAW << 30) | ln
+                table[i] = (BLOCK_RAW << BLOCK_KIND_SHIFT) | ln
                 pos += ln
         finally:
             mv.release()
@@ -161,44 +174,75 @@ def encode_chunk(src, codec, chunk: Chunk, block_bytes: int, out, zero,
             table.byteswap()
         out[tstart:dstart] = table.tobytes()
     csum = checksum(memoryview(out)[tstart:pos])
-    ChunkHeader(CHUNK_MAGIC, chunk.kind, codec.ID, flags, chunk.id, chunk.start, n, nblocks,
-                pos - tstart, csum).pack_into(out, 0)
+    ChunkHeader(CHUNK_MAGIC, chunk.kind, codec.ID, flags, NO_DUMP, chunk.id, chunk.start, n, nblocks,
+                pos - tstart, csum, kept).pack_into(out, 0)
     return pos, csum, unreadable
 
 
-def read_chunk(rec, where: str, block_bytes: int) -> tuple[ChunkHeader, memoryview, list]:
+# Largest raw_length a record may claim before anything is sized from it.  A
+# reader that knows the plan lowers it to the plan's chunk size
+# (DumpSet.__init__, before join's pool forks, so its workers inherit it).
+_limits = {"chunk_bytes": MAX_CHUNK_BYTES}
+
+
+def set_chunk_limit(chunk_bytes: int) -> None:
+    _limits["chunk_bytes"] = max(1, min(int(chunk_bytes), MAX_CHUNK_BYTES))
+
+
+def _block_table(h: ChunkHeader, body) -> tuple[array, int, int]:
+    """(table, kind shift, length mask) of a checked record of either format version."""
+    table = array("I", bytes(body[:4 * h.nblocks]))
+    if BIG_ENDIAN_HOST:
+        table.byteswap()
+    if h.magic == V1_CHUNK_MAGIC:
+        return table, V1_BLOCK_KIND_SHIFT, V1_BLOCK_LEN_MASK
+    return table, BLOCK_KIND_SHIFT, BLOCK_LEN_MASK
+
+
+def read_chunk(rec, where: str, block_bytes: int, dump_id: bytes | None = None,
+               page_size: int | None = None) -> tuple[ChunkHeader, memoryview, list]:
     """Check one record's header, checksum and block table, without decompressing.
 
     Returns (header, body, blocks): ``body`` is the payload and ``blocks``
     lists, for every block that is not all zero, ``(how, a, b, pos, ln)``:
     chunk bytes ``[a, b)`` stored as ``how`` (BLOCK_RAW or BLOCK_COMPRESSED)
-    in ``body[pos:pos + ln]``.  Empty for an all-zero chunk.
+    in ``body[pos:pos + ln]``.  Empty for an all-zero chunk.  Every length
+    is checked (against the chunk limit, the block size and the record)
+    before anything is sized from it.  ``dump_id``: the record must belong
+    to that dump (version 2 records).
     """
     h = ChunkHeader.unpack(rec, where)
+    if dump_id is not None and h.version >= 2 and h.dump_id != dump_id:
+        raise VerifyError(f"{where}: the chunk record belongs to another dump")
     if h.record_length > len(rec):
-        raise VerifyError(f"{where}: chunk record is truncated")
-    body = memoryview(rec)[CHUNK_HEADER_SIZE:h.record_length]
+        raise VerifyError(f"{where}: chunk record is cut off")
+    if h.raw_length > _limits["chunk_bytes"] or h.raw_length == 0 or h.flags & ~CHUNK_FLAGS_KNOWN:
+        raise VerifyError(f"{where}: implausible chunk header (length {h.raw_length}, flags {h.flags:#x})")
+    body = memoryview(rec)[h.header_size:h.record_length]
     if checksum(body) != h.payload_checksum:
         raise VerifyError(f"{where}: checksum mismatch (the member is corrupt)")
-    if h.raw_length > (1 << 32):
-        raise VerifyError(f"{where}: implausible chunk length {h.raw_length}")
     blocks: list[tuple[int, int, int, int, int]] = []
     if h.flags & CHUNK_ALL_ZERO:
+        if h.nblocks or h.payload_length:
+            raise VerifyError(f"{where}: an all-zero chunk with a block table")
         return h, body, blocks
     nblocks = -(-h.raw_length // block_bytes)
     if h.nblocks != nblocks or 4 * nblocks > len(body):
         raise VerifyError(f"{where}: block table does not match the chunk length")
-    table = array("I", body[:4 * nblocks].tobytes())
-    if BIG_ENDIAN_HOST:
-        table.byteswap()
+    table, shift, mask = _block_table(h, body)
     pos = 4 * nblocks
+    excluded = 0
     for i, e in enumerate(table):
-        how, ln = e >> 30, e & BLOCK_LEN_MASK
+        how, ln = e >> shift, e & mask
         a = i * block_bytes
         b = min(a + block_bytes, h.raw_length)
-        if how in (BLOCK_ZERO, BLOCK_UNREADABLE):
+        if how in (BLOCK_ZERO, BLOCK_UNREADABLE, BLOCK_EXCLUDED):
             if ln:
                 raise VerifyError(f"{where}: block {i} has no data but a length of {ln}")
+            if how == BLOCK_EXCLUDED:
+                if h.version < 2 or not h.flags & CHUNK_EXCLUDED or h.kind != KIND_PAGES:
+                    raise VerifyError(f"{where}: block {i} is marked excluded where no block may be")
+                excluded += b - a
             continue
         if pos + ln > len(body):
             raise VerifyError(f"{where}: block {i} runs past the record")
@@ -207,29 +251,53 @@ def read_chunk(rec, where: str, block_bytes: int) -> tuple[ChunkHeader, memoryvi
                 raise VerifyError(f"{where}: raw block {i} has length {ln}, expected {b - a}")
         elif how != BLOCK_COMPRESSED:
             raise VerifyError(f"{where}: block {i} has an unknown storage kind {how}")
+        elif ln == 0:
+            raise VerifyError(f"{where}: compressed block {i} is empty")
         blocks.append((how, a, b, pos, ln))
         pos += ln
     if pos != len(body):
         raise VerifyError(f"{where}: block table does not account for the whole payload")
+    if page_size and h.version >= 2 and h.kind == KIND_PAGES and \
+            h.kept_pages != (h.raw_length - excluded) // page_size:
+        raise VerifyError(f"{where}: kept-page count {h.kept_pages} does not match the block table")
     return h, body, blocks
 
 
-def unreadable_ranges(h: ChunkHeader, body, block_bytes: int) -> list[tuple[int, int]]:
-    """Byte ranges of a checked record (``read_chunk``) that the source could not give."""
-    if not h.flags & CHUNK_UNREADABLE or h.flags & CHUNK_ALL_ZERO:
-        return []
-    table = array("I", body[:4 * h.nblocks].tobytes())
-    if BIG_ENDIAN_HOST:
-        table.byteswap()
+def chunk_body(rec, h: ChunkHeader) -> memoryview:
+    """The payload (block table + stored blocks) of a record checked by ``read_chunk``."""
+    return memoryview(rec)[h.header_size:h.record_length]
+
+
+def _ranges_of(h: ChunkHeader, body, block_bytes: int, kind: int) -> list[tuple[int, int]]:
+    if isinstance(body, memoryview) and h.header_size != CHUNK_HEADER_SIZE and body.obj is not None \
+            and len(body) != h.payload_length:
+        # a version 1 record sliced at the version 2 header size by a caller:
+        # re-slice the record it views at its own header size
+        body = chunk_body(body.obj, h)
+    table, shift, mask = _block_table(h, body)
     out: list[tuple[int, int]] = []
     for i, e in enumerate(table):
-        if e >> 30 == BLOCK_UNREADABLE:
+        if e >> shift == kind:
             a, b = i * block_bytes, min((i + 1) * block_bytes, h.raw_length)
             if out and out[-1][1] == a:
                 out[-1] = (out[-1][0], b)
             else:
                 out.append((a, b))
     return out
+
+
+def unreadable_ranges(h: ChunkHeader, body, block_bytes: int) -> list[tuple[int, int]]:
+    """Byte ranges of a checked record (``read_chunk``) that the source could not give."""
+    if not h.flags & CHUNK_UNREADABLE or h.flags & CHUNK_ALL_ZERO:
+        return []
+    return _ranges_of(h, body, block_bytes, BLOCK_UNREADABLE)
+
+
+def excluded_ranges(h: ChunkHeader, body, block_bytes: int) -> list[tuple[int, int]]:
+    """Byte ranges of a checked record that a dump level left out (not memory: not zeros)."""
+    if not h.flags & CHUNK_EXCLUDED or h.flags & CHUNK_ALL_ZERO:
+        return []
+    return _ranges_of(h, body, block_bytes, BLOCK_EXCLUDED)
 
 
 def chunk_codec(h: ChunkHeader, where: str, codec_cache: dict):
@@ -296,6 +364,9 @@ class MemberWriter:
     * direct (``--direct-io``): the fd is O_DIRECT; records are gathered in
       a page-aligned staging buffer and written in multiples of DIRECT_ALIGN,
       the tail padded with zeros at the end;
+    * either way ``fdatasync`` also every SYNC_CHUNKS chunks, and ``syncs``
+      counts the syncs: the coordinator keeps the ids of the chunks since
+      the last one, to send them elsewhere if the target fails (pipeline.py);
     * discard (bench's no-write run): nothing is written, offsets still move.
 
     Every write is positional (``pwrite`` at the member offset the index
@@ -318,6 +389,8 @@ class MemberWriter:
         self.chunks = 0
         self.bytes_in = 0
         self.since_sync = 0
+        self.unsynced = 0          # chunks appended since the last sync
+        self.syncs = 0             # successful syncs so far (the coordinator hears of each)
         self.synced_to = self.kicked_to = start
         self.direct, self.discard = direct, discard
         self._stage = None
@@ -325,6 +398,9 @@ class MemberWriter:
         self._stage_at = start       # member offset of the staging buffer's first byte
         self._unwritten: deque[tuple[int, int]] = deque()   # direct: (record end, chunk id) still staged
         self.broken = False
+        self.dump_id = header.dump_id
+        self.totals: dict[int, list[int]] = {}    # codec id -> [chunks, raw bytes, stored bytes]
+        self.excluded_pages = 0
         if direct and start % DIRECT_ALIGN:
             raise ValueError("direct I/O needs an aligned start")
 
@@ -375,6 +451,10 @@ class MemberWriter:
         if self.broken:
             raise TargetIOError(f"target {self.path}: an earlier write failed")
         at = self.pos
+        if isinstance(rec, (bytes, memoryview)) and (not isinstance(rec, memoryview) or rec.readonly):
+            rec = bytearray(rec)
+        seal_chunk_header(rec, 0, self.dump_id)    # the record now belongs to this dump
+        h = ChunkHeader.STRUCT.unpack_from(rec)
         self._emit(rec)          # first: a record that failed to write is never indexed
         IndexEntry.STRUCT.pack_into(self._index, self._pending * IndexEntry.STRUCT.size,
                                     chunk_id, at, len(rec), csum)
@@ -383,13 +463,20 @@ class MemberWriter:
             self._unwritten.append((self.pos, chunk_id))
         self.chunks += 1
         self.bytes_in += raw_len
+        t = self.totals.setdefault(h[2], [0, 0, 0])
+        t[0] += 1
+        t[1] += raw_len
+        t[2] += len(rec)
+        if h[1] == KIND_PAGES:
+            self.excluded_pages += raw_len // self.header.page_size - h[11]
         self.since_sync += len(rec)
+        self.unsynced += 1
         if self._pending >= INDEX_EVERY:
             self._flush_index()
-        if not self.direct and not self.discard:
-            if self.since_sync >= SYNC_EVERY:
+        if not self.discard:
+            if self.since_sync >= SYNC_EVERY or self.unsynced >= SYNC_CHUNKS:
                 self._sync_and_drop()
-            elif self.pos - self.kicked_to >= KICK_EVERY:
+            elif not self.direct and self.pos - self.kicked_to >= KICK_EVERY:
                 self._advise_dontneed(self.kicked_to)
                 self.kicked_to = self.pos
 
@@ -397,7 +484,8 @@ class MemberWriter:
         if not self._pending:
             return
         at = self.pos
-        self._emit(pack_record(INDEX_MAGIC, self._index[:self._pending * IndexEntry.STRUCT.size]))
+        self._emit(pack_record(INDEX_MAGIC, self._index[:self._pending * IndexEntry.STRUCT.size],
+                               self.dump_id))
         self.index_offsets.append(at)
         self._pending = 0
 
@@ -419,14 +507,25 @@ class MemberWriter:
         self._sync(data_only=True)
         self._advise_dontneed(self.synced_to)
         self.synced_to = self.kicked_to = self.pos
-        self.since_sync = 0
+        self.since_sync = self.unsynced = 0
+        self.syncs += 1
+
+    def sync(self) -> None:
+        """Make the chunks appended so far durable (direct: all but those of a staged tail)."""
+        if self.direct and not self.discard:
+            self._flush_stage(final=False)
+        self._sync_and_drop()
+
+    def pending_chunks(self) -> int:
+        """How many of the last chunks appended are not on the disk even after a sync (direct: staged)."""
+        return len(self._unwritten)
 
     def unwritten_chunks(self) -> list[int]:
         """Chunk ids appended but still only in the direct-I/O staging buffer."""
         return [cid for end, cid in self._unwritten]
 
     def finish(self, state: int, note: str = "", degraded: tuple = ()) -> int:
-        """Index, footer, header; synced.  Returns the member's length.
+        """Index, footer, trailer, header; synced.  Returns the member's length.
 
         ``degraded``: ((member index, chunks of it stored here), ...) for the
         members an ``--on-disk-error continue`` dump dropped (Footer.degraded).
@@ -434,10 +533,15 @@ class MemberWriter:
         if self.broken:
             raise TargetIOError(f"target {self.path}: not finalized after a failed write")
         self._flush_index()
+        totals = tuple(CodecTotal(c, *v) for c, v in sorted(self.totals.items()))
         footer = Footer(state, self.chunks, self.bytes_in, tuple(self.index_offsets), note,
-                        tuple(degraded)).pack()
+                        tuple(degraded), self.header.member_index, self.excluded_pages,
+                        totals).pack(self.dump_id)
         foff = self.pos
         self._emit(footer)
+        h = self.header
+        self._emit(Trailer(TRAILER_MAGIC, VERSION, state, self.dump_id, h.member_index, h.member_count,
+                           foff, len(footer), self.pos + TRAILER_SIZE).pack())
         if self.direct and not self.discard:
             self._flush_stage(final=True)
         self._sync()
@@ -449,6 +553,32 @@ class MemberWriter:
         return self.pos
 
 
+def new_member_header(dump_id: bytes, index: int, count: int, codec_id: int, codec_level: int,
+                      page_size: int, chunk_pages: int, block_pages: int, manifest_length: int,
+                      features_required: int = 0, features_optional: int = 0) -> MemberHeader:
+    """The header a member starts with: state "writing", no footer yet."""
+    return MemberHeader(MEMBER_MAGIC, VERSION, STATE_WRITING, dump_id, index, count, codec_id, codec_level,
+                        CHECKSUM_XXH3_64, page_size, chunk_pages, block_pages, int(time.time()),
+                        HEADER_BLOCK, manifest_length, 0, 0, features_required, features_optional)
+
+
+def write_member_head(fd: int, path: str, header: MemberHeader, manifest_rec: bytes, start: int) -> None:
+    """Write a new member's header block and manifest record at offset 0, in one write.
+
+    ``start`` is where its first chunk record goes (``first_record_offset``);
+    the bytes up to it are written too (zeros after the manifest), so no
+    byte of an earlier dump on a reused device remains before the records.
+    The file offset is left at ``start``.
+    """
+    if header.manifest_offset != HEADER_BLOCK or header.manifest_length != len(manifest_rec) \
+            or start < HEADER_BLOCK + len(manifest_rec):
+        raise ValueError("member head does not fit its manifest")
+    block = aligned_block(header.pack() + bytes(HEADER_BLOCK - MemberHeader.STRUCT.size) + manifest_rec,
+                          start)
+    write_all(fd, block, f"target {path}", 0)
+    os.lseek(fd, start, os.SEEK_SET)
+
+
 def aligned_block(data: bytes, size: int = HEADER_BLOCK):
     """``data`` zero-padded to ``size`` in a page-aligned buffer (usable with O_DIRECT)."""
     buf = mmap.mmap(-1, size)
@@ -457,7 +587,11 @@ def aligned_block(data: bytes, size: int = HEADER_BLOCK):
 
 
 class MemberReader:
-    """One member opened for reading; every field bounds-checked before use."""
+    """One member opened for reading; every field bounds-checked before use.
+
+    Reads format versions 1 and 2 (``self.version``); records of version 2
+    must carry this member's dump id, so nothing of another dump is taken.
+    """
 
     def __init__(self, path: str):
         self.path = path
@@ -467,11 +601,19 @@ class MemberReader:
             raise MemberError(f"member {path}: cannot open: {e.strerror}") from None
         try:
             self.size = os.lseek(self.fd, 0, os.SEEK_END)
+            if self.size < MemberHeader.STRUCT.size and self.size >= 8:
+                head = self.pread(0, self.size)
+                if head[:8] == MEMBER_MAGIC:
+                    raise MemberError(f"member {path}: the member header is cut off ({self.size} bytes): "
+                                      "the file was truncated")
             self.header = MemberHeader.unpack(self.pread(0, min(HEADER_BLOCK, self.size)), f"member {path}")
         except BaseException:
             os.close(self.fd)
             raise
+        self.version = self.header.version
+        self.dump_id = self.header.dump_id
         self._manifest = None
+        self._trailer: Trailer | None | bool = False
 
     def close(self) -> None:
         if self.fd >= 0:
@@ -481,7 +623,7 @@ class MemberReader:
     def pread(self, offset: int, length: int) -> bytes:
         if offset < 0 or length < 0 or offset + length > self.size:
             raise MemberError(f"member {self.path}: reference to bytes {offset}+{length} past its end "
-                              f"({self.size} bytes): truncated or corrupt")
+                              f"({self.size} bytes): the member is truncated or damaged")
         return pread_exact(self.fd, offset, length, MemberError, f"member {self.path}")
 
     @property
@@ -489,46 +631,103 @@ class MemberReader:
         return f"member {self.path}"
 
     def manifest(self) -> dict:
+        """The manifest JSON object (its contents are checked by manifest.Manifest)."""
         if self._manifest is None:
             h = self.header
-            if h.manifest_length > 256 << 20:
-                raise MemberError(f"{self.where}: manifest length {h.manifest_length} is implausible")
-            self._manifest = unpack_manifest(self.pread(h.manifest_offset, h.manifest_length), self.where)
+            if h.manifest_offset != HEADER_BLOCK or h.manifest_length > MAX_MANIFEST_RECORD \
+                    or h.manifest_length < head_size(self.version):
+                raise MemberError(f"{self.where}: the member header gives an impossible place for the "
+                                  f"manifest ({h.manifest_length} bytes at {h.manifest_offset}); the "
+                                  "member is damaged")
+            if h.manifest_offset + h.manifest_length > self.size:
+                raise MemberError(f"{self.where}: the member's manifest is cut off (the member is "
+                                  f"{self.size} bytes): the dump stopped before writing it, or the file "
+                                  "was truncated; join the other members with --allow-incomplete")
+            self._manifest = unpack_manifest(self.pread(h.manifest_offset, h.manifest_length), self.where,
+                                             self.dump_id, self.version)
         return self._manifest
 
-    def footer(self) -> Footer | None:
+    def trailer(self) -> Trailer | None:
+        """This dump's trailer at the end of the member, if there is a sound one."""
+        if self._trailer is False:
+            t = None
+            if self.version >= 2 and self.size >= TRAILER_SIZE + HEADER_BLOCK:
+                t = Trailer.unpack(self.pread(self.size - TRAILER_SIZE, TRAILER_SIZE), self.dump_id)
+                h = self.header
+                if t is not None and (t.member_length != self.size or t.member_index != h.member_index
+                                      or t.member_count != h.member_count
+                                      or t.footer_offset + t.footer_length + TRAILER_SIZE != self.size):
+                    t = None
+            self._trailer = t
+        return self._trailer
+
+    def footer_place(self) -> tuple[int, int] | None:
+        """(offset, length) of the footer: from the header when it was finalized, else the trailer."""
         h = self.header
-        if h.footer_offset == 0:
+        if h.footer_offset:
+            return h.footer_offset, h.footer_length
+        t = self.trailer()
+        if t is not None:
+            return t.footer_offset, t.footer_length
+        return None
+
+    def footer(self) -> Footer | None:
+        place = self.footer_place()
+        if place is None:
             return None
-        if h.footer_length > MAX_FOOTER:
-            raise MemberError(f"{self.where}: footer length {h.footer_length} is implausible")
-        return Footer.unpack(self.pread(h.footer_offset, h.footer_length), self.where)
+        off, length = place
+        start = first_record_offset(self.header.manifest_offset, self.header.manifest_length) \
+            if self.version >= 2 else self.header.manifest_offset + self.header.manifest_length
+        if length > MAX_FOOTER or length < head_size(self.version) or off < start:
+            raise MemberError(f"{self.where}: the member header gives an impossible place for the footer "
+                              f"({length} bytes at {off}); the member is damaged")
+        f = Footer.unpack(self.pread(off, length), self.where, self.dump_id, self.version)
+        hs = head_size(self.version)
+        if len(f.index_offsets) != -(-f.chunks // INDEX_EVERY) \
+                or any(not start <= o <= off - hs for o in f.index_offsets) \
+                or f.chunks * (CHUNK_HEADER_SIZE if self.version >= 2 else 52) > off \
+                or (self.version >= 2 and f.member_index != self.header.member_index):
+            raise MemberError(f"{self.where}: the member's footer contradicts the member (chunk count, "
+                              "index places or member number); the member is damaged; join "
+                              "--allow-incomplete finds its chunks by reading it record by record")
+        return f
 
     def index(self, footer: Footer):
         """Index entries in the order written (a generator: memory stays bounded)."""
-        head = RecordHead.STRUCT
+        hs = head_size(self.version)
+        magic = magic_of("index", self.version)
         for off in footer.index_offsets:
-            m, length, _ = head.unpack(self.pread(off, head.size))
-            if m != b"SDIX" or length > INDEX_EVERY * IndexEntry.STRUCT.size:
-                raise MemberError(f"{self.where}: index record at {off} is corrupt")
-            yield from unpack_index(self.pread(off, head.size + length), f"{self.where} index at {off}")
+            m, length, rid, _ = parse_head(self.pread(off, hs), self.version)
+            if m != magic or length > INDEX_EVERY * IndexEntry.STRUCT.size or \
+                    (rid is not None and rid != self.dump_id):
+                raise MemberError(f"{self.where}: the index record at offset {off} is damaged or of "
+                                  "another dump; join --allow-incomplete finds the chunks by reading "
+                                  "the member record by record")
+            yield from unpack_index(self.pread(off, hs + length), f"{self.where} index at {off}",
+                                    self.dump_id, self.version)
 
     def read_record(self, entry: IndexEntry) -> bytes:
-        if entry.length < CHUNK_HEADER_SIZE or entry.length > (1 << 31):
+        if entry.length < 52 or entry.length > self.record_limit():
             raise MemberError(f"{self.where}: index entry for chunk {entry.chunk_id} has bad length")
         return self.pread(entry.offset, entry.length)
+
+    def record_limit(self) -> int:
+        h = self.header
+        return record_bound(h.chunk_pages * h.page_size, h.block_pages * h.page_size)
 
     def first_record(self) -> int:
         """Member offset of the first record after the manifest.
 
         Chunk records start at the manifest's end rounded up to RECORD_ALIGN
-        (zeros in between); a writer that did not align them put the first
-        record right after the manifest, and a record magic there says so.
+        (zeros in between); a writer that did not align them (version 1
+        before 0.1.0) put the first record right after the manifest, and a
+        record magic there says so.
         """
         h = self.header
         end = h.manifest_offset + h.manifest_length
         aligned = first_record_offset(h.manifest_offset, h.manifest_length)
-        if aligned != end and end + 4 <= self.size and self.pread(end, 4) in RECORD_MAGICS:
+        if self.version == 1 and aligned != end and end + 4 <= self.size \
+                and self.pread(end, 4) in V1_RECORD_MAGICS:
             return end
         return aligned
 
@@ -537,53 +736,68 @@ class MemberReader:
 
         For a member whose footer never reached the disk (a killed dump, power
         loss, a full disk) or cannot be read (truncated).  From the first
-        record, a chunk record is 52 + payload_length bytes and an index or
-        footer record 16 + length, each with its own CRC or checksum.  The walk
-        stops at the first record that fails its structural checks: bytes that
-        are no record (the end of what was written), a chunk header whose CRC
-        fails, a record longer than the geometry allows or running past the end
-        of the member (a torn write); and at the footer, which ends a member.
-        A chunk record whose header is sound but whose payload checksum fails
-        is stepped over (its length can be trusted) and listed in
-        ``report.damaged``.  With ``verify`` False payloads are not read: the
-        caller checks the records it uses.  Memory stays bounded: one record.
+        record, a chunk record is its header + payload_length bytes and an
+        index or footer record its head + length, each with its own CRC or
+        checksum.  The walk stops at the first record that fails its
+        structural checks: bytes that are no record (the end of what was
+        written), a record of another dump (an earlier dump on a reused
+        device: version 2 records carry their dump's id), a chunk header whose
+        CRC fails, a record longer than the geometry allows or running past
+        the end of the member (a torn write); and at the footer, which ends a
+        member.  A chunk record whose header is sound but whose payload
+        checksum fails is stepped over (its length can be trusted) and listed
+        in ``report.damaged``.  With ``verify`` False payloads are not read:
+        the caller checks the records it uses.  Memory stays bounded: one
+        record.
         """
         rep = report if report is not None else WalkReport()
-        h0 = self.header
-        limit = record_bound(h0.chunk_pages * h0.page_size, h0.block_pages * h0.page_size)
-        rh, hs = RecordHead.STRUCT, CHUNK_HEADER_SIZE
+        v2 = self.version >= 2
+        limit = self.record_limit()
+        hs = head_size(self.version)
+        chs = CHUNK_HEADER_SIZE if v2 else 52
+        cmagic, imagic, fmagic = (magic_of(k, self.version) for k in ("chunk", "index", "footer"))
         pos = self.first_record()
         while True:
-            if pos + rh.size > self.size:
+            if pos + min(hs, chs) > self.size:
                 return rep.stop(pos, "end of the member")
-            head = self.pread(pos, min(hs, self.size - pos))
+            head = self.pread(pos, min(max(hs, chs), self.size - pos))
             magic = head[:4]
-            if magic == CHUNK_MAGIC:
+            if magic == cmagic:
                 try:
                     h = ChunkHeader.unpack(head, self.where)
                 except VerifyError:
                     return rep.stop(pos, "a damaged or torn chunk header")
+                if v2 and h.dump_id != self.dump_id:
+                    return rep.stop(pos, "a record of another dump (what the device held before)")
                 end = pos + h.record_length
                 if h.record_length > limit:
                     return rep.stop(pos, f"an implausible record length for chunk {h.chunk_id}")
                 if end > self.size:
                     return rep.stop(pos, f"chunk {h.chunk_id}'s record, cut off (torn write)")
-                if verify and checksum(self.pread(pos + hs, h.payload_length)) != h.payload_checksum:
+                if verify and checksum(self.pread(pos + chs, h.payload_length)) != h.payload_checksum:
                     rep.damaged.append((pos, h.chunk_id))
                 else:
                     rep.chunks += 1
                     yield IndexEntry(h.chunk_id, pos, h.record_length, h.payload_checksum)
                 pos = end
-            elif magic in (INDEX_MAGIC, FOOTER_MAGIC):
-                _, length, csum = rh.unpack_from(head)
-                big = INDEX_EVERY * IndexEntry.STRUCT.size if magic == INDEX_MAGIC else MAX_FOOTER
-                if length > big or pos + rh.size + length > self.size:
-                    return rep.stop(pos, f"a cut-off {magic.decode()} record (torn write)")
-                if checksum(self.pread(pos + rh.size, length)) != csum:
-                    return rep.stop(pos, f"a damaged {magic.decode()} record")
-                if magic == FOOTER_MAGIC:
+            elif magic in (imagic, fmagic) and len(head) >= hs:
+                _, length, rid, _ = parse_head(head, self.version)
+                if rid is not None and rid != self.dump_id:
+                    return rep.stop(pos, "a record of another dump (what the device held before)")
+                big = INDEX_EVERY * IndexEntry.STRUCT.size if magic == imagic else MAX_FOOTER
+                if length > big or pos + hs + length > self.size:
+                    return rep.stop(pos, f"a cut-off {'index' if magic == imagic else 'footer'} record "
+                                         "(torn write)")
+                try:
+                    if magic == imagic:
+                        unpack_index(self.pread(pos, hs + length), self.where, self.dump_id, self.version)
+                    else:
+                        Footer.unpack(self.pread(pos, hs + length), self.where, self.dump_id, self.version)
+                except MemberError:
+                    return rep.stop(pos, f"a damaged {'index' if magic == imagic else 'footer'} record")
+                if magic == fmagic:
                     return rep.stop(pos, "the footer")
-                pos += rh.size + length
+                pos += hs + length
             else:
                 return rep.stop(pos, "the end of the records written")
 

@@ -4,16 +4,17 @@ Design
 ------
 Processes, not threads: per-page compression calls are ~3 us and the GIL
 hand-off between CPUs eats the gain of threads (machine-limits §3).  Every
-child is forked from the coordinator, so the source's file descriptor and
-one anonymous shared mapping (the *slot pool*) are inherited; nothing needs
-/dev/shm, which a capture kernel may not mount.
+child is forked from the coordinator (procs.py: fork, signal policy,
+liveness, joining), so the source's file descriptor and one anonymous
+shared mapping (the *slot pool*) are inherited; nothing needs /dev/shm,
+which a capture kernel may not mount.
 
     coordinator --(chunk id, slot)--> task pipe --> worker 1..W
         worker: maps the chunk's source pages itself (mmap window), zero-tests
         and compresses block by block straight into its slot, then
         --(chunk id, slot, length, checksum)--> pipe of writer (id % D)
         writer d: one large write() of the slot to member d, index entry,
-        --(slot freed)--> coordinator's event pipe
+        --(slot freed, chunk id, synced?)--> coordinator's event pipe
 
 No page data passes through the coordinator or through a pipe: pipes carry a
 few integers per chunk as fixed-size records (ipc.py), the bytes stay in the
@@ -36,18 +37,45 @@ Ordering: chunks are handed out in plan order; writers append records in the
 order they arrive, and each member's index records where every chunk went, so
 no writer waits for another.
 
-Failure: every error in a child travels back as (class name, message) on the
-event pipe.  The first one stops the feed: new tasks are skipped, in-flight
-slots drain, writers finalize their members as INCOMPLETE with the reason,
-and the coordinator raises the error.  A child that dies is noticed within
-POLL seconds (its exit code); nothing blocks without a timeout, so the
-coordinator never hangs.  SIGINT/SIGTERM stop the feed the same way.
+The coordinator (``_Coordinator``) runs in three named steps:
+``start_children``; ``feed`` (phase 1: hand out chunks while slots are
+free, handle the children's events, watch for dead or stuck children); and
+``shutdown`` (phase 2: stop the workers, tell each writer how to finish,
+collect the members, join every child, kill what does not stop).  Phase 2
+runs whatever happened in phase 1, so every member is finalized.
+
+Exit 0 means every chunk is on a member that was finalized and synced; every
+other outcome raises.  Failure: every error in a child travels back as
+(class name, message) on the event pipe.  The first one stops the feed: new
+tasks are skipped, in-flight slots drain, writers finalize their members as
+INCOMPLETE with the reason, and the coordinator raises the error.  Any
+exception in the coordinator itself (a bug, a KeyboardInterrupt at a bad
+moment) is such an error too.  A child that dies is noticed within POLL
+seconds (its exit code); nothing blocks without a timeout, so the
+coordinator never hangs.  SIGINT, SIGTERM and SIGHUP (to the coordinator or
+to the whole process group: children ignore them) stop the feed the same
+way and end in exit 130/143/129; a signal that arrives after the last chunk
+was written changes nothing.  Progress and messages are output, best effort:
+an output that fails (a closed stderr) is switched off, nothing else.
 A writer blocked on a target that stopped answering (D state) is noticed by
 the progress of its device, abandoned and never waited for (iowatch.py);
 once the writers run, only its writer holds a target open.
+
 With ``--on-disk-error continue`` a writer's failed write is not the dump's:
 that writer drops its target and forwards its chunks to the others
-(degraded.py); the dump stops only when no target is left.
+(degraded.py); the dump stops only when no target is left.  Nothing is lost
+silently: a write acknowledged before a failed sync may never reach the
+disk, so the coordinator keeps, per writer, the chunk ids it acknowledged
+since its last successful sync (at most SYNC_CHUNKS: a writer syncs every
+SYNC_EVERY bytes or SYNC_CHUNKS chunks, and says so with the slot it
+frees).  When a target fails (a write, an fdatasync, an O_DIRECT stage
+flush), those chunks are encoded again from the source and go to the
+survivors.  After the last chunk the coordinator asks every live writer to
+sync (a barrier; under ``stop`` too, so that a target hanging in its last
+sync is noticed before the others are finalized) and repeats this for any
+that fails, so by the time the
+writers are told to finish, every chunk is synced on a live target; a chunk
+that has no live target left is named in the error (exit 8).
 
 Order: the file (residue) chunks are handed out first: they hold the ELF
 header, program headers and notes, without which the pages of a dump that
@@ -57,35 +85,36 @@ was stopped early are of little use.
 from __future__ import annotations
 
 import mmap
-import multiprocessing
 import os
-import queue
 import signal
 import struct
 import time
 import uuid
+from array import array
+from collections import deque
 from dataclasses import dataclass, field, replace
 
-from . import __version__
 from .config import DumpConfig, fit_workers
 from .errors import IncompleteDump, Interrupted, StripedumpError, TargetIOError, UsageError, from_wire
-from .format import (HEADER_BLOCK, MEMBER_MAGIC, STATE_COMPLETE, STATE_INCOMPLETE, STATE_WRITING,
-                     VERSION, CHECKSUM_XXH3_64, MemberHeader, first_record_offset, pack_manifest)
+from .format import HEADER_BLOCK, STATE_COMPLETE, STATE_INCOMPLETE, first_record_offset, pack_manifest
 from .ipc import END, MessagePipe, RecordPipe, SharedFlag
-from .member import MemberWriter, aligned_block, encode_chunk, record_bound, write_all
+from .manifest import build_manifest
+from .member import MemberWriter, encode_chunk, new_member_header, record_bound, write_member_head
 from .degraded import Routes
-from .iowatch import SYNC, Feed, IOWatch
+from .iowatch import IOWatch
 from .plan import Plan, placement
 from .fileio import fsync_dir
+from .procs import (JOIN_TIMEOUT, POLL, Signals, child_init, describe_exit, join_all, parent_gone, reap,
+                    signal_name, spawn)
 from .targets import check_targets, close_targets, open_targets
 from .vmcore import Source
 
-POLL = 0.5            # seconds between liveness checks while waiting
 TASK = "<QI"          # coordinator -> workers: chunk id, slot (| CAREFUL: read page by page)
 CAREFUL = 1 << 31
 CURRENT = struct.Struct("<QId")  # per worker, in shared memory: chunk id + 1 (0: idle), slot, start
 WRITE = "<QIIQQ"      # worker -> writer: chunk id, slot, record length, checksum, source bytes
-JOIN_TIMEOUT = 30.0   # seconds a child gets to exit after its sentinel
+SYNC = END - 1        # coordinator -> writer: sync now, say what is durable (--on-disk-error continue)
+WRITERS_GRACE = 60.0  # seconds writers get beyond JOIN_TIMEOUT to finalize (a final fsync of a slow disk)
 SLOT_ALIGN = 4096
 
 
@@ -131,58 +160,11 @@ class DumpResult:
                 "workers": self.workers, **self.extra}
 
 
-def build_manifest(src: Source, plan: Plan, cfg: DumpConfig, dump_id: str, block_bytes: int,
-                   members: int) -> dict:
-    import base64
-    from .elfhead import header_pieces
-    info = src.info
-    return {
-        "format_version": VERSION, "tool": f"stripedump {__version__}", "dump_id": dump_id,
-        "created": int(time.time()), "codec": str(cfg.codec), "members": members,
-        "placement": "round-robin", "block_bytes": block_bytes,
-        # "continue": a failed target's chunks may have moved to the other members (degraded.py)
-        "on_disk_error": cfg.on_disk_error,
-        "source": {"path": os.path.abspath(src.path), "size": src.size, "elfclass": info.elfclass,
-                   "endian": info.endian, "machine": info.machine, "page_size": src.page_size,
-                   "nr_cpus": info.nr_cpus,
-                   "segments": [s.to_json() for s in sorted(info.loads + info.note_segments,
-                                                            key=lambda s: s.index)],
-                   "notes": base64.b64encode(info.notes).decode(),
-                   # the raw ELF header and program headers, so join rebuilds them without member 0
-                   "header_pieces": header_pieces(src.fd, src.size)},
-        "plan": plan.to_json(),
-    }
-
-
-def _child_init() -> None:
-    # Ctrl-C goes to the whole foreground process group; only the coordinator
-    # decides what to do about it.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-
-
-def messages(q):
-    """Messages from a child's inbox until the ``None`` sentinel.
-
-    Stops as well when the coordinator has gone (the child was re-parented):
-    nobody would read the child's results, so it must not wait forever.
-    """
-    ppid = os.getppid()
-    while True:
-        try:
-            msg = q.get(timeout=POLL)
-        except queue.Empty:
-            if os.getppid() != ppid:
-                return
-            continue
-        if msg is None:
-            return
-        yield msg
 
 
 def _worker(wid, src, codec_spec, plan_json, block_bytes, pool, slot_size, tasks, writer_qs,
             events, stop, current) -> None:
-    _child_init()
+    child_init()
     try:
         codec = codec_spec.make()
         plan = Plan.from_json(plan_json)
@@ -218,14 +200,23 @@ def _writer(d, writer: MemberWriter, pool, slot_size, inbox, events, notes, rout
             watch: IOWatch | None = None, others=()) -> None:
     """Append the chunks of member ``d``; finalize it at END.
 
+    Each chunk written is acknowledged with ("free", slot, raw bytes, d,
+    chunk id, durable): ``durable`` is -1, or, when that write was followed
+    by a sync, how many of the latest chunks are still not on the disk
+    (``--direct-io``: staged).  From these the coordinator knows which
+    chunks a failure of this target can take with it: those since its last
+    sync.  SYNC (the coordinator's barrier before END) syncs now and answers
+    ("synced", d, durable).
+
     ``routes`` (``--on-disk-error continue``, degraded.py): after a failed
-    write this writer drops its target and forwards every chunk it gets to
-    a live writer instead of freeing it unwritten.  ``watch`` (iowatch.py):
-    where this writer publishes its calls on the target and the chunks not
-    yet durable; SYNC asks for a durable point.  ``others``: the other
-    targets' fds, closed at once (a writer holds its own target only).
+    write or sync this writer drops its target and forwards every chunk it
+    gets to a live writer instead of freeing it unwritten.
+
+    ``watch`` (iowatch.py): where this writer says it is inside a call on
+    its target (and on which chunk), so that a hung target is noticed.
+    ``others``: the other targets' fds, closed at once (it holds its own only).
     """
-    _child_init()
+    child_init()
     _release_output()
     for fd in others:
         os.close(fd)
@@ -233,70 +224,57 @@ def _writer(d, writer: MemberWriter, pool, slot_size, inbox, events, notes, rout
     failed = None
     taken: dict[int, int] = {}     # member -> its chunks written here after it failed
     ppid = os.getppid()
+
+    def attempt(fn, *args) -> bool:
+        """Run a write or sync of the target; on failure drop the target (or report: stop)."""
+        nonlocal failed
+        try:
+            with _call(watch, d, cid, slot, writer.pos):
+                fn(*args)
+            return True
+        except StripedumpError as e:
+            err = e
+        except Exception as e:
+            err = StripedumpError(f"internal error in writer {d}: {type(e).__name__}: {e}")
+        failed = str(err)
+        if routes is None:
+            events.put(("err", f"writer {d}", None, *err.to_wire()))
+        else:
+            routes.fail(d)
+            failed += " (target dropped: --on-disk-error continue; its chunks are on the other members)"
+            events.put(("diskfail", d, str(err)))
+        return False
+
+    cid = slot = None
     while True:
         msg = inbox.get(POLL)
         if msg is None:
-            if os.getppid() != ppid:
+            if parent_gone(ppid):
                 return      # coordinator gone: leave the member unfinalized
             continue
         if msg[0] == END:
-            state, note = msg[1], _read_note(notes)
-            if failed:
-                state, note = STATE_INCOMPLETE, failed
-            try:
-                with _call(watch, d):
-                    length = writer.finish(state, note, routes.footer_entries(taken) if routes else ())
-            except StripedumpError as e:
-                if not failed:
-                    events.put(("err", f"writer {d}", None, *e.to_wire()))
-                length = writer.pos
-            events.put(("done", d, length, writer.chunks, writer.bytes_in, taken))
+            with _call(watch, d, None, 0, writer.pos):
+                _finish_member(d, writer, msg[1], events, notes, failed, routes, taken)
             return
-        if msg[0] == SYNC:        # iowatch.py: make what was acknowledged durable
-            if not failed:
-                try:
-                    with _call(watch, d):
-                        _make_durable(writer, watch, d)
-                except StripedumpError as e:
-                    failed = str(e)
-                    if routes is None:
-                        events.put(("err", f"writer {d}", None, *e.to_wire()))
-                    else:
-                        failed += " (target dropped: --on-disk-error continue)"
-                        routes.fail(d)
-                        events.put(("diskfail", d, str(e), len(writer.unwritten_chunks())))
-            events.put(("synced", d))
+        cid = slot = None
+        if msg[0] == SYNC:
+            if not failed and attempt(writer.sync):
+                events.put(("synced", d, writer.pending_chunks()))
             continue
         cid, slot, length, csum, raw_len = msg
         if not failed:
-            try:
-                with _call(watch, d, cid, slot):
-                    at = writer.pos
-                    writer.append(pool_mv[slot * slot_size:slot * slot_size + length], cid, csum, raw_len)
-                    if watch and not writer.discard and watch.acked(d, cid, at + length, writer.pos,
-                                                                    _durable(writer)):
-                        _make_durable(writer, watch, d)
+            syncs = writer.syncs
+            if attempt(writer.append, pool_mv[slot * slot_size:slot * slot_size + length], cid, csum, raw_len):
                 if routes is not None and cid % routes.members != d:
                     taken[cid % routes.members] = taken.get(cid % routes.members, 0) + 1
-                events.put(("free", slot, raw_len))
+                events.put(("free", slot, raw_len, d, cid,
+                            writer.pending_chunks() if writer.syncs != syncs else -1))
                 continue
-            except StripedumpError as e:
-                err = e
-            except Exception as e:
-                err = StripedumpError(f"internal error in writer {d}: {type(e).__name__}: {e}")
-            failed = str(err)
-            if routes is None:
-                events.put(("err", f"writer {d}", None, *err.to_wire()))
-            else:
-                routes.fail(d)
-                lost = writer.unwritten_chunks()    # --direct-io: staged, never written
-                failed += " (target dropped: --on-disk-error continue; later chunks are on the other members)"
-                events.put(("diskfail", d, str(err), len(lost)))
         if routes is not None:
             if routes.forward(cid, slot, length, csum, raw_len):
                 continue       # the slot now belongs to the writer it went to
-            events.put(("lost", d, 1, [cid]))
-        events.put(("free", slot, raw_len))
+            events.put(("lost", d, cid))
+        events.put(("skip", slot))
 
 
 def _release_output() -> None:
@@ -309,23 +287,25 @@ def _release_output() -> None:
     os.close(null)
 
 
-def _call(watch, d, cid=None, slot=0):
+def _call(watch, d, cid, slot, pos):
     from contextlib import nullcontext
-    return nullcontext() if watch is None else watch.call(d, cid, slot)
+    return nullcontext() if watch is None else watch.call(d, cid, slot or 0, pos)
 
 
-def _durable(writer: MemberWriter) -> int:
-    """Member offset up to which what was written is on the device (iowatch.py)."""
-    return writer._stage_at if writer.direct else writer.synced_to
-
-
-def _make_durable(writer: MemberWriter, watch, d) -> None:
-    if writer.direct:
-        writer._flush_stage(final=False)
-    else:
-        writer._sync_and_drop()
-    if watch:
-        watch.durable(d, writer.pos, _durable(writer))
+def _finish_member(d, writer: MemberWriter, state, events, notes, failed, routes, taken) -> None:
+    """Index, footer, header: complete or incomplete as the coordinator says (a dropped target: incomplete)."""
+    note = _read_note(notes)
+    if failed:
+        state, note = STATE_INCOMPLETE, failed
+    try:
+        length = writer.finish(state, note, routes.footer_entries(taken) if routes else ())
+    except Exception as e:
+        if not failed:        # a dropped target's finish may well fail: it was reported already
+            err = e if isinstance(e, StripedumpError) else StripedumpError(
+                f"internal error in writer {d}: {type(e).__name__}: {e}")
+            events.put(("err", f"writer {d}", None, *err.to_wire()))
+        length = writer.pos
+    events.put(("done", d, length, writer.chunks, writer.bytes_in, taken))
 
 
 def _write_note(notes, text: str) -> None:
@@ -338,56 +318,45 @@ def _read_note(notes) -> str:
     return bytes(notes[4:4 + n]).decode("utf-8", "replace")
 
 
-def _describe_exit(p) -> str:
-    code = p.exitcode
-    if code is not None and code < 0:
-        try:
-            return f"killed by signal {signal.Signals(-code).name}"
-        except ValueError:
-            return f"killed by signal {-code}"
-    return f"exited with status {code}"
-
-
-class _Signals:
-    """Turns SIGINT/SIGTERM into a flag the coordinator loop checks."""
-
-    def __init__(self):
-        self.signum = None
-        self._old = {}
-
-    def __enter__(self):
-        for s in (signal.SIGINT, signal.SIGTERM):
-            try:
-                self._old[s] = signal.signal(s, self._handle)
-            except ValueError:   # not the main thread: leave signals alone
-                pass
-        return self
-
-    def _handle(self, signum, frame):
-        self.signum = signum
-
-    def __exit__(self, *exc):
-        for s, h in self._old.items():
-            signal.signal(s, h)
-
-
 def dump(cfg: DumpConfig, progress=None, say=None) -> DumpResult:
     """Dump ``cfg.source`` striped over ``cfg.targets``; raises StripedumpError.
 
     ``progress(done_bytes, total_bytes)`` is called as chunks land;
     ``say(message, level)`` receives verbose details (level 1, 2) and
     warnings (level 0: a setting lowered to fit the machine; show them always).
+
+    Output is best effort: a ``progress`` or ``say`` that raises OSError
+    (EPIPE, EIO, ENOSPC on a closed or full stderr) is switched off and
+    changes nothing else.  SIGINT, SIGTERM and SIGHUP from here on stop the
+    dump with every member finalized as incomplete (procs.py).
     """
-    t0 = time.monotonic()
-    cfg.codec.make()      # a missing codec library is a usage error, before anything is touched
-    src = Source(cfg.source, use_mmap=cfg.use_mmap)
-    try:
-        return _dump(cfg, src, t0, progress, say or (lambda msg, level=1: None))
-    finally:
-        src.close()
+    with Signals() as sig:
+        t0 = time.monotonic()
+        cfg.codec.make()      # a missing codec library is a usage error, before anything is touched
+        src = Source(cfg.source, use_mmap=cfg.use_mmap)
+        try:
+            return _dump(cfg, src, t0, _best_effort(progress),
+                         _best_effort(say or (lambda msg, level=1: None)), sig)
+        finally:
+            src.close()
 
 
-def _dump(cfg: DumpConfig, src: Source, t0: float, progress, say) -> DumpResult:
+def _best_effort(output):
+    """``output`` (a progress or message callback), switched off at its first OSError."""
+    if output is None:
+        return None
+    on = [True]
+
+    def call(*args, **kw):
+        if on[0]:
+            try:
+                output(*args, **kw)
+            except OSError:
+                on[0] = False
+    return call
+
+
+def _dump(cfg: DumpConfig, src: Source, t0: float, progress, say, sig=None) -> DumpResult:
     chunk_pages, block_bytes = cfg.geometry(src.page_size)
     targets = check_targets(list(cfg.targets), src.st, cfg.force)
     plan = Plan(src.pfn_ranges, src.residue(), src.page_size, chunk_pages)
@@ -409,7 +378,7 @@ def _dump(cfg: DumpConfig, src: Source, t0: float, progress, say) -> DumpResult:
         + (", O_DIRECT" if cfg.direct_io else ""))
     dump_id = uuid.uuid4()
     manifest = build_manifest(src, plan, cfg, str(dump_id), block_bytes, nmem)
-    manifest_rec = pack_manifest(manifest)
+    manifest_rec = pack_manifest(manifest, dump_id.bytes)
     # chunk records start page-aligned, so --direct-io can write them as they come
     start = first_record_offset(HEADER_BLOCK, len(manifest_rec))
     headers = []
@@ -418,18 +387,13 @@ def _dump(cfg: DumpConfig, src: Source, t0: float, progress, say) -> DumpResult:
     open_targets(targets, start + 4096, cfg.direct_io, cfg.force)
     try:
         for i, t in enumerate(targets):
-            h = MemberHeader(MEMBER_MAGIC, VERSION, STATE_WRITING, dump_id.bytes, i, nmem,
-                             cfg.codec.codec_id, cfg.codec.stored_level, CHECKSUM_XXH3_64,
-                             src.page_size, chunk_pages, block_bytes // src.page_size, int(time.time()),
-                             HEADER_BLOCK, len(manifest_rec), 0, 0)
-            block = aligned_block(h.pack() + bytes(HEADER_BLOCK - MemberHeader.STRUCT.size) + manifest_rec,
-                                  start)
-            write_all(t.fd, block, f"target {t.path}", 0)
-            os.lseek(t.fd, start, os.SEEK_SET)
+            h = new_member_header(dump_id.bytes, i, nmem, cfg.codec.codec_id, cfg.codec.stored_level,
+                                  src.page_size, chunk_pages, block_bytes // src.page_size, len(manifest_rec))
+            write_member_head(t.fd, t.path, h, manifest_rec, start)
             headers.append(h)
         if cfg.manifest_path:
             _write_json_manifest(cfg.manifest_path, manifest, [t.path for t in targets])
-        result = _run(cfg, src, plan, targets, headers, start, block_bytes, pool, progress, say)
+        result = _run(cfg, src, plan, targets, headers, start, block_bytes, pool, progress, say, sig)
     finally:
         close_targets(targets)
     result.dump_id = str(dump_id)
@@ -639,254 +603,398 @@ def pool_geometry(workers: int, disks: int, chunk_bytes: int, block_bytes: int,
     return fit.slots, fit.slot_size
 
 
-def _run(cfg, src, plan, targets, headers, start, block_bytes, geometry, progress, say) -> DumpResult:
-    W, D = cfg.nworkers, len(targets)
-    nslots, slot_size = geometry
-    pool = mmap.mmap(-1, nslots * slot_size, mmap.MAP_SHARED)
-    ctx = multiprocessing.get_context("fork")
-    tasks, events = RecordPipe(TASK), MessagePipe()
-    writer_qs = [RecordPipe(WRITE) for _ in range(D)]
-    notes = mmap.mmap(-1, 4096, mmap.MAP_SHARED)     # the reason a dump ended early, for the writers
-    current = mmap.mmap(-1, W * CURRENT.size, mmap.MAP_SHARED)
-    stop = SharedFlag()        # set by the coordinator: workers skip what is left
-    plan_json = plan.to_json()
-    routes = Routes(writer_qs) if cfg.on_disk_error == "continue" else None   # degraded.py
-    dropped: dict[int, str] = {}      # member -> why its target failed (--on-disk-error continue)
-    staged: dict[int, int] = {}       # member -> chunks in its O_DIRECT stage when its target failed
-    def new_worker(i):
-        return ctx.Process(target=_worker, name=f"stripedump-worker-{i}",
-                           args=(i, src, cfg.codec, plan_json, block_bytes, pool, slot_size, tasks,
-                                 writer_qs, events, stop, current), daemon=True)
-    workers = [new_worker(i) for i in range(W)]
-    retried: set[int] = set()
-    unreadable = 0
-    iow = IOWatch(targets, cfg.io_timeout)        # hung targets (iowatch.py)
-    writers = [ctx.Process(target=_writer, name=f"stripedump-writer-{d}",
-                           args=(d, MemberWriter(t.fd, t.path, headers[d], start, cfg.direct_io,
-                                                 cfg.discard), pool, slot_size,
-                                 writer_qs[d], events, notes, routes, iow),
-                           kwargs={"others": tuple(u.fd for u in targets if u is not t)}, daemon=True)
-               for d, t in enumerate(targets)]
-    for p in writers + workers:
-        p.start()
-        say(f"started {p.name} (pid {p.pid})", 2)
-        if p is writers[-1]:
-            # from here on only its writer holds a target open (iowatch.py): no other process's
-            # close (a flush, on NFS or FUSE) waits on a hung target, the coordinator's exit included
-            close_targets(targets)
-    free = list(range(nslots))
-    inflight = 0
-    error: StripedumpError | None = None
-    chunk_ids = Feed(plan.feed_order())
-    exhausted = False
-    done_in = 0
-    members_done: dict[int, tuple] = {}
+def _run(cfg, src, plan, targets, headers, start, block_bytes, geometry, progress, say,
+         sig=None) -> DumpResult:
+    return _Coordinator(cfg, src, plan, targets, headers, start, block_bytes, geometry, progress, say,
+                        sig).run()
 
-    def fail(e: StripedumpError):
-        nonlocal error
-        if error is None:
-            error = e
-            stop.value = 1
 
-    def on_degraded(ev):
-        """A writer dropped its target, or a chunk found no target left to go to."""
-        if ev[0] == "diskfail":
-            _, d, msg, nlost = ev
-            dropped[d] = msg
-            say(f"target {targets[d].path} failed ({msg}); dropped it, striping over "
-                f"{routes.survivors()} other target(s)")
-            if nlost:         # the dump goes on without them, and ends incomplete (below)
-                staged[d] = nlost
-        if routes.survivors() == 0:     # ("lost": a chunk found no target left to go to)
-            fail(TargetIOError(f"every target failed; the last: {targets[ev[1]].path}: {dropped.get(ev[1])}"))
+def _as_error(e: BaseException) -> StripedumpError:
+    """Any exception that reaches the coordinator as the error that ends the dump."""
+    if isinstance(e, StripedumpError):
+        return e
+    if isinstance(e, KeyboardInterrupt):
+        return Interrupted("interrupted by SIGINT; members finalized as incomplete", signal.SIGINT)
+    return StripedumpError(f"internal error in the coordinator: {type(e).__name__}: {e}")
 
-    retired: set[int] = set()        # slots a hung writer still holds: never used again
-    barrier: set[int] = set()        # members asked for a durable point (SYNC), not answered yet
-    synced_all = False
 
-    def watch_targets(final=False):
-        """A hung target (iowatch.py): drop it (continue) or stop (stop); never wait for it."""
-        nonlocal inflight, exhausted, synced_all
-        for d in iow.check():
-            writers[d] = iow.abandon(writers[d])
-            why, pending, cur = iow.hung[d], iow.pending(d), iow.current(d)
-            if cur:
-                retired.add(cur[1])
-                inflight -= 1
-            if d in barrier:
-                barrier.discard(d)
-                inflight -= 1
-            members_done[d] = (iow.position(d), 0, 0, {})
-            say(f"{why}; abandoned its writer (pid {writers[d].pid})")
-            if routes is None or final:
-                fail(TargetIOError(why + (f"; {len(pending)} chunk(s) acknowledged by it may not have "
-                                          "reached it" if routes is not None and pending else "")))
+class _Coordinator:
+    """One dump's parent process: starts the children, feeds chunks, handles events, shuts down.
+
+    ``run`` = ``start_children``, then ``feed`` (phase 1) inside a handler
+    that turns any exception into the dump's error, then ``shutdown``
+    (phase 2), which always runs: every member is finalized and every
+    child joined or killed, whatever happened before.
+    """
+
+    def __init__(self, cfg, src, plan, targets, headers, start, block_bytes, geometry, progress, say, sig):
+        self.cfg, self.src, self.plan, self.targets = cfg, src, plan, targets
+        self.headers, self.start, self.block_bytes = headers, start, block_bytes
+        self.progress, self.say = progress, say
+        self.sig = sig if sig is not None else Signals()
+        self.W, self.D = cfg.nworkers, len(targets)
+        self.nslots, self.slot_size = geometry
+        # shared memory and pipes: made by open(), inside run()'s handler
+        self.pool = self.notes = self.current = self.stop = self.routes = None
+        self.tasks = self.events = None
+        self.writer_qs: list[RecordPipe] = []
+        self.plan_json = plan.to_json()
+        self.workers: list = []
+        self.writers: list = []
+        self.free = list(range(self.nslots))
+        self.inflight = 0                  # slots handed out and not back yet
+        self.error: StripedumpError | None = None
+        self.chunk_ids = plan.feed_order()
+        self.exhausted = False
+        self.resend: deque[int] = deque()  # chunks to encode again: their target failed before a sync
+        # per writer, the chunks it acknowledged since its last successful sync
+        # (--on-disk-error continue); at most SYNC_CHUNKS each
+        self.acked = [array("q") for _ in range(self.D)]
+        self.resent: dict[int, int] = {}   # member -> chunks encoded again after its target failed
+        self.lost: list[int] = []          # chunks that may be on no disk
+        self.dropped: dict[int, str] = {}  # member -> why its target failed (--on-disk-error continue)
+        self.barrier: set[int] | None = None   # writers whose SYNC answer is awaited
+        self.barrier_drops = 0
+        self.done_in = 0
+        self.unreadable: dict[int, int] = {}   # chunk id -> blocks the source could not give
+        self.retried: set[int] = set()
+        self.stalled: set[int] = set()
+        self.members_done: dict[int, tuple] = {}
+        self.iow: IOWatch | None = None    # hung targets (iowatch.py)
+        self.retired: set[int] = set()     # slots a hung writer still holds: never used again
+
+    # -- the whole run ---------------------------------------------------------------
+
+    def run(self) -> DumpResult:
+        try:
+            self.open()
+            self.start_children()
+            self.feed()
+        except BaseException as e:    # a bug, or KeyboardInterrupt at a bad moment
+            self.fail(_as_error(e))
+        finally:
+            self.shutdown()
+        return self.result()
+
+    def fail(self, e: StripedumpError) -> None:
+        """The first error ends the dump: the feed stops, workers skip what is left."""
+        if self.error is None:
+            self.error = e
+            if self.stop is not None:
+                self.stop.value = 1
+
+    def open(self) -> None:
+        self.pool = mmap.mmap(-1, self.nslots * self.slot_size, mmap.MAP_SHARED)
+        self.notes = mmap.mmap(-1, 4096, mmap.MAP_SHARED)   # why the dump ended early, for the writers
+        self.current = mmap.mmap(-1, self.W * CURRENT.size, mmap.MAP_SHARED)
+        self.stop = SharedFlag()           # set by the coordinator: workers skip what is left
+        self.tasks, self.events = RecordPipe(TASK), MessagePipe()
+        self.writer_qs = [RecordPipe(WRITE) for _ in range(self.D)]
+        if self.cfg.on_disk_error == "continue":
+            self.routes = Routes(self.writer_qs)
+        self.iow = IOWatch(self.targets, self.cfg.io_timeout)
+
+    def start_children(self) -> None:
+        for d, t in enumerate(self.targets):
+            w = MemberWriter(t.fd, t.path, self.headers[d], self.start, self.cfg.direct_io, self.cfg.discard)
+            others = tuple(u.fd for u in self.targets if u is not t)
+            self.writers.append(spawn(_writer, f"stripedump-writer-{d}",
+                                      (d, w, self.pool, self.slot_size, self.writer_qs[d], self.events,
+                                       self.notes, self.routes, self.iow, others)))
+        # from here on each target is open in its writer only (iowatch.py): no other process's
+        # close (a flush, on NFS or FUSE) waits on a hung target, the coordinator's exit included
+        close_targets(self.targets)
+        for i in range(self.W):
+            self.workers.append(self.new_worker(i))
+        for p in self.writers + self.workers:
+            self.say(f"started {p.name} (pid {p.pid})", 2)
+
+    def new_worker(self, i: int):
+        return spawn(_worker, f"stripedump-worker-{i}",
+                     (i, self.src, self.cfg.codec, self.plan_json, self.block_bytes, self.pool,
+                      self.slot_size, self.tasks, self.writer_qs, self.events, self.stop, self.current))
+
+    # -- phase 1: the feed loop ------------------------------------------------------
+
+    def feed(self) -> None:
+        """Hand out chunks while slots are free and handle events, until all are written or the dump stops."""
+        while True:
+            if self.sig.signum and self.error is None:
+                self.fail(Interrupted(f"interrupted by {signal_name(self.sig.signum)}; members finalized "
+                                      "as incomplete", self.sig.signum))
+            self.hand_out()
+            # the SYNC barrier runs under stop too: a target that hangs in its last sync is noticed
+            # before the others are finalized (iowatch.py)
+            if self.idle() and (self.error is not None or self.barrier_passed()):
+                return
+            evs = self.events.get_all(POLL)
+            self.watch_workers()
+            self.watch_targets()
+            if not evs or any(p.exitcode is not None for p in self.workers):
+                if self.dead_children(self.workers, "worker") or self.dead_children(self.writers, "writer"):
+                    return      # a dead child's slots never come back: stop waiting for them
+            for ev in evs:
+                self.on_event(ev)
+            if self.progress:
+                self.progress(self.done_in, self.plan.input_bytes)
+
+    def hand_out(self) -> None:
+        while self.error is None and self.free:
+            if self.resend:
+                cid = self.resend.popleft()
+            elif self.exhausted:
+                return
             else:
-                routes.fail(d)
-                dropped[d] = why
-                chunk_ids.again.extend(pending)       # encoded again for the other targets
-                exhausted = synced_all = False
-                if routes.survivors() == 0:
-                    fail(TargetIOError(f"every target failed; the last: {why}"))
-        for d in iow.hung:       # what workers still send to a hung writer: forward it, or free it
-            while (rec := writer_qs[d].get(0)) is not None:
+                cid = next(self.chunk_ids, None)
+                if cid is None:
+                    self.exhausted = True
+                    return
+            self.tasks.put(cid, self.free.pop() | (CAREFUL if cid in self.retried else 0))
+            self.inflight += 1
+
+    def idle(self) -> bool:
+        """Nothing in flight, and nothing more to hand out."""
+        return self.inflight == 0 and (self.error is not None or (self.exhausted and not self.resend))
+
+    def barrier_passed(self) -> bool:
+        """``--on-disk-error continue``, all written: have the live writers synced it all?
+
+        A target whose sync fails here is dropped like any failed target and
+        its chunks since its last sync are encoded again for the others; then
+        the survivors are asked again, until a barrier passes with no new
+        failure.  The writers are told to finish only after that.
+        """
+        if self.barrier is None:
+            self.barrier = {d for d in range(self.D) if d not in self.dropped}
+            self.barrier_drops = len(self.dropped)
+            for d in self.barrier:
+                self.writer_qs[d].put(SYNC, 0, 0, 0, 0)
+            return False
+        if self.barrier:
+            return False       # answers pending
+        self.barrier = None
+        return len(self.dropped) == self.barrier_drops
+
+    # -- events from the children ----------------------------------------------------
+
+    def on_event(self, ev) -> None:
+        kind = ev[0]
+        if kind in ("free", "skip") and ev[1] in self.retired:
+            return                     # a hung writer's slot, already counted (watch_targets)
+        if kind == "free":             # a chunk written: slot back
+            _, slot, raw, d, cid, durable = ev
+            self.free.append(slot)
+            self.inflight -= 1
+            self.done_in += raw
+            if self.routes is not None:
+                self.acknowledged(d, cid, durable)
+        elif kind == "skip":           # a chunk not written (the dump stops): slot back
+            self.free.append(ev[1])
+            self.inflight -= 1
+        elif kind == "unreadable":
+            self.unreadable[ev[1]] = ev[2]
+        elif kind == "err":
+            _, who, slot, name, msg = ev
+            self.fail(from_wire(name, msg))
+            if slot is not None:
+                self.free.append(slot)
+                self.inflight -= 1
+        elif kind == "synced":
+            self.acknowledged(ev[1], None, ev[2])
+            if self.barrier is not None:
+                self.barrier.discard(ev[1])
+        elif kind == "diskfail":       # --on-disk-error continue (degraded.py)
+            self.target_failed(ev[1], ev[2])
+        elif kind == "lost":           # a chunk found no target left to go to
+            self.lost.append(ev[2])
+            self.fail(TargetIOError(f"every target failed; the last: {self.targets[ev[1]].path}: "
+                                    f"{self.dropped.get(ev[1])}"))
+
+    def acknowledged(self, d: int, cid: int | None, durable: int) -> None:
+        """Writer ``d`` wrote ``cid``; ``durable`` >= 0: it synced all but its last ``durable`` chunks."""
+        acked = self.acked[d]
+        if cid is not None:
+            acked.append(cid)
+        if durable >= 0:
+            del acked[:max(0, len(acked) - durable)]
+
+    def target_failed(self, d: int, msg: str) -> None:
+        """Member ``d``'s target failed: its chunks since its last sync go to the others again."""
+        self.dropped[d] = msg
+        if self.barrier is not None:
+            self.barrier.discard(d)
+        again, self.acked[d] = self.acked[d], array("q")
+        survivors = self.routes.survivors()
+        self.say(f"target {self.targets[d].path} failed ({msg}); dropped it, striping over {survivors} "
+                 f"other target(s); {len(again)} chunk(s) written there since its last sync are "
+                 "encoded again for them")
+        if survivors == 0:
+            self.lost.extend(again)
+            self.fail(TargetIOError(f"every target failed; the last: {self.targets[d].path}: {msg}"))
+            return
+        self.resent[d] = self.resent.get(d, 0) + len(again)
+        for cid in again:
+            self.done_in -= self.plan.chunk(cid).raw_bytes(self.plan.page_size)
+        self.resend.extend(again)
+
+    # -- children that die or hang ---------------------------------------------------
+
+    def watch_targets(self, final: bool = False) -> None:
+        """A hung target (iowatch.py): dropped (continue) or the dump stopped (stop); never waited for.
+
+        ``final``: the writers were told to finish; a hang now ends the dump as incomplete.
+        """
+        if self.iow is None:
+            return
+        for d in self.iow.check():
+            self.writers[d] = self.iow.abandon(self.writers[d])
+            why, cur = self.iow.hung[d], self.iow.current(d)
+            self.say(f"{why}; abandoned its writer (pid {self.writers[d].pid})")
+            if cur is not None:          # the slot it is writing never comes back
+                self.retired.add(cur[1])
+                self.inflight -= 1
+            self.members_done[d] = (self.iow.position(d), 0, 0, {})
+            if self.routes is None or final:
+                self.fail(TargetIOError(why))
+                continue
+            self.routes.fail(d)
+            self.target_failed(d, why)   # its chunks since its last sync: encoded again
+            if cur is not None:
+                (self.resend if self.routes.survivors() else self.lost).append(cur[0])
+        for d in self.iow.hung:          # what still reaches a hung writer's pipe: forward or free it
+            while (rec := self.writer_qs[d].get(0)) is not None:
                 if rec[0] >= SYNC:
                     continue
-                if routes is None or error is not None or not routes.forward(*rec):
-                    free.append(rec[1])
-                    inflight -= 1
+                if self.routes is None or self.error is not None or not self.routes.forward(*rec):
+                    self.free.append(rec[1])
+                    self.inflight -= 1
 
-    stalled: set[int] = set()
-
-    def watch_workers():
+    def watch_workers(self) -> None:
         """Kill a worker stuck on one chunk (a read that never returns) so it can be retried."""
         now = time.monotonic()
-        for i, p in enumerate(workers):
-            cid, slot, t0 = CURRENT.unpack_from(current, i * CURRENT.size)
+        for i, p in enumerate(self.workers):
+            cid, slot, t0 = CURRENT.unpack_from(self.current, i * CURRENT.size)
             # t0 == 0: the worker is between writing cid and t0 (pack_into is not atomic)
-            if cid and t0 and p.exitcode is None and now - t0 > cfg.stall_seconds and i not in stalled:
-                stalled.add(i)
-                say(f"worker {i} has been on chunk {cid - 1} for {now - t0:.0f} s; killing it")
+            if cid and t0 and p.exitcode is None and now - t0 > self.cfg.stall_seconds \
+                    and i not in self.stalled:
+                self.stalled.add(i)
+                self.say(f"worker {i} has been on chunk {cid - 1} for {now - t0:.0f} s; killing it")
                 p.kill()
 
-    def dead_children(procs, label):
-        for i, p in enumerate(procs):
-            killed = i in stalled and p.exitcode is not None
-            if procs is workers and (p.exitcode == -signal.SIGBUS or killed):
-                # a page of the source could not be read through mmap (SIGBUS:
-                # bad or poisoned memory), or the read never returned: retry
-                # that chunk page by page with read(), each page once more
-                stalled.discard(i)
-                cid, slot, _ = CURRENT.unpack_from(current, i * CURRENT.size)
-                if cid and cid - 1 not in retried:
-                    retried.add(cid - 1)
-                    CURRENT.pack_into(current, i * CURRENT.size, 0, 0, 0.0)
-                    why = "hit unreadable memory" if p.exitcode == -signal.SIGBUS else "was stuck"
-                    say(f"worker {i} {why} in chunk {cid - 1}; reading it page by page")
-                    p.join()
-                    procs[i] = new_worker(i)
-                    procs[i].start()
-                    tasks.put(cid - 1, slot | CAREFUL)
-                    continue
+    def dead_children(self, children, label) -> bool:
+        """True when a child died unexpectedly (the dump fails); a worker killed by a bad page is replaced."""
+        for i, p in enumerate(children):
+            if children is self.workers and self.retry_chunk_of(i, p):
+                continue
             if p.exitcode is not None:
-                fail(StripedumpError(f"{label} {i} (pid {p.pid}) {_describe_exit(p)} unexpectedly")
-                     if p.exitcode != 0 else StripedumpError(f"{label} {i} stopped unexpectedly"))
+                self.fail(StripedumpError(f"{label} {i} (pid {p.pid}) {describe_exit(p)} unexpectedly")
+                          if p.exitcode != 0 else StripedumpError(f"{label} {i} stopped unexpectedly"))
                 return True
         return False
 
-    with _Signals() as sig:
-        # Phase 1: feed chunks while slots are free; drain what is in flight.
-        while True:
-            if sig.signum and error is None:
-                fail(Interrupted(f"interrupted by {signal.Signals(sig.signum).name}; "
-                                 "members finalized as incomplete", sig.signum))
-            while error is None and free and not exhausted:
-                cid = next(chunk_ids, None)
-                if cid is None:
-                    exhausted = True
-                    break
-                tasks.put(cid, free.pop())
-                inflight += 1
-            if inflight == 0 and exhausted and error is None and not synced_all:
-                # a durable point on every target before the end: a target that hangs now is
-                # noticed while the workers can still encode its chunks again (continue) and
-                # before the others are finalized (stop: incomplete, naming it)
-                synced_all = True
-                for d in set(range(D)) - set(iow.hung):
-                    writer_qs[d].put(SYNC, 0, 0, 0, 0)
-                    barrier.add(d)
-                    inflight += 1
-            if inflight == 0 and (exhausted or error is not None):
-                break
-            evs = events.get_all(POLL)
-            watch_workers()
-            watch_targets()
-            if not evs or any(p.exitcode is not None for p in workers):
-                if dead_children(workers, "worker") or dead_children(writers, "writer"):
-                    break       # a dead child's slots never come back: stop waiting for them
-                if not evs:
-                    continue
-            for ev in evs:
-                kind = ev[0]
-                if kind == "free" and ev[1] not in retired:
-                    free.append(ev[1])
-                    inflight -= 1
-                    done_in += ev[2]
-                elif kind == "skip":
-                    free.append(ev[1])
-                    inflight -= 1
-                elif kind == "unreadable":
-                    unreadable += ev[2]
-                elif kind == "err":
-                    _, who, slot, name, msg = ev
-                    fail(from_wire(name, msg))
-                    if slot is not None:
-                        free.append(slot)
-                        inflight -= 1
-                elif kind in ("diskfail", "lost"):     # --on-disk-error continue (degraded.py)
-                    on_degraded(ev)
-                elif kind == "synced" and ev[1] in barrier:
-                    barrier.discard(ev[1])
-                    inflight -= 1
-            if progress:
-                progress(done_in, plan.input_bytes)
-        for d, n in staged.items():
-            fail(TargetIOError(f"target {targets[d].path} failed ({dropped[d]}) with {n} chunk(s) in its "
-                               "O_DIRECT staging buffer, not all of which reached the disk"))
-        # Phase 2: stop workers, then tell writers how to finish.
-        for _ in workers:
-            tasks.put(END, 0)
-        _join_all(workers, fail, "worker")
-        state = STATE_COMPLETE if error is None else STATE_INCOMPLETE
-        note = "" if error is None else str(error)
-        if dropped and error is None:
-            note = "degraded: " + "; ".join(f"target {targets[d].path} failed ({m}) and was dropped"
-                                            for d, m in sorted(dropped.items()))
-        _write_note(notes, note)
-        for q in writer_qs:
+    def retry_chunk_of(self, i: int, p) -> bool:
+        """Worker ``i`` died of SIGBUS (unreadable memory) or was stuck: read its chunk page by page."""
+        killed = i in self.stalled and p.exitcode is not None
+        if p.exitcode != -signal.SIGBUS and not killed:
+            return False
+        self.stalled.discard(i)
+        cid, slot, _ = CURRENT.unpack_from(self.current, i * CURRENT.size)
+        if not cid or cid - 1 in self.retried:
+            return False
+        self.retried.add(cid - 1)
+        CURRENT.pack_into(self.current, i * CURRENT.size, 0, 0, 0.0)
+        why = "hit unreadable memory" if p.exitcode == -signal.SIGBUS else "was stuck"
+        self.say(f"worker {i} {why} in chunk {cid - 1}; reading it page by page")
+        p.join()
+        self.workers[i] = self.new_worker(i)
+        self.tasks.put(cid - 1, slot | CAREFUL)
+        return True
+
+    # -- phase 2: shutdown, whatever happened ----------------------------------------
+
+    def shutdown(self) -> None:
+        """Stop the workers, finalize every member, join every child; kill what does not stop."""
+        try:
+            for _ in self.workers:
+                self.tasks.put(END, 0)
+            join_all(self.workers, self.fail, "worker")
+            self.finish_members()
+            join_all(self.writers, self.fail, "writer")
+        except BaseException as e:
+            self.fail(_as_error(e))
+        finally:
+            reap(self.workers + self.writers)
+            for pipe in [self.tasks, self.events] + self.writer_qs:
+                if pipe is not None:
+                    pipe.close()
+        for d in range(self.D):
+            if d not in self.members_done:
+                self.fail(TargetIOError(f"target {self.targets[d].path}: writer did not finish; "
+                                        "the member is incomplete"))
+
+    def finish_members(self) -> None:
+        """Tell every writer how to finish (complete, or incomplete and why); collect what they say."""
+        state = STATE_COMPLETE if self.error is None else STATE_INCOMPLETE
+        note = "" if self.error is None else str(self.error)
+        if self.dropped and self.error is None:
+            note = "degraded: " + "; ".join(f"target {self.targets[d].path} failed ({m}) and was dropped"
+                                            for d, m in sorted(self.dropped.items()))
+        for d in range(len(self.writers), self.D):
+            self.finish_here(d, note)
+        if self.notes is not None:
+            _write_note(self.notes, note)
+        for q in self.writer_qs[:len(self.writers)]:
             q.put(END, state, 0, 0, 0)
-        deadline = time.monotonic() + JOIN_TIMEOUT + 60
-        while len(members_done) < D and time.monotonic() < deadline:
-            evs = events.get_all(POLL)
-            watch_targets(final=True)
-            if not evs and all(p.exitcode is not None for p in writers):
+        deadline = time.monotonic() + JOIN_TIMEOUT + WRITERS_GRACE
+        while len(self.members_done) < self.D and time.monotonic() < deadline:
+            evs = self.events.get_all(POLL)
+            self.watch_targets(final=True)
+            if not evs and all(p.exitcode is not None for p in self.writers):
                 break
             for ev in evs:
                 if ev[0] == "done":
-                    members_done[ev[1]] = ev[2:]
-                    say(f"member {targets[ev[1]].path}: {ev[3]} chunks, {ev[2]} bytes, synced")
+                    self.members_done[ev[1]] = ev[2:]
+                    self.say(f"member {self.targets[ev[1]].path}: {ev[3]} chunks, {ev[2]} bytes, synced")
                 elif ev[0] == "err":
-                    fail(from_wire(ev[3], ev[4]))
-        _join_all(writers, fail, "writer")
-        for d in range(D):
-            if d not in members_done:
-                fail(TargetIOError(f"target {targets[d].path}: writer did not finish; "
-                                   "the member is incomplete"))
-    pool.close()
-    for pipe in [tasks, events] + writer_qs:
-        pipe.close()
-    if error is not None:
-        if not isinstance(error, Interrupted):
-            error = IncompleteDump(f"dump incomplete: {error}; the members hold every chunk "
-                                   "written before the failure")
-        raise error
-    degraded = [{"member": d, "path": targets[d].path, "error": m,
-                 "moved": sum(v[3].get(d, 0) for v in members_done.values())}
-                for d, m in sorted(dropped.items())]
-    return DumpResult("", src.path, str(cfg.codec), [t.path for t in targets], plan.input_bytes,
-                      [members_done[d][0] for d in range(D)], plan.n_chunks, 0.0, W,
-                      {"block_bytes": block_bytes, "chunk_bytes": plan.chunk_bytes,
-                       "slots": nslots, "pool_bytes": nslots * slot_size,
-                       "unreadable_blocks": unreadable, "degraded": degraded})
+                    self.fail(from_wire(ev[3], ev[4]))
+        if self.sig.signum and self.error is None:
+            self.say(f"{signal_name(self.sig.signum)} came after the last chunk was written; the dump "
+                     "is complete")
 
+    def finish_here(self, d: int, note: str) -> None:
+        """Member ``d``'s writer never started (a failed fork): finalize it here, as incomplete."""
+        t = self.targets[d]
+        try:
+            w = MemberWriter(t.fd, t.path, self.headers[d], self.start, self.cfg.direct_io, self.cfg.discard)
+            self.members_done[d] = (w.finish(STATE_INCOMPLETE, note), 0, 0, {})
+        except StripedumpError as e:
+            self.fail(e)
 
-def _join_all(procs, fail, label) -> None:
-    deadline = time.monotonic() + JOIN_TIMEOUT
-    for i, p in enumerate(procs):
-        p.join(max(0.1, deadline - time.monotonic()))
-        if p.is_alive():
-            p.kill()
-            p.join(5)
-            fail(StripedumpError(f"{label} {i} (pid {p.pid}) did not stop in time and was killed"))
-        elif p.exitcode not in (0, None):
-            fail(StripedumpError(f"{label} {i} (pid {p.pid}) {_describe_exit(p)}"))
+    def result(self) -> DumpResult:
+        if self.pool is not None:
+            self.pool.close()
+        if self.error is not None:
+            err = self.error
+            if not isinstance(err, Interrupted):
+                lost = f"; {self.describe_lost()}; the members hold every other chunk" if self.lost else \
+                    "; the members hold every chunk"
+                err = IncompleteDump(f"dump incomplete: {err}{lost} written before the failure")
+            raise err
+        degraded = [{"member": d, "path": self.targets[d].path, "error": m,
+                     "moved": sum(v[3].get(d, 0) for v in self.members_done.values()),
+                     "resent": self.resent.get(d, 0)}
+                    for d, m in sorted(self.dropped.items())]
+        return DumpResult("", self.src.path, str(self.cfg.codec), [t.path for t in self.targets],
+                          self.plan.input_bytes, [self.members_done[d][0] for d in range(self.D)],
+                          self.plan.n_chunks, 0.0, self.W,
+                          {"block_bytes": self.block_bytes, "chunk_bytes": self.plan.chunk_bytes,
+                           "slots": self.nslots, "pool_bytes": self.nslots * self.slot_size,
+                           "unreadable_blocks": sum(self.unreadable.values()), "degraded": degraded})
+
+    def describe_lost(self) -> str:
+        lost = sorted(set(self.lost))
+        ps = self.plan.page_size
+        named = ", ".join(f"chunk {c} ({self.plan.chunk(c).describe(ps)})" for c in lost[:5])
+        more = f" and {len(lost) - 5} more" if len(lost) > 5 else ""
+        return (f"{len(lost)} chunk(s) were on failed targets only, not synced, and may be lost: "
+                f"{named}{more}")

@@ -11,6 +11,10 @@ No rate and no ETA until one can be measured: the first line is printed
 at the first update, when next to nothing has moved (a rate then would be
 noise, e.g. "0.1 MB/s" for a dump about to run at 500), so it says only
 how much there is to do; later lines and the last one carry the rate.
+
+Output is best effort (``Output``): a closed pipe, a full disk or a dead
+terminal on stdout or stderr (EPIPE, ENOSPC, EIO) switches that output off
+and nothing else; the dump's members and exit code never depend on it.
 """
 
 from __future__ import annotations
@@ -49,12 +53,53 @@ def is_terminal(stream) -> bool:
         return True
 
 
+class Output:
+    """A text stream that switches itself off at its first write error.
+
+    After a failure the stream's descriptor is pointed at /dev/null:
+    Python flushes sys.stdout at exit and turns a failed flush into exit
+    status 120, which would change the exit code of a dump that succeeded.
+    """
+
+    def __init__(self, stream):
+        self.stream = stream
+        self.failed: OSError | None = None
+
+    def print(self, text: str = "") -> None:
+        self.write(text + "\n")
+
+    def write(self, text: str) -> None:
+        if self.failed is not None:
+            return
+        try:
+            self.stream.write(text)
+            self.stream.flush()
+        except (OSError, ValueError) as e:    # ValueError: the stream was closed
+            self.failed = e if isinstance(e, OSError) else OSError(str(e))
+            self._silence()
+
+    def flush(self) -> None:
+        self.write("")
+
+    def _silence(self) -> None:
+        try:
+            fd = self.stream.fileno()
+            null = os.open(os.devnull, os.O_WRONLY)
+            try:
+                os.dup2(null, fd)
+            finally:
+                os.close(null)
+        except (OSError, ValueError, AttributeError):
+            pass
+
+
 class Progress:
     def __init__(self, what: str, stream=None, quiet: bool = False, every: float | None = None):
         self.what = what
-        self.stream = stream if stream is not None else sys.stderr
+        stream = stream if stream is not None else sys.stderr
+        self.stream = stream if isinstance(stream, Output) else Output(stream)
+        self.tty = is_terminal(self.stream.stream)
         self.quiet = quiet
-        self.tty = is_terminal(self.stream)
         self.every = every if every is not None else (TTY_EVERY if self.tty else PLAIN_EVERY)
         self.t0 = time.monotonic()
         self.last = None
@@ -88,9 +133,8 @@ class Progress:
 
     def _line(self, now: float) -> None:
         rate = self._rate(now)
-        print(f"stripedump: {self.what}: {self._pct():5.1f}% ({self.done / 1e6:.0f} of "
-              f"{self.total / 1e6:.0f} MB)" + ("" if rate is None else f", {rate:.1f} MB/s"),
-              file=self.stream, flush=True)
+        self.stream.print(f"stripedump: {self.what}: {self._pct():5.1f}% ({self.done / 1e6:.0f} of "
+                          f"{self.total / 1e6:.0f} MB)" + ("" if rate is None else f", {rate:.1f} MB/s"))
 
     def _bar(self, now: float) -> None:
         frac = self.done / self.total if self.total else 1.0
@@ -100,7 +144,6 @@ class Progress:
         shown = f"{'-' if rate is None else f'{rate:.1f}':>8} MB/s ETA {eta}"
         self.stream.write(f"\r{self.what} [{'#' * fill}{'.' * (BAR - fill)}] {self._pct():5.1f}% "
                           f"{shown} ")
-        self.stream.flush()
 
     def close(self) -> None:
         """The last update (always shown, unless quiet)."""
@@ -110,6 +153,5 @@ class Progress:
         if self.tty:
             self._bar(now)
             self.stream.write("\n")
-            self.stream.flush()
         else:
             self._line(now)

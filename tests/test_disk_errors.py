@@ -10,7 +10,11 @@ Default (``--on-disk-error stop``): one line naming the target, exit 8, every
 member finalized or walkable, and join --allow-incomplete recovers exactly
 what reached the disks (bench/soak.py's oracle).  ``--on-disk-error
 continue``: the dump drops the target, finishes on the others, and join
-gives back the source byte for byte without any flag.
+gives back the source byte for byte without any flag; the chunks the failed
+target acknowledged since its last successful sync (a failed write, a failed
+fdatasync, an O_DIRECT stage that never reached it) are encoded again for the
+survivors, so the survivors alone hold every chunk, or the dump exits 8
+naming the chunks that may be lost.
 """
 
 from __future__ import annotations
@@ -62,15 +66,17 @@ def small_fs(tmp_path):
 
 @pytest.fixture
 def failing_fs(tmp_path):
-    """A FUSE directory whose files fail writes with EIO from byte ``limit`` on; yields (mnt, backing)."""
+    """A FUSE directory whose files fail writes with EIO from byte ``limit`` on; yields (mnt, backing).
+
+    ``fail_sync_from`` N > 0: its Nth fsync/fdatasync and every later one fail with EIO."""
     need_fuse()
     procs = []
 
-    def start(limit: int):
+    def start(limit: int, fail_sync_from: int = 0):
         mnt, backing = tmp_path / f"fuse{len(procs)}", tmp_path / f"backing{len(procs)}"
         mnt.mkdir()
         backing.mkdir()
-        procs.append((start_fuse("failing_target_fs.py", [backing, mnt, limit], mnt), mnt))
+        procs.append((start_fuse("failing_target_fs.py", [backing, mnt, limit, fail_sync_from], mnt), mnt))
         return str(mnt), str(backing)
     yield start
     for p, mnt in procs:
@@ -163,6 +169,54 @@ def test_target_failing_with_eio(source, tmp_path, failing_fs, cli, policy):
     else:
         assert r.rc == 0 and "Input/output error" in r.err, r
         _byte_identical(cli, src, on_disk, str(tmp_path / "out"))
+        # what m1 took before the failure was never synced there: it was sent to m0 again
+        _survivors_hold_everything(cli, src, members[:1], str(tmp_path / "out2"))
+
+
+def _survivors_hold_everything(cli, src, survivors, out):
+    """The failed member left out, the survivors alone give back the source, byte for byte."""
+    r = cli("join", "--allow-incomplete", "--json", "-q", *survivors, "-o", out)
+    assert r.rc == 0, r
+    res = json.loads(r.out)
+    assert res["complete"] is True and res["missing_chunks"] == 0, res
+    assert open(out, "rb").read() == open(src, "rb").read()
+
+
+def test_failed_sync_chunks_are_sent_again(source, tmp_path, failing_fs, cli):
+    """Case 8: a target whose fdatasync fails under continue: its unsynced chunks go to the others."""
+    src, oracle = source
+    mnt, backing = failing_fs(1 << 40, fail_sync_from=1)
+    members = [str(tmp_path / "m0"), os.path.join(mnt, "m1"), str(tmp_path / "m2")]
+    r = cli("dump", "--json", "--codec", CODEC, "--workers", "2", "--chunk-size", CHUNK,
+            "--on-disk-error", "continue", "--disks", ",".join(members), src)
+    assert r.rc == 0, r
+    assert "sync failed: Input/output error" in r.err and members[1] in r.err, r
+    (deg,) = json.loads(r.out)["degraded"]
+    # every chunk m1 acknowledged was unsynced (its first sync failed): all encoded again
+    assert deg["member"] == 1 and deg["resent"] == sum(c % 3 == 1 for c in oracle.records), deg
+    _survivors_hold_everything(cli, src, [members[0], members[2]], str(tmp_path / "out"))
+    info = json.loads(cli("info", "--json", members[0], members[2], os.path.join(backing, "m1")).out)
+    states = [m["state"] for m in info["members"]]
+    # m1's own sync fails at its finish too: it cannot be finalized (the survivors need it not)
+    assert states[0] == states[2] == "complete" and states[1] == "writing (never finalized)", states
+
+
+def test_failed_sync_stop(source, tmp_path, failing_fs, cli):
+    src, oracle = source
+    mnt, backing = failing_fs(1 << 40, fail_sync_from=1)
+    members = [str(tmp_path / "m0"), os.path.join(mnt, "m1")]
+    r = _dump(cli, src, members)
+    assert_one_line_error(r, 8, members[1], "sync failed: Input/output error")
+    _recovered(cli, oracle, [members[0], os.path.join(backing, "m1")], str(tmp_path / "out"))
+
+
+def test_failed_sync_on_every_target_names_the_lost_chunks(source, tmp_path, failing_fs, cli):
+    """No survivor to send them to: exit 8, naming the chunks that may be on no disk."""
+    src, oracle = source
+    mnt, backing = failing_fs(1 << 40, fail_sync_from=1)
+    members = [os.path.join(mnt, "m0"), os.path.join(mnt, "m1")]
+    r = _dump(cli, src, members, "--on-disk-error", "continue")
+    assert_one_line_error(r, 8, "every target failed", "may be lost: chunk ")
 
 
 @needs_root
@@ -176,32 +230,32 @@ def test_block_device_end_continue_degraded(source, tmp_path, loop_device, cli):
 
 
 @needs_root
-def test_direct_io_loses_the_failed_targets_stage(source, tmp_path, loop_device, cli):
-    """O_DIRECT: chunks staged for the failed device never reached it: exit 8, the rest recovered.
+def test_direct_io_failed_targets_stage_is_sent_again(source, tmp_path, loop_device, cli):
+    """O_DIRECT: chunks staged for the failed device never reached it: they go to the others again.
 
     (Here the whole member fits the 4 MiB stage, so the device fails at the
-    final flush, when nothing can move any more.)"""
+    coordinator's sync barrier, after the last chunk was handed out: the
+    staged chunks are encoded again for the survivor.)"""
     src, oracle = source
     dev = loop_device(1 << 20)
     members = [str(tmp_path / "m0"), dev]
     r = _dump(cli, src, members, "--on-disk-error", "continue", "--direct-io")
-    assert_one_line_error(r, 8, dev, "No space left on device")
-    n = _recovered(cli, oracle, members, str(tmp_path / "out"))
-    assert n < len(oracle.records)
+    assert r.rc == 0 and dev in r.err and "No space left on device" in r.err, r
+    _survivors_hold_everything(cli, src, members[:1], str(tmp_path / "out"))
 
 
 @needs_root
-def test_direct_io_stage_lost_mid_dump(source, tmp_path, loop_device, cli):
-    """Uncompressed, the stage fills and fails mid-dump: the dump goes on degraded, then exits 8."""
+def test_direct_io_stage_lost_mid_dump_is_sent_again(source, tmp_path, loop_device, cli):
+    """Uncompressed, the stage fills and fails mid-dump: its chunks go to the survivor, exit 0."""
     src, _ = source
-    oracle = soak.Oracle(src, "none", 64 << 10)
     dev = loop_device(2 << 20)
     members = [str(tmp_path / "m0"), dev]
-    r = cli("dump", "-q", "--codec", "none", "--chunk-size", CHUNK, "--direct-io", "--on-disk-error",
+    r = cli("dump", "--json", "--codec", "none", "--chunk-size", CHUNK, "--direct-io", "--on-disk-error",
             "continue", "--disks", ",".join(members), src)
-    assert_one_line_error(r, 8, dev, "staging buffer")
-    n = _recovered(cli, oracle, members, str(tmp_path / "out"))
-    assert len(oracle.records) // 2 < n < len(oracle.records)
+    assert r.rc == 0 and dev in r.err, r
+    (deg,) = json.loads(r.out)["degraded"]
+    assert deg["resent"] > 0, deg
+    _survivors_hold_everything(cli, src, members[:1], str(tmp_path / "out"))
 
 
 @needs_root
@@ -219,3 +273,26 @@ def test_degraded_placement_spreads_a_failed_members_chunks():
     # member 1 failed: its chunks 1, 4, 7, 10 go to 0, 2, 0, 2; the others stay
     assert [degraded_placement(c, 3, [1, 0, 1]) for c in range(12)] == [0, 0, 2, 0, 2, 2, 0, 0, 2, 0, 2, 2]
     assert degraded_placement(5, 2, [0, 0]) is None
+
+
+def test_only_chunks_since_the_last_good_sync_are_sent_again(source, tmp_path, failing_fs, cli, monkeypatch):
+    """The coordinator keeps, per writer, the chunks since its last successful sync, no more.
+
+    Syncs every 16 chunks (lowered for the test; children inherit it at
+    fork); m1's first sync succeeds and its second fails: the 15 chunks
+    acknowledged in between are encoded again, the one being written is
+    forwarded, and the 16 synced before stay on m1 alone."""
+    from stripedump import member
+    from stripedump.codecs import CodecSpec
+    from stripedump.config import DumpConfig
+    from stripedump.pipeline import dump
+    src, oracle = source
+    monkeypatch.setattr(member, "SYNC_CHUNKS", 16)
+    mnt, backing = failing_fs(1 << 40, fail_sync_from=2)
+    members = [str(tmp_path / "m0"), os.path.join(mnt, "m1"), str(tmp_path / "m2")]
+    res = dump(DumpConfig(src, tuple(members), CodecSpec("zlib"), 2, 64 << 10, on_disk_error="continue"))
+    (deg,) = res.extra["degraded"]
+    assert deg["member"] == 1 and deg["resent"] == 15, deg
+    r = cli("join", "--allow-incomplete", "--json", "-q", members[0], members[2], "-o", tmp_path / "o1")
+    assert r.rc == 0 and json.loads(r.out)["missing_chunks"] == 16, r
+    _byte_identical(cli, src, [members[0], os.path.join(backing, "m1"), members[2]], str(tmp_path / "o2"))

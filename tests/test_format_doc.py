@@ -15,8 +15,10 @@ import zlib
 from pathlib import Path
 
 import pytest
+import xxhash
 
 from stripedump import codecs, format as fmt
+from stripedump.errors import MemberError
 from stripedump.member import record_bound
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "format.md"
@@ -30,7 +32,18 @@ STRUCTS = {
     "RecordHead": (fmt.RecordHead.STRUCT, fmt.RecordHead._fields),
     "ChunkHeader": (fmt.ChunkHeader.STRUCT, fmt.ChunkHeader._fields),
     "IndexEntry": (fmt.IndexEntry.STRUCT, fmt.IndexEntry._fields),
-    "Footer.HEAD": (fmt.Footer.HEAD, ("state", "chunks", "bytes_in", "index_count")),
+    "Footer.HEAD": (fmt.Footer.HEAD, ("state", "member_index", "chunks", "bytes_in", "excluded_pages",
+                                      "index_count")),
+    "CodecTotal": (fmt.CodecTotal.STRUCT, fmt.CodecTotal._fields),
+    "Trailer": (fmt.Trailer.STRUCT, fmt.Trailer._fields),
+    # version 1, read only
+    "MemberHeaderV1": (fmt.MemberHeaderV1.STRUCT,
+                       tuple(f for f in fmt.MemberHeader._fields
+                             if f not in ("features_required", "features_optional"))),
+    "RecordHeadV1": (fmt.RecordHeadV1.STRUCT, fmt.RecordHeadV1._fields),
+    "ChunkHeaderV1": (fmt.ChunkHeaderV1.STRUCT,
+                      tuple(f for f in fmt.ChunkHeader._fields if f not in ("dump_id", "kept_pages"))),
+    "Footer.HEAD_V1": (fmt.Footer.HEAD_V1, ("state", "chunks", "bytes_in", "index_count")),
 }
 
 
@@ -91,6 +104,12 @@ def test_stated_sizes_match_code(doc):
         "Block table entry": record_bound(4096, 4096) - fmt.CHUNK_HEADER_SIZE - 4096,
         "IndexEntry": fmt.IndexEntry.STRUCT.size,
         "Footer head": fmt.Footer.HEAD.size,
+        "CodecTotal": fmt.CodecTotal.STRUCT.size,
+        "Trailer": fmt.TRAILER_SIZE,
+        "MemberHeaderV1": fmt.MemberHeaderV1.STRUCT.size,
+        "RecordHeadV1": fmt.RecordHeadV1.STRUCT.size,
+        "ChunkHeaderV1": fmt.ChunkHeaderV1.STRUCT.size,
+        "Footer head V1": fmt.Footer.HEAD_V1.size,
     }
     assert stated_sizes(doc) == expected
 
@@ -113,10 +132,28 @@ def test_struct_table_matches_code(doc, name):
 
 def test_header_crc_covers_what_the_doc_says():
     h = fmt.MemberHeader(fmt.MEMBER_MAGIC, fmt.VERSION, 0, bytes(16), 0, 1, 0, 0, 1, 4096, 256, 1,
-                         0, fmt.HEADER_BLOCK, 16, 0, 0)
+                         0, fmt.HEADER_BLOCK, 16, 0, 0, 0, 0)
     b = h.pack()
-    assert len(b) == 96
-    assert struct.unpack_from("<I", b, 92)[0] == zlib.crc32(b[:92])
+    assert len(b) == 112
+    assert struct.unpack_from("<I", b, 108)[0] == zlib.crc32(b[:108])
+
+
+def test_record_checks_cover_the_dump_id():
+    """What the doc says each check covers: the dump id is inside every one."""
+    did, other = bytes(range(16)), bytes(range(1, 17))
+    rec = fmt.pack_record(fmt.INDEX_MAGIC, b"x" * 28, did)
+    seed = int.from_bytes(did[:8], "little") ^ int.from_bytes(did[8:], "little")
+    assert struct.unpack_from("<Q", rec, 24)[0] == xxhash.xxh3_64_intdigest(rec[:24] + rec[32:], seed)
+    forged = rec[:8] + other + rec[24:]
+    with pytest.raises(MemberError, match="another dump"):
+        fmt.unpack_record(forged, fmt.INDEX_MAGIC, "m", did)
+    buf = bytearray(fmt.CHUNK_HEADER_SIZE)
+    fmt.ChunkHeader(fmt.CHUNK_MAGIC, 0, 0, 1, did, 0, 0, 4096, 0, 0, 0, 1).pack_into(buf)
+    assert struct.unpack_from("<I", buf, 68)[0] == zlib.crc32(buf[:68])
+    assert buf[8:24] == did
+    t = fmt.Trailer(fmt.TRAILER_MAGIC, 2, 1, did, 0, 1, 8192, 100, 8356).pack()
+    assert struct.unpack_from("<Q", t, 56)[0] == xxhash.xxh3_64_intdigest(t[:56], seed)
+    assert fmt.Trailer.unpack(t, did) is not None and fmt.Trailer.unpack(t, other) is None
 
 
 def test_constants_table_matches_code(doc):
@@ -129,7 +166,9 @@ def test_constants_table_matches_code(doc):
         else:
             assert int(value, 0) == actual, name
     for name in ("VERSION", "HEADER_BLOCK", "INDEX_EVERY", "MEMBER_MAGIC", "MANIFEST_MAGIC",
-                 "CHUNK_MAGIC", "INDEX_MAGIC", "FOOTER_MAGIC", "CHUNK_ALL_ZERO", "BLOCK_LEN_MASK"):
+                 "CHUNK_MAGIC", "INDEX_MAGIC", "FOOTER_MAGIC", "TRAILER_MAGIC", "CHUNK_ALL_ZERO",
+                 "CHUNK_EXCLUDED", "BLOCK_EXCLUDED", "BLOCK_KIND_SHIFT", "BLOCK_LEN_MASK",
+                 "FEATURE_EXCLUDED", "FEATURE_STREAMED", "MAX_CHUNKS", "V1_CHUNK_MAGIC"):
         assert name in {r[0] for r in rows}, f"constant {name} missing from docs/format.md"
 
 

@@ -11,7 +11,7 @@ import shutil
 import struct
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from stripedump import synth
@@ -155,3 +155,76 @@ def test_hostile_plan_in_manifest(ranges, residue, chunk_pages, n):
 def test_dumpset_reads_members_it_was_given_only(members):
     with DumpSet(members) as ds:
         assert ds.plan.n_chunks > 0
+
+
+# -- size fields, resealed, under a memory limit --------------------------------
+
+import resource  # noqa: E402
+
+import hostile  # noqa: E402
+from stripedump.info import info  # noqa: E402
+from stripedump.join import join  # noqa: E402
+from stripedump.config import JoinConfig  # noqa: E402
+from stripedump.errors import ExitCode  # noqa: E402
+
+HEADROOM = 256 << 20      # what reading a small hostile member may add to this process's address space
+
+
+class memory_limit:
+    """RLIMIT_AS at this process's current size plus HEADROOM, for the block (forked children too)."""
+
+    def __enter__(self):
+        with open("/proc/self/statm") as f:
+            vsz = int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+        self.old = resource.getrlimit(resource.RLIMIT_AS)
+        resource.setrlimit(resource.RLIMIT_AS, (vsz + HEADROOM, self.old[1]))
+
+    def __exit__(self, *exc):
+        resource.setrlimit(resource.RLIMIT_AS, self.old)
+
+
+SIZE_FIELDS = ([("header", n) for n, _, _ in hostile.HEADER_FIELDS] + [("chunk", n) for n, _, _ in hostile.CHUNK_FIELDS]
+               + [("footer", n) for n, _, _ in hostile.FOOTER_FIELDS] + [("index", n) for n, _, _ in hostile.INDEX_FIELDS]
+               + [("zero chunk", "raw_length")])
+SIZE_FUZZ = settings(max_examples=int(os.environ.get("STRIPEDUMP_FUZZ_EXAMPLES", 150)) // 3, deadline=None,
+                     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+
+
+def _outcome_limited(paths, out) -> None:
+    """info, verify and join --allow-incomplete: each parses or refuses in one line, within the limit."""
+    with memory_limit():
+        for call in (lambda: info(paths), lambda: verify(paths, 1),
+                     lambda: join(JoinConfig(tuple(paths), out, allow_incomplete=True, force=True))):
+            try:
+                call()
+            except StripedumpError as e:
+                assert str(e) and "\n" not in str(e)
+                assert e.exit_code != ExitCode.INTERNAL, str(e)     # a MemoryError in a worker ends here
+    if os.path.exists(out):
+        os.unlink(out)
+
+
+@SIZE_FUZZ
+@given(which=st.integers(0, 1), field=st.sampled_from(SIZE_FIELDS), value=st.sampled_from(hostile.EXTREMES))
+@example(which=0, field=("zero chunk", "raw_length"), value=1 << 30)
+@example(which=1, field=("footer", "index_count"), value=(1 << 32) - 1)
+def test_hostile_size_fields(tmp_path_factory, members, which, field, value):
+    """Lengths, counts and offsets of every record set to extremes, with their checks resealed."""
+    d = tmp_path_factory.mktemp("sz")
+    paths = [str(shutil.copy(m, d / os.path.basename(m))) for m in members]
+    kind, name = field
+    setter = {"header": hostile.set_header_field, "chunk": hostile.set_chunk_field,
+              "footer": hostile.set_footer_field, "index": hostile.set_index_field,
+              "zero chunk": lambda p, n, v: hostile.make_zero_chunk(p, v)}[kind]
+    setter(paths[which], name, value)
+    _outcome_limited(paths, str(d / "out"))
+
+
+@SIZE_FUZZ
+@given(field=st.sampled_from(sorted(hostile.MANIFEST_FIELDS)),
+       value=st.sampled_from([0, 1, 4096, 1 << 31, 1 << 52, 1 << 62]))
+def test_hostile_manifest_sizes(tmp_path_factory, members, field, value):
+    d = tmp_path_factory.mktemp("mf")
+    paths = [str(shutil.copy(m, d / os.path.basename(m))) for m in members]
+    hostile.set_manifest_field(paths, field, value)
+    _outcome_limited(paths, str(d / "out"))

@@ -8,7 +8,7 @@ import pytest
 from stripedump.codecs import CodecSpec
 from stripedump.config import DumpConfig, JoinConfig
 from stripedump.errors import IncompleteDump, MemberError, OutputError, VerifyError
-from stripedump.format import HEADER_BLOCK, MemberHeader
+from stripedump.format import CHUNK_HEADER_SIZE, HEADER_BLOCK, MemberHeader
 from stripedump.join import RenderMap, join, verify
 from stripedump.member import MemberReader
 from stripedump.pipeline import dump
@@ -61,19 +61,25 @@ def test_existing_output_needs_force(dumped, tmp_path):
 
 
 def _record_of(member, n=3):
+    """The n-th page chunk written to ``member`` (writers append in arrival order: the file
+    chunks, handed out first, may still arrive after some page chunks)."""
+    from stripedump.format import KIND_PAGES, ChunkHeader
     r = MemberReader(member)
     try:
-        entries = list(r.index(r.footer()))
+        entries = [e for e in r.index(r.footer())
+                   if ChunkHeader.unpack(r.read_record(e), member).kind == KIND_PAGES]
     finally:
         r.close()
-    return entries[n]
+    # by chunk id, not write order: page chunks have the lowest ids, and the
+    # order records reach a member depends on which worker finished first
+    return sorted(entries, key=lambda e: e.chunk_id)[n]
 
 
 @pytest.mark.parametrize("where", ["payload", "table", "header"])
 def test_flipped_byte_is_found_and_named(dumped, tmp_path, where):
     b, t = dumped
     e = _record_of(t[1])
-    pos = {"payload": e.offset + e.length - 5, "table": e.offset + 60, "header": e.offset + 20}[where]
+    pos = {"payload": e.offset + e.length - 5, "table": e.offset + CHUNK_HEADER_SIZE + 1, "header": e.offset + 20}[where]
     with open(t[1], "r+b") as f:
         f.seek(pos)
         byte = f.read(1)
@@ -122,6 +128,7 @@ def test_unfinalized_member_is_incomplete(dumped, tmp_path):
     r.close()
     with open(t[1], "r+b") as f:
         f.write(h.pack())
+        f.truncate(os.path.getsize(t[1]) - 64)     # and no trailer (format v2): as a killed dump leaves it
     with pytest.raises(IncompleteDump, match="never finalized"):
         join(JoinConfig(tuple(t), str(tmp_path / "o")))
 

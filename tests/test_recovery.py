@@ -25,7 +25,7 @@ from stripedump import synth
 from stripedump.codecs import CodecSpec
 from stripedump.config import DumpConfig, JoinConfig
 from stripedump.errors import IncompleteDump
-from stripedump.format import HEADER_BLOCK
+from stripedump.format import HEADER_BLOCK, TRAILER_SIZE
 from stripedump.join import join
 from stripedump.member import MemberReader, WalkReport
 from stripedump.pipeline import dump
@@ -52,12 +52,13 @@ def _dump(src, tmp_path, n=2, name="m", **kw):
 
 
 def _unfinalize(path: str) -> None:
-    """The header as a dump that was killed leaves it: state 0, no footer."""
+    """The header as a dump that was killed leaves it: state 0, no footer in the header, no trailer."""
     r = MemberReader(path)
     h = r.header._replace(state=0, footer_offset=0, footer_length=0)
     r.close()
     with open(path, "r+b") as f:
         f.write(h.pack())
+        f.truncate(os.path.getsize(path) - TRAILER_SIZE)
 
 
 def _entries(path: str):

@@ -1,10 +1,13 @@
 """A FUSE file system whose files fail writes with EIO past a byte offset: a disk going bad mid-dump.
 
-    python failing_target_fs.py BACKING_DIR MOUNTPOINT LIMIT
+    python failing_target_fs.py BACKING_DIR MOUNTPOINT LIMIT [FAIL_SYNC_FROM]
 
 Files created under MOUNTPOINT live in BACKING_DIR.  A write that reaches
 byte LIMIT of a file or beyond fails with EIO (nothing of it is written), as
 a block device does on a bad sector; reads, and writes below LIMIT, work.
+With FAIL_SYNC_FROM = N > 0, the Nth fsync or fdatasync of the file system
+and every later one fail with EIO (a disk whose cache flush fails: the
+writes were acknowledged, but whether they are on the disk is unknown).
 Used by tests/test_disk_errors.py; runs in the foreground until unmounted.
 """
 
@@ -16,8 +19,9 @@ from fuse import FUSE, FuseOSError, Operations
 
 
 class FailingTarget(Operations):
-    def __init__(self, backing: str, limit: int):
+    def __init__(self, backing: str, limit: int, fail_sync_from: int = 0):
         self.backing, self.limit = backing, limit
+        self.fail_sync_from, self.syncs = fail_sync_from, 0
 
     def _path(self, path):
         return os.path.join(self.backing, path.lstrip("/"))
@@ -51,6 +55,9 @@ class FailingTarget(Operations):
         os.truncate(self._path(path), length)
 
     def fsync(self, path, datasync, fh):
+        self.syncs += 1
+        if self.fail_sync_from and self.syncs >= self.fail_sync_from:
+            raise FuseOSError(errno.EIO)
         return 0
 
     def flush(self, path, fh):
@@ -64,4 +71,5 @@ class FailingTarget(Operations):
 
 
 if __name__ == "__main__":
-    FUSE(FailingTarget(sys.argv[1], int(sys.argv[3])), sys.argv[2], foreground=True, nothreads=True)
+    FUSE(FailingTarget(sys.argv[1], int(sys.argv[3]), int(sys.argv[4]) if len(sys.argv) > 4 else 0),
+         sys.argv[2], foreground=True, nothreads=True)

@@ -1,0 +1,245 @@
+"""Who owns the dump's processes: signals, dying output streams, exceptions, children left behind.
+
+Real processes and real signals: a dump is started as ``python -m
+stripedump`` in a session of its own (its own process group), signalled as
+a user, systemd or ``timeout`` would (the coordinator alone, or the whole
+group), and then judged from the outside: the exit code, every member
+finalized (``info --json``), ``join --allow-incomplete`` giving back every
+page right or declared missing (bench/soak.py's oracle), and no process of
+the group left running.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+
+from stripedump import synth
+from stripedump.codecs import CodecSpec
+from stripedump.config import DumpConfig, JoinConfig
+from stripedump.errors import IncompleteDump, Interrupted, StripedumpError
+from stripedump.info import info
+from stripedump.join import join
+from stripedump.pipeline import dump
+from stripedump import procs
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "bench"))
+import soak  # noqa: E402
+
+CODEC, CHUNK = "zlib:9", "1M"     # slow, so that a signal lands mid-dump
+
+
+@pytest.fixture(scope="module")
+def big(tmp_path_factory):
+    """A 192 MiB synthetic vmcore (sparse where pages are zero) and what a dump of it writes."""
+    src = str(tmp_path_factory.mktemp("procs") / "vm")
+    synth.build(src, synth.demo_loads(192 << 20))
+    yield src, soak.Oracle(src, CODEC, 1 << 20)
+    os.unlink(src)
+
+
+def _start(src, members, **kw):
+    return subprocess.Popen([sys.executable, "-m", "stripedump", "dump", "-q", "--codec", CODEC,
+                             "--workers", "2", "--chunk-size", CHUNK, "--disks", ",".join(members), src],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ, PYTHONPATH=ROOT), start_new_session=True, **kw)
+
+
+def _wait_for_children(p, n, timeout=30):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if len(psutil.Process(p.pid).children()) >= n:
+            return
+        time.sleep(0.05)
+    raise AssertionError("children did not start")
+
+
+SIGNALS = [(signal.SIGINT, 130), (signal.SIGTERM, 143), (signal.SIGHUP, 129)]
+
+
+@pytest.mark.parametrize("to", ["coordinator", "group"])
+@pytest.mark.parametrize("sig,code", SIGNALS, ids=[s.name for s, _ in SIGNALS])
+def test_signal_finalizes_every_member(big, tmp_path, sig, code, to):
+    """Cases 4 and 3's kin: SIGINT/SIGTERM/SIGHUP, to the coordinator or the whole group."""
+    src, oracle = big
+    members = [str(tmp_path / "m0"), str(tmp_path / "m1")]
+    p = _start(src, members)
+    _wait_for_children(p, 4)
+    time.sleep(0.5)
+    if to == "group":
+        os.killpg(p.pid, sig)
+    else:
+        os.kill(p.pid, sig)
+    out, err = p.communicate(timeout=90)
+    assert p.returncode == code, err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and f"interrupted by {sig.name}" in lines[0] and "Traceback" not in err, err
+    assert soak._group_gone(p.pid, 10), f"left running: {soak._group_alive(p.pid)}"
+    assert [m["state"] for m in info(members)["members"]] == ["incomplete", "incomplete"]
+    ok, msg, n = soak.check_run(oracle, members, str(tmp_path / "out"))
+    assert ok, msg
+    assert 0 < n < len(oracle.records)     # it did stop mid-dump
+
+
+def test_sighup_ignored_by_the_parent_stays_ignored(big, tmp_path):
+    """As under nohup: SIGHUP to the whole group changes nothing, the dump completes."""
+    src, _ = big
+    members = [str(tmp_path / "m0"), str(tmp_path / "m1")]
+    p = _start(src, members, preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN))
+    _wait_for_children(p, 4)
+    time.sleep(0.5)
+    os.killpg(p.pid, signal.SIGHUP)
+    out, err = p.communicate(timeout=300)
+    assert p.returncode == 0, err
+    assert [m["state"] for m in info(members)["members"]] == ["complete", "complete"]
+    assert soak._group_gone(p.pid, 10)
+
+
+# -- case 3: stdout and stderr that cannot be written -------------------------------------
+
+def _run_with(args, stdout, stderr):
+    return subprocess.run([sys.executable, "-m", "stripedump", *map(str, args)], stdout=stdout,
+                          stderr=stderr, stdin=subprocess.DEVNULL, env=dict(os.environ, PYTHONPATH=ROOT),
+                          timeout=300).returncode
+
+
+@pytest.mark.parametrize("case", ["stderr-closed-pipe", "stdout-closed-pipe", "stdout-full-json"])
+def test_output_that_fails_changes_nothing(vmcore, tmp_path, case):
+    b = vmcore("kernel")
+    members = [str(tmp_path / "m0"), str(tmp_path / "m1")]
+    r, w = os.pipe()
+    os.close(r)           # a reader that went away: every write is EPIPE
+    full = open("/dev/full", "w")
+    try:
+        stdout = {"stdout-closed-pipe": w, "stdout-full-json": full}.get(case, subprocess.DEVNULL)
+        stderr = w if case == "stderr-closed-pipe" else subprocess.DEVNULL
+        # -v: a line per member and the plan on stderr; progress lines; the summary on stdout
+        rc = _run_with(["dump", "-v", "--codec", "lz4", "--chunk-size", "64K", "--disks", ",".join(members),
+                        *(["--json"] if case == "stdout-full-json" else []), b.path], stdout, stderr)
+        assert rc == 0
+        assert [m["state"] for m in info(members)["members"]] == ["complete", "complete"]
+        out = str(tmp_path / "joined")
+        join(JoinConfig(tuple(members), out))
+        assert open(out, "rb").read() == open(b.path, "rb").read()
+        # a failure is still told by the exit code, even when its line cannot be written
+        with open(tmp_path / "busy", "wb") as f:
+            f.write(b"x")
+        rc = _run_with(["dump", "--disks", f"{tmp_path}/busy,{tmp_path}/m2", b.path], stdout, stderr)
+        assert rc == 4
+    finally:
+        os.close(w)
+        full.close()
+
+
+# -- the coordinator is exception-safe -----------------------------------------------------
+
+def _no_children_left():
+    assert multiprocessing.active_children() == []
+    assert psutil.Process().children() == []
+
+
+@pytest.mark.parametrize("exc", [KeyboardInterrupt, ZeroDivisionError])
+def test_exception_in_the_coordinator_finalizes_every_member(vmcore, tmp_path, exc):
+    """A bug, or KeyboardInterrupt at a bad moment, in the coordinator's loop: members incomplete."""
+    b = vmcore("kernel")
+    members = [str(tmp_path / "m0"), str(tmp_path / "m1")]
+    calls = []
+
+    def progress(done, total):
+        calls.append(done)
+        if len(calls) == 3:
+            raise exc()
+    with pytest.raises(StripedumpError) as ei:
+        dump(DumpConfig(b.path, tuple(members), CodecSpec("zlib"), 2, 16 << 10), progress=progress)
+    if exc is KeyboardInterrupt:
+        assert isinstance(ei.value, Interrupted) and ei.value.exit_code == 130
+    else:
+        assert isinstance(ei.value, IncompleteDump) and "internal error in the coordinator" in str(ei.value)
+    states = [m["state"] for m in info(members)["members"]]
+    assert states == ["incomplete", "incomplete"], states
+    _no_children_left()
+
+
+def test_progress_output_error_only_switches_progress_off(vmcore, tmp_path):
+    b = vmcore("kernel")
+    members = [str(tmp_path / "m0"), str(tmp_path / "m1")]
+    calls = []
+
+    def progress(done, total):
+        calls.append(done)
+        raise BrokenPipeError(32, "Broken pipe")
+    res = dump(DumpConfig(b.path, tuple(members), CodecSpec("lz4"), 2, 16 << 10), progress=progress,
+               say=lambda msg, level=1: progress(0, 0))
+    assert len(calls) == 2 and res.chunks > 0
+    assert [m["state"] for m in info(members)["members"]] == ["complete", "complete"]
+    _no_children_left()
+
+
+# -- procs.py on its own ---------------------------------------------------------------------
+
+def _stubborn():
+    procs.child_init()
+    while True:
+        time.sleep(1)
+
+
+def test_children_ignore_stop_signals_and_join_all_kills_stragglers():
+    p = procs.spawn(_stubborn, "stubborn", ())
+    time.sleep(0.3)     # past child_init
+    for s in procs.STOP_SIGNALS:
+        os.kill(p.pid, s)
+    time.sleep(0.2)
+    assert p.is_alive()
+    failures = []
+    t0 = time.monotonic()
+    procs.join_all([p], failures.append, "child", timeout=0.5)
+    assert time.monotonic() - t0 < procs.KILL_WAIT
+    assert not p.is_alive() and p.exitcode == -signal.SIGKILL
+    assert len(failures) == 1 and "did not stop in time and was killed" in str(failures[0])
+    _no_children_left()
+
+
+def test_signals_flag_and_nohup():
+    old = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        with procs.Signals() as sig:
+            os.kill(os.getpid(), signal.SIGHUP)      # ignored on entry: stays ignored
+            time.sleep(0.05)
+            assert sig.signum is None
+            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)
+            assert sig.signum == signal.SIGTERM      # the first one counts
+        assert signal.getsignal(signal.SIGHUP) == signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGHUP, old)
+
+
+@pytest.mark.parametrize("failing", [2, 3], ids=["second-writer", "first-worker"])
+def test_fork_failing_still_finalizes_every_member(vmcore, tmp_path, monkeypatch, failing):
+    """fork() fails with EAGAIN (a process limit) for the Nth child: the members are finalized
+    anyway, by their writer or, where it never started, by the coordinator itself."""
+    import errno
+    from stripedump import pipeline
+    b = vmcore("kernel")
+    members = [str(tmp_path / "m0"), str(tmp_path / "m1")]
+    calls = []
+
+    def spawn(*a):
+        calls.append(a[1])
+        if len(calls) == failing:
+            raise OSError(errno.EAGAIN, "Resource temporarily unavailable")
+        return procs.spawn(*a)
+    monkeypatch.setattr(pipeline, "spawn", spawn)
+    with pytest.raises(IncompleteDump, match="Resource temporarily unavailable"):
+        dump(DumpConfig(b.path, tuple(members), CodecSpec("lz4"), 2, 16 << 10))
+    assert [m["state"] for m in info(members)["members"]] == ["incomplete", "incomplete"]
+    _no_children_left()
