@@ -90,6 +90,16 @@ def _positive_int(text):
     return v
 
 
+def _seconds(text):
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not v > 0 or v == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds: {text!r}")
+    return v
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="stripedump", formatter_class=_formatter,
                 description="Save a Linux crash dump (/proc/vmcore) fast: compressed in parallel "
@@ -137,6 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--on-disk-error", choices=("stop", "continue"), default="stop",
                    help="a target fails (ENOSPC, EIO, short write): stop the dump, exit 8 (default); or "
                         "continue: drop it and stripe over the others (a degraded dump)")
+    d.add_argument("--io-timeout", type=_seconds, default=60.0, metavar="SECONDS",
+                   help="a target on which no write reaches the device for this long has hung: it "
+                        "fails as by --on-disk-error (default 60; progress counts, not call length)")
     d.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
     d.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
     d.add_argument("-v", "--verbose", action="count", default=0,
@@ -264,7 +277,7 @@ def run_dump(a) -> int:
         a.codec = _default_codec()
     cfg = DumpConfig(a.source, disks, a.codec, a.workers, a.chunk_size, a.block_size, a.force,
                      a.manifest, not a.no_mmap, a.direct_io, a.memory_limit,
-                     on_disk_error=a.on_disk_error)
+                     on_disk_error=a.on_disk_error, io_timeout=a.io_timeout)
     from .progress import Output, Progress
     # output is best effort: a closed or full stdout/stderr never changes the dump or its exit code
     err, out = Output(sys.stderr), Output(sys.stdout)

@@ -83,10 +83,13 @@ class DumpConfig:
     discard: bool = False            # bench only: compress but write nothing
     stall_seconds: float = 60.0      # a worker on one chunk this long is killed and the chunk retried
     on_disk_error: str = "stop"      # a target fails: "stop" the dump, or "continue" without it
+    io_timeout: float = 60.0         # no byte reaches a target's device this long: it hung (iowatch.py)
 
     def __post_init__(self):
         if self.workers < 0:
             raise UsageError("--workers must be at least 1")
+        if not self.io_timeout > 0:
+            raise UsageError("--io-timeout must be a positive number of seconds")
         if self.on_disk_error not in ON_DISK_ERROR:
             raise UsageError(f"--on-disk-error must be one of {', '.join(ON_DISK_ERROR)}")
         if self.chunk_size <= 0 or self.chunk_size > MAX_CHUNK:

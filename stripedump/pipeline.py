@@ -57,6 +57,9 @@ to the whole process group: children ignore them) stop the feed the same
 way and end in exit 130/143/129; a signal that arrives after the last chunk
 was written changes nothing.  Progress and messages are output, best effort:
 an output that fails (a closed stderr) is switched off, nothing else.
+A writer blocked on a target that stopped answering (D state) is noticed by
+the progress of its device, abandoned and never waited for (iowatch.py);
+once the writers run, only its writer holds a target open.
 
 With ``--on-disk-error continue`` a writer's failed write is not the dump's:
 that writer drops its target and forwards its chunks to the others
@@ -68,7 +71,9 @@ SYNC_EVERY bytes or SYNC_CHUNKS chunks, and says so with the slot it
 frees).  When a target fails (a write, an fdatasync, an O_DIRECT stage
 flush), those chunks are encoded again from the source and go to the
 survivors.  After the last chunk the coordinator asks every live writer to
-sync (a barrier) and repeats this for any that fails, so by the time the
+sync (a barrier; under ``stop`` too, so that a target hanging in its last
+sync is noticed before the others are finalized) and repeats this for any
+that fails, so by the time the
 writers are told to finish, every chunk is synced on a live target; a chunk
 that has no live target left is named in the error (exit 8).
 
@@ -96,6 +101,7 @@ from .ipc import END, MessagePipe, RecordPipe, SharedFlag
 from .manifest import build_manifest
 from .member import MemberWriter, encode_chunk, new_member_header, record_bound, write_member_head
 from .degraded import Routes
+from .iowatch import IOWatch
 from .plan import Plan, placement
 from .fileio import fsync_dir
 from .procs import (JOIN_TIMEOUT, POLL, Signals, child_init, describe_exit, join_all, parent_gone, reap,
@@ -190,7 +196,8 @@ def _worker(wid, src, codec_spec, plan_json, block_bytes, pool, slot_size, tasks
                     f"internal error in worker {wid}: {type(e).__name__}: {e}"))
 
 
-def _writer(d, writer: MemberWriter, pool, slot_size, inbox, events, notes, routes=None) -> None:
+def _writer(d, writer: MemberWriter, pool, slot_size, inbox, events, notes, routes=None,
+            watch: IOWatch | None = None, others=()) -> None:
     """Append the chunks of member ``d``; finalize it at END.
 
     Each chunk written is acknowledged with ("free", slot, raw bytes, d,
@@ -204,8 +211,15 @@ def _writer(d, writer: MemberWriter, pool, slot_size, inbox, events, notes, rout
     ``routes`` (``--on-disk-error continue``, degraded.py): after a failed
     write or sync this writer drops its target and forwards every chunk it
     gets to a live writer instead of freeing it unwritten.
+
+    ``watch`` (iowatch.py): where this writer says it is inside a call on
+    its target (and on which chunk), so that a hung target is noticed.
+    ``others``: the other targets' fds, closed at once (it holds its own only).
     """
     child_init()
+    _release_output()
+    for fd in others:
+        os.close(fd)
     pool_mv = memoryview(pool)
     failed = None
     taken: dict[int, int] = {}     # member -> its chunks written here after it failed
@@ -215,7 +229,8 @@ def _writer(d, writer: MemberWriter, pool, slot_size, inbox, events, notes, rout
         """Run a write or sync of the target; on failure drop the target (or report: stop)."""
         nonlocal failed
         try:
-            fn(*args)
+            with _call(watch, d, cid, slot, writer.pos):
+                fn(*args)
             return True
         except StripedumpError as e:
             err = e
@@ -230,6 +245,7 @@ def _writer(d, writer: MemberWriter, pool, slot_size, inbox, events, notes, rout
             events.put(("diskfail", d, str(err)))
         return False
 
+    cid = slot = None
     while True:
         msg = inbox.get(POLL)
         if msg is None:
@@ -237,8 +253,10 @@ def _writer(d, writer: MemberWriter, pool, slot_size, inbox, events, notes, rout
                 return      # coordinator gone: leave the member unfinalized
             continue
         if msg[0] == END:
-            _finish_member(d, writer, msg[1], events, notes, failed, routes, taken)
+            with _call(watch, d, None, 0, writer.pos):
+                _finish_member(d, writer, msg[1], events, notes, failed, routes, taken)
             return
+        cid = slot = None
         if msg[0] == SYNC:
             if not failed and attempt(writer.sync):
                 events.put(("synced", d, writer.pending_chunks()))
@@ -257,6 +275,21 @@ def _writer(d, writer: MemberWriter, pool, slot_size, inbox, events, notes, rout
                 continue       # the slot now belongs to the writer it went to
             events.put(("lost", d, cid))
         events.put(("skip", slot))
+
+
+def _release_output() -> None:
+    """A writer holds no pipe of the caller's: one hung on its disk (iowatch.py) must not keep
+    ``stripedump ... | logger`` waiting after the dump has exited.  Writers report through the
+    event pipe; an unexpected death is reported by the coordinator from its exit status."""
+    null = os.open(os.devnull, os.O_WRONLY)
+    for fd in (1, 2):
+        os.dup2(null, fd)
+    os.close(null)
+
+
+def _call(watch, d, cid, slot, pos):
+    from contextlib import nullcontext
+    return nullcontext() if watch is None else watch.call(d, cid, slot or 0, pos)
 
 
 def _finish_member(d, writer: MemberWriter, state, events, notes, failed, routes, taken) -> None:
@@ -627,6 +660,8 @@ class _Coordinator:
         self.retried: set[int] = set()
         self.stalled: set[int] = set()
         self.members_done: dict[int, tuple] = {}
+        self.iow: IOWatch | None = None    # hung targets (iowatch.py)
+        self.retired: set[int] = set()     # slots a hung writer still holds: never used again
 
     # -- the whole run ---------------------------------------------------------------
 
@@ -657,13 +692,18 @@ class _Coordinator:
         self.writer_qs = [RecordPipe(WRITE) for _ in range(self.D)]
         if self.cfg.on_disk_error == "continue":
             self.routes = Routes(self.writer_qs)
+        self.iow = IOWatch(self.targets, self.cfg.io_timeout)
 
     def start_children(self) -> None:
         for d, t in enumerate(self.targets):
             w = MemberWriter(t.fd, t.path, self.headers[d], self.start, self.cfg.direct_io, self.cfg.discard)
+            others = tuple(u.fd for u in self.targets if u is not t)
             self.writers.append(spawn(_writer, f"stripedump-writer-{d}",
                                       (d, w, self.pool, self.slot_size, self.writer_qs[d], self.events,
-                                       self.notes, self.routes)))
+                                       self.notes, self.routes, self.iow, others)))
+        # from here on each target is open in its writer only (iowatch.py): no other process's
+        # close (a flush, on NFS or FUSE) waits on a hung target, the coordinator's exit included
+        close_targets(self.targets)
         for i in range(self.W):
             self.workers.append(self.new_worker(i))
         for p in self.writers + self.workers:
@@ -683,10 +723,13 @@ class _Coordinator:
                 self.fail(Interrupted(f"interrupted by {signal_name(self.sig.signum)}; members finalized "
                                       "as incomplete", self.sig.signum))
             self.hand_out()
-            if self.idle() and (self.error is not None or self.routes is None or self.barrier_passed()):
+            # the SYNC barrier runs under stop too: a target that hangs in its last sync is noticed
+            # before the others are finalized (iowatch.py)
+            if self.idle() and (self.error is not None or self.barrier_passed()):
                 return
             evs = self.events.get_all(POLL)
             self.watch_workers()
+            self.watch_targets()
             if not evs or any(p.exitcode is not None for p in self.workers):
                 if self.dead_children(self.workers, "worker") or self.dead_children(self.writers, "writer"):
                     return      # a dead child's slots never come back: stop waiting for them
@@ -736,6 +779,8 @@ class _Coordinator:
 
     def on_event(self, ev) -> None:
         kind = ev[0]
+        if kind in ("free", "skip") and ev[1] in self.retired:
+            return                     # a hung writer's slot, already counted (watch_targets)
         if kind == "free":             # a chunk written: slot back
             _, slot, raw, d, cid, durable = ev
             self.free.append(slot)
@@ -793,6 +838,36 @@ class _Coordinator:
         self.resend.extend(again)
 
     # -- children that die or hang ---------------------------------------------------
+
+    def watch_targets(self, final: bool = False) -> None:
+        """A hung target (iowatch.py): dropped (continue) or the dump stopped (stop); never waited for.
+
+        ``final``: the writers were told to finish; a hang now ends the dump as incomplete.
+        """
+        if self.iow is None:
+            return
+        for d in self.iow.check():
+            self.writers[d] = self.iow.abandon(self.writers[d])
+            why, cur = self.iow.hung[d], self.iow.current(d)
+            self.say(f"{why}; abandoned its writer (pid {self.writers[d].pid})")
+            if cur is not None:          # the slot it is writing never comes back
+                self.retired.add(cur[1])
+                self.inflight -= 1
+            self.members_done[d] = (self.iow.position(d), 0, 0, {})
+            if self.routes is None or final:
+                self.fail(TargetIOError(why))
+                continue
+            self.routes.fail(d)
+            self.target_failed(d, why)   # its chunks since its last sync: encoded again
+            if cur is not None:
+                (self.resend if self.routes.survivors() else self.lost).append(cur[0])
+        for d in self.iow.hung:          # what still reaches a hung writer's pipe: forward or free it
+            while (rec := self.writer_qs[d].get(0)) is not None:
+                if rec[0] >= SYNC:
+                    continue
+                if self.routes is None or self.error is not None or not self.routes.forward(*rec):
+                    self.free.append(rec[1])
+                    self.inflight -= 1
 
     def watch_workers(self) -> None:
         """Kill a worker stuck on one chunk (a read that never returns) so it can be retried."""
@@ -873,6 +948,7 @@ class _Coordinator:
         deadline = time.monotonic() + JOIN_TIMEOUT + WRITERS_GRACE
         while len(self.members_done) < self.D and time.monotonic() < deadline:
             evs = self.events.get_all(POLL)
+            self.watch_targets(final=True)
             if not evs and all(p.exitcode is not None for p in self.writers):
                 break
             for ev in evs:
