@@ -60,6 +60,10 @@ from stripedump.join import RenderMap, Task, check_record, mark_elf_incomplete
 from stripedump.member import decode_chunk
 from stripedump.vmcore import Source
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+                                "bench"))
+from soak import header_region  # noqa: E402
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 ENTRY = struct.Struct("<cBHQI")      # recording_fs.py's log entry
@@ -405,9 +409,14 @@ def check(outcome: Outcome, exp: Expected, durable: set[int]) -> Verdict:
 
 
 def expected_output(exp: Expected, source: str, missing: list[int]) -> bytearray:
-    """The ELF file a join must write: the source, zeros where missing chunks go, e_flags marked."""
+    """The ELF file a join must write: the source, zeros where missing chunks go, e_flags marked.
+
+    The ELF header, program headers and notes stay the source's even where their
+    chunk is missing: join rebuilds them from the manifest (bench/soak.py header_region).
+    """
     with open(source, "rb") as f:
-        out = bytearray(f.read())
+        src = f.read()
+    out = bytearray(src)
     render = RenderMap(exp.segments, exp.plan.residue)
     ps = exp.page_size
     for c in missing:
@@ -418,6 +427,8 @@ def expected_output(exp: Expected, source: str, missing: list[int]) -> bytearray
         for pa, pb, offs in render.spans(ch.start * ps, (ch.start + ch.count) * ps):
             for off in offs:
                 out[off:off + pb - pa] = bytes(pb - pa)
+    for a, b in header_region(src):
+        out[a:b] = src[a:b]
     return out
 
 
