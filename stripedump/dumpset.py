@@ -30,7 +30,7 @@ import uuid
 from dataclasses import dataclass, field
 
 from .errors import IncompleteDump, MemberError, VerifyError
-from .format import HEADER_BLOCK, KIND_PAGES, MAX_CHUNK_BYTES, STATE_NAMES, IndexEntry
+from .format import HEADER_BLOCK, KIND_PAGES, MAX_CHUNK_BYTES, STATE_COMPLETE, STATE_NAMES, IndexEntry
 from .manifest import Manifest
 from .member import MemberReader, WalkReport, is_complete, read_chunk, set_chunk_limit
 from .plan import placement
@@ -93,7 +93,9 @@ class DumpSet:
         member heads: one member shows the new dump's header, another still
         the older dump's.  The older member holds nothing of the new dump, so
         it is reported (by path and why) like a member that was not given.
-        Two dumps created in the same second cannot be told apart: refused.
+        Only while the newest dump is unfinished (a finished one wrote every
+        head, so members of two finished dumps were mixed up by hand), and two
+        dumps created in the same second cannot be told apart: both refused.
         """
         groups: dict[bytes, list[MemberReader]] = {}
         for r in self.readers:
@@ -104,6 +106,8 @@ class DumpSet:
         if max(r.header.created for r in newest[0]) == max(r.header.created for r in newest[1]):
             return          # ambiguous: _check_set refuses, naming both dumps
         keep = newest[0]
+        if all(r.header.state == STATE_COMPLETE for r in keep):
+            return          # a finished dump wrote every head: members mixed up by hand, refused
         kept = {r.header.member_index for r in keep}
         for g in newest[1:]:
             for r in g:

@@ -14,6 +14,8 @@ import time
 import pytest
 
 from stripedump import synth
+from stripedump.format import TRAILER_SIZE
+from stripedump.member import MemberReader
 
 
 @pytest.fixture
@@ -106,3 +108,13 @@ def loop_device(tmp_path):
     yield loop
     for d in devs:
         subprocess.run(["losetup", "-d", d], capture_output=True)
+
+
+def unfinalize(path: str) -> None:
+    """The header as a dump that was killed leaves it: state 0, no footer in the header, no trailer."""
+    r = MemberReader(path)
+    h = r.header._replace(state=0, footer_offset=0, footer_length=0)
+    r.close()
+    with open(path, "r+b") as f:
+        f.write(h.pack())
+        f.truncate(os.path.getsize(path) - TRAILER_SIZE)

@@ -25,12 +25,12 @@ from stripedump import synth
 from stripedump.codecs import CodecSpec
 from stripedump.config import DumpConfig, JoinConfig
 from stripedump.errors import IncompleteDump
-from stripedump.format import HEADER_BLOCK, TRAILER_SIZE
+from stripedump.format import HEADER_BLOCK
 from stripedump.join import join
 from stripedump.member import MemberReader, WalkReport
 from stripedump.pipeline import dump
 
-from conftest import assert_one_line_error
+from conftest import assert_one_line_error, unfinalize
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench"))
 import soak  # noqa: E402
@@ -49,16 +49,6 @@ def _dump(src, tmp_path, n=2, name="m", **kw):
     targets = tuple(str(tmp_path / f"{name}{i}") for i in range(n))
     dump(DumpConfig(src, targets, CodecSpec.parse(CODEC), 2, CHUNK, **kw))
     return list(targets)
-
-
-def _unfinalize(path: str) -> None:
-    """The header as a dump that was killed leaves it: state 0, no footer in the header, no trailer."""
-    r = MemberReader(path)
-    h = r.header._replace(state=0, footer_offset=0, footer_length=0)
-    r.close()
-    with open(path, "r+b") as f:
-        f.write(h.pack())
-        f.truncate(os.path.getsize(path) - TRAILER_SIZE)
 
 
 def _entries(path: str):
@@ -103,7 +93,7 @@ def test_walk_finds_what_the_index_lists(tmp_path):
     assert len(index_offsets) >= 2                      # an index record mid-member
     walked, rep = _walk(str(t))
     assert walked == entries and rep.reason == "the footer" and not rep.damaged
-    _unfinalize(str(t))
+    unfinalize(str(t))
     assert _walk(str(t))[0] == entries
 
 
@@ -117,7 +107,7 @@ def test_walk_stops_at_a_torn_tail(tmp_path, cut, cli):
     e = entries[700]
     at = {"chunk header": e.offset + 20, "payload": e.offset + e.length - 1,
           "record boundary": e.offset, "index record": index_offsets[0] + 100}[cut]
-    _unfinalize(t)
+    unfinalize(t)
     os.truncate(t, at)
     walked, rep = _walk(t)
     assert walked == [x for x in entries if x.offset + x.length <= at]
@@ -131,7 +121,7 @@ def test_walk_steps_over_a_damaged_payload(tmp_path):
     dump(DumpConfig(b.path, (t,), CodecSpec("lz4"), 1, 4096))
     entries, _ = _entries(t)
     e = next(x for x in entries[100:] if x.length > 200)
-    _unfinalize(t)
+    unfinalize(t)
     with open(t, "r+b") as f:
         f.seek(e.offset + e.length - 10)
         f.write(b"\xff" * 4)
@@ -174,7 +164,7 @@ def test_killed_dump_recovers_exactly_what_reached_disk(tmp_path, slow_source, m
 def test_incomplete_dump_is_refused_without_the_flag(source, tmp_path, cli):
     src, oracle = source
     m = _dump(src, tmp_path)
-    _unfinalize(m[1])
+    unfinalize(m[1])
     for fmt in ("elf", "kdump"):
         r = cli("join", *m, "-o", tmp_path / f"o-{fmt}", "--format", fmt)
         assert_one_line_error(r, 8, m[1], "never finalized", "--allow-incomplete")
@@ -186,7 +176,7 @@ def test_incomplete_dump_is_refused_without_the_flag(source, tmp_path, cli):
 def test_verify_and_info_report_a_killed_member(source, tmp_path, cli):
     src, oracle = source
     m = _dump(src, tmp_path)
-    _unfinalize(m[0])
+    unfinalize(m[0])
     os.truncate(m[0], os.path.getsize(m[0]) * 2 // 3)
     present = oracle.on_disk(m)
     r = cli("verify", "--json", *m)
@@ -276,7 +266,7 @@ def test_kdump_output_marks_missing_pages(source, tmp_path, cli):
     from test_kdump import _has_libkdumpfile, libkdumpfile_read, source_digests
     src, oracle = source
     m = _dump(src, tmp_path)
-    _unfinalize(m[1])
+    unfinalize(m[1])
     os.truncate(m[1], os.path.getsize(m[1]) // 2)
     out = tmp_path / "k.kdump"
     r = cli("join", "--allow-incomplete", "--format", "kdump", "--json", *m, "-o", out)
@@ -314,7 +304,7 @@ def test_real_kernel_incomplete_kdump_in_crash(tmp_path, cli):
         pytest.skip("needs crash and the real-kernel fixture with vmlinux (tests/fixtures/make-real-vmcore.sh)")
     m = [str(tmp_path / "r0"), str(tmp_path / "r1")]
     assert cli("dump", "-q", "--codec", "lzo", "--chunk-size", "1M", "--disks", ",".join(m), vmcore).rc == 0
-    _unfinalize(m[1])
+    unfinalize(m[1])
     os.truncate(m[1], os.path.getsize(m[1]) * 19 // 20)
     out = tmp_path / "k.kdump"
     r = cli("join", "--allow-incomplete", "--format", "kdump", *m, "-o", out)
@@ -334,7 +324,7 @@ def test_flat_output_of_incomplete_dump_replays_to_the_kdump_file(source, tmp_pa
         pytest.skip("makedumpfile is not installed")
     src, oracle = source
     m = _dump(src, tmp_path)
-    _unfinalize(m[0])
+    unfinalize(m[0])
     os.truncate(m[0], os.path.getsize(m[0]) // 3)
     k = tmp_path / "k.kdump"
     assert cli("join", "-q", "--workers", "1", "--allow-incomplete", "--format", "kdump", *m, "-o", k).rc == 0

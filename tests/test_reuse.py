@@ -23,7 +23,7 @@ import pytest
 from stripedump import synth
 from stripedump.vmcore import Source
 
-from conftest import run_cli
+from conftest import run_cli, unfinalize
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench"))
 import soak  # noqa: E402
@@ -134,6 +134,7 @@ def test_member_still_holding_an_older_dump_counts_as_missing(tmp_path):
     os.rename(m[1], str(tmp_path / "m1.old"))
     time.sleep(1.1)           # headers carry seconds: the new dump must be the newer one
     assert run_cli("dump", "-q", "--force", "--codec", "lz4", "--disks", ",".join(m), new.path).rc == 0
+    unfinalize(m[0])          # the new dump was killed: only member 0's head reached the disk
     os.replace(str(tmp_path / "m1.old"), m[1])
     r = run_cli("join", *m, "-o", tmp_path / "plain")
     assert r.rc == 6 and "different dumps" in r.err, r
