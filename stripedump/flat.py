@@ -33,7 +33,7 @@ import os
 import struct
 
 from .errors import OutputError
-from .join import pwrite_all
+from .fileio import write_exact
 
 SIGNATURE = b"makedumpfile".ljust(16, b"\0")
 TYPE_FLAT_HEADER = 1
@@ -80,7 +80,7 @@ class FileSink:
     def write(self, parts) -> None:
         for offset, data in parts:
             if len(data):
-                pwrite_all(self.fd, data, offset, self.where)
+                write_exact(self.fd, data, OutputError, self.where, offset)
 
     def finish(self) -> None:
         pass
