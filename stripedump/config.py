@@ -45,41 +45,19 @@ def usable_cpus() -> int:
             return max(1, os.cpu_count() or 1)
 
 
-# Compression is CPU bound: two processes scale x1.9-2.0 on two CPUs and more
-# add nothing (machine-limits: conclusions, §3), while every worker costs a process (about
-# 8 MiB, pipeline.PROC_BYTES) and two buffer slots.  A few more workers than
-# CPUs can still help when workers wait on the source (a /proc/vmcore read that
-# stalls, a source file on a slow disk), so up to twice the usable CPUs is
-# allowed; a larger --workers is lowered to that, with a warning, never refused
-# (in a capture kernel, often with one CPU, a refusal means no dump).
-MAX_WORKERS_PER_CPU = 2
-
-
-def fit_workers(requested: int) -> tuple[int, str | None]:
-    """(workers to start, warning or None) for ``--workers requested`` (0: one per usable CPU)."""
-    cpus = usable_cpus()
-    if not requested:
-        return cpus, None
-    cap = MAX_WORKERS_PER_CPU * cpus
-    if requested > cap:
-        return cap, (f"--workers {requested} is more than {MAX_WORKERS_PER_CPU} per usable CPU "
-                     f"({cpus} CPU(s) here); using {cap} workers")
-    return requested, None
-
-
 @dataclass(frozen=True)
 class DumpConfig:
     source: str
     targets: tuple[str, ...]
     codec: CodecSpec = field(default_factory=lambda: CodecSpec("lz4"))
-    workers: int = 0                 # 0: one per usable CPU; at most 2 per CPU (fit_workers)
+    workers: int = 0                 # 0: one per usable CPU; at most 2 per CPU (resources.fit_workers)
     chunk_size: int = DEFAULT_CHUNK
     block_size: int = 0              # 0: one page
     force: bool = False
     manifest_path: str | None = None
     use_mmap: bool = True
     direct_io: bool = False
-    memory_limit: int = 0            # 0: derived from available memory (see pipeline.fit_pool)
+    memory_limit: int = 0            # 0: derived from available memory (see resources.fit_pool)
     discard: bool = False            # bench only: compress but write nothing
     stall_seconds: float = 60.0      # a worker on one chunk this long is killed and the chunk retried
     on_disk_error: str = "stop"      # a target fails: "stop" the dump, or "continue" without it

@@ -186,7 +186,7 @@ def test_direct_io_round_trip(tmp_path, vmcore):
 
 def test_memory_limit_bounds_the_pool(tmp_path, vmcore):
     from stripedump.errors import UsageError
-    from stripedump.pipeline import pool_geometry
+    from stripedump.resources import pool_geometry
     b = vmcore("kernel")
     # 2 workers, 2 disks, 1 MiB chunks: 8 slots of 1 MiB + 1 page + table
     slots, slot = pool_geometry(2, 2, 1 << 20, 4096, 64 << 20)

@@ -22,10 +22,11 @@ import uuid
 import pytest
 
 from stripedump import synth
-from stripedump.config import JoinConfig, fit_workers, usable_cpus
+from stripedump.config import JoinConfig, usable_cpus
+from stripedump.resources import fit_workers
 from stripedump.errors import UsageError
 from stripedump.join import join
-from stripedump.pipeline import PROC_BYTES, available_memory, fit_pool
+from stripedump.resources import PROC_BYTES, available_memory, fit_pool
 
 from conftest import assert_one_line_error, run_cli
 
