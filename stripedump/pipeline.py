@@ -5,7 +5,7 @@ Design
 Processes, not threads: per-page compression calls are ~3 us and the GIL
 hand-off between CPUs eats the gain of threads (machine-limits §3).  Every
 child is forked from the coordinator (procs.py: fork, signal policy,
-liveness, joining), so the source's file descriptor and one anonymous
+liveness, joining; stages.py: the loops the children run), so the source's file descriptor and one anonymous
 shared mapping (the *slot pool*) are inherited; nothing needs /dev/shm,
 which a capture kernel may not mount.
 
@@ -26,7 +26,7 @@ Memory bound: the slot pool has ``S = 2*W + 2*D`` slots of
 ``record_bound(chunk, block)`` bytes (a chunk stored raw plus its block
 table), so the pool is ``S * (chunk_size + chunk_size/block_size*4 + 48)``:
 8.0 MiB for 2 workers, 2 disks and 1 MiB chunks, whatever the size of the
-dump.  W and the pool are lowered to what the machine has (``fit_pool``:
+dump.  W and the pool are lowered to what the machine has (``resources.fit_pool``:
 CPUs, available memory, cgroup, ulimit -v), with a warning, never refused
 while one worker fits.
 Backpressure is the free-slot list: the coordinator hands out a chunk
@@ -87,7 +87,6 @@ from __future__ import annotations
 import mmap
 import os
 import signal
-import struct
 import time
 import uuid
 from array import array
@@ -99,22 +98,17 @@ from .errors import IncompleteDump, Interrupted, StripedumpError, TargetIOError,
 from .format import HEADER_BLOCK, STATE_COMPLETE, STATE_INCOMPLETE, first_record_offset, pack_manifest
 from .ipc import END, MessagePipe, RecordPipe, SharedFlag
 from .manifest import build_manifest
-from .member import MemberWriter, encode_chunk, new_member_header, write_member_head
+from .member import MemberWriter, new_member_header, write_member_head
 from .degraded import Routes
 from .iowatch import IOWatch
-from .plan import Plan, placement
+from .plan import Plan
 from .resources import fit_pool, fit_workers
 from .fileio import fsync_dir
-from .procs import (JOIN_TIMEOUT, POLL, Signals, child_init, describe_exit, join_all, parent_gone, reap,
-                    signal_name, spawn)
+from .stages import CAREFUL, CURRENT, SYNC, TASK, WRITE, worker_main, write_note, writer_main
+from .procs import JOIN_TIMEOUT, POLL, Signals, describe_exit, join_all, reap, signal_name, spawn
 from .targets import check_targets, close_targets, open_targets
 from .vmcore import Source
 
-TASK = "<QI"          # coordinator -> workers: chunk id, slot (| CAREFUL: read page by page)
-CAREFUL = 1 << 31
-CURRENT = struct.Struct("<QId")  # per worker, in shared memory: chunk id + 1 (0: idle), slot, start
-WRITE = "<QIIQQ"      # worker -> writer: chunk id, slot, record length, checksum, source bytes
-SYNC = END - 1        # coordinator -> writer: sync now, say what is durable (--on-disk-error continue)
 WRITERS_GRACE = 60.0  # seconds writers get beyond JOIN_TIMEOUT to finalize (a final fsync of a slow disk)
 
 
@@ -160,162 +154,6 @@ class DumpResult:
                 "workers": self.workers, **self.extra}
 
 
-
-
-def _worker(wid, src, codec_spec, plan_json, block_bytes, pool, slot_size, tasks, writer_qs,
-            events, stop, current) -> None:
-    child_init()
-    try:
-        codec = codec_spec.make()
-        plan = Plan.from_json(plan_json)
-        zero = bytes(block_bytes)
-        pool_mv = memoryview(pool)
-        for cid, slot in tasks.records(POLL):
-            careful, slot = bool(slot & CAREFUL), slot & ~CAREFUL
-            if stop.value:
-                events.put(("skip", slot))
-                continue
-            # what this worker is on, for the coordinator if a page fault kills us
-            CURRENT.pack_into(current, wid * CURRENT.size, cid + 1, slot, time.monotonic())
-            try:
-                chunk = plan.chunk(cid)
-                out = pool_mv[slot * slot_size:(slot + 1) * slot_size]
-                length, csum, unreadable = encode_chunk(src, codec, chunk, block_bytes, out, zero, careful)
-                out.release()
-            except StripedumpError as e:
-                events.put(("err", f"worker {wid}", slot, *e.to_wire()))
-                continue
-            finally:
-                CURRENT.pack_into(current, wid * CURRENT.size, 0, 0, 0.0)
-            if unreadable:
-                events.put(("unreadable", cid, unreadable))
-            writer_qs[placement(cid, len(writer_qs))].put(
-                cid, slot, length, csum, chunk.raw_bytes(plan.page_size))
-    except Exception as e:   # a bug: report it rather than die silently
-        events.put(("err", f"worker {wid}", None, "StripedumpError",
-                    f"internal error in worker {wid}: {type(e).__name__}: {e}"))
-
-
-def _writer(d, writer: MemberWriter, pool, slot_size, inbox, events, notes, routes=None,
-            watch: IOWatch | None = None, others=()) -> None:
-    """Append the chunks of member ``d``; finalize it at END.
-
-    Each chunk written is acknowledged with ("free", slot, raw bytes, d,
-    chunk id, durable): ``durable`` is -1, or, when that write was followed
-    by a sync, how many of the latest chunks are still not on the disk
-    (``--direct-io``: staged).  From these the coordinator knows which
-    chunks a failure of this target can take with it: those since its last
-    sync.  SYNC (the coordinator's barrier before END) syncs now and answers
-    ("synced", d, durable).
-
-    ``routes`` (``--on-disk-error continue``, degraded.py): after a failed
-    write or sync this writer drops its target and forwards every chunk it
-    gets to a live writer instead of freeing it unwritten.
-
-    ``watch`` (iowatch.py): where this writer says it is inside a call on
-    its target (and on which chunk), so that a hung target is noticed.
-    ``others``: the other targets' fds, closed at once (it holds its own only).
-    """
-    child_init()
-    _release_output()
-    for fd in others:
-        os.close(fd)
-    pool_mv = memoryview(pool)
-    failed = None
-    taken: dict[int, int] = {}     # member -> its chunks written here after it failed
-    ppid = os.getppid()
-
-    def attempt(fn, *args) -> bool:
-        """Run a write or sync of the target; on failure drop the target (or report: stop)."""
-        nonlocal failed
-        try:
-            with _call(watch, d, cid, slot, writer.pos):
-                fn(*args)
-            return True
-        except StripedumpError as e:
-            err = e
-        except Exception as e:
-            err = StripedumpError(f"internal error in writer {d}: {type(e).__name__}: {e}")
-        failed = str(err)
-        if routes is None:
-            events.put(("err", f"writer {d}", None, *err.to_wire()))
-        else:
-            routes.fail(d)
-            failed += " (target dropped: --on-disk-error continue; its chunks are on the other members)"
-            events.put(("diskfail", d, str(err)))
-        return False
-
-    cid = slot = None
-    while True:
-        msg = inbox.get(POLL)
-        if msg is None:
-            if parent_gone(ppid):
-                return      # coordinator gone: leave the member unfinalized
-            continue
-        if msg[0] == END:
-            with _call(watch, d, None, 0, writer.pos):
-                _finish_member(d, writer, msg[1], events, notes, failed, routes, taken)
-            return
-        cid = slot = None
-        if msg[0] == SYNC:
-            if not failed and attempt(writer.sync):
-                events.put(("synced", d, writer.pending_chunks()))
-            continue
-        cid, slot, length, csum, raw_len = msg
-        if not failed:
-            syncs = writer.syncs
-            if attempt(writer.append, pool_mv[slot * slot_size:slot * slot_size + length], cid, csum, raw_len):
-                if routes is not None and cid % routes.members != d:
-                    taken[cid % routes.members] = taken.get(cid % routes.members, 0) + 1
-                events.put(("free", slot, raw_len, d, cid,
-                            writer.pending_chunks() if writer.syncs != syncs else -1))
-                continue
-        if routes is not None:
-            if routes.forward(cid, slot, length, csum, raw_len):
-                continue       # the slot now belongs to the writer it went to
-            events.put(("lost", d, cid))
-        events.put(("skip", slot))
-
-
-def _release_output() -> None:
-    """A writer holds no pipe of the caller's: one hung on its disk (iowatch.py) must not keep
-    ``stripedump ... | logger`` waiting after the dump has exited.  Writers report through the
-    event pipe; an unexpected death is reported by the coordinator from its exit status."""
-    null = os.open(os.devnull, os.O_WRONLY)
-    for fd in (1, 2):
-        os.dup2(null, fd)
-    os.close(null)
-
-
-def _call(watch, d, cid, slot, pos):
-    from contextlib import nullcontext
-    return nullcontext() if watch is None else watch.call(d, cid, slot or 0, pos)
-
-
-def _finish_member(d, writer: MemberWriter, state, events, notes, failed, routes, taken) -> None:
-    """Index, footer, header: complete or incomplete as the coordinator says (a dropped target: incomplete)."""
-    note = _read_note(notes)
-    if failed:
-        state, note = STATE_INCOMPLETE, failed
-    try:
-        length = writer.finish(state, note, routes.footer_entries(taken) if routes else ())
-    except Exception as e:
-        if not failed:        # a dropped target's finish may well fail: it was reported already
-            err = e if isinstance(e, StripedumpError) else StripedumpError(
-                f"internal error in writer {d}: {type(e).__name__}: {e}")
-            events.put(("err", f"writer {d}", None, *err.to_wire()))
-        length = writer.pos
-    events.put(("done", d, length, writer.chunks, writer.bytes_in, taken))
-
-
-def _write_note(notes, text: str) -> None:
-    data = text.encode()[:len(notes) - 4]
-    notes[:4 + len(data)] = struct.pack("<I", len(data)) + data
-
-
-def _read_note(notes) -> str:
-    (n,) = struct.unpack_from("<I", notes)
-    return bytes(notes[4:4 + n]).decode("utf-8", "replace")
 
 
 def dump(cfg: DumpConfig, progress=None, say=None) -> DumpResult:
@@ -532,7 +370,7 @@ class _Coordinator:
         for d, t in enumerate(self.targets):
             w = MemberWriter(t.fd, t.path, self.headers[d], self.start, self.cfg.direct_io, self.cfg.discard)
             others = tuple(u.fd for u in self.targets if u is not t)
-            self.writers.append(spawn(_writer, f"stripedump-writer-{d}",
+            self.writers.append(spawn(writer_main, f"stripedump-writer-{d}",
                                       (d, w, self.pool, self.slot_size, self.writer_qs[d], self.events,
                                        self.notes, self.routes, self.iow, others)))
         # from here on each target is open in its writer only (iowatch.py): no other process's
@@ -544,7 +382,7 @@ class _Coordinator:
             self.say(f"started {p.name} (pid {p.pid})", 2)
 
     def new_worker(self, i: int):
-        return spawn(_worker, f"stripedump-worker-{i}",
+        return spawn(worker_main, f"stripedump-worker-{i}",
                      (i, self.src, self.cfg.codec, self.plan_json, self.block_bytes, self.pool,
                       self.slot_size, self.tasks, self.writer_qs, self.events, self.stop, self.current))
 
@@ -776,7 +614,7 @@ class _Coordinator:
         for d in range(len(self.writers), self.D):
             self.finish_here(d, note)
         if self.notes is not None:
-            _write_note(self.notes, note)
+            write_note(self.notes, note)
         for q in self.writer_qs[:len(self.writers)]:
             q.put(END, state, 0, 0, 0)
         deadline = time.monotonic() + JOIN_TIMEOUT + WRITERS_GRACE

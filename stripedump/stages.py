@@ -1,0 +1,188 @@
+"""What each child process of a dump runs: the worker and the writer loops, and their wire records.
+
+Why a module of its own: pipeline.py's coordinator decides (feed, failures,
+shutdown); these loops only do.  A worker takes (chunk id, slot) from the
+task pipe, encodes the chunk from the source straight into its shared-memory
+slot and hands (chunk id, slot, length, checksum, bytes) to the writer of
+the chunk's member; a writer appends records to its member, acknowledges
+each one on the event pipe (with what is durable since its last sync) and
+finalizes the member when told.  Neither ever decides to stop the dump: an
+error travels to the coordinator as data (class name, message), and a child
+whose coordinator is gone stops by itself (procs.parent_gone).
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import time
+
+from .errors import StripedumpError
+from .format import STATE_INCOMPLETE
+from .ipc import END
+from .iowatch import IOWatch
+from .member import MemberWriter, encode_chunk
+from .plan import Plan, placement
+from .procs import POLL, child_init, parent_gone
+
+TASK = "<QI"          # coordinator -> workers: chunk id, slot (| CAREFUL: read page by page)
+CAREFUL = 1 << 31
+CURRENT = struct.Struct("<QId")  # per worker, in shared memory: chunk id + 1 (0: idle), slot, start
+WRITE = "<QIIQQ"      # worker -> writer: chunk id, slot, record length, checksum, source bytes
+SYNC = END - 1        # coordinator -> writer: sync now, say what is durable (--on-disk-error continue)
+
+
+def worker_main(wid, src, codec_spec, plan_json, block_bytes, pool, slot_size, tasks, writer_qs,
+            events, stop, current) -> None:
+    child_init()
+    try:
+        codec = codec_spec.make()
+        plan = Plan.from_json(plan_json)
+        zero = bytes(block_bytes)
+        pool_mv = memoryview(pool)
+        for cid, slot in tasks.records(POLL):
+            careful, slot = bool(slot & CAREFUL), slot & ~CAREFUL
+            if stop.value:
+                events.put(("skip", slot))
+                continue
+            # what this worker is on, for the coordinator if a page fault kills us
+            CURRENT.pack_into(current, wid * CURRENT.size, cid + 1, slot, time.monotonic())
+            try:
+                chunk = plan.chunk(cid)
+                out = pool_mv[slot * slot_size:(slot + 1) * slot_size]
+                length, csum, unreadable = encode_chunk(src, codec, chunk, block_bytes, out, zero, careful)
+                out.release()
+            except StripedumpError as e:
+                events.put(("err", f"worker {wid}", slot, *e.to_wire()))
+                continue
+            finally:
+                CURRENT.pack_into(current, wid * CURRENT.size, 0, 0, 0.0)
+            if unreadable:
+                events.put(("unreadable", cid, unreadable))
+            writer_qs[placement(cid, len(writer_qs))].put(
+                cid, slot, length, csum, chunk.raw_bytes(plan.page_size))
+    except Exception as e:   # a bug: report it rather than die silently
+        events.put(("err", f"worker {wid}", None, "StripedumpError",
+                    f"internal error in worker {wid}: {type(e).__name__}: {e}"))
+
+
+def writer_main(d, writer: MemberWriter, pool, slot_size, inbox, events, notes, routes=None,
+            watch: IOWatch | None = None, others=()) -> None:
+    """Append the chunks of member ``d``; finalize it at END.
+
+    Each chunk written is acknowledged with ("free", slot, raw bytes, d,
+    chunk id, durable): ``durable`` is -1, or, when that write was followed
+    by a sync, how many of the latest chunks are still not on the disk
+    (``--direct-io``: staged).  From these the coordinator knows which
+    chunks a failure of this target can take with it: those since its last
+    sync.  SYNC (the coordinator's barrier before END) syncs now and answers
+    ("synced", d, durable).
+
+    ``routes`` (``--on-disk-error continue``, degraded.py): after a failed
+    write or sync this writer drops its target and forwards every chunk it
+    gets to a live writer instead of freeing it unwritten.
+
+    ``watch`` (iowatch.py): where this writer says it is inside a call on
+    its target (and on which chunk), so that a hung target is noticed.
+    ``others``: the other targets' fds, closed at once (it holds its own only).
+    """
+    child_init()
+    release_output()
+    for fd in others:
+        os.close(fd)
+    pool_mv = memoryview(pool)
+    failed = None
+    taken: dict[int, int] = {}     # member -> its chunks written here after it failed
+    ppid = os.getppid()
+
+    def attempt(fn, *args) -> bool:
+        """Run a write or sync of the target; on failure drop the target (or report: stop)."""
+        nonlocal failed
+        try:
+            with target_call(watch, d, cid, slot, writer.pos):
+                fn(*args)
+            return True
+        except StripedumpError as e:
+            err = e
+        except Exception as e:
+            err = StripedumpError(f"internal error in writer {d}: {type(e).__name__}: {e}")
+        failed = str(err)
+        if routes is None:
+            events.put(("err", f"writer {d}", None, *err.to_wire()))
+        else:
+            routes.fail(d)
+            failed += " (target dropped: --on-disk-error continue; its chunks are on the other members)"
+            events.put(("diskfail", d, str(err)))
+        return False
+
+    cid = slot = None
+    while True:
+        msg = inbox.get(POLL)
+        if msg is None:
+            if parent_gone(ppid):
+                return      # coordinator gone: leave the member unfinalized
+            continue
+        if msg[0] == END:
+            with target_call(watch, d, None, 0, writer.pos):
+                finish_member(d, writer, msg[1], events, notes, failed, routes, taken)
+            return
+        cid = slot = None
+        if msg[0] == SYNC:
+            if not failed and attempt(writer.sync):
+                events.put(("synced", d, writer.pending_chunks()))
+            continue
+        cid, slot, length, csum, raw_len = msg
+        if not failed:
+            syncs = writer.syncs
+            if attempt(writer.append, pool_mv[slot * slot_size:slot * slot_size + length], cid, csum, raw_len):
+                if routes is not None and cid % routes.members != d:
+                    taken[cid % routes.members] = taken.get(cid % routes.members, 0) + 1
+                events.put(("free", slot, raw_len, d, cid,
+                            writer.pending_chunks() if writer.syncs != syncs else -1))
+                continue
+        if routes is not None:
+            if routes.forward(cid, slot, length, csum, raw_len):
+                continue       # the slot now belongs to the writer it went to
+            events.put(("lost", d, cid))
+        events.put(("skip", slot))
+
+
+def release_output() -> None:
+    """A writer holds no pipe of the caller's: one hung on its disk (iowatch.py) must not keep
+    ``stripedump ... | logger`` waiting after the dump has exited.  Writers report through the
+    event pipe; an unexpected death is reported by the coordinator from its exit status."""
+    null = os.open(os.devnull, os.O_WRONLY)
+    for fd in (1, 2):
+        os.dup2(null, fd)
+    os.close(null)
+
+
+def target_call(watch, d, cid, slot, pos):
+    from contextlib import nullcontext
+    return nullcontext() if watch is None else watch.call(d, cid, slot or 0, pos)
+
+
+def finish_member(d, writer: MemberWriter, state, events, notes, failed, routes, taken) -> None:
+    """Index, footer, header: complete or incomplete as the coordinator says (a dropped target: incomplete)."""
+    note = read_note(notes)
+    if failed:
+        state, note = STATE_INCOMPLETE, failed
+    try:
+        length = writer.finish(state, note, routes.footer_entries(taken) if routes else ())
+    except Exception as e:
+        if not failed:        # a dropped target's finish may well fail: it was reported already
+            err = e if isinstance(e, StripedumpError) else StripedumpError(
+                f"internal error in writer {d}: {type(e).__name__}: {e}")
+            events.put(("err", f"writer {d}", None, *err.to_wire()))
+        length = writer.pos
+    events.put(("done", d, length, writer.chunks, writer.bytes_in, taken))
+
+
+def write_note(notes, text: str) -> None:
+    data = text.encode()[:len(notes) - 4]
+    notes[:4 + len(data)] = struct.pack("<I", len(data)) + data
+
+
+def read_note(notes) -> str:
+    (n,) = struct.unpack_from("<I", notes)
+    return bytes(notes[4:4 + n]).decode("utf-8", "replace")
