@@ -58,7 +58,7 @@ from stripedump import synth  # noqa: E402
 from stripedump.codecs import CodecSpec  # noqa: E402
 from stripedump.config import parse_size  # noqa: E402
 from stripedump.format import CHUNK_MAGIC, seal_chunk_header  # noqa: E402
-from stripedump.member import encode_chunk, record_bound  # noqa: E402
+from stripedump.records import encode_chunk, record_bound  # noqa: E402
 from stripedump.plan import Plan  # noqa: E402
 from stripedump.vmcore import Source  # noqa: E402
 

@@ -13,7 +13,7 @@ import pytest
 
 from stripedump import synth
 from stripedump.codecs import NAMES, CodecSpec
-from stripedump.member import decode_chunk, encode_chunk
+from stripedump.records import decode_chunk, encode_chunk
 from stripedump.plan import Plan, placement
 from stripedump.vmcore import Source
 

@@ -32,7 +32,8 @@ from dataclasses import dataclass, field
 from .errors import IncompleteDump, MemberError, VerifyError
 from .format import HEADER_BLOCK, KIND_PAGES, MAX_CHUNK_BYTES, STATE_COMPLETE, STATE_NAMES, IndexEntry
 from .manifest import Manifest
-from .member import MemberReader, WalkReport, is_complete, read_chunk, set_chunk_limit
+from .member import MemberReader, WalkReport, is_complete
+from .records import read_chunk, set_chunk_limit
 from .plan import placement
 from .vmcore import merge_ranges
 

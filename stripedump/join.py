@@ -37,7 +37,7 @@ from .errors import (IncompleteDump, Interrupted, MemberError, OutputError, Stri
                      from_wire)
 from .fileio import fsync_dir, write_exact
 from .format import CHUNK_HEADER_SIZE, KIND_FILE, KIND_PAGES
-from .member import decode_chunk, unreadable_ranges
+from .records import decode_chunk, unreadable_ranges
 from .procs import POLL, Signals as _Signals, child_init as _child_init, describe_exit as _describe_exit, \
     join_all as _join_all, messages, queue_pair, spawn
 from .plan import placement

@@ -60,7 +60,7 @@ from .flat import FileSink, FlatSink
 from .format import BLOCK_COMPRESSED, CHUNK_HEADER_SIZE, ChunkHeader
 from .join import (JoinResult, PartialOutput, _run_pool, check_record, check_whole, header_pieces,
                    missing_report, unreadable_report)
-from .member import decode_chunk, read_chunk, unreadable_ranges
+from .records import decode_chunk, read_chunk, unreadable_ranges
 from .vmcore import PT_LOAD, parse_notes, parse_vmcoreinfo
 
 SIGNATURE = b"KDUMP   "

@@ -98,7 +98,7 @@ from .errors import IncompleteDump, Interrupted, StripedumpError, TargetIOError,
 from .format import HEADER_BLOCK, STATE_COMPLETE, STATE_INCOMPLETE, first_record_offset, pack_manifest
 from .ipc import END, MessagePipe, RecordPipe, SharedFlag
 from .manifest import build_manifest
-from .member import MemberWriter, new_member_header, write_member_head
+from .writer import MemberWriter, new_member_header, write_member_head
 from .degraded import Routes
 from .iowatch import IOWatch
 from .plan import Plan

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 
 from .config import usable_cpus
 from .errors import UsageError
-from .member import STAGE_BYTES, record_bound
+from .records import record_bound
+from .writer import STAGE_BYTES
 
 SLOT_ALIGN = 4096     # pool slots are page-aligned: O_DIRECT writes straight from them
 

@@ -21,7 +21,8 @@ from .errors import StripedumpError
 from .format import STATE_INCOMPLETE
 from .ipc import END
 from .iowatch import IOWatch
-from .member import MemberWriter, encode_chunk
+from .records import encode_chunk
+from .writer import MemberWriter
 from .plan import Plan, placement
 from .procs import POLL, child_init, parent_gone
 

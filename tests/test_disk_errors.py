@@ -271,12 +271,12 @@ def test_only_chunks_since_the_last_good_sync_are_sent_again(source, tmp_path, f
     fork); m1's first sync succeeds and its second fails: the 15 chunks
     acknowledged in between are encoded again, the one being written is
     forwarded, and the 16 synced before stay on m1 alone."""
-    from stripedump import member
+    from stripedump import writer
     from stripedump.codecs import CodecSpec
     from stripedump.config import DumpConfig
     from stripedump.pipeline import dump
     src, oracle = source
-    monkeypatch.setattr(member, "SYNC_CHUNKS", 16)
+    monkeypatch.setattr(writer, "SYNC_CHUNKS", 16)
     mnt, backing = failing_fs(1 << 40, fail_sync_from=2)
     members = [str(tmp_path / "m0"), os.path.join(mnt, "m1"), str(tmp_path / "m2")]
     res = dump(DumpConfig(src, tuple(members), CodecSpec("zlib"), 2, 64 << 10, on_disk_error="continue"))

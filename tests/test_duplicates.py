@@ -20,7 +20,8 @@ from stripedump.codecs import CodecSpec
 from stripedump.config import DumpConfig, JoinConfig
 from stripedump.format import STATE_COMPLETE, ChunkHeader
 from stripedump.join import join
-from stripedump.member import MemberReader, MemberWriter, write_member_head
+from stripedump.member import MemberReader
+from stripedump.writer import MemberWriter, write_member_head
 from stripedump.pipeline import dump
 
 

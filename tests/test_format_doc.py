@@ -19,7 +19,7 @@ import xxhash
 
 from stripedump import codecs, format as fmt
 from stripedump.errors import MemberError
-from stripedump.member import record_bound
+from stripedump.records import record_bound
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "format.md"
 

@@ -8,7 +8,7 @@ from stripedump.codecs import CodecSpec
 from stripedump.errors import SourceError, VerifyError
 from stripedump.format import (BLOCK_KIND_SHIFT, BLOCK_LEN_MASK, BLOCK_RAW, BLOCK_UNREADABLE, CHUNK_HEADER_SIZE,
                                CHUNK_UNREADABLE, ChunkHeader)
-from stripedump.member import decode_chunk, encode_chunk, read_chunk, unreadable_ranges
+from stripedump.records import decode_chunk, encode_chunk, read_chunk, unreadable_ranges
 from stripedump.plan import Plan
 from stripedump.vmcore import Source
 
@@ -192,7 +192,7 @@ def test_version_1_record_sliced_at_the_version_2_size_still_gives_its_ranges(vm
 def test_excluded_blocks_and_kept_pages(vmcore):
     """A block marked excluded (dump levels, issue 11) stores nothing, is not data, and kept_pages says so."""
     from stripedump.format import BLOCK_EXCLUDED, CHUNK_EXCLUDED
-    from stripedump.member import excluded_ranges
+    from stripedump.records import excluded_ranges
     import xxhash
     b = vmcore("kernel")
     with Source(b.path) as src:

@@ -57,7 +57,7 @@ from stripedump.dumpset import DumpSet
 from stripedump.errors import StripedumpError
 from stripedump.format import KIND_FILE, KIND_PAGES
 from stripedump.join import RenderMap, Task, check_record, mark_elf_incomplete
-from stripedump.member import decode_chunk
+from stripedump.records import decode_chunk
 from stripedump.vmcore import Source
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),

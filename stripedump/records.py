@@ -1,0 +1,326 @@
+"""Chunk records: encoding source pages into one, checking and decoding one.
+
+Why a module of its own: the pipeline's workers and the readers (join,
+verify, kdump output, the power-loss model) share this one definition of what
+a record's bytes mean.  ``encode_chunk`` turns a chunk's pages into a
+self-describing record in a caller's buffer (a shared-memory slot);
+``read_chunk`` checks a record's header, checksum and block table without
+decompressing; ``decode_chunk`` expands it, checking every length on the way.
+Nothing read from a record sizes an allocation before it has been checked.
+"""
+
+from __future__ import annotations
+
+import mmap
+import sys
+from array import array
+
+from . import codecs as codecs_mod
+from .errors import MemberError, SourceError, VerifyError
+from .format import (BLOCK_COMPRESSED, BLOCK_EXCLUDED, BLOCK_KIND_SHIFT, BLOCK_LEN_MASK, BLOCK_RAW,
+                     BLOCK_UNREADABLE, BLOCK_ZERO, CHUNK_ALL_ZERO, CHUNK_EXCLUDED, CHUNK_FLAGS_KNOWN,
+                     CHUNK_HEADER_SIZE, CHUNK_MAGIC, CHUNK_UNREADABLE, KIND_PAGES, MAX_CHUNK_BYTES,
+                     V1_BLOCK_KIND_SHIFT, V1_BLOCK_LEN_MASK, V1_CHUNK_MAGIC, ChunkHeader, checksum)
+from .plan import Chunk
+from .vmcore import Window
+
+BIG_ENDIAN_HOST = sys.byteorder == "big"   # the block table is little-endian on disk
+assert array("I").itemsize == 4, "stripedump needs a 4-byte unsigned int"
+
+
+NO_DUMP = bytes(16)
+
+
+def record_bound(chunk_bytes: int, block_bytes: int) -> int:
+    """Largest record a chunk can need: blocks are stored raw when they do not shrink."""
+    return CHUNK_HEADER_SIZE + 4 * -(-chunk_bytes // block_bytes) + chunk_bytes
+
+
+def read_carefully(src, chunk: Chunk) -> tuple[Window, list[tuple[int, int]]]:
+    """The chunk's bytes read one page at a time with read(), each failure retried once.
+
+    For memory that cannot be read (EIO, EFAULT from /proc/vmcore; the same
+    pages raise SIGBUS through mmap): returns a window whose unreadable pages
+    are zeros, and the list of their byte ranges within the chunk.
+    """
+    ps = src.page_size
+    n = chunk.raw_bytes(ps)
+    buf, bad = bytearray(n), []
+    saved, src.use_mmap = src.use_mmap, False
+    try:
+        for a in range(0, n, ps):
+            b = min(a + ps, n)
+            for attempt in (1, 2):
+                try:
+                    if chunk.kind == KIND_PAGES:
+                        w = src.phys_window(chunk.start + a // ps, 1)
+                    else:
+                        w = src.window(chunk.start + a, b - a)
+                    with w:
+                        buf[a:b] = w.view()[:b - a]
+                    break
+                except SourceError:
+                    if attempt == 2:
+                        if bad and bad[-1][1] == a:
+                            bad[-1] = (bad[-1][0], b)
+                        else:
+                            bad.append((a, b))
+    finally:
+        src.use_mmap = saved
+    return Window(buf, 0, n), bad
+
+
+def encode_chunk(src, codec, chunk: Chunk, block_bytes: int, out, zero,
+                 careful: bool = False) -> tuple[int, int, int]:
+    """Read ``chunk`` from ``src`` and write its record into ``out``.
+
+    ``zero`` is a bytes-like of at least ``block_bytes`` zeros.  A read error
+    (or ``careful``, after the page faults of an mmap read killed a worker)
+    switches to ``read_carefully``: blocks that hold unreadable pages become
+    BLOCK_UNREADABLE.  Returns (record length, payload checksum, unreadable
+    blocks).
+    """
+    if chunk.kind == KIND_PAGES:
+        hole = src.phys_is_hole(chunk.start, chunk.count)
+        n = chunk.count * src.page_size
+    else:
+        hole = src.file_is_hole(chunk.start, chunk.count)
+        n = chunk.count
+    # the dump id is left zero here: the member's writer stamps it (MemberWriter.append)
+    kept = chunk.count if chunk.kind == KIND_PAGES else 0
+    if hole:       # sparse source: all zero, nothing to read
+        ChunkHeader(CHUNK_MAGIC, chunk.kind, codec.ID, CHUNK_ALL_ZERO, NO_DUMP, chunk.id, chunk.start, n,
+                    0, 0, checksum(b""), kept).pack_into(out, 0)
+        return CHUNK_HEADER_SIZE, checksum(b""), 0
+    bad: list[tuple[int, int]] = []
+    if careful:
+        w, bad = read_carefully(src, chunk)
+    else:
+        try:
+            w = src.phys_window(chunk.start, chunk.count) if chunk.kind == KIND_PAGES \
+                else src.window(chunk.start, chunk.count)
+        except SourceError:
+            w, bad = read_carefully(src, chunk)
+    unreadable = 0
+    with w:
+        obj, base, n = w.obj, w.base, w.length
+        nblocks = -(-n // block_bytes)
+        table = array("I", bytes(4 * nblocks))
+        tstart = CHUNK_HEADER_SIZE
+        pos = dstart = tstart + 4 * nblocks
+        mv = w.view()
+        raw_only = codec.ID == 0
+        # zero test: mmap.find runs at memory speed without a copy, while
+        # bytes/bytearray.find pre-processes the needle on every call (0.5 GB/s
+        # here); for those a slice compare (a copy plus memcmp, 5-11 GB/s) wins
+        is_mmap = isinstance(obj, mmap.mmap)
+        find, compress = obj.find, codec.compress
+        # python-lzo takes only bytes: slice them straight out of the window
+        as_bytes = codec.wants_bytes
+        zeros = 0
+        try:
+            for i in range(nblocks):
+                a = i * block_bytes
+                b = a + block_bytes
+                if b > n:
+                    b = n
+                ln = b - a
+                if bad and any(x < b and a < y for x, y in bad):
+                    table[i] = BLOCK_UNREADABLE << BLOCK_KIND_SHIFT
+                    unreadable += 1
+                    continue
+                z = zero if ln == block_bytes else zero[:ln]
+                if (find(z, base + a, base + b) == base + a) if is_mmap else obj[base + a:base + b] == z:
+                    table[i] = BLOCK_ZERO << BLOCK_KIND_SHIFT
+                    zeros += 1
+                    continue
+                blk = obj[base + a:base + b] if as_bytes else mv[a:b]
+                if not raw_only:
+                    c = compress(blk)
+                    cl = len(c)
+                    if cl < ln:
+                        out[pos:pos + cl] = c
+                        table[i] = (BLOCK_COMPRESSED << BLOCK_KIND_SHIFT) | cl
+                        pos += cl
+                        continue
+                out[pos:pos + ln] = blk
+                table[i] = (BLOCK_RAW << BLOCK_KIND_SHIFT) | ln
+                pos += ln
+        finally:
+            mv.release()
+    flags = CHUNK_UNREADABLE if unreadable else 0
+    if zeros == nblocks:
+        flags, nblocks, pos = CHUNK_ALL_ZERO, 0, tstart
+    else:
+        if BIG_ENDIAN_HOST:
+            table.byteswap()
+        out[tstart:dstart] = table.tobytes()
+    csum = checksum(memoryview(out)[tstart:pos])
+    ChunkHeader(CHUNK_MAGIC, chunk.kind, codec.ID, flags, NO_DUMP, chunk.id, chunk.start, n, nblocks,
+                pos - tstart, csum, kept).pack_into(out, 0)
+    return pos, csum, unreadable
+
+
+# Largest raw_length a record may claim before anything is sized from it.  A
+# reader that knows the plan lowers it to the plan's chunk size
+# (DumpSet.__init__, before join's pool forks, so its workers inherit it).
+_limits = {"chunk_bytes": MAX_CHUNK_BYTES}
+
+
+def set_chunk_limit(chunk_bytes: int) -> None:
+    _limits["chunk_bytes"] = max(1, min(int(chunk_bytes), MAX_CHUNK_BYTES))
+
+
+def _block_table(h: ChunkHeader, body) -> tuple[array, int, int]:
+    """(table, kind shift, length mask) of a checked record of either format version."""
+    table = array("I", bytes(body[:4 * h.nblocks]))
+    if BIG_ENDIAN_HOST:
+        table.byteswap()
+    if h.magic == V1_CHUNK_MAGIC:
+        return table, V1_BLOCK_KIND_SHIFT, V1_BLOCK_LEN_MASK
+    return table, BLOCK_KIND_SHIFT, BLOCK_LEN_MASK
+
+
+def read_chunk(rec, where: str, block_bytes: int, dump_id: bytes | None = None,
+               page_size: int | None = None) -> tuple[ChunkHeader, memoryview, list]:
+    """Check one record's header, checksum and block table, without decompressing.
+
+    Returns (header, body, blocks): ``body`` is the payload and ``blocks``
+    lists, for every block that is not all zero, ``(how, a, b, pos, ln)``:
+    chunk bytes ``[a, b)`` stored as ``how`` (BLOCK_RAW or BLOCK_COMPRESSED)
+    in ``body[pos:pos + ln]``.  Empty for an all-zero chunk.  Every length
+    is checked (against the chunk limit, the block size and the record)
+    before anything is sized from it.  ``dump_id``: the record must belong
+    to that dump (version 2 records).
+    """
+    h = ChunkHeader.unpack(rec, where)
+    if dump_id is not None and h.version >= 2 and h.dump_id != dump_id:
+        raise VerifyError(f"{where}: the chunk record belongs to another dump")
+    if h.record_length > len(rec):
+        raise VerifyError(f"{where}: chunk record is cut off")
+    if h.raw_length > _limits["chunk_bytes"] or h.raw_length == 0 or h.flags & ~CHUNK_FLAGS_KNOWN:
+        raise VerifyError(f"{where}: implausible chunk header (length {h.raw_length}, flags {h.flags:#x})")
+    body = memoryview(rec)[h.header_size:h.record_length]
+    if checksum(body) != h.payload_checksum:
+        raise VerifyError(f"{where}: checksum mismatch (the member is corrupt)")
+    blocks: list[tuple[int, int, int, int, int]] = []
+    if h.flags & CHUNK_ALL_ZERO:
+        if h.nblocks or h.payload_length:
+            raise VerifyError(f"{where}: an all-zero chunk with a block table")
+        return h, body, blocks
+    nblocks = -(-h.raw_length // block_bytes)
+    if h.nblocks != nblocks or 4 * nblocks > len(body):
+        raise VerifyError(f"{where}: block table does not match the chunk length")
+    table, shift, mask = _block_table(h, body)
+    pos = 4 * nblocks
+    excluded = 0
+    for i, e in enumerate(table):
+        how, ln = e >> shift, e & mask
+        a = i * block_bytes
+        b = min(a + block_bytes, h.raw_length)
+        if how in (BLOCK_ZERO, BLOCK_UNREADABLE, BLOCK_EXCLUDED):
+            if ln:
+                raise VerifyError(f"{where}: block {i} has no data but a length of {ln}")
+            if how == BLOCK_EXCLUDED:
+                if h.version < 2 or not h.flags & CHUNK_EXCLUDED or h.kind != KIND_PAGES:
+                    raise VerifyError(f"{where}: block {i} is marked excluded where no block may be")
+                excluded += b - a
+            continue
+        if pos + ln > len(body):
+            raise VerifyError(f"{where}: block {i} runs past the record")
+        if how == BLOCK_RAW:
+            if ln != b - a:
+                raise VerifyError(f"{where}: raw block {i} has length {ln}, expected {b - a}")
+        elif how != BLOCK_COMPRESSED:
+            raise VerifyError(f"{where}: block {i} has an unknown storage kind {how}")
+        elif ln == 0:
+            raise VerifyError(f"{where}: compressed block {i} is empty")
+        blocks.append((how, a, b, pos, ln))
+        pos += ln
+    if pos != len(body):
+        raise VerifyError(f"{where}: block table does not account for the whole payload")
+    if page_size and h.version >= 2 and h.kind == KIND_PAGES and \
+            h.kept_pages != (h.raw_length - excluded) // page_size:
+        raise VerifyError(f"{where}: kept-page count {h.kept_pages} does not match the block table")
+    return h, body, blocks
+
+
+def chunk_body(rec, h: ChunkHeader) -> memoryview:
+    """The payload (block table + stored blocks) of a record checked by ``read_chunk``."""
+    return memoryview(rec)[h.header_size:h.record_length]
+
+
+def _ranges_of(h: ChunkHeader, body, block_bytes: int, kind: int) -> list[tuple[int, int]]:
+    if isinstance(body, memoryview) and h.header_size != CHUNK_HEADER_SIZE and body.obj is not None \
+            and len(body) != h.payload_length:
+        # a version 1 record sliced at the version 2 header size by a caller:
+        # re-slice the record it views at its own header size
+        body = chunk_body(body.obj, h)
+    table, shift, mask = _block_table(h, body)
+    out: list[tuple[int, int]] = []
+    for i, e in enumerate(table):
+        if e >> shift == kind:
+            a, b = i * block_bytes, min((i + 1) * block_bytes, h.raw_length)
+            if out and out[-1][1] == a:
+                out[-1] = (out[-1][0], b)
+            else:
+                out.append((a, b))
+    return out
+
+
+def unreadable_ranges(h: ChunkHeader, body, block_bytes: int) -> list[tuple[int, int]]:
+    """Byte ranges of a checked record (``read_chunk``) that the source could not give."""
+    if not h.flags & CHUNK_UNREADABLE or h.flags & CHUNK_ALL_ZERO:
+        return []
+    return _ranges_of(h, body, block_bytes, BLOCK_UNREADABLE)
+
+
+def excluded_ranges(h: ChunkHeader, body, block_bytes: int) -> list[tuple[int, int]]:
+    """Byte ranges of a checked record that a dump level left out (not memory: not zeros)."""
+    if not h.flags & CHUNK_EXCLUDED or h.flags & CHUNK_ALL_ZERO:
+        return []
+    return _ranges_of(h, body, block_bytes, BLOCK_EXCLUDED)
+
+
+def chunk_codec(h: ChunkHeader, where: str, codec_cache: dict):
+    """The codec instance for a record's ``codec_id`` (one per id and process)."""
+    codec = codec_cache.get(h.codec_id)
+    if codec is None:
+        if h.codec_id not in codecs_mod.BY_ID:
+            raise MemberError(f"{where}: unknown codec id {h.codec_id}")
+        codec = codec_cache[h.codec_id] = codecs_mod.BY_ID[h.codec_id]()
+    return codec
+
+
+def decompress_block(codec, block, size: int, where: str, i) -> bytes:
+    try:
+        out = codec.decompress(block, size)
+    except Exception as e:   # every codec library has its own error type
+        raise VerifyError(f"{where}: block {i} does not decompress ({codec.name}: {e})") from None
+    if len(out) != size:
+        raise VerifyError(f"{where}: block {i} decompresses to {len(out)} bytes, expected {size}")
+    return out
+
+
+def decode_chunk(rec, where: str, block_bytes: int, codec_cache: dict) -> tuple[ChunkHeader, bytearray, list]:
+    """Check and expand one record.
+
+    Returns (header, data, runs): ``data`` holds ``raw_length`` bytes and
+    ``runs`` the (start, end) byte ranges that are not all zero.
+    """
+    h, body, blocks = read_chunk(rec, where, block_bytes)
+    data = bytearray(h.raw_length)
+    runs: list[list[int]] = []
+    if not blocks:
+        return h, data, runs
+    codec = chunk_codec(h, where, codec_cache)
+    for how, a, b, pos, ln in blocks:
+        if how == BLOCK_RAW:
+            data[a:b] = body[pos:pos + ln]
+        else:
+            data[a:b] = decompress_block(codec, body[pos:pos + ln], b - a, where, a // block_bytes)
+        if runs and runs[-1][1] == a:
+            runs[-1][1] = b
+        else:
+            runs.append([a, b])
+    return h, data, runs
