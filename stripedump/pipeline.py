@@ -220,6 +220,12 @@ def _dump(cfg: DumpConfig, src: Source, t0: float, progress, say, sig=None) -> D
     # chunk records start page-aligned, so --direct-io can write them as they come
     start = first_record_offset(HEADER_BLOCK, len(manifest_rec))
     headers = []
+    if cfg.manifest_path:       # a --manifest that cannot be written fails before any target is touched
+        folder = os.path.dirname(os.path.abspath(cfg.manifest_path))
+        if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+            raise TargetIOError(f"cannot write manifest {cfg.manifest_path}: "
+                                f"{'no directory' if not os.path.isdir(folder) else 'no permission to write in'} "
+                                f"{folder}")
     # every target locked (canonical order) before any is truncated or written;
     # held until the members are finalized (targets.py: exclusive targets)
     open_targets(targets, start + 4096, cfg.direct_io, cfg.force)
@@ -230,7 +236,17 @@ def _dump(cfg: DumpConfig, src: Source, t0: float, progress, say, sig=None) -> D
             write_member_head(t.fd, t.path, h, manifest_rec, start)
             headers.append(h)
         if cfg.manifest_path:
-            _write_json_manifest(cfg.manifest_path, manifest, [t.path for t in targets])
+            try:
+                _write_json_manifest(cfg.manifest_path, manifest, [t.path for t in targets])
+            except StripedumpError as e:
+                # the heads are written: no member is left "writing" for a failure before any chunk
+                for t, h in zip(targets, headers):
+                    try:
+                        MemberWriter(t.fd, t.path, h, start, cfg.direct_io, cfg.discard).finish(
+                            STATE_INCOMPLETE, f"the dump stopped before its first chunk: {e}")
+                    except StripedumpError:
+                        pass         # that target's own failure: the manifest's error is the one to report
+                raise
         result = _run(cfg, src, plan, targets, headers, start, block_bytes, pool, progress, say, sig)
     finally:
         close_targets(targets)

@@ -243,3 +243,28 @@ def test_fork_failing_still_finalizes_every_member(vmcore, tmp_path, monkeypatch
         dump(DumpConfig(b.path, tuple(members), CodecSpec("lz4"), 2, 16 << 10))
     assert [m["state"] for m in info(members)["members"]] == ["incomplete", "incomplete"]
     _no_children_left()
+
+
+def test_manifest_that_cannot_be_written_leaves_no_member_writing(vmcore, tmp_path):
+    """--manifest in a missing directory is refused before any target is touched (exit 5); one that
+    fails half-way (a full filesystem) leaves both members finalized as incomplete, not "writing"."""
+    b = vmcore("kernel")
+    members = [str(tmp_path / "m0"), str(tmp_path / "m1")]
+    r = subprocess.run([sys.executable, "-m", "stripedump", "dump", "-q", "--manifest",
+                        str(tmp_path / "nodir" / "m.json"), "--disks", ",".join(members), b.path],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 5 and "m.json" in r.stderr and "no directory" in r.stderr, r
+    assert not any(os.path.exists(m) for m in members)
+    full = tmp_path / "full"
+    full.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4k", "tmpfs", str(full)]).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        (full / "filler").write_bytes(b"x" * 4096)      # the filesystem is full
+        r = subprocess.run([sys.executable, "-m", "stripedump", "dump", "-q", "--manifest", str(full / "m.json"),
+                            "--disks", ",".join(members), b.path], capture_output=True, text=True, timeout=120)
+    finally:
+        subprocess.run(["umount", "-l", str(full)])
+    assert r.returncode == 5 and "m.json" in r.stderr, r
+    states = [m["state"] for m in info(members)["members"]]
+    assert states == ["incomplete", "incomplete"], states
