@@ -156,7 +156,9 @@ def test_killed_dump_recovers_exactly_what_reached_disk(tmp_path, slow_source, m
     assert soak._group_gone(p.pid, 30), "a process of the dump outlived the kill by 30 s"
     ok, msg, n = soak.check_run(oracle, members, str(tmp_path / "out"))
     assert ok, msg
-    assert 0 < n < len(oracle.records)
+    # usually part of the dump; on a loaded machine the kill can land after the last chunk
+    # was written, while the members were being finalized: then every chunk is there
+    assert 0 < n <= len(oracle.records)
 
 
 # -- what join, verify and info say ------------------------------------------------
