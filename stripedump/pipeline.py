@@ -98,8 +98,8 @@ from .member import MemberWriter, encode_chunk, new_member_header, record_bound,
 from .degraded import Routes
 from .plan import Plan, placement
 from .fileio import fsync_dir
-from .procs import (JOIN_TIMEOUT, POLL, Signals, child_init, describe_exit, join_all, parent_gone, reap,
-                    signal_name, spawn)
+from .procs import (JOIN_TIMEOUT, POLL, Signals, child_init, coordinator_pid, describe_exit, join_all, parent_gone,
+                    reap, signal_name, spawn)
 from .targets import check_targets, close_targets, open_targets
 from .vmcore import Source
 
@@ -209,7 +209,7 @@ def _writer(d, writer: MemberWriter, pool, slot_size, inbox, events, notes, rout
     pool_mv = memoryview(pool)
     failed = None
     taken: dict[int, int] = {}     # member -> its chunks written here after it failed
-    ppid = os.getppid()
+    ppid = coordinator_pid()
 
     def attempt(fn, *args) -> bool:
         """Run a write or sync of the target; on failure drop the target (or report: stop)."""

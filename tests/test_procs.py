@@ -243,3 +243,45 @@ def test_fork_failing_still_finalizes_every_member(vmcore, tmp_path, monkeypatch
         dump(DumpConfig(b.path, tuple(members), CodecSpec("lz4"), 2, 16 << 10))
     assert [m["state"] for m in info(members)["members"]] == ["incomplete", "incomplete"]
     _no_children_left()
+
+
+_LATE_CHILD = """
+import os, signal, sys, time
+from stripedump import procs
+
+def child(q, path):
+    time.sleep(1.5)                 # the coordinator is gone before this child first looks at its parent
+    for _ in procs.messages(q):
+        pass
+    with open(path, "w") as f:
+        f.write("stopped")
+
+q = procs.queue_pair()[0]
+p = procs.spawn(child, "late", (q, sys.argv[1]))
+print(p.pid, flush=True)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_child_stops_when_the_coordinator_died_before_it_looked(tmp_path):
+    """A coordinator SIGKILLed between a fork and its child's first liveness check: the child still stops.
+
+    The soak found it: the child read ``os.getppid()`` only after the
+    coordinator was gone, took init for its parent, and waited for ever.
+    """
+    done, log = tmp_path / "stopped", tmp_path / "log"
+    with open(log, "w") as out:       # a file, not a pipe: a child that does not stop must not hold up the test
+        p = subprocess.run([sys.executable, "-c", _LATE_CHILD, str(done)], stdout=out, stderr=subprocess.STDOUT,
+                           env=dict(os.environ, PYTHONPATH=ROOT), timeout=60)
+    assert p.returncode == -signal.SIGKILL, log.read_text()
+    pid = int(log.read_text().split()[0])
+    try:
+        deadline = time.monotonic() + 1.5 + 10 * procs.POLL
+        while not done.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert done.exists(), "the child still waits for a coordinator that is gone"
+    finally:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
