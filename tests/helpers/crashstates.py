@@ -62,6 +62,8 @@ from stripedump.vmcore import Source
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
+sys.path.insert(0, os.path.join(ROOT, "bench"))
+from soak import header_region  # noqa: E402   the oracle's own ELF parsing (what join rebuilds)
 ENTRY = struct.Struct("<cBHQI")      # recording_fs.py's log entry
 PIECE = 4096                         # atomic unit of a write
 
@@ -405,15 +407,25 @@ def check(outcome: Outcome, exp: Expected, durable: set[int]) -> Verdict:
 
 
 def expected_output(exp: Expected, source: str, missing: list[int]) -> bytearray:
-    """The ELF file a join must write: the source, zeros where missing chunks go, e_flags marked."""
+    """The ELF file a join must write: the source, zeros where missing chunks go, e_flags marked.
+
+    But the ELF header, program headers and notes, which join rebuilds from
+    the manifest (docs/reliability.md, promise 8): the source's bytes there,
+    whatever is missing (found with the soak oracle's own ELF parsing).
+    """
     with open(source, "rb") as f:
-        out = bytearray(f.read())
+        src = f.read()
+    out = bytearray(src)
     render = RenderMap(exp.segments, exp.plan.residue)
     ps = exp.page_size
     for c in missing:
         ch = exp.plan.chunk(c)
         if ch.kind == KIND_FILE:
             out[ch.start:ch.start + ch.count] = bytes(ch.count)
+            for a, b in header_region(src):
+                lo, hi = max(a, ch.start), min(b, ch.start + ch.count)
+                if lo < hi:
+                    out[lo:hi] = src[lo:hi]
             continue
         for pa, pb, offs in render.spans(ch.start * ps, (ch.start + ch.count) * ps):
             for off in offs:
