@@ -488,7 +488,9 @@ def _soak(a, rng, seed, work, src, oracle, whole, first, devs, say) -> int:
                 ok, msg, n = check_run(oracle, members, out, did)
         say(f"run {i + 1:3d}: {nmem} members, killed {what} after {delay:.3f} s (dump exit "
             f"{p.returncode}): {'ok' if ok else 'FAILED'}: {msg}{older}")
-        row = table.setdefault(KILLED[mode] if rc_before is None else "nothing (the dump had ended)", {})
+        victim = "nothing (the dump had ended)" if rc_before is not None else \
+            KILLED["child" if what.startswith("child") else mode if what != "coordinator" else "coordinator"]
+        row = table.setdefault(victim, {})      # what was killed: "child" with no child yet kills the coordinator
         cat = ("no header" if n == -1 or (n == 0 and "refused" in msg) else
                "all" if n == len(oracle.records) else "some")
         for key in ("runs", cat) + (("older header kept",) if older else ()):
