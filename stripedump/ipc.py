@@ -20,6 +20,8 @@ import pickle
 import select
 import struct
 
+from .procs import coordinator_pid
+
 PIPE_BUF = select.PIPE_BUF          # writes up to this size are atomic (POSIX: >= 512)
 END = (1 << 64) - 1                 # a record whose first field is END is a sentinel
 
@@ -79,7 +81,7 @@ class RecordPipe:
 
     def records(self, poll: float):
         """Records until an END record, or until the parent process has gone."""
-        ppid = os.getppid()
+        ppid = coordinator_pid()
         while True:
             rec = self.get(poll)
             if rec is None:

@@ -69,8 +69,20 @@ def child_init() -> None:
         signal.signal(s, signal.SIG_IGN)
 
 
+def coordinator_pid() -> int:
+    """The pid of the process that forked this child, as the coordinator recorded it before the fork.
+
+    Not ``os.getppid()`` read in the child: a coordinator SIGKILLed between
+    the fork and that call leaves the child re-parented already, and the
+    child would then wait for ever for a parent that is gone (seen in the
+    soak: two children alive a minute after the coordinator was killed).
+    """
+    p = multiprocessing.parent_process()
+    return p.pid if p is not None else os.getppid()
+
+
 def parent_gone(ppid: int) -> bool:
-    """True when the process that forked us (``ppid``, read at start) is no longer our parent."""
+    """True when the process that forked us (``ppid``: ``coordinator_pid()``) is no longer our parent."""
     return os.getppid() != ppid
 
 
@@ -80,7 +92,7 @@ def messages(q):
     Stops as well when the coordinator has gone (the child was re-parented):
     nobody would read the child's results, so it must not wait forever.
     """
-    ppid = os.getppid()
+    ppid = coordinator_pid()
     while True:
         try:
             msg = q.get(timeout=POLL)

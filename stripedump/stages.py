@@ -24,7 +24,7 @@ from .iowatch import IOWatch
 from .records import encode_chunk
 from .writer import MemberWriter
 from .plan import Plan, placement
-from .procs import POLL, child_init, parent_gone
+from .procs import POLL, child_init, coordinator_pid, parent_gone
 
 TASK = "<QI"          # coordinator -> workers: chunk id, slot (| CAREFUL: read page by page)
 CAREFUL = 1 << 31
@@ -94,7 +94,7 @@ def writer_main(d, writer: MemberWriter, pool, slot_size, inbox, events, notes, 
     pool_mv = memoryview(pool)
     failed = None
     taken: dict[int, int] = {}     # member -> its chunks written here after it failed
-    ppid = os.getppid()
+    ppid = coordinator_pid()
 
     def attempt(fn, *args) -> bool:
         """Run a write or sync of the target; on failure drop the target (or report: stop)."""

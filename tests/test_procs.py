@@ -268,3 +268,45 @@ def test_manifest_that_cannot_be_written_leaves_no_member_writing(vmcore, tmp_pa
     assert r.returncode == 5 and "m.json" in r.stderr, r
     states = [m["state"] for m in info(members)["members"]]
     assert states == ["incomplete", "incomplete"], states
+
+
+_LATE_CHILD = """
+import os, signal, sys, time
+from stripedump import procs
+
+def child(q, path):
+    time.sleep(1.5)                 # the coordinator is gone before this child first looks at its parent
+    for _ in procs.messages(q):
+        pass
+    with open(path, "w") as f:
+        f.write("stopped")
+
+q = procs.queue_pair()[0]
+p = procs.spawn(child, "late", (q, sys.argv[1]))
+print(p.pid, flush=True)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_child_stops_when_the_coordinator_died_before_it_looked(tmp_path):
+    """A coordinator SIGKILLed between a fork and its child's first liveness check: the child still stops.
+
+    The soak found it: the child read ``os.getppid()`` only after the
+    coordinator was gone, took init for its parent, and waited for ever.
+    """
+    done, log = tmp_path / "stopped", tmp_path / "log"
+    with open(log, "w") as out:       # a file, not a pipe: a child that does not stop must not hold up the test
+        p = subprocess.run([sys.executable, "-c", _LATE_CHILD, str(done)], stdout=out, stderr=subprocess.STDOUT,
+                           env=dict(os.environ, PYTHONPATH=ROOT), timeout=60)
+    assert p.returncode == -signal.SIGKILL, log.read_text()
+    pid = int(log.read_text().split()[0])
+    try:
+        deadline = time.monotonic() + 1.5 + 10 * procs.POLL
+        while not done.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert done.exists(), "the child still waits for a coordinator that is gone"
+    finally:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
