@@ -190,18 +190,29 @@ SIZE_FUZZ = settings(max_examples=int(os.environ.get("STRIPEDUMP_FUZZ_EXAMPLES",
                      suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 
 
-def _outcome_limited(paths, out) -> None:
-    """info, verify and join --allow-incomplete: each parses or refuses in one line, within the limit."""
+def _outcome_limited(paths, out) -> list:
+    """info, verify and join --allow-incomplete: each parses or refuses in one line, within the limit.
+
+    Returns each one's outcome: "ok", or the exit code of its refusal.
+    """
+    outcomes = []
     with memory_limit():
         for call in (lambda: info(paths), lambda: verify(paths, 1),
                      lambda: join(JoinConfig(tuple(paths), out, allow_incomplete=True, force=True))):
             try:
                 call()
+                outcomes.append("ok")
             except StripedumpError as e:
                 assert str(e) and "\n" not in str(e)
                 assert e.exit_code != ExitCode.INTERNAL, str(e)     # a MemoryError in a worker ends here
+                outcomes.append(int(e.exit_code))
     if os.path.exists(out):
         os.unlink(out)
+    return outcomes
+
+
+# what a damaged member may give: parsed, or refused as malformed (6), corrupt (7) or incomplete (8)
+HOSTILE_OUTCOMES = {"ok", 6, 7, 8}
 
 
 @SIZE_FUZZ
@@ -217,7 +228,8 @@ def test_hostile_size_fields(tmp_path_factory, members, which, field, value):
               "footer": hostile.set_footer_field, "index": hostile.set_index_field,
               "zero chunk": lambda p, n, v: hostile.make_zero_chunk(p, v)}[kind]
     setter(paths[which], name, value)
-    _outcome_limited(paths, str(d / "out"))
+    outcomes = _outcome_limited(paths, str(d / "out"))
+    assert len(outcomes) == 3 and set(outcomes) <= HOSTILE_OUTCOMES, outcomes
 
 
 @SIZE_FUZZ
@@ -227,4 +239,5 @@ def test_hostile_manifest_sizes(tmp_path_factory, members, field, value):
     d = tmp_path_factory.mktemp("mf")
     paths = [str(shutil.copy(m, d / os.path.basename(m))) for m in members]
     hostile.set_manifest_field(paths, field, value)
-    _outcome_limited(paths, str(d / "out"))
+    outcomes = _outcome_limited(paths, str(d / "out"))
+    assert len(outcomes) == 3 and set(outcomes) <= HOSTILE_OUTCOMES, outcomes

@@ -13,37 +13,19 @@ the dump's writer blocks in the block layer, in D state); runs in the
 foreground until unmounted or killed.
 """
 
-import os
 import sys
 import threading
 import time
 
-from fuse import FUSE, FuseOSError, Operations
+from fuse import FUSE
+
+from passthrough_fs import Passthrough
 
 
-class HangingTarget(Operations):
+class HangingTarget(Passthrough):
     def __init__(self, backing: str, hang_at: int, delay: float):
-        self.backing, self.hang_at, self.delay = backing, hang_at, delay
-
-    def _path(self, path):
-        return os.path.join(self.backing, path.lstrip("/"))
-
-    def getattr(self, path, fh=None):
-        try:
-            st = os.lstat(self._path(path))
-        except OSError as e:
-            raise FuseOSError(e.errno)
-        return {k: getattr(st, k) for k in ("st_mode", "st_nlink", "st_size", "st_uid", "st_gid",
-                                            "st_atime", "st_mtime", "st_ctime")}
-
-    def readdir(self, path, fh):
-        return [".", ".."] + os.listdir(self._path(path))
-
-    def open(self, path, flags):
-        return os.open(self._path(path), flags & ~(os.O_APPEND | getattr(os, "O_DIRECT", 0)))
-
-    def read(self, path, size, offset, fh):
-        return os.pread(fh, size, offset)
+        super().__init__(backing)
+        self.hang_at, self.delay = hang_at, delay
 
     def write(self, path, data, offset, fh):
         if self.hang_at and offset + len(data) > self.hang_at:
@@ -52,19 +34,7 @@ class HangingTarget(Operations):
             threading.Event().wait()          # for ever: the test aborts the connection
         if self.delay:
             time.sleep(self.delay)
-        return os.pwrite(fh, data, offset)
-
-    def truncate(self, path, length, fh=None):
-        os.truncate(self._path(path), length)
-
-    def fsync(self, path, datasync, fh):
-        return 0
-
-    def flush(self, path, fh):
-        return 0
-
-    def release(self, path, fh):
-        os.close(fh)
+        return super().write(path, data, offset, fh)
 
 
 if __name__ == "__main__":

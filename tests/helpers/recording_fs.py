@@ -24,53 +24,38 @@ import os
 import struct
 import sys
 
-from fuse import FUSE, FuseOSError, Operations
+from fuse import FUSE
+
+from passthrough_fs import Passthrough
 
 ENTRY = struct.Struct("<cBHQI")
 
 
-class Recording(Operations):
+class Recording(Passthrough):
     def __init__(self, backing: str, log: str):
-        self.backing = backing
+        super().__init__(backing)
         self.log = open(log, "wb")
 
     def _rec(self, op: bytes, path: str, value: int, data=b"", flag: int = 0) -> None:
         name = path.encode()
         self.log.write(ENTRY.pack(op, flag, len(name), value, len(data)) + name + bytes(data))
 
-    def _path(self, path):
-        return os.path.join(self.backing, path.lstrip("/"))
-
-    def getattr(self, path, fh=None):
-        try:
-            st = os.lstat(self._path(path))
-        except OSError as e:
-            raise FuseOSError(e.errno)
-        return {k: getattr(st, k) for k in ("st_mode", "st_nlink", "st_size", "st_uid", "st_gid",
-                                            "st_atime", "st_mtime", "st_ctime")}
-
-    def readdir(self, path, fh):
-        return [".", ".."] + os.listdir(self._path(path))
-
     def create(self, path, mode, fi=None):
         self._rec(b"T", path, 0)     # a new file: empty
-        return os.open(self._path(path), os.O_RDWR | os.O_CREAT | os.O_TRUNC, mode)
+        return super().create(path, mode, fi)
 
     def open(self, path, flags):
         if flags & os.O_TRUNC:
             self._rec(b"T", path, 0)
-        return os.open(self._path(path), flags & ~(os.O_APPEND | getattr(os, "O_DIRECT", 0)))
-
-    def read(self, path, size, offset, fh):
-        return os.pread(fh, size, offset)
+        return super().open(path, flags)
 
     def write(self, path, data, offset, fh):
-        n = os.pwrite(fh, data, offset)
+        n = super().write(path, data, offset, fh)
         self._rec(b"W", path, offset, data[:n])
         return n
 
     def truncate(self, path, length, fh=None):
-        os.truncate(self._path(path), length)
+        super().truncate(path, length, fh)
         self._rec(b"T", path, length)
 
     def fsync(self, path, datasync, fh):
@@ -81,12 +66,6 @@ class Recording(Operations):
     def flush(self, path, fh):
         self._rec(b"F", path, 0)
         return 0
-
-    def release(self, path, fh):
-        os.close(fh)
-
-    def unlink(self, path):
-        os.unlink(self._path(path))
 
     def destroy(self, path):
         self.log.close()
