@@ -213,7 +213,7 @@ class DumpSet:
         m = Manifest(self.manifest, self.header, r0.where)
         self.checked = m
         self.page_size, self.source_size = m.page_size, m.source_size
-        self.segments, self.notes = m.segments, m.notes
+        self.segments, self.notes, self.header_pieces = m.segments, m.notes, m.header_pieces
         self.block_bytes, self.plan = m.block_bytes, m.plan
         if m.members != self.count:
             raise MemberError(f"{r0.where}: the manifest and the member header disagree on the number "

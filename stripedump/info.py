@@ -21,7 +21,7 @@ from .vmcore import parse_notes, parse_vmcoreinfo
 
 def info(members: list[str]) -> dict:
     """What the members hold and what a join would recover; members may be missing."""
-    from .join import header_pieces, missing_report
+    from .join import missing_report
     with DumpSet(members, allow_missing=True) as ds:
         m, plan = ds.manifest, ds.plan
         src = m["source"]
@@ -34,7 +34,7 @@ def info(members: list[str]) -> dict:
         seen = bytearray(-(-plan.n_chunks // 8))
         for _ in ds.locations(seen, allow_incomplete=True, payloads=False):
             pass
-        report = missing_report(ds, ds.missing_chunks(seen), header_pieces(ds))
+        report = missing_report(ds, ds.missing_chunks(seen), ds.header_pieces)
         recovery = {d["index"]: d for d in report["members"] if d["index"] is not None}
         out_members = []
         for pos, (r, f) in enumerate(zip(ds.readers, ds.footers(allow_incomplete=True))):

@@ -32,7 +32,7 @@ from typing import NamedTuple
 
 from .config import JoinConfig
 from .dumpset import INCOMPLETE_HINT, DumpSet
-from .elfhead import clip, manifest_pieces, rebuilt_ranges
+from .elfhead import clip, rebuilt_ranges
 from .errors import (IncompleteDump, Interrupted, MemberError, OutputError, StripedumpError, VerifyError,
                      from_wire)
 from .fileio import fsync_dir, write_exact
@@ -305,14 +305,6 @@ def describe_absent(ds: DumpSet, absent: list[int]) -> str:
     return f"{len(absent)} chunk(s) missing from the members: {descs}{more}"
 
 
-def header_pieces(ds: DumpSet) -> list | None:
-    """The manifest's copy of the source's header region (elfhead.py); None for an older manifest."""
-    try:
-        return manifest_pieces(ds.manifest["source"], ds.notes, ds.segments, ds.source_size)
-    except (ValueError, TypeError) as e:
-        raise MemberError(f"{ds.readers[0].where}: manifest is malformed ({e})") from None
-
-
 def _ranges_left(ranges, cuts) -> list[tuple[int, int]]:
     return [r for a, b in ranges for r in subtract_ranges((a, b), cuts)]
 
@@ -517,7 +509,7 @@ def join(cfg: JoinConfig, progress=None, notice=None) -> JoinResult:
     allow = cfg.allow_incomplete
     with DumpSet(list(cfg.members), allow_missing=allow, newest_dump=allow) as ds:
         ds.check_members(allow)
-        pieces = header_pieces(ds)
+        pieces = ds.header_pieces
         with PartialOutput(cfg.output, [r.path for r in ds.readers], cfg.force, ds.source_size) as out:
             handler = _elf_handler(out.tmp, RenderMap(ds.segments, ds.plan.residue), ds.page_size,
                                    ds.block_bytes)
@@ -555,7 +547,7 @@ def verify(members: list[str], workers: int = 0, progress=None) -> JoinResult:
     from .config import usable_cpus
     t0 = time.monotonic()
     with DumpSet(members, allow_missing=True) as ds:
-        pieces = header_pieces(ds)
+        pieces = ds.header_pieces
         handler = _elf_handler(None, None, ds.page_size, ds.block_bytes)
         bad: list = []
         missing: list = []

@@ -58,8 +58,8 @@ from .dumpset import DumpSet
 from .errors import OutputError, UsageError, VerifyError
 from .flat import FileSink, FlatSink
 from .format import BLOCK_COMPRESSED, CHUNK_HEADER_SIZE, ChunkHeader
-from .join import (JoinResult, PartialOutput, _run_pool, check_record, check_whole, header_pieces,
-                   missing_report, unreadable_report)
+from .join import (JoinResult, PartialOutput, _run_pool, check_record, check_whole, missing_report,
+                   unreadable_report)
 from .records import decode_chunk, read_chunk, unreadable_ranges
 from .vmcore import PT_LOAD, parse_notes, parse_vmcoreinfo
 
@@ -464,5 +464,5 @@ def join_kdump(cfg: JoinConfig, progress=None, notice=None) -> JoinResult:
         extra = {"format": cfg.format, "codec": str(spec), "pages": "copied" if copy else "transcoded",
                  "utsname": uts_from, "memory_bytes": memory,
                  "unreadable": unreadable_report(bad, lay.page_size),
-                 **missing_report(ds, missing, header_pieces(ds))}
+                 **missing_report(ds, missing, ds.header_pieces)}
         return JoinResult(ds.dump_id, cfg.output, size, ok, time.monotonic() - t0, errors, extra)

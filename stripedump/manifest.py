@@ -20,7 +20,7 @@ import time
 from . import __version__
 from .errors import MemberError, UsageError
 from .format import MAX_CHUNKS, MAX_SEGMENTS, VERSION
-from .elfhead import header_pieces
+from .elfhead import header_pieces, manifest_pieces
 from .plan import Plan
 
 PT_LOAD, PT_NOTE = 1, 4
@@ -139,13 +139,8 @@ class Manifest:
         self.on_disk_error = m.get("on_disk_error", "stop")
         if self.on_disk_error not in ("stop", "continue"):
             raise ValueError(f"on_disk_error {self.on_disk_error!r}")
-        self.header_pieces = []
-        for piece in src.get("header_pieces", []):   # [file offset, base64 bytes], if kept
-            off = _int(piece[0], "header piece offset")
-            data = base64.b64decode(piece[1], validate=True)
-            if off + len(data) > self.source_size:
-                raise ValueError("a header piece runs past the source's end")
-            self.header_pieces.append((off, data))
+        # the header region join rebuilds without member 0 (None: a manifest from before it was kept)
+        self.header_pieces = manifest_pieces(src, self.notes, segs, self.source_size)
 
     @property
     def source(self) -> dict:
