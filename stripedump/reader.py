@@ -39,7 +39,7 @@ from collections import OrderedDict
 from .dumpset import INCOMPLETE_HINT, DumpSet
 from .elfhead import clip, incomplete_mark
 from .errors import IncompleteDump, MemberError, VerifyError
-from .format import KIND_PAGES, ChunkHeader, IndexEntry
+from .format import CHUNK_EXCLUDED, KIND_PAGES, ChunkHeader, IndexEntry
 from .records import decode_chunk, read_chunk
 from .vmcore import PT_LOAD, subtract_ranges
 
@@ -278,15 +278,23 @@ class Dump:
         where = self.where(cid)
         try:
             h, body, blocks = read_chunk(rec, where, self.block_bytes, self.ds.header.dump_id, self.page_size)
-            c = self.plan.chunk(cid)
-            if h.chunk_id != cid:
-                raise VerifyError(f"{where}: record does not match the index (found chunk {h.chunk_id})")
-            if (h.kind, h.start, h.raw_length) != (c.kind, c.start, c.raw_bytes(self.page_size)):
-                raise VerifyError(f"{where}: record describes other data than the plan says")
+            self._promised(cid, h, where)
         except (MemberError, VerifyError) as e:
             self._failed(cid, str(e))
             raise ChunkError(str(e)) from None
         return h, body, blocks
+
+    def _promised(self, cid: int, h: ChunkHeader, where: str) -> None:
+        """A checked record's header is chunk ``cid`` of this dump, as the plan describes it."""
+        if h.version >= 2 and h.dump_id != self.ds.header.dump_id:
+            raise VerifyError(f"{where}: the chunk record belongs to another dump")
+        c = self.plan.chunk(cid)
+        if h.chunk_id != cid:
+            raise VerifyError(f"{where}: record does not match the index (found chunk {h.chunk_id})")
+        if (h.kind, h.start, h.raw_length) != (c.kind, c.start, c.raw_bytes(self.page_size)):
+            raise VerifyError(f"{where}: record describes other data than the plan says")
+        if h.version >= 2 and h.kind == KIND_PAGES and not h.flags & CHUNK_EXCLUDED and h.kept_pages != c.count:
+            raise VerifyError(f"{where}: kept-page count {h.kept_pages} does not match the chunk")
 
     def _failed(self, cid: int, why: str) -> None:
         with self._bad_lock:
@@ -308,9 +316,10 @@ class Dump:
         codecs = getattr(self._local, "codecs", None)
         if codecs is None:
             codecs = self._local.codecs = {}
+        where = self.where(cid)
         try:
-            self.check_record(cid, rec)
-            _, out, _ = decode_chunk(rec, self.where(cid), self.block_bytes, codecs)
+            h, out, _ = decode_chunk(rec, where, self.block_bytes, codecs)     # read_chunk's checks, once
+            self._promised(cid, h, where)
         except (MemberError, VerifyError) as e:
             self._failed(cid, str(e))
             raise ChunkError(str(e)) from None

@@ -20,6 +20,7 @@ from stripedump import synth
 from stripedump.vmcore import Source
 
 from conftest import run_cli
+from test_reader import _loads
 from test_kdump import (REAL_DIR, assert_every_page_reads_back, needs_crash, needs_libkdumpfile,
                         needs_makedumpfile, ram_only_copy, real_vmcore, source_digests)  # noqa: F401
 
@@ -45,7 +46,7 @@ def mounted(members, mnt, *opts):
     try:
         yield str(mnt)
     finally:
-        run_cli("umount", mnt)
+        run_cli("umount", "--lazy", mnt)     # a failed test may still hold a file open there
 
 
 @pytest.mark.parametrize("codec", ["lz4", "zstd"])
@@ -56,12 +57,17 @@ def test_drgn_reads_every_page_of_both_mounted_files(tmp_path, vmcore, codec):
     with Source(b.path) as src:
         ranges = src.pfn_ranges
     want = source_digests(b.path, ranges)
+    # drgn reads an ELF core by PT_LOAD: a page the last load covers only in part (this layout
+    # ends with one) is unreadable there even from the source; the kdump file has it whole
+    whole = {pfn for off, pa, filesz in _loads(b.path) for pfn in range(-(-pa // 4096), (pa + filesz) // 4096)}
     with mounted(members, tmp_path / "mnt") as mnt:
         for name in ("vmcore", "vmcore.kdump"):
             prog = drgn.Program()
             prog.set_core_dump(os.path.join(mnt, name))
-            bad = [pfn for pfn, h in want.items()
-                   if hashlib.sha1(prog.read(pfn * 4096, 4096, True)).hexdigest() != h]
+            pages = [p for p in want if name == "vmcore.kdump" or p in whole]
+            assert len(pages) > 0.9 * len(want)
+            bad = [pfn for pfn in pages
+                   if hashlib.sha1(prog.read(pfn * 4096, 4096, True)).hexdigest() != want[pfn]]
             assert not bad, (name, len(bad), hex(bad[0]))
             del prog
 
