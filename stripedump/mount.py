@@ -65,6 +65,14 @@ READY_TIMEOUT = 30.0                    # seconds the parent waits for the mount
 UMOUNT_WAIT = 10.0                      # seconds umount waits for the server to exit
 # libfuse's worker threads: enough for crash, drgn and a few copies at once; each idles in read(2)
 MAX_THREADS = 16
+# glibc gives each thread that mallocs its own arena (up to 8 per CPU), and each keeps the 1 MiB
+# chunk buffers it freed: reading a 512 MiB dump (lz4, 1 MiB chunks, 256 MiB cache) with cat, the
+# server's peak RSS beyond its cache was 121 MiB with the default and 42-56 MiB with two arenas
+MALLOC_ARENAS = 2
+# the kernel's read-ahead on a FUSE mount is the bdi default, 128 KiB: one request per 128 KiB.
+# Same test, 3 runs each on 2 busy CPUs: 128 KiB 2.1-2.7 s; 512 KiB 1.6-1.8 s, 56-60 MiB beyond
+# the cache; 1 MiB 1.5-2.4 s, 71-97 MiB (each thread's request buffer fills).  Root only (sysfs).
+READAHEAD_KB = 512
 HOW_TO_GET_FUSE = "apt-get install fuse3 libfuse3-3 (Debian), and modprobe fuse"
 log = logging.getLogger("stripedump.mount")
 
@@ -211,12 +219,34 @@ def operations(mfusepy, files: dict, on_init=None):
     return Operations()
 
 
+def _limit_arenas() -> None:
+    """mallopt(M_ARENA_MAX, MALLOC_ARENAS) before libfuse starts its threads (best effort)."""
+    try:
+        import ctypes
+        ctypes.CDLL(None).mallopt(-8, MALLOC_ARENAS)       # M_ARENA_MAX
+    except (OSError, AttributeError):
+        pass
+
+
+def _tune_readahead(mountpoint: str) -> None:
+    """Raise the mount's read-ahead (its bdi is named by st_dev); best effort: root only."""
+    try:
+        dev = os.stat(mountpoint).st_dev    # answered once init has returned
+        with open(f"/sys/class/bdi/{os.major(dev)}:{os.minor(dev)}/read_ahead_kb", "w") as f:
+            f.write(str(READAHEAD_KB))
+    except OSError:
+        pass
+
+
 def serve(mfusepy, files: dict, mountpoint: str, on_init=None) -> bool:
     """Mount and serve until unmounted or signalled; True when the mount was live at some point."""
     live = []
+    _limit_arenas()
 
     def init():
         live.append(True)
+        # stat(2) of the mount point waits for this init to return: from another thread
+        threading.Thread(target=_tune_readahead, args=(mountpoint,), daemon=True).start()
         if on_init is not None:
             on_init()
     ops = operations(mfusepy, files, init)
