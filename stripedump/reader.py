@@ -39,7 +39,7 @@ from collections import OrderedDict
 from .dumpset import INCOMPLETE_HINT, DumpSet
 from .elfhead import clip, incomplete_mark
 from .errors import IncompleteDump, MemberError, VerifyError
-from .format import KIND_PAGES, ChunkHeader
+from .format import KIND_PAGES, ChunkHeader, IndexEntry
 from .records import decode_chunk, read_chunk
 from .vmcore import PT_LOAD, subtract_ranges
 
@@ -75,12 +75,65 @@ class ChunkIndex:
         if len(ds.readers) >= MISSING:
             raise MemberError(f"too many members ({len(ds.readers)})")
         ix = cls(ds.plan.n_chunks)
+        if ix._fast(ds, allow_incomplete):
+            return ix
+        for pos in range(len(ds.readers)):
+            ds.source(pos).used = 0
+        ix = cls(ds.plan.n_chunks)
         seen = bytearray(-(-ix.n // 8))
         member, offset, length = ix.member, ix.offset, ix.length
         for pos, e in ds.locations(seen, allow_incomplete, payloads=False):
             c = e.chunk_id
             member[c], offset[c], length[c] = pos, e.offset, e.length
         return ix
+
+    def _fast(self, ds: DumpSet, allow_incomplete: bool) -> bool:
+        """Fill the arrays from finalized members' index records, a whole record at a time (numpy).
+
+        The common case (every member finalized, placement by the plan): the
+        same checks as ``DumpSet.locations`` (chunk id in range and on its
+        member, listed once, record inside the member), vectorized: about 30 ns
+        a chunk instead of 3.5 us.  Anything unusual (a member to walk, a
+        degraded dump, an entry failing a check) returns False and the
+        general path does it again, with its exact errors.
+        """
+        try:
+            import numpy as np
+        except ImportError:
+            return False
+        if ds.relaxed:
+            return False
+        entry = np.dtype([("cid", "<u8"), ("off", "<u8"), ("len", "<u4"), ("ck", "<u8")])
+        assert entry.itemsize == IndexEntry.STRUCT.size
+        member = np.frombuffer(self.member, dtype=np.uint16)
+        offset = np.frombuffer(self.offset, dtype=np.uint64)
+        length = np.frombuffer(self.length, dtype=np.uint32)
+        try:
+            ds.check_members(allow_incomplete)
+            for pos, r in enumerate(ds.readers):
+                src = ds.source(pos)
+                if src.footer is None:
+                    return False
+                count = 0
+                for _, body in r.index_bodies(src.footer):
+                    if len(body) % entry.itemsize:
+                        return False
+                    e = np.frombuffer(body, dtype=entry)
+                    cid = e["cid"]
+                    if len(cid) and (int(cid.max()) >= self.n or
+                                     bool(np.any(cid % ds.count != r.header.member_index)) or
+                                     bool(np.any(e["off"] + e["len"] > r.size)) or
+                                     bool(np.any(member[cid] != MISSING)) or
+                                     len(np.unique(cid)) != len(cid)):
+                        return False
+                    member[cid], offset[cid], length[cid] = pos, e["off"], e["len"]
+                    count += len(cid)
+                if count != src.footer.chunks:
+                    return False
+                src.used = count
+        except (MemberError, OverflowError):
+            return False
+        return True
 
     def has(self, cid: int) -> bool:
         return self.member[cid] != MISSING

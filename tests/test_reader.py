@@ -84,6 +84,47 @@ def test_opening_reads_no_payload_and_the_index_is_compact(tmp_path, vmcore):
         assert d.cache.used <= 2 * CHUNK          # the LRU stays within its bound
 
 
+def test_fast_index_equals_the_general_one(tmp_path, vmcore):
+    """The vectorized index fill and DumpSet.locations find the same place for every chunk."""
+    b = vmcore("kernel")
+    members = _dump(b.path, tmp_path)
+    with stripedump.open(members) as d:
+        fast = reader.ChunkIndex(d.index.n)
+        assert fast._fast(d.ds, False)
+        slow = reader.ChunkIndex(d.index.n)
+        seen = bytearray(-(-slow.n // 8))
+        for pos, e in d.ds.locations(seen, payloads=False):
+            slow.member[e.chunk_id], slow.offset[e.chunk_id], slow.length[e.chunk_id] = pos, e.offset, e.length
+        assert (fast.member, fast.offset, fast.length) == (slow.member, slow.offset, slow.length)
+        assert fast.missing() == [] and d.index.n > 20
+
+
+def test_a_chunk_listed_on_the_wrong_member_is_refused_by_name(tmp_path, vmcore):
+    """An index entry the fast path doubts sends the build to the general path and its exact error."""
+    import struct
+    from stripedump.format import IndexEntry, record_checksum
+    from stripedump.member import MemberReader
+    b = vmcore("kernel")
+    members = _dump(b.path, tmp_path)
+    r = MemberReader(members[1])
+    f = r.footer()
+    off = f.index_offsets[0]
+    head = r.pread(off, 32)
+    length = struct.unpack_from("<I", head, 4)[0]
+    body = bytearray(r.pread(off + 32, length))
+    dump_id = r.dump_id
+    r.close()
+    struct.pack_into("<Q", body, 0, 0)                      # chunk 0 belongs to member 0
+    csum = record_checksum(bytes(head[:24]), bytes(body), dump_id)
+    with open(members[1], "r+b") as fh:
+        fh.seek(off + 24)
+        fh.write(struct.pack("<Q", csum))
+        fh.write(body)
+    with pytest.raises(MemberError, match="does not belong to this member"):
+        stripedump.open(members)
+    assert IndexEntry.STRUCT.size == 28
+
+
 def test_concurrent_readers_see_the_source(tmp_path, vmcore):
     b = vmcore("kernel")
     members = _dump(b.path, tmp_path, "zstd")
