@@ -269,6 +269,8 @@ def _add_mount(sub, common) -> None:
                        help="unmount a stripedump mount (also when its server died)",
                        epilog="examples:\n  stripedump umount /mnt/dump\n\n" + EXIT_CODES)
     u.add_argument("mountpoint", metavar="MOUNTPOINT")
+    u.add_argument("-l", "--lazy", action="store_true",
+                   help="detach it even while files in it are open (they are served until closed)")
 
 
 def _normalize(argv: list[str]) -> list[str]:
@@ -451,7 +453,7 @@ def run_mount(a) -> int:
 
 def run_umount(a) -> int:
     from .mount import umount
-    return umount(a.mountpoint)
+    return umount(a.mountpoint, a.lazy)
 
 
 RUNNERS = {"dump": run_dump, "join": run_join, "info": run_info, "verify": run_verify, "bench": run_bench,

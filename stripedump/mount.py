@@ -504,8 +504,11 @@ def _unmount_cmd(mp: str, lazy: bool) -> list[str]:
     return ["umount", "-l", mp] if lazy else ["umount", mp]
 
 
-def umount(mountpoint: str) -> int:
-    """Unmount a stripedump mount (also when its server died) and wait for the server to exit."""
+def umount(mountpoint: str, lazy: bool = False) -> int:
+    """Unmount a stripedump mount (also when its server died) and wait for the server to exit.
+
+    ``lazy``: detach it even while files in it are open (umount -l); the server then serves
+    those until they are closed, and is not waited for."""
     mp = _canonical(mountpoint)
     hit = mounted_at(mp)
     if hit is None:
@@ -517,21 +520,21 @@ def umount(mountpoint: str) -> int:
         raise MountError(f"{mountpoint} is not a stripedump mount (it is a {fstype} mount of {source})")
     pid = _server_pid(source)
     alive = pid is not None and _alive(pid)
-    res = subprocess.run(_unmount_cmd(mp, False), capture_output=True, text=True,
+    res = subprocess.run(_unmount_cmd(mp, lazy), capture_output=True, text=True,
                          stdin=subprocess.DEVNULL)
     if res.returncode != 0 and mounted_at(mp) is not None:
         said = " ".join(res.stderr.split()) or f"exit status {res.returncode}"
         if alive and "busy" in said.lower():
             raise MountError(f"{mountpoint} is busy: a process has a file or directory open in it "
-                             f"(fuser -vm {mountpoint} names it); close it and try again")
+                             f"(fuser -vm {mountpoint} names it); close it, or umount --lazy")
         # the server died ("Transport endpoint is not connected") or the mount is stuck:
         # detach it now; the kernel lets go of it when its last user does
-        lazy = subprocess.run(_unmount_cmd(mp, True), capture_output=True, text=True,
-                              stdin=subprocess.DEVNULL)
-        if lazy.returncode != 0 and mounted_at(mp) is not None:
-            said = " ".join(lazy.stderr.split()) or said
+        again = subprocess.run(_unmount_cmd(mp, True), capture_output=True, text=True,
+                               stdin=subprocess.DEVNULL)
+        if again.returncode != 0 and mounted_at(mp) is not None:
+            said = " ".join(again.stderr.split()) or said
             raise MountError(f"unmounting {mountpoint} failed: {said}")
-    if alive:
+    if alive and not lazy:
         deadline = time.monotonic() + UMOUNT_WAIT
         while _alive(pid):
             if time.monotonic() > deadline:

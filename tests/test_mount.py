@@ -336,6 +336,20 @@ def test_umount_after_the_server_was_killed(dumped, mnt, busy):
                 pass
 
 
+def test_umount_lazy_detaches_a_busy_mount(dumped, mnt):
+    b, members = dumped
+    pid = do_mount(members, mnt)
+    src = open(b.path, "rb").read()
+    with open(mnt / "vmcore", "rb") as f:
+        assert_one_line_error(run_cli("umount", mnt), 10, "busy", "--lazy")
+        res = run_cli("umount", "--lazy", mnt)
+        assert res.rc == 0, res
+        assert mounted(mnt) is None
+        assert f.read() == src                 # what is open is still served
+        assert alive(pid)
+    assert wait_gone(pid)                      # and the server ends with its last user
+
+
 def test_umount_refuses_what_is_not_a_stripedump_mount(tmp_path):
     need_mount()
     d = tmp_path / "d"
