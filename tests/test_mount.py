@@ -367,7 +367,8 @@ def test_umount_refuses_what_is_not_a_stripedump_mount(tmp_path):
         subprocess.run(["umount", str(d)], capture_output=True)
 
 
-def test_foreground_ends_on_sigterm_and_unmounts(dumped, mnt):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
+def test_foreground_ends_on_a_signal_and_unmounts(dumped, mnt, sig):
     b, members = dumped
     env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     proc = subprocess.Popen([sys.executable, "-m", "stripedump", "mount", "--foreground", *members,
@@ -381,7 +382,7 @@ def test_foreground_ends_on_sigterm_and_unmounts(dumped, mnt):
             time.sleep(0.02)
         assert server_pid(mnt) == proc.pid          # attached: this very process serves
         assert filecmp.cmp(mnt / "vmcore", b.path, shallow=False)
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(sig)
         out, err = proc.communicate(timeout=30)
         assert proc.returncode == 0, err
         assert mounted(mnt) is None
