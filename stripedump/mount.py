@@ -97,12 +97,19 @@ def info_json(members: list[str]) -> bytes:
 
 
 def kdump_view(dump):
-    """``vmcore.kdump``: the one place the kdump view plugs in; None where it is not available."""
+    """``vmcore.kdump``: the one place the kdump view plugs in; None where it is not available.
+
+    A view that cannot be built (say the page holding utsname is damaged) leaves the file out,
+    with a warning: the ELF ``vmcore`` still serves everything else."""
     try:
         from .kdumpview import KdumpView        # helper K's module (issue 10)
     except ImportError:
         return None
-    return KdumpView(dump)
+    try:
+        return KdumpView(dump)
+    except StripedumpError as e:
+        print(f"stripedump: mount: warning: no vmcore.kdump: {e}", file=sys.stderr)
+        return None
 
 
 def files_of(dump, members: list[str]) -> dict:
