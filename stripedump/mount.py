@@ -317,8 +317,10 @@ def mounted_at(path: str):
 def check_mountpoint(path: str) -> str:
     """An existing, empty directory that is not a mount point: its canonical path."""
     mp = _canonical(path)
-    if mounted_at(mp):
-        raise MountError(f"{path} is already a mount point")
+    hit = mounted_at(mp)
+    if hit is not None:
+        end = f" ('stripedump umount {path}' ends it)" if hit[0] == FSTYPE else ""
+        raise MountError(f"{path} is already a mount point, of a {hit[0]} file system{end}")
     try:
         st = os.stat(mp)
     except FileNotFoundError:

@@ -298,7 +298,7 @@ def test_already_a_mount_point(dumped, mnt):
     b, members = dumped
     pid = do_mount(members, mnt)
     res = run_cli("mount", *members, mnt)
-    assert_one_line_error(res, 10, "already a mount point")
+    assert_one_line_error(res, 10, "already a mount point", "fuse.stripedump", "stripedump umount")
     assert server_pid(mnt) == pid
 
 
