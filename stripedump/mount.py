@@ -73,7 +73,7 @@ MALLOC_ARENAS = 2
 # Same test, 3 runs each on 2 busy CPUs: 128 KiB 2.1-2.7 s; 512 KiB 1.6-1.8 s, 56-60 MiB beyond
 # the cache; 1 MiB 1.5-2.4 s, 71-97 MiB (each thread's request buffer fills).  Root only (sysfs).
 READAHEAD_KB = 512
-HOW_TO_GET_FUSE = "apt-get install fuse3 libfuse3-3 (Debian), and modprobe fuse"
+HOW_TO_GET_FUSE = "on Debian: apt-get install fuse3"
 log = logging.getLogger("stripedump.mount")
 
 
@@ -109,7 +109,10 @@ def kdump_view(dump):
         return KdumpView(dump)
     except StripedumpError as e:
         print(f"stripedump: mount: warning: no vmcore.kdump: {e}", file=sys.stderr)
-        return None
+    except Exception as e:   # a bug there must not keep the ELF vmcore from the engineer
+        print(f"stripedump: mount: warning: no vmcore.kdump: internal error: {type(e).__name__}: {e}",
+              file=sys.stderr)
+    return None
 
 
 def files_of(dump, members: list[str]) -> dict:
@@ -127,8 +130,8 @@ def files_of(dump, members: list[str]) -> dict:
 def load_fuse():
     """mfusepy over libfuse 3, or MountError saying how to get FUSE."""
     if not os.path.exists("/dev/fuse"):
-        raise MountError(f"FUSE is not available: no /dev/fuse (load the module: modprobe fuse; "
-                         f"{HOW_TO_GET_FUSE})")
+        raise MountError(f"FUSE is not available: no /dev/fuse (load the kernel module: modprobe fuse; "
+                         f"{HOW_TO_GET_FUSE}; a container needs the device passed in)")
     if not os.access("/dev/fuse", os.R_OK | os.W_OK):
         raise MountError("FUSE is not available to this user: /dev/fuse cannot be opened for "
                          "reading and writing")
@@ -413,7 +416,26 @@ def _daemon(mfusepy, files, mp, log_path) -> int:
         finally:
             os._exit(code)
     os.close(w)
-    return _await_ready(r, pid, mp)
+    try:
+        return _await_ready(r, pid, mp)
+    except BaseException:                  # interrupted (Ctrl-C) or refused: no server stays behind
+        _stop(pid)
+        raise
+
+
+def _stop(pid: int) -> None:
+    """End the child: SIGTERM (libfuse's handler unmounts if it got that far), SIGKILL after 5 s."""
+    try:
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 5
+        while os.waitpid(pid, os.WNOHANG) == (0, 0):
+            if time.monotonic() > deadline:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                return
+            time.sleep(0.02)
+    except (ProcessLookupError, ChildProcessError):
+        pass
 
 
 def _child(mfusepy, files, mp, log_path, w) -> int:
@@ -467,8 +489,6 @@ def _await_ready(r: int, pid: int, mp: str) -> int:
     while b"\n" not in buf:
         left = deadline - time.monotonic()
         if left <= 0 or not select.select([r], [], [], left)[0]:
-            os.kill(pid, signal.SIGTERM)
-            os.waitpid(pid, 0)
             os.close(r)
             raise MountError(f"the FUSE server did not mount {mp} within {READY_TIMEOUT:.0f} s")
         part = os.read(r, 4096)
@@ -479,7 +499,6 @@ def _await_ready(r: int, pid: int, mp: str) -> int:
     line = buf.decode(errors="replace").strip()
     if line == "ok":
         return 0
-    os.waitpid(pid, 0)
     if line.startswith("error "):
         _, code, msg = line.split(" ", 2)
         e = MountError(msg)

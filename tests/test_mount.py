@@ -411,3 +411,16 @@ def test_no_fuse_is_a_one_line_error_saying_how_to_get_it(dumped, mnt):
         rc, out, err = proc.returncode, proc.stdout, proc.stderr
     assert_one_line_error(R, 10, "/dev/fuse", "modprobe fuse", "apt-get install fuse3")
     assert mounted(mnt) is None
+
+
+def test_a_mount_libfuse_refuses_is_a_mount_error_with_its_reason(tmp_path):
+    """The server's own failure (here a mount point that vanished after the checks) reaches the
+    caller as one MountError carrying libfuse's message, and no server stays behind."""
+    need_mount()
+    from stripedump.errors import MountError
+    from stripedump.mount import BytesFile, _daemon, load_fuse
+    gone = tmp_path / "gone"
+    with pytest.raises(MountError, match="bad mount point") as e:
+        _daemon(load_fuse(), {"f": BytesFile(b"x")}, str(gone), None)
+    assert e.value.exit_code == 10 and "\n" not in str(e.value)
+    assert mounted(gone) is None
