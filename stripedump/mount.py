@@ -365,6 +365,9 @@ def mount(members: list[str], mountpoint: str, allow_incomplete: bool = False,
           cache_bytes: int | None = None, foreground: bool = False, log_path: str | None = None) -> int:
     """Mount the dump on ``mountpoint``; return once the mount is live (or, with ``foreground``,
     once it has ended).  Bad input raises before anything is mounted."""
+    # the reader imports numpy, whose OpenBLAS starts a thread pool at import: the fork below
+    # wants a process with one thread, and the server does no linear algebra
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     from . import reader
     dump = reader.open(list(members), allow_incomplete=allow_incomplete,
                        cache_bytes=reader.DEFAULT_CACHE if cache_bytes is None else cache_bytes)
