@@ -319,7 +319,7 @@ def mounted_at(path: str):
 
 def check_mountpoint(path: str) -> str:
     """An existing, empty directory that is not a mount point: its canonical path."""
-    mp = _canonical(path)
+    mp = os.path.realpath(path)            # mount(2) follows a symlink: mountinfo names the target
     hit = mounted_at(mp)
     if hit is not None:
         end = f" ('stripedump umount {path}' ends it)" if hit[0] == FSTYPE else ""
@@ -542,6 +542,9 @@ def umount(mountpoint: str, lazy: bool = False) -> int:
     those until they are closed, and is not waited for."""
     mp = _canonical(mountpoint)
     hit = mounted_at(mp)
+    if hit is None and mp != os.path.realpath(mp):     # a symlink to the mount point
+        mp = os.path.realpath(mp)
+        hit = mounted_at(mp)
     if hit is None:
         if not os.path.lexists(mp):
             raise MountError(f"{mountpoint} does not exist")

@@ -294,6 +294,19 @@ def test_bad_mount_points_are_refused_before_mounting(dumped, tmp_path):
     assert (full / "x").read_text() == "x" and afile.read_text() == "x"
 
 
+def test_a_symlink_to_the_mount_point(dumped, mnt, tmp_path):
+    b, members = dumped
+    link = tmp_path / "link"
+    link.symlink_to(mnt)
+    res = run_cli("mount", *members, link)
+    assert res.rc == 0, res
+    assert mounted(mnt)[0] == "fuse.stripedump"
+    assert filecmp.cmp(link / "vmcore", b.path, shallow=False)
+    res = run_cli("umount", link)
+    assert res.rc == 0, res
+    assert mounted(mnt) is None
+
+
 def test_already_a_mount_point(dumped, mnt):
     b, members = dumped
     pid = do_mount(members, mnt)
