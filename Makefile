@@ -11,6 +11,9 @@ DEMO_SIZE ?= 512M
 # python-lzo has no wheel: it builds from source with a C compiler, the C library's and
 # Python's headers and the LZO headers (a minimal Debian has none of them).
 APT_PACKAGES = gcc libc6-dev python3-dev liblzo2-dev
+# `stripedump mount`: libfuse 3 (mfusepy loads it through ctypes) and fusermount3 (mounting as a
+# user other than root, and unmounting)
+RUNTIME_APT_PACKAGES = libfuse3-3 fuse3
 # The real readers that judge `join --format kdump|flat` in tests/test_kdump.py;
 # strace: tests/test_durability.py checks the order of fsync and rename calls.
 TEST_APT_PACKAGES = makedumpfile crash python3-libkdumpfile libfuse2 strace
@@ -28,6 +31,7 @@ endef
 
 system-deps:
 	$(call apt_install,$(APT_PACKAGES),needed to build python-lzo)
+	$(call apt_install,$(RUNTIME_APT_PACKAGES),needed by stripedump mount)
 
 test-deps:
 	$(call apt_install,$(TEST_APT_PACKAGES),readers that check the kdump output)

@@ -32,9 +32,11 @@ EXIT_CODES = """exit codes:
   8    the dump is incomplete (members hold what was written before the failure;
        verify: chunks or members missing)
   9    the join output cannot be written
+  10   mount/umount: the mount point is not an empty directory (or not a stripedump
+       mount), FUSE is not available, or mounting failed
   129  stopped by SIGHUP; 130 by SIGINT; 143 by SIGTERM (a dump finalizes its members first)"""
 
-COMMANDS = ("dump", "join", "info", "verify", "bench")
+COMMANDS = ("dump", "join", "info", "verify", "bench", "mount", "umount")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -202,6 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--workers", type=_positive_int, default=0, metavar="N")
     v.add_argument("--json", action="store_true")
     v.add_argument("-q", "--quiet", action="store_true")
+    _add_mount(sub, common)
     b = sub.add_parser("bench", parents=[common], formatter_class=_formatter,
                        help="measure MB/s per codec x CPUs x disks on generated data",
                        description="Run the real dump pipeline on a generated vmcore (no RAM of its "
@@ -237,6 +240,37 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--plot", metavar="FILE.png", help="draw throughput per codec, CPUs and disks")
     b.add_argument("-q", "--quiet", action="store_true", help="no per-run lines on stderr")
     return p
+
+
+def _add_mount(sub, common) -> None:
+    m = sub.add_parser("mount", parents=[common], formatter_class=_formatter,
+                       help="serve the dump as read-only files through FUSE, without a join",
+                       description="Mount the dump read-only on MOUNTPOINT (an empty directory): vmcore "
+                                   "(the ELF file join writes), vmcore.kdump (kdump-compressed) and "
+                                   "dump.json (info --json). Returns once the mount is live; the server "
+                                   "runs in the background until 'stripedump umount MOUNTPOINT'.",
+                       epilog="examples:\n"
+                              "  stripedump mount /dev/sdb /dev/sdc /mnt/dump\n"
+                              "  crash /usr/lib/debug/vmlinux /mnt/dump/vmcore\n"
+                              "  stripedump umount /mnt/dump\n\n" + EXIT_CODES)
+    m.add_argument("members", nargs="+", metavar="MEMBER")
+    m.add_argument("mountpoint", metavar="MOUNTPOINT")
+    m.add_argument("--allow-incomplete", action="store_true",
+                   help="mount a dump that did not finish, or without a missing member: missing "
+                        "chunks read as zeros")
+    m.add_argument("--cache", type=_size("--cache"), default="256M", metavar="SIZE",
+                   help="decoded chunks kept in memory (default 256M)")
+    m.add_argument("--foreground", action="store_true",
+                   help="stay attached until unmounted or SIGINT/SIGTERM (debugging, systemd)")
+    m.add_argument("--log", metavar="FILE",
+                   help="append the server's messages (damaged chunks) to FILE (default: syslog; "
+                        "stderr with --foreground)")
+    u = sub.add_parser("umount", parents=[common], formatter_class=_formatter,
+                       help="unmount a stripedump mount (also when its server died)",
+                       epilog="examples:\n  stripedump umount /mnt/dump\n\n" + EXIT_CODES)
+    u.add_argument("mountpoint", metavar="MOUNTPOINT")
+    u.add_argument("-l", "--lazy", action="store_true",
+                   help="detach it even while files in it are open (they are served until closed)")
 
 
 def _normalize(argv: list[str]) -> list[str]:
@@ -412,7 +446,18 @@ def run_bench(a) -> int:
     return ExitCode.OK
 
 
-RUNNERS = {"dump": run_dump, "join": run_join, "info": run_info, "verify": run_verify, "bench": run_bench}
+def run_mount(a) -> int:
+    from .mount import mount
+    return mount(list(a.members), a.mountpoint, a.allow_incomplete, a.cache, a.foreground, a.log)
+
+
+def run_umount(a) -> int:
+    from .mount import umount
+    return umount(a.mountpoint, a.lazy)
+
+
+RUNNERS = {"dump": run_dump, "join": run_join, "info": run_info, "verify": run_verify, "bench": run_bench,
+           "mount": run_mount, "umount": run_umount}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -24,6 +24,7 @@ class ExitCode(enum.IntEnum):
     VERIFY = 7        # a checksum or decompression check failed
     INCOMPLETE = 8    # the dump was stopped early; members hold what was written
     OUTPUT = 9        # join/verify output cannot be written
+    MOUNT = 10        # mount/umount: the mount point cannot be used, FUSE is unavailable, or mounting failed
     SIGHUP = 129
     SIGINT = 130
     SIGTERM = 143
@@ -81,6 +82,11 @@ class OutputError(StripedumpError):
     exit_code = ExitCode.OUTPUT
 
 
+class MountError(StripedumpError):
+    """mount/umount: not an empty directory, not a stripedump mount, busy, no FUSE, mount failed."""
+    exit_code = ExitCode.MOUNT
+
+
 class Interrupted(StripedumpError):
     def __init__(self, message: str, signum: int):
         super().__init__(message)
@@ -94,7 +100,7 @@ class CodecUnavailable(UsageError):
 _BY_NAME = {cls.__name__: cls for cls in (
     StripedumpError, UsageError, SourceError, VmcoreFormatError, TargetRefused,
     TargetIOError, MemberError, VerifyError, IncompleteDump, OutputError,
-    CodecUnavailable)}
+    CodecUnavailable, MountError)}
 
 
 def from_wire(name: str, message: str) -> StripedumpError:

@@ -22,7 +22,7 @@ def _man():
     return text.replace("\\-", "-")
 
 
-@pytest.mark.parametrize("sub", ["dump", "bench"])
+@pytest.mark.parametrize("sub", ["dump", "bench", "mount", "umount"])
 def test_man_page_lists_every_option(sub):
     man = _man()
     missing = [o for o in _options(sub) if o not in man]
