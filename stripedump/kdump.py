@@ -50,6 +50,7 @@ import os
 import struct
 import sys
 import time
+from array import array
 from dataclasses import dataclass, field
 
 from .codecs import BY_ID, BY_NAME, CodecSpec
@@ -57,9 +58,9 @@ from .config import JoinConfig
 from .dumpset import DumpSet
 from .errors import OutputError, UsageError, VerifyError
 from .flat import FileSink, FlatSink
-from .format import BLOCK_COMPRESSED, CHUNK_HEADER_SIZE, ChunkHeader
-from .join import (JoinResult, PartialOutput, _run_pool, check_record, check_whole, missing_report,
-                   unreadable_report)
+from .format import BLOCK_COMPRESSED, CHUNK_HEADER_SIZE, ChunkHeaderV1
+from .output import JoinResult, PartialOutput, check_output, check_whole, missing_report, unreadable_report
+from .pool import MISSING, Locations, Turns, check_record, run_pool
 from .records import decode_chunk, read_chunk, unreadable_ranges
 from .vmcore import PT_LOAD, parse_notes, parse_vmcoreinfo
 
@@ -147,6 +148,7 @@ class KdumpLayout:
             n += b - a
         self.num_dumpable = n
         self.zero_page_offset = self.table_offset + DESC_SIZE * n
+        self.zero_desc = self.desc.pack(self.zero_page_offset, B, 0, 0)
         self.data_start = self.zero_page_offset + B
 
     @classmethod
@@ -301,102 +303,250 @@ def utsname(ds: DumpSet, lay: KdumpLayout) -> tuple[list[bytes], str]:
 
 # -- codec choice ----------------------------------------------------------
 
-def choose_codec(ds: DumpSet, asked: CodecSpec | None) -> tuple[CodecSpec, bool, str | None]:
-    """(codec for the pages, copy the stored pages?, why not copy: a notice, or None)."""
-    dump_id = ds.header.codec_id
-    dump_cls = BY_ID.get(dump_id)
+COPY, NONE, TRANSCODE = "copy", "none", "transcode"     # how page data is made (see the top)
+
+
+def dump_codec(ds) -> tuple[type | None, CodecSpec | None]:
+    """The dump's codec class (None if unknown) and its spec with the level the manifest records."""
+    dump_cls = BY_ID.get(ds.header.codec_id)
     try:
         dump_spec = CodecSpec.parse(str(ds.manifest.get("codec", dump_cls.name)))
     except (UsageError, AttributeError):
         dump_spec = CodecSpec(dump_cls.name) if dump_cls else None
-    name = dump_cls.name if dump_cls else f"codec {dump_id}"
+    return dump_cls, dump_spec
+
+
+def view_mode(ds) -> str:
+    """COPY when the dump's pages are kdump page data as stored (a codec with a kdump flag,
+    one-page blocks), else NONE: what the on-the-fly view (and ``--codec none``) serves."""
+    dump_cls, _ = dump_codec(ds)
+    if dump_cls is not None and dump_cls.kdump_flag is not None and ds.block_bytes == ds.page_size:
+        return COPY
+    return NONE
+
+
+def choose_codec(ds, asked: CodecSpec | None) -> tuple[CodecSpec, str, str | None]:
+    """(codec for the pages, COPY/NONE/TRANSCODE, why not copy: a notice, or None)."""
+    dump_cls, dump_spec = dump_codec(ds)
+    name = dump_cls.name if dump_cls else f"codec {ds.header.codec_id}"
+    if asked is not None and asked.name == "none":
+        return asked, NONE, None
     if asked is not None and asked.name not in KDUMP_CODECS:
         raise UsageError(f"kdump pages cannot be {asked.name}-compressed (kdump has no flag for it); "
-                         f"choose one of {', '.join(KDUMP_CODECS)}")
+                         f"choose one of {', '.join(KDUMP_CODECS)}, or none")
     if asked is None:
         asked = dump_spec if dump_cls is not None and dump_cls.kdump_flag is not None \
             else CodecSpec(DEFAULT_CODEC)
     if dump_cls is None or dump_cls.kdump_flag is None:
         what = {"lz4": "lz4-compressed (kdump has no lz4 flag)", "none": "stored uncompressed"}.get(name, name)
-        return asked, False, f"the dump's pages are {what}: transcoding every page to {asked}"
+        return asked, TRANSCODE, f"the dump's pages are {what}: transcoding every page to {asked}"
     if asked.name != dump_cls.name:
-        return asked, False, f"the dump's pages are {name}: transcoding every page to {asked}"
+        return asked, TRANSCODE, f"the dump's pages are {name}: transcoding every page to {asked}"
     if asked.level is not None and dump_spec is not None and asked.stored_level != dump_spec.stored_level:
-        return asked, False, f"the dump's pages are {dump_spec}: transcoding every page to {asked}"
+        return asked, TRANSCODE, f"the dump's pages are {dump_spec}: transcoding every page to {asked}"
     if ds.block_bytes != ds.page_size:
-        return asked, False, (f"the dump was compressed in {ds.block_bytes // 1024} KiB blocks, kdump "
-                              f"needs each page on its own: transcoding every page to {asked}")
-    return asked, True, None
+        return asked, TRANSCODE, (f"the dump was compressed in {ds.block_bytes // 1024} KiB blocks, kdump "
+                                  f"needs each page on its own: transcoding every page to {asked}")
+    return asked, COPY, None
+
+
+# -- where page data lies --------------------------------------------------
+
+SAMPLE = 64     # chunks between two stored prefix sums: an offset costs at most 63 additions
+
+
+class DataMap:
+    """Page chunk -> the offset and size of its page data, in copy and none modes.
+
+    The data of page chunks lies in chunk-id order from ``data_start`` on,
+    each chunk's size a function of its record length and page count alone
+    (COPY: the stored blocks, record length - header - 4 bytes per page;
+    NONE: a page-sized slot per page; both 0 for an all-zero chunk, whose
+    record is its header alone, and for a missing chunk).  So no payload is
+    read to place anything.  Only every SAMPLE-th prefix sum is kept (8
+    bytes per 64 chunks); the rest is summed from ``length`` on demand.
+    """
+
+    def __init__(self, lay: KdumpLayout, plan, member, length, header_size: int, mode: str,
+                 missing: int = 0xFFFF):
+        self.lay, self.plan, self.member, self.length = lay, plan, member, length
+        self.hsize, self.mode, self.MISSING = header_size, mode, missing
+        self.n = plan.n_page_chunks
+        self.sums = array("Q")
+        total = lay.data_start
+        for cid, pages in enumerate(_page_counts(plan)):
+            if cid % SAMPLE == 0:
+                self.sums.append(total)
+            total += self._size(cid, pages)
+        self.sums.append(total)
+        self.end = total           # the file's size
+
+    def _size(self, cid: int, pages: int) -> int:
+        if self.member[cid] == self.MISSING or self.length[cid] <= self.hsize:
+            return 0
+        if self.mode == COPY:
+            return self.length[cid] - self.hsize - 4 * pages
+        return pages * self.lay.page_size
+
+    def size(self, cid: int) -> int:
+        return self._size(cid, self.plan.chunk(cid).count)
+
+    def offset(self, cid: int) -> int:
+        k = cid // SAMPLE
+        return self.sums[k] + sum(self.size(c) for c in range(k * SAMPLE, cid))
+
+    def find(self, off: int) -> tuple[int, int] | None:
+        """(chunk id, its data offset) of the chunk whose data holds file offset ``off``, or None."""
+        if not self.lay.data_start <= off < self.end:
+            return None
+        k = bisect.bisect_right(self.sums, off) - 1
+        base = self.sums[k]
+        for cid in range(k * SAMPLE, min((k + 1) * SAMPLE, self.n)):
+            s = self.size(cid)
+            if off < base + s:
+                return cid, base
+            base += s
+        return None
+
+
+def _page_counts(plan):
+    """The page count of every page chunk, in chunk-id order (``Plan.chunk`` without the objects)."""
+    cp = plan.chunk_pages
+    for a, b in plan.pfn_ranges:
+        lo = a
+        while lo < b:
+            hi = min(b, (lo // cp + 1) * cp)
+            yield hi - lo
+            lo = hi
+
+
+def chunk_header_size(ds) -> int:
+    return ChunkHeaderV1.STRUCT.size if ds.readers[0].header.version == 1 else CHUNK_HEADER_SIZE
+
+
+# -- one chunk's descriptors and data --------------------------------------
+
+def chunk_descs(lay: KdumpLayout, mode: str, flag: int, h, body, blocks, block_bytes: int,
+                base: int, npages: int) -> tuple[bytearray, list[tuple[int, int]]]:
+    """A checked record's page descriptors, its data at ``base``, in COPY or NONE mode.
+
+    Returns (descriptors, runs): ``runs`` are the byte ranges of the chunk's
+    data area that hold page data (COPY: the stored blocks after the block
+    table, ``body[4 * nblocks:]``; NONE: the slots of pages that are not
+    zero, in the decoded chunk).  Zero and excluded pages get the zero
+    page; pages the source could not give, zero descriptors (missing).
+    """
+    ps = lay.page_size
+    descs = bytearray(lay.zero_desc * npages)
+    pack = lay.desc.pack_into
+    runs: list[tuple[int, int]] = []
+    first = 4 * h.nblocks
+    for how, a, b, pos, ln in blocks:
+        if mode == COPY:
+            if how == BLOCK_COMPRESSED:
+                pack(descs, DESC_SIZE * (a // ps), base + pos - first, ln, flag, 0)
+            else:
+                pack(descs, DESC_SIZE * (a // ps), base + pos - first, ps, 0, 0)
+        else:
+            for p in range(a // ps, -(-b // ps)):
+                pack(descs, DESC_SIZE * p, base + p * ps, ps, 0, 0)
+            if runs and runs[-1][1] == a:
+                runs[-1] = (runs[-1][0], b)
+            else:
+                runs.append((a, b))
+    if mode == COPY and len(body) > first:
+        runs = [(0, len(body) - first)]
+    for a, b in unreadable_ranges(h, body, block_bytes):
+        descs[DESC_SIZE * (a // ps):DESC_SIZE * -(-b // ps)] = bytes(DESC_SIZE * (-(-b // ps) - a // ps))
+    return descs, runs
+
+
+def _transcode(lay: KdumpLayout, codec, data, bad) -> tuple[list, bytearray]:
+    """Each page compressed on its own (raw when that does not shrink it): (pages, data)."""
+    ps, zero, flag = lay.page_size, bytes(lay.page_size), codec.kdump_flag
+    mv = memoryview(data)
+    pages, out = [], bytearray()
+    for a in range(0, len(data), ps):
+        if data.startswith(zero, a):
+            pages.append(None)
+            continue
+        page = mv[a:a + ps]
+        c = codec.compress(page)
+        if len(c) < ps:
+            pages.append((len(out), len(c), flag))
+            out += c
+        else:
+            pages.append((len(out), ps, 0))
+            out += page
+    return pages, out
 
 
 # -- the workers -----------------------------------------------------------
 
-def _kdump_handler(lay: KdumpLayout, sink, cursor, spec: CodecSpec, copy: bool, block_bytes: int):
-    """Handler factory: one page chunk -> its descriptors and page data in the output."""
+def _kdump_handler(lay: KdumpLayout, sink, turns, dmap: DataMap | None, spec: CodecSpec, mode: str,
+                   block_bytes: int, flag: int):
+    """Handler factory: one page chunk -> its descriptors and page data in the output.
+
+    COPY and NONE place the data where ``dmap`` says; TRANSCODE takes it
+    from ``turns.cursor`` in its turn.  With ``turns`` (TRANSCODE, and any
+    flattened stream) the output pieces are written in the chunk's turn, so
+    the file or stream is the same whatever the number of workers.
+    """
     def make():
         ps = lay.page_size
-        codec = spec.make()
-        flag = codec.kdump_flag
+        codec = spec.make() if mode == TRANSCODE else None
         decoders: dict = {}
-        zero = bytes(ps)
-        zero_desc = lay.desc.pack(lay.zero_page_offset, ps, 0, 0)
-        pack_desc = lay.desc.pack_into
 
-        def copied(rec, where, t):
-            """Pages as stored: (pages, data), or None when a page must be transcoded."""
+        def build(rec, where, t):
+            """(descriptors, data bytes, runs, base or None, unreadable ranges)."""
             h, body, blocks = read_chunk(rec, where, block_bytes)
             check_record(h, where, t)
+            bad = unreadable_ranges(h, body, block_bytes)
             npages = t.raw // ps
-            pages: list = [None] * npages
-            if not blocks:
-                return pages, b""
-            first = blocks[0][3]
-            for how, a, b, pos, ln in blocks:
-                if how == BLOCK_COMPRESSED:
-                    if h.codec_id != codec.ID or ln >= ps:
-                        return None
-                    pages[a // ps] = (pos - first, ln, flag)
-                else:
-                    pages[a // ps] = (pos - first, ps, 0)
-            return pages, body[first:]
+            if mode == TRANSCODE:
+                _, data, _ = decode_chunk(rec, where, block_bytes, decoders)
+                pages, out = _transcode(lay, codec, data, bad)
+                return pages, out, [(0, len(out))] if out else [], None, bad
+            base = dmap.offset(t.chunk_id)
+            if mode == COPY:
+                if any(how == BLOCK_COMPRESSED for how, *_ in blocks) and h.codec_id != BY_NAME[spec.name].ID:
+                    raise VerifyError(f"{where}: the record's codec is not the dump's")
+                data = body[4 * h.nblocks:]
+                if len(data) != dmap.size(t.chunk_id):
+                    raise VerifyError(f"{where}: record length does not match the index")
+            else:
+                _, data, _ = decode_chunk(rec, where, block_bytes, decoders)
+            descs, runs = chunk_descs(lay, mode, flag, h, body, blocks, block_bytes, base, npages)
+            return descs, data, runs, base, bad
 
-        def transcoded(rec, where, t):
-            h, data, _ = decode_chunk(rec, where, block_bytes, decoders)
-            check_record(h, where, t)
+        def place(t, built):
+            descs, data, runs, base, bad = built
+            if base is None:            # TRANSCODE: space for the data, in chunk-id order
+                base = turns.cursor.value
+                turns.cursor.value = base + len(data)
+                pages, descs = descs, bytearray(lay.zero_desc * len(descs))
+                for i, p in enumerate(pages):
+                    if p is not None:
+                        lay.desc.pack_into(descs, DESC_SIZE * i, base + p[0], p[1], p[2], 0)
+                for a, b in bad:    # memory the dump could not read: a missing page, as makedumpfile marks it
+                    descs[DESC_SIZE * (a // ps):DESC_SIZE * -(-b // ps)] = bytes(DESC_SIZE * (-(-b // ps) - a // ps))
             mv = memoryview(data)
-            pages, out = [], bytearray()
-            for a in range(0, len(data), ps):
-                if data.startswith(zero, a):
-                    pages.append(None)
-                    continue
-                page = mv[a:a + ps]
-                c = codec.compress(page)
-                if len(c) < ps:
-                    pages.append((len(out), len(c), flag))
-                    out += c
-                else:
-                    pages.append((len(out), ps, 0))
-                    out += page
-            return pages, out
+            sink.write([(lay.desc_offset(t.start), descs)] + [(base + a, mv[a:b]) for a, b in runs])
 
         def handle(rec, where, t):
-            got = copied(rec, where, t) if copy else None
-            pages, data = got if got is not None else transcoded(rec, where, t)
-            base = 0
-            if len(data):
-                with cursor.get_lock():
-                    base = cursor.value
-                    cursor.value = base + len(data)
-            descs = bytearray(zero_desc * len(pages))
-            for i, p in enumerate(pages):
-                if p is not None:
-                    pack_desc(descs, DESC_SIZE * i, base + p[0], p[1], p[2], 0)
-            h = ChunkHeader.unpack(rec, where)
-            bad = unreadable_ranges(h, memoryview(rec)[CHUNK_HEADER_SIZE:h.record_length], block_bytes)
-            for a, b in bad:    # memory the dump could not read: a missing page, as makedumpfile marks it
-                descs[DESC_SIZE * (a // ps):DESC_SIZE * -(-b // ps)] = bytes(DESC_SIZE * (-(-b // ps) - a // ps))
-            sink.write([(lay.desc_offset(t.start), descs), (base, data)])
-            return bad
+            if turns is None:
+                built = build(rec, where, t)
+                place(t, built)
+                return built[4]
+            try:
+                built = build(rec, where, t)
+            except BaseException:
+                with turns.turn(t.seq, where):    # pass the turn on, with nothing written
+                    pass
+                raise
+            with turns.turn(t.seq, where):
+                place(t, built)
+            return built[4]
         return handle
     return make
 
@@ -423,37 +573,41 @@ def join_kdump(cfg: JoinConfig, progress=None, notice=None) -> JoinResult:
     t0 = time.monotonic()
     flat = cfg.format == "flat"
     allow = cfg.allow_incomplete
+    check_output(cfg.output, cfg.force)
     with DumpSet(list(cfg.members), allow_missing=allow, newest_dump=allow) as ds:
         ds.check_members(allow)
         lay = KdumpLayout.from_dumpset(ds)
-        spec, copy, why = choose_codec(ds, cfg.codec)
+        spec, mode, why = choose_codec(ds, cfg.codec)
         spec.make()          # a missing codec library fails here, once, not in every worker
         if why and notice:
             notice(why)
         uts, uts_from = utsname(ds, lay)
-        ctx = multiprocessing.get_context("fork")
-        cursor = ctx.Value("Q", lay.data_start, lock=True)
-        out, sink = _open_output(cfg, ds, flat, ctx.Lock())
+        where = Locations(ds, allow)
+        dmap = None if mode == TRANSCODE else \
+            DataMap(lay, ds.plan, where.member, where.length, chunk_header_size(ds), mode, MISSING)
+        turns = Turns(lay.data_start) if mode == TRANSCODE or flat else None
+        out, sink = _open_output(cfg, ds, flat, multiprocessing.get_context("fork").Lock())
         with out if out is not None else contextlib.nullcontext():
             try:
-                status = BY_NAME[spec.name].kdump_flag
+                status = BY_NAME[spec.name].kdump_flag or 0
                 sink.write([(0, lay.header_area(status, uts))])
                 for off, piece in lay.bitmap_pieces():
                     sink.write([(lay.bitmap_offset + off, piece),
                                 (lay.bitmap_offset + lay.bitmap_len + off, piece)])
                 sink.write([(lay.zero_page_offset, bytes(lay.page_size))])
-                handler = _kdump_handler(lay, sink, cursor, spec, copy, ds.block_bytes)
+                handler = _kdump_handler(lay, sink, turns, dmap, spec, mode, ds.block_bytes, status)
                 bad: list = []
                 missing: list = []
-                ok, nbytes, errors = _run_pool(ds, cfg.nworkers, handler, False, progress,
-                                               wanted=lambda cid: cid < ds.plan.n_page_chunks, unreadable=bad,
-                                               allow_incomplete=allow, missing=missing)
+                ok, nbytes, errors = run_pool(ds, cfg.nworkers, handler, False, progress,
+                                              wanted=lambda cid: cid < ds.plan.n_page_chunks, unreadable=bad,
+                                              allow_incomplete=allow, missing=missing, where=where,
+                                              stop=turns.stop if turns else None)
                 check_whole(ds, errors, missing, allow)
                 # pages missing (never-written descriptors read as offset 0, as
                 # makedumpfile leaves them): say so in the header, as it does
                 if bad or any(c < ds.plan.n_page_chunks for c in missing):
                     sink.write([(0, lay.header_area(status | DUMP_DH_COMPRESSED_INCOMPLETE, uts))])
-                size = cursor.value
+                size = dmap.end if dmap is not None else turns.cursor.value
                 sink.finish()
             except BaseException:
                 sink.abort()
@@ -461,7 +615,8 @@ def join_kdump(cfg: JoinConfig, progress=None, notice=None) -> JoinResult:
             if out is not None:
                 out.commit(None if flat else size)
         memory = lay.num_dumpable * lay.page_size
-        extra = {"format": cfg.format, "codec": str(spec), "pages": "copied" if copy else "transcoded",
+        extra = {"format": cfg.format, "codec": str(spec),
+                 "pages": {COPY: "copied", NONE: "uncompressed", TRANSCODE: "transcoded"}[mode],
                  "utsname": uts_from, "memory_bytes": memory,
                  "unreadable": unreadable_report(bad, lay.page_size),
                  **missing_report(ds, missing, ds.header_pieces)}

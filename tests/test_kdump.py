@@ -29,7 +29,7 @@ from stripedump import synth
 from stripedump.codecs import CodecSpec
 from stripedump.config import DumpConfig, JoinConfig, parse_size
 from stripedump.errors import UsageError
-from stripedump.join import join
+from stripedump.kdump import join_kdump as join
 from stripedump.kdump import KdumpLayout, _set_bits
 from stripedump.pipeline import dump
 from stripedump.vmcore import Source
