@@ -419,6 +419,13 @@ class DumpSet:
             out.extend(c for c in range(byte * 8, min(byte * 8 + 8, n)) if not v & (1 << (c & 7)))
         return out
 
+    def describe_absent(self, absent: list[int]) -> str:
+        """The chunks no member holds, with the member each belongs to (the first five)."""
+        descs = ", ".join(f"member {self.member_name(placement(c, self.count))}: "
+                          f"{self.plan.chunk(c).describe(self.page_size)}" for c in absent[:5])
+        more = f" and {len(absent) - 5} more" if len(absent) > 5 else ""
+        return f"{len(absent)} chunk(s) missing from the members: {descs}{more}"
+
     def missing_ranges(self, chunk_ids) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
         """Merged PFN ranges and source file ranges [start, end) of these chunks."""
         pfns, files = [], []

@@ -114,3 +114,17 @@ def clip(pieces: list[tuple[int, bytes]], ranges: list[tuple[int, int]]):
 def rebuilt_ranges(pieces, ranges) -> list[tuple[int, int]]:
     """The file ranges [a, b) of ``ranges`` that the pieces rebuild, merged."""
     return merge_ranges([(off, off + len(d)) for off, d in clip(pieces or [], ranges)])
+
+
+DUMP_ELF_INCOMPLETE = 0x1    # e_flags bit: makedumpfile's mark of an incomplete ELF dump (crash honours it)
+
+
+def incomplete_mark(head: bytes) -> tuple[int, bytes] | None:
+    """(offset, bytes) that set DUMP_ELF_INCOMPLETE in the ELF header ``head`` (its first 64
+    bytes); None when ``head`` is not a plausible ELF header (nothing to mark)."""
+    if len(head) < 52 or head[:4] != b"\x7fELF" or head[4] not in (1, 2) or head[5] not in (1, 2):
+        return None
+    at = 48 if head[4] == 2 else 36             # e_flags in Elf64_Ehdr / Elf32_Ehdr
+    order = "little" if head[5] == 1 else "big"
+    flags = int.from_bytes(head[at:at + 4], order) | DUMP_ELF_INCOMPLETE
+    return at, flags.to_bytes(4, order)

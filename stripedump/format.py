@@ -408,7 +408,11 @@ class IndexEntry(NamedTuple):
 
 
 def unpack_index(data: bytes, where: str, dump_id: bytes, version: int = VERSION) -> list[IndexEntry]:
-    body = unpack_record(data, magic_of("index", version), where, dump_id, version)
+    return unpack_index_body(unpack_record(data, magic_of("index", version), where, dump_id, version), where)
+
+
+def unpack_index_body(body: bytes, where: str) -> list[IndexEntry]:
+    """The entries of a checked index record's body."""
     if len(body) % IndexEntry.STRUCT.size or len(body) > INDEX_EVERY * IndexEntry.STRUCT.size:
         raise MemberError(f"{where}: an index record has a partial entry; the member is damaged")
     return [IndexEntry(*t) for t in IndexEntry.STRUCT.iter_unpack(body)]

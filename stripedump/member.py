@@ -15,7 +15,7 @@ from .errors import MemberError, VerifyError
 from .format import (CHUNK_HEADER_SIZE, HEADER_BLOCK, INDEX_EVERY, MAX_FOOTER, MAX_MANIFEST, MEMBER_MAGIC,
                      STATE_COMPLETE, TRAILER_SIZE, V1_RECORD_MAGICS, ChunkHeader, Footer, IndexEntry,
                      MemberHeader, Trailer, checksum, first_record_offset, head_size, magic_of, parse_head,
-                     unpack_index, unpack_manifest)
+                     unpack_index, unpack_index_body, unpack_manifest, unpack_record)
 from .fileio import pread_exact
 from .records import record_bound
 
@@ -130,6 +130,11 @@ class MemberReader:
 
     def index(self, footer: Footer):
         """Index entries in the order written (a generator: memory stays bounded)."""
+        for where, body in self.index_bodies(footer):
+            yield from unpack_index_body(body, where)
+
+    def index_bodies(self, footer: Footer):
+        """(where, body) of each index record, checked (magic, dump id, checksum): packed IndexEntry rows."""
         hs = head_size(self.version)
         magic = magic_of("index", self.version)
         for off in footer.index_offsets:
@@ -139,8 +144,8 @@ class MemberReader:
                 raise MemberError(f"{self.where}: the index record at offset {off} is damaged or of "
                                   "another dump; join --allow-incomplete finds the chunks by reading "
                                   "the member record by record")
-            yield from unpack_index(self.pread(off, hs + length), f"{self.where} index at {off}",
-                                    self.dump_id, self.version)
+            where = f"{self.where} index at {off}"
+            yield where, unpack_record(self.pread(off, hs + length), magic, where, self.dump_id, self.version)
 
     def read_record(self, entry: IndexEntry) -> bytes:
         if entry.length < 52 or entry.length > self.record_limit():

@@ -109,6 +109,21 @@ class Plan:
         ri = bisect.bisect_right(self._file_first, cid) - 1
         return self._file_chunk(ri, cid - self._file_first[ri], cid)
 
+    def page_chunk_at(self, pfn: int) -> int | None:
+        """Id of the page chunk holding ``pfn``, None when no range holds it: O(log ranges)."""
+        ri = bisect.bisect_right(self.pfn_ranges, (pfn, 1 << 64)) - 1
+        if ri < 0 or not self.pfn_ranges[ri][0] <= pfn < self.pfn_ranges[ri][1]:
+            return None
+        a = self.pfn_ranges[ri][0]
+        return self._page_first[ri] + pfn // self.chunk_pages - a // self.chunk_pages
+
+    def file_chunk_at(self, offset: int) -> int | None:
+        """Id of the file (residue) chunk holding file byte ``offset``, None when none does."""
+        ri = bisect.bisect_right(self.residue, (offset, 1 << 64)) - 1
+        if ri < 0 or not self.residue[ri][0] <= offset < self.residue[ri][1]:
+            return None
+        return self._file_first[ri] + (offset - self.residue[ri][0]) // self.chunk_bytes
+
     def __iter__(self):
         cid = 0
         for ri, (a, b) in enumerate(self.pfn_ranges):

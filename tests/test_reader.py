@@ -1,0 +1,235 @@
+"""The read-side library: a striped dump read at random, byte-identical to the source and to join."""
+
+from __future__ import annotations
+
+import io
+import os
+import random
+import threading
+
+import pytest
+
+import stripedump
+from stripedump import reader
+from stripedump.codecs import CodecSpec
+from stripedump.config import DumpConfig, JoinConfig
+from stripedump.errors import IncompleteDump, MemberError
+from stripedump.join import join
+from stripedump.pipeline import dump
+from elftools.elf.elffile import ELFFile
+
+CHUNK = 64 << 10
+
+
+def _dump(src, tmp_path, codec="lz4", n=3, chunk=CHUNK, **kw):
+    targets = tuple(str(tmp_path / f"m{i}") for i in range(n))
+    dump(DumpConfig(src, targets, CodecSpec.parse(codec), 2, chunk, **kw))
+    return list(targets)
+
+
+@pytest.mark.parametrize("layout,codec", [("kernel", "lz4"), ("qemu", "zstd"), ("differing-overlap", "lzo"),
+                                          ("elf32", "snappy"), ("holes", "none"), ("pn_xnum", "zlib")])
+def test_pread_equals_the_source_everywhere(tmp_path, vmcore, layout, codec):
+    b = vmcore(layout)
+    members = _dump(b.path, tmp_path, codec)
+    src = open(b.path, "rb").read()
+    with stripedump.open(members) as d:
+        assert d.size == len(src) and d.missing == []
+        assert d.pread(0, d.size + 100) == src
+        rnd = random.Random(7)
+        for _ in range(300):
+            off = rnd.randrange(0, d.size + 10)
+            n = rnd.choice([1, 7, 4096, 5000, 70000, 300000])
+            assert d.pread(off, n) == src[off:off + n], (off, n)
+
+
+def test_read_phys_matches_the_loads_and_refuses_what_is_not_dumped(tmp_path, vmcore):
+    b = vmcore("kernel")
+    members = _dump(b.path, tmp_path)
+    src = open(b.path, "rb").read()
+    loads = _loads(b.path)
+    with stripedump.open(members) as d:
+        for seg in loads:
+            for at in (0, seg[2] // 3, seg[2] - 100):
+                off, paddr, filesz = seg
+                want = src[off + at:off + min(filesz, at + 9000)]
+                assert d.read_phys(paddr + at, len(want)) == want
+        top = max(b for _, b in d.plan.pfn_ranges) * d.page_size
+        with pytest.raises(reader.NotDumped):
+            d.read_phys(top, 16)
+
+
+def test_file_object_reads_seeks_and_buffers(tmp_path, vmcore):
+    b = vmcore("kernel")
+    members = _dump(b.path, tmp_path, "zstd")
+    src = open(b.path, "rb").read()
+    with stripedump.open(members) as d:
+        f = io.BufferedReader(d.file(), buffer_size=50000)
+        assert f.read(100) == src[:100]
+        f.seek(-4097, io.SEEK_END)
+        assert f.read() == src[-4097:]
+        f.seek(12345)
+        assert f.tell() == 12345 and f.read(70001) == src[12345:82346]
+        assert d.file().readall() == src
+
+
+def test_opening_reads_no_payload_and_the_index_is_compact(tmp_path, vmcore):
+    b = vmcore("kernel")
+    members = _dump(b.path, tmp_path)
+    with stripedump.open(members, cache_bytes=2 * CHUNK) as d:
+        assert d.cache.used == 0
+        assert d.index.nbytes <= 16 * d.index.n
+        src = open(b.path, "rb").read()
+        assert d.pread(0, d.size) == src
+        assert d.cache.used <= 2 * CHUNK          # the LRU stays within its bound
+
+
+def test_fast_index_equals_the_general_one(tmp_path, vmcore):
+    """The vectorized index fill and DumpSet.locations find the same place for every chunk."""
+    b = vmcore("kernel")
+    members = _dump(b.path, tmp_path)
+    with stripedump.open(members) as d:
+        fast = reader.ChunkIndex(d.index.n)
+        assert fast._fast(d.ds, False)
+        slow = reader.ChunkIndex(d.index.n)
+        seen = bytearray(-(-slow.n // 8))
+        for pos, e in d.ds.locations(seen, payloads=False):
+            slow.member[e.chunk_id], slow.offset[e.chunk_id], slow.length[e.chunk_id] = pos, e.offset, e.length
+        assert (fast.member, fast.offset, fast.length) == (slow.member, slow.offset, slow.length)
+        assert fast.missing() == [] and d.index.n > 20
+
+
+def test_a_chunk_listed_on_the_wrong_member_is_refused_by_name(tmp_path, vmcore):
+    """An index entry the fast path doubts sends the build to the general path and its exact error."""
+    import struct
+    from stripedump.format import IndexEntry, record_checksum
+    from stripedump.member import MemberReader
+    b = vmcore("kernel")
+    members = _dump(b.path, tmp_path)
+    r = MemberReader(members[1])
+    f = r.footer()
+    off = f.index_offsets[0]
+    head = r.pread(off, 32)
+    length = struct.unpack_from("<I", head, 4)[0]
+    body = bytearray(r.pread(off + 32, length))
+    dump_id = r.dump_id
+    r.close()
+    struct.pack_into("<Q", body, 0, 0)                      # chunk 0 belongs to member 0
+    csum = record_checksum(bytes(head[:24]), bytes(body), dump_id)
+    with open(members[1], "r+b") as fh:
+        fh.seek(off + 24)
+        fh.write(struct.pack("<Q", csum))
+        fh.write(body)
+    with pytest.raises(MemberError, match="does not belong to this member"):
+        stripedump.open(members)
+    assert IndexEntry.STRUCT.size == 28
+
+
+def test_concurrent_readers_see_the_source(tmp_path, vmcore):
+    b = vmcore("kernel")
+    members = _dump(b.path, tmp_path, "zstd")
+    src = open(b.path, "rb").read()
+    errors = []
+    with stripedump.open(members, cache_bytes=4 * CHUNK) as d:
+        def work(seed):
+            rnd = random.Random(seed)
+            try:
+                for _ in range(200):
+                    off = rnd.randrange(d.size)
+                    n = rnd.randrange(1, 200000)
+                    if d.pread(off, n) != src[off:off + n]:
+                        errors.append((off, n))
+            except Exception as e:       # noqa: BLE001 - reported below
+                errors.append(e)
+        threads = [threading.Thread(target=work, args=(i,)) for i in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert errors == []
+
+
+def _flip_payload(members, d, cid):
+    """Flip one payload byte of chunk ``cid``'s record in its member."""
+    pos = d.index.member[cid]
+    off = d.index.offset[cid] + d.index.length[cid] - 1
+    with open(members[pos], "r+b") as f:
+        f.seek(off)
+        byte = f.read(1)
+        f.seek(off)
+        f.write(bytes([byte[0] ^ 0xFF]))
+
+
+def test_a_damaged_chunk_is_an_error_never_zeros(tmp_path, vmcore, caplog):
+    b = vmcore("kernel")
+    members = _dump(b.path, tmp_path, "zstd")
+    src = open(b.path, "rb").read()
+    with stripedump.open(members) as d:
+        cid = next(c for c in range(d.plan.n_page_chunks) if d.index.length[c] > 200)
+        ch = d.plan.chunk(cid)
+    _flip_payload(members, d, cid)
+    with stripedump.open(members) as d:
+        pa = ch.start * d.page_size
+        with pytest.raises(reader.ChunkError, match="checksum"):
+            d.read_phys(pa, 10)
+        with pytest.raises(reader.ChunkError):
+            d.read_phys(pa, 10)        # remembered
+        assert cid in d.bad and len([r for r in caplog.records if "checksum" in r.getMessage()]) == 1
+        other = next(c for c in range(d.plan.n_page_chunks) if c != cid)
+        oc = d.plan.chunk(other)
+        assert d.read_phys(oc.start * d.page_size, 4096) == _phys(b.path, oc.start * d.page_size, 4096)
+    assert src
+
+
+def _loads(path):
+    """(p_offset, p_paddr, p_filesz) of every PT_LOAD with file bytes, by pyelftools (an independent reader)."""
+    with open(path, "rb") as f:
+        return [(s["p_offset"], s["p_paddr"], s["p_filesz"]) for s in ELFFile(f).iter_segments()
+                if s["p_type"] == "PT_LOAD" and s["p_filesz"]]
+
+
+def _phys(path, paddr, n):
+    for off, pa, filesz in _loads(path):
+        if pa <= paddr and paddr + n <= pa + filesz:
+            with open(path, "rb") as f:
+                f.seek(off + paddr - pa)
+                return f.read(n)
+    raise AssertionError("not in a load")
+
+
+def test_incomplete_dump_reads_like_join_allow_incomplete(tmp_path, vmcore):
+    b = vmcore("kernel")
+    members = _dump(b.path, tmp_path, "lz4")
+    given = [members[1], members[2]]            # member 0 (the ELF header's chunk among others) lost
+    with pytest.raises(MemberError, match="missing member"):
+        stripedump.open(given)
+    out = str(tmp_path / "joined")
+    join(JoinConfig(tuple(given), out, allow_incomplete=True))
+    joined = open(out, "rb").read()
+    with stripedump.open(given, allow_incomplete=True) as d:
+        assert d.missing and all(c % 3 == 0 for c in d.missing)
+        assert d.pread(0, d.size) == joined
+        assert joined[:4] == b"\x7fELF"           # rebuilt from the manifest, marked incomplete
+    os.unlink(out)
+
+
+def test_an_unfinished_member_needs_allow_incomplete(tmp_path, vmcore):
+    from conftest import unfinalize
+    b = vmcore("kernel")
+    members = _dump(b.path, tmp_path, "lz4")
+    unfinalize(members[1])
+    with pytest.raises(IncompleteDump):
+        stripedump.open(members)
+    with stripedump.open(members, allow_incomplete=True) as d:
+        assert d.pread(0, d.size) == open(b.path, "rb").read()   # every record reached the disk
+
+
+def test_members_of_different_dumps_are_refused(tmp_path, vmcore):
+    b = vmcore("kernel")
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first, second = _dump(b.path, tmp_path / "a"), _dump(b.path, tmp_path / "b")
+    with pytest.raises(MemberError, match="different dumps"):
+        stripedump.open([first[0], second[1], first[2]])
+    with stripedump.open(first) as d:          # each set alone is one dump
+        assert d.pread(0, 4) == b"\x7fELF"
