@@ -25,15 +25,15 @@ import bisect
 import os
 import time
 
+from . import reader
 from .config import JoinConfig
-from .dumpset import DumpSet
 from .elfhead import clip
 from .errors import OutputError, UsageError
-from .format import CHUNK_HEADER_SIZE, KIND_FILE
-# missing_report and Task are imported from here by info.py and tests/helpers
+from .format import KIND_FILE
+# info.py imports missing_report from here
 from .output import (JoinResult, PartialOutput, check_output, check_whole, missing_report, pwrite_all,  # noqa: F401
                      unreadable_report)
-from .pool import Task, check_record, run_pool  # noqa: F401
+from .pool import run_pool
 from .records import decode_chunk, unreadable_ranges
 from .vmcore import PT_LOAD, subtract_ranges
 
@@ -106,11 +106,11 @@ def _elf_handler(output: str | None, render: RenderMap | None, page_size: int, b
         sink = ChunkSink(fd_out, render, page_size, output)
         codecs: dict = {}
 
-        def handle(rec, where, t):
-            h, data, runs = decode_chunk(rec, where, block_bytes, codecs)
-            check_record(h, where, t)
+        def handle(rec, checked, where, t):
+            h, body, _ = checked
+            _, data, runs = decode_chunk(rec, where, block_bytes, codecs)
             sink.put(h.kind, h.start, data, runs)
-            return unreadable_ranges(h, memoryview(rec)[CHUNK_HEADER_SIZE:h.record_length], block_bytes)
+            return unreadable_ranges(h, body, block_bytes), None
         return handle
     return make
 
@@ -149,16 +149,16 @@ def join(cfg: JoinConfig, progress=None, notice=None) -> JoinResult:
     check_output(cfg.output, cfg.force)
     t0 = time.monotonic()
     allow = cfg.allow_incomplete
-    with DumpSet(list(cfg.members), allow_missing=allow, newest_dump=allow) as ds:
-        ds.check_members(allow)
+    with reader.open(list(cfg.members), allow_incomplete=allow, cache_bytes=0) as dump:
+        ds = dump.ds
         pieces = ds.header_pieces
         with PartialOutput(cfg.output, [r.path for r in ds.readers], cfg.force, ds.source_size) as out:
             handler = _elf_handler(out.tmp, RenderMap(ds.segments, ds.plan.residue), ds.page_size,
                                    ds.block_bytes)
             bad: list = []
             missing: list = []
-            ok, nbytes, errors = run_pool(ds, cfg.nworkers, handler, False, progress, unreadable=bad,
-                                           allow_incomplete=allow, missing=missing)
+            ok, nbytes, errors = run_pool(dump, cfg.nworkers, handler, False, progress, unreadable=bad,
+                                          allow_incomplete=allow, missing=missing)
             check_whole(ds, errors, missing, allow)
             if missing:            # holes where chunks are missing; say so as makedumpfile -E does
                 # the headers and notes of missing residue chunks, from the manifest: an ELF file
@@ -178,14 +178,15 @@ def verify(members: list[str], workers: int = 0, progress=None) -> JoinResult:
     """
     from .config import usable_cpus
     t0 = time.monotonic()
-    with DumpSet(members, allow_missing=True) as ds:
+    # members never finalized are walked: verify says what a join would lack
+    with reader.Dump(members, allow_incomplete=True, cache_bytes=0, newest_dump=False) as dump:
+        ds = dump.ds
         pieces = ds.header_pieces
         handler = _elf_handler(None, None, ds.page_size, ds.block_bytes)
         bad: list = []
         missing: list = []
-        # members never finalized are walked: verify says what a join would lack
-        ok, nbytes, errors = run_pool(ds, workers or usable_cpus(), handler, True, progress, unreadable=bad,
-                                       allow_incomplete=True, missing=missing)
+        ok, nbytes, errors = run_pool(dump, workers or usable_cpus(), handler, True, progress, unreadable=bad,
+                                      allow_incomplete=True, missing=missing)
         res = JoinResult(ds.dump_id, None, nbytes, ok, time.monotonic() - t0, errors,
                          {"unreadable": unreadable_report(bad, ds.page_size),
                           **missing_report(ds, missing, pieces)})

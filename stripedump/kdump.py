@@ -59,9 +59,11 @@ from .dumpset import DumpSet
 from .errors import OutputError, UsageError, VerifyError
 from .flat import FileSink, FlatSink
 from .format import BLOCK_COMPRESSED, CHUNK_HEADER_SIZE, ChunkHeaderV1
+from . import reader
 from .output import JoinResult, PartialOutput, check_output, check_whole, missing_report, unreadable_report
-from .pool import MISSING, Locations, Turns, check_record, run_pool
-from .records import decode_chunk, read_chunk, unreadable_ranges
+from .pool import Turns, run_pool
+from .reader import MISSING, ChunkError, NotDumped
+from .records import decode_chunk, unreadable_ranges
 from .vmcore import PT_LOAD, parse_notes, parse_vmcoreinfo
 
 SIGNATURE = b"KDUMP   "
@@ -248,35 +250,17 @@ def _phys_base(machine: str, vi: dict, segments: list[dict], bits: int) -> int:
 
 # -- utsname ---------------------------------------------------------------
 
-def read_phys(ds: DumpSet, addr: int, length: int) -> bytes | None:
-    """Physical bytes from the members (a few pages at most); None where not dumped."""
-    ps, plan = ds.page_size, ds.plan
-    out = bytearray()
-    codecs: dict = {}
-    while len(out) < length:
-        pfn = (addr + len(out)) // ps
-        lo, hi = 0, plan.n_page_chunks        # page chunks are in PFN order
-        while lo < hi:
-            mid = (lo + hi) // 2
-            if plan.chunk(mid).start <= pfn:
-                lo = mid + 1
-            else:
-                hi = mid
-        if lo == 0:
+def phys_reader(dump):
+    """``read(paddr, n)`` over a reader.Dump: bytes, or None where nothing (whole) was dumped."""
+    def read(addr: int, length: int) -> bytes | None:
+        try:
+            return dump.read_phys(addr, length)
+        except (NotDumped, ChunkError):
             return None
-        c = plan.chunk(lo - 1)
-        if not c.start <= pfn < c.start + c.count:
-            return None
-        rec = ds.record(c.id)
-        if rec is None:
-            return None
-        _, data, _ = decode_chunk(rec, f"{ds.readers[0].where}, {c.describe(ps)}", ds.block_bytes, codecs)
-        a = addr + len(out) - c.start * ps
-        out += data[a:a + length - len(out)]
-    return bytes(out)
+    return read
 
 
-def utsname(ds: DumpSet, lay: KdumpLayout) -> tuple[list[bytes], str]:
+def utsname(read_phys, lay: KdumpLayout) -> tuple[list[bytes], str]:
     """The six utsname fields and where they came from ("memory" or "vmcoreinfo").
 
     Like makedumpfile, read ``init_uts_ns.name`` from the dumped memory (x86_64:
@@ -290,7 +274,7 @@ def utsname(ds: DumpSet, lay: KdumpLayout) -> tuple[list[bytes], str]:
     off = _vmcoreinfo_int(vi.get("OFFSET(uts_namespace.name)"))
     if lay.machine == "x86_64" and sym is not None and off is not None:
         pa = (sym + off - START_KERNEL_MAP + lay.phys_base) & ((1 << 64) - 1)
-        raw = read_phys(ds, pa, 6 * UTS_LEN)
+        raw = read_phys(pa, 6 * UTS_LEN)
         if raw is not None:
             f = [raw[i * UTS_LEN:(i + 1) * UTS_LEN] for i in range(6)]
             if all(b"\0" in x for x in f):
@@ -367,10 +351,11 @@ class DataMap:
     bytes per 64 chunks); the rest is summed from ``length`` on demand.
     """
 
-    def __init__(self, lay: KdumpLayout, plan, member, length, header_size: int, mode: str,
-                 missing: int = 0xFFFF):
-        self.lay, self.plan, self.member, self.length = lay, plan, member, length
-        self.hsize, self.mode, self.MISSING = header_size, mode, missing
+    def __init__(self, lay: KdumpLayout, dump, mode: str):
+        self.lay, self.plan, self.mode = lay, dump.plan, mode
+        self.member, self.length = dump.index.member, dump.index.length
+        self.hsize = chunk_header_size(dump.ds)
+        plan = self.plan
         self.n = plan.n_page_chunks
         self.sums = array("Q")
         total = lay.data_start
@@ -382,7 +367,7 @@ class DataMap:
         self.end = total           # the file's size
 
     def _size(self, cid: int, pages: int) -> int:
-        if self.member[cid] == self.MISSING or self.length[cid] <= self.hsize:
+        if self.member[cid] == MISSING or self.length[cid] <= self.hsize:
             return 0
         if self.mode == COPY:
             return self.length[cid] - self.hsize - 4 * pages
@@ -422,6 +407,11 @@ def _page_counts(plan):
 
 def chunk_header_size(ds) -> int:
     return ChunkHeaderV1.STRUCT.size if ds.readers[0].header.version == 1 else CHUNK_HEADER_SIZE
+
+
+def missing_pages(dump) -> bool:
+    """Whether a page chunk is missing from every member (``Dump.missing`` is sorted, page chunks first)."""
+    return bool(dump.missing) and dump.missing[0] < dump.plan.n_page_chunks
 
 
 # -- one chunk's descriptors and data --------------------------------------
@@ -497,16 +487,15 @@ def _kdump_handler(lay: KdumpLayout, sink, turns, dmap: DataMap | None, spec: Co
         codec = spec.make() if mode == TRANSCODE else None
         decoders: dict = {}
 
-        def build(rec, where, t):
-            """(descriptors, data bytes, runs, base or None, unreadable ranges)."""
-            h, body, blocks = read_chunk(rec, where, block_bytes)
-            check_record(h, where, t)
+        def build(rec, checked, where, t):
+            """(descriptors, data bytes, runs, base or None, unreadable ranges, first PFN)."""
+            h, body, blocks = checked
             bad = unreadable_ranges(h, body, block_bytes)
             npages = t.raw // ps
             if mode == TRANSCODE:
                 _, data, _ = decode_chunk(rec, where, block_bytes, decoders)
                 pages, out = _transcode(lay, codec, data, bad)
-                return pages, out, [(0, len(out))] if out else [], None, bad
+                return pages, out, [(0, len(out))] if out else [], None, bad, h.start
             base = dmap.offset(t.chunk_id)
             if mode == COPY:
                 if any(how == BLOCK_COMPRESSED for how, *_ in blocks) and h.codec_id != BY_NAME[spec.name].ID:
@@ -517,10 +506,10 @@ def _kdump_handler(lay: KdumpLayout, sink, turns, dmap: DataMap | None, spec: Co
             else:
                 _, data, _ = decode_chunk(rec, where, block_bytes, decoders)
             descs, runs = chunk_descs(lay, mode, flag, h, body, blocks, block_bytes, base, npages)
-            return descs, data, runs, base, bad
+            return descs, data, runs, base, bad, h.start
 
-        def place(t, built):
-            descs, data, runs, base, bad = built
+        def place(built):
+            descs, data, runs, base, bad, start = built
             if base is None:            # TRANSCODE: space for the data, in chunk-id order
                 base = turns.cursor.value
                 turns.cursor.value = base + len(data)
@@ -531,22 +520,14 @@ def _kdump_handler(lay: KdumpLayout, sink, turns, dmap: DataMap | None, spec: Co
                 for a, b in bad:    # memory the dump could not read: a missing page, as makedumpfile marks it
                     descs[DESC_SIZE * (a // ps):DESC_SIZE * -(-b // ps)] = bytes(DESC_SIZE * (-(-b // ps) - a // ps))
             mv = memoryview(data)
-            sink.write([(lay.desc_offset(t.start), descs)] + [(base + a, mv[a:b]) for a, b in runs])
+            sink.write([(lay.desc_offset(start), descs)] + [(base + a, mv[a:b]) for a, b in runs])
 
-        def handle(rec, where, t):
+        def handle(rec, checked, where, t):
+            built = build(rec, checked, where, t)
             if turns is None:
-                built = build(rec, where, t)
-                place(t, built)
-                return built[4]
-            try:
-                built = build(rec, where, t)
-            except BaseException:
-                with turns.turn(t.seq, where):    # pass the turn on, with nothing written
-                    pass
-                raise
-            with turns.turn(t.seq, where):
-                place(t, built)
-            return built[4]
+                place(built)
+                return built[4], None
+            return built[4], lambda: place(built)    # in the chunk's turn
         return handle
     return make
 
@@ -574,23 +555,23 @@ def join_kdump(cfg: JoinConfig, progress=None, notice=None) -> JoinResult:
     flat = cfg.format == "flat"
     allow = cfg.allow_incomplete
     check_output(cfg.output, cfg.force)
-    with DumpSet(list(cfg.members), allow_missing=allow, newest_dump=allow) as ds:
-        ds.check_members(allow)
+    with reader.open(list(cfg.members), allow_incomplete=allow, cache_bytes=0) as dump:
+        ds = dump.ds
         lay = KdumpLayout.from_dumpset(ds)
         spec, mode, why = choose_codec(ds, cfg.codec)
         spec.make()          # a missing codec library fails here, once, not in every worker
         if why and notice:
             notice(why)
-        uts, uts_from = utsname(ds, lay)
-        where = Locations(ds, allow)
-        dmap = None if mode == TRANSCODE else \
-            DataMap(lay, ds.plan, where.member, where.length, chunk_header_size(ds), mode, MISSING)
+        uts, uts_from = utsname(phys_reader(dump), lay)
+        dmap = None if mode == TRANSCODE else DataMap(lay, dump, mode)
         turns = Turns(lay.data_start) if mode == TRANSCODE or flat else None
         out, sink = _open_output(cfg, ds, flat, multiprocessing.get_context("fork").Lock())
         with out if out is not None else contextlib.nullcontext():
             try:
                 status = BY_NAME[spec.name].kdump_flag or 0
-                sink.write([(0, lay.header_area(status, uts))])
+                # missing pages (zero descriptors, as makedumpfile leaves them): the header says so
+                incomplete = DUMP_DH_COMPRESSED_INCOMPLETE if missing_pages(dump) else 0
+                sink.write([(0, lay.header_area(status | incomplete, uts))])
                 for off, piece in lay.bitmap_pieces():
                     sink.write([(lay.bitmap_offset + off, piece),
                                 (lay.bitmap_offset + lay.bitmap_len + off, piece)])
@@ -598,14 +579,12 @@ def join_kdump(cfg: JoinConfig, progress=None, notice=None) -> JoinResult:
                 handler = _kdump_handler(lay, sink, turns, dmap, spec, mode, ds.block_bytes, status)
                 bad: list = []
                 missing: list = []
-                ok, nbytes, errors = run_pool(ds, cfg.nworkers, handler, False, progress,
+                ok, nbytes, errors = run_pool(dump, cfg.nworkers, handler, False, progress,
                                               wanted=lambda cid: cid < ds.plan.n_page_chunks, unreadable=bad,
-                                              allow_incomplete=allow, missing=missing, where=where,
-                                              stop=turns.stop if turns else None)
+                                              allow_incomplete=allow, missing=missing, turns=turns)
                 check_whole(ds, errors, missing, allow)
-                # pages missing (never-written descriptors read as offset 0, as
-                # makedumpfile leaves them): say so in the header, as it does
-                if bad or any(c < ds.plan.n_page_chunks for c in missing):
+                # and pages found unreadable or damaged on the way (the view cannot know those)
+                if not incomplete and (bad or any(c < ds.plan.n_page_chunks for c in missing)):
                     sink.write([(0, lay.header_area(status | DUMP_DH_COMPRESSED_INCOMPLETE, uts))])
                 size = dmap.end if dmap is not None else turns.cursor.value
                 sink.finish()

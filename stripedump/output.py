@@ -47,14 +47,6 @@ class JoinResult:
                 "mb_per_s": round(self.mb_per_s, 3), "errors": self.errors, **self.extra}
 
 
-def describe_absent(ds: DumpSet, absent: list[int]) -> str:
-    """The chunks no member holds, with the member each belongs to (the first five)."""
-    descs = ", ".join(f"member {ds.member_name(placement(c, ds.count))}: "
-                      f"{ds.plan.chunk(c).describe(ds.page_size)}" for c in absent[:5])
-    more = f" and {len(absent) - 5} more" if len(absent) > 5 else ""
-    return f"{len(absent)} chunk(s) missing from the members: {descs}{more}"
-
-
 def _ranges_left(ranges, cuts) -> list[tuple[int, int]]:
     return [r for a, b in ranges for r in subtract_ranges((a, b), cuts)]
 
@@ -229,7 +221,7 @@ def check_whole(ds: DumpSet, errors: list[str], missing: list[int], allow: bool)
     if errors:
         raise VerifyError(errors[0])
     if missing:
-        raise IncompleteDump(f"{describe_absent(ds, missing)}; {INCOMPLETE_HINT}")
+        raise IncompleteDump(f"{ds.describe_absent(missing)}; {INCOMPLETE_HINT}")
 
 
 def unreadable_report(bad: list, page_size: int) -> dict:

@@ -6,9 +6,12 @@ differ only in what is done with a record (the handler).  The pool owns the
 processes (procs.py's policy: fork, signals, liveness, joining), the feed
 and the tally; the handlers own the output.
 
-The coordinator first learns where every chunk is (the member indexes, or
-walks), then hands the chunks out in chunk-id order, each task numbered in
-that order (``Task.seq``): a handler that must do something in order (take
+The dump's chunk index (``reader.Dump.index``: the member indexes, or walks)
+says where every chunk is; the coordinator hands the chunks out in chunk-id
+order, and a worker reads a record and has the reader check it
+(``Dump.check_record``: the one place that says "this record is the chunk
+the index and the plan promise").  Each task is numbered in that order
+(``Task.seq``): a handler that must do something in order (take
 space for page data, append to a stream) waits for its turn (``Turns``) and
 the output is the same whatever the number of workers.  A stop (an error
 without ``keep_going``, a signal, a dead worker) calls ``stop`` before the
@@ -19,39 +22,18 @@ up.
 from __future__ import annotations
 
 import contextlib
+import logging
 import multiprocessing
 import os
 import queue
-from array import array
 from typing import NamedTuple
 
-from .dumpset import DumpSet
 from .errors import Interrupted, MemberError, StripedumpError, VerifyError, from_wire
-from .output import describe_absent
 from .procs import POLL, Signals, child_init, describe_exit, join_all, messages, queue_pair, spawn
+from .reader import MISSING, ChunkError, Dump
 
 INFLIGHT_PER_WORKER = 4
-MISSING = 0xFFFF        # member position of a chunk no member holds
 TURN_POLL = 1.0         # seconds between checks, while waiting for a turn, that the pool still runs
-
-
-class Locations:
-    """Where every chunk's record is, by chunk id: compact arrays (22 bytes per chunk).
-
-    Filled from ``DumpSet.locations`` (indexes, or walks of unfinished
-    members with ``allow``), which marks the chunks found in ``seen``.
-    """
-
-    def __init__(self, ds: DumpSet, allow: bool):
-        n = ds.plan.n_chunks
-        self.seen = seen = bytearray(-(-n // 8))
-        self.member = array("H", [MISSING]) * n
-        self.offset = array("Q", [0]) * n
-        self.length = array("I", [0]) * n
-        self.checksum = array("Q", [0]) * n
-        for d, e in ds.locations(seen, allow):
-            c = e.chunk_id
-            self.member[c], self.offset[c], self.length[c], self.checksum[c] = d, e.offset, e.length, e.checksum
 
 
 class Turns:
@@ -97,52 +79,62 @@ class Turns:
 
 
 class Task(NamedTuple):
-    """One chunk for a pool worker: where its record is and what the plan says it holds."""
+    """One chunk for a pool worker: where its record is (``Dump.index``) and its place in the order."""
     member: int
     chunk_id: int
     offset: int
     length: int
-    checksum: int
-    kind: int
-    start: int
     raw: int
-    desc: str
-    seq: int = 0      # position in the dispatch (chunk-id) order
+    seq: int          # position in the dispatch (chunk-id) order
 
 
-def check_record(h, where: str, t: Task) -> None:
-    """A decoded record must be the chunk the index and the plan promise."""
-    if h.chunk_id != t.chunk_id or h.payload_checksum != t.checksum:
-        raise VerifyError(f"{where}: record does not match the index (found chunk {h.chunk_id})")
-    if (h.kind, h.start, h.raw_length) != (t.kind, t.start, t.raw):
-        raise VerifyError(f"{where}: record describes other data than the plan says")
-
-
-def pool_worker(wid, paths, make_handler, tasks, events) -> None:
-    """Read each task's record and hand it to ``handle(rec, where, task)``.
+def pool_worker(wid, dump: Dump, make_handler, tasks, events, turns: Turns | None = None) -> None:
+    """Read each task's record, check it (``Dump.check_record``) and hand it to the handler.
 
     ``make_handler`` runs in the child (after fork) so that file
-    descriptors and codec state belong to this process.  Every outcome is
-    an event: ("ok", raw bytes, unreadable ranges) or ("err", class name,
-    message).  ``handle`` may return the byte ranges of the chunk that the
-    source could not give at dump time (BLOCK_UNREADABLE).
+    descriptors and codec state belong to this process; the handler is
+    called as ``handle(rec, (header, body, blocks), where, task)`` and
+    returns ``(unreadable, then)``: the byte ranges of the chunk that the
+    source could not give at dump time, and None or what must be done in
+    the task's turn (``then()``, with ``turns``).  A task that fails before
+    its turn still takes it and passes it on.  Every outcome is an event:
+    ("ok", raw bytes, unreadable ranges) or ("err", class name, message[,
+    chunk id]).
     """
     child_init()
+    # the coordinator reports every failed chunk; the reader's log line would be a second one
+    logging.getLogger("stripedump.reader").disabled = True
+    paths = dump.paths
     fds = {}
     try:
         handle = make_handler()
         for t in messages(tasks):
             t = Task(*t)
-            where = f"member {paths[t.member]}, {t.desc}"
+            where = dump.where(t.chunk_id)
             try:
-                fd = fds.get(t.member)
-                if fd is None:
-                    fd = fds[t.member] = os.open(paths[t.member], os.O_RDONLY)
-                rec = os.pread(fd, t.length, t.offset)
-                if len(rec) != t.length:
-                    raise MemberError(f"{where}: record truncated")
-                bad = handle(rec, where, t) or ()
-                events.put(("ok", t.raw, [(t.kind, t.start, a, b) for a, b in bad]))
+                try:
+                    fd = fds.get(t.member)
+                    if fd is None:
+                        fd = fds[t.member] = os.open(paths[t.member], os.O_RDONLY)
+                    rec = os.pread(fd, t.length, t.offset)
+                    if len(rec) != t.length:
+                        raise MemberError(f"{where}: record truncated")
+                    try:
+                        checked = dump.check_record(t.chunk_id, rec)
+                    except ChunkError as e:
+                        raise VerifyError(str(e)) from None
+                    bad, then = handle(rec, checked, where, t)
+                except BaseException:
+                    if turns is not None:
+                        with turns.turn(t.seq, where):    # nothing to do in it: pass it on
+                            pass
+                    raise
+                if turns is not None:
+                    with turns.turn(t.seq, where):
+                        if then is not None:
+                            then()
+                c = dump.plan.chunk(t.chunk_id)
+                events.put(("ok", t.raw, [(c.kind, c.start, a, b) for a, b in bad]))
             except StripedumpError as e:
                 events.put(("err", *e.to_wire(), t.chunk_id))
             except OSError as e:
@@ -153,27 +145,27 @@ def pool_worker(wid, paths, make_handler, tasks, events) -> None:
         events.put(("err", "StripedumpError", f"internal error in join worker {wid}: {type(e).__name__}: {e}"))
 
 
-def run_pool(ds: DumpSet, workers: int, make_handler, keep_going: bool, progress,
+def run_pool(dump: Dump, workers: int, make_handler, keep_going: bool, progress,
              wanted=None, unreadable: list | None = None, allow_incomplete: bool = False,
-             missing: list | None = None, stop=None, where: Locations | None = None) -> tuple:
+             missing: list | None = None, turns: Turns | None = None) -> tuple:
     """Stream every chunk (or those ``wanted(chunk_id)`` accepts) through a pool.
 
     Returns (chunks ok, raw bytes, errors).  Chunks missing from every
     member are errors even when not wanted: the dump is not whole; given a
     ``missing`` list, their ids go there instead, with (``allow_incomplete``)
     those that failed their checks, whose errors are still returned.
-    ``allow_incomplete`` also walks members that were never finalized (see
-    ``DumpSet.locations``).  Ranges the source could not give at dump time
+    Ranges the source could not give at dump time
     are added to ``unreadable`` as (kind, chunk start, byte offset, byte end).
     Tasks go out in chunk-id order, numbered (``Task.seq``) in that order;
-    ``stop()`` is called when the pool stops before every task was done.
+    With ``turns``, each task's in-order part runs in its turn, and the
+    pool stops ``turns`` when it stops before every task was done.
     """
     if unreadable is None:
         unreadable = []
     failed: list[int] = []
-    paths = [r.path for r in ds.readers]
+    ds, index, plan = dump.ds, dump.index, dump.plan
     tasks, events = queue_pair()
-    procs = [spawn(pool_worker, f"stripedump-join-{i}", (i, paths, make_handler, tasks, events))
+    procs = [spawn(pool_worker, f"stripedump-join-{i}", (i, dump, make_handler, tasks, events, turns))
              for i in range(workers)]
     errors: list[str] = []
     fatal: StripedumpError | None = None
@@ -216,39 +208,38 @@ def run_pool(ds: DumpSet, workers: int, make_handler, keep_going: bool, progress
     alive = True
     with Signals() as sig:
         try:
-            if where is None:
-                where = Locations(ds, allow_incomplete)
             seq = 0
-            for cid in range(ds.plan.n_chunks):
+            for cid in range(plan.n_chunks):
                 if sig.signum:
                     fatal = Interrupted("interrupted; output removed", sig.signum)
                 if fatal is not None:
                     break
-                if where.member[cid] == MISSING or (wanted is not None and not wanted(cid)):
+                pos = index.member[cid]
+                if pos == MISSING or (wanted is not None and not wanted(cid)):
                     continue
-                c = ds.plan.chunk(cid)
-                tasks.put(tuple(Task(where.member[cid], cid, where.offset[cid], where.length[cid],
-                                     where.checksum[cid], c.kind, c.start, c.raw_bytes(ds.page_size),
-                                     c.describe(ds.page_size), seq)))
+                tasks.put((pos, cid, index.offset[cid], index.length[cid],
+                           plan.chunk(cid).raw_bytes(dump.page_size), seq))
                 seq += 1
                 inflight += 1
                 while inflight >= limit and alive and fatal is None:
                     alive = wait_one()
             while inflight > 0 and alive:
+                if fatal is not None and turns is not None:
+                    turns.stop()      # the failed join's later chunks need no turn: none waits for one
                 alive = wait_one()
         except StripedumpError as e:
             fatal = fatal or e
         finally:
-            if stop is not None and (fatal is not None or inflight > 0):
-                stop()     # workers waiting for a turn that will not come give up
+            if turns is not None and (fatal is not None or inflight > 0):
+                turns.stop()     # workers waiting for a turn that will not come give up
             for _ in procs:
                 tasks.put(None)
             join_all(procs, lambda e: None, "join worker")
     if fatal is not None:
         raise fatal
-    absent = ds.missing_chunks(where.seen) if where is not None else []
+    absent = list(dump.missing)
     if missing is not None:
         missing.extend(sorted(set(absent + failed)))
     elif absent:
-        errors.append(describe_absent(ds, absent))
+        errors.append(ds.describe_absent(absent))
     return ok, nbytes, errors

@@ -219,9 +219,13 @@ class FileMap:
 class Dump:
     """A dump opened for reading (see the module comment); use ``open()``."""
 
-    def __init__(self, members: list[str], allow_incomplete: bool = False, cache_bytes: int = DEFAULT_CACHE):
+    def __init__(self, members: list[str], allow_incomplete: bool = False, cache_bytes: int = DEFAULT_CACHE,
+                 newest_dump: bool | None = None):
+        # newest_dump: with allow_incomplete, members of an older dump are dropped (``DumpSet``);
+        # verify passes False: members of two dumps are an error there
         self.allow_incomplete = allow_incomplete
-        self.ds = ds = DumpSet(list(members), allow_missing=allow_incomplete, newest_dump=allow_incomplete)
+        newest = allow_incomplete if newest_dump is None else newest_dump
+        self.ds = ds = DumpSet(list(members), allow_missing=allow_incomplete, newest_dump=newest)
         try:
             ds.check_members(allow_incomplete)
             self.index = ChunkIndex.build(ds, allow_incomplete)
