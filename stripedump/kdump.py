@@ -8,31 +8,40 @@ blocks, BB = bitmap blocks):
     (1+S)*B         1st bitmap, then the 2nd (identical: a full dump)
     T=(1+S+BB)*B    page_desc[total pages], 24 bytes each, in PFN order
     T+24*pages      one zero page, shared by every all-zero page
-    ...             page data, in the order workers finish
+    T+24*pages+B    page data, chunk by chunk in chunk-id (PFN) order
 
-Why it can be written in parallel with bounded memory: for a full dump
-every position but the page data is a function of the plan.  The bitmaps
-come from the merged PFN ranges, written in 1 MiB pieces.  The descriptor of
-PFN p sits at ``T + 24 * rank(p)``, rank being p's position among all dumped
-pages (a bisect over the ranges), and the page chunks cover the ranges in
-PFN order, so each chunk's descriptors are one contiguous slot known before
-the chunk is read.  Page data may lie anywhere after the table (readers
-follow ``pd.offset``), so a worker takes space for a chunk's data from a
-shared cursor and writes descriptors and data itself.  Nothing grows with
-the dump: the coordinator holds the ranges and one bitmap piece, a worker
-one record and its output (12 GiB of descriptors for 2 TiB are streamed).
-With one worker the file is deterministic; with more, the data order
-follows completion order.
+Why it can be written in parallel with bounded memory, and be the same
+bytes whatever the number of workers: every position but the page data is
+a function of the plan.  The bitmaps come from the merged PFN ranges,
+written in 1 MiB pieces.  The descriptor of PFN p sits at ``T + 24 *
+rank(p)``, rank being p's position among all dumped pages (a bisect over
+the ranges), and the page chunks cover the ranges in PFN order, so each
+chunk's descriptors are one contiguous slot known before the chunk is read.
+The page data of the chunks follows in chunk-id order:
 
-Copy or transcode: when the dump was taken with one-page blocks in a codec
-with a kdump flag (zlib, lzo, snappy, zstd; ``Codec.kdump_flag``) and the
-join codec is the same, a chunk's stored blocks are already the kdump page
-data, back to back: the worker writes them as one piece with no
-decompression (they were checked by the chunk's xxh3 checksum), a raw block
-becomes a page with flags 0, a zero block the shared zero page.  Otherwise
-(lz4 and none have no kdump flag, multi-page blocks, another codec) each
-page is decompressed and compressed on its own, stored raw when that does
-not make it smaller, as makedumpfile does.
+* COPY (the dump's codec has a kdump flag, one-page blocks, and join asks
+  for that codec): a chunk's stored blocks are already kdump page data,
+  back to back, written as one piece with no decompression (checked by the
+  chunk's xxh3 checksum); a raw block is a page with flags 0, a zero block
+  the shared zero page.  Its size is the record length less the header and
+  the block table, so ``DataMap`` places every chunk from the chunk index
+  alone (prefix sums), before anything is read;
+* NONE (``--codec none``; what ``kdumpview.KdumpView`` serves for lz4 and
+  none dumps and multi-page blocks): a page-sized slot per page, pages
+  stored uncompressed (flags 0); zero pages still get the zero page.
+  Placed by ``DataMap`` as well (0 for an all-zero or a missing chunk);
+* TRANSCODE (another codec asked for, lz4 or none dumps by default, multi-
+  page blocks): each page decompressed and compressed on its own, stored
+  raw when that does not make it smaller, as makedumpfile does.  Sizes are
+  known only after compressing, so a worker takes space from a shared cursor
+  in its chunk's turn (``pool.Turns``: tasks go out in chunk-id order, a
+  worker waits until the chunks before its own have taken theirs).
+
+A flattened stream (flat.py) is written in the chunks' turns in every mode,
+so its records come in one order too.  Nothing grows with the dump: the
+coordinator holds the ranges, one bitmap piece and 8 bytes of prefix sum per
+64 chunks; a worker one record and its output (12 GiB of descriptors for
+2 TiB are streamed).
 
 Bitmaps and zero pages: both bitmaps hold every PFN of the merged ranges;
 pages no PT_LOAD has file data for (``p_memsz > p_filesz``, holes inside a
