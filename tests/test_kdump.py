@@ -610,3 +610,30 @@ def test_view_of_an_incomplete_dump_is_what_join_writes(tmp_path, vmcore):
     with reader.open(list(m[::2]), allow_incomplete=True) as d:
         v = KdumpView(d)
         assert read_in_pieces(v) == want
+
+
+@pytest.mark.parametrize("mode_codec", ["lzo", "lz4"])
+def test_view_of_a_damaged_chunk_is_an_error_not_zeros(tmp_path, vmcore, mode_codec):
+    """A flipped payload byte: reading that chunk's descriptors or data raises ChunkError."""
+    from stripedump import reader
+    from stripedump.kdumpview import KdumpView
+    from stripedump.reader import ChunkError
+    b = vmcore("kernel")
+    m = dump_members(tmp_path, b.path, mode_codec, members=2, chunk="16K")
+    with reader.open(list(m)) as d:
+        cid = next(c for c in range(d.plan.n_page_chunks) if d.index.length[c] > 200)
+        at = d.index.offset[cid] + d.index.length[cid] - 10
+        path = d.paths[d.index.member[cid]]
+    with open(path, "r+b") as f:
+        f.seek(at)
+        c = f.read(1)
+        f.seek(at)
+        f.write(bytes([c[0] ^ 0x55]))
+    with reader.open(list(m)) as d:
+        v = KdumpView(d)
+        table = v.lay.desc_offset(d.plan.chunk(cid).start)
+        with pytest.raises(ChunkError, match="checksum mismatch"):
+            v.pread(table, 24)
+        with pytest.raises(ChunkError):
+            v.pread(v.dmap.offset(cid), 1)
+        assert v.pread(0, 8) == b"KDUMP   "          # the rest still reads
