@@ -15,8 +15,9 @@ lengths).  So a read is answered from what it covers:
   checked block table (``Dump.checked``; no decompression), kept for the
   DESC_CACHE most recently used chunks;
 * the zero page, zeros;
-* the page data: copy mode, the stored blocks of the record; none mode, the
-  decoded chunk (``Dump.chunk``, whose LRU cache bounds the memory).
+* the page data: copy mode, the stored blocks of the record (the last
+  STORED_CACHE chunks' kept); none mode, the decoded chunk (``Dump.chunk``,
+  whose LRU cache bounds the memory).
 
 A chunk that fails its checks raises ``ChunkError`` (the mount answers
 EIO), never zeros; a missing chunk (an incomplete dump) has zero
@@ -41,6 +42,8 @@ from .kdump import (COPY, DESC_SIZE, DUMP_DH_COMPRESSED_INCOMPLETE, NONE, DataMa
 from .reader import MISSING, ChunkError, Dump
 
 DESC_CACHE = 64         # chunks whose descriptors are kept (1 MiB chunks: 6 KiB each)
+STORED_CACHE = 8        # chunks whose stored blocks are kept, copy mode (a sequential reader's
+                        # 128 KiB reads would otherwise read and check each record 8 times)
 
 
 class KdumpView:
@@ -65,6 +68,7 @@ class KdumpView:
         self.header = lay.header_area(status, self.utsname)
         self._zero_page = bytes(lay.page_size)
         self._descs: OrderedDict[int, bytes] = OrderedDict()
+        self._data_cache: OrderedDict[int, bytes] = OrderedDict()
         self._lock = threading.Lock()
         self._starts = [a for a, _ in lay.ranges]
 
@@ -105,6 +109,22 @@ class KdumpView:
                 self._descs.popitem(last=False)
         return d
 
+    def _stored(self, cid: int) -> bytes:
+        """Copy mode: the stored blocks of chunk ``cid`` (checked), the last STORED_CACHE kept."""
+        with self._lock:
+            data = self._data_cache.get(cid)
+            if data is not None:
+                self._data_cache.move_to_end(cid)
+                return data
+        h, body, _ = self.dump.checked(cid)
+        self._check_size(cid, h, body)
+        data = bytes(body[4 * h.nblocks:])
+        with self._lock:
+            self._data_cache[cid] = data
+            while len(self._data_cache) > STORED_CACHE:
+                self._data_cache.popitem(last=False)
+        return data
+
     def _check_size(self, cid: int, h, body) -> None:
         if self.mode == COPY and len(body) - 4 * h.nblocks != self.dmap.size(cid):
             raise ChunkError(f"{self.dump.where(cid)}: record length does not match the index")
@@ -137,9 +157,7 @@ class KdumpView:
             cid, base = found
             size = self.dmap.size(cid)
             if self.mode == COPY:
-                h, body, _ = dump.checked(cid)
-                self._check_size(cid, h, body)
-                src = body[4 * h.nblocks:]
+                src = self._stored(cid)
             else:
                 src = dump.chunk(cid)
             k = min(end, base + size) - off
