@@ -154,11 +154,11 @@ def run_pool(dump: Dump, workers: int, make_handler, keep_going: bool, progress,
     member are errors even when not wanted: the dump is not whole; given a
     ``missing`` list, their ids go there instead, with (``allow_incomplete``)
     those that failed their checks, whose errors are still returned.
-    Ranges the source could not give at dump time
-    are added to ``unreadable`` as (kind, chunk start, byte offset, byte end).
-    Tasks go out in chunk-id order, numbered (``Task.seq``) in that order;
-    With ``turns``, each task's in-order part runs in its turn, and the
-    pool stops ``turns`` when it stops before every task was done.
+    Ranges the source could not give at dump time are added to
+    ``unreadable`` as (kind, chunk start, byte offset, byte end).  Tasks go
+    out in chunk-id order, numbered (``Task.seq``) in that order; with
+    ``turns``, each task's in-order part runs in its turn, and the pool
+    stops ``turns`` when it stops before every task was done.
     """
     if unreadable is None:
         unreadable = []
