@@ -2,7 +2,7 @@
 
 Why it can be generated without a pass over the payloads: every offset of
 the file ``join --format kdump`` writes in copy and none modes is a
-function of the plan and the chunk index (kdump.py: ``KdumpLayout`` places
+function of the plan and the chunk index (kdumplayout.py: ``KdumpLayout`` places
 the header area, the bitmaps, the descriptor table and the zero page;
 ``DataMap`` the page data of each chunk, by prefix sums over record
 lengths).  So a read is answered from what it covers:
@@ -37,8 +37,8 @@ import threading
 from collections import OrderedDict
 
 from .errors import UsageError
-from .kdump import (COPY, DESC_SIZE, DUMP_DH_COMPRESSED_INCOMPLETE, NONE, DataMap, KdumpLayout, _set_bits,
-                    chunk_descs, dump_codec, missing_pages, phys_reader, utsname, view_mode)
+from .kdumplayout import (COPY, DESC_SIZE, DUMP_DH_COMPRESSED_INCOMPLETE, NONE, DataMap, KdumpLayout,
+                          _set_bits, chunk_descs, dump_codec, missing_pages, phys_reader, utsname, view_mode)
 from .reader import MISSING, ChunkError, Dump
 
 DESC_CACHE = 64         # chunks whose descriptors are kept (1 MiB chunks: 6 KiB each)

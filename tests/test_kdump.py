@@ -30,7 +30,7 @@ from stripedump.codecs import CodecSpec
 from stripedump.config import DumpConfig, JoinConfig, parse_size
 from stripedump.errors import UsageError
 from stripedump.kdump import join_kdump as join
-from stripedump.kdump import KdumpLayout, _set_bits
+from stripedump.kdumplayout import KdumpLayout, _set_bits
 from stripedump.pipeline import dump
 from stripedump.vmcore import Source
 
