@@ -149,7 +149,7 @@ def join(cfg: JoinConfig, progress=None, notice=None) -> JoinResult:
     check_output(cfg.output, cfg.force)
     t0 = time.monotonic()
     allow = cfg.allow_incomplete
-    with reader.open(list(cfg.members), allow_incomplete=allow, cache_bytes=0) as dump:
+    with reader.Dump(list(cfg.members), allow_incomplete=allow, cache_bytes=0, verify_walks=True) as dump:
         ds = dump.ds
         pieces = ds.header_pieces
         with PartialOutput(cfg.output, [r.path for r in ds.readers], cfg.force, ds.source_size) as out:
@@ -179,7 +179,8 @@ def verify(members: list[str], workers: int = 0, progress=None) -> JoinResult:
     from .config import usable_cpus
     t0 = time.monotonic()
     # members never finalized are walked: verify says what a join would lack
-    with reader.Dump(members, allow_incomplete=True, cache_bytes=0, newest_dump=False) as dump:
+    with reader.Dump(members, allow_incomplete=True, cache_bytes=0, newest_dump=False,
+                     verify_walks=True) as dump:
         ds = dump.ds
         pieces = ds.header_pieces
         handler = _elf_handler(None, None, ds.page_size, ds.block_bytes)

@@ -183,7 +183,8 @@ def join_kdump(cfg: JoinConfig, progress=None, notice=None) -> JoinResult:
     flat = cfg.format == "flat"
     allow = cfg.allow_incomplete
     check_output(cfg.output, cfg.force)
-    with reader.open(list(cfg.members), allow_incomplete=allow, cache_bytes=0) as dump:
+    with reader.Dump(list(cfg.members), allow_incomplete=allow, cache_bytes=0,
+                     verify_walks=True) as dump:
         ds = dump.ds
         lay = KdumpLayout.from_dumpset(ds)
         spec, mode, why = choose_codec(ds, cfg.codec)

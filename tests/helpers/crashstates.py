@@ -336,7 +336,7 @@ def join_model(paths: list[str]) -> Outcome:
     """What ``join --allow-incomplete`` outputs for these members, chunk by chunk (in process)."""
     out = Outcome()
     try:
-        with reader.open(paths, allow_incomplete=True, cache_bytes=0) as dump:
+        with reader.Dump(paths, allow_incomplete=True, cache_bytes=0, verify_walks=True) as dump:
             codecs: dict = {}
             failed = []
             for cid in range(dump.plan.n_chunks):
