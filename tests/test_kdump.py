@@ -380,17 +380,51 @@ def test_unsupported_machine_is_refused(tmp_path, vmcore, cli):
     assert not os.path.exists(tmp_path / "o") and not os.path.exists(tmp_path / "o.partial")
 
 
-def test_corrupt_member_leaves_no_output(tmp_path, vmcore, cli):
+@pytest.mark.parametrize("codec,join_codec", [("lzo", None), ("lz4", None), ("lz4", "none")])
+@pytest.mark.parametrize("fmt", ["kdump", "flat"])
+def test_corrupt_member_leaves_no_output(tmp_path, vmcore, cli, codec, join_codec, fmt):
+    """Copied, transcoded (turns) and --codec none: the chunk's failure ends the join at once."""
+    import time
     b = vmcore("kernel")
-    m = dump_members(tmp_path, b.path, "lzo")
-    with open(m[1], "r+b") as f:        # flip a byte inside the first chunk record's payload
+    m = dump_members(tmp_path, b.path, codec, chunk="16K")
+    with open(m[1], "r+b") as f:        # flip a byte inside a chunk record's payload
         f.seek(os.path.getsize(m[1]) // 2)
         c = f.read(1)
         f.seek(-1, 1)
         f.write(bytes([c[0] ^ 0xFF]))
-    res = cli("join", *m, "--format", "kdump", "-o", tmp_path / "o")
+    t0 = time.monotonic()
+    res = cli("join", "-q", *m, "--format", fmt, "--workers", "3", *(["--codec", join_codec] if join_codec else []),
+              "-o", tmp_path / "o")
     assert_one_line_error(res, 7, "checksum mismatch")
+    assert time.monotonic() - t0 < 30          # no worker left waiting for a turn
     assert not os.path.exists(tmp_path / "o") and not os.path.exists(tmp_path / "o.partial")
+
+
+def test_workers_waiting_for_their_turn_stop_when_the_coordinator_dies(tmp_path, vmcore):
+    """SIGKILL the coordinator of a transcoding join: its workers (some waiting for a turn) all exit."""
+    import signal
+    import sys
+    import time
+    psutil = pytest.importorskip("psutil")
+    b = vmcore("simple", loads=[synth.Load(0, 48 * MIB)])
+    m = dump_members(tmp_path, b.path, "lz4", chunk="64K")
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(HERE))
+    p = subprocess.Popen([sys.executable, "-m", "stripedump", "join", *m, "--format", "kdump", "--codec",
+                          "zlib:9", "--workers", "3", "-o", str(tmp_path / "o")], env=env,
+                         stderr=subprocess.DEVNULL)
+    proc = psutil.Process(p.pid)
+    deadline = time.monotonic() + 30
+    while len(proc.children()) < 3 and time.monotonic() < deadline and p.poll() is None:
+        time.sleep(0.05)
+    kids = proc.children()
+    assert len(kids) == 3, "the join ended before its workers could be seen"
+    time.sleep(0.5)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    gone, alive = psutil.wait_procs(kids, timeout=20)
+    for k in alive:
+        k.kill()
+    assert not alive, f"{len(alive)} worker(s) outlived their coordinator"
 
 
 def test_existing_output_needs_force(tmp_path, vmcore):
