@@ -12,8 +12,8 @@ lengths).  So a read is answered from what it covers:
 * the bitmaps: the bits of the merged PFN ranges for the bytes asked for,
   never the whole bitmap (64 MiB for a 2 TiB machine);
 * the descriptor table: for each chunk covered, its descriptors from its
-  checked block table (``Dump.checked``; no decompression), kept for the
-  DESC_CACHE most recently used chunks;
+  checked block table (``Dump.checked``; no decompression), the most
+  recently used kept (DESC_CACHE bytes);
 * the zero page, zeros;
 * the page data: copy mode, the stored blocks of the record (the last
   STORED_CACHE chunks' kept); none mode, the decoded chunk (``Dump.chunk``,
@@ -41,7 +41,7 @@ from .kdumplayout import (COPY, DESC_SIZE, DUMP_DH_COMPRESSED_INCOMPLETE, NONE, 
                           _set_bits, chunk_descs, dump_codec, missing_pages, phys_reader, utsname, view_mode)
 from .reader import MISSING, ChunkError, Dump
 
-DESC_CACHE = 64         # chunks whose descriptors are kept (1 MiB chunks: 6 KiB each)
+DESC_CACHE = 4 << 20    # bytes of descriptors kept (24 per page: 680 chunks of 1 MiB, 2.7 GiB of memory)
 STORED_CACHE = 8        # chunks whose stored blocks are kept, copy mode (a sequential reader's
                         # 128 KiB reads would otherwise read and check each record 8 times)
 
@@ -68,6 +68,7 @@ class KdumpView:
         self.header = lay.header_area(status, self.utsname)
         self._zero_page = bytes(lay.page_size)
         self._descs: OrderedDict[int, bytes] = OrderedDict()
+        self._desc_bytes = 0
         self._data_cache: OrderedDict[int, bytes] = OrderedDict()
         self._lock = threading.Lock()
         self._starts = [a for a, _ in lay.ranges]
@@ -104,9 +105,11 @@ class KdumpView:
                                self.dmap.offset(cid), c.count)
             d = bytes(d)
         with self._lock:
-            self._descs[cid] = d
-            while len(self._descs) > DESC_CACHE:
-                self._descs.popitem(last=False)
+            if cid not in self._descs:
+                self._descs[cid] = d
+                self._desc_bytes += len(d)
+                while self._desc_bytes > DESC_CACHE:
+                    self._desc_bytes -= len(self._descs.popitem(last=False)[1])
         return d
 
     def _stored(self, cid: int) -> bytes:
