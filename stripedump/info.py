@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime
 
 from .dumpset import DumpSet
+from .reader import ChunkIndex
 from .format import STATE_NAMES
 from .vmcore import parse_notes, parse_vmcoreinfo
 
@@ -30,11 +31,8 @@ def info(members: list[str]) -> dict:
             if n.name == b"VMCOREINFO":
                 vmcoreinfo = parse_vmcoreinfo(n.desc)
                 break
-        # which chunks a join finds: indexes, or walks of record headers (no payload is read)
-        seen = bytearray(-(-plan.n_chunks // 8))
-        for _ in ds.locations(seen, allow_incomplete=True, payloads=False):
-            pass
-        report = missing_report(ds, ds.missing_chunks(seen), ds.header_pieces)
+        # which chunks a join finds: the reader's index (indexes, or walks of record headers; no payload)
+        report = missing_report(ds, ChunkIndex.build(ds, allow_incomplete=True).missing(), ds.header_pieces)
         recovery = {d["index"]: d for d in report["members"] if d["index"] is not None}
         out_members = []
         for pos, (r, f) in enumerate(zip(ds.readers, ds.footers(allow_incomplete=True))):
