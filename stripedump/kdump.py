@@ -28,6 +28,7 @@ grows with the dump: the coordinator holds the ranges, one bitmap piece and
 from __future__ import annotations
 
 import contextlib
+import logging
 import multiprocessing
 import os
 import sys
@@ -177,6 +178,17 @@ def _open_output(cfg: JoinConfig, ds: DumpSet, flat: bool, lock):
     return out, sink
 
 
+@contextlib.contextmanager
+def _reader_quiet():
+    """The reader's log line for a chunk that fails its checks, off (join reports its errors itself)."""
+    log = logging.getLogger("stripedump.reader")
+    was, log.disabled = log.disabled, True
+    try:
+        yield
+    finally:
+        log.disabled = was
+
+
 def join_kdump(cfg: JoinConfig, progress=None, notice=None) -> JoinResult:
     """Write the dump as a kdump-compressed file, or flattened (``cfg.format == "flat"``)."""
     t0 = time.monotonic()
@@ -191,7 +203,8 @@ def join_kdump(cfg: JoinConfig, progress=None, notice=None) -> JoinResult:
         spec.make()          # a missing codec library fails here, once, not in every worker
         if why and notice:
             notice(why)
-        uts, uts_from = utsname(phys_reader(dump), lay)
+        with _reader_quiet():     # a damaged utsname chunk is reported by the pool, once
+            uts, uts_from = utsname(phys_reader(dump), lay)
         dmap = None if mode == TRANSCODE else DataMap(lay, dump, mode)
         turns = Turns(lay.data_start) if mode == TRANSCODE or flat else None
         out, sink = _open_output(cfg, ds, flat, multiprocessing.get_context("fork").Lock())

@@ -326,6 +326,28 @@ def test_utsname_is_read_from_memory(tmp_path, vmcore):
     assert attrs["linux.uts.version"] == "#1 SMP PREEMPT_DYNAMIC Debian 6.1.0-1"
 
 
+def test_damaged_utsname_chunk_is_one_error(tmp_path, vmcore, cli):
+    """The chunk holding init_uts_ns fails its checksum: exit 7 and one line (the reader's log is not a second)."""
+    from stripedump import reader
+    fields = [b"Linux", b"crashhost", b"6.1.0-synthetic", b"#1", b"x86_64", b"(none)"]
+    text = synth.vmcoreinfo_text().replace(b"SYMBOL(init_uts_ns)=ffffffff82a13ac0",
+                                           b"SYMBOL(init_uts_ns)=ffffffff82100f00")
+    text = text.replace(b"NUMBER(phys_base)=-109051904", b"NUMBER(phys_base)=-16777216")
+    b = vmcore("kernel", notes=synth.notes_blob(vmcoreinfo=text), content=uts_content(0x1100F04, fields))
+    m = dump_members(tmp_path, b.path, "lzo")
+    with reader.open(list(m)) as d:
+        cid = d.plan.page_chunk_at(0x1100F04 // 4096)
+        at = d.index.offset[cid] + d.index.length[cid] - 10
+        path = d.paths[d.index.member[cid]]
+    with open(path, "r+b") as f:
+        f.seek(at)
+        c = f.read(1)
+        f.seek(at)
+        f.write(bytes([c[0] ^ 0x55]))
+    res = cli("join", "-q", *m, "--format", "kdump", "-o", tmp_path / "o")
+    assert_one_line_error(res, 7, "checksum mismatch", f"chunk {cid} ")
+
+
 # -- crash, drgn -------------------------------------------------------------
 
 @needs_crash
