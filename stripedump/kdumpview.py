@@ -37,6 +37,7 @@ import threading
 from collections import OrderedDict
 
 from .errors import UsageError
+from .format import BLOCK_COMPRESSED
 from .kdumplayout import (COPY, DESC_SIZE, DUMP_DH_COMPRESSED_INCOMPLETE, NONE, DataMap, KdumpLayout,
                           _set_bits, chunk_descs, dump_codec, missing_pages, phys_reader, utsname, view_mode)
 from .reader import MISSING, ChunkError, Dump
@@ -60,7 +61,9 @@ class KdumpView:
                              "blocks larger than a page)")
         if self.mode not in (COPY, NONE):
             raise UsageError(f"unknown kdump view mode {self.mode!r}")
-        self.flag = dump_codec(ds)[0].kdump_flag if self.mode == COPY else 0
+        codec = dump_codec(ds)[0]
+        self.codec_id = codec.ID if codec is not None else -1
+        self.flag = codec.kdump_flag if self.mode == COPY else 0
         self.dmap = DataMap(lay, dump, self.mode)
         self.size = self.dmap.end
         self.utsname, self.utsname_from = utsname(phys_reader(dump), lay)
@@ -100,7 +103,7 @@ class KdumpView:
             d = bytes(DESC_SIZE * c.count)
         else:
             h, body, blocks = dump.checked(cid)
-            self._check_size(cid, h, body)
+            self._check_size(cid, h, body, blocks)
             d, _ = chunk_descs(self.lay, self.mode, self.flag, h, body, blocks, dump.block_bytes,
                                self.dmap.offset(cid), c.count)
             d = bytes(d)
@@ -119,8 +122,8 @@ class KdumpView:
             if data is not None:
                 self._data_cache.move_to_end(cid)
                 return data
-        h, body, _ = self.dump.checked(cid)
-        self._check_size(cid, h, body)
+        h, body, blocks = self.dump.checked(cid)
+        self._check_size(cid, h, body, blocks)
         data = bytes(body[4 * h.nblocks:])
         with self._lock:
             self._data_cache[cid] = data
@@ -128,9 +131,14 @@ class KdumpView:
                 self._data_cache.popitem(last=False)
         return data
 
-    def _check_size(self, cid: int, h, body) -> None:
-        if self.mode == COPY and len(body) - 4 * h.nblocks != self.dmap.size(cid):
+    def _check_size(self, cid: int, h, body, blocks) -> None:
+        """Copy mode: the stored blocks are what the layout placed, in the dump's codec (as join checks)."""
+        if self.mode != COPY:
+            return
+        if len(body) - 4 * h.nblocks != self.dmap.size(cid):
             raise ChunkError(f"{self.dump.where(cid)}: record length does not match the index")
+        if h.codec_id != self.codec_id and any(how == BLOCK_COMPRESSED for how, *_ in blocks):
+            raise ChunkError(f"{self.dump.where(cid)}: the record's codec is not the dump's")
 
     def _table(self, off: int, n: int, out: bytearray, at: int) -> None:
         """Descriptor table bytes [off, off + n) (offsets within the table) into ``out[at:]``."""
