@@ -71,9 +71,9 @@ def _codec(text):
 
 
 def _join_codec(text):
-    """A kdump/flat page codec: only those kdump has a flag for (not none, not lz4)."""
+    """A kdump/flat page codec: those kdump has a flag for, or none (pages stored uncompressed)."""
     from .codecs import BY_NAME
-    kdump = [n for n, c in BY_NAME.items() if c.kdump_flag is not None]
+    kdump = [n for n, c in BY_NAME.items() if c.kdump_flag is not None] + ["none"]
     name = text.strip().lower().partition(":")[0]
     if name not in kdump:
         why = "kdump has no flag for it" if name in BY_NAME else "unknown codec"
@@ -172,7 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
                               "kdump and flat pages are compressed with --codec (default: the dump's "
                               "codec when it is zlib, lzo, snappy or zstd, else lzo); pages of a dump "
                               "taken with one-page blocks in that codec are copied without "
-                              "recompression.\n\n" + EXIT_CODES)
+                              "recompression; --codec none stores them uncompressed.\n\n" + EXIT_CODES)
     j.add_argument("members", nargs="+", metavar="MEMBER")
     j.add_argument("-o", "--output", required=True, metavar="OUT",
                    help="the file to create; - (standard output) with --format flat")
@@ -180,7 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="elf: the source ELF vmcore (default); kdump: kdump-compressed; "
                         "flat: kdump-compressed in makedumpfile's flattened format")
     j.add_argument("--codec", type=_join_codec, default=None, metavar="CODEC[:LEVEL]",
-                   help="page codec of kdump/flat output: zlib, lzo, snappy or zstd")
+                   help="page codec of kdump/flat output: zlib, lzo, snappy or zstd; none stores "
+                        "pages uncompressed (what `mount` serves for lz4 and none dumps)")
     j.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
     j.add_argument("--allow-incomplete", action="store_true",
                    help="join a dump that did not finish, or without a missing member: recover every "
@@ -338,13 +339,16 @@ def run_dump(a) -> int:
 
 def run_join(a) -> int:
     from .config import JoinConfig
-    from .join import join
+    if a.format == "elf":
+        from .join import join
+    else:
+        from .kdump import join_kdump as join
     out = sys.stderr if a.output == "-" else sys.stdout   # stdout carries the dump
     cfg = JoinConfig(tuple(a.members), a.output, a.force, a.workers, a.format, a.codec,
                      a.allow_incomplete)
     res = join(cfg, notice=None if a.quiet else
                lambda text: print(f"stripedump: join: {text}", file=sys.stderr))
-    from .join import describe_missing, describe_unreadable
+    from .output import describe_missing, describe_unreadable
     warning = describe_unreadable(res.extra.get("unreadable", {}))
     if warning:   # shown even with -q: the output is not the whole of memory
         print(f"stripedump: join: warning: {warning}", file=sys.stderr)
@@ -387,7 +391,7 @@ def run_verify(a) -> int:
         print(json.dumps(res.to_json()))
     for e in res.errors[:20]:
         print(f"stripedump: verify: {e}", file=sys.stderr)
-    from .join import describe_missing
+    from .output import describe_missing
     for line in describe_missing(res.extra, verify=True):
         print(f"stripedump: verify: {line}", file=sys.stderr)
     if res.errors:
@@ -397,7 +401,7 @@ def run_verify(a) -> int:
         from .errors import IncompleteDump
         raise IncompleteDump(f"the dump is incomplete: {res.extra['missing_chunks']} chunk(s) missing; "
                              f"the {res.chunks} present are good; join --allow-incomplete recovers them")
-    from .join import describe_unreadable
+    from .output import describe_unreadable
     warning = describe_unreadable(res.extra.get("unreadable", {}))
     if warning:
         print(f"stripedump: verify: note: {warning}", file=sys.stderr)

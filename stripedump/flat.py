@@ -1,10 +1,9 @@
 """Where kdump output goes: a file written in place, or makedumpfile's flattened stream.
 
 Why two sinks with one interface: the kdump-compressed file is random
-access (each chunk's page descriptors have a fixed slot, page data goes
-wherever the shared cursor says), so join's workers write ``(offset,
-bytes)`` pieces in whatever order they finish.  To a file that is
-``pwrite``.  Through a pipe (``stripedump join --format flat -o - | ssh host
+access (each chunk's page descriptors have a fixed slot, its page data a
+place in chunk-id order), so join's workers write ``(offset, bytes)``
+pieces.  To a file that is ``pwrite``, in any order.  Through a pipe (``stripedump join --format flat -o - | ssh host
 makedumpfile -R vmcore``) each piece becomes a flattened-format record,
 "write these bytes at this offset", which ``makedumpfile -R`` replays
 (kdump-format.md §10):
@@ -16,9 +15,10 @@ makedumpfile -R vmcore``) each piece becomes a flattened-format record,
     4096   records: offset (BE i64), size (BE i64), size bytes of data
     end    offset = -1, size = -1
 
-Record order is free (readers and ``-R`` apply records by offset), so
-workers append records to the stream under one lock, a record at a time
-and never interleaved.  A record never has size 0: ``-R`` would take it for
+Readers and ``-R`` apply records by offset, so any order would do; join
+appends each chunk's records in the chunk's turn (``pool.Turns``), so the
+stream is the same bytes whatever the number of workers, and under one lock,
+a record at a time and never interleaved.  A record never has size 0: ``-R`` would take it for
 the end and then fail its end check.  The end record is written only after
 every page made it.  When a join fails, the stream ends with the *abort*
 record (offset -1, size 0), which ``makedumpfile -R`` rejects at once ("Can't

@@ -1,75 +1,52 @@
-"""Members -> makedumpfile's kdump-compressed file ("diskdump", header version 6).
+"""Members -> makedumpfile's kdump-compressed file, or its flattened stream (``join --format kdump|flat``).
 
-What is written (kdump-format.md §1-§6, B = page size, S = sub-header
-blocks, BB = bitmap blocks):
+Where each byte goes is kdumplayout.py's; this module makes the page data
+and writes it with the read pool (pool.py), in one of three modes:
 
-    0               disk_dump_header (utsname, CRASHTIME, codec flag, geometry)
-    B               kdump_sub_header, then the source's PT_NOTE bytes verbatim
-    (1+S)*B         1st bitmap, then the 2nd (identical: a full dump)
-    T=(1+S+BB)*B    page_desc[total pages], 24 bytes each, in PFN order
-    T+24*pages      one zero page, shared by every all-zero page
-    ...             page data, in the order workers finish
+* COPY (the dump was taken with one-page blocks in a codec with a kdump
+  flag: zlib, lzo, snappy, zstd; ``Codec.kdump_flag``; and join asks for
+  that codec): a chunk's stored blocks are written as one piece with no
+  decompression (checked by the chunk's xxh3 checksum);
+* NONE (``--codec none``): pages decompressed and stored uncompressed;
+* TRANSCODE (lz4 and none dumps by default, multi-page blocks, another
+  codec or level asked for): each page decompressed and compressed on its
+  own, stored raw when that does not make it smaller, as makedumpfile does.
 
-Why it can be written in parallel with bounded memory: for a full dump
-every position but the page data is a function of the plan.  The bitmaps
-come from the merged PFN ranges, written in 1 MiB pieces.  The descriptor of
-PFN p sits at ``T + 24 * rank(p)``, rank being p's position among all dumped
-pages (a bisect over the ranges), and the page chunks cover the ranges in
-PFN order, so each chunk's descriptors are one contiguous slot known before
-the chunk is read.  Page data may lie anywhere after the table (readers
-follow ``pd.offset``), so a worker takes space for a chunk's data from a
-shared cursor and writes descriptors and data itself.  Nothing grows with
-the dump: the coordinator holds the ranges and one bitmap piece, a worker
-one record and its output (12 GiB of descriptors for 2 TiB are streamed).
-With one worker the file is deterministic; with more, the data order
-follows completion order.
-
-Copy or transcode: when the dump was taken with one-page blocks in a codec
-with a kdump flag (zlib, lzo, snappy, zstd; ``Codec.kdump_flag``) and the
-join codec is the same, a chunk's stored blocks are already the kdump page
-data, back to back: the worker writes them as one piece with no
-decompression (they were checked by the chunk's xxh3 checksum), a raw block
-becomes a page with flags 0, a zero block the shared zero page.  Otherwise
-(lz4 and none have no kdump flag, multi-page blocks, another codec) each
-page is decompressed and compressed on its own, stored raw when that does
-not make it smaller, as makedumpfile does.
-
-Bitmaps and zero pages: both bitmaps hold every PFN of the merged ranges;
-pages no PT_LOAD has file data for (``p_memsz > p_filesz``, holes inside a
-page) read as zero, as in the ELF output, and share the zero page.
-``dump_level`` is 0: nothing is excluded (crash would print "[PARTIAL DUMP]"
-for any other value); readers do not consult it for zero-page sharing.
+Why the file is the same bytes whatever ``--workers``: in COPY and NONE
+modes every chunk's data offset is known before anything is read
+(``DataMap``), so workers ``pwrite`` descriptors and data in any order.  In
+TRANSCODE mode sizes are known only after compressing: chunks go out in
+chunk-id order, numbered, and a worker takes space for its chunk's data
+from a shared cursor in its chunk's turn (``pool.Turns``: the chunks before
+it have taken theirs).  A flattened stream (flat.py) is written in the
+chunks' turns in every mode, so its records come in one order too.  Nothing
+grows with the dump: the coordinator holds the ranges, one bitmap piece and
+8 bytes of prefix sum per 64 chunks; a worker one record and its output
+(12 GiB of descriptors for 2 TiB are streamed).
 """
 
 from __future__ import annotations
 
-import bisect
 import contextlib
+import logging
 import multiprocessing
 import os
-import struct
 import sys
 import time
-from dataclasses import dataclass, field
 
-from .codecs import BY_ID, BY_NAME, CodecSpec
+from . import reader
+from .codecs import BY_NAME, CodecSpec
 from .config import JoinConfig
 from .dumpset import DumpSet
 from .errors import OutputError, UsageError, VerifyError
 from .flat import FileSink, FlatSink
-from .format import BLOCK_COMPRESSED, CHUNK_HEADER_SIZE, ChunkHeader
-from .join import (JoinResult, PartialOutput, _run_pool, check_record, check_whole, missing_report,
-                   unreadable_report)
-from .records import decode_chunk, read_chunk, unreadable_ranges
-from .vmcore import PT_LOAD, parse_notes, parse_vmcoreinfo
+from .format import BLOCK_COMPRESSED
+from .kdumplayout import (COPY, DESC_SIZE, DUMP_DH_COMPRESSED_INCOMPLETE, NONE, TRANSCODE, DataMap,
+                          KdumpLayout, chunk_descs, dump_codec, missing_pages, phys_reader, utsname)
+from .output import JoinResult, PartialOutput, check_output, check_whole, missing_report, unreadable_report
+from .pool import Turns, run_pool
+from .records import decode_chunk, unreadable_ranges
 
-SIGNATURE = b"KDUMP   "
-HEADER_VERSION = 6
-DESC_SIZE = 24
-DUMP_DH_COMPRESSED_INCOMPLETE = 0x8     # header status: some pages are missing (offset 0)
-UTS_LEN = 65                         # __NEW_UTS_LEN + 1
-START_KERNEL_MAP = 0xFFFFFFFF80000000   # x86_64 kernel-image mapping (__START_KERNEL_map)
-BITMAP_PIECE = 1 << 20               # bitmap bytes built and written at a time (8 Mi PFNs)
 # Default page codec when the dump's own has no kdump flag (lz4, none): LZO
 # compresses about as fast as LZ4 (several times faster than zlib), and every
 # reader decodes it: crash, libkdumpfile/drgn, and makedumpfile as built by
@@ -77,326 +54,109 @@ BITMAP_PIECE = 1 << 20               # bitmap bytes built and written at a time 
 DEFAULT_CODEC = "lzo"
 KDUMP_CODECS = tuple(n for n, c in BY_NAME.items() if c.kdump_flag is not None)
 
-# e_machine (pyelftools' name) -> utsname.machine and the kernel's word size,
-# which picks the header layouts.  crash refuses a machine name that does not
-# match its target; libkdumpfile derives the architecture from it.
-MACHINES = {
-    "EM_X86_64": ("x86_64", 64),
-    "EM_386": ("i686", 32),
-    "EM_AARCH64": ("aarch64", 64),
-    "EM_PPC64": ("ppc64", 64),       # "ppc64le" when little-endian
-    "EM_S390": ("s390x", 64),
-    "EM_RISCV": ("riscv64", 64),
-    "EM_LOONGARCH": ("loongarch64", 64),
-}
-MACHINE_NUMBERS = {62: "EM_X86_64", 3: "EM_386", 183: "EM_AARCH64", 21: "EM_PPC64", 22: "EM_S390",
-                   243: "EM_RISCV", 258: "EM_LOONGARCH"}
 
-# disk_dump_header, 64- and 32-bit (i386: 4-byte-aligned 64-bit members)
-_HEADER = {64: "8si390s6xqqIiiIIIIIIi", 32: "8si390s2xIiIiiIIIIIIi"}
-# kdump_sub_header: 64-bit, and i386's packed layout
-_SUB = {64: "QiiQQqQqQqQQQQ", 32: "IiiIIqIqIqIQQQ"}
-
-
-def _vmcoreinfo_int(text: str | None, base: int = 10) -> int | None:
-    """A VMCOREINFO number; ``NUMBER()`` is signed decimal, arm64 prints some as 0x hex."""
-    if text is None:
-        return None
-    try:
-        return int(text, base)
-    except ValueError:
-        try:
-            return int(text, 16)
-        except ValueError:
-            return None
-
-
-@dataclass
-class KdumpLayout:
-    """Every position and header value of the output, from the manifest alone."""
-    page_size: int
-    endian: str
-    bits: int
-    machine: str
-    ranges: list[tuple[int, int]]
-    notes: bytes
-    vmcoreinfo: dict
-    vmcoreinfo_at: int          # offset of the VMCOREINFO text in ``notes``, -1 if none
-    vmcoreinfo_size: int
-    nr_cpus: int
-    phys_base: int
-    crashtime: int
-    _starts: list[int] = field(default_factory=list)
-    _ranks: list[int] = field(default_factory=list)
-
-    def __post_init__(self):
-        B = self.page_size
-        self.max_mapnr = self.ranges[-1][1]
-        self.sub = struct.Struct(self.endian + _SUB[self.bits])
-        self.head = struct.Struct(self.endian + _HEADER[self.bits])
-        self.desc = struct.Struct(self.endian + "qIIQ")
-        self.sub_hdr_size = -(-(self.sub.size + len(self.notes)) // B)
-        self.bitmap_len = -(-(-(-self.max_mapnr // 8)) // B) * B
-        self.bitmap_blocks = 2 * self.bitmap_len // B
-        self.bitmap_offset = (1 + self.sub_hdr_size) * B
-        self.table_offset = (1 + self.sub_hdr_size + self.bitmap_blocks) * B
-        self._starts = [a for a, b in self.ranges]
-        n = 0
-        for a, b in self.ranges:
-            self._ranks.append(n)
-            n += b - a
-        self.num_dumpable = n
-        self.zero_page_offset = self.table_offset + DESC_SIZE * n
-        self.data_start = self.zero_page_offset + B
-
-    @classmethod
-    def from_dumpset(cls, ds: DumpSet) -> "KdumpLayout":
-        src = ds.manifest["source"]
-        em = src.get("machine")
-        em = MACHINE_NUMBERS.get(em, em)
-        if em not in MACHINES:
-            raise UsageError(f"kdump output is not supported for e_machine {em} (supported: "
-                             f"{', '.join(MACHINES)}); use --format elf")
-        machine, bits = MACHINES[em]
-        endian = src.get("endian", "<")
-        if em in ("EM_S390", "EM_RISCV") and src.get("elfclass") != 64:
-            raise UsageError(f"kdump output is not supported for 32-bit {em} dumps; use --format elf")
-        if machine == "ppc64" and endian == "<":
-            machine = "ppc64le"
-        vi, at, size = {}, -1, 0
-        for n in parse_notes(ds.notes, endian):
-            if n.name == b"VMCOREINFO" and at < 0:
-                vi, at, size = parse_vmcoreinfo(n.desc), n.desc_offset, len(n.desc)
-        if not ds.plan.pfn_ranges:
-            raise UsageError("the dump holds no pages; nothing to write as kdump")
-        return cls(ds.page_size, endian, bits, machine, ds.plan.pfn_ranges, ds.notes, vi, at, size,
-                   int(src.get("nr_cpus", 0)), _phys_base(machine, vi, ds.segments, bits),
-                   _vmcoreinfo_int(vi.get("CRASHTIME")) or 0)
-
-    def rank(self, pfn: int) -> int:
-        """Number of dumped pages below ``pfn``: its descriptor's index."""
-        i = bisect.bisect_right(self._starts, pfn) - 1
-        if i < 0 or not self.ranges[i][0] <= pfn < self.ranges[i][1]:
-            raise VerifyError(f"PFN {pfn:#x} lies outside the dump's ranges")
-        return self._ranks[i] + pfn - self.ranges[i][0]
-
-    def desc_offset(self, pfn: int) -> int:
-        return self.table_offset + DESC_SIZE * self.rank(pfn)
-
-    def header_area(self, status: int, uts: list[bytes]) -> bytes:
-        """Blocks 0 .. S: the main header, the sub header and the notes."""
-        B = self.page_size
-        mask = (1 << self.bits) - 1
-        name = b"".join(f[:UTS_LEN - 1].ljust(UTS_LEN, b"\0") for f in uts)
-        head = self.head.pack(SIGNATURE, HEADER_VERSION, name, self.crashtime & mask, 0, status, B,
-                              self.sub_hdr_size, self.bitmap_blocks, min(self.max_mapnr, 0xFFFFFFFF),
-                              0, 0, 0, 0, self.nr_cpus)
-        note_at = B + self.sub.size
-        vi_at = note_at + self.vmcoreinfo_at if self.vmcoreinfo_at >= 0 else 0
-        sub = self.sub.pack(self.phys_base & mask, 0, 0, 0, 0, vi_at, self.vmcoreinfo_size,
-                            note_at, len(self.notes), 0, 0, 0, 0, self.max_mapnr)
-        out = bytearray((1 + self.sub_hdr_size) * B)
-        out[:len(head)] = head
-        out[B:B + len(sub)] = sub
-        out[note_at:note_at + len(self.notes)] = self.notes
-        return bytes(out)
-
-    def bitmap_pieces(self, piece: int = BITMAP_PIECE):
-        """(offset in the bitmap, bytes) covering the bitmap, one piece at a time."""
-        ri = 0
-        for off in range(0, self.bitmap_len, piece):
-            buf = bytearray(min(piece, self.bitmap_len - off))
-            lo, hi = off * 8, (off + len(buf)) * 8
-            while ri < len(self.ranges) and self.ranges[ri][1] <= lo:
-                ri += 1
-            j = ri
-            while j < len(self.ranges) and self.ranges[j][0] < hi:
-                a, b = self.ranges[j]
-                _set_bits(buf, max(a, lo) - lo, min(b, hi) - lo)
-                j += 1
-            yield off, buf
-
-
-def _set_bits(buf: bytearray, a: int, b: int) -> None:
-    """Set bits [a, b) of ``buf``, LSB first in each byte (crash's get_bit)."""
-    while a < b and a & 7:
-        buf[a >> 3] |= 1 << (a & 7)
-        a += 1
-    while b > a and b & 7:
-        b -= 1
-        buf[b >> 3] |= 1 << (b & 7)
-    if a < b:
-        buf[a >> 3:b >> 3] = b"\xff" * ((b - a) >> 3)
-
-
-def _phys_base(machine: str, vi: dict, segments: list[dict], bits: int) -> int:
-    """makedumpfile's phys_base: VMCOREINFO first, else the kernel-text PT_LOAD (x86_64)."""
-    if machine == "x86_64":
-        v = _vmcoreinfo_int(vi.get("NUMBER(phys_base)"))
-        if v is not None:
-            return v
-        for s in segments:
-            if s["type"] == PT_LOAD and s["vaddr"] >= START_KERNEL_MAP:
-                return s["paddr"] - (s["vaddr"] - START_KERNEL_MAP)
-        return 0
-    if machine == "aarch64":
-        return _vmcoreinfo_int(vi.get("NUMBER(PHYS_OFFSET)")) or 0
-    return 0
-
-
-# -- utsname ---------------------------------------------------------------
-
-def read_phys(ds: DumpSet, addr: int, length: int) -> bytes | None:
-    """Physical bytes from the members (a few pages at most); None where not dumped."""
-    ps, plan = ds.page_size, ds.plan
-    out = bytearray()
-    codecs: dict = {}
-    while len(out) < length:
-        pfn = (addr + len(out)) // ps
-        lo, hi = 0, plan.n_page_chunks        # page chunks are in PFN order
-        while lo < hi:
-            mid = (lo + hi) // 2
-            if plan.chunk(mid).start <= pfn:
-                lo = mid + 1
-            else:
-                hi = mid
-        if lo == 0:
-            return None
-        c = plan.chunk(lo - 1)
-        if not c.start <= pfn < c.start + c.count:
-            return None
-        rec = ds.record(c.id)
-        if rec is None:
-            return None
-        _, data, _ = decode_chunk(rec, f"{ds.readers[0].where}, {c.describe(ps)}", ds.block_bytes, codecs)
-        a = addr + len(out) - c.start * ps
-        out += data[a:a + length - len(out)]
-    return bytes(out)
-
-
-def utsname(ds: DumpSet, lay: KdumpLayout) -> tuple[list[bytes], str]:
-    """The six utsname fields and where they came from ("memory" or "vmcoreinfo").
-
-    Like makedumpfile, read ``init_uts_ns.name`` from the dumped memory (x86_64:
-    its physical address follows from the kernel-image mapping and
-    phys_base); else a sane stand-in, because libkdumpfile ignores a utsname
-    with an empty field and then knows no architecture.
-    """
-    vi = lay.vmcoreinfo
-    release = vi.get("OSRELEASE", "").encode()
-    sym = _vmcoreinfo_int(vi.get("SYMBOL(init_uts_ns)"), 16)
-    off = _vmcoreinfo_int(vi.get("OFFSET(uts_namespace.name)"))
-    if lay.machine == "x86_64" and sym is not None and off is not None:
-        pa = (sym + off - START_KERNEL_MAP + lay.phys_base) & ((1 << 64) - 1)
-        raw = read_phys(ds, pa, 6 * UTS_LEN)
-        if raw is not None:
-            f = [raw[i * UTS_LEN:(i + 1) * UTS_LEN] for i in range(6)]
-            if all(b"\0" in x for x in f):
-                f = [x[:x.index(b"\0")] for x in f]
-                if f[0] == b"Linux" and all(f[2:5]) and (not release or f[2] == release):
-                    return f, "memory"
-    return [b"Linux", b"unknown", release or b"unknown", b"#1 (not read from memory by stripedump)",
-            lay.machine.encode(), b"(none)"], "vmcoreinfo"
-
-
-# -- codec choice ----------------------------------------------------------
-
-def choose_codec(ds: DumpSet, asked: CodecSpec | None) -> tuple[CodecSpec, bool, str | None]:
-    """(codec for the pages, copy the stored pages?, why not copy: a notice, or None)."""
-    dump_id = ds.header.codec_id
-    dump_cls = BY_ID.get(dump_id)
-    try:
-        dump_spec = CodecSpec.parse(str(ds.manifest.get("codec", dump_cls.name)))
-    except (UsageError, AttributeError):
-        dump_spec = CodecSpec(dump_cls.name) if dump_cls else None
-    name = dump_cls.name if dump_cls else f"codec {dump_id}"
+def choose_codec(ds, asked: CodecSpec | None) -> tuple[CodecSpec, str, str | None]:
+    """(codec for the pages, COPY/NONE/TRANSCODE, why not copy: a notice, or None)."""
+    dump_cls, dump_spec = dump_codec(ds)
+    name = dump_cls.name if dump_cls else f"codec {ds.header.codec_id}"
+    if asked is not None and asked.name == "none":
+        return asked, NONE, None
     if asked is not None and asked.name not in KDUMP_CODECS:
         raise UsageError(f"kdump pages cannot be {asked.name}-compressed (kdump has no flag for it); "
-                         f"choose one of {', '.join(KDUMP_CODECS)}")
+                         f"choose one of {', '.join(KDUMP_CODECS)}, or none")
     if asked is None:
         asked = dump_spec if dump_cls is not None and dump_cls.kdump_flag is not None \
             else CodecSpec(DEFAULT_CODEC)
     if dump_cls is None or dump_cls.kdump_flag is None:
         what = {"lz4": "lz4-compressed (kdump has no lz4 flag)", "none": "stored uncompressed"}.get(name, name)
-        return asked, False, f"the dump's pages are {what}: transcoding every page to {asked}"
+        return asked, TRANSCODE, f"the dump's pages are {what}: transcoding every page to {asked}"
     if asked.name != dump_cls.name:
-        return asked, False, f"the dump's pages are {name}: transcoding every page to {asked}"
+        return asked, TRANSCODE, f"the dump's pages are {name}: transcoding every page to {asked}"
     if asked.level is not None and dump_spec is not None and asked.stored_level != dump_spec.stored_level:
-        return asked, False, f"the dump's pages are {dump_spec}: transcoding every page to {asked}"
+        return asked, TRANSCODE, f"the dump's pages are {dump_spec}: transcoding every page to {asked}"
     if ds.block_bytes != ds.page_size:
-        return asked, False, (f"the dump was compressed in {ds.block_bytes // 1024} KiB blocks, kdump "
-                              f"needs each page on its own: transcoding every page to {asked}")
-    return asked, True, None
+        return asked, TRANSCODE, (f"the dump was compressed in {ds.block_bytes // 1024} KiB blocks, kdump "
+                                  f"needs each page on its own: transcoding every page to {asked}")
+    return asked, COPY, None
+
+
+def _transcode(lay: KdumpLayout, codec, data, bad) -> tuple[list, bytearray]:
+    """Each page compressed on its own (raw when that does not shrink it): (pages, data)."""
+    ps, zero, flag = lay.page_size, bytes(lay.page_size), codec.kdump_flag
+    mv = memoryview(data)
+    pages, out = [], bytearray()
+    for a in range(0, len(data), ps):
+        if data.startswith(zero, a):
+            pages.append(None)
+            continue
+        page = mv[a:a + ps]
+        c = codec.compress(page)
+        if len(c) < ps:
+            pages.append((len(out), len(c), flag))
+            out += c
+        else:
+            pages.append((len(out), ps, 0))
+            out += page
+    return pages, out
 
 
 # -- the workers -----------------------------------------------------------
 
-def _kdump_handler(lay: KdumpLayout, sink, cursor, spec: CodecSpec, copy: bool, block_bytes: int):
-    """Handler factory: one page chunk -> its descriptors and page data in the output."""
+def _kdump_handler(lay: KdumpLayout, sink, turns, dmap: DataMap | None, spec: CodecSpec, mode: str,
+                   block_bytes: int, flag: int):
+    """Handler factory: one page chunk -> its descriptors and page data in the output.
+
+    COPY and NONE place the data where ``dmap`` says; TRANSCODE takes it
+    from ``turns.cursor`` in its turn.  With ``turns`` (TRANSCODE, and any
+    flattened stream) the output pieces are written in the chunk's turn, so
+    the file or stream is the same whatever the number of workers.
+    """
     def make():
         ps = lay.page_size
-        codec = spec.make()
-        flag = codec.kdump_flag
+        codec = spec.make() if mode == TRANSCODE else None
         decoders: dict = {}
-        zero = bytes(ps)
-        zero_desc = lay.desc.pack(lay.zero_page_offset, ps, 0, 0)
-        pack_desc = lay.desc.pack_into
 
-        def copied(rec, where, t):
-            """Pages as stored: (pages, data), or None when a page must be transcoded."""
-            h, body, blocks = read_chunk(rec, where, block_bytes)
-            check_record(h, where, t)
+        def build(rec, checked, where, t):
+            """(descriptors, data bytes, runs, base or None, unreadable ranges, first PFN)."""
+            h, body, blocks = checked
+            bad = unreadable_ranges(h, body, block_bytes)
             npages = t.raw // ps
-            pages: list = [None] * npages
-            if not blocks:
-                return pages, b""
-            first = blocks[0][3]
-            for how, a, b, pos, ln in blocks:
-                if how == BLOCK_COMPRESSED:
-                    if h.codec_id != codec.ID or ln >= ps:
-                        return None
-                    pages[a // ps] = (pos - first, ln, flag)
-                else:
-                    pages[a // ps] = (pos - first, ps, 0)
-            return pages, body[first:]
+            if mode == TRANSCODE:
+                _, data, _ = decode_chunk(rec, where, block_bytes, decoders)
+                pages, out = _transcode(lay, codec, data, bad)
+                return pages, out, [(0, len(out))] if out else [], None, bad, h.start
+            base = dmap.offset(t.chunk_id)
+            if mode == COPY:
+                if any(how == BLOCK_COMPRESSED for how, *_ in blocks) and h.codec_id != BY_NAME[spec.name].ID:
+                    raise VerifyError(f"{where}: the record's codec is not the dump's")
+                data = body[4 * h.nblocks:]
+                if len(data) != dmap.size(t.chunk_id):
+                    raise VerifyError(f"{where}: record length does not match the index")
+            else:
+                _, data, _ = decode_chunk(rec, where, block_bytes, decoders)
+            descs, runs = chunk_descs(lay, mode, flag, h, body, blocks, block_bytes, base, npages)
+            return descs, data, runs, base, bad, h.start
 
-        def transcoded(rec, where, t):
-            h, data, _ = decode_chunk(rec, where, block_bytes, decoders)
-            check_record(h, where, t)
+        def place(built):
+            descs, data, runs, base, bad, start = built
+            if base is None:            # TRANSCODE: space for the data, in chunk-id order
+                base = turns.cursor.value
+                turns.cursor.value = base + len(data)
+                pages, descs = descs, bytearray(lay.zero_desc * len(descs))
+                for i, p in enumerate(pages):
+                    if p is not None:
+                        lay.desc.pack_into(descs, DESC_SIZE * i, base + p[0], p[1], p[2], 0)
+                for a, b in bad:    # memory the dump could not read: a missing page, as makedumpfile marks it
+                    descs[DESC_SIZE * (a // ps):DESC_SIZE * -(-b // ps)] = bytes(DESC_SIZE * (-(-b // ps) - a // ps))
             mv = memoryview(data)
-            pages, out = [], bytearray()
-            for a in range(0, len(data), ps):
-                if data.startswith(zero, a):
-                    pages.append(None)
-                    continue
-                page = mv[a:a + ps]
-                c = codec.compress(page)
-                if len(c) < ps:
-                    pages.append((len(out), len(c), flag))
-                    out += c
-                else:
-                    pages.append((len(out), ps, 0))
-                    out += page
-            return pages, out
+            sink.write([(lay.desc_offset(start), descs)] + [(base + a, mv[a:b]) for a, b in runs])
 
-        def handle(rec, where, t):
-            got = copied(rec, where, t) if copy else None
-            pages, data = got if got is not None else transcoded(rec, where, t)
-            base = 0
-            if len(data):
-                with cursor.get_lock():
-                    base = cursor.value
-                    cursor.value = base + len(data)
-            descs = bytearray(zero_desc * len(pages))
-            for i, p in enumerate(pages):
-                if p is not None:
-                    pack_desc(descs, DESC_SIZE * i, base + p[0], p[1], p[2], 0)
-            h = ChunkHeader.unpack(rec, where)
-            bad = unreadable_ranges(h, memoryview(rec)[CHUNK_HEADER_SIZE:h.record_length], block_bytes)
-            for a, b in bad:    # memory the dump could not read: a missing page, as makedumpfile marks it
-                descs[DESC_SIZE * (a // ps):DESC_SIZE * -(-b // ps)] = bytes(DESC_SIZE * (-(-b // ps) - a // ps))
-            sink.write([(lay.desc_offset(t.start), descs), (base, data)])
-            return bad
+        def handle(rec, checked, where, t):
+            built = build(rec, checked, where, t)
+            if turns is None:
+                place(built)
+                return built[4], None
+            return built[4], lambda: place(built)    # in the chunk's turn
         return handle
     return make
 
@@ -418,42 +178,57 @@ def _open_output(cfg: JoinConfig, ds: DumpSet, flat: bool, lock):
     return out, sink
 
 
+@contextlib.contextmanager
+def _reader_quiet():
+    """The reader's log line for a chunk that fails its checks, off (join reports its errors itself)."""
+    log = logging.getLogger("stripedump.reader")
+    was, log.disabled = log.disabled, True
+    try:
+        yield
+    finally:
+        log.disabled = was
+
+
 def join_kdump(cfg: JoinConfig, progress=None, notice=None) -> JoinResult:
     """Write the dump as a kdump-compressed file, or flattened (``cfg.format == "flat"``)."""
     t0 = time.monotonic()
     flat = cfg.format == "flat"
     allow = cfg.allow_incomplete
-    with DumpSet(list(cfg.members), allow_missing=allow, newest_dump=allow) as ds:
-        ds.check_members(allow)
+    check_output(cfg.output, cfg.force)
+    with reader.Dump(list(cfg.members), allow_incomplete=allow, cache_bytes=0,
+                     verify_walks=True) as dump:
+        ds = dump.ds
         lay = KdumpLayout.from_dumpset(ds)
-        spec, copy, why = choose_codec(ds, cfg.codec)
+        spec, mode, why = choose_codec(ds, cfg.codec)
         spec.make()          # a missing codec library fails here, once, not in every worker
         if why and notice:
             notice(why)
-        uts, uts_from = utsname(ds, lay)
-        ctx = multiprocessing.get_context("fork")
-        cursor = ctx.Value("Q", lay.data_start, lock=True)
-        out, sink = _open_output(cfg, ds, flat, ctx.Lock())
+        with _reader_quiet():     # a damaged utsname chunk is reported by the pool, once
+            uts, uts_from = utsname(phys_reader(dump), lay)
+        dmap = None if mode == TRANSCODE else DataMap(lay, dump, mode)
+        turns = Turns(lay.data_start) if mode == TRANSCODE or flat else None
+        out, sink = _open_output(cfg, ds, flat, multiprocessing.get_context("fork").Lock())
         with out if out is not None else contextlib.nullcontext():
             try:
-                status = BY_NAME[spec.name].kdump_flag
-                sink.write([(0, lay.header_area(status, uts))])
+                status = BY_NAME[spec.name].kdump_flag or 0
+                # missing pages (zero descriptors, as makedumpfile leaves them): the header says so
+                incomplete = DUMP_DH_COMPRESSED_INCOMPLETE if missing_pages(dump) else 0
+                sink.write([(0, lay.header_area(status | incomplete, uts))])
                 for off, piece in lay.bitmap_pieces():
                     sink.write([(lay.bitmap_offset + off, piece),
                                 (lay.bitmap_offset + lay.bitmap_len + off, piece)])
                 sink.write([(lay.zero_page_offset, bytes(lay.page_size))])
-                handler = _kdump_handler(lay, sink, cursor, spec, copy, ds.block_bytes)
+                handler = _kdump_handler(lay, sink, turns, dmap, spec, mode, ds.block_bytes, status)
                 bad: list = []
                 missing: list = []
-                ok, nbytes, errors = _run_pool(ds, cfg.nworkers, handler, False, progress,
-                                               wanted=lambda cid: cid < ds.plan.n_page_chunks, unreadable=bad,
-                                               allow_incomplete=allow, missing=missing)
+                ok, nbytes, errors = run_pool(dump, cfg.nworkers, handler, False, progress,
+                                              wanted=lambda cid: cid < ds.plan.n_page_chunks, unreadable=bad,
+                                              allow_incomplete=allow, missing=missing, turns=turns)
                 check_whole(ds, errors, missing, allow)
-                # pages missing (never-written descriptors read as offset 0, as
-                # makedumpfile leaves them): say so in the header, as it does
-                if bad or any(c < ds.plan.n_page_chunks for c in missing):
+                # and pages found unreadable or damaged on the way (the view cannot know those)
+                if not incomplete and (bad or any(c < ds.plan.n_page_chunks for c in missing)):
                     sink.write([(0, lay.header_area(status | DUMP_DH_COMPRESSED_INCOMPLETE, uts))])
-                size = cursor.value
+                size = dmap.end if dmap is not None else turns.cursor.value
                 sink.finish()
             except BaseException:
                 sink.abort()
@@ -461,8 +236,10 @@ def join_kdump(cfg: JoinConfig, progress=None, notice=None) -> JoinResult:
             if out is not None:
                 out.commit(None if flat else size)
         memory = lay.num_dumpable * lay.page_size
-        extra = {"format": cfg.format, "codec": str(spec), "pages": "copied" if copy else "transcoded",
+        extra = {"format": cfg.format, "codec": str(spec),
+                 "pages": {COPY: "copied", NONE: "uncompressed", TRANSCODE: "transcoded"}[mode],
                  "utsname": uts_from, "memory_bytes": memory,
                  "unreadable": unreadable_report(bad, lay.page_size),
                  **missing_report(ds, missing, ds.header_pieces)}
         return JoinResult(ds.dump_id, cfg.output, size, ok, time.monotonic() - t0, errors, extra)
+

@@ -70,8 +70,13 @@ class ChunkIndex:
         self.length = array("I", bytes(4 * n))
 
     @classmethod
-    def build(cls, ds: DumpSet, allow_incomplete: bool = False) -> "ChunkIndex":
-        """From the members' indexes (walks where a member has none); reads no payload."""
+    def build(cls, ds: DumpSet, allow_incomplete: bool = False, payloads: bool = False) -> "ChunkIndex":
+        """From the members' indexes (walks where a member has none); reads no payload.
+
+        ``payloads``: a walk checks each record's payload too (``DumpSet.locations``),
+        so a torn record on a member that stopped is passed over for a sound copy
+        elsewhere (a degraded dump); join and verify, which read every payload anyway, ask for it.
+        """
         if len(ds.readers) >= MISSING:
             raise MemberError(f"too many members ({len(ds.readers)})")
         ix = cls(ds.plan.n_chunks)
@@ -82,7 +87,7 @@ class ChunkIndex:
         ix = cls(ds.plan.n_chunks)
         seen = bytearray(-(-ix.n // 8))
         member, offset, length = ix.member, ix.offset, ix.length
-        for pos, e in ds.locations(seen, allow_incomplete, payloads=False):
+        for pos, e in ds.locations(seen, allow_incomplete, payloads=payloads):
             c = e.chunk_id
             member[c], offset[c], length[c] = pos, e.offset, e.length
         return ix
@@ -219,12 +224,16 @@ class FileMap:
 class Dump:
     """A dump opened for reading (see the module comment); use ``open()``."""
 
-    def __init__(self, members: list[str], allow_incomplete: bool = False, cache_bytes: int = DEFAULT_CACHE):
+    def __init__(self, members: list[str], allow_incomplete: bool = False, cache_bytes: int = DEFAULT_CACHE,
+                 newest_dump: bool | None = None, verify_walks: bool = False):
+        # newest_dump: with allow_incomplete, members of an older dump are dropped (``DumpSet``);
+        # verify passes False: members of two dumps are an error there.  verify_walks: see ChunkIndex.build
         self.allow_incomplete = allow_incomplete
-        self.ds = ds = DumpSet(list(members), allow_missing=allow_incomplete, newest_dump=allow_incomplete)
+        newest = allow_incomplete if newest_dump is None else newest_dump
+        self.ds = ds = DumpSet(list(members), allow_missing=allow_incomplete, newest_dump=newest)
         try:
             ds.check_members(allow_incomplete)
-            self.index = ChunkIndex.build(ds, allow_incomplete)
+            self.index = ChunkIndex.build(ds, allow_incomplete, payloads=verify_walks)
         except BaseException:
             ds.close()
             raise

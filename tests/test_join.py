@@ -140,3 +140,26 @@ def test_render_map_sends_overlapping_loads_to_both_copies():
     spans = list(rm.spans(0, 200))
     assert spans == [(0, 10, [1000]), (20, 50, [1020]), (50, 100, [1050, 5000]), (100, 150, [5050])]
     assert HEADER_BLOCK == 4096 and MemberHeader.STRUCT.size <= HEADER_BLOCK
+
+
+def test_the_join_side_imports_form_no_cycle():
+    """join -> pool/output -> reader; kdump -> kdumplayout; join never imports kdump (the CLI picks)."""
+    import ast
+    pkg = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "stripedump")
+    deps = {}
+    for f in os.listdir(pkg):
+        if f.endswith(".py"):
+            tree = ast.parse(open(os.path.join(pkg, f)).read())
+            deps[f[:-3]] = {(n.module or "").split(".")[0] or a.name for n in ast.walk(tree)
+                            if isinstance(n, ast.ImportFrom) and n.level == 1 for a in n.names}
+
+    def reach(m, seen):
+        for d in deps.get(m, ()):
+            if d in deps and d not in seen:
+                seen.add(d)
+                reach(d, seen)
+        return seen
+    for m in deps:
+        assert m not in reach(m, set()), f"{m} imports itself through {sorted(reach(m, set()))}"
+    assert "kdump" not in reach("join", set()) and "join" not in reach("kdump", set())
+    assert not {"join", "kdump", "pool", "output", "flat"} & reach("kdumpview", set())

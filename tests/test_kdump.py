@@ -29,8 +29,8 @@ from stripedump import synth
 from stripedump.codecs import CodecSpec
 from stripedump.config import DumpConfig, JoinConfig, parse_size
 from stripedump.errors import UsageError
-from stripedump.join import join
-from stripedump.kdump import KdumpLayout, _set_bits
+from stripedump.kdump import join_kdump as join
+from stripedump.kdumplayout import KdumpLayout, _set_bits
 from stripedump.pipeline import dump
 from stripedump.vmcore import Source
 
@@ -226,6 +226,9 @@ def test_bitmap_pieces_and_ranks_match_a_naive_bitmap():
     ("zstd", "zlib", 0, "transcoded"),       # another codec asked for
     ("zlib", None, "16K", "transcoded"),     # multi-page blocks
     ("zstd", "zstd:5", 0, "transcoded"),     # another level asked for
+    ("lz4", "none", 0, "uncompressed"),      # --codec none: what the mount serves for lz4 dumps
+    ("lzo", "none", 0, "uncompressed"),
+    ("zlib", "none", "16K", "uncompressed"),
 ])
 def test_every_page_reads_back(tmp_path, vmcore, dump_codec, join_codec, block, mode):
     b = vmcore("kernel")
@@ -242,7 +245,29 @@ def test_every_page_reads_back(tmp_path, vmcore, dump_codec, join_codec, block, 
     assert attrs["linux.uts.release"] == "6.1.0-synthetic"
     codec = (join_codec or dump_codec).split(":")[0]
     k = parse_kdump(str(out))
-    assert k["status"] == FLAGS.get(codec, FLAGS["lzo"])
+    assert k["status"] == (0 if join_codec == "none" else FLAGS.get(codec, FLAGS["lzo"]))
+
+
+@pytest.mark.parametrize("dump_codec,join_codec,mode", [
+    ("lz4", None, "transcoded"),             # compressed sizes known only after compressing
+    ("lzo", None, "copied"),
+    ("lz4", "none", "uncompressed"),
+])
+@pytest.mark.parametrize("fmt", ["kdump", "flat"])
+def test_same_bytes_whatever_the_workers(tmp_path, vmcore, dump_codec, join_codec, mode, fmt):
+    """Page data lies in chunk-id order, so --workers 1 and 2 (and 3) write the same bytes."""
+    b = vmcore("kernel")
+    m = dump_members(tmp_path, b.path, dump_codec, members=3, chunk="16K")
+    outs = []
+    for w in (1, 2, 3):
+        out = tmp_path / f"o{w}.{fmt}"
+        res = kdump_join(m, out, fmt=fmt, codec=join_codec, workers=w)
+        assert res.extra["pages"] == mode
+        outs.append(out.read_bytes())
+    assert outs[0] == outs[1] == outs[2]
+    if fmt == "kdump":
+        k = parse_kdump(str(tmp_path / "o1.kdump"))
+        assert k["status"] == (0 if join_codec == "none" else FLAGS["lzo"])
 
 
 ROM = [synth.Load(0x1000, 0x9E000), synth.Load(0x100000, 3 * MIB),
@@ -301,6 +326,28 @@ def test_utsname_is_read_from_memory(tmp_path, vmcore):
     assert attrs["linux.uts.version"] == "#1 SMP PREEMPT_DYNAMIC Debian 6.1.0-1"
 
 
+def test_damaged_utsname_chunk_is_one_error(tmp_path, vmcore, cli):
+    """The chunk holding init_uts_ns fails its checksum: exit 7 and one line (the reader's log is not a second)."""
+    from stripedump import reader
+    fields = [b"Linux", b"crashhost", b"6.1.0-synthetic", b"#1", b"x86_64", b"(none)"]
+    text = synth.vmcoreinfo_text().replace(b"SYMBOL(init_uts_ns)=ffffffff82a13ac0",
+                                           b"SYMBOL(init_uts_ns)=ffffffff82100f00")
+    text = text.replace(b"NUMBER(phys_base)=-109051904", b"NUMBER(phys_base)=-16777216")
+    b = vmcore("kernel", notes=synth.notes_blob(vmcoreinfo=text), content=uts_content(0x1100F04, fields))
+    m = dump_members(tmp_path, b.path, "lzo")
+    with reader.open(list(m)) as d:
+        cid = d.plan.page_chunk_at(0x1100F04 // 4096)
+        at = d.index.offset[cid] + d.index.length[cid] - 10
+        path = d.paths[d.index.member[cid]]
+    with open(path, "r+b") as f:
+        f.seek(at)
+        c = f.read(1)
+        f.seek(at)
+        f.write(bytes([c[0] ^ 0x55]))
+    res = cli("join", "-q", *m, "--format", "kdump", "-o", tmp_path / "o")
+    assert_one_line_error(res, 7, "checksum mismatch", f"chunk {cid} ")
+
+
 # -- crash, drgn -------------------------------------------------------------
 
 @needs_crash
@@ -355,17 +402,51 @@ def test_unsupported_machine_is_refused(tmp_path, vmcore, cli):
     assert not os.path.exists(tmp_path / "o") and not os.path.exists(tmp_path / "o.partial")
 
 
-def test_corrupt_member_leaves_no_output(tmp_path, vmcore, cli):
+@pytest.mark.parametrize("codec,join_codec", [("lzo", None), ("lz4", None), ("lz4", "none")])
+@pytest.mark.parametrize("fmt", ["kdump", "flat"])
+def test_corrupt_member_leaves_no_output(tmp_path, vmcore, cli, codec, join_codec, fmt):
+    """Copied, transcoded (turns) and --codec none: the chunk's failure ends the join at once."""
+    import time
     b = vmcore("kernel")
-    m = dump_members(tmp_path, b.path, "lzo")
-    with open(m[1], "r+b") as f:        # flip a byte inside the first chunk record's payload
+    m = dump_members(tmp_path, b.path, codec, chunk="16K")
+    with open(m[1], "r+b") as f:        # flip a byte inside a chunk record's payload
         f.seek(os.path.getsize(m[1]) // 2)
         c = f.read(1)
         f.seek(-1, 1)
         f.write(bytes([c[0] ^ 0xFF]))
-    res = cli("join", *m, "--format", "kdump", "-o", tmp_path / "o")
+    t0 = time.monotonic()
+    res = cli("join", "-q", *m, "--format", fmt, "--workers", "3", *(["--codec", join_codec] if join_codec else []),
+              "-o", tmp_path / "o")
     assert_one_line_error(res, 7, "checksum mismatch")
+    assert time.monotonic() - t0 < 30          # no worker left waiting for a turn
     assert not os.path.exists(tmp_path / "o") and not os.path.exists(tmp_path / "o.partial")
+
+
+def test_workers_waiting_for_their_turn_stop_when_the_coordinator_dies(tmp_path, vmcore):
+    """SIGKILL the coordinator of a transcoding join: its workers (some waiting for a turn) all exit."""
+    import signal
+    import sys
+    import time
+    psutil = pytest.importorskip("psutil")
+    b = vmcore("simple", loads=[synth.Load(0, 48 * MIB)])
+    m = dump_members(tmp_path, b.path, "lz4", chunk="64K")
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(HERE))
+    p = subprocess.Popen([sys.executable, "-m", "stripedump", "join", *m, "--format", "kdump", "--codec",
+                          "zlib:9", "--workers", "3", "-o", str(tmp_path / "o")], env=env,
+                         stderr=subprocess.DEVNULL)
+    proc = psutil.Process(p.pid)
+    deadline = time.monotonic() + 30
+    while len(proc.children()) < 3 and time.monotonic() < deadline and p.poll() is None:
+        time.sleep(0.05)
+    kids = proc.children()
+    assert len(kids) == 3, "the join ended before its workers could be seen"
+    time.sleep(0.5)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    gone, alive = psutil.wait_procs(kids, timeout=20)
+    for k in alive:
+        k.kill()
+    assert not alive, f"{len(alive)} worker(s) outlived their coordinator"
 
 
 def test_existing_output_needs_force(tmp_path, vmcore):
@@ -515,3 +596,100 @@ def test_real_kernel_matches_makedumpfile_and_refilters(real_vmcore, tmp_path):
     assert p.returncode == 0, p.stdout + p.stderr
     p = subprocess.run(["crash", "--osrelease", str(tmp_path / "d31")], capture_output=True, text=True)
     assert p.stdout.strip() == release
+
+
+# -- the on-the-fly view (kdumpview.KdumpView) against join's file ----------
+
+ODD_SIZES = (1, 7, 4093, 65537, 24, 13, 131071, 3)
+
+
+def read_in_pieces(view, sizes=ODD_SIZES, start=0) -> bytes:
+    out, off, i = bytearray(), start, 0
+    while off < view.size:
+        data = view.pread(off, sizes[i % len(sizes)])
+        assert data, f"no bytes at {off:#x} of {view.size:#x}"
+        out += data
+        off += len(data)
+        i += 1
+    assert view.pread(view.size, 10) == b""
+    return bytes(out)
+
+
+@pytest.mark.parametrize("dump_codec,join_codec,block,mode", [
+    ("lzo", None, 0, "copy"),
+    ("snappy", None, 0, "copy"),
+    ("zlib", None, 0, "copy"),
+    ("zstd:3", None, 0, "copy"),
+    ("lz4", "none", 0, "none"),
+    ("none", "none", 0, "none"),
+    ("zlib", "none", "16K", "none"),          # multi-page blocks: served uncompressed
+])
+def test_view_serves_what_join_writes(tmp_path, vmcore, dump_codec, join_codec, block, mode):
+    """cmp of ``join --format kdump`` with the view, read in pieces of odd sizes, and by 4 threads."""
+    import threading
+    from stripedump import reader
+    from stripedump.kdumpview import KdumpView
+    b = vmcore("kernel")
+    m = dump_members(tmp_path, b.path, dump_codec, members=3, chunk="16K", block=block)
+    out = tmp_path / "o.kdump"
+    kdump_join(m, out, codec=join_codec)
+    want = out.read_bytes()
+    with reader.open(list(m)) as d:
+        v = KdumpView(d)
+        assert v.mode == mode and v.size == len(want)
+        assert read_in_pieces(v) == want
+        got = {}
+
+        def reader_thread(k):
+            sizes = ODD_SIZES[k:] + ODD_SIZES[:k]
+            got[k] = read_in_pieces(v, sizes)
+        threads = [threading.Thread(target=reader_thread, args=(k,)) for k in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert all(got[k] == want for k in range(4))
+
+
+def test_view_of_an_incomplete_dump_is_what_join_writes(tmp_path, vmcore):
+    """A member missing (--allow-incomplete): zero descriptors, no data, INCOMPLETE, in both."""
+    from stripedump import reader
+    from stripedump.kdumpview import KdumpView
+    b = vmcore("kernel")
+    m = dump_members(tmp_path, b.path, "lzo", members=3, chunk="16K")
+    os.unlink(m[1])
+    out = tmp_path / "o.kdump"
+    res = join(JoinConfig(tuple(m[::2]), str(out), False, 2, "kdump", None, True))
+    assert res.extra["missing_chunks"] > 0
+    want = out.read_bytes()
+    assert parse_kdump(str(out))["status"] == FLAGS["lzo"] | 0x8
+    with reader.open(list(m[::2]), allow_incomplete=True) as d:
+        v = KdumpView(d)
+        assert read_in_pieces(v) == want
+
+
+@pytest.mark.parametrize("mode_codec", ["lzo", "lz4"])
+def test_view_of_a_damaged_chunk_is_an_error_not_zeros(tmp_path, vmcore, mode_codec):
+    """A flipped payload byte: reading that chunk's descriptors or data raises ChunkError."""
+    from stripedump import reader
+    from stripedump.kdumpview import KdumpView
+    from stripedump.reader import ChunkError
+    b = vmcore("kernel")
+    m = dump_members(tmp_path, b.path, mode_codec, members=2, chunk="16K")
+    with reader.open(list(m)) as d:
+        cid = next(c for c in range(d.plan.n_page_chunks) if d.index.length[c] > 200)
+        at = d.index.offset[cid] + d.index.length[cid] - 10
+        path = d.paths[d.index.member[cid]]
+    with open(path, "r+b") as f:
+        f.seek(at)
+        c = f.read(1)
+        f.seek(at)
+        f.write(bytes([c[0] ^ 0x55]))
+    with reader.open(list(m)) as d:
+        v = KdumpView(d)
+        table = v.lay.desc_offset(d.plan.chunk(cid).start)
+        with pytest.raises(ChunkError, match="checksum mismatch"):
+            v.pread(table, 24)
+        with pytest.raises(ChunkError):
+            v.pread(v.dmap.offset(cid), 1)
+        assert v.pread(0, 8) == b"KDUMP   "          # the rest still reads

@@ -25,8 +25,8 @@ of an Advanced Format disk).  The states built:
   subset of the later ones (before k), torn, applied in a random order.
 
 What must hold for every state (``check``), as ``join --allow-incomplete``
-sees it (the same steps as ``join._run_pool`` and its ELF handler, in
-process: ``DumpSet.locations``, ``decode_chunk``, ``check_record``):
+sees it (the same steps as ``pool.run_pool`` and join's ELF handler, in
+process: ``reader.ChunkIndex``, ``Dump.check_record``, ``decode_chunk``):
 
 * no wrong page: every chunk the join would output equals the chunk of the
   source of the dump it says it joined (by dump id); a chunk it cannot
@@ -53,10 +53,11 @@ import time
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+from stripedump import reader
 from stripedump.dumpset import DumpSet
 from stripedump.errors import StripedumpError
 from stripedump.format import KIND_FILE, KIND_PAGES
-from stripedump.join import RenderMap, Task, check_record, mark_elf_incomplete
+from stripedump.join import RenderMap, mark_elf_incomplete
 from stripedump.records import decode_chunk
 from stripedump.vmcore import Source
 
@@ -335,26 +336,22 @@ def join_model(paths: list[str]) -> Outcome:
     """What ``join --allow-incomplete`` outputs for these members, chunk by chunk (in process)."""
     out = Outcome()
     try:
-        with DumpSet(paths, allow_missing=True, newest_dump=True) as ds:
-            ds.check_members(True)
-            seen = bytearray(-(-ds.plan.n_chunks // 8))
+        with reader.Dump(paths, allow_incomplete=True, cache_bytes=0, verify_walks=True) as dump:
             codecs: dict = {}
             failed = []
-            for pos, e in ds.locations(seen, True):
-                r = ds.readers[pos]
-                c = ds.plan.chunk(e.chunk_id)
-                t = Task(pos, e.chunk_id, e.offset, e.length, e.checksum, c.kind, c.start,
-                         c.raw_bytes(ds.page_size), c.describe(ds.page_size))
-                try:
-                    rec = r.pread(e.offset, e.length)
-                    h, data, _ = decode_chunk(rec, r.where, ds.block_bytes, codecs)
-                    check_record(h, r.where, t)
-                except StripedumpError:
-                    failed.append(e.chunk_id)
+            for cid in range(dump.plan.n_chunks):
+                if not dump.index.has(cid):
                     continue
-                out.recovered[e.chunk_id] = bytes(data)
-            out.dump_id = ds.dump_id
-            out.missing = sorted(set(ds.missing_chunks(seen) + failed))
+                try:
+                    rec = dump.record(cid)
+                    dump.check_record(cid, rec)
+                    _, data, _ = decode_chunk(rec, dump.where(cid), dump.block_bytes, codecs)
+                except StripedumpError:
+                    failed.append(cid)
+                    continue
+                out.recovered[cid] = bytes(data)
+            out.dump_id = dump.dump_id
+            out.missing = sorted(set(dump.missing + failed))
     except StripedumpError as e:
         out.refused = str(e)
     return out
