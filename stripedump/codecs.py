@@ -159,19 +159,24 @@ class Lz4Codec(Codec):
 
     def __init__(self, level=None):
         super().__init__(level)
-        self._block = _need("lz4.block", "lz4")
         try:
             import cramjam
             self.compress_into = functools.partial(cramjam.lz4.compress_block_into, store_size=False)
             self.decompress_into = cramjam.lz4.decompress_block_into
+            self._block = None    # python-lz4 on first compress() or decompress(): 10 ms a process
         except ImportError:
-            pass
+            self._block = _need("lz4.block", "lz4")
+
+    def _lib(self):
+        if self._block is None:
+            self._block = _need("lz4.block", "lz4")
+        return self._block
 
     def compress(self, data) -> bytes:
-        return self._block.compress(data, store_size=False)
+        return self._lib().compress(data, store_size=False)
 
     def decompress(self, data, size: int) -> bytes:
-        return self._block.decompress(data, uncompressed_size=size)
+        return self._lib().decompress(data, uncompressed_size=size)
 
     def into_bound(self, n: int) -> int:
         return n + n // 255 + 16      # LZ4_COMPRESSBOUND

@@ -179,7 +179,7 @@ def _encode_blocks(codec, obj, base, mv, n, bb, out, pos, zero) -> tuple[array, 
         return array("I", entries), pos, zeros
     into = codec.compress_into
     limit = len(out) - codec.into_bound(bb) if into is not None else -1
-    compress = codec.compress
+    compress, scratch = codec.compress, None
     as_bytes = codec.wants_bytes     # python-lzo takes only bytes: slice them straight out of the window
     a = -bb
     for z in zflags:
@@ -190,6 +190,12 @@ def _encode_blocks(codec, obj, base, mv, n, bb, out, pos, zero) -> tuple[array, 
         blk = obj[base + a:base + a + bb] if as_bytes else mv[a:a + bb]
         if pos <= limit:
             cl = into(blk, out[pos:])
+        elif into is not None:     # near the slot's end: no room for the bound, compress aside
+            if scratch is None:
+                scratch = memoryview(bytearray(codec.into_bound(bb)))
+            cl = into(blk, scratch)
+            if cl < bb:
+                out[pos:pos + cl] = scratch[:cl]
         else:
             c = compress(blk)
             cl = len(c)
