@@ -481,17 +481,17 @@ def decode_chunk(rec, where: str, block_bytes: int, codec_cache: dict) -> tuple[
             if how == BLOCK_RAW:
                 if not (a == rb and pos == rp + (rb - ra)):
                     if rb:
-                        dmv[ra:rb] = body[rp:rp + (rb - ra)]
+                        data[ra:rb] = body[rp:rp + (rb - ra)]
                     ra, rp = a, pos
                 rb = b
             elif into is not None:       # straight into place: no bytes object, no copy
                 decompress_block_into(into, codec, body[pos:pos + ln], dmv[a:b], where, a // block_bytes)
             else:
-                dmv[a:b] = decompress_block(codec, body[pos:pos + ln], b - a, where, a // block_bytes)
+                data[a:b] = decompress_block(codec, body[pos:pos + ln], b - a, where, a // block_bytes)
             if runs and runs[-1][1] == a:
                 runs[-1][1] = b
             else:
                 runs.append([a, b])
         if rb:
-            dmv[ra:rb] = body[rp:rp + (rb - ra)]
+            data[ra:rb] = body[rp:rp + (rb - ra)]
     return h, data, runs
