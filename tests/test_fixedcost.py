@@ -3,8 +3,8 @@
 - the ELF and program headers are parsed with struct: the same facts as
   pyelftools (an independent reader) on every synthetic layout, and one
   clean error for headers cut short;
-- a dump imports neither pyelftools, psutil, numpy, uuid nor
-  multiprocessing.connection (each was milliseconds of every run);
+- a dump imports neither pyelftools, psutil, numpy, uuid, python-lz4,
+  multiprocessing.connection nor shutil (each was milliseconds of every run);
 - the dump id is a version 4 UUID as uuid.uuid4() makes it;
 - a small dump starts no more workers than it has chunks.
 """
@@ -84,7 +84,7 @@ def test_a_dump_imports_none_of_the_slow_modules(vmcore, tmp_path):
     members = f"{tmp_path / 'm0'},{tmp_path / 'm1'}"
     code = ("import sys\nfrom stripedump.cli import main\n"
             f"rc = main(['dump', '-q', '--disks', {members!r}, {b.path!r}])\n"
-            "heavy = ('elftools', 'psutil', 'numpy', 'uuid', 'multiprocessing.connection', 'lz4')\n"
+            "heavy = ('elftools', 'psutil', 'numpy', 'uuid', 'multiprocessing.connection', 'lz4', 'shutil')\n"
             "print(rc, sorted(m for m in sys.modules if m.startswith(heavy)))\n")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                        env=dict(os.environ, PYTHONPATH=ROOT), stdin=subprocess.DEVNULL)
