@@ -12,6 +12,7 @@ of zero, text-like, pointer-like and random pages):
   encode    records.encode_chunk of the chunk into a slot
   pure      the codec library's compress of the same non-zero pages (no records code)
   overhead  (encode - pure) / pages: what records adds per page
+  check     records.read_chunk of the record: header, checksum and block table, no decompression
   decode    records.decode_chunk of the record
 
     .venv/bin/python bench/perpage.py [--rounds 7] [--base COMMIT] [--codecs lz4,zstd]
@@ -86,7 +87,7 @@ def main(argv=None) -> int:
                   f"base {a.base} vs working tree; {a.rounds} rounds x {a.reps} calls; ratios old/new "
                   f"(>1: faster now)")
             print(f"{'codec':8} {'enc old us':>10} {'enc new us':>10} {'enc x':>6} {'pure us':>8} "
-                  f"{'ovh/pg old':>10} {'ovh/pg new':>10} {'ovh x':>6} {'dec old us':>10} {'dec new us':>10} "
+                  f"{'ovh/pg old':>10} {'ovh/pg new':>10} {'ovh x':>6} {'chk old':>7} {'chk new':>7} {'chk x':>6} {'dec old us':>10} {'dec new us':>10} "
                   f"{'dec x':>6} {'size old':>9} {'size new':>9}")
             for name in a.codecs.split(","):
                 codec = CodecSpec(name).make()
@@ -102,7 +103,7 @@ def main(argv=None) -> int:
                 comp = codec.compress
                 if codec.wants_bytes:
                     views = nonzero
-                t = {k: [] for k in ("eo", "en", "pure", "do", "dn")}
+                t = {k: [] for k in ("eo", "en", "pure", "co", "cn", "do", "dn")}
                 for r in range(a.rounds + 1):       # round 0 warms up (the allocator's thresholds too): not kept
                     if r == 1:
                         t = {k: [] for k in t}
@@ -110,6 +111,8 @@ def main(argv=None) -> int:
                     t["en"].append(timed(lambda: new_records.encode_chunk(src, codec, chunk, PAGE, out, zero),
                                          a.reps))
                     t["pure"].append(timed(lambda: [comp(v) for v in views] if name != "none" else None, a.reps))
+                    t["co"].append(timed(lambda: old.read_chunk(recs["new"], "bench", PAGE), a.reps))
+                    t["cn"].append(timed(lambda: new_records.read_chunk(recs["new"], "bench", PAGE), a.reps))
                     t["do"].append(timed(lambda: old.decode_chunk(recs["new"], "bench", PAGE, {}), a.reps))
                     t["dn"].append(timed(lambda: new_records.decode_chunk(recs["new"], "bench", PAGE, {}), a.reps))
                 m = {k: statistics.median(v) * 1e6 for k, v in t.items()}
@@ -117,9 +120,10 @@ def main(argv=None) -> int:
                 enc_x = statistics.median(o / n for o, n in zip(t["eo"], t["en"]))
                 ovh_x = statistics.median((o - p) / (n - p) for o, n, p in zip(t["eo"], t["en"], t["pure"]))
                 dec_x = statistics.median(o / n for o, n in zip(t["do"], t["dn"]))
+                chk_x = statistics.median(o / n for o, n in zip(t["co"], t["cn"]))
                 print(f"{name:8} {m['eo']:10.0f} {m['en']:10.0f} {enc_x:6.2f} {m['pure']:8.0f} "
                       f"{(m['eo'] - m['pure']) / len(pages):10.2f} {(m['en'] - m['pure']) / len(pages):10.2f} "
-                      f"{ovh_x:6.2f} {m['do']:10.0f} {m['dn']:10.0f} {dec_x:6.2f} "
+                      f"{ovh_x:6.2f} {m['co']:7.0f} {m['cn']:7.0f} {chk_x:6.2f} {m['do']:10.0f} {m['dn']:10.0f} {dec_x:6.2f} "
                       f"{len(recs['old']):9d} {len(recs['new']):9d}")
     return 0
 
