@@ -24,7 +24,7 @@ Why this shape:
 * The ELF and program headers are parsed with struct (ELF32/64, both byte
   orders, PN_XNUM) behind our own bounds checks; any failure is a
   VmcoreFormatError with one line of text, never a traceback.  (pyelftools did
-  this until issue 12: importing it was a third of a small dump's time; the
+  this until issue 12: importing it was a quarter of a small dump's time; the
   tests compare both parses.)
 """
 
@@ -128,7 +128,7 @@ def parse_vmcoreinfo(text: bytes) -> dict[str, str]:
 
 
 # e_machine as pyelftools names it (the manifest and kdump.py use these names); any other
-# number is looked up in pyelftools' table, imported only then (tests/test_vmcore.py checks these)
+# number is looked up in pyelftools' table, imported only then (tests/test_fixedcost.py checks these)
 E_MACHINE = {3: "EM_386", 8: "EM_MIPS", 20: "EM_PPC", 21: "EM_PPC64", 22: "EM_S390", 40: "EM_ARM",
              62: "EM_X86_64", 183: "EM_AARCH64", 243: "EM_RISCV", 258: "EM_LOONGARCH"}
 E_TYPE = {0: "ET_NONE", 1: "ET_REL", 2: "ET_EXEC", 3: "ET_DYN", 4: "ET_CORE"}
@@ -157,9 +157,9 @@ def _parse_elf(f, size: int) -> ElfInfo:
         raise VmcoreFormatError("not an ELF file (bad magic); expected an ELF core such as /proc/vmcore")
     if ident[4] not in (1, 2) or ident[5] not in (1, 2):
         raise VmcoreFormatError(f"unsupported ELF class {ident[4]} or data encoding {ident[5]}")
-    # the ELF and program headers read with struct (importing pyelftools was a third of
+    # the ELF and program headers read with struct (importing pyelftools was a quarter of
     # a small dump's time: issue 12); synth.py writes them with struct independently, and
-    # tests/test_vmcore.py compares this parse with pyelftools' on every layout
+    # tests/test_fixedcost.py compares this parse with pyelftools' on every layout
     elfclass, endian = 32 * ident[4], "<" if ident[5] == 1 else ">"
     ehdr, phdr, sh_info_at = _ELF_LAYOUT[ident[4]]
     ehdr, phdr = struct.Struct(endian + ehdr), struct.Struct(endian + phdr)
@@ -170,7 +170,7 @@ def _parse_elf(f, size: int) -> ElfInfo:
         if len(data) != n:
             raise VmcoreFormatError(f"corrupt ELF header: {what} at offset {offset} is cut off")
         return data
-    (e_type, e_machine, _, _, phoff, shoff, _, _, phentsize, phnum, shentsize, _, _) = \
+    (e_type, e_machine, _, _, phoff, shoff, _, _, phentsize, phnum, _, _, _) = \
         ehdr.unpack(read(16, ehdr.size, "the ELF header"))
     if e_type != ET_CORE:
         raise VmcoreFormatError(f"ELF file is not a core dump (e_type {E_TYPE.get(e_type, e_type)})")

@@ -11,9 +11,13 @@
   with the same blocks, and leaves every rejection to the loop (same message).
 """
 
+import os
 import random
 import struct
+import subprocess
+import sys
 
+import numpy  # noqa: F401  (loaded: read_chunk checks tables with it at once, records._vectorize)
 import pytest
 
 from stripedump import synth
@@ -137,6 +141,20 @@ def verdict(rec, block):
         return read_chunk(rec, "t", block, page_size=PAGE)[2]
     except VerifyError as e:
         return str(e)
+
+
+def test_numpy_waits_until_it_pays(tmp_path):
+    """A process without numpy checks its first NUMPY_AFTER tables with the loop (a small join's
+    workers never import it); the next one imports it."""
+    code = ("import sys\nfrom stripedump import records\n"
+            "assert 'numpy' not in sys.modules\n"
+            "flags = [records._vectorize() for _ in range(records.NUMPY_AFTER + 1)]\n"
+            "print(flags.count(True), flags[-1])\n")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                       env=dict(os.environ, PYTHONPATH=root))
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.split() == ["1", "True"]
 
 
 def loop_verdict(rec, block):
