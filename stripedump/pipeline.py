@@ -88,7 +88,6 @@ import mmap
 import os
 import signal
 import time
-import uuid
 from array import array
 from collections import deque
 from dataclasses import dataclass, field, replace
@@ -201,6 +200,7 @@ def _dump(cfg: DumpConfig, src: Source, t0: float, progress, say, sig=None) -> D
     nmem = len(targets)
     # workers and pool lowered to what the machine has, a warning each, never refused
     workers, too_many = fit_workers(cfg.workers)
+    workers = max(1, min(workers, plan.n_chunks))    # a small dump starts no idle worker (issue 12)
     fit = fit_pool(workers, nmem, plan.chunk_bytes, block_bytes, cfg.memory_limit, cfg.direct_io)
     for note in ((too_many,) if too_many else ()) + fit.warnings:
         say(note, 0)
@@ -214,7 +214,7 @@ def _dump(cfg: DumpConfig, src: Source, t0: float, progress, say, sig=None) -> D
         f"codec {cfg.codec}, {cfg.nworkers} worker(s), {nmem} member(s) round robin, "
         f"{pool[0]} buffer slots = {pool[0] * pool[1] / 2**20:.1f} MiB"
         + (", O_DIRECT" if cfg.direct_io else ""))
-    dump_id = uuid.uuid4()
+    dump_id = DumpId.new()
     manifest = build_manifest(src, plan, cfg, str(dump_id), block_bytes, nmem)
     manifest_rec = pack_manifest(manifest, dump_id.bytes)
     # chunk records start page-aligned, so --direct-io can write them as they come
@@ -254,6 +254,26 @@ def _dump(cfg: DumpConfig, src: Source, t0: float, progress, say, sig=None) -> D
     result.seconds = time.monotonic() - t0
     result.extra["lowered"] = [n for n in (too_many,) + fit.warnings if n]   # --json: what was lowered
     return result
+
+
+class DumpId:
+    """A random (version 4) UUID, as uuid.uuid4() makes it, without importing uuid (and platform,
+    5 ms of every run: issue 12).  ``bytes`` and ``str()`` as a uuid.UUID has them."""
+    __slots__ = ("bytes",)
+
+    def __init__(self, raw: bytes):
+        self.bytes = raw
+
+    @classmethod
+    def new(cls) -> "DumpId":
+        b = bytearray(os.urandom(16))
+        b[6] = b[6] & 0x0F | 0x40       # version 4
+        b[8] = b[8] & 0x3F | 0x80       # RFC 4122 variant
+        return cls(bytes(b))
+
+    def __str__(self) -> str:
+        h = self.bytes.hex()
+        return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def _write_json_manifest(path: str, manifest: dict, members: list[str]) -> None:

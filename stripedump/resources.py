@@ -57,16 +57,19 @@ AS_RESERVE = 64 << 20
 def available_memory() -> int:
     """Memory this dump may use: MemAvailable, lowered to the cgroup's headroom if it has a limit."""
     avail = None
-    try:
-        import psutil
-        avail = psutil.virtual_memory().available
-    except Exception:     # psutil missing: /proc/meminfo says the same
+    try:     # what psutil.virtual_memory().available reads, without its import (10-15 ms: issue 12)
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    avail = int(line.split()[1]) * 1024
+                    break
+    except (OSError, ValueError):
+        pass
+    if avail is None:
         try:
-            with open("/proc/meminfo") as f:
-                for line in f:
-                    if line.startswith("MemAvailable:"):
-                        avail = int(line.split()[1]) * 1024
-        except (OSError, ValueError):
+            import psutil
+            avail = psutil.virtual_memory().available
+        except Exception:
             pass
     if avail is None:
         avail = 256 << 20

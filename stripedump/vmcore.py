@@ -21,9 +21,11 @@ Why this shape:
   range at once, and 8 bytes of page table per 4 KiB page is 4 GiB for a
   2 TiB machine, more than a capture kernel has.  makedumpfile maps 4 MiB
   windows for the same reason.  When mmap is refused, pread() is used.
-* Parsing uses pyelftools for the ELF and program headers (it knows ELF32/64,
-  both byte orders and PN_XNUM) behind our own bounds checks; any failure is a
-  VmcoreFormatError with one line of text, never a traceback.
+* The ELF and program headers are parsed with struct (ELF32/64, both byte
+  orders, PN_XNUM) behind our own bounds checks; any failure is a
+  VmcoreFormatError with one line of text, never a traceback.  (pyelftools did
+  this until issue 12: importing it was a quarter of a small dump's time; the
+  tests compare both parses.)
 """
 
 from __future__ import annotations
@@ -125,8 +127,28 @@ def parse_vmcoreinfo(text: bytes) -> dict[str, str]:
     return out
 
 
+# e_machine as pyelftools names it (the manifest and kdump.py use these names); any other
+# number is looked up in pyelftools' table, imported only then (tests/test_fixedcost.py checks these)
+E_MACHINE = {3: "EM_386", 8: "EM_MIPS", 20: "EM_PPC", 21: "EM_PPC64", 22: "EM_S390", 40: "EM_ARM",
+             62: "EM_X86_64", 183: "EM_AARCH64", 243: "EM_RISCV", 258: "EM_LOONGARCH"}
+E_TYPE = {0: "ET_NONE", 1: "ET_REL", 2: "ET_EXEC", 3: "ET_DYN", 4: "ET_CORE"}
+PN_XNUM = 0xFFFF
+# (ELF header after e_ident, program header, offset of sh_info in a section header) per class
+_ELF_LAYOUT = {1: ("HHIIIIIHHHHHH", "IIIIIIII", 28), 2: ("HHIQQQIHHHHHH", "IIQQQQQQ", 44)}
+
+
+def machine_name(em: int):
+    """pyelftools' name of e_machine ``em`` (its number when it has none)."""
+    if em in E_MACHINE:
+        return E_MACHINE[em]
+    try:
+        from elftools.elf.enums import ENUM_E_MACHINE
+    except ImportError:
+        return em
+    return next((k for k, v in ENUM_E_MACHINE.items() if v == em and k != "_default_"), em)
+
+
 def _parse_elf(f, size: int) -> ElfInfo:
-    from elftools.elf.elffile import ELFFile  # deferred: keeps --help cheap
     if size < 16:
         raise VmcoreFormatError(f"file is too small to be an ELF core ({size} bytes)")
     f.seek(0)
@@ -135,33 +157,42 @@ def _parse_elf(f, size: int) -> ElfInfo:
         raise VmcoreFormatError("not an ELF file (bad magic); expected an ELF core such as /proc/vmcore")
     if ident[4] not in (1, 2) or ident[5] not in (1, 2):
         raise VmcoreFormatError(f"unsupported ELF class {ident[4]} or data encoding {ident[5]}")
-    f.seek(0)
-    try:
-        elf = ELFFile(f)
-        hdr = elf.header
-        if hdr["e_type"] not in ("ET_CORE", ET_CORE):
-            raise VmcoreFormatError(f"ELF file is not a core dump (e_type {hdr['e_type']})")
-        phnum = elf.num_segments()
-        phoff, phentsize = hdr["e_phoff"], hdr["e_phentsize"]
-        want = 56 if elf.elfclass == 64 else 32
-        if phnum == 0:
-            raise VmcoreFormatError("ELF core has no program headers")
-        if phentsize != want:
-            raise VmcoreFormatError(f"e_phentsize is {phentsize}, expected {want}")
-        if phoff + phnum * phentsize > size:
-            raise VmcoreFormatError(f"program headers ({phnum} at offset {phoff}) extend past end of file")
-        segs = []
-        for i in range(phnum):
-            h = elf._get_segment_header(i)
-            ptype = h["p_type"]
-            ptype = {"PT_LOAD": PT_LOAD, "PT_NOTE": PT_NOTE}.get(ptype, ptype)
-            segs.append(Segment(i, ptype if isinstance(ptype, int) else -1, h["p_offset"], h["p_vaddr"],
-                                h["p_paddr"], h["p_filesz"], h["p_memsz"], h["p_flags"], h["p_align"]))
-        elfclass, endian, machine = elf.elfclass, "<" if elf.little_endian else ">", hdr["e_machine"]
-    except VmcoreFormatError:
-        raise
-    except Exception as e:  # pyelftools raises many kinds on corrupt input
-        raise VmcoreFormatError(f"corrupt ELF header: {type(e).__name__}: {e}") from None
+    # the ELF and program headers read with struct (importing pyelftools was a quarter of
+    # a small dump's time: issue 12); synth.py writes them with struct independently, and
+    # tests/test_fixedcost.py compares this parse with pyelftools' on every layout
+    elfclass, endian = 32 * ident[4], "<" if ident[5] == 1 else ">"
+    ehdr, phdr, sh_info_at = _ELF_LAYOUT[ident[4]]
+    ehdr, phdr = struct.Struct(endian + ehdr), struct.Struct(endian + phdr)
+
+    def read(offset: int, n: int, what: str) -> bytes:
+        f.seek(offset)
+        data = f.read(n)
+        if len(data) != n:
+            raise VmcoreFormatError(f"corrupt ELF header: {what} at offset {offset} is cut off")
+        return data
+    (e_type, e_machine, _, _, phoff, shoff, _, _, phentsize, phnum, _, _, _) = \
+        ehdr.unpack(read(16, ehdr.size, "the ELF header"))
+    if e_type != ET_CORE:
+        raise VmcoreFormatError(f"ELF file is not a core dump (e_type {E_TYPE.get(e_type, e_type)})")
+    if phnum == PN_XNUM:      # more program headers than e_phnum holds: section 0's sh_info has the count
+        (phnum,) = struct.unpack(endian + "I", read(shoff + sh_info_at, 4, "section header 0"))
+    want = 56 if elfclass == 64 else 32
+    if phnum == 0:
+        raise VmcoreFormatError("ELF core has no program headers")
+    if phentsize != want:
+        raise VmcoreFormatError(f"e_phentsize is {phentsize}, expected {want}")
+    if phoff + phnum * phentsize > size:
+        raise VmcoreFormatError(f"program headers ({phnum} at offset {phoff}) extend past end of file")
+    machine = machine_name(e_machine)
+    table = read(phoff, phnum * phentsize, "the program headers")
+    segs = []
+    for i, h in enumerate(phdr.iter_unpack(table)):
+        if elfclass == 64:
+            ptype, flags, offset, vaddr, paddr, filesz, memsz, align = h
+        else:
+            ptype, offset, vaddr, paddr, filesz, memsz, flags, align = h
+        segs.append(Segment(i, ptype if ptype in (PT_LOAD, PT_NOTE) else -1, offset, vaddr, paddr, filesz,
+                            memsz, flags, align))
     limit = 1 << elfclass
     loads, note_segs = [], []
     for s in segs:

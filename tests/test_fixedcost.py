@@ -1,0 +1,107 @@
+"""Issue 12, target 2: what a run no longer pays for, and that it still reads and writes the same.
+
+- the ELF and program headers are parsed with struct: the same facts as
+  pyelftools (an independent reader) on every synthetic layout, and one
+  clean error for headers cut short;
+- a dump imports neither pyelftools, psutil, numpy, uuid, python-lz4,
+  multiprocessing.connection nor shutil (each was milliseconds of every run);
+- the dump id is a version 4 UUID as uuid.uuid4() makes it;
+- a small dump starts no more workers than it has chunks.
+"""
+
+import json
+import os
+import struct
+import subprocess
+import sys
+import uuid
+
+import pytest
+from elftools.elf.elffile import ELFFile
+from elftools.elf.enums import ENUM_E_MACHINE
+
+from stripedump import synth
+from stripedump.errors import VmcoreFormatError
+from stripedump.pipeline import DumpId
+from stripedump.vmcore import E_MACHINE, PT_LOAD, PT_NOTE, Source, machine_name
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.parametrize("layout", list(synth.layouts()))
+def test_struct_parse_matches_pyelftools(vmcore, layout):
+    b = vmcore(layout)
+    with open(b.path, "rb") as f:
+        elf = ELFFile(f)
+        want = [(s["p_type"], s["p_offset"], s["p_vaddr"], s["p_paddr"], s["p_filesz"], s["p_memsz"],
+                 s["p_flags"], s["p_align"]) for s in elf.iter_segments()
+                if s["p_type"] in ("PT_LOAD", "PT_NOTE")]
+        machine, elfclass, little = elf.header["e_machine"], elf.elfclass, elf.little_endian
+    with Source(b.path) as src:
+        info = src.info
+        got = [({PT_LOAD: "PT_LOAD", PT_NOTE: "PT_NOTE"}[s.type], s.offset, s.vaddr, s.paddr, s.filesz, s.memsz,
+                s.flags, s.align) for s in sorted(info.loads + info.note_segments, key=lambda s: s.index)]
+    assert (info.machine, info.elfclass, info.endian) == (machine, elfclass, "<" if little else ">")
+    assert got == [w for w in want if w[0] == "PT_NOTE" or w[5]]       # PT_LOADs with memory
+
+
+def test_machine_names_are_pyelftools_names():
+    for number, name in E_MACHINE.items():
+        assert ENUM_E_MACHINE[name] == number
+    assert machine_name(ENUM_E_MACHINE["EM_SPARCV9"]) == "EM_SPARCV9"     # from pyelftools' table
+    assert machine_name(0xFEDC) == 0xFEDC                                 # unknown: the number, as pyelftools
+
+
+@pytest.mark.parametrize("cut", [20, 63, 64 + 56 + 10])
+def test_headers_cut_short_are_one_clean_error(vmcore, cut):
+    b = vmcore("simple")
+    os.truncate(b.path, cut)
+    with pytest.raises(VmcoreFormatError):
+        Source(b.path)
+
+
+def test_pn_xnum_section_header_past_the_end_is_refused(vmcore):
+    b = vmcore("pn_xnum")
+    with open(b.path, "r+b") as f:
+        f.seek(40)                                          # e_shoff
+        f.write(struct.pack("<Q", os.path.getsize(b.path) + 4096))
+    with pytest.raises(VmcoreFormatError, match="corrupt ELF header"):
+        Source(b.path)
+
+
+def test_dump_id_is_a_version_4_uuid():
+    seen = set()
+    for _ in range(200):
+        d = DumpId.new()
+        u = uuid.UUID(bytes=d.bytes)
+        assert str(u) == str(d) and u.version == 4 and u.variant == uuid.RFC_4122
+        seen.add(d.bytes)
+    assert len(seen) == 200
+
+
+def test_a_dump_imports_none_of_the_slow_modules(vmcore, tmp_path):
+    b = vmcore("kernel")
+    members = f"{tmp_path / 'm0'},{tmp_path / 'm1'}"
+    code = ("import sys\nfrom stripedump.cli import main\n"
+            f"rc = main(['dump', '-q', '--disks', {members!r}, {b.path!r}])\n"
+            "heavy = ('elftools', 'psutil', 'numpy', 'uuid', 'multiprocessing.connection', 'lz4', 'shutil')\n"
+            "print(rc, sorted(m for m in sys.modules if m.startswith(heavy)))\n")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                       env=dict(os.environ, PYTHONPATH=ROOT), stdin=subprocess.DEVNULL)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip() == "0 []"
+
+
+def test_no_more_workers_than_chunks(tmp_path):
+    src = str(tmp_path / "small.vmcore")
+    synth.build(src, [synth.Load(0, 1 << 20)])              # two chunks: the page and the headers' residue
+    members = [str(tmp_path / "m0"), str(tmp_path / "m1")]
+    p = subprocess.run([sys.executable, "-m", "stripedump", "dump", "--disks", ",".join(members), "--json",
+                        "-vv", "--workers", "4", "--chunk-size", "1M", src], capture_output=True, text=True,
+                       env=dict(os.environ, PYTHONPATH=ROOT), timeout=120, stdin=subprocess.DEVNULL)
+    assert p.returncode == 0, p.stderr
+    res = json.loads(p.stdout)
+    started = sum(1 for ln in p.stderr.splitlines() if ln.startswith("stripedump: started stripedump-worker-"))
+    assert started == res["workers"] == res["chunks"] < 4
+    for m in members:
+        os.unlink(m)

@@ -1,0 +1,241 @@
+"""Issue 12's fast paths in records.py and codecs.py give the same records and the same verdicts.
+
+- compress_into (cramjam, straight into the slot) writes blocks that the
+  libraries' ordinary decompressors expand (lz4.block, python-snappy), the
+  same bytes as python-snappy for snappy (what makedumpfile's readers get
+  when join copies a one-page block), and records that decode to the source
+  through both decode paths (decompress_into and decompress);
+- the slot-end fallback (no room for the library's bound) and the general
+  loop (short last block) still round trip;
+- the vectorized block-table check accepts exactly what the loop accepts,
+  with the same blocks, and leaves every rejection to the loop (same message).
+"""
+
+import os
+import random
+import struct
+import subprocess
+import sys
+
+import numpy  # noqa: F401  (loaded: read_chunk checks tables with it at once, records._vectorize)
+import pytest
+
+from stripedump import synth
+from stripedump.codecs import NAMES, CodecSpec
+from stripedump.errors import VerifyError
+from stripedump.format import (BLOCK_COMPRESSED, BLOCK_EXCLUDED, BLOCK_KIND_SHIFT, BLOCK_RAW, BLOCK_UNREADABLE,
+                               BLOCK_ZERO, CHUNK_HEADER_SIZE, ChunkHeader, checksum)
+from stripedump import records
+from stripedump.records import decode_chunk, encode_chunk, read_chunk, record_bound
+from stripedump.plan import Plan
+from stripedump.vmcore import Source
+
+PAGE = 4096
+
+
+def random_pages(pfn, page_size=4096):
+    return random.Random(pfn).randbytes(page_size)
+
+
+@pytest.fixture(scope="module")
+def mixed(tmp_path_factory):
+    """A memory-like source (zero, text-like, sparse and random pages) and its 256-page chunks."""
+    path = str(tmp_path_factory.mktemp("fast") / "mixed.vmcore")
+    synth.build(path, [synth.Load(0, 8 << 20)])
+    with Source(path) as src:
+        yield src, Plan(src.pfn_ranges, [], PAGE, 256)
+
+
+def chunk_bytes(src, chunk):
+    with src.phys_window(chunk.start, chunk.count) as w:
+        return bytes(w.view())
+
+
+def test_compress_into_blocks_decode_with_the_libraries(mixed):
+    import lz4.block
+    import snappy
+    src, plan = mixed
+    data = b"".join(chunk_bytes(src, c) for c in plan)
+    out = bytearray(8192)
+    n_pages = n_snappy_same = 0
+    for name in ("lz4", "snappy"):
+        codec = CodecSpec(name).make()
+        assert codec.compress_into is not None and codec.decompress_into is not None
+        for a in range(0, len(data), PAGE):
+            page = data[a:a + PAGE]
+            room = codec.into_bound(PAGE)
+            cl = codec.compress_into(memoryview(page), memoryview(out)[:room])
+            blk = bytes(out[:cl])
+            if name == "lz4":
+                assert lz4.block.decompress(blk, uncompressed_size=PAGE) == page
+            else:
+                assert snappy.uncompress(blk) == page
+                n_snappy_same += blk == snappy.compress(page)
+                n_pages += 1
+            assert codec.decompress(blk, PAGE) == page
+            back = bytearray(PAGE)
+            assert codec.decompress_into(blk, memoryview(back)) == PAGE and back == page
+    assert n_snappy_same == n_pages
+
+
+@pytest.mark.parametrize("name", ["lz4", "snappy"])
+def test_decompress_into_refuses_a_block_longer_than_its_place(name):
+    codec = CodecSpec(name).make()
+    page = bytes(range(256)) * 16
+    blk = codec.compress(page)
+    with pytest.raises(Exception):
+        codec.decompress_into(blk, memoryview(bytearray(PAGE - 1)))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_records_round_trip_through_both_decode_paths(mixed, name):
+    src, plan = mixed
+    codec = CodecSpec(name).make()
+    for chunk in plan:
+        out = bytearray(record_bound(chunk.raw_bytes(PAGE), PAGE))     # exactly a slot's size
+        n, csum, bad = encode_chunk(src, codec, chunk, PAGE, out, bytes(PAGE))
+        rec = bytes(out[:n])
+        expect = chunk_bytes(src, chunk)
+        h, data, runs = decode_chunk(rec, "t", PAGE, {})
+        assert data == expect and not bad and h.payload_checksum == csum
+        plain = CodecSpec(name).make()
+        plain.decompress_into = None       # the path of codecs without an into API
+        assert decode_chunk(rec, "t", PAGE, {h.codec_id: plain})[1] == expect
+
+
+@pytest.mark.parametrize("name", ["lz4", "snappy", "zstd", "none"])
+def test_incompressible_chunk_fills_its_slot_exactly(tmp_path, name):
+    """Random pages: every block is stored raw, the last ones where the slot has no room for the bound."""
+    path = str(tmp_path / "random.vmcore")
+    synth.build(path, [synth.Load(0, 1 << 20)], content=random_pages)
+    with Source(path) as src:
+        plan = Plan(src.pfn_ranges, [], PAGE, 256)
+        chunk = plan.chunk(0)
+        out = bytearray(record_bound(chunk.raw_bytes(PAGE), PAGE))
+        n, _, _ = encode_chunk(src, CodecSpec(name).make(), chunk, PAGE, out, bytes(PAGE))
+        assert n == len(out)
+        h, data, runs = decode_chunk(bytes(out), "t", PAGE, {})
+        assert data == chunk_bytes(src, chunk) and runs == [[0, 1 << 20]]
+
+
+@pytest.mark.parametrize("name", ["lz4", "zlib", "none"])
+def test_short_last_block_takes_the_general_loop(mixed, name):
+    src, plan = mixed
+    block = 3 * PAGE                  # 256 pages: 85 blocks of 3 pages and one of 1
+    chunk = plan.chunk(3)
+    out = bytearray(record_bound(chunk.raw_bytes(PAGE), block))
+    n, _, _ = encode_chunk(src, CodecSpec(name).make(), chunk, block, out, bytes(block))
+    assert decode_chunk(bytes(out[:n]), "t", block, {})[1] == chunk_bytes(src, chunk)
+
+
+# -- the block-table check ---------------------------------------------------------
+
+def reseal(rec: bytearray) -> bytes:
+    h = ChunkHeader.unpack(rec, "t")
+    h._replace(payload_checksum=checksum(memoryview(rec)[CHUNK_HEADER_SIZE:h.record_length])).pack_into(rec)
+    return bytes(rec)
+
+
+def verdict(rec, block):
+    try:
+        return read_chunk(rec, "t", block, page_size=PAGE)[2]
+    except VerifyError as e:
+        return str(e)
+
+
+def test_numpy_waits_until_it_pays(tmp_path):
+    """A process without numpy checks its first NUMPY_AFTER tables with the loop (a small join's
+    workers never import it); the next one imports it."""
+    code = ("import sys\nfrom stripedump import records\n"
+            "assert 'numpy' not in sys.modules\n"
+            "flags = [records._vectorize() for _ in range(records.NUMPY_AFTER + 1)]\n"
+            "print(flags.count(True), flags[-1])\n")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                       env=dict(os.environ, PYTHONPATH=root))
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.split() == ["1", "True"]
+
+
+def loop_verdict(rec, block):
+    saved = records.VECTOR_MIN_BLOCKS
+    records.VECTOR_MIN_BLOCKS = 1 << 30
+    try:
+        return verdict(rec, block)
+    finally:
+        records.VECTOR_MIN_BLOCKS = saved
+
+
+ENTRY_KINDS = (BLOCK_ZERO, BLOCK_RAW, BLOCK_COMPRESSED, BLOCK_UNREADABLE, BLOCK_EXCLUDED, 5, 7)
+
+
+def mutate(rec: bytes, rnd: random.Random, nblocks: int, block: int) -> bytes:
+    """A sealed record with one to three table entries (and maybe the payload length) changed."""
+    b = bytearray(rec)
+    for _ in range(rnd.randint(1, 3)):
+        i = rnd.randrange(nblocks)
+        off = CHUNK_HEADER_SIZE + 4 * i
+        (e,) = struct.unpack_from("<I", b, off)
+        kind = rnd.choice(ENTRY_KINDS)
+        ln = rnd.choice((0, 1, block - 1, block, block + 1, e & ((1 << BLOCK_KIND_SHIFT) - 1),
+                         rnd.randrange(1 << BLOCK_KIND_SHIFT)))
+        struct.pack_into("<I", b, off, (kind << BLOCK_KIND_SHIFT) | ln)
+    h = ChunkHeader.unpack(b, "t")
+    if rnd.random() < 0.2:             # the payload one byte shorter or longer
+        d = rnd.choice((-1, 1))
+        if d < 0:
+            del b[h.record_length - 1]
+        else:
+            b[h.record_length:h.record_length] = b"\0"
+        h = h._replace(payload_length=h.payload_length + d)
+        h.pack_into(b)
+    if rnd.random() < 0.1:
+        h._replace(kept_pages=h.kept_pages + rnd.choice((-1, 1))).pack_into(b)
+    return reseal(b)
+
+
+@pytest.mark.parametrize("name", ["lz4", "none"])
+def test_vectorized_table_check_agrees_with_the_loop(mixed, name):
+    src, plan = mixed
+    rnd = random.Random(12)
+    agreed_ok = agreed_bad = 0
+    for cid in range(plan.n_chunks):
+        chunk = plan.chunk(cid)
+        out = bytearray(record_bound(chunk.raw_bytes(PAGE), PAGE))
+        n, _, _ = encode_chunk(src, CodecSpec(name).make(), chunk, PAGE, out, bytes(PAGE))
+        rec = bytes(out[:n])
+        h = ChunkHeader.unpack(rec, "t")
+        if not h.nblocks:
+            continue
+        assert h.nblocks >= records.VECTOR_MIN_BLOCKS
+        assert verdict(rec, PAGE) == loop_verdict(rec, PAGE)
+        body = memoryview(rec)[CHUNK_HEADER_SIZE:h.record_length]
+        assert records._check_table_vectorized(h, body, PAGE, h.nblocks, PAGE) == verdict(rec, PAGE)
+        for _ in range(150):
+            bad = mutate(rec, rnd, h.nblocks, PAGE)
+            v, lv = verdict(bad, PAGE), loop_verdict(bad, PAGE)
+            assert v == lv
+            if isinstance(v, str):
+                agreed_bad += 1
+            else:
+                agreed_ok += 1
+    assert agreed_bad > 500 and agreed_ok > 10     # both outcomes were exercised
+
+
+def test_vectorized_check_of_a_short_last_block(mixed):
+    src, plan = mixed
+    block = 3 * PAGE
+    chunk = plan.chunk(5)
+    out = bytearray(record_bound(chunk.raw_bytes(PAGE), block))
+    n, _, _ = encode_chunk(src, CodecSpec("none").make(), chunk, block, out, bytes(block))
+    rec = bytes(out[:n])
+    assert verdict(rec, block) == loop_verdict(rec, block)
+    # the last block (one page) claimed raw at the full block length: both refuse it
+    b = bytearray(rec)
+    off = CHUNK_HEADER_SIZE + 4 * (ChunkHeader.unpack(b, "t").nblocks - 1)
+    (e,) = struct.unpack_from("<I", b, off)
+    if e >> BLOCK_KIND_SHIFT == BLOCK_RAW:
+        struct.pack_into("<I", b, off, (BLOCK_RAW << BLOCK_KIND_SHIFT) | block)
+        bad = reseal(b)
+        assert verdict(bad, block) == loop_verdict(bad, block)
+        assert isinstance(verdict(bad, block), str)        # refused
