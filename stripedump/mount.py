@@ -44,6 +44,7 @@ as zeros, as join writes them.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import logging
@@ -127,6 +128,21 @@ def files_of(dump, members: list[str]) -> dict:
 
 # -- FUSE ---------------------------------------------------------------------
 
+@contextlib.contextmanager
+def _env(**values):
+    """Environment variables set for the duration of a block, then as they were."""
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 def load_fuse():
     """mfusepy over libfuse 3, or MountError saying how to get FUSE."""
     if not os.path.exists("/dev/fuse"):
@@ -143,14 +159,16 @@ def load_fuse():
         raise MountError(f"FUSE is not available: fusermount3 is not installed ({HOW_TO_GET_FUSE})")
     # mfusepy takes libfuse 2 when both are installed (Debian's libfuse2 is common): name the
     # one we want before it is imported.  Its module is "mfusepy"; fusepy's "fuse" stays separate.
-    os.environ["FUSE_LIBRARY_PATH"] = lib
-    try:
-        import mfusepy
-    except ImportError:
-        raise MountError("the mfusepy package is not installed (pip install mfusepy)") from None
-    except OSError as e:
-        raise MountError(f"FUSE is not available: libfuse 3 cannot be loaded: {e} "
-                         f"({HOW_TO_GET_FUSE})") from None
+    # Only while it is imported: the variable would otherwise reach every child of this process
+    # (fusepy's libfuse 2 file systems in the test suite failed with it set).
+    with _env(FUSE_LIBRARY_PATH=lib):
+        try:
+            import mfusepy
+        except ImportError:
+            raise MountError("the mfusepy package is not installed (pip install mfusepy)") from None
+        except OSError as e:
+            raise MountError(f"FUSE is not available: libfuse 3 cannot be loaded: {e} "
+                             f"({HOW_TO_GET_FUSE})") from None
     if mfusepy.fuse_version_major != 3:
         raise MountError(f"mfusepy loaded libfuse {mfusepy.fuse_version_major}, not libfuse 3 "
                          f"({HOW_TO_GET_FUSE})")
@@ -367,10 +385,11 @@ def mount(members: list[str], mountpoint: str, allow_incomplete: bool = False,
     once it has ended).  Bad input raises before anything is mounted."""
     # the reader imports numpy, whose OpenBLAS starts a thread pool at import: the fork below
     # wants a process with one thread, and the server does no linear algebra
-    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     from . import reader
-    dump = reader.open(list(members), allow_incomplete=allow_incomplete,
-                       cache_bytes=reader.DEFAULT_CACHE if cache_bytes is None else cache_bytes)
+    with _env(OPENBLAS_NUM_THREADS=os.environ.get("OPENBLAS_NUM_THREADS", "1")):
+        dump = reader.open(list(members), allow_incomplete=allow_incomplete,
+                           cache_bytes=reader.DEFAULT_CACHE if cache_bytes is None else cache_bytes,
+                           verify_walks=allow_incomplete)   # what join --allow-incomplete finds, byte for byte
     try:
         mp = check_mountpoint(mountpoint)
         mfusepy = load_fuse()

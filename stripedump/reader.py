@@ -467,7 +467,13 @@ class DumpFile(io.RawIOBase):
         return self.dump.size
 
 
-def open(members: list[str], allow_incomplete: bool = False, cache_bytes: int = DEFAULT_CACHE) -> Dump:
+def open(members: list[str], allow_incomplete: bool = False, cache_bytes: int = DEFAULT_CACHE,
+         verify_walks: bool = False) -> Dump:
     """Open a striped dump read-only; see ``Dump``.  Errors are ``MemberError``/``IncompleteDump``
-    for members that do not make one dump (or an incomplete one, unless ``allow_incomplete``)."""
-    return Dump(members, allow_incomplete, cache_bytes)
+    for members that do not make one dump (or an incomplete one, unless ``allow_incomplete``).
+
+    ``verify_walks``: a member that was never finalized (no index) is walked record by record;
+    True checks each record's payload on the way, so that a torn record is skipped there (as
+    ``join --allow-incomplete`` does, and another copy of a degraded dump's chunk is taken)
+    instead of failing when read.  It reads the whole of such members at open."""
+    return Dump(members, allow_incomplete, cache_bytes, verify_walks=verify_walks)

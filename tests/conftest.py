@@ -7,6 +7,7 @@ stderr and the absence of tracebacks are checked as a user would see them.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -118,3 +119,24 @@ def unfinalize(path: str) -> None:
     with open(path, "r+b") as f:
         f.write(h.pack())
         f.truncate(os.path.getsize(path) - TRAILER_SIZE)
+
+
+# -- the real-kernel vmcore (tests/fixtures/make-real-vmcore.sh) ---------------
+
+REAL_DIR = os.environ.get("STRIPEDUMP_REAL_VMCORE_DIR", "/var/tmp/stripedump-real-vmcore")
+
+
+@pytest.fixture(scope="session")
+def real_vmcore():
+    """A QEMU dump of Debian's kernel, built once and cached in REAL_DIR."""
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "make-real-vmcore.sh")
+    if not os.path.exists(script):
+        pytest.skip("tests/fixtures/make-real-vmcore.sh is missing")
+    if shutil.which("qemu-system-x86_64") is None and os.geteuid() != 0:
+        pytest.skip("QEMU (qemu-system-x86) is not installed and cannot be installed without root")
+    p = subprocess.run(["bash", script, REAL_DIR], capture_output=True, text=True, timeout=900)
+    if p.returncode != 0:
+        lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
+        pytest.skip(f"cannot build the real-kernel vmcore: {lines[-1] if lines else p.returncode}")
+    with open(os.path.join(REAL_DIR, "kernel-release")) as f:
+        return os.path.join(REAL_DIR, "vmcore"), f.read().strip()

@@ -34,7 +34,7 @@ from stripedump.kdumplayout import KdumpLayout, _set_bits
 from stripedump.pipeline import dump
 from stripedump.vmcore import Source
 
-from conftest import assert_one_line_error
+from conftest import REAL_DIR, assert_one_line_error   # and the real_vmcore fixture
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SYS_PYTHON = "/usr/bin/python3"
@@ -465,25 +465,6 @@ def test_existing_output_needs_force(tmp_path, vmcore):
 
 
 # -- the real-kernel vmcore --------------------------------------------------
-
-REAL_DIR = os.environ.get("STRIPEDUMP_REAL_VMCORE_DIR", "/var/tmp/stripedump-real-vmcore")
-
-
-@pytest.fixture(scope="session")
-def real_vmcore():
-    """A QEMU dump of Debian's kernel, built once and cached in REAL_DIR."""
-    script = os.path.join(HERE, "fixtures", "make-real-vmcore.sh")
-    if not os.path.exists(script):
-        pytest.skip("tests/fixtures/make-real-vmcore.sh is missing")
-    if shutil.which("qemu-system-x86_64") is None and os.geteuid() != 0:
-        pytest.skip("QEMU (qemu-system-x86) is not installed and cannot be installed without root")
-    p = subprocess.run(["bash", script, REAL_DIR], capture_output=True, text=True, timeout=900)
-    if p.returncode != 0:
-        lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
-        pytest.skip(f"cannot build the real-kernel vmcore: {lines[-1] if lines else p.returncode}")
-    with open(os.path.join(REAL_DIR, "kernel-release")) as f:
-        return os.path.join(REAL_DIR, "vmcore"), f.read().strip()
-
 
 def ram_only_copy(src: str, dst: str) -> None:
     """The QEMU core as /proc/vmcore would show it: program headers right after the

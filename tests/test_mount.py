@@ -437,3 +437,15 @@ def test_a_mount_libfuse_refuses_is_a_mount_error_with_its_reason(tmp_path):
         _daemon(load_fuse(), {"f": BytesFile(b"x")}, str(gone), None)
     assert e.value.exit_code == 10 and "\n" not in str(e.value)
     assert mounted(gone) is None
+
+
+def test_loading_fuse_leaves_the_environment_as_it_was():
+    """libfuse 3 is named to mfusepy only while it loads: children of this process (fusepy's
+    libfuse 2 file systems in this suite, anything a library user starts) must not inherit it."""
+    if not os.path.exists("/dev/fuse"):
+        pytest.skip("no /dev/fuse")
+    from stripedump import mount
+    before = os.environ.get("FUSE_LIBRARY_PATH")
+    mfusepy = mount.load_fuse()
+    assert mfusepy.fuse_version_major == 3
+    assert os.environ.get("FUSE_LIBRARY_PATH") == before
