@@ -133,6 +133,13 @@ def encode_chunk(src, codec, chunk: Chunk, block_bytes: int, out, zero,
     return pos, csum, unreadable
 
 
+# SAFE_FIND_END: mmap.find on CPython 3.11.0-3.11.4 (Debian 12 ships 3.11.2) reads one byte past
+# the end of the range it searches (gh-105235, an off-by-one in fastsearch).  Inside a mapping
+# that byte is there; at its very end the next page may be unmapped, and the worker dies of
+# SIGSEGV (seen on a fresh Debian 12 while dumping a synthetic core).  So a zero test whose
+# range ends at the end of the mapping compares a slice instead (one block per window).
+
+
 def _zero_flags(obj, base: int, n: int, bb: int, zero) -> list[bool]:
     """Per block of ``obj[base:base+n]`` (whole blocks): True where it is all zero.
 
@@ -143,8 +150,10 @@ def _zero_flags(obj, base: int, n: int, bb: int, zero) -> list[bool]:
     """
     z = zero if len(zero) == bb else zero[:bb]
     if isinstance(obj, mmap.mmap):
-        find = obj.find
-        return [find(z, s, s + bb) == s for s in range(base, base + n, bb)]
+        find, size = obj.find, len(obj)
+        # a search that ends at the mapping's end compares slices instead: SAFE_FIND_END
+        return [find(z, s, s + bb) == s if s + bb < size else obj[s:s + bb] == z
+                for s in range(base, base + n, bb)]
     return [obj[s:s + bb] == z for s in range(base, base + n, bb)]
 
 
@@ -221,6 +230,7 @@ def _encode_blocks_any(codec, obj, base, mv, n, block_bytes, out, pos, zero, bad
     raw_only = codec.ID == 0
     is_mmap = isinstance(obj, mmap.mmap)
     find, compress = obj.find, codec.compress
+    size = len(obj) if is_mmap else 0
     as_bytes = codec.wants_bytes
     zeros = unreadable = 0
     for i in range(nblocks):
@@ -234,7 +244,8 @@ def _encode_blocks_any(codec, obj, base, mv, n, block_bytes, out, pos, zero, bad
             unreadable += 1
             continue
         z = zero if ln == len(zero) else zero[:ln]
-        if (find(z, base + a, base + b) == base + a) if is_mmap else obj[base + a:base + b] == z:
+        if (find(z, base + a, base + b) == base + a) if is_mmap and base + b < size \
+                else obj[base + a:base + b] == z:       # SAFE_FIND_END
             table[i] = BLOCK_ZERO << BLOCK_KIND_SHIFT
             zeros += 1
             continue

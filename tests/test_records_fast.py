@@ -241,3 +241,32 @@ def test_vectorized_check_of_a_short_last_block(mixed):
         bad = reseal(b)
         assert verdict(bad, block) == loop_verdict(bad, block)
         assert isinstance(verdict(bad, block), str)        # refused
+
+
+def test_zero_tests_never_search_up_to_the_end_of_a_mapping():
+    """CPython 3.11.0-3.11.4's mmap.find reads one byte past the searched range (gh-105235): at the
+    end of a mapping that byte may be unmapped, and a worker died of SIGSEGV on a fresh Debian 12
+    (Python 3.11.2).  No zero test may search a range that ends where the mapping ends."""
+    import mmap
+    ends = []
+
+    class Recording(mmap.mmap):
+        def find(self, sub, start=None, end=None):
+            ends.append(end)
+            return super().find(sub, start, end)
+
+    ps = 4096
+    m = Recording(-1, 4 * ps)
+    m[ps + 5:ps + 6] = b"\x01"              # block 1 is not zero
+    want = [True, False, True, True]
+    assert records._zero_flags(m, 0, 4 * ps, ps, bytes(ps)) == want
+    assert records._zero_flags(m, ps, 3 * ps, ps, bytes(ps)) == want[1:]
+    out = bytearray(record_bound(4 * ps, ps))
+    codec = CodecSpec.parse("lz4").make()
+    table, pos, zeros, bad = records._encode_blocks_any(codec, m, 0, memoryview(m), 4 * ps - 100, ps, out,
+                                                         CHUNK_HEADER_SIZE, bytes(ps), [])
+    assert zeros == 3 and bad == 0
+    table, pos, zeros, bad = records._encode_blocks_any(codec, m, 0, memoryview(m), 4 * ps, ps, out,
+                                                         CHUNK_HEADER_SIZE, bytes(ps), [(ps, 2 * ps)])
+    assert zeros == 3 and bad == 1
+    assert ends and all(e < len(m) for e in ends), ends
