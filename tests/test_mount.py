@@ -31,7 +31,7 @@ def need_mount() -> None:
     if not os.path.exists("/dev/fuse"):
         pytest.skip("no /dev/fuse: FUSE is not available here")
     from stripedump.errors import MountError
-    from stripedump.mount import load_fuse
+    from stripedump.fusefs import load_fuse
     try:
         load_fuse()
     except MountError as e:
@@ -431,7 +431,8 @@ def test_a_mount_libfuse_refuses_is_a_mount_error_with_its_reason(tmp_path):
     caller as one MountError carrying libfuse's message, and no server stays behind."""
     need_mount()
     from stripedump.errors import MountError
-    from stripedump.mount import BytesFile, _daemon, load_fuse
+    from stripedump.fusefs import BytesFile, load_fuse
+    from stripedump.mount import _daemon
     gone = tmp_path / "gone"
     with pytest.raises(MountError, match="bad mount point") as e:
         _daemon(load_fuse(), {"f": BytesFile(b"x")}, str(gone), None)
@@ -444,8 +445,8 @@ def test_loading_fuse_leaves_the_environment_as_it_was():
     libfuse 2 file systems in this suite, anything a library user starts) must not inherit it."""
     if not os.path.exists("/dev/fuse"):
         pytest.skip("no /dev/fuse")
-    from stripedump import mount
+    from stripedump import fusefs
     before = os.environ.get("FUSE_LIBRARY_PATH")
-    mfusepy = mount.load_fuse()
+    mfusepy = fusefs.load_fuse()
     assert mfusepy.fuse_version_major == 3
     assert os.environ.get("FUSE_LIBRARY_PATH") == before
