@@ -163,7 +163,6 @@ def _flip_payload(members, d, cid):
 def test_a_damaged_chunk_is_an_error_never_zeros(tmp_path, vmcore, caplog):
     b = vmcore("kernel")
     members = _dump(b.path, tmp_path, "zstd")
-    src = open(b.path, "rb").read()
     with stripedump.open(members) as d:
         cid = next(c for c in range(d.plan.n_page_chunks) if d.index.length[c] > 200)
         ch = d.plan.chunk(cid)
@@ -178,7 +177,6 @@ def test_a_damaged_chunk_is_an_error_never_zeros(tmp_path, vmcore, caplog):
         other = next(c for c in range(d.plan.n_page_chunks) if c != cid)
         oc = d.plan.chunk(other)
         assert d.read_phys(oc.start * d.page_size, 4096) == _phys(b.path, oc.start * d.page_size, 4096)
-    assert src
 
 
 def _loads(path):
