@@ -79,9 +79,9 @@ def _size(what, positive=False):
 
 
 def _codec(text):
-    from .codecs import CodecSpec
+    from .autocodec import parse_codec
     try:
-        return CodecSpec.parse(text)
+        return parse_codec(text)
     except UsageError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
 

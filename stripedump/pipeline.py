@@ -97,7 +97,7 @@ from .errors import IncompleteDump, Interrupted, StripedumpError, TargetIOError,
 from .format import HEADER_BLOCK, STATE_COMPLETE, STATE_INCOMPLETE, first_record_offset, pack_manifest
 from .ipc import END, MessagePipe, RecordPipe, SharedFlag
 from .manifest import build_manifest
-from .writer import MemberWriter, new_member_header, write_member_head
+from .writer import AUTO_SYNC_EVERY, MemberWriter, new_member_header, write_member_head
 from .degraded import Routes
 from .iowatch import IOWatch
 from .plan import Plan
@@ -169,6 +169,8 @@ def dump(cfg: DumpConfig, progress=None, say=None) -> DumpResult:
     """
     with Signals() as sig:
         t0 = time.monotonic()
+        if hasattr(cfg.codec, "available"):   # --codec auto: the default ladder less missing libraries
+            cfg = replace(cfg, codec=cfg.codec.available())
         cfg.codec.make()      # a missing codec library is a usage error, before anything is touched
         src = Source(cfg.source, use_mmap=cfg.use_mmap)
         try:
@@ -370,6 +372,15 @@ class _Coordinator:
         self.members_done: dict[int, tuple] = {}
         self.iow: IOWatch | None = None    # hung targets (iowatch.py)
         self.retired: set[int] = set()     # slots a hung writer still holds: never used again
+        # --codec auto (autocodec.py): the controller, and shared doubles the children publish
+        # (per worker and choice: raw bytes, record bytes, CPU-seconds; per writer: bytes synced,
+        # seconds in write + sync) with what was last fed to it
+        self.ladder = getattr(cfg.codec, "ladder", None)
+        self.ctl = self.stats = self.seen = None
+        if self.ladder is not None:
+            from .autocodec import Controller
+            from .config import usable_cpus
+            self.ctl = Controller([str(c) for c in self.ladder], min(self.W, usable_cpus()), cfg.codec.start)
 
     # -- the whole run ---------------------------------------------------------------
 
@@ -401,10 +412,17 @@ class _Coordinator:
         if self.cfg.on_disk_error == "continue":
             self.routes = Routes(self.writer_qs)
         self.iow = IOWatch(self.targets, self.cfg.io_timeout)
+        if self.ctl is not None:
+            n = self.W * len(self.ladder) * 3 + self.D * 2
+            self.stats = memoryview(mmap.mmap(-1, 8 * n, mmap.MAP_SHARED)).cast("d")
+            self.seen = [0.0] * n
 
     def start_children(self) -> None:
         for d, t in enumerate(self.targets):
             w = MemberWriter(t.fd, t.path, self.headers[d], self.start, self.cfg.direct_io, self.cfg.discard)
+            if self.stats is not None:
+                at = self.W * len(self.ladder) * 3 + 2 * d
+                w.io_stats, w.sync_every = self.stats[at:at + 2], AUTO_SYNC_EVERY
             others = tuple(u.fd for u in self.targets if u is not t)
             self.writers.append(spawn(writer_main, f"stripedump-writer-{d}",
                                       (d, w, self.pool, self.slot_size, self.writer_qs[d], self.events,
@@ -420,7 +438,8 @@ class _Coordinator:
     def new_worker(self, i: int):
         return spawn(worker_main, f"stripedump-worker-{i}",
                      (i, self.src, self.cfg.codec, self.plan_json, self.block_bytes, self.pool,
-                      self.slot_size, self.tasks, self.writer_qs, self.events, self.stop, self.current))
+                      self.slot_size, self.tasks, self.writer_qs, self.events, self.stop, self.current,
+                      self.stats))
 
     # -- phase 1: the feed loop ------------------------------------------------------
 
@@ -443,6 +462,7 @@ class _Coordinator:
                     return      # a dead child's slots never come back: stop waiting for them
             for ev in evs:
                 self.on_event(ev)
+            self.observe()
             if self.progress:
                 self.progress(self.done_in, self.plan.input_bytes)
 
@@ -457,8 +477,37 @@ class _Coordinator:
                 if cid is None:
                     self.exhausted = True
                     return
-            self.tasks.put(cid, self.free.pop() | (CAREFUL if cid in self.retried else 0))
+            self.tasks.put(cid, self.free.pop() | (CAREFUL if cid in self.retried else 0), self.choose())
             self.inflight += 1
+
+    def choose(self) -> int:
+        """The codec choice (ladder index) for the next chunk: 0 unless --codec auto."""
+        return self.ctl.choose() if self.ctl is not None else 0
+
+    def observe(self) -> None:
+        """--codec auto: feed the controller what the children published since the last look."""
+        if self.ctl is None:
+            return
+        st, seen, L = self.stats, self.seen, len(self.ladder)
+        for w in range(self.W):
+            for c in range(L):
+                i = (w * L + c) * 3
+                raw = st[i] - seen[i]
+                if raw > 0:
+                    self.ctl.observe_encode(c, raw, st[i + 1] - seen[i + 1], st[i + 2] - seen[i + 2])
+                    seen[i:i + 3] = st[i:i + 3].tolist()
+        # the targets together: D times the slowest writer's rate (chunks are placed round robin)
+        rates, base = [], self.W * L * 3
+        for d in range(self.D):
+            i = base + 2 * d
+            secs = st[i + 1] - seen[i + 1]
+            nb = st[i] - seen[i]
+            if nb > 0 and d not in self.dropped:
+                rates.append((nb, secs))
+                seen[i:i + 2] = st[i:i + 2].tolist()
+        if rates:
+            nb, secs = min(rates, key=lambda r: r[0] / r[1] if r[1] > 0 else float("inf"))
+            self.ctl.observe_disk(nb * max(len(rates), self.D - len(self.dropped)), secs)
 
     def idle(self) -> bool:
         """Nothing in flight, and nothing more to hand out."""
@@ -615,7 +664,7 @@ class _Coordinator:
         self.say(f"worker {i} {why} in chunk {cid - 1}; reading it page by page")
         p.join()
         self.workers[i] = self.new_worker(i)
-        self.tasks.put(cid - 1, slot | CAREFUL)
+        self.tasks.put(cid - 1, slot | CAREFUL, self.choose())
         return True
 
     # -- phase 2: shutdown, whatever happened ----------------------------------------
@@ -624,7 +673,7 @@ class _Coordinator:
         """Stop the workers, finalize every member, join every child; kill what does not stop."""
         try:
             for _ in self.workers:
-                self.tasks.put(END, 0)
+                self.tasks.put(END, 0, 0)
             join_all(self.workers, self.fail, "worker")
             self.finish_members()
             join_all(self.writers, self.fail, "writer")
@@ -697,7 +746,9 @@ class _Coordinator:
                           self.plan.n_chunks, 0.0, self.W,
                           {"block_bytes": self.block_bytes, "chunk_bytes": self.plan.chunk_bytes,
                            "slots": self.nslots, "pool_bytes": self.nslots * self.slot_size,
-                           "unreadable_blocks": sum(self.unreadable.values()), "degraded": degraded})
+                           "unreadable_blocks": sum(self.unreadable.values()), "degraded": degraded,
+                           **({"auto_chunks": {str(c): n for c, n in zip(self.ladder, self.ctl.handed) if n}}
+                              if self.ctl is not None else {})})
 
     def describe_lost(self) -> str:
         lost = sorted(set(self.lost))
