@@ -12,7 +12,8 @@ What can be measured is what each resource delivers:
 * per writer, the rate at which bytes reach its device: bytes over the
   seconds spent inside ``write`` and ``fdatasync``, published at each sync
   only (a write that lands in the page cache proves nothing; with auto the
-  writers sync every AUTO_SYNC_EVERY bytes, writer.py).  Writeback that
+  writers sync after AUTO_FIRST_SYNC bytes, then twice as many each time up
+  to every AUTO_SYNC_EVERY bytes, writer.py: a first rate after a few MiB).  Writeback that
   overlaps a writer's idle time makes a disk look faster than it is, but a
   writer is idle only when the disks are not the limit, which is the case
   where the estimate does not matter.
@@ -23,9 +24,10 @@ that really run at once; ``disk_rate``: all targets together, D times the
 slowest, since chunks are placed round robin), because encoding and writing
 overlap in the pipeline.  Each chunk goes to the codec that minimizes it.
 Estimates decay with the bytes seen (half-life HALF_LIFE raw bytes) so they
-follow the data; 1 in EXPLORE chunks goes to another codec of the ladder,
-round robin, to keep its estimates fresh, and in the first chunks every
-codec gets one chunk.  Until a disk rate exists the start codec (lz4 when
+follow the data; about 1 in EXPLORE chunks goes to another codec of the
+ladder to keep its estimates fresh, a codec predicted k times slower than
+the best k times less often (so exploring costs about 1/EXPLORE of the time
+however slow zstd:9 is), and in the first chunks every codec gets one chunk.  Until a disk rate exists the start codec (lz4 when
 in the ladder) is used.
 
 The controller (``Controller``) is a pure class: fed observations, asked
@@ -137,7 +139,7 @@ class Controller:
         self.chunks = 0
         self.tried = [False] * self.n
         self.tried[start] = True
-        self._rr = 0
+        self.credit = [0.0] * self.n
         self.handed = [0] * self.n
 
     # -- observations -----------------------------------------------------------
@@ -190,6 +192,27 @@ class Controller:
         low = min(t for t, _, _ in scored)
         return min((r, i) for t, r, i in scored if t <= low * (1 + TIE))[1]
 
+    def _explore(self, best: int) -> int:
+        """``best``, or the other codec whose turn to be measured has come.
+
+        Each other codec earns 1 / (EXPLORE * (n - 1) * cost) of a chunk per
+        chunk, ``cost`` its predicted time over the best's (at least 1), and
+        is given a chunk when it has earned one: together about 1 chunk in
+        EXPLORE, and the time spent on exploration about 1/EXPLORE of the
+        dump's, however slow a codec far off the best is.
+        """
+        tb = self.predicted(best)
+        for j in range(self.n):
+            if j != best:
+                tj = self.predicted(j)
+                cost = max(1.0, tj / tb) if tj is not None and tb else 1.0
+                self.credit[j] += 1.0 / (self.explore * (self.n - 1) * cost)
+        due = max((c, -j) for j, c in enumerate(self.credit) if j != best)
+        if due[0] >= 1.0:
+            self.credit[-due[1]] -= 1.0
+            return -due[1]
+        return best
+
     def choose(self) -> int:
         """The ladder index for the next chunk."""
         self.chunks += 1
@@ -198,10 +221,8 @@ class Controller:
             untried = [j for j in range(self.n) if not self.tried[j]]
             if untried and self.chunks % WARMUP == 0:
                 i = untried[0]
-            elif self.chunks % self.explore == 0:
-                others = [j for j in range(self.n) if j != i]
-                i = others[self._rr % len(others)]
-                self._rr += 1
+            elif not untried:
+                i = self._explore(i)
         self.tried[i] = True
         self.handed[i] += 1
         return i

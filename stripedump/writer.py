@@ -27,6 +27,8 @@ SYNC_EVERY = int(_SYNC_ENV) if _SYNC_ENV.isdigit() and int(_SYNC_ENV) > 0 else 2
 # --codec auto (autocodec.py): writers sync this often and time their writes and syncs, so the
 # controller learns the rate at which bytes reach the devices, not how fast the page cache fills
 AUTO_SYNC_EVERY = SYNC_EVERY if _SYNC_ENV.isdigit() and int(_SYNC_ENV) > 0 else 32 << 20
+AUTO_FIRST_SYNC = min(AUTO_SYNC_EVERY, 4 << 20)   # the first sync: doubled after each, up to AUTO_SYNC_EVERY,
+# so a first disk rate is known after a few MiB, not after 32 MiB per member
 SYNC_CHUNKS = 1 << 14      # also sync after this many chunks: bounds what the coordinator keeps per writer
 KICK_EVERY = 16 << 20      # start writeback early so the final fsync has little left to do
 DIRECT_ALIGN = 4096        # O_DIRECT offset and length alignment (logical block size or less)
@@ -214,6 +216,7 @@ class MemberWriter:
             self._io_secs += time.monotonic() - t0
             self.io_stats[1] = self._io_secs      # seconds first: a reader never sees bytes without them
             self.io_stats[0] = float(self.pos - self._start)
+            self.sync_every = min(2 * self.sync_every, AUTO_SYNC_EVERY)
         self._advise_dontneed(self.synced_to)
         self.synced_to = self.kicked_to = self.pos
         self.since_sync = self.unsynced = 0

@@ -81,7 +81,7 @@ def test_restricted_list_is_honoured():
     assert choice(fed(["none", "lz4"], 5 * MB)) == "lz4"
 
 
-def test_starts_on_lz4_and_explores_each_codec_then_one_in_32():
+def test_starts_on_lz4_and_explores_each_codec_then_about_one_in_32():
     ladder = list(DEFAULT_LADDER)
     c = Controller(ladder, 2, start=1)
     first = [ladder[c.choose()] for _ in range(20)]
@@ -89,9 +89,15 @@ def test_starts_on_lz4_and_explores_each_codec_then_one_in_32():
     assert set(first) == set(ladder)          # every codec tried once early on
     c = fed(ladder, 200 * MB)
     c.tried = [True] * len(ladder)
-    picks = [c.names[c.choose()] for _ in range(EXPLORE * 8)]
-    assert picks.count("zstd:1") == EXPLORE * 8 - 8
-    assert sorted(set(picks) - {"zstd:1"}) == sorted(set(ladder) - {"zstd:1"})   # the others, in turn
+    n = EXPLORE * 64
+    picks = [c.names[c.choose()] for _ in range(n)]
+    explored = n - picks.count("zstd:1")
+    assert set(picks) == set(ladder)          # the others are measured again, every one of them
+    assert n / EXPLORE / 4 <= explored <= n / EXPLORE + len(ladder), explored
+    # the time spent on them: about 1/EXPLORE of the time, however slow zstd:9 is
+    t = {x: c.predicted(i) for i, x in enumerate(ladder)}
+    extra = sum(t[p] - t["zstd:1"] for p in picks if p != "zstd:1")
+    assert extra <= 1.5 * n * t["zstd:1"] / EXPLORE, extra / (n * t["zstd:1"])
 
 
 def test_estimates_follow_the_data():
