@@ -46,6 +46,7 @@ DEFAULT_LADDER = ("none", "lz4", "zstd:1", "zstd:3", "zstd:9")
 EXPLORE = 32               # 1 chunk in EXPLORE goes to another codec of the ladder
 WARMUP = 4                 # in the first chunks, 1 in WARMUP goes to a codec not tried yet
 HALF_LIFE = 64 << 20       # raw (or written) bytes after which an old observation weighs half
+MIN_SAMPLE = 256 << 10     # raw bytes of a codec before its rates are trusted (a tiny header chunk is not)
 TIE = 0.03                 # predicted times this close: the smaller output wins
 
 
@@ -164,8 +165,8 @@ class Controller:
     # -- the model --------------------------------------------------------------
 
     def cpu_rate(self, i: int) -> float | None:
-        """Raw bytes per CPU-second of codec ``i``."""
-        if self.raw[i] <= 0:
+        """Raw bytes per CPU-second of codec ``i``; None until MIN_SAMPLE bytes were seen."""
+        if self.raw[i] < MIN_SAMPLE:
             return None
         return self.raw[i] / self.cpu[i] if self.cpu[i] > 0 else float("inf")
 

@@ -747,8 +747,18 @@ class _Coordinator:
                           {"block_bytes": self.block_bytes, "chunk_bytes": self.plan.chunk_bytes,
                            "slots": self.nslots, "pool_bytes": self.nslots * self.slot_size,
                            "unreadable_blocks": sum(self.unreadable.values()), "degraded": degraded,
-                           **({"auto_chunks": {str(c): n for c, n in zip(self.ladder, self.ctl.handed) if n}}
-                              if self.ctl is not None else {})})
+                           **(self.auto_report() if self.ctl is not None else {})})
+
+    def auto_report(self) -> dict:
+        """--codec auto, for --json: chunks per codec, and the model's last estimates."""
+        ctl = self.ctl
+        est = {str(c): {"cpu_mb_s": round(r / 1e6, 1) if (r := ctl.cpu_rate(i)) not in (None, float("inf"))
+                        else r, "ratio": round(ctl.ratio(i), 4) if ctl.ratio(i) is not None else None}
+               for i, c in enumerate(self.ladder)}
+        disk = ctl.disk_rate()
+        return {"auto_chunks": {str(c): n for c, n in zip(self.ladder, ctl.handed) if n},
+                "auto_model": {"codecs": est, "parallel": ctl.parallel,
+                               "disk_mb_s": round(disk / 1e6, 1) if disk not in (None, float("inf")) else disk}}
 
     def describe_lost(self) -> str:
         lost = sorted(set(self.lost))
