@@ -104,7 +104,7 @@ def run_dump(src: str, targets: list[str], codec: str, workers: int) -> dict:
         raise SystemExit(f"bench/auto.py: {codec} failed: {p.stderr.strip()}")
     r = json.loads(p.stdout)
     return {"codec": codec, "wall_s": wall, "seconds": r["seconds"], "output_bytes": r["output_bytes"],
-            "auto_chunks": r.get("auto_chunks")}
+            "auto_chunks": r.get("auto_chunks"), "auto_model": r.get("auto_model")}
 
 
 def measure(kind: str, src: str, make_targets, runs: int, workers: int, say) -> dict:

@@ -5,10 +5,16 @@ gigabytes of page cache a slow disk is invisible in any queue until the
 final sync, so "the writers fall behind" cannot be read from slots or pipes.
 What can be measured is what each resource delivers:
 
-* per codec, its encode rate (raw bytes per CPU-second of the worker that
-  encoded the chunk: ``time.process_time`` around ``encode_chunk``, page
-  faults on the source included) and its ratio (record bytes / raw bytes,
-  zero pages included);
+* per codec, its encode rate and its ratio (record bytes / raw bytes, zero
+  pages included).  The rate that predicts is raw bytes per *wall* second
+  of a worker inside ``encode_chunk`` (page faults on the source included),
+  with P = the number of workers: a worker that shares its CPU with the
+  writers (whose copy into the page cache, or into a tmpfs, is CPU time
+  too), the coordinator or other load is slower by as much, and its wall
+  time says so.  Raw bytes per CPU-second (``time.process_time``) is kept
+  too and reported; with it and P = min(workers, CPUs) the model was wrong
+  on a loaded 2-CPU machine: lz4 looked 2.7x faster than it ran and beat
+  none on a tmpfs, where none was faster (1 GiB: 0.76 s none, 1.33 s lz4);
 * per writer, the rate at which bytes reach its device: bytes over the
   seconds spent inside ``write`` and ``fdatasync``, published at each sync
   only (a write that lands in the page cache proves nothing; with auto the
@@ -19,10 +25,9 @@ What can be measured is what each resource delivers:
   where the estimate does not matter.
 
 A dump of ``raw`` bytes in codec ``c`` then takes about
-``max(raw / (cpu_rate[c] * P), raw * ratio[c] / disk_rate)`` (P: workers
-that really run at once; ``disk_rate``: all targets together, D times the
-slowest, since chunks are placed round robin), because encoding and writing
-overlap in the pipeline.  Each chunk goes to the codec that minimizes it.
+``max(raw / (encode_rate[c] * P), raw * ratio[c] / disk_rate)``
+(``disk_rate``: all targets together, D times the slowest, since chunks are
+placed round robin), because encoding and writing overlap in the pipeline.  Each chunk goes to the codec that minimizes it.
 Estimates decay with the bytes seen (half-life HALF_LIFE raw bytes) so they
 follow the data; about 1 in EXPLORE chunks goes to another codec of the
 ladder to keep its estimates fresh, a codec predicted k times slower than
@@ -123,7 +128,7 @@ def parse_codec(text: str):
 class Controller:
     """Chooses a ladder index per chunk from encode and disk observations (see the module comment).
 
-    ``parallel``: how many workers really encode at once (workers, at most the usable CPUs).
+    ``parallel``: how many workers encode at once (their encode rates are per wall second).
     """
 
     def __init__(self, names, parallel: int, start: int = 0, explore: int = EXPLORE):
@@ -135,8 +140,10 @@ class Controller:
         self.raw = [0.0] * self.n
         self.stored = [0.0] * self.n
         self.cpu = [0.0] * self.n
+        self.wall = [0.0] * self.n
         self.disk_bytes = 0.0
         self.disk_secs = 0.0
+        self.disk_cpu = 0.0
         self.chunks = 0
         self.tried = [False] * self.n
         self.tried[start] = True
@@ -145,22 +152,27 @@ class Controller:
 
     # -- observations -----------------------------------------------------------
 
-    def observe_encode(self, i: int, raw: float, stored: float, cpu_s: float) -> None:
-        """Codec ``i`` encoded ``raw`` bytes into ``stored`` bytes in ``cpu_s`` CPU-seconds."""
+    def observe_encode(self, i: int, raw: float, stored: float, cpu_s: float,
+                       wall_s: float | None = None) -> None:
+        """Codec ``i`` encoded ``raw`` bytes into ``stored`` bytes in ``cpu_s`` CPU-seconds and
+        ``wall_s`` seconds of a worker (None: as many as CPU-seconds: a CPU of its own)."""
         if raw <= 0:
             return
         k = 0.5 ** (raw / HALF_LIFE)
         self.raw[i] = self.raw[i] * k + raw
         self.stored[i] = self.stored[i] * k + stored
         self.cpu[i] = self.cpu[i] * k + max(cpu_s, 0.0)
+        self.wall[i] = self.wall[i] * k + max(cpu_s if wall_s is None else wall_s, 0.0)
 
-    def observe_disk(self, nbytes: float, seconds: float) -> None:
-        """All targets together took ``nbytes`` to their devices in ``seconds`` of write+sync."""
+    def observe_disk(self, nbytes: float, seconds: float, cpu_s: float = 0.0) -> None:
+        """All targets together took ``nbytes`` to their devices in ``seconds`` of write+sync,
+        ``cpu_s`` of which the writers spent on a CPU."""
         if nbytes <= 0 or seconds < 0:
             return
         k = 0.5 ** (nbytes / HALF_LIFE)
         self.disk_bytes = self.disk_bytes * k + nbytes
         self.disk_secs = self.disk_secs * k + seconds
+        self.disk_cpu = self.disk_cpu * k + max(cpu_s, 0.0)
 
     # -- the model --------------------------------------------------------------
 
@@ -169,6 +181,12 @@ class Controller:
         if self.raw[i] < MIN_SAMPLE:
             return None
         return self.raw[i] / self.cpu[i] if self.cpu[i] > 0 else float("inf")
+
+    def encode_rate(self, i: int) -> float | None:
+        """Raw bytes per wall second of a worker encoding with codec ``i`` (what predicts)."""
+        if self.raw[i] < MIN_SAMPLE:
+            return None
+        return self.raw[i] / self.wall[i] if self.wall[i] > 0 else float("inf")
 
     def ratio(self, i: int) -> float | None:
         return self.stored[i] / self.raw[i] if self.raw[i] > 0 else None
@@ -180,10 +198,10 @@ class Controller:
 
     def predicted(self, i: int) -> float | None:
         """Seconds per raw byte with codec ``i``: max(encode, write), or None while unmeasured."""
-        cpu, ratio, disk = self.cpu_rate(i), self.ratio(i), self.disk_rate()
-        if cpu is None or disk is None:
+        rate, ratio, disk = self.encode_rate(i), self.ratio(i), self.disk_rate()
+        if rate is None or disk is None:
             return None
-        return max(1.0 / (cpu * self.parallel), ratio / disk)
+        return max(1.0 / (rate * self.parallel), ratio / disk)
 
     def best(self) -> int:
         """The measured codec with the least predicted time (ties: the smaller output); else start."""

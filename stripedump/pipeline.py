@@ -139,6 +139,8 @@ class DumpResult:
         return (f"dumped {self.bytes_in / 1e6:.1f} MB from {self.source} to {len(self.members)} "
                 f"member(s) [{outs}], {self.codec}, ratio {self.ratio:.2f}, "
                 f"{self.seconds:.2f} s, {self.mb_per_s:.1f} MB/s"
+                + (" (chunks per codec: " + ", ".join(f"{c} {n}" for c, n in self.extra["auto_chunks"].items())
+                   + ")" if self.extra.get("auto_chunks") else "")
                 + (f"; {bad} block(s) of source memory could not be read and are recorded as "
                    "unreadable" if bad else "")
                 + "".join(f"; degraded: target {f['path']} failed and was dropped, {f['moved']} of its "
@@ -373,14 +375,14 @@ class _Coordinator:
         self.iow: IOWatch | None = None    # hung targets (iowatch.py)
         self.retired: set[int] = set()     # slots a hung writer still holds: never used again
         # --codec auto (autocodec.py): the controller, and shared doubles the children publish
-        # (per worker and choice: raw bytes, record bytes, CPU-seconds; per writer: bytes synced,
-        # seconds in write + sync) with what was last fed to it
+        # (per worker and choice: raw bytes, record bytes, CPU and wall seconds; per writer: bytes synced,
+        # seconds in write + sync, CPU-seconds of them) with what was last fed to it
         self.ladder = getattr(cfg.codec, "ladder", None)
         self.ctl = self.stats = self.seen = None
         if self.ladder is not None:
             from .autocodec import Controller
-            from .config import usable_cpus
-            self.ctl = Controller([str(c) for c in self.ladder], min(self.W, usable_cpus()), cfg.codec.start)
+            # encode rates are per wall second of a worker (autocodec.py): W workers, however many CPUs
+            self.ctl = Controller([str(c) for c in self.ladder], self.W, cfg.codec.start)
 
     # -- the whole run ---------------------------------------------------------------
 
@@ -413,7 +415,7 @@ class _Coordinator:
             self.routes = Routes(self.writer_qs)
         self.iow = IOWatch(self.targets, self.cfg.io_timeout)
         if self.ctl is not None:
-            n = self.W * len(self.ladder) * 3 + self.D * 2
+            n = self.W * len(self.ladder) * 4 + self.D * 3
             self.stats = memoryview(mmap.mmap(-1, 8 * n, mmap.MAP_SHARED)).cast("d")
             self.seen = [0.0] * n
 
@@ -421,8 +423,8 @@ class _Coordinator:
         for d, t in enumerate(self.targets):
             w = MemberWriter(t.fd, t.path, self.headers[d], self.start, self.cfg.direct_io, self.cfg.discard)
             if self.stats is not None:
-                at = self.W * len(self.ladder) * 3 + 2 * d
-                w.io_stats, w.sync_every = self.stats[at:at + 2], AUTO_FIRST_SYNC
+                at = self.W * len(self.ladder) * 4 + 3 * d
+                w.io_stats, w.sync_every = self.stats[at:at + 3], AUTO_FIRST_SYNC
             others = tuple(u.fd for u in self.targets if u is not t)
             self.writers.append(spawn(writer_main, f"stripedump-writer-{d}",
                                       (d, w, self.pool, self.slot_size, self.writer_qs[d], self.events,
@@ -491,23 +493,26 @@ class _Coordinator:
         st, seen, L = self.stats, self.seen, len(self.ladder)
         for w in range(self.W):
             for c in range(L):
-                i = (w * L + c) * 3
+                i = (w * L + c) * 4
                 raw = st[i] - seen[i]
                 if raw > 0:
-                    self.ctl.observe_encode(c, raw, st[i + 1] - seen[i + 1], st[i + 2] - seen[i + 2])
-                    seen[i:i + 3] = st[i:i + 3].tolist()
+                    now = st[i:i + 4].tolist()
+                    self.ctl.observe_encode(c, now[0] - seen[i], now[1] - seen[i + 1], now[2] - seen[i + 2],
+                                            now[3] - seen[i + 3])
+                    seen[i:i + 4] = now
         # the targets together: D times the slowest writer's rate (chunks are placed round robin)
-        rates, base = [], self.W * L * 3
+        rates, base = [], self.W * L * 4
         for d in range(self.D):
-            i = base + 2 * d
-            secs = st[i + 1] - seen[i + 1]
+            i = base + 3 * d
+            secs, cpu = st[i + 1] - seen[i + 1], st[i + 2] - seen[i + 2]
             nb = st[i] - seen[i]
             if nb > 0 and d not in self.dropped:
-                rates.append((nb, secs))
-                seen[i:i + 2] = st[i:i + 2].tolist()
+                rates.append((nb, secs, cpu))
+                seen[i:i + 3] = st[i:i + 3].tolist()
         if rates:
-            nb, secs = min(rates, key=lambda r: r[0] / r[1] if r[1] > 0 else float("inf"))
-            self.ctl.observe_disk(nb * max(len(rates), self.D - len(self.dropped)), secs)
+            nb, secs, cpu = min(rates, key=lambda r: r[0] / r[1] if r[1] > 0 else float("inf"))
+            k = max(len(rates), self.D - len(self.dropped))
+            self.ctl.observe_disk(nb * k, secs, cpu * k)
 
     def idle(self) -> bool:
         """Nothing in flight, and nothing more to hand out."""
@@ -752,13 +757,15 @@ class _Coordinator:
     def auto_report(self) -> dict:
         """--codec auto, for --json: chunks per codec, and the model's last estimates."""
         ctl = self.ctl
-        est = {str(c): {"cpu_mb_s": round(r / 1e6, 1) if (r := ctl.cpu_rate(i)) not in (None, float("inf"))
-                        else r, "ratio": round(ctl.ratio(i), 4) if ctl.ratio(i) is not None else None}
+        def mb(r):
+            return round(r / 1e6, 1) if r not in (None, float("inf")) else r
+        est = {str(c): {"cpu_mb_s": mb(ctl.cpu_rate(i)), "wall_mb_s": mb(ctl.encode_rate(i)),
+                        "ratio": round(ctl.ratio(i), 4) if ctl.ratio(i) is not None else None}
                for i, c in enumerate(self.ladder)}
         disk = ctl.disk_rate()
         return {"auto_chunks": {str(c): n for c, n in zip(self.ladder, ctl.handed) if n},
                 "auto_model": {"codecs": est, "parallel": ctl.parallel,
-                               "disk_mb_s": round(disk / 1e6, 1) if disk not in (None, float("inf")) else disk}}
+                               "disk_mb_s": mb(disk)}}
 
     def describe_lost(self) -> str:
         lost = sorted(set(self.lost))

@@ -40,7 +40,8 @@ def worker_main(wid, src, codec_spec, plan_json, block_bytes, pool, slot_size, t
     ``codec_spec`` is a CodecSpec, or an AutoSpec (``--codec auto``): then a
     task's codec choice indexes its ladder, one codec instance per choice,
     and ``stats`` (shared doubles, autocodec.py) gets, per choice, the raw
-    bytes, record bytes and CPU-seconds of every chunk this worker encodes.
+    bytes, record bytes, CPU-seconds and wall seconds of every chunk this
+    worker encodes.
     """
     child_init()
     try:
@@ -50,7 +51,7 @@ def worker_main(wid, src, codec_spec, plan_json, block_bytes, pool, slot_size, t
         plan = Plan.from_json(plan_json)
         zero = bytes(block_bytes)
         pool_mv = memoryview(pool)
-        mine = stats[wid * len(ladder) * 3:(wid + 1) * len(ladder) * 3] if stats is not None else None
+        mine = stats[wid * len(ladder) * 4:(wid + 1) * len(ladder) * 4] if stats is not None else None
         for cid, slot, choice in tasks.records(POLL):
             careful, slot = bool(slot & CAREFUL), slot & ~CAREFUL
             if stop.value:
@@ -62,13 +63,14 @@ def worker_main(wid, src, codec_spec, plan_json, block_bytes, pool, slot_size, t
                 chunk = plan.chunk(cid)
                 codec = codecs[choice] or _make(codecs, ladder, choice)
                 out = pool_mv[slot * slot_size:(slot + 1) * slot_size]
-                t0 = time.process_time()
+                t0, w0 = time.process_time(), time.monotonic()
                 length, csum, unreadable = encode_chunk(src, codec, chunk, block_bytes, out, zero, careful)
                 out.release()
-                if mine is not None:
-                    mine[3 * choice] += chunk.raw_bytes(plan.page_size)
-                    mine[3 * choice + 1] += length
-                    mine[3 * choice + 2] += time.process_time() - t0
+                if mine is not None:     # raw last: the coordinator reads a chunk's numbers by its raw
+                    mine[4 * choice + 1] += length
+                    mine[4 * choice + 2] += time.process_time() - t0
+                    mine[4 * choice + 3] += time.monotonic() - w0
+                    mine[4 * choice] += chunk.raw_bytes(plan.page_size)
             except StripedumpError as e:
                 events.put(("err", f"worker {wid}", slot, *e.to_wire()))
                 continue

@@ -93,20 +93,22 @@ class MemberWriter:
         self.totals: dict[int, list[int]] = {}    # codec id -> [chunks, raw bytes, stored bytes]
         self.excluded_pages = 0
         self.sync_every = SYNC_EVERY
-        # --codec auto: shared doubles [bytes synced, seconds in write + sync], published at each sync
+        # --codec auto: shared doubles [bytes synced, seconds in write + sync, CPU-seconds of them],
+        # published at each sync
         self.io_stats = None
-        self._io_secs = 0.0
+        self._io_secs = self._io_cpu = 0.0
         self._start = start
         if direct and start % DIRECT_ALIGN:
             raise ValueError("direct I/O needs an aligned start")
 
     def _emit(self, data) -> None:
         if self.io_stats is not None:
-            t0 = time.monotonic()
+            t0, c0 = time.monotonic(), time.process_time()
             try:
                 self._emit_now(data)
             finally:
                 self._io_secs += time.monotonic() - t0
+                self._io_cpu += time.process_time() - c0
             return
         self._emit_now(data)
 
@@ -210,10 +212,12 @@ class MemberWriter:
             pass     # advice only
 
     def _sync_and_drop(self) -> None:
-        t0 = time.monotonic()
+        t0, c0 = time.monotonic(), time.process_time()
         self._sync(data_only=True)
         if self.io_stats is not None:
             self._io_secs += time.monotonic() - t0
+            self._io_cpu += time.process_time() - c0
+            self.io_stats[2] = self._io_cpu
             self.io_stats[1] = self._io_secs      # seconds first: a reader never sees bytes without them
             self.io_stats[0] = float(self.pos - self._start)
             self.sync_every = min(2 * self.sync_every, AUTO_SYNC_EVERY)

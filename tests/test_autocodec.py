@@ -73,6 +73,19 @@ def test_cpu_bound_goes_lighter_down_to_none():
     assert choice(fed(ladder, 200 * MB, parallel=1, rates=slow_cpu)) == "none"
 
 
+def test_contention_is_seen_in_wall_time():
+    """Workers that get half a CPU each (writers, other load) encode at half their CPU rate: the
+    model goes by wall seconds, so lighter codecs win where CPU-seconds alone would pick heavier."""
+    ladder = ["none", "lz4", "zstd:3"]
+    c = Controller(ladder, 2, start=1)
+    for i, n in enumerate(ladder):
+        cpu, ratio = RATES[n]
+        c.observe_encode(i, 32 << 20, (32 << 20) * ratio, (32 << 20) / cpu, 4 * (32 << 20) / cpu)
+    c.observe_disk(32 << 20, (32 << 20) / (60 * MB))
+    assert c.names[c.best()] == "lz4"
+    assert choice(fed(ladder, 60 * MB)) == "zstd:3"     # the same CPUs, each worker on its own
+
+
 def test_restricted_list_is_honoured():
     for names in (["zstd:3", "zstd:9"], ["none", "lz4"], ["zstd:1"]):
         c = fed(names, 20 * MB)
