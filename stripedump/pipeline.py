@@ -97,7 +97,7 @@ from .errors import IncompleteDump, Interrupted, StripedumpError, TargetIOError,
 from .format import HEADER_BLOCK, STATE_COMPLETE, STATE_INCOMPLETE, first_record_offset, pack_manifest
 from .ipc import END, MessagePipe, RecordPipe, SharedFlag
 from .manifest import build_manifest
-from .writer import AUTO_FIRST_SYNC, MemberWriter, new_member_header, write_member_head
+from .writer import AUTO_FIRST_SYNC, AUTO_KICK_EVERY, MemberWriter, new_member_header, write_member_head
 from .degraded import Routes
 from .iowatch import IOWatch
 from .plan import Plan
@@ -424,7 +424,7 @@ class _Coordinator:
             w = MemberWriter(t.fd, t.path, self.headers[d], self.start, self.cfg.direct_io, self.cfg.discard)
             if self.stats is not None:
                 at = self.W * len(self.ladder) * 4 + 3 * d
-                w.io_stats, w.sync_every = self.stats[at:at + 3], AUTO_FIRST_SYNC
+                w.io_stats, w.sync_every, w.kick_every = self.stats[at:at + 3], AUTO_FIRST_SYNC, AUTO_KICK_EVERY
             others = tuple(u.fd for u in self.targets if u is not t)
             self.writers.append(spawn(writer_main, f"stripedump-writer-{d}",
                                       (d, w, self.pool, self.slot_size, self.writer_qs[d], self.events,

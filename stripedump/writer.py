@@ -29,6 +29,8 @@ SYNC_EVERY = int(_SYNC_ENV) if _SYNC_ENV.isdigit() and int(_SYNC_ENV) > 0 else 2
 AUTO_SYNC_EVERY = SYNC_EVERY if _SYNC_ENV.isdigit() and int(_SYNC_ENV) > 0 else 32 << 20
 AUTO_FIRST_SYNC = min(AUTO_SYNC_EVERY, 4 << 20)   # the first sync: doubled after each, up to AUTO_SYNC_EVERY,
 # so a first disk rate is known after a few MiB, not after 32 MiB per member
+AUTO_KICK_EVERY = 1 << 20  # and start writeback after every MiB: a sync every 32 MiB leaves the device idle
+# until the next kick (KICK_EVERY after it), which cost auto 16% on 30 MB/s loop devices (docs/benchmarks.md)
 SYNC_CHUNKS = 1 << 14      # also sync after this many chunks: bounds what the coordinator keeps per writer
 KICK_EVERY = 16 << 20      # start writeback early so the final fsync has little left to do
 DIRECT_ALIGN = 4096        # O_DIRECT offset and length alignment (logical block size or less)
@@ -92,7 +94,7 @@ class MemberWriter:
         self.dump_id = header.dump_id
         self.totals: dict[int, list[int]] = {}    # codec id -> [chunks, raw bytes, stored bytes]
         self.excluded_pages = 0
-        self.sync_every = SYNC_EVERY
+        self.sync_every, self.kick_every = SYNC_EVERY, KICK_EVERY
         # --codec auto: shared doubles [bytes synced, seconds in write + sync, CPU-seconds of them],
         # published at each sync
         self.io_stats = None
@@ -184,7 +186,7 @@ class MemberWriter:
         if not self.discard:
             if self.since_sync >= self.sync_every or self.unsynced >= SYNC_CHUNKS:
                 self._sync_and_drop()
-            elif not self.direct and self.pos - self.kicked_to >= KICK_EVERY:
+            elif not self.direct and self.pos - self.kicked_to >= self.kick_every:
                 self._advise_dontneed(self.kicked_to)
                 self.kicked_to = self.pos
 
