@@ -79,9 +79,9 @@ def _size(what, positive=False):
 
 
 def _codec(text):
-    from .codecs import CodecSpec
+    from .autocodec import parse_codec
     try:
-        return CodecSpec.parse(text)
+        return parse_codec(text)
     except UsageError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
 
@@ -147,7 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="targets: block devices (written from offset 0) or files (created)")
     d.add_argument("--codec", type=_codec, default=None, metavar="CODEC[:LEVEL]",
                    help="none, lz4, snappy, lzo, zlib or zstd, with a level for zlib/zstd (default lz4, "
-                        "or the first of snappy, lzo, zstd, zlib whose library is installed)")
+                        "or the first of snappy, lzo, zstd, zlib whose library is installed); auto or "
+                        "auto:C,C,...: a codec per chunk, chosen from measured CPU and disk rates")
     d.add_argument("--workers", type=_positive_int, default=0, metavar="N",
                    help="compression processes (default: one per usable CPU)")
     d.add_argument("--chunk-size", type=_size("--chunk-size"), default="1M", metavar="SIZE",

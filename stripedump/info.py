@@ -16,6 +16,7 @@ import datetime
 
 from .dumpset import DumpSet
 from .reader import ChunkIndex
+from .codecs import BY_ID
 from .format import STATE_NAMES
 from .vmcore import parse_notes, parse_vmcoreinfo
 
@@ -35,7 +36,14 @@ def info(members: list[str]) -> dict:
         report = missing_report(ds, ChunkIndex.build(ds, allow_incomplete=True).missing(), ds.header_pieces)
         recovery = {d["index"]: d for d in report["members"] if d["index"] is not None}
         out_members = []
+        codecs: dict = {}      # codec name -> chunks, raw and stored bytes, from the footers (v2)
         for pos, (r, f) in enumerate(zip(ds.readers, ds.footers(allow_incomplete=True))):
+            for t in (f.codec_totals if f else ()):
+                name = BY_ID[t.codec_id].name if t.codec_id in BY_ID else f"codec {t.codec_id}"
+                c = codecs.setdefault(name, {"chunks": 0, "raw_bytes": 0, "stored_bytes": 0})
+                c["chunks"] += t.chunks
+                c["raw_bytes"] += t.raw_bytes
+                c["stored_bytes"] += t.stored_bytes
             d = {"index": r.header.member_index, "path": r.path, "bytes": r.size,
                  "state": STATE_NAMES.get(f.state if f else r.header.state, "unknown"),
                  "chunks": f.chunks if f else None, "input_bytes": f.bytes_in if f else None,
@@ -63,7 +71,7 @@ def info(members: list[str]) -> dict:
                                 "input_bytes": None, "note": None})
         return {
             "dump_id": ds.dump_id, "tool": m.get("tool"), "created": m.get("created"),
-            "codec": m.get("codec"), "placement": m.get("placement"),
+            "codec": m.get("codec"), "codecs": codecs, "placement": m.get("placement"),
             "chunk_bytes": plan.chunk_bytes, "block_bytes": ds.block_bytes,
             "chunks": plan.n_chunks, "page_chunks": plan.n_page_chunks,
             "source": {"path": src.get("path"), "size": ds.source_size, "elfclass": src.get("elfclass"),
@@ -100,6 +108,9 @@ def render(d: dict) -> str:
         f"{s['residue_bytes']} bytes of headers and padding",
         f"codec:      {d['codec']}, chunks of {d['chunk_bytes']} bytes, blocks of {d['block_bytes']} bytes, "
         f"{d['chunks']} chunks, placed {d['placement']}",
+        *(["by codec:   " + ", ".join(
+            f"{n} {c['chunks']} chunk(s) ({_mb(c['raw_bytes'])} -> {_mb(c['stored_bytes'])})"
+            for n, c in d["codecs"].items())] if d.get("codecs") else []),
         f"members:    {sum(1 for m in d['members'] if m['path'] and m['index'] is not None)} given of "
         f"{sum(1 for m in d['members'] if m['index'] is not None)}",
     ]

@@ -12,6 +12,11 @@ and writes it with the read pool (pool.py), in one of three modes:
   codec or level asked for): each page decompressed and compressed on its
   own, stored raw when that does not make it smaller, as makedumpfile does.
 
+A ``--codec auto`` dump mixes codecs chunk by chunk and the index does not
+say which: it is joined in TRANSCODE mode, but a chunk whose record is in
+the asked codec (one-page blocks) has its stored blocks copied as they are
+(``copy_id``), whatever level it was compressed at; the others are transcoded.
+
 Why the file is the same bytes whatever ``--workers``: in COPY and NONE
 modes every chunk's data offset is known before anything is read
 (``DataMap``), so workers ``pwrite`` descriptors and data in any order.  In
@@ -42,7 +47,7 @@ from .errors import OutputError, UsageError, VerifyError
 from .flat import FileSink, FlatSink
 from .format import BLOCK_COMPRESSED
 from .kdumplayout import (COPY, DESC_SIZE, DUMP_DH_COMPRESSED_INCOMPLETE, NONE, TRANSCODE, DataMap,
-                          KdumpLayout, chunk_descs, dump_codec, missing_pages, phys_reader, utsname)
+                          KdumpLayout, chunk_descs, dump_codec, is_auto, missing_pages, phys_reader, utsname)
 from .output import JoinResult, PartialOutput, check_output, check_whole, missing_report, unreadable_report
 from .pool import Turns, run_pool
 from .records import decode_chunk, unreadable_ranges
@@ -61,6 +66,15 @@ def choose_codec(ds, asked: CodecSpec | None) -> tuple[CodecSpec, str, str | Non
     name = dump_cls.name if dump_cls else f"codec {ds.header.codec_id}"
     if asked is not None and asked.name == "none":
         return asked, NONE, None
+    if is_auto(ds):
+        if asked is not None and asked.name not in KDUMP_CODECS:
+            raise UsageError(f"kdump pages cannot be {asked.name}-compressed (kdump has no flag for it); "
+                             f"choose one of {', '.join(KDUMP_CODECS)}, or none")
+        asked = asked or CodecSpec(DEFAULT_CODEC)
+        copied = (f"chunks stored in {asked.name} are copied, the others transcoded to {asked}"
+                  if ds.block_bytes == ds.page_size else f"transcoding every page to {asked} (the dump "
+                  f"was compressed in {ds.block_bytes // 1024} KiB blocks)")
+        return asked, TRANSCODE, f"the dump's chunks mix codecs (--codec auto): {copied}"
     if asked is not None and asked.name not in KDUMP_CODECS:
         raise UsageError(f"kdump pages cannot be {asked.name}-compressed (kdump has no flag for it); "
                          f"choose one of {', '.join(KDUMP_CODECS)}, or none")
@@ -102,8 +116,18 @@ def _transcode(lay: KdumpLayout, codec, data, bad) -> tuple[list, bytearray]:
 
 # -- the workers -----------------------------------------------------------
 
+def _copied(lay: KdumpLayout, h, body, blocks, flag) -> tuple[list, memoryview]:
+    """A record already in the asked codec with one-page blocks, as ``_transcode`` returns pages:
+    its stored blocks as they are (pages, data)."""
+    ps, first = lay.page_size, 4 * h.nblocks
+    pages: list = [None] * (h.raw_length // ps)
+    for how, a, b, pos, ln in blocks:
+        pages[a // ps] = (pos - first, ln, flag) if how == BLOCK_COMPRESSED else (pos - first, ps, 0)
+    return pages, memoryview(body)[first:]
+
+
 def _kdump_handler(lay: KdumpLayout, sink, turns, dmap: DataMap | None, spec: CodecSpec, mode: str,
-                   block_bytes: int, flag: int):
+                   block_bytes: int, flag: int, copy_id: int | None = None):
     """Handler factory: one page chunk -> its descriptors and page data in the output.
 
     COPY and NONE place the data where ``dmap`` says; TRANSCODE takes it
@@ -121,6 +145,9 @@ def _kdump_handler(lay: KdumpLayout, sink, turns, dmap: DataMap | None, spec: Co
             h, body, blocks = checked
             bad = unreadable_ranges(h, body, block_bytes)
             npages = t.raw // ps
+            if mode == TRANSCODE and h.codec_id == copy_id:
+                pages, out = _copied(lay, h, body, blocks, flag)
+                return pages, out, [(0, len(out))] if len(out) else [], None, bad, h.start
             if mode == TRANSCODE:
                 _, data, _ = decode_chunk(rec, where, block_bytes, decoders)
                 pages, out = _transcode(lay, codec, data, bad)
@@ -218,7 +245,9 @@ def join_kdump(cfg: JoinConfig, progress=None, notice=None) -> JoinResult:
                     sink.write([(lay.bitmap_offset + off, piece),
                                 (lay.bitmap_offset + lay.bitmap_len + off, piece)])
                 sink.write([(lay.zero_page_offset, bytes(lay.page_size))])
-                handler = _kdump_handler(lay, sink, turns, dmap, spec, mode, ds.block_bytes, status)
+                copy_id = BY_NAME[spec.name].ID if is_auto(ds) and mode == TRANSCODE and \
+                    ds.block_bytes == ds.page_size and status else None
+                handler = _kdump_handler(lay, sink, turns, dmap, spec, mode, ds.block_bytes, status, copy_id)
                 bad: list = []
                 missing: list = []
                 ok, nbytes, errors = run_pool(dump, cfg.nworkers, handler, False, progress,

@@ -277,8 +277,16 @@ def utsname(read_phys, lay: KdumpLayout) -> tuple[list[bytes], str]:
 COPY, NONE, TRANSCODE = "copy", "none", "transcode"     # how page data is made (see the top)
 
 
+def is_auto(ds) -> bool:
+    """A ``--codec auto`` dump: its chunks may each have another codec (the manifest says ``auto``)."""
+    return str(ds.manifest.get("codec", "")).partition(":")[0] == "auto"
+
+
 def dump_codec(ds) -> tuple[type | None, CodecSpec | None]:
-    """The dump's codec class (None if unknown) and its spec with the level the manifest records."""
+    """The dump's codec class (None if unknown, or mixed: ``--codec auto``) and its spec with the
+    level the manifest records."""
+    if is_auto(ds):
+        return None, None
     dump_cls = BY_ID.get(ds.header.codec_id)
     try:
         dump_spec = CodecSpec.parse(str(ds.manifest.get("codec", dump_cls.name)))
@@ -289,7 +297,8 @@ def dump_codec(ds) -> tuple[type | None, CodecSpec | None]:
 
 def view_mode(ds) -> str:
     """COPY when the dump's pages are kdump page data as stored (a codec with a kdump flag,
-    one-page blocks), else NONE: what the on-the-fly view (and ``--codec none``) serves."""
+    one-page blocks), else NONE: what the on-the-fly view (and ``--codec none``) serves.
+    A ``--codec auto`` dump is NONE: the index does not say which codec each chunk has."""
     dump_cls, _ = dump_codec(ds)
     if dump_cls is not None and dump_cls.kdump_flag is not None and ds.block_bytes == ds.page_size:
         return COPY

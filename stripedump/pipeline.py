@@ -97,7 +97,7 @@ from .errors import IncompleteDump, Interrupted, StripedumpError, TargetIOError,
 from .format import HEADER_BLOCK, STATE_COMPLETE, STATE_INCOMPLETE, first_record_offset, pack_manifest
 from .ipc import END, MessagePipe, RecordPipe, SharedFlag
 from .manifest import build_manifest
-from .writer import MemberWriter, new_member_header, write_member_head
+from .writer import AUTO_FIRST_SYNC, AUTO_KICK_EVERY, MemberWriter, new_member_header, write_member_head
 from .degraded import Routes
 from .iowatch import IOWatch
 from .plan import Plan
@@ -139,6 +139,8 @@ class DumpResult:
         return (f"dumped {self.bytes_in / 1e6:.1f} MB from {self.source} to {len(self.members)} "
                 f"member(s) [{outs}], {self.codec}, ratio {self.ratio:.2f}, "
                 f"{self.seconds:.2f} s, {self.mb_per_s:.1f} MB/s"
+                + (" (chunks per codec: " + ", ".join(f"{c} {n}" for c, n in self.extra["auto_chunks"].items())
+                   + ")" if self.extra.get("auto_chunks") else "")
                 + (f"; {bad} block(s) of source memory could not be read and are recorded as "
                    "unreadable" if bad else "")
                 + "".join(f"; degraded: target {f['path']} failed and was dropped, {f['moved']} of its "
@@ -169,6 +171,8 @@ def dump(cfg: DumpConfig, progress=None, say=None) -> DumpResult:
     """
     with Signals() as sig:
         t0 = time.monotonic()
+        if hasattr(cfg.codec, "available"):   # --codec auto: the default ladder less missing libraries
+            cfg = replace(cfg, codec=cfg.codec.available())
         cfg.codec.make()      # a missing codec library is a usage error, before anything is touched
         src = Source(cfg.source, use_mmap=cfg.use_mmap)
         try:
@@ -370,6 +374,15 @@ class _Coordinator:
         self.members_done: dict[int, tuple] = {}
         self.iow: IOWatch | None = None    # hung targets (iowatch.py)
         self.retired: set[int] = set()     # slots a hung writer still holds: never used again
+        # --codec auto (autocodec.py): the controller, and shared doubles the children publish
+        # (per worker and choice: raw bytes, record bytes, CPU and wall seconds; per writer: bytes synced,
+        # seconds in write + sync, CPU-seconds of them) with what was last fed to it
+        self.ladder = getattr(cfg.codec, "ladder", None)
+        self.ctl = self.stats = self.seen = None
+        if self.ladder is not None:
+            from .autocodec import Controller
+            # encode rates are per wall second of a worker (autocodec.py): W workers, however many CPUs
+            self.ctl = Controller([str(c) for c in self.ladder], self.W, cfg.codec.start)
 
     # -- the whole run ---------------------------------------------------------------
 
@@ -401,10 +414,17 @@ class _Coordinator:
         if self.cfg.on_disk_error == "continue":
             self.routes = Routes(self.writer_qs)
         self.iow = IOWatch(self.targets, self.cfg.io_timeout)
+        if self.ctl is not None:
+            n = self.W * len(self.ladder) * 4 + self.D * 3
+            self.stats = memoryview(mmap.mmap(-1, 8 * n, mmap.MAP_SHARED)).cast("d")
+            self.seen = [0.0] * n
 
     def start_children(self) -> None:
         for d, t in enumerate(self.targets):
             w = MemberWriter(t.fd, t.path, self.headers[d], self.start, self.cfg.direct_io, self.cfg.discard)
+            if self.stats is not None:
+                at = self.W * len(self.ladder) * 4 + 3 * d
+                w.io_stats, w.sync_every, w.kick_every = self.stats[at:at + 3], AUTO_FIRST_SYNC, AUTO_KICK_EVERY
             others = tuple(u.fd for u in self.targets if u is not t)
             self.writers.append(spawn(writer_main, f"stripedump-writer-{d}",
                                       (d, w, self.pool, self.slot_size, self.writer_qs[d], self.events,
@@ -420,7 +440,8 @@ class _Coordinator:
     def new_worker(self, i: int):
         return spawn(worker_main, f"stripedump-worker-{i}",
                      (i, self.src, self.cfg.codec, self.plan_json, self.block_bytes, self.pool,
-                      self.slot_size, self.tasks, self.writer_qs, self.events, self.stop, self.current))
+                      self.slot_size, self.tasks, self.writer_qs, self.events, self.stop, self.current,
+                      self.stats))
 
     # -- phase 1: the feed loop ------------------------------------------------------
 
@@ -443,6 +464,7 @@ class _Coordinator:
                     return      # a dead child's slots never come back: stop waiting for them
             for ev in evs:
                 self.on_event(ev)
+            self.observe()
             if self.progress:
                 self.progress(self.done_in, self.plan.input_bytes)
 
@@ -457,8 +479,40 @@ class _Coordinator:
                 if cid is None:
                     self.exhausted = True
                     return
-            self.tasks.put(cid, self.free.pop() | (CAREFUL if cid in self.retried else 0))
+            self.tasks.put(cid, self.free.pop() | (CAREFUL if cid in self.retried else 0), self.choose())
             self.inflight += 1
+
+    def choose(self) -> int:
+        """The codec choice (ladder index) for the next chunk: 0 unless --codec auto."""
+        return self.ctl.choose() if self.ctl is not None else 0
+
+    def observe(self) -> None:
+        """--codec auto: feed the controller what the children published since the last look."""
+        if self.ctl is None:
+            return
+        st, seen, L = self.stats, self.seen, len(self.ladder)
+        for w in range(self.W):
+            for c in range(L):
+                i = (w * L + c) * 4
+                raw = st[i] - seen[i]
+                if raw > 0:
+                    now = st[i:i + 4].tolist()
+                    self.ctl.observe_encode(c, now[0] - seen[i], now[1] - seen[i + 1], now[2] - seen[i + 2],
+                                            now[3] - seen[i + 3])
+                    seen[i:i + 4] = now
+        # the targets together: D times the slowest writer's rate (chunks are placed round robin)
+        rates, base = [], self.W * L * 4
+        for d in range(self.D):
+            i = base + 3 * d
+            secs, cpu = st[i + 1] - seen[i + 1], st[i + 2] - seen[i + 2]
+            nb = st[i] - seen[i]
+            if nb > 0 and d not in self.dropped:
+                rates.append((nb, secs, cpu))
+                seen[i:i + 3] = st[i:i + 3].tolist()
+        if rates:
+            nb, secs, cpu = min(rates, key=lambda r: r[0] / r[1] if r[1] > 0 else float("inf"))
+            k = max(len(rates), self.D - len(self.dropped))
+            self.ctl.observe_disk(nb * k, secs, cpu * k)
 
     def idle(self) -> bool:
         """Nothing in flight, and nothing more to hand out."""
@@ -615,7 +669,7 @@ class _Coordinator:
         self.say(f"worker {i} {why} in chunk {cid - 1}; reading it page by page")
         p.join()
         self.workers[i] = self.new_worker(i)
-        self.tasks.put(cid - 1, slot | CAREFUL)
+        self.tasks.put(cid - 1, slot | CAREFUL, self.choose())
         return True
 
     # -- phase 2: shutdown, whatever happened ----------------------------------------
@@ -624,7 +678,7 @@ class _Coordinator:
         """Stop the workers, finalize every member, join every child; kill what does not stop."""
         try:
             for _ in self.workers:
-                self.tasks.put(END, 0)
+                self.tasks.put(END, 0, 0)
             join_all(self.workers, self.fail, "worker")
             self.finish_members()
             join_all(self.writers, self.fail, "writer")
@@ -697,7 +751,21 @@ class _Coordinator:
                           self.plan.n_chunks, 0.0, self.W,
                           {"block_bytes": self.block_bytes, "chunk_bytes": self.plan.chunk_bytes,
                            "slots": self.nslots, "pool_bytes": self.nslots * self.slot_size,
-                           "unreadable_blocks": sum(self.unreadable.values()), "degraded": degraded})
+                           "unreadable_blocks": sum(self.unreadable.values()), "degraded": degraded,
+                           **(self.auto_report() if self.ctl is not None else {})})
+
+    def auto_report(self) -> dict:
+        """--codec auto, for --json: chunks per codec, and the model's last estimates."""
+        ctl = self.ctl
+        def mb(r):
+            return round(r / 1e6, 1) if r not in (None, float("inf")) else r
+        est = {str(c): {"cpu_mb_s": mb(ctl.cpu_rate(i)), "wall_mb_s": mb(ctl.encode_rate(i)),
+                        "ratio": round(ctl.ratio(i), 4) if ctl.ratio(i) is not None else None}
+               for i, c in enumerate(self.ladder)}
+        disk = ctl.disk_rate()
+        return {"auto_chunks": {str(c): n for c, n in zip(self.ladder, ctl.handed) if n},
+                "auto_model": {"codecs": est, "parallel": ctl.parallel,
+                               "disk_mb_s": mb(disk)}}
 
     def describe_lost(self) -> str:
         lost = sorted(set(self.lost))

@@ -26,7 +26,7 @@ from .writer import MemberWriter
 from .plan import Plan, placement
 from .procs import POLL, child_init, coordinator_pid, parent_gone
 
-TASK = "<QI"          # coordinator -> workers: chunk id, slot (| CAREFUL: read page by page)
+TASK = "<QIB"         # coordinator -> workers: chunk id, slot (| CAREFUL: read page by page), codec choice
 CAREFUL = 1 << 31
 CURRENT = struct.Struct("<QId")  # per worker, in shared memory: chunk id + 1 (0: idle), slot, start
 WRITE = "<QIIQQ"      # worker -> writer: chunk id, slot, record length, checksum, source bytes
@@ -34,14 +34,25 @@ SYNC = END - 1        # coordinator -> writer: sync now, say what is durable (--
 
 
 def worker_main(wid, src, codec_spec, plan_json, block_bytes, pool, slot_size, tasks, writer_qs,
-            events, stop, current) -> None:
+            events, stop, current, stats=None) -> None:
+    """Encode the chunks the coordinator hands out.
+
+    ``codec_spec`` is a CodecSpec, or an AutoSpec (``--codec auto``): then a
+    task's codec choice indexes its ladder, one codec instance per choice,
+    and ``stats`` (shared doubles, autocodec.py) gets, per choice, the raw
+    bytes, record bytes, CPU-seconds and wall seconds of every chunk this
+    worker encodes.
+    """
     child_init()
     try:
-        codec = codec_spec.make()
+        ladder = getattr(codec_spec, "ladder", (codec_spec,))
+        codecs = [None] * len(ladder)
+        codecs[0 if len(ladder) == 1 else codec_spec.start] = codec_spec.make()
         plan = Plan.from_json(plan_json)
         zero = bytes(block_bytes)
         pool_mv = memoryview(pool)
-        for cid, slot in tasks.records(POLL):
+        mine = stats[wid * len(ladder) * 4:(wid + 1) * len(ladder) * 4] if stats is not None else None
+        for cid, slot, choice in tasks.records(POLL):
             careful, slot = bool(slot & CAREFUL), slot & ~CAREFUL
             if stop.value:
                 events.put(("skip", slot))
@@ -50,9 +61,16 @@ def worker_main(wid, src, codec_spec, plan_json, block_bytes, pool, slot_size, t
             CURRENT.pack_into(current, wid * CURRENT.size, cid + 1, slot, time.monotonic())
             try:
                 chunk = plan.chunk(cid)
+                codec = codecs[choice] or _make(codecs, ladder, choice)
                 out = pool_mv[slot * slot_size:(slot + 1) * slot_size]
+                t0, w0 = time.process_time(), time.monotonic()
                 length, csum, unreadable = encode_chunk(src, codec, chunk, block_bytes, out, zero, careful)
                 out.release()
+                if mine is not None:     # raw last: the coordinator reads a chunk's numbers by its raw
+                    mine[4 * choice + 1] += length
+                    mine[4 * choice + 2] += time.process_time() - t0
+                    mine[4 * choice + 3] += time.monotonic() - w0
+                    mine[4 * choice] += chunk.raw_bytes(plan.page_size)
             except StripedumpError as e:
                 events.put(("err", f"worker {wid}", slot, *e.to_wire()))
                 continue
@@ -65,6 +83,11 @@ def worker_main(wid, src, codec_spec, plan_json, block_bytes, pool, slot_size, t
     except Exception as e:   # a bug: report it rather than die silently
         events.put(("err", f"worker {wid}", None, "StripedumpError",
                     f"internal error in worker {wid}: {type(e).__name__}: {e}"))
+
+
+def _make(codecs, ladder, choice):
+    codecs[choice] = ladder[choice].make()
+    return codecs[choice]
 
 
 def writer_main(d, writer: MemberWriter, pool, slot_size, inbox, events, notes, routes=None,

@@ -24,6 +24,13 @@ from .fileio import write_exact
 # small dump has several sync barriers (tests/test_powerloss.py); anything but a positive integer is ignored
 _SYNC_ENV = os.environ.get("STRIPEDUMP_SYNC_EVERY", "")
 SYNC_EVERY = int(_SYNC_ENV) if _SYNC_ENV.isdigit() and int(_SYNC_ENV) > 0 else 256 << 20
+# --codec auto (autocodec.py): writers sync this often and time their writes and syncs, so the
+# controller learns the rate at which bytes reach the devices, not how fast the page cache fills
+AUTO_SYNC_EVERY = SYNC_EVERY if _SYNC_ENV.isdigit() and int(_SYNC_ENV) > 0 else 32 << 20
+AUTO_FIRST_SYNC = min(AUTO_SYNC_EVERY, 4 << 20)   # the first sync: doubled after each, up to AUTO_SYNC_EVERY,
+# so a first disk rate is known after a few MiB, not after 32 MiB per member
+AUTO_KICK_EVERY = 1 << 20  # and start writeback after every MiB: a sync every 32 MiB leaves the device idle
+# until the next kick (KICK_EVERY after it), which cost auto 16% on 30 MB/s loop devices (docs/benchmarks.md)
 SYNC_CHUNKS = 1 << 14      # also sync after this many chunks: bounds what the coordinator keeps per writer
 KICK_EVERY = 16 << 20      # start writeback early so the final fsync has little left to do
 DIRECT_ALIGN = 4096        # O_DIRECT offset and length alignment (logical block size or less)
@@ -87,10 +94,27 @@ class MemberWriter:
         self.dump_id = header.dump_id
         self.totals: dict[int, list[int]] = {}    # codec id -> [chunks, raw bytes, stored bytes]
         self.excluded_pages = 0
+        self.sync_every, self.kick_every = SYNC_EVERY, KICK_EVERY
+        # --codec auto: shared doubles [bytes synced, seconds in write + sync, CPU-seconds of them],
+        # published at each sync
+        self.io_stats = None
+        self._io_secs = self._io_cpu = 0.0
+        self._start = start
         if direct and start % DIRECT_ALIGN:
             raise ValueError("direct I/O needs an aligned start")
 
     def _emit(self, data) -> None:
+        if self.io_stats is not None:
+            t0, c0 = time.monotonic(), time.process_time()
+            try:
+                self._emit_now(data)
+            finally:
+                self._io_secs += time.monotonic() - t0
+                self._io_cpu += time.process_time() - c0
+            return
+        self._emit_now(data)
+
+    def _emit_now(self, data) -> None:
         if self.discard:
             pass
         elif self.direct:
@@ -160,9 +184,9 @@ class MemberWriter:
         if self._pending >= INDEX_EVERY:
             self._flush_index()
         if not self.discard:
-            if self.since_sync >= SYNC_EVERY or self.unsynced >= SYNC_CHUNKS:
+            if self.since_sync >= self.sync_every or self.unsynced >= SYNC_CHUNKS:
                 self._sync_and_drop()
-            elif not self.direct and self.pos - self.kicked_to >= KICK_EVERY:
+            elif not self.direct and self.pos - self.kicked_to >= self.kick_every:
                 self._advise_dontneed(self.kicked_to)
                 self.kicked_to = self.pos
 
@@ -190,7 +214,15 @@ class MemberWriter:
             pass     # advice only
 
     def _sync_and_drop(self) -> None:
+        t0, c0 = time.monotonic(), time.process_time()
         self._sync(data_only=True)
+        if self.io_stats is not None:
+            self._io_secs += time.monotonic() - t0
+            self._io_cpu += time.process_time() - c0
+            self.io_stats[2] = self._io_cpu
+            self.io_stats[1] = self._io_secs      # seconds first: a reader never sees bytes without them
+            self.io_stats[0] = float(self.pos - self._start)
+            self.sync_every = min(2 * self.sync_every, AUTO_SYNC_EVERY)
         self._advise_dontneed(self.synced_to)
         self.synced_to = self.kicked_to = self.pos
         self.since_sync = self.unsynced = 0
