@@ -34,7 +34,7 @@ from .format import KIND_FILE
 from .output import (JoinResult, PartialOutput, check_output, check_whole, missing_report, pwrite_all,  # noqa: F401
                      unreadable_report)
 from .pool import run_pool
-from .records import decode_chunk, unreadable_ranges
+from .records import decode_into, unreadable_ranges
 from .vmcore import PT_LOAD, subtract_ranges
 
 class RenderMap:
@@ -77,6 +77,18 @@ class RenderMap:
                 yield a, b, [t + a - self.starts[i] for t in self.targets[i]]
             i += 1
 
+    def single(self, lo: int, hi: int) -> int | None:
+        """The file offset of ``lo`` where [lo, hi) lies in one piece rendered to one place, else None.
+
+        The common case (a chunk inside one PT_LOAD that no other covers):
+        the chunk's runs then go to the file at one offset each, with no
+        ``spans`` walk per run.
+        """
+        i = bisect.bisect_right(self.starts, lo) - 1
+        if i < 0 or self.ends[i] < hi or len(self.targets[i]) != 1:
+            return None
+        return self.targets[i][0] + lo - self.starts[i]
+
 
 class ChunkSink:
     """Where a decoded chunk goes: an ELF output file, or nowhere (verify)."""
@@ -84,19 +96,42 @@ class ChunkSink:
     def __init__(self, fd: int | None, render: RenderMap | None, page_size: int, where: str):
         self.fd, self.render, self.page_size, self.where = fd, render, page_size, where
 
-    def put(self, kind: int, start: int, data: bytearray, runs) -> None:
-        if self.fd is None:
+    def put(self, kind: int, start: int, data, runs, n: int) -> None:
+        """Write the ``runs`` of a decoded chunk of ``n`` bytes; nothing else (the output is
+        pre-sized: what no run covers stays a hole, zeros).  Then start the writeback of what
+        was written (``kick``)."""
+        if self.fd is None or not runs:
             return
         mv = memoryview(data)
+        fd, pwrite = self.fd, os.pwrite
         if kind == KIND_FILE:
+            at = start
+        else:
+            base = start * self.page_size
+            at = self.render.single(base, base + n)
+            if at is None:      # across pieces, or rendered twice (the kernel-text overlap)
+                for a, b in runs:
+                    for pa, pb, offs in self.render.spans(base + a, base + b):
+                        for off in offs:
+                            pwrite_all(fd, mv[pa - base:pb - base], off, self.where)
+                return
+        try:
             for a, b in runs:
-                pwrite_all(self.fd, mv[a:b], start + a, self.where)
-            return
-        base = start * self.page_size
-        for a, b in runs:
-            for pa, pb, offs in self.render.spans(base + a, base + b):
-                for off in offs:
-                    pwrite_all(self.fd, mv[pa - base:pb - base], off, self.where)
+                if pwrite(fd, mv[a:b], at + a) != b - a:
+                    raise InterruptedError       # short: the careful loop writes the rest
+        except OSError:
+            for a, b in runs:
+                pwrite_all(fd, mv[a:b], at + a, self.where)
+        self.kick(at + runs[0][0], runs[-1][1] - runs[0][0])
+
+    def kick(self, offset: int, length: int) -> None:
+        """Start writeback of what was just written (as the dump's writers do, writer.py):
+        on Linux POSIX_FADV_DONTNEED on dirty pages starts it at once, so the disk writes
+        overlap decoding instead of piling up for the final fsync."""
+        try:
+            os.posix_fadvise(self.fd, offset, length, os.POSIX_FADV_DONTNEED)
+        except OSError:
+            pass     # advice only
 
 
 def _elf_handler(output: str | None, render: RenderMap | None, page_size: int, block_bytes: int):
@@ -105,11 +140,15 @@ def _elf_handler(output: str | None, render: RenderMap | None, page_size: int, b
         fd_out = os.open(output, os.O_WRONLY) if output else None
         sink = ChunkSink(fd_out, render, page_size, output)
         codecs: dict = {}
+        buf = bytearray(0)      # one buffer for every chunk of this worker (records.decode_into)
 
         def handle(rec, checked, where, t):
-            h, body, _ = checked
-            _, data, runs = decode_chunk(rec, where, block_bytes, codecs)
-            sink.put(h.kind, h.start, data, runs)
+            nonlocal buf
+            h, body, blocks = checked      # read_chunk's checks, done once (Dump.check_record)
+            if len(buf) < h.raw_length:
+                buf = bytearray(h.raw_length)
+            runs = decode_into(h, body, blocks, where, block_bytes, codecs, buf)
+            sink.put(h.kind, h.start, buf, runs, h.raw_length)
             return unreadable_ranges(h, body, block_bytes), None
         return handle
     return make

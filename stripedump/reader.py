@@ -32,6 +32,7 @@ from __future__ import annotations
 import bisect
 import io
 import logging
+import sys
 import threading
 from array import array
 from collections import OrderedDict
@@ -60,6 +61,12 @@ class NotDumped(VerifyError):
     """A physical address outside the dump's page ranges."""
 
 
+# Below this many chunks the general index fill (about 3.5 us a chunk) costs less than importing
+# numpy for ``_fast`` (80-100 ms here, paid by a join's coordinator before its workers start,
+# issue 12); a process that has numpy already uses it at any size.
+NUMPY_INDEX_MIN = 16384
+
+
 class ChunkIndex:
     """chunk id -> (member position in ``DumpSet.readers``, record offset, record length)."""
 
@@ -80,7 +87,7 @@ class ChunkIndex:
         if len(ds.readers) >= MISSING:
             raise MemberError(f"too many members ({len(ds.readers)})")
         ix = cls(ds.plan.n_chunks)
-        if ix._fast(ds, allow_incomplete):
+        if (ix.n >= NUMPY_INDEX_MIN or "numpy" in sys.modules) and ix._fast(ds, allow_incomplete):
             return ix
         for pos in range(len(ds.readers)):
             ds.source(pos).used = 0

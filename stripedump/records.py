@@ -495,28 +495,74 @@ def decode_chunk(rec, where: str, block_bytes: int, codec_cache: dict) -> tuple[
     """
     h, body, blocks = read_chunk(rec, where, block_bytes)
     data = bytearray(h.raw_length)
+    return h, data, decode_into(h, body, blocks, where, block_bytes, codec_cache, data)
+
+
+def decode_into(h: ChunkHeader, body, blocks: list, where: str, block_bytes: int, codec_cache: dict,
+                out) -> list:
+    """Expand a record checked by ``read_chunk`` (its ``(h, body, blocks)``) into ``out``.
+
+    ``out`` (a writable buffer of at least ``raw_length`` bytes) may be
+    reused from chunk to chunk (issue 12: no allocation, no page faults per
+    chunk): only the bytes of the returned runs, the [start, end) ranges
+    that are not all zero, are written; the rest of ``out`` keeps what it
+    held.  Adjacent raw blocks are copied with one slice; blocks the codec
+    can decompress in place (``Codec.decompress_into``) go straight into
+    ``out``.  A block that does not decompress to its size is a VerifyError
+    naming it (the careful loop below, rerun on any failure of the fast one).
+    """
     runs: list[list[int]] = []
     if not blocks:
-        return h, data, runs
+        return runs
     codec = chunk_codec(h, where, codec_cache)
     into = codec.decompress_into
-    ra = rb = rp = 0       # pending raw copy: data[ra:rb] = body[rp:rp + rb - ra] (neighbours: one copy)
-    with memoryview(data) as dmv:
+    with memoryview(out) as dmv:
+        if into is not None:
+            try:
+                _decode_fast(into, body, blocks, dmv, runs)
+                return runs
+            except Exception:
+                runs.clear()       # the careful loop names the block and the reason
+        ra = rb = rp = 0       # pending raw copy: out[ra:rb] = body[rp:rp + rb - ra] (neighbours: one copy)
         for how, a, b, pos, ln in blocks:
             if how == BLOCK_RAW:
                 if not (a == rb and pos == rp + (rb - ra)):
                     if rb:
-                        data[ra:rb] = body[rp:rp + (rb - ra)]
+                        dmv[ra:rb] = body[rp:rp + (rb - ra)]
                     ra, rp = a, pos
                 rb = b
             elif into is not None:       # straight into place: no bytes object, no copy
                 decompress_block_into(into, codec, body[pos:pos + ln], dmv[a:b], where, a // block_bytes)
             else:
-                data[a:b] = decompress_block(codec, body[pos:pos + ln], b - a, where, a // block_bytes)
+                dmv[a:b] = decompress_block(codec, body[pos:pos + ln], b - a, where, a // block_bytes)
             if runs and runs[-1][1] == a:
                 runs[-1][1] = b
             else:
                 runs.append([a, b])
         if rb:
-            data[ra:rb] = body[rp:rp + (rb - ra)]
-    return h, data, runs
+            dmv[ra:rb] = body[rp:rp + (rb - ra)]
+    return runs
+
+
+class _Short(Exception):
+    pass
+
+
+def _decode_fast(into, body, blocks: list, dmv, runs: list) -> None:
+    """``decode_into``'s loop for a codec with ``decompress_into``: no per-block call but the codec's.
+
+    Raises on any failure (the caller reruns the careful loop for its message).
+    """
+    append = runs.append
+    ra = rb = -1
+    for how, a, b, pos, ln in blocks:
+        if how == BLOCK_RAW:
+            dmv[a:b] = body[pos:pos + ln]
+        elif into(body[pos:pos + ln], dmv[a:b]) != b - a:
+            raise _Short
+        if a != rb:
+            if rb >= 0:
+                append([ra, rb])
+            ra = a
+        rb = b
+    append([ra, rb])

@@ -92,6 +92,24 @@ def test_a_dump_imports_none_of_the_slow_modules(vmcore, tmp_path):
     assert p.stdout.strip() == "0 []"
 
 
+def test_a_small_join_and_verify_import_no_numpy(vmcore, tmp_path):
+    """The index of a dump of few chunks is filled without numpy (reader.NUMPY_INDEX_MIN): its
+    import would be most of a small join's start, paid before the workers begin."""
+    b = vmcore("kernel")
+    members = [str(tmp_path / "m0"), str(tmp_path / "m1")]
+    out = str(tmp_path / "out")
+    code = ("import sys\nfrom stripedump.cli import main\n"
+            f"rc = main(['dump', '-q', '--disks', {','.join(members)!r}, {b.path!r}])\n"
+            f"rc += main(['join', '-q', '-o', {out!r}, *{members!r}])\n"
+            f"rc += main(['verify', '-q', *{members!r}])\n"
+            "print(rc, sorted(m for m in sys.modules if m.startswith('numpy')))\n")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                       env=dict(os.environ, PYTHONPATH=ROOT), stdin=subprocess.DEVNULL)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip() == "0 []"
+    assert open(out, "rb").read() == open(b.path, "rb").read()
+
+
 def test_no_more_workers_than_chunks(tmp_path):
     src = str(tmp_path / "small.vmcore")
     synth.build(src, [synth.Load(0, 1 << 20)])              # two chunks: the page and the headers' residue

@@ -142,6 +142,34 @@ def test_render_map_sends_overlapping_loads_to_both_copies():
     assert HEADER_BLOCK == 4096 and MemberHeader.STRUCT.size <= HEADER_BLOCK
 
 
+def test_render_map_single_place_only_inside_one_load_rendered_once():
+    segs = [dict(type=1, offset=1000, paddr=0, filesz=100, memsz=100),
+            dict(type=1, offset=5000, paddr=50, filesz=100, memsz=100)]
+    rm = RenderMap(segs, [(1010, 1020)])
+    assert rm.single(20, 50) == 1020 and rm.single(30, 40) == 1030 and rm.single(120, 150) == 5070
+    assert rm.single(0, 20) is None        # across the residue cut
+    assert rm.single(40, 60) is None       # into the overlap: rendered to two places
+    assert rm.single(60, 70) is None       # inside the overlap
+    assert rm.single(140, 160) is None     # past the last load
+
+
+def test_join_leaves_all_zero_pages_as_holes(tmp_path, vmcore):
+    """ELF join writes only the blocks that are not all zero: the rest stays a hole of the
+    pre-sized output (issue 12), here 8 of 10 pages and a 4 MiB stretch of zeros."""
+    from stripedump.synth import MIB, Load, page_content
+    b = vmcore("simple", loads=[Load(0, 4 * MIB), Load(8 * MIB, 4 * MIB)],
+               content=lambda pfn, ps: bytes(ps) if pfn < 1024 else page_content(pfn, ps, 8))
+    t = [str(tmp_path / f"m{i}") for i in range(2)]
+    dump(DumpConfig(b.path, tuple(t), CodecSpec("lz4"), 2, 65536))
+    out = str(tmp_path / "o")
+    join(JoinConfig(tuple(t), out))
+    assert open(out, "rb").read() == open(b.path, "rb").read()
+    size, alloc = os.path.getsize(out), os.stat(out).st_blocks * 512
+    data = sum(1 for pfn in range(2048, 3072) if any(page_content(pfn, 4096, 8))) * 4096
+    assert size > 8 * MIB and data < 1.5 * MIB
+    assert alloc <= data + 256 * 1024, (alloc, data)    # the headers, and the file system's slack
+
+
 def test_the_join_side_imports_form_no_cycle():
     """join -> pool/output -> reader; kdump -> kdumplayout; join never imports kdump (the CLI picks)."""
     import ast
