@@ -354,6 +354,15 @@ def run_dump(a) -> int:
     return ExitCode.OK
 
 
+def _fit_workers(a, cmd: str) -> int:
+    """``--workers`` of join/verify, lowered to 2 per usable CPU with a warning, as for dump."""
+    from .resources import fit_workers
+    n, why = fit_workers(a.workers)
+    if why:
+        print(f"stripedump: {cmd}: warning: {why}", file=sys.stderr)
+    return n
+
+
 def run_join(a) -> int:
     from .config import JoinConfig
     if a.format == "elf":
@@ -361,7 +370,7 @@ def run_join(a) -> int:
     else:
         from .kdump import join_kdump as join
     out = sys.stderr if a.output == "-" else sys.stdout   # stdout carries the dump
-    cfg = JoinConfig(tuple(a.members), a.output, a.force, a.workers, a.format, a.codec,
+    cfg = JoinConfig(tuple(a.members), a.output, a.force, _fit_workers(a, "join"), a.format, a.codec,
                      a.allow_incomplete)
     res = join(cfg, notice=None if a.quiet else
                lambda text: print(f"stripedump: join: {text}", file=sys.stderr))
@@ -401,7 +410,7 @@ def run_verify(a) -> int:
     from .progress import Progress
     prog = Progress("verify", quiet=a.quiet)
     try:
-        res = verify(list(a.members), a.workers, progress=prog)
+        res = verify(list(a.members), _fit_workers(a, "verify"), progress=prog)
     finally:
         prog.close()
     if a.json:

@@ -247,3 +247,21 @@ def test_join_output_without_permission(tmp_path, cli):
         if mounted:
             subprocess.run(["umount", str(ro)])
         ro.chmod(0o755)
+
+
+def test_join_and_verify_lower_too_many_workers(tmp_path, vmcore, cli):
+    """As for dump: more than 2 workers per usable CPU is lowered with a warning, never refused,
+    and never started (each worker is a forked process holding a chunk in flight)."""
+    from stripedump.config import usable_cpus
+    b = vmcore("simple")
+    m = [str(tmp_path / "m0"), str(tmp_path / "m1")]
+    assert cli("dump", "-q", "--disks", ",".join(m), b.path).rc == 0
+    many = 2 * usable_cpus() + 7
+    r = cli("join", "--json", "--workers", many, *m, "-o", tmp_path / "out")
+    assert r.rc == 0, r
+    assert f"--workers {many} is more than 2 per usable CPU" in r.err and "warning" in r.err
+    assert (tmp_path / "out").read_bytes() == open(b.path, "rb").read()
+    r = cli("verify", "--workers", many, *m)
+    assert r.rc == 0 and f"using {2 * usable_cpus()} workers" in r.err, r
+    r = cli("join", "--workers", 1, *m, "-o", tmp_path / "out2")
+    assert r.rc == 0 and "warning" not in r.err, r
