@@ -109,9 +109,9 @@ class ChunkIndex:
         degraded dump, an entry failing a check) returns False and the
         general path does it again, with its exact errors.
         """
-        try:
-            import numpy as np
-        except ImportError:
+        from .resources import numpy_if_safe
+        np = numpy_if_safe()
+        if np is None:
             return False
         if ds.relaxed:
             return False

@@ -324,20 +324,14 @@ def read_chunk(rec, where: str, block_bytes: int, dump_id: bytes | None = None,
 
 # Below this many blocks the loop is as fast as numpy's fixed costs.
 VECTOR_MIN_BLOCKS = 16
-# Tables a process checks with the loop before it imports numpy for the rest: the import
-# costs a process 60-100 ms (a join worker of a small dump would pay it for nothing), about
-# what the vectorized check saves over 1,000 tables of 256 blocks.
-NUMPY_AFTER = 1024
-_checked = [0]
 
 
 def _vectorize() -> bool:
-    """Check this table with numpy?  At once where numpy is loaded already (reader.py), else
-    once this process has checked NUMPY_AFTER tables."""
-    if "numpy" in sys.modules:
-        return True
-    _checked[0] += 1
-    return _checked[0] > NUMPY_AFTER
+    """Check this table with numpy?  Only where numpy is loaded already: the reader of a large
+    dump imports it before join's workers fork (``resources.numpy_if_safe``).  A worker never
+    imports it itself: the import costs 60-100 ms, and under a tight address-space limit
+    OpenBLAS aborts the process (a join worker died so in the test suite)."""
+    return "numpy" in sys.modules
 
 
 def _check_table_vectorized(h: ChunkHeader, body, block_bytes: int, nblocks: int,

@@ -210,3 +210,41 @@ def pool_geometry(workers: int, disks: int, chunk_bytes: int, block_bytes: int,
     """(slots, slot size) of the buffer pool for ``workers`` (see fit_pool, which may lower them)."""
     fit = fit_pool(workers, disks, chunk_bytes, block_bytes, memory_limit, direct_io)
     return fit.slots, fit.slot_size
+
+
+# numpy's OpenBLAS allocates its buffers when numpy is imported, and aborts the process (no
+# exception: "Memory allocation still failed after 10 retries") when an address-space limit
+# (ulimit -v, RLIMIT_AS) leaves it less than about 100 MiB, even at one thread.  The read side
+# uses numpy only as a faster path, so it imports it only with this much room.
+NUMPY_ROOM = 256 << 20
+
+
+def numpy_if_safe():
+    """numpy, or None when it is missing or importing it could abort this process (see NUMPY_ROOM).
+
+    Imported with OpenBLAS at one thread unless the environment says otherwise (readers do no
+    linear algebra; a FUSE server forks after this).
+    """
+    import sys
+    if "numpy" in sys.modules:
+        return sys.modules["numpy"]
+    import resource
+    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    if soft != resource.RLIM_INFINITY:
+        try:
+            with open("/proc/self/statm") as f:
+                vsz = int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+        except (OSError, ValueError, IndexError):
+            return None
+        if soft - vsz < NUMPY_ROOM:
+            return None
+    had = os.environ.get("OPENBLAS_NUM_THREADS")
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    try:
+        import numpy
+    except ImportError:
+        return None
+    finally:
+        if had is None:
+            os.environ.pop("OPENBLAS_NUM_THREADS", None)
+    return numpy

@@ -145,19 +145,39 @@ def verdict(rec, block):
         return str(e)
 
 
-def test_numpy_waits_until_it_pays(tmp_path):
-    """A process without numpy checks its first NUMPY_AFTER tables with the loop (a small join's
-    workers never import it); the next one imports it."""
+def test_numpy_is_never_imported_to_check_tables(tmp_path):
+    """A process without numpy checks every table with the loop (a small join's workers never pay
+    the import); only a process that has numpy already uses it."""
     code = ("import sys\nfrom stripedump import records\n"
+            "flags = [records._vectorize() for _ in range(5000)]\n"
             "assert 'numpy' not in sys.modules\n"
-            "flags = [records._vectorize() for _ in range(records.NUMPY_AFTER + 1)]\n"
-            "print(flags.count(True), flags[-1])\n")
+            "import numpy\n"
+            "print(flags.count(True), records._vectorize())\n")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
                        env=dict(os.environ, PYTHONPATH=root))
     assert p.returncode == 0, p.stderr
-    assert p.stdout.split() == ["1", "True"]
+    assert p.stdout.split() == ["0", "True"]
 
+
+def test_numpy_is_not_imported_where_openblas_would_abort_the_process():
+    """Under a tight address-space limit importing numpy kills the process (OpenBLAS: "Memory
+    allocation still failed"); the reader's fast paths then go without it, and the dump still opens."""
+    code = ("import os, resource, sys\n"
+            "from stripedump.resources import numpy_if_safe\n"
+            "vsz = int(open('/proc/self/statm').read().split()[0]) * os.sysconf('SC_PAGE_SIZE')\n"
+            "resource.setrlimit(resource.RLIMIT_AS, (vsz + (48 << 20), resource.RLIM_INFINITY))\n"
+            "print(numpy_if_safe() is None, 'numpy' in sys.modules)\n")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                       env=dict(os.environ, PYTHONPATH=root))
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.split() == ["True", "False"]
+    p = subprocess.run([sys.executable, "-c", "from stripedump.resources import numpy_if_safe\n"
+                        "import os\nprint(numpy_if_safe().__name__, os.environ.get('OPENBLAS_NUM_THREADS'))"],
+                       capture_output=True, text=True, timeout=60,
+                       env={k: v for k, v in dict(os.environ, PYTHONPATH=root).items() if k != "OPENBLAS_NUM_THREADS"})
+    assert p.returncode == 0 and p.stdout.split() == ["numpy", "None"], p
 
 def loop_verdict(rec, block):
     saved = records.VECTOR_MIN_BLOCKS
