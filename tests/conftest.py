@@ -111,6 +111,17 @@ def loop_device(tmp_path):
         subprocess.run(["losetup", "-d", d], capture_output=True)
 
 
+def damage_chunk(d, cid: int, back: int = 1, mask: int = 0xFF) -> None:
+    """Flip bits (``mask``) of one payload byte of chunk ``cid``'s record, ``back`` bytes before its
+    end, in the member that holds it; ``d`` is a ``stripedump.open`` of the dump (its index)."""
+    at = d.index.offset[cid] + d.index.length[cid] - back
+    with open(d.paths[d.index.member[cid]], "r+b") as f:
+        f.seek(at)
+        byte = f.read(1)
+        f.seek(at)
+        f.write(bytes([byte[0] ^ mask]))
+
+
 def unfinalize(path: str) -> None:
     """The header as a dump that was killed leaves it: state 0, no footer in the header, no trailer."""
     r = MemberReader(path)

@@ -34,7 +34,7 @@ from stripedump.kdumplayout import KdumpLayout, _set_bits
 from stripedump.pipeline import dump
 from stripedump.vmcore import Source
 
-from conftest import REAL_DIR, assert_one_line_error   # and the real_vmcore fixture
+from conftest import REAL_DIR, assert_one_line_error, damage_chunk   # and the real_vmcore fixture
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SYS_PYTHON = "/usr/bin/python3"
@@ -337,13 +337,7 @@ def test_damaged_utsname_chunk_is_one_error(tmp_path, vmcore, cli):
     m = dump_members(tmp_path, b.path, "lzo")
     with reader.open(list(m)) as d:
         cid = d.plan.page_chunk_at(0x1100F04 // 4096)
-        at = d.index.offset[cid] + d.index.length[cid] - 10
-        path = d.paths[d.index.member[cid]]
-    with open(path, "r+b") as f:
-        f.seek(at)
-        c = f.read(1)
-        f.seek(at)
-        f.write(bytes([c[0] ^ 0x55]))
+        damage_chunk(d, cid, back=10, mask=0x55)
     res = cli("join", "-q", *m, "--format", "kdump", "-o", tmp_path / "o")
     assert_one_line_error(res, 7, "checksum mismatch", f"chunk {cid} ")
 
@@ -659,13 +653,7 @@ def test_view_of_a_damaged_chunk_is_an_error_not_zeros(tmp_path, vmcore, mode_co
     m = dump_members(tmp_path, b.path, mode_codec, members=2, chunk="16K")
     with reader.open(list(m)) as d:
         cid = next(c for c in range(d.plan.n_page_chunks) if d.index.length[c] > 200)
-        at = d.index.offset[cid] + d.index.length[cid] - 10
-        path = d.paths[d.index.member[cid]]
-    with open(path, "r+b") as f:
-        f.seek(at)
-        c = f.read(1)
-        f.seek(at)
-        f.write(bytes([c[0] ^ 0x55]))
+        damage_chunk(d, cid, back=10, mask=0x55)
     with reader.open(list(m)) as d:
         v = KdumpView(d)
         table = v.lay.desc_offset(d.plan.chunk(cid).start)

@@ -18,6 +18,8 @@ from stripedump.join import join
 from stripedump.pipeline import dump
 from elftools.elf.elffile import ELFFile
 
+from conftest import damage_chunk
+
 CHUNK = 64 << 10
 
 
@@ -149,24 +151,13 @@ def test_concurrent_readers_see_the_source(tmp_path, vmcore):
     assert errors == []
 
 
-def _flip_payload(members, d, cid):
-    """Flip one payload byte of chunk ``cid``'s record in its member."""
-    pos = d.index.member[cid]
-    off = d.index.offset[cid] + d.index.length[cid] - 1
-    with open(members[pos], "r+b") as f:
-        f.seek(off)
-        byte = f.read(1)
-        f.seek(off)
-        f.write(bytes([byte[0] ^ 0xFF]))
-
-
 def test_a_damaged_chunk_is_an_error_never_zeros(tmp_path, vmcore, caplog):
     b = vmcore("kernel")
     members = _dump(b.path, tmp_path, "zstd")
     with stripedump.open(members) as d:
         cid = next(c for c in range(d.plan.n_page_chunks) if d.index.length[c] > 200)
         ch = d.plan.chunk(cid)
-    _flip_payload(members, d, cid)
+        damage_chunk(d, cid)
     with stripedump.open(members) as d:
         pa = ch.start * d.page_size
         with pytest.raises(reader.ChunkError, match="checksum"):
