@@ -41,7 +41,7 @@ import sys
 import time
 
 from .errors import MountError
-from .fusefs import files_of, load_fuse, scoped_env, serve
+from .fusefs import files_of, load_fuse, serve
 
 FSTYPE = "fuse.stripedump"              # type in /proc/self/mountinfo: "fuse." + subtype
 READY_TIMEOUT = 30.0                    # seconds the parent waits for the mount to be live
@@ -138,13 +138,12 @@ def mount(members: list[str], mountpoint: str, allow_incomplete: bool = False,
           cache_bytes: int | None = None, foreground: bool = False, log_path: str | None = None) -> int:
     """Mount the dump on ``mountpoint``; return once the mount is live (or, with ``foreground``,
     once it has ended).  Bad input raises before anything is mounted."""
-    # the reader imports numpy, whose OpenBLAS starts a thread pool at import: the fork below
-    # wants a process with one thread, and the server does no linear algebra
+    # numpy, when the reader imports it, starts OpenBLAS at one thread (resources.numpy_if_safe):
+    # the fork below wants a process with one thread
     from . import reader
-    with scoped_env(OPENBLAS_NUM_THREADS=os.environ.get("OPENBLAS_NUM_THREADS", "1")):
-        dump = reader.open(list(members), allow_incomplete=allow_incomplete,
-                           cache_bytes=reader.DEFAULT_CACHE if cache_bytes is None else cache_bytes,
-                           verify_walks=allow_incomplete)   # what join --allow-incomplete finds, byte for byte
+    dump = reader.open(list(members), allow_incomplete=allow_incomplete,
+                       cache_bytes=reader.DEFAULT_CACHE if cache_bytes is None else cache_bytes,
+                       verify_walks=allow_incomplete)   # what join --allow-incomplete finds, byte for byte
     try:
         mp = check_mountpoint(mountpoint)
         mfusepy = load_fuse()
