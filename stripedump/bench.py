@@ -154,6 +154,15 @@ class BenchConfig:
         return len(self.codecs) * len(self.workers) * len(self.disks) * len(self.writes) * self.repeat
 
 
+def parse_codecs(text: str) -> tuple:
+    """``lz4,zstd:3,auto`` -> specs; ``auto:lz4+zstd:3`` is auto over those codecs (``+``, as ``,`` splits the list)."""
+    from .autocodec import parse_codec
+    codecs = tuple(parse_codec(c.replace("+", ",")) for c in text.split(",") if c.strip())
+    if not codecs:
+        raise UsageError("--codecs is empty")
+    return codecs
+
+
 def parse_disks(text: str) -> tuple[tuple[int, ...], tuple[str, ...]]:
     """``2`` or ``1,2,4`` (counts of temporary files) or ``DIR,DIR`` (one target per directory)."""
     items = [x for x in text.split(",") if x]
@@ -263,23 +272,28 @@ def estimate_seconds(cfg: BenchConfig, cpus: int) -> float:
     at most the CPUs), plus a fixed start-up cost; writing to slow disks can
     make the real runs longer.  ``zero`` pages are only scanned (ZERO_RATE).
     """
-    import time
     sample = make_pool(cfg.data, SAMPLE_BYTES) if cfg.data != "zero" else b""
     block = cfg.block_size or 4096
     total = 0.0
     for spec in cfg.codecs:
         rate = ZERO_RATE
         if sample:
-            codec = spec.make()
-            mv = memoryview(sample)
-            t0 = time.perf_counter()
-            for a in range(0, len(sample), block):
-                codec.compress(bytes(mv[a:a + block]) if codec.wants_bytes else mv[a:a + block])
-            rate = len(sample) / max(time.perf_counter() - t0, 1e-6)
+            # auto: at best as fast as the fastest codec of its ladder
+            rate = max(_sample_rate(s.make(), sample, block) for s in getattr(spec, "ladder", (spec,)))
         for w in cfg.workers:
             per_run = cfg.size / (rate * min(w, cpus)) + RUN_OVERHEAD
             total += per_run * len(cfg.disks) * len(cfg.writes) * cfg.repeat
     return total
+
+
+def _sample_rate(codec, sample: bytes, block: int) -> float:
+    """Bytes per second ``codec`` compresses ``sample`` at, block by block."""
+    import time
+    mv = memoryview(sample)
+    t0 = time.perf_counter()
+    for a in range(0, len(sample), block):
+        codec.compress(bytes(mv[a:a + block]) if codec.wants_bytes else mv[a:a + block])
+    return len(sample) / max(time.perf_counter() - t0, 1e-6)
 
 
 def announce(cfg: BenchConfig, cpus: int) -> str:
@@ -320,7 +334,8 @@ def run_one(cfg: BenchConfig, src: str, codec: CodecSpec, workers: int, ndisks: 
             "input_bytes": res.bytes_in, "output_bytes": sum(res.bytes_out),
             "seconds": round(res.seconds, 4), "mb_per_s": round(res.mb_per_s, 1),
             "ratio": round(res.ratio, 3), "cpu_percent": round(100 * cpu / res.seconds, 1),
-            "peak_memory_bytes": peak, "chunk_bytes": cfg.chunk_size}
+            "peak_memory_bytes": peak, "chunk_bytes": cfg.chunk_size,
+            **({"auto_chunks": res.extra["auto_chunks"]} if res.extra.get("auto_chunks") else {})}
 
 
 def bench(cfg: BenchConfig, report=None) -> list[dict]:

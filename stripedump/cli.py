@@ -237,7 +237,9 @@ def build_parser() -> argparse.ArgumentParser:
                               "  stripedump bench --size 1G --plot bench.png\n\n" + EXIT_CODES)
     b.add_argument("--size", type=_size("--size", positive=True), default="1G", metavar="SIZE",
                    help="RAM size of the generated machine (default 1G)")
-    b.add_argument("--codecs", default="lz4,snappy,lzo,zlib,zstd,none", metavar="C1,C2,...")
+    b.add_argument("--codecs", default="lz4,snappy,lzo,zlib,zstd,none", metavar="C1,C2,...",
+                   help="codecs to run (default lz4,snappy,lzo,zlib,zstd,none); auto runs --codec auto, "
+                        "auto:C+C+... auto over those codecs only")
     b.add_argument("--workers", default=None, metavar="N1,N2,...",
                    help="worker counts to try (default: 1 and all usable CPUs)")
     b.add_argument("--disks", default="1", metavar="N1,N2,... | DIR,DIR,...",
@@ -448,12 +450,9 @@ def _int_list(text: str, what: str) -> tuple[int, ...]:
 
 
 def run_bench(a) -> int:
-    from .bench import BenchConfig, announce, bench, human, parse_disks, plot, preflight, table
-    from .codecs import CodecSpec
+    from .bench import BenchConfig, announce, bench, human, parse_codecs, parse_disks, plot, preflight, table
     from .config import usable_cpus
-    codecs = tuple(CodecSpec.parse(c) for c in a.codecs.split(",") if c)
-    if not codecs:
-        raise UsageError("--codecs is empty")
+    codecs = parse_codecs(a.codecs)
     workers = _int_list(a.workers, "--workers") if a.workers else tuple(sorted({1, usable_cpus()}))
     counts, dirs = parse_disks(a.disks)
     mode = a.mode or ("both" if a.no_write else "write")

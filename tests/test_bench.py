@@ -63,8 +63,23 @@ def test_bench_into_directories(tmp_path, cli):
     assert os.listdir(a) == [] and os.listdir(b) == []
 
 
+def test_bench_runs_codec_auto_and_reports_its_choices(tmp_path, cli):
+    """Issue 12: `--codecs auto` runs --codec auto; auto:A+B restricts it; rows say what each chunk got."""
+    r = cli("bench", "--size", "16M", "--codecs", "auto,auto:none+lz4", "--workers", "2", "--disks", "2",
+            "--json", "--dir", tmp_path, timeout=300)
+    assert r.rc == 0, r
+    rows = json.loads(r.out)["results"]
+    assert [row["codec"] for row in rows] == ["auto", "auto:none,lz4"]
+    for row in rows:
+        chunks = row["auto_chunks"]
+        assert sum(chunks.values()) >= 16           # every chunk of 16 MiB of pages got a codec
+    assert set(rows[1]["auto_chunks"]) <= {"none", "lz4"}
+    assert os.listdir(tmp_path) == []
+
+
 @pytest.mark.parametrize("args,needle", [
     (["--codecs", "gzip"], "unknown codec"),
+    (["--codecs", "auto:lz4+gzip"], "unknown codec"),
     (["--workers", "0"], "at least 1"),
     (["--disks", "/no/such/dir"], "not a directory"),
     (["--size", "lots"], "invalid --size"),
