@@ -1,6 +1,7 @@
 """Issue 12's `--codec auto` benchmark: auto vs the fixed codecs on fast and on slow targets.
 
     sudo .venv/bin/python bench/auto.py [--size 256M] [--rate 30] [--runs 3] [--disks 2] [--json OUT]
+    sudo .venv/bin/python bench/auto.py --vmcore /var/tmp/b12/f1024 ...   (a real kernel's vmcore)
 
 Fast targets: files on a tmpfs (/dev/shm): the CPUs are the limit.  Slow
 targets: loop devices over files on the disk of --workdir, each throttled to
@@ -9,7 +10,7 @@ this process's cgroup has the io controller, else cgroup v1
 ``blkio.throttle.write_bps_device``): the disks are the limit, and a dump's
 buffered writes reach them only as fast as the throttle lets them (each run
 ends with the members synced).  Source: a memory-like synthetic vmcore
-(stripedump.bench.make_source, ``--data``), its page cache warm.
+(stripedump.bench.make_source, ``--data``) or ``--vmcore``, its page cache warm.
 
 Runs are interleaved (each round runs every codec once), medians of
 --runs; the table prints, per kind of target, each codec's median time and
@@ -140,19 +141,25 @@ def main(argv=None) -> int:
     ap.add_argument("--disks", type=int, default=2)
     ap.add_argument("--workers", type=int, default=0)
     ap.add_argument("--data", default="mixed")
+    ap.add_argument("--vmcore", help="dump this vmcore (e.g. a real kernel's, bench/compare.py's fixture in "
+                                     "/proc/vmcore layout) instead of generating --size of --data")
     ap.add_argument("--workdir", default="/var/tmp", help="where the loop devices' files go (a real disk)")
     ap.add_argument("--only", choices=("fast", "slow"), help="one kind of target only")
     ap.add_argument("--json", help="write the results here")
     a = ap.parse_args(argv)
-    size = parse_size(a.size)
+    size = os.path.getsize(a.vmcore) if a.vmcore else parse_size(a.size)
 
     def say(msg):
         print(msg, file=sys.stderr, flush=True)
 
-    results = {"size": size, "data": a.data, "disks": a.disks, "rate_mb_s": a.rate, "runs": a.runs,
+    results = {"size": size, "data": a.vmcore or a.data, "disks": a.disks, "rate_mb_s": a.rate, "runs": a.runs,
                "cpus": os.cpu_count(), "loadavg_before": os.getloadavg(), "kinds": []}
     with tempfile.TemporaryDirectory(dir="/dev/shm") as shm:
-        src = make_source(os.path.join(shm, "vmcore"), size, a.data)
+        if a.vmcore:
+            src = a.vmcore
+            subprocess.run(["cat", src], stdout=subprocess.DEVNULL, check=True)     # page cache warm
+        else:
+            src = make_source(os.path.join(shm, "vmcore"), size, a.data)
         if a.only != "slow":
             fast = [os.path.join(shm, f"t{i}.sd") for i in range(a.disks)]
             results["kinds"].append(measure("fast: files on tmpfs", src, lambda: fast, a.runs, a.workers, say))
