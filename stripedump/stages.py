@@ -49,7 +49,7 @@ def worker_main(wid, src, codec_spec, plan_json, block_bytes, pool, slot_size, t
         codecs = [None] * len(ladder)
         codecs[0 if len(ladder) == 1 else codec_spec.start] = codec_spec.make()
         plan = Plan.from_json(plan_json)
-        zero = bytes(block_bytes)
+        zero = bytes(max(block_bytes, plan.chunk_bytes))    # records._nonzero_blocks: a chunk all zero in one compare
         pool_mv = memoryview(pool)
         mine = stats[wid * len(ladder) * 4:(wid + 1) * len(ladder) * 4] if stats is not None else None
         for cid, slot, choice in tasks.records(POLL):
