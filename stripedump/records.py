@@ -74,8 +74,8 @@ def encode_chunk(src, codec, chunk: Chunk, block_bytes: int, out, zero,
                  careful: bool = False) -> tuple[int, int, int]:
     """Read ``chunk`` from ``src`` and write its record into ``out``.
 
-    ``zero`` is a bytes-like of at least ``block_bytes`` zeros; as long as the
-    chunk, it lets a chunk all zero be found with one compare.  A read error
+    ``zero`` is a bytes-like of at least ``block_bytes`` zeros; several blocks
+    long, it lets a chunk all zero be found with few compares.  A read error
     (or ``careful``, after the page faults of an mmap read killed a worker)
     switches to ``read_carefully``: blocks that hold unreadable pages become
     BLOCK_UNREADABLE.  Returns (record length, payload checksum, unreadable
@@ -164,9 +164,10 @@ def _nonzero_blocks(obj, base: int, n: int, bb: int, zero, np=None) -> list[int]
     With numpy (``np``, loaded before the workers forked: ``resources.numpy_for_dump``) one
     call per chunk: the OR of each block's 8-byte words, read where they are (no copy, no
     search, so nothing near a mapping's end is touched: SAFE_FIND_END).  Without it, when
-    ``zero`` is as long as the chunk, a chunk all zero is found with one compare (a copy
-    plus memcmp: about as fast as numpy's pass, and most chunks of a freshly booted
-    machine's memory are such), tried only when its first block is zero; then ``_zero_flags``.
+    ``zero`` holds several blocks, a chunk all zero is found with one compare per
+    ``len(zero)`` bytes (a copy plus memcmp: about as fast as numpy's pass, and most chunks
+    of a freshly booted machine's memory are such), tried only when its first block is
+    zero; then ``_zero_flags``.
     """
     if np is not None and bb % 8 == 0:
         words = np.frombuffer(obj, np.uint64, n >> 3, base)
@@ -175,8 +176,16 @@ def _nonzero_blocks(obj, base: int, n: int, bb: int, zero, np=None) -> list[int]
         finally:
             del words       # no view may outlive the window: its mmap is closed next
         return np.flatnonzero(ored).tolist()
-    if len(zero) >= n > bb and obj[base:base + bb] == zero[:bb] and obj[base:base + n] == zero[:n]:
-        return []
+    step = len(zero) - len(zero) % bb
+    if step > bb and obj[base:base + bb] == zero[:bb]:
+        s, end = base, base + n
+        while s < end:
+            k = min(step, end - s)
+            if obj[s:s + k] != (zero if k == len(zero) else zero[:k]):
+                break
+            s += k
+        else:
+            return []
     return [i for i, z in enumerate(_zero_flags(obj, base, n, bb, zero)) if not z]
 
 

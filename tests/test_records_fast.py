@@ -338,16 +338,18 @@ def test_zero_tests_with_and_without_numpy_agree(bb):
         want = reference_nonzero(data, bb)
         seen_all_zero += not want
         seen_mixed += 0 < len(want) < nblocks
-        for lead in (0, 3 * bb):                     # the window at the mapping's start, or after others
-            m = Recording(-1, lead + n)
+        for lead, tail in ((0, 0), (3 * bb, 0), (bb, 2 * bb)):    # data after the window is not its own
+            m = Recording(-1, lead + n + tail)
             m[lead:lead + n] = data
-            for obj in (m, bytes(lead) + data, bytearray(bytes(lead) + data)):
-                for zero in (bytes(bb), bytes(n), bytes(n + bb)):
+            m[lead + n:] = b"\x01" * tail
+            before = len(ends)
+            for obj in (m, bytes(lead) + data + m[lead + n:], bytearray(m)):
+                for zero in (bytes(bb), bytes(n), bytes(n + bb), bytes(5 * bb), bytes(5 * bb + 8)):
                     assert records._nonzero_blocks(obj, lead, n, bb, zero, None) == want
                 assert records._nonzero_blocks(obj, lead, n, bb, bytes(bb), numpy) == want
+            assert all(e < len(m) for e in ends[before:] if e is not None), ends
             m.close()
-    assert seen_all_zero and seen_mixed
-    assert ends and all(e < lead + n for e in ends if e is not None), ends
+    assert seen_all_zero and seen_mixed and ends
 
 
 def zero_rich_content(pfn: int, page_size: int = 4096) -> bytes:
