@@ -101,7 +101,7 @@ from .writer import AUTO_FIRST_SYNC, AUTO_KICK_EVERY, MemberWriter, new_member_h
 from .degraded import Routes
 from .iowatch import IOWatch
 from .plan import Plan
-from .resources import fit_pool, fit_workers, numpy_for_dump
+from .resources import fit_pool, fit_workers
 from .fileio import fsync_dir
 from .stages import CAREFUL, CURRENT, SYNC, TASK, WRITE, worker_main, write_note, writer_main
 from .procs import JOIN_TIMEOUT, POLL, Signals, describe_exit, join_all, reap, signal_name, spawn
@@ -209,7 +209,6 @@ def _dump(cfg: DumpConfig, src: Source, t0: float, progress, say, sig=None) -> D
     for note in ((too_many,) if too_many else ()) + fit.warnings:
         say(note, 0)
     cfg = replace(cfg, workers=fit.workers)
-    numpy_for_dump(plan.n_chunks * plan.chunk_bytes, fit.workers)   # before the fork: workers' zero test
     pool = (fit.slots, fit.slot_size)
     info = src.info
     say(f"source {src.path}: ELF{info.elfclass}, {len(info.loads)} PT_LOADs, page size {src.page_size}, "

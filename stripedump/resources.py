@@ -248,20 +248,3 @@ def numpy_if_safe():
         if had is None:
             os.environ.pop("OPENBLAS_NUM_THREADS", None)
     return numpy
-
-
-# numpy's zero test saves a worker about 20 us per 1 MiB chunk that is all zero (69-82 against
-# 96 us: records._nonzero_blocks; nothing measurable on chunks that hold data), and importing it
-# costs the coordinator 70-100 ms before the workers fork (bench/perpage.py --vmcore, docs/
-# benchmarks.md "Issue 12: per-page overhead").  At W workers the import pays from about
-# 4 * W GiB of zero memory on: below 8 GiB of source per worker the dump goes without it (and a
-# small dump's processes stay as small as ever).
-NUMPY_DUMP_BYTES_PER_WORKER = 8 << 30
-
-
-def numpy_for_dump(source_bytes: int, workers: int) -> bool:
-    """Load numpy in the coordinator, for its workers to inherit, when the dump is large enough to
-    repay the import (NUMPY_DUMP_BYTES_PER_WORKER) and it is safe here (``numpy_if_safe``)."""
-    if source_bytes < NUMPY_DUMP_BYTES_PER_WORKER * max(1, workers):
-        return False
-    return numpy_if_safe() is not None

@@ -194,25 +194,3 @@ def test_fit_workers():
     assert fit_workers(2 * cpus) == (2 * cpus, None)
     n, warning = fit_workers(2 * cpus + 1)
     assert n == 2 * cpus and f"using {2 * cpus} workers" in warning
-
-
-def test_numpy_is_loaded_for_the_workers_of_a_large_dump_only():
-    """The coordinator imports numpy before the fork only for a dump large enough to repay the import
-    (resources.numpy_for_dump: per worker); under an address-space limit where OpenBLAS would abort the
-    process, not even then."""
-    from stripedump.resources import NUMPY_DUMP_BYTES_PER_WORKER as per
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    code = ("import sys, os, resource\nfrom stripedump.resources import numpy_for_dump\n"
-            "if sys.argv[3] == 'tight':\n"
-            "    vsz = int(open('/proc/self/statm').read().split()[0]) * os.sysconf('SC_PAGE_SIZE')\n"
-            "    resource.setrlimit(resource.RLIMIT_AS, (vsz + (48 << 20), resource.RLIM_INFINITY))\n"
-            "print(numpy_for_dump(int(sys.argv[1]), int(sys.argv[2])), 'numpy' in sys.modules)\n")
-    for size, workers, limit, want in ((4 << 20, 2, "", "False False"),
-                                       (2 * per - 1, 2, "", "False False"),
-                                       (2 * per, 2, "", "True True"),
-                                       (2 * per, 3, "", "False False"),
-                                       (2 * per, 2, "tight", "False False")):
-        p = subprocess.run([sys.executable, "-c", code, str(size), str(workers), limit or "-"],
-                           capture_output=True, text=True, timeout=60, env=dict(os.environ, PYTHONPATH=root))
-        assert p.returncode == 0, p.stderr
-        assert p.stdout.strip() == want, (size, workers, limit, p.stdout)
