@@ -16,6 +16,15 @@ of zero, text-like, pointer-like and random pages):
   decode    records.decode_chunk of the record
 
     .venv/bin/python bench/perpage.py [--rounds 7] [--base COMMIT] [--codecs lz4,zstd]
+
+With ``--vmcore PATH`` (a real kernel's vmcore, e.g. bench/compare.py's fixtures): every
+chunk of that source instead, encoded by the base commit's records.py *and* vmcore.py (its
+Source maps the windows) and by the working tree's, chunk by chunk in turn (the order flips
+every chunk), in one process; CPU seconds per GiB of source, the ratio, and a check that both
+wrote the same bytes.  ``--base`` defaults to VMCORE_BASE there (before issue 12's encode-path
+slice).
+
+    .venv/bin/python bench/perpage.py --vmcore /var/tmp/b12/s1024 --codecs lzo,none
 """
 
 from __future__ import annotations
@@ -41,19 +50,21 @@ from stripedump import records as new_records  # noqa: E402
 from stripedump.vmcore import Source  # noqa: E402
 
 BASE = "7b6b302"       # the branch point of issue 12's first slice
+VMCORE_BASE = "644d9b9"     # before the encode path's slice: one zero test per chunk, window arenas
 PAGE = 4096
 
 
-def load_base(commit: str):
-    """The base commit's records.py as module stripedump._records_base (its relative imports resolve
-    to the working tree's modules, whose interfaces it uses unchanged)."""
-    text = subprocess.run(["git", "-C", os.path.dirname(HERE), "show", f"{commit}:stripedump/records.py"],
+def load_base(commit: str, module: str = "records"):
+    """The base commit's stripedump/MODULE.py as module stripedump._MODULE_base (its relative imports
+    resolve to the working tree's modules, whose interfaces it uses unchanged)."""
+    text = subprocess.run(["git", "-C", os.path.dirname(HERE), "show", f"{commit}:stripedump/{module}.py"],
                           check=True, capture_output=True, text=True).stdout
     fd, path = tempfile.mkstemp(suffix=".py")
     with os.fdopen(fd, "w") as f:
         f.write(text)
-    spec = importlib.util.spec_from_file_location("stripedump._records_base", path)
+    spec = importlib.util.spec_from_file_location(f"stripedump._{module}_base", path)
     mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod       # dataclasses look their module up there
     spec.loader.exec_module(mod)
     os.unlink(path)
     return mod
@@ -73,7 +84,10 @@ def main(argv=None) -> int:
     ap.add_argument("--base", default=BASE)
     ap.add_argument("--codecs", default=",".join(NAMES))
     ap.add_argument("--chunk", type=int, default=7, help="which 1 MiB chunk of the synthetic source")
+    ap.add_argument("--vmcore", help="encode every chunk of this source instead (see above)")
     a = ap.parse_args(argv)
+    if a.vmcore:
+        return whole_source(a)
     old = load_base(a.base)
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "mixed.vmcore")
@@ -127,6 +141,39 @@ def main(argv=None) -> int:
                       f"{(m['eo'] - m['pure']) / len(pages):10.2f} {(m['en'] - m['pure']) / len(pages):10.2f} "
                       f"{ovh_x:6.2f} {m['co']:7.0f} {m['cn']:7.0f} {chk_x:6.2f} {m['do']:10.0f} {m['dn']:10.0f} {dec_x:6.2f} "
                       f"{len(recs['old']):9d} {len(recs['new']):9d}")
+    return 0
+
+
+def whole_source(a) -> int:
+    """--vmcore: every chunk of a real source, base (records + vmcore) against the working tree."""
+    base = a.base if a.base != BASE else VMCORE_BASE
+    old, old_vmcore = load_base(base), load_base(base, "vmcore")
+    size = os.path.getsize(a.vmcore)
+    print(f"{a.vmcore}: {size / 2**30:.2f} GiB; base {base} vs working tree; CPU seconds per GiB "
+          f"(time.process_time), chunk by chunk in turn")
+    print(f"{'codec':8} {'chunks':>7} {'all zero':>8} {'old s/GiB':>10} {'new s/GiB':>10} {'x':>6}")
+    for name in a.codecs.split(","):
+        codec = CodecSpec(name).make()
+        with old_vmcore.Source(a.vmcore) as so, Source(a.vmcore) as sn:
+            plan = Plan(sn.pfn_ranges, [], PAGE, 256)
+            out = bytearray(new_records.record_bound(plan.chunk_bytes, PAGE))
+            zero = bytes(plan.chunk_bytes)       # what a worker passes (stages.ZERO_COMPARE_BYTES)
+            t = {"old": 0.0, "new": 0.0}
+            zeros = 0
+            for cid in range(plan.n_chunks):
+                chunk = plan.chunk(cid)
+                recs = {}
+                for tag in (("old", "new") if cid % 2 else ("new", "old")):
+                    mod, src = (old, so) if tag == "old" else (new_records, sn)
+                    t0 = time.process_time()
+                    n = mod.encode_chunk(src, codec, chunk, PAGE, out, zero)[0]
+                    t[tag] += time.process_time() - t0
+                    recs[tag] = bytes(out[:n])
+                assert recs["old"] == recs["new"], f"chunk {cid}: the records differ"
+                zeros += len(recs["new"]) == new_records.CHUNK_HEADER_SIZE
+        gib = size / 2**30
+        print(f"{name:8} {plan.n_chunks:7d} {zeros:8d} {t['old'] / gib:10.3f} {t['new'] / gib:10.3f} "
+              f"{t['old'] / t['new']:6.2f}")
     return 0
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import mmap
 import sys
 from array import array
-from itertools import groupby
 
 from . import codecs as codecs_mod
 from .errors import MemberError, SourceError, VerifyError
@@ -75,7 +74,8 @@ def encode_chunk(src, codec, chunk: Chunk, block_bytes: int, out, zero,
                  careful: bool = False) -> tuple[int, int, int]:
     """Read ``chunk`` from ``src`` and write its record into ``out``.
 
-    ``zero`` is a bytes-like of at least ``block_bytes`` zeros.  A read error
+    ``zero`` is a bytes-like of at least ``block_bytes`` zeros; several blocks
+    long, it lets a chunk all zero be found with few compares.  A read error
     (or ``careful``, after the page faults of an mmap read killed a worker)
     switches to ``read_carefully``: blocks that hold unreadable pages become
     BLOCK_UNREADABLE.  Returns (record length, payload checksum, unreadable
@@ -157,45 +157,72 @@ def _zero_flags(obj, base: int, n: int, bb: int, zero) -> list[bool]:
     return [obj[s:s + bb] == z for s in range(base, base + n, bb)]
 
 
+def _nonzero_blocks(obj, base: int, n: int, bb: int, zero) -> list[int]:
+    """The indexes of the blocks of ``obj[base:base+n]`` (whole blocks) that are not all zero.
+
+    When ``zero`` holds several blocks, a chunk all zero (most of a freshly booted machine's
+    memory) is found with one compare per ``len(zero)`` bytes, tried only when its first block
+    is zero: ``mmap.find`` of the whole piece reads it where it is, 70-80 us per MiB here, as
+    fast as numpy's OR of each block's words (75-90 us, and its import costs 70-100 ms), twice
+    as fast as a search per block (130-160 us).  Otherwise ``_zero_flags``.
+    """
+    step = len(zero) - len(zero) % bb
+    if step > bb and obj[base:base + bb] == zero[:bb]:
+        s, end = base, base + n
+        find, size = (obj.find, len(obj)) if isinstance(obj, mmap.mmap) else (None, 0)
+        while s < end:
+            k = min(step, end - s)
+            z = zero if k == len(zero) else zero[:k]
+            # mmap.find of the whole piece: no copy; never up to the mapping's end (SAFE_FIND_END)
+            if (find(z, s, s + k) != s) if s + k < size else obj[s:s + k] != z:
+                break
+            s += k
+        else:
+            return []
+    return [i for i, z in enumerate(_zero_flags(obj, base, n, bb, zero)) if not z]
+
+
 def _encode_blocks(codec, obj, base, mv, n, bb, out, pos, zero) -> tuple[array, int, int]:
     """The blocks of a chunk of whole, readable blocks, stored from ``out[pos]`` on.
 
-    Returns (block table, end of the payload, zero blocks).  The common case,
+    Returns (block table, end of the payload, zero blocks); a chunk all zero
+    returns at once, with an empty table and nothing stored.  The common case,
     kept free of per-block tests it does not need (issue 12): no unreadable
-    ranges, no short last block, a codec that writes into the slot itself
-    when its library can (``Codec.compress_into``), runs of stored pages
-    copied with one slice when nothing is compressed.
+    ranges, no short last block; one zero test per chunk (``_nonzero_blocks``)
+    and a loop over the blocks that are not zero only (the table starts as all
+    BLOCK_ZERO); a codec that writes into the slot itself when its library can
+    (``Codec.compress_into``); runs of stored pages copied with one slice when
+    nothing is compressed.
     """
-    zflags = _zero_flags(obj, base, n, bb, zero)
-    ZERO = BLOCK_ZERO << BLOCK_KIND_SHIFT
+    nonzero = _nonzero_blocks(obj, base, n, bb, zero)
+    nblocks = n // bb
+    zeros = nblocks - len(nonzero)
+    if not nonzero:
+        return array("I"), pos, zeros
     RAW = (BLOCK_RAW << BLOCK_KIND_SHIFT) | bb
     COMP = BLOCK_COMPRESSED << BLOCK_KIND_SHIFT
-    entries: list[int] = []
-    add = entries.append
-    zeros = zflags.count(True)
+    table = array("I", (BLOCK_ZERO << BLOCK_KIND_SHIFT,)) * nblocks
     if codec.ID == 0:
-        a = 0
-        for z, g in groupby(zflags):
-            k = len(list(g))
-            if z:
-                entries += [ZERO] * k
-            else:
-                entries += [RAW] * k
-                ln = k * bb
-                out[pos:pos + ln] = mv[a:a + ln]
-                pos += ln
-            a += k * bb
-        return array("I", entries), pos, zeros
+        # runs of consecutive stored blocks: one table slice and one copy each
+        k, last = 0, len(nonzero)
+        while k < last:
+            i = nonzero[k]
+            j = k + 1
+            while j < last and nonzero[j] == i + (j - k):
+                j += 1
+            m = j - k
+            table[i:i + m] = array("I", (RAW,)) * m
+            ln = m * bb
+            out[pos:pos + ln] = mv[i * bb:i * bb + ln]
+            pos += ln
+            k = j
+        return table, pos, zeros
     into = codec.compress_into
     limit = len(out) - codec.into_bound(bb) if into is not None else -1
     compress, scratch = codec.compress, None
     as_bytes = codec.wants_bytes     # python-lzo takes only bytes: slice them straight out of the window
-    a = -bb
-    for z in zflags:
-        a += bb
-        if z:
-            add(ZERO)
-            continue
+    for i in nonzero:
+        a = i * bb
         blk = obj[base + a:base + a + bb] if as_bytes else mv[a:a + bb]
         if pos <= limit:
             cl = into(blk, out[pos:])
@@ -211,13 +238,13 @@ def _encode_blocks(codec, obj, base, mv, n, bb, out, pos, zero) -> tuple[array, 
             if cl < bb:
                 out[pos:pos + cl] = c
         if cl < bb:
-            add(COMP | cl)
+            table[i] = COMP | cl
             pos += cl
         else:        # it did not shrink: stored raw (over what compress_into wrote)
             out[pos:pos + bb] = blk
-            add(RAW)
+            table[i] = RAW
             pos += bb
-    return array("I", entries), pos, zeros
+    return table, pos, zeros
 
 
 def _encode_blocks_any(codec, obj, base, mv, n, block_bytes, out, pos, zero, bad) -> tuple[array, int, int, int]:

@@ -31,6 +31,7 @@ CAREFUL = 1 << 31
 CURRENT = struct.Struct("<QId")  # per worker, in shared memory: chunk id + 1 (0: idle), slot, start
 WRITE = "<QIIQQ"      # worker -> writer: chunk id, slot, record length, checksum, source bytes
 SYNC = END - 1        # coordinator -> writer: sync now, say what is durable (--on-disk-error continue)
+ZERO_COMPARE_BYTES = 1 << 20    # a worker's zeros to compare with: bounded, whatever the chunk size
 
 
 def worker_main(wid, src, codec_spec, plan_json, block_bytes, pool, slot_size, tasks, writer_qs,
@@ -49,7 +50,8 @@ def worker_main(wid, src, codec_spec, plan_json, block_bytes, pool, slot_size, t
         codecs = [None] * len(ladder)
         codecs[0 if len(ladder) == 1 else codec_spec.start] = codec_spec.make()
         plan = Plan.from_json(plan_json)
-        zero = bytes(block_bytes)
+        # records._nonzero_blocks: a chunk all zero is found one MiB at a time (a compare each)
+        zero = bytes(max(block_bytes, min(plan.chunk_bytes, ZERO_COMPARE_BYTES)))
         pool_mv = memoryview(pool)
         mine = stats[wid * len(ladder) * 4:(wid + 1) * len(ladder) * 4] if stats is not None else None
         for cid, slot, choice in tasks.records(POLL):

@@ -50,6 +50,14 @@ COMPARE_BLOCK = 1 << 20
 MAX_SHADOW_FACTOR = 4       # overlapping PT_LOAD bytes allowed, as a multiple of the file size
 # fault a whole window in with one call: the worker reads every page of it anyway
 MAP_POPULATE = getattr(mmap, "MAP_POPULATE", 0)
+# Windows are read through one mapping of this many source bytes per process, mapped once for
+# the ~64 chunks it holds, not one mapping per window: mmap + munmap per 1 MiB window (with or
+# without MAP_POPULATE) cost a worker more than the zero test of the window itself (issue 12).
+ARENA_BYTES = 64 << 20
+# A fault maps more than its page: fault-around (64 KiB) and, on recent kernels, the whole large
+# folio of the page cache it falls in (up to 2 MiB): closing a window drops this much on either side
+# as well (over 0.9 MiB stayed mapped after a close with a 64 KiB margin on the filled fixture).
+DROP_MARGIN = 2 << 20
 
 
 @dataclass(frozen=True)
@@ -344,6 +352,26 @@ class Window:
         self.close()
 
 
+class _Drop:
+    """Closing a window of an arena drops its pages from this process's page tables
+    (MADV_DONTNEED; the page cache keeps them), with DROP_MARGIN on either side:
+    only open windows count in a worker's memory."""
+    __slots__ = ("src", "mm", "start", "end")
+
+    def __init__(self, src, mm, base: int, length: int):
+        a = max(base - DROP_MARGIN, 0)
+        self.src, self.mm = src, mm
+        self.start, self.end = a - a % mmap.PAGESIZE, min(base + length + DROP_MARGIN, len(mm))
+        src._arena_open += 1
+
+    def close(self) -> None:
+        self.src._arena_open -= 1
+        try:
+            self.mm.madvise(mmap.MADV_DONTNEED, self.start, self.end - self.start)
+        except (OSError, ValueError):
+            pass        # a mapping that cannot drop pages (a PFN map of /proc/vmcore) keeps them
+
+
 class Source:
     """An opened vmcore: header facts plus page reads.
 
@@ -383,6 +411,8 @@ class Source:
         self._owner_starts = [o.start for o in self.owners]
         self.pfn_ranges = merge_pfn_ranges(self.info.loads, self.page_size)
         self.use_mmap = use_mmap
+        self._arena = None        # (file offset, mmap): where windows are read (_mapped_window)
+        self._arena_open = 0      # windows of an arena not closed yet
         self._seek_data = hasattr(os, "SEEK_DATA") and stat.S_ISREG(self.st.st_mode)
 
     def close(self) -> None:
@@ -402,15 +432,36 @@ class Source:
         if offset < 0 or offset + length > self.size:
             raise SourceError(f"read of {length} bytes at {offset:#x} is outside the source")
         if self.use_mmap and length:
-            start = offset - offset % WINDOW_ALIGN
             try:
-                mm = mmap.mmap(self.fd, offset + length - start, mmap.MAP_SHARED | MAP_POPULATE,
-                               mmap.PROT_READ, offset=start)
-                return Window(mm, offset - start, length, mm)
+                return self._mapped_window(offset, length)
             except (OSError, ValueError, OverflowError):
                 self.use_mmap = False     # refused (old kernel, odd file): pread from now on
         data = self._pread(offset, length)
         return Window(data, 0, length)
+
+    def _mapped_window(self, offset: int, length: int) -> Window:
+        """A window inside this process's arena (ARENA_BYTES of the source, mapped once for the
+        windows it holds); one outside it maps the next arena from its own start.  A window opened
+        while another arena window is open (a comparison of two places) or larger than an arena
+        is mapped on its own, populated at once."""
+        a = self._arena
+        if a is not None and a[0] <= offset and offset + length <= a[0] + len(a[1]):
+            return Window(a[1], offset - a[0], length, _Drop(self, a[1], offset - a[0], length))
+        start = offset - offset % WINDOW_ALIGN
+        if self._arena_open or length > ARENA_BYTES:
+            mm = mmap.mmap(self.fd, offset + length - start, mmap.MAP_SHARED | MAP_POPULATE,
+                           mmap.PROT_READ, offset=start)
+            return Window(mm, offset - start, length, mm)
+        if a is not None:          # unmapped before the next is mapped: one arena's address space at a time
+            self._arena = None
+            try:
+                a[1].close()
+            except BufferError:    # a view of it is still alive: unmapped with the view
+                pass
+        mm = mmap.mmap(self.fd, min(ARENA_BYTES + WINDOW_ALIGN, self.size - start), mmap.MAP_SHARED,
+                       mmap.PROT_READ, offset=start)
+        self._arena = (start, mm)
+        return Window(mm, offset - start, length, _Drop(self, mm, offset - start, length))
 
     def _pread(self, offset: int, length: int) -> bytes:
         return pread_exact(self.fd, offset, length, SourceError, f"source {self.path}")

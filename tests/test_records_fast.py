@@ -290,3 +290,99 @@ def test_zero_tests_never_search_up_to_the_end_of_a_mapping():
                                                          CHUNK_HEADER_SIZE, bytes(ps), [(ps, 2 * ps)])
     assert zeros == 3 and bad == 1
     assert ends and all(e < len(m) for e in ends), ends
+
+
+# -- the zero test of the encode path (issue 12: one test per chunk) --------------------------
+
+def reference_nonzero(data: bytes, bb: int) -> list[int]:
+    return [i for i in range(len(data) // bb) if any(data[i * bb:(i + 1) * bb])]
+
+
+def zero_test_windows(rnd: random.Random, bb: int, nblocks: int):
+    """Windows of ``nblocks`` blocks: all zero, all random, and mixes whose non-zero blocks hold a
+    single byte at the block's first, last, last-word or a random place."""
+    n = bb * nblocks
+    yield bytes(n)
+    yield rnd.randbytes(n)
+    for _ in range(12):
+        b = bytearray(n)
+        for i in range(nblocks):
+            r = rnd.random()
+            if r < 0.4:
+                continue
+            where = rnd.choice((0, bb - 1, bb - 8, bb - 5, rnd.randrange(bb)))
+            b[i * bb + where] = rnd.randrange(1, 256)
+        yield bytes(b)
+
+
+@pytest.mark.parametrize("bb", [PAGE, 2 * PAGE, 512])
+def test_zero_test_of_a_chunk_finds_the_non_zero_blocks(bb):
+    """The zero test of the encode path (a compare per piece of ``zero``, then one per block) finds
+    the same non-zero blocks as a plain Python scan, whatever the length of ``zero``, on bytes and on
+    mappings that end exactly where the window ends (SAFE_FIND_END: no search there may reach the
+    mapping's end), with data after the window that is not its own."""
+    import mmap
+
+    ends = []
+
+    class Recording(mmap.mmap):
+        def find(self, sub, start=None, end=None):
+            ends.append(end)
+            return super().find(sub, start, end)
+
+    rnd = random.Random(1212)
+    nblocks = 32
+    n = bb * nblocks
+    seen_all_zero = seen_mixed = 0
+    for data in zero_test_windows(rnd, bb, nblocks):
+        want = reference_nonzero(data, bb)
+        seen_all_zero += not want
+        seen_mixed += 0 < len(want) < nblocks
+        for lead, tail in ((0, 0), (3 * bb, 0), (bb, 2 * bb)):
+            m = Recording(-1, lead + n + tail)
+            m[lead:lead + n] = data
+            m[lead + n:] = b"\x01" * tail
+            before = len(ends)
+            for obj in (m, bytes(lead) + data + m[lead + n:], bytearray(m)):
+                for zero in (bytes(bb), bytes(n), bytes(n + bb), bytes(5 * bb), bytes(5 * bb + 8)):
+                    assert records._nonzero_blocks(obj, lead, n, bb, zero) == want
+            assert all(e < len(m) for e in ends[before:] if e is not None), ends
+            m.close()
+    assert seen_all_zero and seen_mixed and ends
+
+
+def zero_rich_content(pfn: int, page_size: int = 4096) -> bytes:
+    """Chunks (256 pages) all zero, all data, or zero but for their first or last page."""
+    kind = (pfn // 256) % 4
+    if kind == 0 or (kind == 2 and pfn % 256 != 0) or (kind == 3 and pfn % 256 != 255):
+        return bytes(page_size)
+    return synth.page_content(pfn, page_size) if kind == 1 else random_pages(pfn, page_size)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_zero_chunks_on_disk_become_bare_headers(tmp_path, name):
+    """Chunks all zero on disk (not holes) become a bare CHUNK_ALL_ZERO header, whether the worker's
+    ``zero`` is one block or a whole piece long (the same bytes either way); the others decode to
+    the source."""
+    path = str(tmp_path / "zeros.vmcore")
+    synth.build(path, [synth.Load(0, 8 << 20)], content=zero_rich_content, sparse=False)
+    codec = CodecSpec(name).make()
+    with Source(path) as src:
+        plan = Plan(src.pfn_ranges, [], PAGE, 256)
+        all_zero = 0
+        for chunk in plan:
+            assert not src.phys_is_hole(chunk.start, chunk.count)
+            out = bytearray(record_bound(chunk.raw_bytes(PAGE), PAGE))
+            recs = []
+            for zero in (bytes(PAGE), bytes(64 * PAGE), bytes(256 * PAGE)):
+                n, csum, bad = encode_chunk(src, codec, chunk, PAGE, out, zero)
+                recs.append(bytes(out[:n]))
+            assert recs[0] == recs[1] == recs[2]
+            h, data, runs = decode_chunk(recs[0], "t", PAGE, {})
+            assert data == chunk_bytes(src, chunk)
+            if not any(data):
+                all_zero += 1
+                assert h.flags == records.CHUNK_ALL_ZERO and h.nblocks == 0 and len(recs[0]) == CHUNK_HEADER_SIZE
+            else:
+                assert h.nblocks == 256
+        assert all_zero == 2 and plan.n_chunks == 8

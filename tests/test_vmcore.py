@@ -148,3 +148,49 @@ def test_window_outside_the_file_is_refused(vmcore):
     with Source(b.path) as s:
         with pytest.raises(SourceError):
             s.window(b.size - 10, 20)
+
+
+def _rss_of_file(path: str) -> int:
+    """Resident bytes of this process's mappings of ``path`` (from /proc/self/smaps)."""
+    total, cur = 0, False
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            fields = line.split()
+            if fields and "-" in fields[0] and ":" not in fields[0]:
+                cur = fields[-1] == path
+            elif cur and line.startswith("Rss:"):
+                total += int(fields[1]) * 1024
+    return total
+
+
+def test_windows_share_one_arena_and_leave_no_pages_behind(tmp_path, monkeypatch):
+    """Issue 12: windows are read through one mapping per ARENA_BYTES of source (not one mmap per
+    window); each window's bytes are right, across arena ends too; closing a window drops its
+    pages from the process (a worker's memory holds its open window only); two windows open at
+    once (residue's comparison) each get their own bytes."""
+    from stripedump import vmcore as vm
+    monkeypatch.setattr(vm, "ARENA_BYTES", 4 << 20)
+    path = str(tmp_path / "core")
+    size = 11 << 20
+    data = os.urandom(size)
+    with open(path, "wb") as f:
+        f.write(data)
+    with Source.__new__(Source) as src:
+        src.fd, src.size, src.use_mmap = os.open(path, os.O_RDONLY), size, True
+        src._arena, src._arena_open = None, 0
+        arenas = {}                                # id -> mapping (kept: no id is reused)
+        for off in range(0, size - (1 << 20) + 1, 1 << 20):
+            w = src.window(off, 1 << 20)
+            assert w.obj[w.base:w.base + (1 << 20)] == data[off:off + (1 << 20)]
+            arenas[id(w.obj)] = w.obj
+            assert _rss_of_file(path) >= 1 << 20
+            w.close()
+            assert _rss_of_file(path) == 0, off
+        assert len(arenas) <= 4                    # 11 windows in 3-4 mappings, not 11
+        w = src.window((4 << 20) - 4096, 8192)     # across an arena's end
+        assert bytes(w.view()) == data[(4 << 20) - 4096:(4 << 20) + 4096]
+        with src.window(100, 5000) as a, src.window(9 << 20, 5000) as b:
+            assert bytes(a.view()) == data[100:5100] and bytes(b.view()) == data[9 << 20:(9 << 20) + 5000]
+        w.close()
+        with src.window(size - 4096, 4096) as w:       # the source's last page
+            assert bytes(w.view()) == data[-4096:]
