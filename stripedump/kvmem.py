@@ -206,6 +206,13 @@ class KernelMemory:
                 ok = data is not None
                 if ok:
                     buf[pos:pos + step] = data
+                elif step > 4096 - (paddr & 4095):
+                    # part of a large unit is not held: take what is, page by page
+                    step = 4096 - (paddr & 4095)
+                    data = self.phys.read(paddr, step)
+                    ok = data is not None
+                    if ok:
+                        buf[pos:pos + step] = data
             step = min(step, total - pos)
             if ok:
                 good.append((pos, pos + step))
