@@ -1,0 +1,196 @@
+"""pageclass.py judged by makedumpfile: the dump levels' exclusions on a real kernel's vmcore.
+
+The real-kernel fixture is rewritten into /proc/vmcore's layout
+(bench/normalize_vmcore.py), makedumpfile 1.7.2 writes ``-d N -l`` of it,
+and its kdump bitmaps say which pages it left out (a page it keeps in the
+bitmap but points at the shared zero page counts as excluded by bit 1: that
+is how makedumpfile drops zero pages in kdump output).  classify() over every
+PFN range must never exclude a page makedumpfile keeps and must exclude at
+least 99.9% of what it excludes.  Then each VMCOREINFO entry the levels need
+is dropped in turn: the level falls back and still excludes nothing wrongly.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import struct
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from stripedump.pageclass import (CACHE_KEYS, CLASSES, FREE_KEYS, MEMMAP_KEYS, PAGE_KEYS, PageClassifier,
+                                  classify)
+from stripedump.vmcore import Source
+from stripedump.vmcoreinfo import VmcoreInfo
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LEVELS = (1, 2, 4, 8, 16, 31)
+needs_makedumpfile = pytest.mark.skipif(shutil.which("makedumpfile") is None,
+                                        reason="makedumpfile is not installed")
+
+
+def kdump_excluded(path: str, level: int) -> tuple[np.ndarray, np.ndarray]:
+    """(1st bitmap, pages makedumpfile left out) of a kdump-compressed file, as bool arrays."""
+    with open(path, "rb") as f:
+        d = f.read()
+    bs, sub, bb = struct.unpack_from("<iiI", d, 428)
+    mapnr = struct.unpack_from("<Q", d, bs + 96)[0]
+    blen = bb * bs // 2
+
+    def bitmap(at):
+        return np.unpackbits(np.frombuffer(d, np.uint8, blen, at), bitorder="little")[:mapnr].astype(bool)
+    b1, b2 = bitmap((1 + sub) * bs), bitmap((1 + sub) * bs + blen)
+    table = (1 + sub + bb) * bs
+    n = int(b2.sum())
+    offsets = np.ndarray((n,), "<i8", buffer=d, offset=table, strides=(24,))   # page_desc.offset
+    excluded = b1 & ~b2
+    if level & 1:         # zero pages stay in the bitmap but share the zero page written first
+        zero = np.zeros(mapnr, bool)
+        zero[np.nonzero(b2)[0][offsets == table + 24 * n]] = True
+        excluded |= zero
+    return b1, excluded
+
+
+@pytest.fixture(scope="module")
+def judged(real_vmcore, tmp_path_factory):
+    """(normalized vmcore, {level: (1st bitmap, makedumpfile's exclusions)})."""
+    if shutil.which("makedumpfile") is None:
+        pytest.skip("makedumpfile is not installed")
+    d = tmp_path_factory.mktemp("levels")
+    norm = str(d / "vmcore")
+    subprocess.run([sys.executable, os.path.join(ROOT, "bench", "normalize_vmcore.py"), real_vmcore[0], norm],
+                   check=True, capture_output=True, timeout=300)
+    out = {}
+    for level in LEVELS:
+        kd = str(d / f"d{level}.kdump")
+        p = subprocess.run(["makedumpfile", "-d", str(level), "-l", norm, kd], capture_output=True, text=True,
+                           timeout=300)
+        assert p.returncode == 0, p.stdout + p.stderr
+        out[level] = kdump_excluded(kd, level)
+        os.unlink(kd)
+    yield norm, out
+    shutil.rmtree(d, ignore_errors=True)     # 200 MB
+
+
+def run_all(src, info, level, chunk=1024, limit=None):
+    """classify() over every PFN range (below limit) in chunks: (excluded, class per page, counts)."""
+    end = limit or src.pfn_ranges[-1][1]
+    excluded, classes = np.zeros(end, bool), np.zeros(end, np.uint8)
+    pc = PageClassifier(src, info, level)
+    counts = dict.fromkeys(CLASSES[1:], 0)
+    for a, b in src.pfn_ranges:
+        b = min(b, end)
+        for s in range(a, b, chunk):
+            r = pc.classify(s, min(chunk, b - s))
+            excluded[s:s + len(r.excluded)] = r.excluded
+            classes[s:s + len(r.excluded)] = r.classes
+            for k, v in r.counts.items():
+                counts[k] += v
+    return pc, excluded, classes, counts
+
+
+def agreement(ours, mdf, b1):
+    ours = ours & b1
+    wrong = int((ours & ~mdf).sum())
+    dropped = int(mdf.sum())
+    found = int((ours & mdf).sum())
+    return wrong, dropped, found
+
+
+@needs_makedumpfile
+@pytest.mark.parametrize("level", LEVELS)
+def test_level_agrees_with_makedumpfile(judged, level):
+    norm, ref = judged
+    b1, mdf = ref[level]
+    with Source(norm) as src:
+        pc, ours, _, counts = run_all(src, VmcoreInfo.from_source(src), level, limit=len(b1))
+    wrong, dropped, found = agreement(ours, mdf, b1)
+    print(f"level {level}: makedumpfile drops {dropped}, classify drops {found} of them "
+          f"and {wrong} others; {counts}")
+    assert pc.level_applied == level and pc.missing == ()
+    assert dropped > 0
+    assert wrong == 0, np.nonzero(ours & b1 & ~mdf)[0][:10]
+    assert found >= 0.999 * dropped
+
+
+@needs_makedumpfile
+def test_chunks_cutting_through_blocks_give_the_same_answer(judged):
+    """Chunks of 37 pages start inside free blocks and compound pages: the look-back finds their heads."""
+    norm, ref = judged
+    b1, mdf = ref[31]
+    with Source(norm) as src:
+        info = VmcoreInfo.from_source(src)
+        _, whole, cls_whole, _ = run_all(src, info, 31, chunk=1 << 15, limit=len(b1))
+        _, cut, _, _ = run_all(src, info, 31, chunk=37, limit=len(b1))
+    assert np.array_equal(whole, cut)
+    starts = np.arange(37, len(b1), 37)
+    inside = starts[(cls_whole[starts] == CLASSES.index("free")) & (cls_whole[starts - 1] == CLASSES.index("free"))]
+    assert len(inside) > 10      # the case is really exercised
+    wrong, dropped, found = agreement(cut, mdf, b1)
+    assert wrong == 0 and found == dropped
+
+
+# entry dropped -> the level bits that must remain applied when 31 is asked
+FALLBACK = {k: 1 for k in PAGE_KEYS + MEMMAP_KEYS + ("NUMBER(phys_base)", "SYMBOL(init_top_pgt)")}
+FALLBACK.update({k: 31 & ~16 for k in FREE_KEYS})
+FALLBACK.update({k: 31 & ~6 for k in CACHE_KEYS if k != "OFFSET(page.mapping)"})
+FALLBACK["OFFSET(page.mapping)"] = 31 & ~(2 | 4 | 8)
+# entries whose absence keeps the bits but keeps more pages (named in .weaker)
+WEAKER = ("OFFSET(page.compound_order)", "OFFSET(page.compound_dtor)", "NUMBER(HUGETLB_PAGE_DTOR)",
+          "NUMBER(PAGE_OFFLINE_MAPCOUNT_VALUE)", "NUMBER(PG_hwpoison)")
+
+
+@needs_makedumpfile
+@pytest.mark.parametrize("key", sorted(FALLBACK) + ["NUMBER(PG_slab)"] + list(WEAKER))
+def test_missing_entry_falls_back_without_wrong_exclusions(judged, key):
+    norm, ref = judged
+    b1, mdf = ref[31]
+    with Source(norm) as src:
+        info = VmcoreInfo.from_source(src)
+        assert info.need(key) == (), key           # the fixture really has it
+        pc, ours, _, counts = run_all(src, info.without(key), 31, limit=len(b1))
+    wrong, dropped, found = agreement(ours, mdf, b1)
+    assert wrong == 0
+    if key in FALLBACK:
+        assert pc.level_applied == FALLBACK[key] and key in pc.missing, (pc.level_applied, pc.missing)
+        assert found < dropped
+    elif key == "NUMBER(PG_slab)":
+        # no way to tell slab pages: free pages and offline pages are not judged
+        assert pc.level_applied == 31 & ~16 and key in pc.missing
+    else:
+        assert pc.level_applied == 31 and pc.missing == ()
+        if key in ("OFFSET(page.compound_order)", "NUMBER(HUGETLB_PAGE_DTOR)", "OFFSET(page.compound_dtor)"):
+            assert ("OFFSET(page.compound_order)" in pc.weaker) == (key == "OFFSET(page.compound_order)")
+        else:
+            assert key in pc.weaker
+
+
+def test_level_zero_and_unreadable_struct_pages_exclude_nothing(real_vmcore):
+    path, _ = real_vmcore
+    with Source(path) as src:
+        info = VmcoreInfo.from_source(src)
+        r = classify(src, info, 0, 4096, 0)
+        assert r.level_applied == 0 and not r.excluded.any() and r.missing == ()
+        # the BIOS ROM below 4 GiB: RAM has no struct pages there (no present section)
+        a, b = src.pfn_ranges[-1]
+        assert a > 1 << 18
+        r = classify(src, info, a, b - a, 30)
+        assert r.unreadable == b - a and not r.excluded.any()
+        assert r.level_applied == 30
+
+
+def test_zero_test_on_given_data_matches_reading(real_vmcore):
+    path, _ = real_vmcore
+    with Source(path) as src:
+        info = VmcoreInfo.from_source(src)
+        with src.phys_window(1024, 2048) as w:
+            data = bytes(w.view())
+        r1 = classify(src, info, 1024, 2048, 1)
+        r2 = classify(src, info, 1024, 2048, 1, data=data)
+        zero = ~np.frombuffer(data, "<u8").reshape(2048, 512).any(axis=1)
+    assert np.array_equal(r1.excluded, r2.excluded) and r1.counts == r2.counts
+    # level 1 adds the zero pages to what the struct pages say (here: no hwpoison or offline pages)
+    assert np.array_equal(r1.excluded, zero) and r1.counts["zero"] == int(zero.sum()) > 0
