@@ -26,6 +26,8 @@ from stripedump.pageclass import (CACHE_KEYS, CLASSES, FREE_KEYS, MEMMAP_KEYS, P
 from stripedump.vmcore import Source
 from stripedump.vmcoreinfo import VmcoreInfo
 
+from conftest import REAL_DIR   # and the real_vmcore fixture
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LEVELS = (1, 2, 4, 8, 16, 31)
 needs_makedumpfile = pytest.mark.skipif(shutil.which("makedumpfile") is None,
@@ -55,13 +57,28 @@ def kdump_excluded(path: str, level: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 @pytest.fixture(scope="module")
-def judged(real_vmcore, tmp_path_factory):
-    """(normalized vmcore, {level: (1st bitmap, makedumpfile's exclusions)})."""
+def workload_vmcore():
+    """The real-kernel vmcore with WORKLOAD=1 (ext4 page cache, written files, anonymous memory),
+    built once and cached next to the plain one."""
+    out = REAL_DIR + "-workload"
+    script = os.path.join(ROOT, "tests", "fixtures", "make-real-vmcore.sh")
+    if shutil.which("qemu-system-x86_64") is None and os.geteuid() != 0:
+        pytest.skip("QEMU (qemu-system-x86) is not installed and cannot be installed without root")
+    p = subprocess.run(["bash", script, out], capture_output=True, text=True, timeout=900,
+                       env=dict(os.environ, WORKLOAD="1"))
+    if p.returncode != 0:
+        lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
+        pytest.skip(f"cannot build the workload vmcore: {lines[-1] if lines else p.returncode}")
+    return os.path.join(out, "vmcore")
+
+
+def judge(path, tmp_path_factory):
+    """(normalized vmcore, {level: (1st bitmap, makedumpfile's exclusions)}, its directory)."""
     if shutil.which("makedumpfile") is None:
         pytest.skip("makedumpfile is not installed")
     d = tmp_path_factory.mktemp("levels")
     norm = str(d / "vmcore")
-    subprocess.run([sys.executable, os.path.join(ROOT, "bench", "normalize_vmcore.py"), real_vmcore[0], norm],
+    subprocess.run([sys.executable, os.path.join(ROOT, "bench", "normalize_vmcore.py"), path, norm],
                    check=True, capture_output=True, timeout=300)
     out = {}
     for level in LEVELS:
@@ -71,8 +88,21 @@ def judged(real_vmcore, tmp_path_factory):
         assert p.returncode == 0, p.stdout + p.stderr
         out[level] = kdump_excluded(kd, level)
         os.unlink(kd)
+    return norm, out, d
+
+
+@pytest.fixture(scope="module")
+def judged(real_vmcore, tmp_path_factory):
+    norm, out, d = judge(real_vmcore[0], tmp_path_factory)
     yield norm, out
     shutil.rmtree(d, ignore_errors=True)     # 200 MB
+
+
+@pytest.fixture(scope="module")
+def judged_workload(workload_vmcore, tmp_path_factory):
+    norm, out, d = judge(workload_vmcore, tmp_path_factory)
+    yield norm, out
+    shutil.rmtree(d, ignore_errors=True)
 
 
 def run_all(src, info, level, chunk=1024, limit=None):
@@ -100,9 +130,7 @@ def agreement(ours, mdf, b1):
     return wrong, dropped, found
 
 
-@needs_makedumpfile
-@pytest.mark.parametrize("level", LEVELS)
-def test_level_agrees_with_makedumpfile(judged, level):
+def check_level(judged, level, distinct=()):
     norm, ref = judged
     b1, mdf = ref[level]
     with Source(norm) as src:
@@ -114,6 +142,24 @@ def test_level_agrees_with_makedumpfile(judged, level):
     assert dropped > 0
     assert wrong == 0, np.nonzero(ours & b1 & ~mdf)[0][:10]
     assert found >= 0.999 * dropped
+    for name in distinct:
+        assert counts[name] > 0, name
+    return counts
+
+
+@needs_makedumpfile
+@pytest.mark.parametrize("level", LEVELS)
+def test_level_agrees_with_makedumpfile(judged, level):
+    check_level(judged, level)
+
+
+@needs_makedumpfile
+@pytest.mark.parametrize("level", LEVELS)
+def test_level_agrees_with_makedumpfile_under_a_workload(judged_workload, level):
+    """ext4 page cache with and without buffer heads and anonymous memory: levels 2, 4 and 8 differ."""
+    want = {2: ("cache",), 4: ("cache", "cache_private"), 8: ("user",), 16: ("free",),
+            31: ("zero", "cache", "cache_private", "user", "free")}
+    check_level(judged_workload, level, want.get(level, ()))
 
 
 @needs_makedumpfile
