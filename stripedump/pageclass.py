@@ -16,14 +16,16 @@ Why this module:
   section_start_pfn`` in struct-page units, so ``coded + pfn * SIZE(page)``
   is the struct page of pfn.  FLATMEM is not handled (x86_64 has none).
 * The rules are makedumpfile 1.7.2's ``__exclude_unnecessary_pages`` (the
-  version Debian 12 ships and the tests judge against), with the kernel 6.3+
-  and 6.9+ spellings of later makedumpfile (folio order and dtor, PG_hugetlb,
-  page_type values for hugetlb and slab) where VMCOREINFO carries them.  In
+  version Debian 12 ships and the tests judge against), with what later
+  makedumpfile (1.7.9) reads from newer kernels where VMCOREINFO carries it
+  (6.3+ folio order and dtor, 6.6+ PG_hugetlb, 6.9+/6.10+ page_type values
+  for hugetlb and slab, 6.16+ unaccepted memory).  In
   order: a compound tail page is skipped; a buddy page (``_mapcount ==
   PAGE_BUDDY_MAPCOUNT_VALUE``, not slab) is free, with its block of
   ``2**private`` pages (an order beyond ``LENGTH(zone.free_area)`` keeps it);
-  an LRU or swap-cache page whose ``mapping`` is not anonymous is page cache
-  (with or without ``PG_private``); an anonymous or hugetlb page is user
+  unaccepted memory is free in blocks of the largest order; an LRU or
+  swap-cache page whose ``mapping`` is not anonymous is page cache (with or
+  without ``PG_private``); an anonymous (not slab) or hugetlb page is user
   data; then hwpoison and logically offline pages, which makedumpfile drops
   at every level.  A compound head takes its whole page (order from the
   first tail, checked for alignment) with it.
@@ -279,6 +281,7 @@ class PageClassifier:
         self.offline_val = n("PAGE_OFFLINE_MAPCOUNT_VALUE")
         self.slab_val = n("PAGE_SLAB_MAPCOUNT_VALUE")
         self.hugetlb_val = n("PAGE_HUGETLB_MAPCOUNT_VALUE")
+        self.unaccepted_val = n("PAGE_UNACCEPTED_MAPCOUNT_VALUE")
         self.hugetlb_dtor = n("HUGETLB_PAGE_DTOR")
         self.max_order = (info.length("zone.free_area") or 1) - 1
         # compound order and destructor live in the first tail page
@@ -343,6 +346,13 @@ class PageClassifier:
             cls[good] = C_FREE
             order = np.where(good, border, order)
             open_ &= ~buddy                   # a buddy page with a bad order is kept (makedumpfile warns)
+            if self.unaccepted_val is not None:
+                # unaccepted memory (confidential VMs, 6.16+): blocks of the largest buddy order
+                unacc = open_ & (mapcount == self.unaccepted_val)
+                good = unacc & ((pfns & ((1 << self.max_order) - 1)) == 0)
+                cls[good] = C_FREE
+                order = np.where(good, self.max_order, order)
+                open_ &= ~unacc
         anon = np.zeros(n, bool)
         if self.o_mapping is not None:
             anon = (col(self.o_mapping, "<u8") & u64(1)).astype(bool) & ~slab

@@ -247,9 +247,9 @@ def test_zero_test_on_given_data_matches_reading(real_vmcore):
 # this core (tests/test_kvmem.py's builder) has page tables, a mem_section and struct pages
 # written here, one case per rule, so each rule is checked against a known answer.
 
-RAM = 8192                       # pfns classified; the struct pages live at pfns RAM.. (128 pages)
+RAM = 9216                       # pfns classified; the struct pages live at pfns RAM.. (144 pages)
 VMEMMAP = 0xFFFFEA0000000000
-MAPPED_STRUCT_PAGES = 120        # the vmemmap PTEs of the last 8 struct-page pages are empty
+MAPPED_STRUCT_PAGES = 136        # the vmemmap PTEs of the last 8 struct-page pages are empty: pfns 8704..
 SYNTH_INFO = """OSRELEASE=6.1.0-synthetic
 PAGESIZE=4096
 SYMBOL(init_top_pgt)={top:x}
@@ -268,28 +268,41 @@ OFFSET(page.mapping)=24
 OFFSET(page.lru)=8
 OFFSET(page._mapcount)=48
 OFFSET(page.private)=40
-OFFSET(page.compound_dtor)=16
-OFFSET(page.compound_order)=17
 OFFSET(page.compound_head)=8
 LENGTH(zone.free_area)=11
 NUMBER(PG_lru)=4
 NUMBER(PG_private)=13
 NUMBER(PG_swapcache)=10
 NUMBER(PG_swapbacked)=19
-NUMBER(PG_slab)=9
 NUMBER(PG_hwpoison)=23
 NUMBER(PG_head_mask)=65536
+"""
+# Debian 12's 6.1: flags and _mapcount values, order and dtor bytes in the first tail page
+STYLE_61 = """OFFSET(page.compound_dtor)=16
+OFFSET(page.compound_order)=17
+NUMBER(PG_slab)=9
 NUMBER(PAGE_BUDDY_MAPCOUNT_VALUE)=-129
 NUMBER(HUGETLB_PAGE_DTOR)=2
 NUMBER(PAGE_OFFLINE_MAPCOUNT_VALUE)=-257
 """
+# 6.12 and later: one page type in _mapcount's top byte, the order in the first tail's flags
+TYPE = {"buddy": -0x10000000, "offline": -0x0E000000, "hugetlb": -0x0C000000, "slab": -0x0B000000,
+        "unaccepted": -0x09000000}
+STYLE_612 = (f"OFFSET(folio._folio_order)=81\n"
+             f"NUMBER(PAGE_BUDDY_MAPCOUNT_VALUE)={TYPE['buddy']}\n"
+             f"NUMBER(PAGE_OFFLINE_MAPCOUNT_VALUE)={TYPE['offline']}\n"
+             f"NUMBER(PAGE_HUGETLB_MAPCOUNT_VALUE)={TYPE['hugetlb']}\n"
+             f"NUMBER(PAGE_SLAB_MAPCOUNT_VALUE)={TYPE['slab']}\n"
+             f"NUMBER(PAGE_UNACCEPTED_MAPCOUNT_VALUE)={TYPE['unaccepted']}\n")
 LRU, PRIV, SWAPCACHE, SWAPBACKED, SLAB, HWPOISON, HEAD = (1 << 4, 1 << 13, 1 << 10, 1 << 19, 1 << 9,
                                                           1 << 23, 1 << 16)
 FILE_MAPPING, ANON_MAPPING = 0xFFFF888001234000, 0xFFFF888001235001
 
 
-def struct_pages() -> tuple[bytes, dict[str, set[int]]]:
+def struct_pages(style: str = "6.1") -> tuple[bytes, dict[str, set[int]]]:
     """The struct pages of pfns [0, RAM) and, per rule, the pfns it excludes."""
+    new = style == "6.12"
+    t = TYPE if new else {"buddy": -129, "offline": -257, "slab": None, "hugetlb": None}
     sp = np.zeros(RAM, dtype=[("flags", "<u8"), ("head", "<u8"), ("dtor", "u1"), ("order", "u1"),
                               ("pad", "u1", 6), ("mapping", "<u8"), ("pad2", "<u8"), ("private", "<u8"),
                               ("mapcount", "<i4"), ("refcount", "<i4"), ("pad3", "<u8")])
@@ -299,12 +312,23 @@ def struct_pages() -> tuple[bytes, dict[str, set[int]]]:
                                                     "offline")}
 
     def buddy(pfn, order):
-        sp["mapcount"][pfn], sp["private"][pfn] = -129, order
+        sp["mapcount"][pfn], sp["private"][pfn] = t["buddy"], order
 
-    def compound(pfn, order, flags=0, mapping=0, dtor=1):
+    def slab(pfn):
+        if new:
+            sp["mapcount"][pfn] = t["slab"]
+        else:
+            sp["flags"][pfn] |= SLAB
+
+    def compound(pfn, order, flags=0, mapping=0, hugetlb=False):
         sp["flags"][pfn] |= HEAD | flags
         sp["mapping"][pfn] = mapping
-        sp["order"][pfn + 1], sp["dtor"][pfn + 1] = order, dtor
+        if new:
+            sp["flags"][pfn + 1] = order
+            if hugetlb:
+                sp["mapcount"][pfn] = t["hugetlb"]
+        else:
+            sp["order"][pfn + 1], sp["dtor"][pfn + 1] = order, 2 if hugetlb else 1
         sp["head"][pfn + 1:pfn + (1 << order)] = (VMEMMAP + 64 * pfn) | 1
     buddy(64, 3)
     want["free"] |= set(range(64, 72))
@@ -312,8 +336,11 @@ def struct_pages() -> tuple[bytes, dict[str, set[int]]]:
     want["free"] |= set(range(1024, 2048))
     buddy(2049, 1)                       # unaligned: kept (makedumpfile would take 2049-2050)
     buddy(2560, 11)                      # order beyond LENGTH(zone.free_area): kept, as makedumpfile does
-    buddy(2600, 0)
-    sp["flags"][2600] |= SLAB            # a slab page's _mapcount is not a buddy mark
+    if not new:
+        buddy(2600, 0)
+        slab(2600)                       # a slab page's _mapcount is not a buddy mark
+    slab(2601)
+    sp["mapping"][2601] = ANON_MAPPING | 2   # a slab's struct slab overlays mapping: not user data
     sp["flags"][200] = LRU
     sp["mapping"][200] = FILE_MAPPING
     sp["flags"][201] = LRU | PRIV
@@ -331,22 +358,26 @@ def struct_pages() -> tuple[bytes, dict[str, set[int]]]:
     want["cache"] |= {401}
     sp["flags"][300] = HWPOISON
     want["hwpoison"] |= {300}
-    sp["mapcount"][301] = -257
+    sp["mapcount"][301] = t["offline"]
     want["offline"] |= {301}
-    sp["mapcount"][302] = -257
-    sp["flags"][302] = SLAB
+    if not new:
+        sp["mapcount"][302] = t["offline"]
+        slab(302)
     compound(3072, 9, LRU, ANON_MAPPING)     # an anonymous THP
     want["user"] |= set(range(3072, 3584))
-    compound(4096, 11, 0, 0, dtor=2)         # a hugetlb page bigger than the look-back's reach
+    compound(4096, 11, 0, 0, hugetlb=True)   # a hugetlb page bigger than the look-back's reach
     want["user"] |= set(range(4096, 6144))
     compound(6144, 4, 0, FILE_MAPPING)       # a compound page that is none of these: kept whole
-    buddy(7700, 2)                           # its struct page is not mapped: kept
+    if new:
+        sp["mapcount"][7168] = t["unaccepted"]   # unaccepted memory: a block of the largest order
+        want["free"] |= set(range(7168, 8192))
+    buddy(8800, 2)                           # its struct page is not mapped: kept
     return sp.tobytes(), want
 
 
-def synth_core(tmp_path, extreme: bool, via_pointer: bool = False) -> str:
+def synth_core(tmp_path, extreme: bool, via_pointer: bool = False, style: str = "6.1") -> str:
     from test_kvmem import PS, P, PSE, START_KERNEL_MAP, table, write_core
-    sp, _ = struct_pages()
+    sp, _ = struct_pages(style)
     pages = {1: table({511: 2 * PS | P, (VMEMMAP >> 39) & 511: 3 * PS | P}),
              2: table({510: 0 | P | PSE}),                 # the kernel image: 1 GiB at physical 0
              3: table({0: 4 * PS | P}), 4: table({0: 5 * PS | P}),
@@ -362,16 +393,18 @@ def synth_core(tmp_path, extreme: bool, via_pointer: bool = False) -> str:
     else:
         pages[6] = table({0: coded})
         ms, length = START_KERNEL_MAP + 6 * PS, 1 << 19
-    path = str(tmp_path / f"synth{int(extreme)}{int(via_pointer)}")
-    write_core(path, pages, RAM + 128, SYNTH_INFO.format(top=START_KERNEL_MAP + PS, ms=ms, length=length))
+    path = str(tmp_path / f"synth{int(extreme)}{int(via_pointer)}{style}")
+    write_core(path, pages, RAM + 144, SYNTH_INFO.format(top=START_KERNEL_MAP + PS, ms=ms, length=length)
+               + (STYLE_612 if style == "6.12" else STYLE_61))
     return path
 
 
+@pytest.mark.parametrize("style", ["6.1", "6.12"])
 @pytest.mark.parametrize("extreme,via_pointer", [(False, False), (True, False), (True, True)])
 @pytest.mark.parametrize("chunk", [RAM, 1000, 37])
-def test_each_rule_on_hand_made_struct_pages(tmp_path, extreme, via_pointer, chunk):
-    _, want = struct_pages()
-    path = synth_core(tmp_path, extreme, via_pointer)
+def test_each_rule_on_hand_made_struct_pages(tmp_path, extreme, via_pointer, chunk, style):
+    _, want = struct_pages(style)
+    path = synth_core(tmp_path, extreme, via_pointer, style)
     with Source(path) as src:
         info = VmcoreInfo.from_source(src)
         for level, names in ((30, want), (2, ("cache",)), (4, ("cache", "cache_private")), (8, ("user",)),
@@ -385,5 +418,5 @@ def test_each_rule_on_hand_made_struct_pages(tmp_path, extreme, via_pointer, chu
                 assert got == expect, (level, name, sorted(got ^ expect)[:10])
             if level == 2:      # without bit 4 a page-cache page with private data is kept
                 assert not ours[201]
-        r = PageClassifier(src, info, 30).classify(7600, 200)
-        assert r.unreadable == 7800 - 7680 and not r.excluded[7700 - 7600]
+        r = PageClassifier(src, info, 30).classify(8700, 200)
+        assert r.unreadable == 8900 - 8704 and not r.excluded[8800 - 8700]
