@@ -11,8 +11,8 @@ Why this module:
   (``SYMBOL(mem_section)``, or the array it points to: kernels since 4.15
   print the pointer's value, a vmlinux has the pointer's address; the first
   reading that yields a present section wins, as in makedumpfile), then
-  ``section_mem_map``, whose low bits are flags (SECTION_MAP_MASK clears
-  bits 4..0; bit 0 is "present") and whose rest is ``mem_map -
+  ``section_mem_map``, whose low bits are flags (bits 5..0 cleared; bit 0
+  is "present") and whose rest is ``mem_map -
   section_start_pfn`` in struct-page units, so ``coded + pfn * SIZE(page)``
   is the struct page of pfn.  FLATMEM is not handled (x86_64 has none).
 * The rules are makedumpfile 1.7.2's ``__exclude_unnecessary_pages`` (the
@@ -60,7 +60,9 @@ CLASSES = ("kept", "zero", "cache", "cache_private", "user", "free", "hwpoison",
 C_ZERO, C_CACHE, C_CACHE_PRIVATE, C_USER, C_FREE, C_HWPOISON, C_OFFLINE = range(1, 8)
 
 SECTION_PRESENT = 1
-SECTION_FLAG_BITS = 0x1F          # makedumpfile's SECTION_MAP_MASK: ~((1 << 5) - 1)
+# section_mem_map's flag bits: 5 up to 6.14 (makedumpfile masks these), 6 with 6.15's
+# SECTION_IS_VMEMMAP_PREINIT; the coded mem_map always has at least 6 low zero bits
+SECTION_FLAG_BITS = 0x3F
 KERNEL_SPACE = 0xFFFF800000000000
 ZERO_BLOCK = 4096                 # pages zero-tested per read (16 MiB with 4 KiB pages)
 
