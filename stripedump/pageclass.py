@@ -230,6 +230,8 @@ class PageClassifier:
             raise ValueError(f"dump level {level} is not between 0 and 31")
         self.src, self.info, self.level = src, info, level
         self.page_size = src.page_size
+        self._range_starts = np.array([r[0] for r in src.pfn_ranges], dtype=np.int64)
+        self._range_ends = np.array([r[1] for r in src.pfn_ranges], dtype=np.int64)
         self.memmap: MemMap | None = None
         missing: list[str] = []
         weaker: list[str] = []
@@ -417,7 +419,10 @@ class PageClassifier:
         cls_all = np.concatenate(all_cls)
         ord_all = np.concatenate(all_order)
         out = np.zeros(count, np.uint8)
-        sel = cls_all != 0
+        # makedumpfile never looks at a page outside the PT_LOADs (is_in_segs): such a head excludes nothing
+        i = np.searchsorted(self._range_starts, pfn_all, side="right") - 1
+        in_segs = (i >= 0) & (pfn_all < self._range_ends[np.maximum(i, 0)])
+        sel = (cls_all != 0) & in_segs
         pfn_all, cls_all, ord_all = pfn_all[sel], cls_all[sel], ord_all[sel]
         # paint blocks smallest first, so the outermost block's class is the one left
         for o in np.unique(ord_all):
