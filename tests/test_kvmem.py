@@ -19,17 +19,23 @@ P, PSE = 0x1, 0x80
 SME = 1 << 47
 
 
-def write_core(path, pages: dict[int, bytes], npages: int, vmcoreinfo: str, machine: int = 62) -> None:
-    """An ELF64 core: one PT_NOTE (VMCOREINFO) and one PT_LOAD of npages pages at physical 0."""
+def write_core(path, pages: dict[int, bytes], npages: int, vmcoreinfo: str, machine: int = 62,
+               holes: tuple[int, ...] = ()) -> None:
+    """An ELF64 core: one PT_NOTE (VMCOREINFO) and PT_LOADs of pages [0, npages) at their physical
+    address, one per stretch between the pfns in ``holes`` (which no PT_LOAD holds)."""
     desc = vmcoreinfo.encode()
     note = struct.pack("<III", 11, len(desc), 0) + b"VMCOREINFO\0\0" + desc + bytes(-len(desc) % 4)
     data_at = PS
+    cuts = [-1, *sorted(holes), npages]
+    spans = [(a + 1, b) for a, b in zip(cuts, cuts[1:]) if a + 1 < b]
     eh = struct.pack("<16sHHIQQQIHHHHHH", b"\x7fELF\x02\x01\x01" + bytes(9), 4, machine, 1, 0, 64, 0, 0,
-                     64, 56, 2, 0, 0, 0)
-    ph_note = struct.pack("<IIQQQQQQ", 4, 0, 64 + 2 * 56, 0, 0, len(note), len(note), 0)
-    ph_load = struct.pack("<IIQQQQQQ", 1, 7, data_at, 0, 0, npages * PS, npages * PS, 0)
+                     64, 56, 1 + len(spans), 0, 0, 0)
+    ph_note = struct.pack("<IIQQQQQQ", 4, 0, 64 + (1 + len(spans)) * 56, 0, 0, len(note), len(note), 0)
+    ph_loads = b"".join(struct.pack("<IIQQQQQQ", 1, 7, data_at + a * PS, 0, a * PS, (b - a) * PS, (b - a) * PS, 0)
+                        for a, b in spans)
+    assert 64 + (1 + len(spans)) * 56 + len(note) <= data_at
     with open(path, "wb") as f:
-        f.write(eh + ph_note + ph_load + note)
+        f.write(eh + ph_note + ph_loads + note)
         f.truncate(data_at + npages * PS)
         for pfn, content in pages.items():
             f.seek(data_at + pfn * PS)

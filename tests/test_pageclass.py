@@ -372,7 +372,11 @@ def struct_pages(style: str = "6.1") -> tuple[bytes, dict[str, set[int]]]:
         sp["mapcount"][7168] = t["unaccepted"]   # unaccepted memory: a block of the largest order
         want["free"] |= set(range(7168, 8192))
     buddy(8800, 2)                           # its struct page is not mapped: kept
+    buddy(6160, 4)                           # its head is in no PT_LOAD (HOLE): makedumpfile never sees it
     return sp.tobytes(), want
+
+
+HOLE = 6160
 
 
 def synth_core(tmp_path, extreme: bool, via_pointer: bool = False, style: str = "6.1") -> str:
@@ -395,7 +399,7 @@ def synth_core(tmp_path, extreme: bool, via_pointer: bool = False, style: str = 
         ms, length = START_KERNEL_MAP + 6 * PS, 1 << 19
     path = str(tmp_path / f"synth{int(extreme)}{int(via_pointer)}{style}")
     write_core(path, pages, RAM + 144, SYNTH_INFO.format(top=START_KERNEL_MAP + PS, ms=ms, length=length)
-               + (STYLE_612 if style == "6.12" else STYLE_61))
+               + (STYLE_612 if style == "6.12" else STYLE_61), holes=(HOLE,))
     return path
 
 
