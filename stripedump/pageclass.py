@@ -80,14 +80,15 @@ SLAB_KEYS = ("NUMBER(PG_slab)", "NUMBER(PAGE_SLAB_MAPCOUNT_VALUE)")   # either o
 class MemMap:
     """Where the struct page of a PFN lies, from mem_section (SPARSEMEM, EXTREME or not)."""
 
-    def __init__(self, kmem: KernelMemory, info: VmcoreInfo, page_size: int):
+    def __init__(self, kmem: KernelMemory, info: VmcoreInfo, page_size: int, section_bits: int,
+                 physmem_bits: int):
         self.kmem = kmem
         self.page_shift = page_size.bit_length() - 1
         self.size_page = info.size("page")
         self.size_ms = info.size("mem_section")
         self.off_map = info.offset("mem_section.section_mem_map")
-        self.pfn_section_shift = info.number("SECTION_SIZE_BITS") - self.page_shift
-        self.nr_sections = 1 << (info.number("MAX_PHYSMEM_BITS") - info.number("SECTION_SIZE_BITS"))
+        self.pfn_section_shift = section_bits - self.page_shift
+        self.nr_sections = 1 << (physmem_bits - section_bits)
         per_root = max(page_size // self.size_ms, 1)
         length = info.length("mem_section")
         self.extreme = length is None or length == -(-self.nr_sections // per_root)
@@ -101,9 +102,14 @@ class MemMap:
     @classmethod
     def open(cls, kmem: KernelMemory, info: VmcoreInfo, page_size: int):
         missing = info.need(*MEMMAP_KEYS, "SIZE(page)")
-        if missing:
+        bits = None
+        if not info.need(*MEMMAP_KEYS[:3], "SIZE(page)", "LENGTH(mem_section)") and \
+                set(missing) <= {"NUMBER(SECTION_SIZE_BITS)", "NUMBER(MAX_PHYSMEM_BITS)"}:
+            bits = _x86_64_section_bits(info, page_size)
+        if missing and bits is None:
             return None, missing
-        mm = cls(kmem, info, page_size)
+        bits = bits or (info.number("SECTION_SIZE_BITS"), info.number("MAX_PHYSMEM_BITS"))
+        mm = cls(kmem, info, page_size, *bits)
         if not mm.usable:
             return None, ("a readable mem_section with a present section",)
         return mm, ()
@@ -197,6 +203,22 @@ class MemMap:
             for i, j in good:
                 ok[p0 - a + i:p0 - a + j] = True
         return buf, ok
+
+
+def _x86_64_section_bits(info: VmcoreInfo, page_size: int) -> tuple[int, int] | None:
+    """SECTION_SIZE_BITS and MAX_PHYSMEM_BITS for a kernel that does not export them (before 5.x).
+
+    x86_64's are 27 and 46 (52 with 5-level paging) since 2.6.31; they are taken only when
+    LENGTH(mem_section), which every SPARSEMEM kernel exports, is the number of roots (EXTREME)
+    or sections they imply, so a kernel built otherwise falls back instead of being misread.
+    """
+    sb = info.number("SECTION_SIZE_BITS") or 27
+    pb = info.number("MAX_PHYSMEM_BITS") or (52 if info.number("pgtable_l5_enabled") else 46)
+    if pb <= sb:
+        return None
+    n = 1 << (pb - sb)
+    per_root = max(page_size // info.size("mem_section"), 1)
+    return (sb, pb) if info.length("mem_section") in (-(-n // per_root), n) else None
 
 
 @dataclass

@@ -184,13 +184,17 @@ FALLBACK = {k: 1 for k in PAGE_KEYS + MEMMAP_KEYS + ("NUMBER(phys_base)", "SYMBO
 FALLBACK.update({k: 31 & ~16 for k in FREE_KEYS})
 FALLBACK.update({k: 31 & ~6 for k in CACHE_KEYS if k != "OFFSET(page.mapping)"})
 FALLBACK["OFFSET(page.mapping)"] = 31 & ~(2 | 4 | 8)
+# x86_64's values, confirmed by LENGTH(mem_section), stand in for these (kernels before 5.x lack them)
+for k in ("NUMBER(SECTION_SIZE_BITS)", "NUMBER(MAX_PHYSMEM_BITS)"):
+    FALLBACK.pop(k)
 # entries whose absence keeps the bits but keeps more pages (named in .weaker)
 WEAKER = ("OFFSET(page.compound_order)", "OFFSET(page.compound_dtor)", "NUMBER(HUGETLB_PAGE_DTOR)",
           "NUMBER(PAGE_OFFLINE_MAPCOUNT_VALUE)", "NUMBER(PG_hwpoison)")
 
 
 @needs_makedumpfile
-@pytest.mark.parametrize("key", sorted(FALLBACK) + ["NUMBER(PG_slab)"] + list(WEAKER))
+@pytest.mark.parametrize("key", sorted(FALLBACK) + ["NUMBER(PG_slab)"] + list(WEAKER)
+                         + ["NUMBER(SECTION_SIZE_BITS)", "NUMBER(MAX_PHYSMEM_BITS)"])
 def test_missing_entry_falls_back_without_wrong_exclusions(judged, key):
     norm, ref = judged
     b1, mdf = ref[31]
@@ -198,6 +202,16 @@ def test_missing_entry_falls_back_without_wrong_exclusions(judged, key):
         info = VmcoreInfo.from_source(src)
         assert info.need(key) == (), key           # the fixture really has it
         pc, ours, _, counts = run_all(src, info.without(key), 31, limit=len(b1))
+        if key in ("NUMBER(SECTION_SIZE_BITS)", "NUMBER(MAX_PHYSMEM_BITS)"):
+            # without LENGTH(mem_section) to confirm x86_64's values, nothing is assumed
+            pc2 = PageClassifier(src, info.without(key, "LENGTH(mem_section)"), 31)
+            assert pc2.level_applied == 1 and key in pc2.missing
+            # nor when LENGTH(mem_section) says the kernel was built otherwise
+            odd = VmcoreInfo.parse(src.info.vmcoreinfo_raw.replace(b"LENGTH(mem_section)=4096",
+                                                                    b"LENGTH(mem_section)=2048"))
+            assert odd.length("mem_section") == 2048
+            pc2 = PageClassifier(src, odd.without(key), 31)
+            assert pc2.level_applied == 1 and key in pc2.missing
     wrong, dropped, found = agreement(ours, mdf, b1)
     assert wrong == 0
     if key in FALLBACK:
@@ -206,6 +220,8 @@ def test_missing_entry_falls_back_without_wrong_exclusions(judged, key):
     elif key == "NUMBER(PG_slab)":
         # no way to tell slab pages: free pages and offline pages are not judged
         assert pc.level_applied == 31 & ~16 and key in pc.missing
+    elif key in ("NUMBER(SECTION_SIZE_BITS)", "NUMBER(MAX_PHYSMEM_BITS)"):
+        assert pc.level_applied == 31 and pc.missing == () and found == dropped
     else:
         assert pc.level_applied == 31 and pc.missing == ()
         if key in ("OFFSET(page.compound_order)", "NUMBER(HUGETLB_PAGE_DTOR)", "OFFSET(page.compound_dtor)"):
