@@ -39,6 +39,7 @@ START_KERNEL_MAP = 0xFFFFFFFF80000000
 ENTRY_MASK = 0x000FFFFFFFFFF000            # bits 51..12 of a page-table entry
 PRESENT, PSE = 0x1, 0x80
 CACHE_LIMIT = 4096                         # translations kept; 4096 x 2 MiB of vmemmap = 16 TiB of RAM
+PT_CACHE_PAGES = 256                       # page-table pages kept (1 MiB): the walks of a chunk share most
 _Q = struct.Struct("<Q")
 
 # VMCOREINFO entries the walk needs; either spelling of the top page table will do
@@ -123,7 +124,7 @@ class KernelMemory:
             page = self.phys.read(table, 4096)
             if page is None:
                 return None
-            if len(self._pt_pages) >= CACHE_LIMIT:
+            if len(self._pt_pages) >= PT_CACHE_PAGES:
                 self._pt_pages.clear()
             self._pt_pages[table] = page
         return _Q.unpack_from(page, index * 8)[0]
