@@ -477,6 +477,10 @@ class PageClassifier:
             part = out[s:s + n]
             part[(part == 0) & zero] = C_ZERO
 
+    def _inside_loads(self, a: int, count: int) -> bool:
+        i = int(np.searchsorted(self._range_starts, a, side="right")) - 1
+        return i >= 0 and a + count <= int(self._range_ends[i])
+
     def classify(self, first_pfn: int, count: int, data=None) -> Classified:
         """The verdict on pages [first_pfn, first_pfn + count).
 
@@ -489,6 +493,11 @@ class PageClassifier:
             classes, unreadable = self._struct_classes(first_pfn, count)
         if self.level & ZERO and count:
             self._zero_classes(first_pfn, count, classes, data)
+        if count and not self._inside_loads(first_pfn, count):
+            # a page no PT_LOAD covers is not in the dump at all: nothing to exclude
+            pfns = np.arange(first_pfn, first_pfn + count, dtype=np.int64)
+            i = np.searchsorted(self._range_starts, pfns, side="right") - 1
+            classes[~((i >= 0) & (pfns < self._range_ends[np.maximum(i, 0)]))] = 0
         counts = np.bincount(classes, minlength=len(CLASSES))
         return Classified(first_pfn, classes != 0, classes,
                           {name: int(counts[i]) for i, name in enumerate(CLASSES) if i},

@@ -442,3 +442,6 @@ def test_each_rule_on_hand_made_struct_pages(tmp_path, extreme, via_pointer, chu
                 assert not ours[201]
         r = PageClassifier(src, info, 30).classify(8700, 200)
         assert r.unreadable == 8900 - 8704 and not r.excluded[8800 - 8700]
+        # a range across the hole: the hole's page (all zeros, in no PT_LOAD) is not judged
+        r = PageClassifier(src, info, 1).classify(HOLE - 1, 3)
+        assert r.classes.tolist() == [CLASSES.index("zero"), 0, CLASSES.index("zero")]
