@@ -47,7 +47,7 @@ Why this module:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -233,15 +233,6 @@ class Classified:
     missing: tuple[str, ...] = ()        # VMCOREINFO entries whose absence dropped level bits
     weaker: tuple[str, ...] = ()         # absent entries that make an applied bit keep more
     unreadable: int = 0                  # pages whose struct page could not be read
-
-
-@dataclass
-class _Rules:
-    """What the level needs from the struct pages, resolved once from VMCOREINFO."""
-    bits: int
-    always: bool                          # hwpoison / offline (makedumpfile drops them at any level)
-    off: dict = field(default_factory=dict)
-    num: dict = field(default_factory=dict)
 
 
 class PageClassifier:
