@@ -109,6 +109,11 @@ from .targets import check_targets, close_targets, open_targets
 from .vmcore import Source
 
 WRITERS_GRACE = 60.0  # seconds writers get beyond JOIN_TIMEOUT to finalize (a final fsync of a slow disk)
+# the default --workers starts at most one worker per this many chunks: a worker costs about 8 ms of
+# CPU (fork, start, exit, join), an lz4 chunk of memory-like data 0.8 ms, and a second worker did not
+# make a dump of a 4, 16 or 64 MiB synthetic core faster on this 2-CPU machine with other load on it
+# (issue 12; docs/benchmarks.md, "Issue 12: fixed cost of a small dump"); --workers N is taken as given
+CHUNKS_PER_WORKER = 16
 
 
 class DumpResult(Plain):
@@ -209,6 +214,8 @@ def _dump(cfg: DumpConfig, src: Source, t0: float, progress, say, sig=None) -> D
     # workers and pool lowered to what the machine has, a warning each, never refused
     workers, too_many = fit_workers(cfg.workers)
     workers = max(1, min(workers, plan.n_chunks))    # a small dump starts no idle worker (issue 12)
+    if not cfg.workers:
+        workers = min(workers, -(-plan.n_chunks // CHUNKS_PER_WORKER))
     fit = fit_pool(workers, nmem, plan.chunk_bytes, block_bytes, cfg.memory_limit, cfg.direct_io)
     for note in ((too_many,) if too_many else ()) + fit.warnings:
         say(note, 0)

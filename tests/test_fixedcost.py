@@ -123,3 +123,59 @@ def test_no_more_workers_than_chunks(tmp_path):
     assert started == res["workers"] == res["chunks"] < 4
     for m in members:
         os.unlink(m)
+
+
+def _dump_vv(tmp_path, src, *args):
+    members = [str(tmp_path / "m0"), str(tmp_path / "m1")]
+    p = subprocess.run([sys.executable, "-m", "stripedump", "dump", "--disks", ",".join(members), "--json",
+                        "-vv", *args, src], capture_output=True, text=True,
+                       env=dict(os.environ, PYTHONPATH=ROOT), timeout=120, stdin=subprocess.DEVNULL)
+    assert p.returncode == 0, p.stderr
+    for m in members:
+        os.unlink(m)
+    started = sum(1 for ln in p.stderr.splitlines() if ln.startswith("stripedump: started stripedump-worker-"))
+    return json.loads(p.stdout), started
+
+
+def test_default_workers_are_one_per_16_chunks(tmp_path):
+    """Without --workers, a dump starts one worker per CHUNKS_PER_WORKER chunks at most (and one
+    per usable CPU): a 4 MiB dump runs one worker, not one per CPU."""
+    from stripedump.config import usable_cpus
+    from stripedump.pipeline import CHUNKS_PER_WORKER
+    assert CHUNKS_PER_WORKER == 16
+    src = str(tmp_path / "small.vmcore")
+    synth.build(src, [synth.Load(0, 4 << 20)])               # 4 page chunks and the headers' residue
+    res, started = _dump_vv(tmp_path, src)
+    assert res["chunks"] == 5 and started == res["workers"] == 1
+    synth.build(src, [synth.Load(0, 2 << 20)])               # 32 page chunks of 64K and the residue
+    res, started = _dump_vv(tmp_path, src, "--chunk-size", "64K")
+    assert res["chunks"] == 33 and started == res["workers"] == min(usable_cpus(), 3)
+    res, started = _dump_vv(tmp_path, src, "--chunk-size", "1M", "--workers", "2")   # as given
+    assert res["chunks"] == 3 and started == res["workers"] == 2
+    os.unlink(src)
+
+
+def test_a_dump_runs_without_dataclasses_typing_or_namedtuples(vmcore, tmp_path):
+    """Importing dataclasses (inspect, ast, dis, tokenize) and typing, and generating the methods of
+    dataclasses and NamedTuples with exec, was about a fifth of a small dump's time (issue 12):
+    the dump path's value classes are plain.Plain / plain.Record, and nothing on it imports them."""
+    b = vmcore("kernel")
+    members = f"{tmp_path / 'm0'},{tmp_path / 'm1'}"
+    code = ("import sys, builtins\n"
+            "execs = []\n"
+            "real_exec = builtins.exec\n"
+            "def counting_exec(*a, **kw):\n"
+            "    if isinstance(a[0], str):       # generated source, not a module's code object\n"
+            "        execs.append(a[0].split('(')[0])\n"
+            "    return real_exec(*a, **kw)\n"
+            "builtins.exec = counting_exec\n"
+            "from stripedump.cli import main\n"
+            f"rc = main(['dump', '-q', '--disks', {members!r}, {b.path!r}])\n"
+            "heavy = ('dataclasses', 'typing', 'inspect', 'ast', 'dis', 'tokenize')\n"
+            "print(rc, sorted(m for m in sys.modules if m in heavy), execs)\n")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                       env=dict(os.environ, PYTHONPATH=ROOT), stdin=subprocess.DEVNULL)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip() == "0 [] []"
+    for m in ("m0", "m1"):
+        os.unlink(tmp_path / m)
