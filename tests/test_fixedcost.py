@@ -179,3 +179,20 @@ def test_a_dump_runs_without_dataclasses_typing_or_namedtuples(vmcore, tmp_path)
     assert p.stdout.strip() == "0 [] []"
     for m in ("m0", "m1"):
         os.unlink(tmp_path / m)
+
+
+@pytest.mark.parametrize("cmd", ["dump", "join", "info", "verify", "mount", "umount", "bench"])
+def test_a_command_gets_the_same_parser_built_alone(cmd, capsys):
+    """main builds only the parser of the command argv names (issue 12): it must be the parser the
+    whole command line has, option for option, and ``COMMAND --help`` must say the same."""
+    import argparse
+    from stripedump.cli import build_parser, main
+
+    def subparsers(p):
+        return next(a for a in p._actions if isinstance(a, argparse._SubParsersAction)).choices
+    full, alone = subparsers(build_parser())[cmd], subparsers(build_parser(cmd))
+    assert list(alone) == [cmd]
+    assert alone[cmd].format_help() == full.format_help()
+    with pytest.raises(SystemExit) as e:
+        main([cmd, "--help"])
+    assert e.value.code == 0 and capsys.readouterr().out == full.format_help()
