@@ -196,3 +196,52 @@ def test_a_command_gets_the_same_parser_built_alone(cmd, capsys):
     with pytest.raises(SystemExit) as e:
         main([cmd, "--help"])
     assert e.value.code == 0 and capsys.readouterr().out == full.format_help()
+
+
+_CHILDREN = """
+import os, signal, sys, time
+from stripedump import procs
+
+def stubborn():
+    procs.child_init()
+    os.write(1, b"ready\\n")
+    time.sleep(20)           # killed long before, unless join_all failed to
+
+def raises():
+    raise ZeroDivisionError("in the child")
+
+def exits(code):
+    sys.exit(code)
+
+def reads_stdin():
+    sys.exit(0 if sys.stdin.read() == "" else 3)
+
+print("buffered in the parent", end="")     # flushed before the fork: printed once, not per child
+p = procs.spawn(stubborn, "stubborn", ())
+assert type(p) is procs.Child and p.is_alive() and p.exitcode is None
+time.sleep(0.5)
+for s in procs.STOP_SIGNALS:
+    os.kill(p.pid, s)
+time.sleep(0.2)
+assert p.is_alive()
+failures = []
+procs.join_all([p], failures.append, "child", timeout=0.3)
+assert not p.is_alive() and p.exitcode == -signal.SIGKILL and "was killed" in str(failures[0])
+kids = [procs.spawn(raises, "raises", ()), procs.spawn(exits, "exits", (7,)), procs.spawn(exits, "none", (None,)),
+        procs.spawn(reads_stdin, "stdin", ())]
+failures = []
+procs.join_all(kids, failures.append, "child")
+print(";", [k.exitcode for k in kids], len(failures), sorted(m for m in sys.modules if m.startswith("multiprocessing")))
+"""
+
+
+def test_children_of_a_dump_are_forked_without_multiprocessing():
+    """procs.spawn forks a procs.Child where multiprocessing is not loaded (a dump: importing it was
+    about a tenth of a small dump's time, issue 12): stop signals ignored, a straggler killed by
+    join_all, exit status as multiprocessing gives it (1 and a traceback after an exception, the
+    SystemExit code), standard input from /dev/null, the parent's buffered output written once."""
+    p = subprocess.run([sys.executable, "-c", _CHILDREN], capture_output=True, text=True, timeout=60,
+                       env=dict(os.environ, PYTHONPATH=ROOT), input="the caller's input")
+    assert p.returncode == 0, p.stderr
+    assert p.stdout == "buffered in the parentready\n; [1, 7, 0, 0] 2 []\n"
+    assert "Process raises:\nTraceback" in p.stderr and "ZeroDivisionError: in the child" in p.stderr
