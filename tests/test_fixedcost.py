@@ -4,9 +4,14 @@
   pyelftools (an independent reader) on every synthetic layout, and one
   clean error for headers cut short;
 - a dump imports neither pyelftools, psutil, numpy, uuid, python-lz4,
-  multiprocessing.connection nor shutil (each was milliseconds of every run);
+  multiprocessing (nor socket, subprocess, threading), pickle nor shutil
+  (each was milliseconds of every run), nor dataclasses and typing, and
+  generates no methods with exec; its children are forked without
+  multiprocessing (procs.Child);
 - the dump id is a version 4 UUID as uuid.uuid4() makes it;
-- a small dump starts no more workers than it has chunks.
+- a small dump starts no more workers than it has chunks, and by default
+  one per 16 chunks at most;
+- main builds only the parser of the command it runs, the same parser.
 """
 
 import json
@@ -84,7 +89,8 @@ def test_a_dump_imports_none_of_the_slow_modules(vmcore, tmp_path):
     members = f"{tmp_path / 'm0'},{tmp_path / 'm1'}"
     code = ("import sys\nfrom stripedump.cli import main\n"
             f"rc = main(['dump', '-q', '--disks', {members!r}, {b.path!r}])\n"
-            "heavy = ('elftools', 'psutil', 'numpy', 'uuid', 'multiprocessing.connection', 'lz4', 'shutil')\n"
+            "heavy = ('elftools', 'psutil', 'numpy', 'uuid', 'multiprocessing', 'lz4', 'shutil', 'pickle',\n"
+            "         'socket', 'subprocess', 'threading')\n"
             "print(rc, sorted(m for m in sys.modules if m.startswith(heavy)))\n")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                        env=dict(os.environ, PYTHONPATH=ROOT), stdin=subprocess.DEVNULL)
