@@ -159,7 +159,7 @@ def _add_dump(sub, common) -> None:
                         "or the first of snappy, lzo, zstd, zlib whose library is installed); auto or "
                         "auto:C,C,...: a codec per chunk, chosen from measured CPU and disk rates")
     d.add_argument("--workers", type=_positive_int, default=0, metavar="N",
-                   help="compression processes (default: one per usable CPU)")
+                   help="compression processes (default: one per usable CPU, at most one per 16 chunks)")
     d.add_argument("--chunk-size", type=_size("--chunk-size"), default="1M", metavar="SIZE",
                    help="unit of work and of striping (default 1M)")
     d.add_argument("--block-size", type=_size("--block-size", positive=True), default=0, metavar="SIZE",
