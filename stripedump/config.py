@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+
 from .codecs import CodecSpec
 from .errors import UsageError
 from .plain import Frozen
@@ -49,7 +50,8 @@ class DumpConfig(Frozen):
                  "use_mmap", "direct_io", "memory_limit", "discard", "stall_seconds", "on_disk_error",
                  "io_timeout")
 
-    def __init__(self, source: str, targets: tuple[str, ...], codec: CodecSpec | None = None,
+    def __init__(self, source: str, targets: tuple[str, ...],
+                 codec: CodecSpec | None = None,    # None: lz4
                  workers: int = 0,                  # 0: one per usable CPU; at most 2 per CPU (fit_workers)
                  chunk_size: int = DEFAULT_CHUNK,
                  block_size: int = 0,               # 0: one page

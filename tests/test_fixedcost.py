@@ -251,3 +251,40 @@ def test_children_of_a_dump_are_forked_without_multiprocessing():
     assert p.returncode == 0, p.stderr
     assert p.stdout == "buffered in the parentready\n; [1, 7, 0, 0] 2 []\n"
     assert "Process raises:\nTraceback" in p.stderr and "ZeroDivisionError: in the child" in p.stderr
+
+
+def test_plain_classes_behave_as_the_dataclasses_and_namedtuples_they_replace():
+    import pickle
+    from stripedump.codecs import CodecSpec
+    from stripedump.config import DumpConfig
+    from stripedump.errors import UsageError
+    from stripedump.format import ChunkHeader, Footer, IndexEntry
+    from stripedump.plan import Chunk
+    c = Chunk(3, 1, 4096, 256)
+    assert c == Chunk(3, 1, 4096, 256) != Chunk(4, 1, 4096, 256) and hash(c) == hash(Chunk(3, 1, 4096, 256))
+    assert repr(c) == "Chunk(id=3, kind=1, start=4096, count=256)" and pickle.loads(pickle.dumps(c)) == c
+    with pytest.raises(AttributeError):
+        c.count = 1                                          # frozen
+    cfg = DumpConfig("src", ("a", "b"), CodecSpec("zstd", 3), workers=2)
+    assert cfg.codec == CodecSpec("zstd", 3) and DumpConfig("s", ("a",)).codec == CodecSpec("lz4")
+    assert cfg._replace(workers=4).workers == 4 and cfg.workers == 2
+    with pytest.raises(UsageError):
+        cfg._replace(workers=-1)                             # checked again, as dataclasses.replace does
+    with pytest.raises(TypeError):
+        cfg._replace(wokers=4)
+    e = IndexEntry(1, 2, 3, 4)
+    chunk_id, offset, length, csum = e
+    assert (chunk_id, offset, length, csum) == (e.chunk_id, e.offset, e.length, e.checksum) == (1, 2, 3, 4)
+    assert e == (1, 2, 3, 4) and e._replace(offset=9) == IndexEntry(1, 9, 3, 4) and type(e._replace()) is IndexEntry
+    assert IndexEntry._make([1, 2, 3, 4]) == e and e._asdict() == {"chunk_id": 1, "offset": 2, "length": 3,
+                                                                    "checksum": 4}
+    assert pickle.loads(pickle.dumps(e)) == e and type(pickle.loads(pickle.dumps(e))) is IndexEntry
+    assert repr(e) == "IndexEntry(chunk_id=1, offset=2, length=3, checksum=4)"
+    assert Footer(1, 2, 3, (), "") == (1, 2, 3, (), "", (), 0, 0, ()) and Footer._field_defaults["member_index"] == 0
+    assert ChunkHeader._fields[-1] == "crc" and ChunkHeader(*range(12)).crc == 0
+    with pytest.raises(ValueError):
+        e._replace(nope=1)
+    for bad in ((1, 2, 3), (1, 2, 3, 4, 5)):
+        with pytest.raises(TypeError):
+            IndexEntry(*bad)
+    assert not hasattr(e, "__dict__") and not hasattr(c, "__dict__")
