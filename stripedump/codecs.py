@@ -31,9 +31,9 @@ from __future__ import annotations
 import abc
 import functools
 import zlib
-from dataclasses import dataclass
 
 from .errors import CodecUnavailable, UsageError
+from .plain import Frozen
 
 
 class Codec(abc.ABC):
@@ -215,11 +215,13 @@ def _need(module: str, package: str):
             f"install it or choose another --codec") from None
 
 
-@dataclass(frozen=True)
-class CodecSpec:
+class CodecSpec(Frozen):
     """A validated codec choice, e.g. ``zstd:3``; stored on disk as (ID, level)."""
-    name: str
-    level: int | None = None
+    __slots__ = ("name", "level")
+
+    def __init__(self, name: str, level: int | None = None):
+        object.__setattr__(self, "name", name)
+        object.__setattr__(self, "level", level)
 
     @classmethod
     def parse(cls, text: str) -> "CodecSpec":

@@ -2,7 +2,7 @@
 
 Why: user choices (codec and level, sizes like ``4M``, disk lists, worker
 counts) are parsed and validated in one place; the library then takes a
-dataclass and never re-parses strings.  Checks that need the source (the page
+frozen object and never re-parses strings.  Checks that need the source (the page
 size) happen in ``DumpConfig.geometry``.
 """
 
@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, field
 
 from .codecs import CodecSpec
 from .errors import UsageError
+from .plain import Frozen
 
 _UNITS = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40, "P": 1 << 50}
 DEFAULT_CHUNK = 1 << 20        # machine-limits §5: shared-memory hand-off runs at 18 GB/s per 1 MiB
@@ -44,35 +44,43 @@ def usable_cpus() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-@dataclass(frozen=True)
-class DumpConfig:
-    source: str
-    targets: tuple[str, ...]
-    codec: CodecSpec = field(default_factory=lambda: CodecSpec("lz4"))
-    workers: int = 0                 # 0: one per usable CPU; at most 2 per CPU (resources.fit_workers)
-    chunk_size: int = DEFAULT_CHUNK
-    block_size: int = 0              # 0: one page
-    force: bool = False
-    manifest_path: str | None = None
-    use_mmap: bool = True
-    direct_io: bool = False
-    memory_limit: int = 0            # 0: derived from available memory (see resources.fit_pool)
-    discard: bool = False            # bench only: compress but write nothing
-    stall_seconds: float = 60.0      # a worker on one chunk this long is killed and the chunk retried
-    on_disk_error: str = "stop"      # a target fails: "stop" the dump, or "continue" without it
-    io_timeout: float = 60.0         # no byte reaches a target's device this long: it hung (iowatch.py)
+class DumpConfig(Frozen):
+    """What to dump where, and how (plain.Frozen: no dataclass on the dump path, issue 12)."""
+    __slots__ = ("source", "targets", "codec", "workers", "chunk_size", "block_size", "force", "manifest_path",
+                 "use_mmap", "direct_io", "memory_limit", "discard", "stall_seconds", "on_disk_error",
+                 "io_timeout")
 
-    def __post_init__(self):
-        if self.workers < 0:
+    def __init__(self, source: str, targets: tuple[str, ...],
+                 codec: CodecSpec | None = None,    # None: lz4
+                 workers: int = 0,                  # 0: one per usable CPU; at most 2 per CPU (fit_workers)
+                 chunk_size: int = DEFAULT_CHUNK,
+                 block_size: int = 0,               # 0: one page
+                 force: bool = False,
+                 manifest_path: str | None = None,
+                 use_mmap: bool = True,
+                 direct_io: bool = False,
+                 memory_limit: int = 0,             # 0: derived from available memory (resources.fit_pool)
+                 discard: bool = False,             # bench only: compress but write nothing
+                 stall_seconds: float = 60.0,       # a worker on one chunk this long is killed, chunk retried
+                 on_disk_error: str = "stop",       # a target fails: "stop" the dump, or "continue" without it
+                 io_timeout: float = 60.0):         # no byte reaches a target's device this long: it hung
+        if workers < 0:
             raise UsageError("--workers must be at least 1")
-        if not self.io_timeout > 0:
+        if not io_timeout > 0:
             raise UsageError("--io-timeout must be a positive number of seconds")
-        if self.on_disk_error not in ON_DISK_ERROR:
+        if on_disk_error not in ON_DISK_ERROR:
             raise UsageError(f"--on-disk-error must be one of {', '.join(ON_DISK_ERROR)}")
-        if self.chunk_size <= 0 or self.chunk_size > MAX_CHUNK:
+        if chunk_size <= 0 or chunk_size > MAX_CHUNK:
             raise UsageError(f"--chunk-size must be between one page and {MAX_CHUNK >> 20}M")
-        if self.block_size < 0:
+        if block_size < 0:
             raise UsageError("--block-size must be positive")
+        for k, v in (("source", source), ("targets", targets),
+                     ("codec", CodecSpec("lz4") if codec is None else codec), ("workers", workers),
+                     ("chunk_size", chunk_size), ("block_size", block_size), ("force", force),
+                     ("manifest_path", manifest_path), ("use_mmap", use_mmap), ("direct_io", direct_io),
+                     ("memory_limit", memory_limit), ("discard", discard), ("stall_seconds", stall_seconds),
+                     ("on_disk_error", on_disk_error), ("io_timeout", io_timeout)):
+            object.__setattr__(self, k, v)
 
     @property
     def nworkers(self) -> int:
@@ -90,24 +98,23 @@ class DumpConfig:
         return self.chunk_size // page_size, block
 
 
-@dataclass(frozen=True)
-class JoinConfig:
-    members: tuple[str, ...]
-    output: str
-    force: bool = False
-    workers: int = 0
-    format: str = "elf"                  # elf, kdump or flat (JOIN_FORMATS)
-    codec: CodecSpec | None = None       # kdump/flat page codec; None: the dump's, else lzo
-    allow_incomplete: bool = False       # recover what reached disk; zeros (holes) for the rest
+class JoinConfig(Frozen):
+    __slots__ = ("members", "output", "force", "workers", "format", "codec", "allow_incomplete")
 
-    def __post_init__(self):
-        if self.format not in JOIN_FORMATS:
-            raise UsageError(f"unknown join format {self.format!r}; choose one of {', '.join(JOIN_FORMATS)}")
-        if self.codec is not None and self.format == "elf":
+    def __init__(self, members: tuple[str, ...], output: str, force: bool = False, workers: int = 0,
+                 format: str = "elf",                 # elf, kdump or flat (JOIN_FORMATS)
+                 codec: CodecSpec | None = None,      # kdump/flat page codec; None: the dump's, else lzo
+                 allow_incomplete: bool = False):     # recover what reached disk; zeros (holes) for the rest
+        if format not in JOIN_FORMATS:
+            raise UsageError(f"unknown join format {format!r}; choose one of {', '.join(JOIN_FORMATS)}")
+        if codec is not None and format == "elf":
             raise UsageError("--codec applies to --format kdump or flat only (ELF output is not compressed)")
-        if self.output == "-" and self.format != "flat":
-            raise UsageError(f"{self.format} output is written out of order and cannot go to standard "
+        if output == "-" and format != "flat":
+            raise UsageError(f"{format} output is written out of order and cannot go to standard "
                              "output; give a file name, or use --format flat")
+        for k, v in (("members", members), ("output", output), ("force", force), ("workers", workers),
+                     ("format", format), ("codec", codec), ("allow_incomplete", allow_incomplete)):
+            object.__setattr__(self, k, v)
 
     @property
     def nworkers(self) -> int:

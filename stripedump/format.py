@@ -36,11 +36,11 @@ from __future__ import annotations
 import json
 import struct
 import zlib
-from typing import NamedTuple
 
 import xxhash
 
 from .errors import MemberError, VerifyError
+from .plain import Record
 
 VERSION = 2
 HEADER_BLOCK = 4096
@@ -119,27 +119,12 @@ def _feature_names(bits: int, known: dict) -> list[str]:
     return [known.get(1 << i, f"bit {i}") for i in range(64) if bits >> i & 1]
 
 
-class MemberHeader(NamedTuple):
-    magic: bytes
-    version: int
-    state: int
-    dump_id: bytes
-    member_index: int
-    member_count: int
-    codec_id: int
-    codec_level: int
-    checksum_algo: int
-    page_size: int
-    chunk_pages: int
-    block_pages: int
-    created: int
-    manifest_offset: int
-    manifest_length: int
-    footer_offset: int
-    footer_length: int
-    features_required: int = 0
-    features_optional: int = 0
-    crc: int = 0
+class MemberHeader(Record, fields=(
+        "magic", "version", "state", "dump_id", "member_index", "member_count", "codec_id", "codec_level",
+        "checksum_algo", "page_size", "chunk_pages", "block_pages", "created", "manifest_offset",
+        "manifest_length", "footer_offset", "footer_length", "features_required", "features_optional", "crc"),
+        defaults=(0, 0, 0)):
+    __slots__ = ()
 
     STRUCT = struct.Struct("<8sHH16sIIBbBxIIIQQQQQQQI")
 
@@ -184,25 +169,27 @@ class MemberHeader(NamedTuple):
         return h
 
 
-class MemberHeaderV1(NamedTuple):
+class MemberHeaderV1:
     """Version 1 member header (96 bytes), read only."""
     STRUCT = struct.Struct("<8sHH16sIIBbBxIIIQQQQQI")
 
 
-class RecordHead(NamedTuple):
+class RecordHead(Record, fields=(
+        "magic",
+        "length",  # bytes after this head
+        "dump_id",  # the dump the record belongs to
+        "checksum",  # xxh3_64, seeded with dump_seed(dump_id), of head bytes 0..23 and the body
+        )):
     """Common head of manifest, index and footer records."""
-    magic: bytes
-    length: int        # bytes after this head
-    dump_id: bytes     # the dump the record belongs to
-    checksum: int      # xxh3_64, seeded with dump_seed(dump_id), of head bytes 0..23 and the body
+    __slots__ = ()
 
     STRUCT = struct.Struct("<4sI16sQ")
 
 
-class RecordHeadV1(NamedTuple):
-    magic: bytes
-    length: int
-    checksum: int      # xxh3_64 (seed 0) of the body
+class RecordHeadV1(Record, fields=(
+        "magic", "length",
+        "checksum")):   # xxh3_64 (seed 0) of the body
+    __slots__ = ()
 
     STRUCT = struct.Struct("<4sIQ")
 
@@ -324,20 +311,19 @@ def _inflate_manifest(body: bytes) -> bytearray:
         text += piece
 
 
-class ChunkHeader(NamedTuple):
-    magic: bytes
-    kind: int
-    codec_id: int
-    flags: int
-    dump_id: bytes      # the dump the record belongs to (version 1: zeros)
-    chunk_id: int
-    start: int          # first PFN (KIND_PAGES) or file offset (KIND_FILE)
-    raw_length: int     # bytes of source data the chunk stands for
-    nblocks: int        # entries in the block table (0 when CHUNK_ALL_ZERO)
-    payload_length: int  # block table + compressed blocks
-    payload_checksum: int  # xxh3_64 (seed 0) of block table + compressed blocks
-    kept_pages: int     # pages whose contents the record gives (not excluded); 0 for file chunks
-    crc: int = 0
+class ChunkHeader(Record, fields=(
+        "magic", "kind", "codec_id", "flags",
+        "dump_id",  # the dump the record belongs to (version 1: zeros)
+        "chunk_id",
+        "start",  # first PFN (KIND_PAGES) or file offset (KIND_FILE)
+        "raw_length",  # bytes of source data the chunk stands for
+        "nblocks",  # entries in the block table (0 when CHUNK_ALL_ZERO)
+        "payload_length",  # block table + compressed blocks
+        "payload_checksum",  # xxh3_64 (seed 0) of block table + compressed blocks
+        "kept_pages",  # pages whose contents the record gives (not excluded); 0 for file chunks
+        "crc",
+        ), defaults=(0,)):
+    __slots__ = ()
 
     STRUCT = struct.Struct("<4sBBBx16sQQQIIQII")
 
@@ -383,7 +369,7 @@ def seal_chunk_header(buf, offset: int = 0, dump_id: bytes | None = None) -> Non
     struct.pack_into("<I", buf, offset + CHUNK_HEADER_SIZE - 4, crc)
 
 
-class ChunkHeaderV1(NamedTuple):
+class ChunkHeaderV1:
     """Version 1 chunk header (52 bytes, no dump id), read only."""
     STRUCT = struct.Struct("<4sBBBxQQQIIQI")
 
@@ -398,11 +384,13 @@ class ChunkHeaderV1(NamedTuple):
         return ChunkHeader(m, kind, codec, flags, bytes(16), cid, start, raw, nb, pl, pc, 0, crc)
 
 
-class IndexEntry(NamedTuple):
-    chunk_id: int
-    offset: int          # of the chunk record in the member
-    length: int          # whole record
-    checksum: int        # the record's payload checksum, repeated
+class IndexEntry(Record, fields=(
+        "chunk_id",
+        "offset",  # of the chunk record in the member
+        "length",  # whole record
+        "checksum",  # the record's payload checksum, repeated
+        )):
+    __slots__ = ()
 
     STRUCT = struct.Struct("<QQIQ")
 
@@ -418,28 +406,32 @@ def unpack_index_body(body: bytes, where: str) -> list[IndexEntry]:
     return [IndexEntry(*t) for t in IndexEntry.STRUCT.iter_unpack(body)]
 
 
-class CodecTotal(NamedTuple):
+class CodecTotal(Record, fields=(
+        "codec_id",
+        "chunks",
+        "raw_bytes",  # source bytes those chunks stand for
+        "stored_bytes",  # bytes of their records
+        )):
     """Per codec id, over one member's chunk records (footer, version 2)."""
-    codec_id: int
-    chunks: int
-    raw_bytes: int       # source bytes those chunks stand for
-    stored_bytes: int    # bytes of their records
+    __slots__ = ()
 
     STRUCT = struct.Struct("<B3xQQQ")
 
 
-class Footer(NamedTuple):
-    state: int
-    chunks: int          # chunk records in this member
-    bytes_in: int        # source bytes those chunks stand for
-    index_offsets: tuple  # offsets of the index records, in order
-    note: str            # why the member is incomplete, if it is
-    # --on-disk-error continue: ((failed member index, its chunks stored here), ...)
-    # for every member the dump dropped; () when none was (the DGRD extension)
-    degraded: tuple = ()
-    member_index: int = 0
-    excluded_pages: int = 0   # pages left out by a dump level, over this member's chunks
-    codec_totals: tuple = ()  # CodecTotal, by codec id
+class Footer(Record, fields=(
+        "state",
+        "chunks",          # chunk records in this member
+        "bytes_in",  # source bytes those chunks stand for
+        "index_offsets",  # offsets of the index records, in order
+        "note",  # why the member is incomplete, if it is
+        # --on-disk-error continue: ((failed member index, its chunks stored here), ...)
+        # for every member the dump dropped; () when none was (the DGRD extension)
+        "degraded",
+        "member_index",
+        "excluded_pages",  # pages left out by a dump level, over this member's chunks
+        "codec_totals",  # CodecTotal, by codec id
+        ), defaults=((), 0, 0, ())):
+    __slots__ = ()
 
     HEAD = struct.Struct("<IIQQQI")
     HEAD_V1 = struct.Struct("<IQQI")
@@ -505,7 +497,11 @@ class Footer(NamedTuple):
         return cls(state, chunks, bytes_in, offs, note, degraded, member_index, excluded, totals)
 
 
-class Trailer(NamedTuple):
+class Trailer(Record, fields=(
+        "magic", "version", "state", "dump_id", "member_index", "member_count", "footer_offset",
+        "footer_length", "member_length",
+        "checksum"),    # xxh3_64 seeded with dump_seed(dump_id) of bytes 0..55
+        defaults=(0,)):
     """The last TRAILER_SIZE bytes of a finalized member (version 2): found from the end.
 
     A streamed member cannot rewrite its header at offset 0; readers whose
@@ -513,16 +509,7 @@ class Trailer(NamedTuple):
     member's length, trailer included (its own end), so a trailer of another
     length (an earlier, longer member on the same device) is not taken.
     """
-    magic: bytes
-    version: int
-    state: int
-    dump_id: bytes
-    member_index: int
-    member_count: int
-    footer_offset: int
-    footer_length: int
-    member_length: int
-    checksum: int = 0      # xxh3_64 seeded with dump_seed(dump_id) of bytes 0..55
+    __slots__ = ()
 
     STRUCT = struct.Struct("<4sHH16sIIQQQQ")
 

@@ -67,6 +67,7 @@ import os
 import signal
 import stat
 import struct
+import sys
 import time
 
 CHECK_EVERY = 0.25        # seconds between reads of the device statistics
@@ -209,9 +210,9 @@ class IOWatch:
             os.kill(proc.pid, signal.SIGKILL)
         except (ProcessLookupError, TypeError):
             pass
-        try:      # multiprocessing joins the children it knows of at exit, without a timeout
-            import multiprocessing.process as mpp
+        # multiprocessing joins the children it knows of at exit, without a timeout (procs.Child:
+        # it knows none; then it need not be imported, issue 12)
+        mpp = sys.modules.get("multiprocessing.process")
+        if mpp is not None:
             mpp._children.discard(proc)
-        except AttributeError:
-            pass
         return Abandoned(proc)

@@ -290,8 +290,12 @@ def _server_pid(source: str) -> int | None:
     return int(pid) if name == "stripedump" and pid.isdigit() else None
 
 
-def _alive(pid: int) -> bool:
-    """The process exists, is not a zombie, and is a stripedump (not a reused pid)."""
+def _alive(pid: int, exiting: bool = False) -> bool:
+    """The process exists, is not a zombie, and is a stripedump (not a reused pid).
+
+    ``exiting``: a process known to be the server a moment ago whose command
+    line is already empty (an exiting process releases its memory first)
+    counts until it is a zombie."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             state = f.read().rpartition(b")")[2].split()[0]
@@ -299,7 +303,7 @@ def _alive(pid: int) -> bool:
             cmd = f.read()
     except (OSError, IndexError):
         return False
-    return state != b"Z" and b"stripedump" in cmd
+    return state != b"Z" and (b"stripedump" in cmd or (exiting and cmd == b""))
 
 
 def _unmount_cmd(mp: str, lazy: bool) -> list[str]:
@@ -343,7 +347,7 @@ def umount(mountpoint: str, lazy: bool = False) -> int:
             raise MountError(f"unmounting {mountpoint} failed: {said}")
     if alive and not lazy:
         deadline = time.monotonic() + UMOUNT_WAIT
-        while _alive(pid):
+        while _alive(pid, exiting=True):
             if time.monotonic() > deadline:
                 raise MountError(f"{mountpoint} is unmounted, but its server (pid {pid}) has not "
                                  f"exited after {UMOUNT_WAIT:.0f} s")

@@ -90,7 +90,6 @@ import signal
 import time
 from array import array
 from collections import deque
-from dataclasses import dataclass, field, replace
 
 from .config import DumpConfig
 from .errors import IncompleteDump, Interrupted, StripedumpError, TargetIOError, UsageError, from_wire
@@ -100,6 +99,7 @@ from .manifest import build_manifest
 from .writer import AUTO_FIRST_SYNC, AUTO_KICK_EVERY, MemberWriter, new_member_header, write_member_head
 from .degraded import Routes
 from .iowatch import IOWatch
+from .plain import Plain
 from .plan import Plan
 from .resources import fit_pool, fit_workers
 from .fileio import fsync_dir
@@ -109,20 +109,29 @@ from .targets import check_targets, close_targets, open_targets
 from .vmcore import Source
 
 WRITERS_GRACE = 60.0  # seconds writers get beyond JOIN_TIMEOUT to finalize (a final fsync of a slow disk)
+# the default --workers starts at most one worker per this many chunks: a worker costs about 8 ms of
+# CPU (fork, start, exit, join), an lz4 chunk of memory-like data 0.8 ms, and a second worker did not
+# make a dump of a 4, 16 or 64 MiB synthetic core faster on this 2-CPU machine with other load on it
+# (issue 12; docs/benchmarks.md, "Issue 12: fixed cost of a small dump"); --workers N is taken as given
+CHUNKS_PER_WORKER = 16
 
 
-@dataclass
-class DumpResult:
-    dump_id: str
-    source: str
-    codec: str
-    members: list[str]
-    bytes_in: int
-    bytes_out: list[int]
-    chunks: int
-    seconds: float
-    workers: int
-    extra: dict = field(default_factory=dict)
+class DumpResult(Plain):
+    __slots__ = ("dump_id", "source", "codec", "members", "bytes_in", "bytes_out", "chunks", "seconds",
+                 "workers", "extra")
+
+    def __init__(self, dump_id: str, source: str, codec: str, members: list[str], bytes_in: int,
+                 bytes_out: list[int], chunks: int, seconds: float, workers: int, extra: dict | None = None):
+        self.dump_id = dump_id
+        self.source = source
+        self.codec = codec
+        self.members = members
+        self.bytes_in = bytes_in
+        self.bytes_out = bytes_out
+        self.chunks = chunks
+        self.seconds = seconds
+        self.workers = workers
+        self.extra = {} if extra is None else extra
 
     @property
     def ratio(self) -> float:
@@ -172,7 +181,7 @@ def dump(cfg: DumpConfig, progress=None, say=None) -> DumpResult:
     with Signals() as sig:
         t0 = time.monotonic()
         if hasattr(cfg.codec, "available"):   # --codec auto: the default ladder less missing libraries
-            cfg = replace(cfg, codec=cfg.codec.available())
+            cfg = cfg._replace(codec=cfg.codec.available())
         cfg.codec.make()      # a missing codec library is a usage error, before anything is touched
         src = Source(cfg.source, use_mmap=cfg.use_mmap)
         try:
@@ -205,10 +214,12 @@ def _dump(cfg: DumpConfig, src: Source, t0: float, progress, say, sig=None) -> D
     # workers and pool lowered to what the machine has, a warning each, never refused
     workers, too_many = fit_workers(cfg.workers)
     workers = max(1, min(workers, plan.n_chunks))    # a small dump starts no idle worker (issue 12)
+    if not cfg.workers:
+        workers = min(workers, -(-plan.n_chunks // CHUNKS_PER_WORKER))
     fit = fit_pool(workers, nmem, plan.chunk_bytes, block_bytes, cfg.memory_limit, cfg.direct_io)
     for note in ((too_many,) if too_many else ()) + fit.warnings:
         say(note, 0)
-    cfg = replace(cfg, workers=fit.workers)
+    cfg = cfg._replace(workers=fit.workers)
     pool = (fit.slots, fit.slot_size)
     info = src.info
     say(f"source {src.path}: ELF{info.elfclass}, {len(info.loads)} PT_LOADs, page size {src.page_size}, "

@@ -16,17 +16,22 @@ O(log ranges).  Placement is RAID0-style round robin: chunk i lives on member
 from __future__ import annotations
 
 import bisect
-from dataclasses import dataclass
 
 from .format import KIND_FILE, KIND_PAGES
+from .plain import Frozen
 
 
-@dataclass(frozen=True)
-class Chunk:
-    id: int
-    kind: int      # KIND_PAGES or KIND_FILE
-    start: int     # first PFN, or file offset
-    count: int     # pages, or bytes
+class Chunk(Frozen):
+    __slots__ = ("id", "kind", "start", "count")
+
+    def __init__(self, id: int,
+                 kind: int,      # KIND_PAGES or KIND_FILE
+                 start: int,     # first PFN, or file offset
+                 count: int):    # pages, or bytes
+        object.__setattr__(self, "id", id)
+        object.__setattr__(self, "kind", kind)
+        object.__setattr__(self, "start", start)
+        object.__setattr__(self, "count", count)
 
     def raw_bytes(self, page_size: int) -> int:
         return self.count * page_size if self.kind == KIND_PAGES else self.count

@@ -27,16 +27,22 @@ share that policy here, so it is written, and tested, once:
   by multiprocessing, which would otherwise join it without a timeout at
   interpreter exit (after a SIGTERM that children ignore): the coordinator
   must be able to exit and report.
+* **Without multiprocessing where it is not needed**: importing it (with
+  socket, selectors, pickle, subprocess and threading) was about a tenth of
+  a small dump's time (issue 12).  A dump's children talk through its own
+  pipes and shared memory (ipc.py), so ``spawn`` forks them itself
+  (``Child``: what the coordinator uses of a ``multiprocessing.Process``).
+  Where multiprocessing is loaded (join's pool: its queues), its objects
+  need its after-fork hooks in the child, so there ``spawn`` starts a
+  ``multiprocessing.Process`` as before.
 """
 
 from __future__ import annotations
 
-import multiprocessing
-import multiprocessing.process
 import os
-import queue
 import select
 import signal
+import sys
 import time
 
 POLL = 0.5            # seconds between liveness checks while waiting (a stop is seen within this)
@@ -44,19 +50,149 @@ JOIN_TIMEOUT = 30.0   # seconds a child gets to exit after it was told to
 KILL_WAIT = 5.0       # seconds a killed child gets to disappear before it is forgotten
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
-_CTX = multiprocessing.get_context("fork")
+_PARENT: int | None = None     # in a Child: the pid of the process that forked it
+
+
+def _mp_context():
+    import multiprocessing
+    return multiprocessing.get_context("fork")
 
 
 def spawn(target, name: str, args: tuple):
-    """Fork a child that runs ``target(*args)``; it must call ``child_init`` first."""
-    p = _CTX.Process(target=target, name=name, args=args, daemon=True)
+    """Fork a child that runs ``target(*args)``; it must call ``child_init`` first.
+
+    A ``Child``, or a ``multiprocessing.Process`` where multiprocessing is
+    loaded (its queues and locks are reset in the child by its hooks).
+    """
+    if "multiprocessing" in sys.modules:
+        p = _mp_context().Process(target=target, name=name, args=args, daemon=True)
+    else:
+        p = Child(target, name, args)
     p.start()
     return p
 
 
+class Child:
+    """A forked child with what the coordinator uses of ``multiprocessing.Process``: ``pid``,
+    ``name``, ``sentinel`` (readable once it has exited), ``exitcode`` (-N: killed by signal N),
+    ``is_alive``, ``join``, ``kill``, ``terminate``.
+
+    The child does what multiprocessing's bootstrap does for a forked
+    process that uses none of its objects: standard input from /dev/null,
+    exit status 0, or the SystemExit code, or 1 with the traceback on stderr
+    after an exception; the standard streams flushed; ``os._exit``.
+    """
+
+    def __init__(self, target, name: str, args: tuple):
+        self._target, self.name, self._args = target, name, args
+        self.pid: int | None = None
+        self.sentinel: int | None = None
+        self._code: int | None = None
+
+    def start(self) -> None:
+        global _PARENT
+        parent = os.getpid()
+        _flush_std_streams()      # or the child would write what the parent had buffered again
+        r, w = os.pipe()          # the child holds w until it exits: r reads EOF then
+        try:
+            pid = os.fork()
+        except BaseException:
+            os.close(r)
+            os.close(w)
+            raise
+        if pid == 0:              # the child: never returns
+            code = 1
+            try:
+                os.close(r)
+                _PARENT = parent
+                code = self._run()
+            finally:
+                os._exit(code)
+        os.close(w)
+        self.pid, self.sentinel = pid, r
+
+    def _run(self) -> int:
+        try:
+            try:
+                sys.stdin.close()
+                sys.stdin = open(os.devnull)
+            except (AttributeError, OSError, ValueError):
+                pass
+            self._target(*self._args)
+            code = 0
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+            if not isinstance(e.code, int) and e.code is not None:
+                sys.stderr.write(f"{e.code}\n")
+        except BaseException:
+            code = 1
+            import traceback
+            sys.stderr.write(f"Process {self.name}:\n")
+            traceback.print_exc()
+        _flush_std_streams()
+        return code
+
+    @property
+    def exitcode(self) -> int | None:
+        if self._code is None and self.pid is not None:
+            try:
+                pid, status = os.waitpid(self.pid, os.WNOHANG)
+            except ChildProcessError:
+                return None
+            if pid:
+                self._code = os.waitstatus_to_exitcode(status)
+        return self._code
+
+    def is_alive(self) -> bool:
+        return self.pid is not None and self.exitcode is None
+
+    def join(self, timeout: float | None = None) -> None:
+        if self.pid is None or self._code is not None:
+            return
+        if timeout is None:
+            try:
+                _, status = os.waitpid(self.pid, 0)
+                self._code = os.waitstatus_to_exitcode(status)
+            except ChildProcessError:
+                pass
+            return
+        if select.select([self.sentinel], [], [], max(0.0, timeout))[0]:
+            self.join()            # it has exited: the wait does not block
+
+    def _signal(self, sig: int) -> None:
+        if self.pid is not None and self.exitcode is None:
+            try:
+                os.kill(self.pid, sig)
+            except ProcessLookupError:
+                pass
+
+    def kill(self) -> None:
+        self._signal(signal.SIGKILL)
+
+    def terminate(self) -> None:
+        self._signal(signal.SIGTERM)
+
+    def __del__(self):
+        if self.sentinel is not None:
+            try:
+                os.close(self.sentinel)
+            except OSError:
+                pass
+            self.sentinel = None
+
+
+def _flush_std_streams() -> None:
+    for f in (sys.stdout, sys.stderr):
+        try:
+            f.flush()
+        except (AttributeError, OSError, ValueError):
+            pass
+
+
 def queue_pair():
     """Two multiprocessing queues for a pool of forked children (join's task and event queues)."""
-    return _CTX.Queue(), _CTX.Queue()
+    ctx = _mp_context()
+    return ctx.Queue(), ctx.Queue()
 
 
 def child_init() -> None:
@@ -78,7 +214,10 @@ def coordinator_pid() -> int:
     child would then wait for ever for a parent that is gone (seen in the
     soak: two children alive a minute after the coordinator was killed).
     """
-    p = multiprocessing.parent_process()
+    if _PARENT is not None:
+        return _PARENT
+    mp = sys.modules.get("multiprocessing")
+    p = mp.parent_process() if mp is not None else None
     return p.pid if p is not None else os.getppid()
 
 
@@ -93,6 +232,7 @@ def messages(q):
     Stops as well when the coordinator has gone (the child was re-parented):
     nobody would read the child's results, so it must not wait forever.
     """
+    import queue
     ppid = coordinator_pid()
     while True:
         try:
@@ -156,8 +296,11 @@ class Signals:
 
 
 def _forget(p) -> None:
-    """Stop multiprocessing from joining ``p`` (without a timeout) at interpreter exit."""
-    multiprocessing.process._children.discard(p)
+    """Stop multiprocessing from joining ``p`` (without a timeout) at interpreter exit (a Child: it
+    never knew of it)."""
+    mpp = sys.modules.get("multiprocessing.process")
+    if mpp is not None:
+        mpp._children.discard(p)
 
 
 def join_all(procs, fail, label: str, timeout: float = JOIN_TIMEOUT) -> None:

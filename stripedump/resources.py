@@ -12,10 +12,10 @@ numbers, so its tests need no dump.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 
 from .config import usable_cpus
 from .errors import UsageError
+from .plain import Frozen
 from .records import record_bound
 from .writer import STAGE_BYTES
 
@@ -137,12 +137,14 @@ def _size(n: int) -> str:
     return f"{n >> 20} MiB" if n >= 64 << 20 else f"{n >> 10} KiB"
 
 
-@dataclass(frozen=True)
-class PoolFit:
-    workers: int
-    slots: int
-    slot_size: int
-    warnings: tuple[str, ...] = ()
+class PoolFit(Frozen):
+    __slots__ = ("workers", "slots", "slot_size", "warnings")
+
+    def __init__(self, workers: int, slots: int, slot_size: int, warnings: tuple[str, ...] = ()):
+        object.__setattr__(self, "workers", workers)
+        object.__setattr__(self, "slots", slots)
+        object.__setattr__(self, "slot_size", slot_size)
+        object.__setattr__(self, "warnings", warnings)
 
 
 def fit_pool(workers: int, disks: int, chunk_bytes: int, block_bytes: int, memory_limit: int = 0,

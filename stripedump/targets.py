@@ -45,10 +45,10 @@ import fcntl
 import os
 import stat
 import time
-from dataclasses import dataclass
 
 from .errors import TargetIOError, TargetRefused, UsageError
 from .fileio import fsync_dir
+from .plain import Plain
 
 # (offset, magic, what) -- from util-linux libblkid's probers
 SIGNATURES = (
@@ -84,14 +84,18 @@ def probe_signature(head: bytes) -> str | None:
     return None
 
 
-@dataclass
-class Target:
-    path: str
-    is_block: bool
-    existed: bool
-    fd: int = -1
-    capacity: int | None = None   # bytes, for block devices
-    key: tuple = ()               # canonical lock order: ("blk", rdev) or ("ino", dev, ino)
+class Target(Plain):
+    __slots__ = ("path", "is_block", "existed", "fd", "capacity", "key")
+
+    def __init__(self, path: str, is_block: bool, existed: bool, fd: int = -1,
+                 capacity: int | None = None,   # bytes, for block devices
+                 key: tuple = ()):              # canonical lock order: ("blk", rdev) or ("ino", dev, ino)
+        self.path = path
+        self.is_block = is_block
+        self.existed = existed
+        self.fd = fd
+        self.capacity = capacity
+        self.key = key
 
 
 def _mounted_devices() -> dict[int, str]:

@@ -36,10 +36,10 @@ import mmap
 import os
 import stat
 import struct
-from dataclasses import dataclass, field
 
 from .errors import SourceError, VmcoreFormatError
 from .fileio import pread_exact
+from .plain import Frozen, Plain
 
 PT_LOAD, PT_NOTE = 1, 4
 ET_CORE = 4
@@ -60,52 +60,66 @@ ARENA_BYTES = 64 << 20
 DROP_MARGIN = 2 << 20
 
 
-@dataclass(frozen=True)
-class Segment:
-    index: int
-    type: int
-    offset: int
-    vaddr: int
-    paddr: int
-    filesz: int
-    memsz: int
-    flags: int
-    align: int
+class Segment(Frozen):
+    __slots__ = ("index", "type", "offset", "vaddr", "paddr", "filesz", "memsz", "flags", "align")
+
+    def __init__(self, index: int, type: int, offset: int, vaddr: int, paddr: int, filesz: int, memsz: int,
+                 flags: int, align: int):
+        for k, v in zip(self.__slots__, (index, type, offset, vaddr, paddr, filesz, memsz, flags, align)):
+            object.__setattr__(self, k, v)
 
     def to_json(self) -> dict:
-        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+        return {k: getattr(self, k) for k in self.__slots__}
 
 
-@dataclass(frozen=True)
-class PhysExtent:
+class PhysExtent(Frozen):
     """Physical bytes [start, end) are file bytes [offset, offset + end - start)."""
-    start: int
-    end: int
-    offset: int
+    __slots__ = ("start", "end", "offset")
+
+    def __init__(self, start: int, end: int, offset: int):
+        object.__setattr__(self, "start", start)
+        object.__setattr__(self, "end", end)
+        object.__setattr__(self, "offset", offset)
 
 
-@dataclass
-class Note:
-    name: bytes
-    type: int
-    desc: bytes
-    desc_offset: int = 0     # where desc starts in the note area (kdump output points at VMCOREINFO)
+class Note(Plain):
+    __slots__ = ("name", "type", "desc", "desc_offset")
+
+    def __init__(self, name: bytes, type: int, desc: bytes,
+                 desc_offset: int = 0):   # where desc starts in the note area (kdump output points at it)
+        self.name = name
+        self.type = type
+        self.desc = desc
+        self.desc_offset = desc_offset
 
 
-@dataclass
-class ElfInfo:
+class ElfInfo(Plain):
     """Everything parsed from the headers; no page data."""
-    size: int
-    elfclass: int            # 32 or 64
-    endian: str              # '<' or '>'
-    machine: int             # e_machine
-    page_size: int
-    loads: list[Segment]
-    note_segments: list[Segment]
-    notes: bytes             # PT_NOTE contents, concatenated in header order
-    vmcoreinfo: dict[str, str] = field(default_factory=dict)
-    vmcoreinfo_raw: bytes = b""
-    nr_cpus: int = 0
+    __slots__ = ("size", "elfclass", "endian", "machine", "page_size", "loads", "note_segments", "notes",
+                 "vmcoreinfo", "vmcoreinfo_raw", "nr_cpus")
+
+    def __init__(self, size: int,
+                 elfclass: int,              # 32 or 64
+                 endian: str,                # '<' or '>'
+                 machine: int,               # e_machine
+                 page_size: int,
+                 loads: list[Segment],
+                 note_segments: list[Segment],
+                 notes: bytes,               # PT_NOTE contents, concatenated in header order
+                 vmcoreinfo: dict[str, str] | None = None,
+                 vmcoreinfo_raw: bytes = b"",
+                 nr_cpus: int = 0):
+        self.size = size
+        self.elfclass = elfclass
+        self.endian = endian
+        self.machine = machine
+        self.page_size = page_size
+        self.loads = loads
+        self.note_segments = note_segments
+        self.notes = notes
+        self.vmcoreinfo = {} if vmcoreinfo is None else vmcoreinfo
+        self.vmcoreinfo_raw = vmcoreinfo_raw
+        self.nr_cpus = nr_cpus
 
 
 def parse_notes(data: bytes, endian: str) -> list[Note]:
