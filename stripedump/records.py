@@ -15,7 +15,7 @@ import mmap
 import sys
 from array import array
 from itertools import accumulate, compress, groupby, repeat
-from operator import add, and_, rshift
+from operator import and_, rshift
 
 from . import codecs as codecs_mod
 from .errors import MemberError, SourceError, VerifyError
