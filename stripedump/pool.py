@@ -97,9 +97,10 @@ def pool_worker(wid, dump: Dump, make_handler, tasks, events, turns: Turns | Non
     returns ``(unreadable, then)``: the byte ranges of the chunk that the
     source could not give at dump time, and None or what must be done in
     the task's turn (``then()``, with ``turns``).  A task that fails before
-    its turn still takes it and passes it on.  Every outcome is an event:
-    ("ok", raw bytes, unreadable ranges) or ("err", class name, message[,
-    chunk id]).
+    its turn still takes it and passes it on.  Tasks come in batches
+    (``batch_size``); every outcome is an event: ("ok", raw bytes,
+    unreadable ranges) or ("err", class name, message[, chunk id]), sent
+    back as one list per batch.
     """
     child_init()
     # the coordinator reports every failed chunk; the reader's log line would be a second one
@@ -163,10 +164,11 @@ def pool_worker(wid, dump: Dump, make_handler, tasks, events, turns: Turns | Non
 
 
 # Tasks go to the workers in batches of up to BATCH_MAX (issue 12: one message each way per
-# batch instead of per chunk; the pool's messages and wake-ups cost a 1 GiB join about 0.15 CPU
-# seconds per 1,024 chunks), as long as each worker still gets BATCH_SPREAD batches or more, so
-# the last batches keep both busy.  With turns a batch is one task: a worker waiting for its
-# turn would otherwise wait for another worker's whole batch.
+# batch instead of per chunk: with a handler that does nothing, the coordinator of a pool over
+# the 1,024 chunks of a 1 GiB dump took 0.10-0.14 CPU s, now 0.04-0.05), as long as each
+# worker still gets BATCH_SPREAD batches or more, so the last batches keep both busy.  With
+# turns a batch is one task: a worker waiting for its turn would otherwise wait for another
+# worker's whole batch.
 BATCH_MAX = 8
 BATCH_SPREAD = 32
 
