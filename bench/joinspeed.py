@@ -17,7 +17,22 @@ m1``; each timed from interpreter start to exit (all three sync or read
 what they must; dump and join end with fsync).  Throughput is source bytes
 per second; the ratio join/dump is t_dump / t_join of the same round.
 
-    .venv/bin/python bench/joinspeed.py [--size 1G] [--rounds 3] [--codecs lz4,zstd] [--base 02b246a]
+The floor (issue 12: is join on a disk at the disk's limit?): once a round
+and codec, after the versions, the same bytes are written by ``cp`` and
+synced, with what each command writes: ``cp --sparse=always src copy &&
+sync copy`` (the join's output: the source, byte for byte, its zero pages
+holes as join leaves them) and ``cp m0 m0c && cp m1 m1c && sync m0c m1c``
+(the dump's members).  What cp reads is read first, untimed, so only the
+writes and their sync are timed.  join/floor and dump/floor say how close
+each is to the file system's own write rate for its output; floor_dump /
+floor_join is the best join/dump ratio two commands at that rate can
+reach (the output is larger than the members).  A join also reads the
+members, which the dump's writers dropped from the page cache: the members'
+cold read (their cached pages dropped with ``POSIX_FADV_DONTNEED``, then
+``cat``) is timed too, and join/(floor+read) compares the join with reading
+its input and writing its output one after the other.
+
+    .venv/bin/python bench/joinspeed.py [--size 1G] [--rounds 3] [--codecs lz4,zstd] [--base 02b246a] [--dir D]
 """
 
 from __future__ import annotations
@@ -45,6 +60,31 @@ def rm(*paths) -> None:
             os.unlink(p)
 
 
+def copy_time(srcs, dsts) -> float:
+    """Seconds to write ``srcs`` to ``dsts`` with cp (holes kept) and sync them, the sources read first."""
+    for p in srcs:        # into the page cache: only the writes are timed
+        subprocess.run(["cat", p], check=True, stdout=subprocess.DEVNULL)
+    t0 = time.perf_counter()
+    for p, q in zip(srcs, dsts):
+        subprocess.run(["cp", "--sparse=always", p, q], check=True)
+    subprocess.run(["sync", *dsts], check=True)
+    return time.perf_counter() - t0
+
+
+def cold_read_time(paths) -> float:
+    """Seconds to read ``paths`` from the device: their cached pages dropped first (what a join
+    of members written earlier reads; the dump's writers drop them too), no other file's."""
+    for p in paths:
+        fd = os.open(p, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+    t0 = time.perf_counter()
+    subprocess.run(["cat", *paths], check=True, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - t0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--size", default="1G")
@@ -53,6 +93,7 @@ def main(argv=None) -> int:
     ap.add_argument("--base", help="also time this commit's code, interleaved")
     ap.add_argument("--dir", default=tempfile.gettempdir(), help="where source, members and output go")
     a = ap.parse_args(argv)
+    load0 = os.getloadavg()
     with tempfile.TemporaryDirectory(dir=a.dir) as tmp:
         trees = {"now": ROOT}
         if a.base:
@@ -72,6 +113,7 @@ def main(argv=None) -> int:
         size = os.path.getsize(src)
         m0, m1, out = (os.path.join(tmp, n) for n in ("m0.sd", "m1.sd", "out"))
         t: dict = {}
+        floors: dict = {}
         for codec in a.codecs.split(","):
             for r in range(a.rounds):
                 order = list(trees) if r % 2 == 0 else list(trees)[::-1]
@@ -86,6 +128,14 @@ def main(argv=None) -> int:
                     row["verify"].append(timed(sd + ["verify", "-q", m0, m1], here, env))
                     if subprocess.run(["cmp", "-s", src, out]).returncode:
                         raise SystemExit(f"{k} {codec}: the joined output differs from the source")
+                fl = floors.setdefault(codec, {"join": [], "dump": [], "read": [], "out_bytes": 0, "member_bytes": 0})
+                fl["out_bytes"] = os.stat(out).st_blocks * 512
+                fl["member_bytes"] = os.path.getsize(m0) + os.path.getsize(m1)
+                rm(out)
+                fl["read"].append(cold_read_time([m0, m1]))
+                fl["join"].append(copy_time([src], [out]))
+                fl["dump"].append(copy_time([m0, m1], [m0 + "c", m1 + "c"]))
+                rm(out, m0 + "c", m1 + "c")
         rm(m0, m1, out)
     print(f"{a.rounds} interleaved rounds, {a.size} synthetic source ({size} bytes) in {a.dir}, "
           f"2 member files; MB/s of source bytes, medians")
@@ -97,6 +147,23 @@ def main(argv=None) -> int:
         rv = statistics.median(d / v for d, v in zip(row["dump"], row["verify"]))
         print(f"| {codec} | {k} | {size / med['dump'] / 1e6:.0f} | {size / med['join'] / 1e6:.0f} | "
               f"{size / med['verify'] / 1e6:.0f} | {rj:.2f} | {rv:.2f} |")
+    print()
+    print("Floors: cp and sync of what each command writes (join: the source with its holes; dump: the members)")
+    print("| codec | code | join MB written | cp+sync s | members cold read s | join s | join/floor | "
+          "join/(floor+read) | dump MB written | cp+sync s | dump s | dump/floor | floor_dump/floor_join |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for (codec, k), row in t.items():
+        fl = floors[codec]
+        fj, fd, fr = statistics.median(fl["join"]), statistics.median(fl["dump"]), statistics.median(fl["read"])
+        print(f"| {codec} | {k} | {fl['out_bytes'] / 1e6:.0f} | {fj:.2f} | {fr:.2f} | "
+              f"{statistics.median(row['join']):.2f} | "
+              f"{statistics.median(j / f for j, f in zip(row['join'], fl['join'])):.2f} | "
+              f"{statistics.median(j / (f + r) for j, f, r in zip(row['join'], fl['join'], fl['read'])):.2f} | "
+              f"{fl['member_bytes'] / 1e6:.0f} | {fd:.2f} | {statistics.median(row['dump']):.2f} | "
+              f"{statistics.median(d / f for d, f in zip(row['dump'], fl['dump'])):.2f} | "
+              f"{statistics.median(d / j for d, j in zip(fl['dump'], fl['join'])):.2f} |")
+    print("load average (1, 5, 15 min) at the start: " + " ".join(f"{x:.2f}" for x in load0) +
+          "; at the end: " + " ".join(f"{x:.2f}" for x in os.getloadavg()))
     return 0
 
 

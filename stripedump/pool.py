@@ -97,52 +97,86 @@ def pool_worker(wid, dump: Dump, make_handler, tasks, events, turns: Turns | Non
     returns ``(unreadable, then)``: the byte ranges of the chunk that the
     source could not give at dump time, and None or what must be done in
     the task's turn (``then()``, with ``turns``).  A task that fails before
-    its turn still takes it and passes it on.  Every outcome is an event:
-    ("ok", raw bytes, unreadable ranges) or ("err", class name, message[,
-    chunk id]).
+    its turn still takes it and passes it on.  Tasks come in batches
+    (``batch_size``); every outcome is an event: ("ok", raw bytes,
+    unreadable ranges) or ("err", class name, message[, chunk id]), sent
+    back as one list per batch.
     """
     child_init()
     # the coordinator reports every failed chunk; the reader's log line would be a second one
     logging.getLogger("stripedump.reader").disabled = True
     paths = dump.paths
     fds = {}
+    # one buffer for every record (issue 12: ``preadv`` into it takes half the CPU of ``pread``,
+    # which allocates and faults in a new bytes object per record).  The handler is done with
+    # a record (its turn included) before the next one is read; a longer record gets a new
+    # buffer, never a resized one (views of the old one may live on)
+    buf = memoryview(bytearray(0))
+
+    def one(t: Task):
+        """The event of one task."""
+        where = dump.where(t.chunk_id)
+        nonlocal buf
+        try:
+            try:
+                fd = fds.get(t.member)
+                if fd is None:
+                    fd = fds[t.member] = os.open(paths[t.member], os.O_RDONLY)
+                if len(buf) < t.length:
+                    buf = memoryview(bytearray(t.length))
+                rec = buf[:t.length]
+                if os.preadv(fd, [rec], t.offset) != t.length:
+                    raise MemberError(f"{where}: record truncated")
+                try:
+                    checked = dump.check_record(t.chunk_id, rec)
+                except ChunkError as e:
+                    raise VerifyError(str(e)) from None
+                bad, then = handle(rec, checked, where, t)
+            except BaseException:
+                if turns is not None:
+                    with turns.turn(t.seq, where):    # nothing to do in it: pass it on
+                        pass
+                raise
+            if turns is not None:
+                with turns.turn(t.seq, where):
+                    if then is not None:
+                        then()
+            c = dump.plan.chunk(t.chunk_id)
+            return ("ok", t.raw, [(c.kind, c.start, a, b) for a, b in bad])
+        except StripedumpError as e:
+            return ("err", *e.to_wire(), t.chunk_id)
+        except OSError as e:
+            return ("err", "MemberError", f"{where}: read error: {e.strerror}", t.chunk_id)
+
     try:
         handle = make_handler()
-        for t in messages(tasks):
-            t = Task(*t)
-            where = dump.where(t.chunk_id)
+        for batch in messages(tasks):
+            done: list = []
             try:
-                try:
-                    fd = fds.get(t.member)
-                    if fd is None:
-                        fd = fds[t.member] = os.open(paths[t.member], os.O_RDONLY)
-                    rec = os.pread(fd, t.length, t.offset)
-                    if len(rec) != t.length:
-                        raise MemberError(f"{where}: record truncated")
-                    try:
-                        checked = dump.check_record(t.chunk_id, rec)
-                    except ChunkError as e:
-                        raise VerifyError(str(e)) from None
-                    bad, then = handle(rec, checked, where, t)
-                except BaseException:
-                    if turns is not None:
-                        with turns.turn(t.seq, where):    # nothing to do in it: pass it on
-                            pass
-                    raise
-                if turns is not None:
-                    with turns.turn(t.seq, where):
-                        if then is not None:
-                            then()
-                c = dump.plan.chunk(t.chunk_id)
-                events.put(("ok", t.raw, [(c.kind, c.start, a, b) for a, b in bad]))
-            except StripedumpError as e:
-                events.put(("err", *e.to_wire(), t.chunk_id))
-            except OSError as e:
-                events.put(("err", "MemberError", f"{where}: read error: {e.strerror}", t.chunk_id))
+                for t in batch:
+                    done.append(one(Task(*t)))
+            finally:
+                events.put(done)        # one message for the batch (issue 12: fewer wake-ups)
     except StripedumpError as e:
-        events.put(("err", *e.to_wire()))
+        events.put([("err", *e.to_wire())])
     except Exception as e:
-        events.put(("err", "StripedumpError", f"internal error in join worker {wid}: {type(e).__name__}: {e}"))
+        events.put([("err", "StripedumpError", f"internal error in join worker {wid}: {type(e).__name__}: {e}")])
+
+
+# Tasks go to the workers in batches of up to BATCH_MAX (issue 12: one message each way per
+# batch instead of per chunk: with a handler that does nothing, the coordinator of a pool over
+# the 1,024 chunks of a 1 GiB dump took 0.10-0.14 CPU s, now 0.04-0.05), as long as each
+# worker still gets BATCH_SPREAD batches or more, so the last batches keep both busy.  With
+# turns a batch is one task: a worker waiting for its turn would otherwise wait for another
+# worker's whole batch.
+BATCH_MAX = 8
+BATCH_SPREAD = 32
+
+
+def batch_size(n_chunks: int, workers: int, turns) -> int:
+    if turns is not None:
+        return 1
+    return max(1, min(BATCH_MAX, n_chunks // (max(1, workers) * BATCH_SPREAD)))
 
 
 def run_pool(dump: Dump, workers: int, make_handler, keep_going: bool, progress,
@@ -170,7 +204,8 @@ def run_pool(dump: Dump, workers: int, make_handler, keep_going: bool, progress,
     errors: list[str] = []
     fatal: StripedumpError | None = None
     ok = nbytes = inflight = 0
-    limit = INFLIGHT_PER_WORKER * workers
+    per_batch = batch_size(plan.n_chunks, workers, turns)
+    limit = INFLIGHT_PER_WORKER * workers * per_batch
 
     def handle(ev):
         nonlocal ok, nbytes, inflight, fatal
@@ -193,7 +228,8 @@ def run_pool(dump: Dump, workers: int, make_handler, keep_going: bool, progress,
         nonlocal fatal
         while True:
             try:
-                handle(events.get(timeout=POLL))
+                for ev in events.get(timeout=POLL):     # a batch's events
+                    handle(ev)
                 return True
             except queue.Empty:
                 if sig.signum:    # a worker may be stuck on a stalled pipe: do not wait for it
@@ -209,6 +245,7 @@ def run_pool(dump: Dump, workers: int, make_handler, keep_going: bool, progress,
     with Signals() as sig:
         try:
             seq = 0
+            batch: list = []
             for cid in range(plan.n_chunks):
                 if sig.signum:
                     fatal = Interrupted("interrupted; output removed", sig.signum)
@@ -217,12 +254,19 @@ def run_pool(dump: Dump, workers: int, make_handler, keep_going: bool, progress,
                 pos = index.member[cid]
                 if pos == MISSING or (wanted is not None and not wanted(cid)):
                     continue
-                tasks.put((pos, cid, index.offset[cid], index.length[cid],
-                           plan.chunk(cid).raw_bytes(dump.page_size), seq))
+                batch.append((pos, cid, index.offset[cid], index.length[cid],
+                              plan.chunk(cid).raw_bytes(dump.page_size), seq))
                 seq += 1
-                inflight += 1
+                if len(batch) < per_batch and cid + 1 < plan.n_chunks:
+                    continue
+                tasks.put(batch)
+                inflight += len(batch)
+                batch = []
                 while inflight >= limit and alive and fatal is None:
                     alive = wait_one()
+            if batch and fatal is None:      # the last chunks were not wanted: what was gathered
+                tasks.put(batch)
+                inflight += len(batch)
             while inflight > 0 and alive:
                 if fatal is not None and turns is not None:
                     turns.stop()      # the failed join's later chunks need no turn: none waits for one

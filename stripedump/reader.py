@@ -134,7 +134,8 @@ class ChunkIndex:
                     cid = e["cid"]
                     if len(cid) and (int(cid.max()) >= self.n or
                                      bool(np.any(cid % ds.count != r.header.member_index)) or
-                                     bool(np.any(e["off"] + e["len"] > r.size)) or
+                                     # off + len in uint64 wraps for a hostile offset: two tests
+                                     bool(np.any((e["off"] > r.size) | (e["len"] > r.size - e["off"]))) or
                                      bool(np.any(member[cid] != MISSING)) or
                                      len(np.unique(cid)) != len(cid)):
                         return False

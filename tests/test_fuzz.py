@@ -219,6 +219,7 @@ HOSTILE_OUTCOMES = {"ok", 6, 7, 8}
 @given(which=st.integers(0, 1), field=st.sampled_from(SIZE_FIELDS), value=st.sampled_from(hostile.EXTREMES))
 @example(which=0, field=("zero chunk", "raw_length"), value=1 << 30)
 @example(which=1, field=("footer", "index_count"), value=(1 << 32) - 1)
+@example(which=1, field=("index", "offset"), value=(1 << 64) - 1)
 def test_hostile_size_fields(tmp_path_factory, members, which, field, value):
     """Lengths, counts and offsets of every record set to extremes, with their checks resealed."""
     d = tmp_path_factory.mktemp("sz")

@@ -222,3 +222,18 @@ def test_members_of_different_dumps_are_refused(tmp_path, vmcore):
         stripedump.open([first[0], second[1], first[2]])
     with stripedump.open(first) as d:          # each set alone is one dump
         assert d.pread(0, 4) == b"\x7fELF"
+
+
+def test_a_hostile_index_offset_is_refused_where_numpy_fills_the_index(tmp_path, vmcore):
+    """An index entry whose offset is 2**64 - 1: offset + length wraps in numpy's uint64 and
+    passed the vectorized check, and a join worker died of OverflowError (found by test_fuzz once
+    numpy was loaded).  Now the general path refuses it, naming the chunk."""
+    import importlib
+    importlib.import_module("numpy")      # the reader fills the index with numpy where it is loaded
+    import hostile
+    b = vmcore("kernel")
+    t = [str(tmp_path / "m0"), str(tmp_path / "m1")]
+    dump(DumpConfig(b.path, tuple(t), CodecSpec("lz4"), 1, 65536))
+    hostile.set_index_field(t[0], "offset", (1 << 64) - 1)
+    with pytest.raises(MemberError, match="lies past the end of the member"):
+        stripedump.open(t)

@@ -7,8 +7,11 @@
   through both decode paths (decompress_into and decompress);
 - the slot-end fallback (no room for the library's bound) and the general
   loop (short last block) still round trip;
-- the vectorized block-table check accepts exactly what the loop accepts,
-  with the same blocks, and leaves every rejection to the loop (same message).
+- the block-table checks without a loop (``_check_table_fast``, in C
+  through bytes and itertools; numpy's for large tables) accept exactly
+  what the loop accepts, with the same blocks, and leave every rejection to
+  the loop (same message); a process without numpy never runs the loop on a
+  sound table.
 """
 
 import importlib
@@ -30,7 +33,7 @@ from stripedump.records import decode_chunk, encode_chunk, read_chunk, record_bo
 from stripedump.plan import Plan
 from stripedump.vmcore import Source
 
-importlib.import_module("numpy")   # loaded: read_chunk checks tables with it at once (records._vectorize)
+importlib.import_module("numpy")   # loaded: read_chunk checks large tables with it (records._vectorize)
 
 PAGE = 4096
 
@@ -145,6 +148,15 @@ def verdict(rec, block):
         return str(e)
 
 
+def _run_fresh(code: str) -> str:
+    """Run ``code`` in a new interpreter with this tree's stripedump; its stdout (it must exit 0)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                       env=dict(os.environ, PYTHONPATH=root))
+    assert p.returncode == 0, p.stderr
+    return p.stdout
+
+
 def test_numpy_is_never_imported_to_check_tables(tmp_path):
     """A process without numpy checks every table with the loop (a small join's workers never pay
     the import); only a process that has numpy already uses it."""
@@ -153,11 +165,28 @@ def test_numpy_is_never_imported_to_check_tables(tmp_path):
             "assert 'numpy' not in sys.modules\n"
             "import numpy\n"
             "print(flags.count(True), records._vectorize())\n")
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
-                       env=dict(os.environ, PYTHONPATH=root))
-    assert p.returncode == 0, p.stderr
-    assert p.stdout.split() == ["0", "True"]
+    assert _run_fresh(code).split() == ["0", "True"]
+
+
+def test_a_process_without_numpy_checks_tables_without_the_loop(tmp_path):
+    """A join worker has no numpy (the reader of a small dump never imports it): its tables are
+    checked by _check_table_fast; the per-entry loop runs only for a table that needs its words."""
+    path = str(tmp_path / "m.vmcore")
+    synth.build(path, [synth.Load(0, 4 << 20)])
+    code = ("import sys\nfrom stripedump import records, codecs\n"
+            "from stripedump.plan import Plan\nfrom stripedump.vmcore import Source\n"
+            "looped = []\nloop = records._check_table\n"
+            "records._check_table = lambda *a: looped.append(1) or loop(*a)\n"
+            f"src = Source({path!r}).__enter__()\n"
+            "plan = Plan(src.pfn_ranges, [], 4096, 256)\nchecked = 0\n"
+            "for c in plan:\n"
+            "    out = bytearray(records.record_bound(c.raw_bytes(4096), 4096))\n"
+            "    n = records.encode_chunk(src, codecs.CodecSpec('lz4').make(), c, 4096, out, bytes(4096))[0]\n"
+            "    h, body, blocks = records.read_chunk(bytes(out[:n]), 't', 4096, page_size=4096)\n"
+            "    checked += bool(blocks)\n"
+            "print(checked, len(looped), 'numpy' in sys.modules)\n")
+    checked, looped, numpy = _run_fresh(code).split()
+    assert int(checked) >= 3 and looped == "0" and numpy == "False"
 
 
 def test_numpy_is_not_imported_where_openblas_would_abort_the_process():
@@ -220,7 +249,7 @@ def mutate(rec: bytes, rnd: random.Random, nblocks: int, block: int) -> bytes:
 def test_vectorized_table_check_agrees_with_the_loop(mixed, name):
     src, plan = mixed
     rnd = random.Random(12)
-    agreed_ok = agreed_bad = 0
+    agreed_ok = agreed_bad = fast_ok = 0
     for cid in range(plan.n_chunks):
         chunk = plan.chunk(cid)
         out = bytearray(record_bound(chunk.raw_bytes(PAGE), PAGE))
@@ -233,15 +262,23 @@ def test_vectorized_table_check_agrees_with_the_loop(mixed, name):
         assert verdict(rec, PAGE) == loop_verdict(rec, PAGE)
         body = memoryview(rec)[CHUNK_HEADER_SIZE:h.record_length]
         assert records._check_table_vectorized(h, body, PAGE, h.nblocks, PAGE) == verdict(rec, PAGE)
+        assert records._check_table_fast(h, body, PAGE, h.nblocks, PAGE) == verdict(rec, PAGE)
         for _ in range(150):
             bad = mutate(rec, rnd, h.nblocks, PAGE)
             v, lv = verdict(bad, PAGE), loop_verdict(bad, PAGE)
             assert v == lv
+            bh = ChunkHeader.unpack(bad, "t")
+            bbody = memoryview(bad)[CHUNK_HEADER_SIZE:bh.record_length]
+            for check in (records._check_table_fast, records._check_table_vectorized):
+                got = check(bh, bbody, PAGE, h.nblocks, PAGE) if len(bbody) >= 4 * h.nblocks else None
+                assert got is None or got == lv     # accepts only what the loop accepts, with its blocks
+                fast_ok += got is not None and check is records._check_table_fast
             if isinstance(v, str):
                 agreed_bad += 1
             else:
                 agreed_ok += 1
     assert agreed_bad > 500 and agreed_ok > 10     # both outcomes were exercised
+    assert fast_ok == agreed_ok       # the fast check takes every table the loop accepts (none left to it)
 
 
 def test_vectorized_check_of_a_short_last_block(mixed):
