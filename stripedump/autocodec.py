@@ -42,10 +42,9 @@ tested on synthetic observations (tests/test_autocodec.py).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from .codecs import CodecSpec
-from .errors import CodecUnavailable, UsageError
+from .errors import UsageError
+from .plain import Frozen
 
 DEFAULT_LADDER = ("none", "lz4", "zstd:1", "zstd:3", "zstd:9")
 EXPLORE = 32               # 1 chunk in EXPLORE goes to another codec of the ladder
@@ -55,11 +54,16 @@ MIN_SAMPLE = 256 << 10     # raw bytes of a codec before its rates are trusted (
 TIE = 0.03                 # predicted times this close: the smaller output wins
 
 
-@dataclass(frozen=True)
-class AutoSpec:
-    """``auto`` or ``auto:CODEC,CODEC,...``: the ladder the controller chooses from."""
-    ladder: tuple            # CodecSpec, in the order given
-    explicit: bool = False   # a list was given (its codecs must all be installed)
+class AutoSpec(Frozen):
+    """``auto`` or ``auto:CODEC,CODEC,...``: the ladder the controller chooses from.
+
+    A plain frozen class, not a dataclass: auto is the default codec, so this is on every
+    dump's path (issue 12's fixed cost, tests/test_fixedcost.py)."""
+    __slots__ = ("ladder", "explicit")
+
+    def __init__(self, ladder: tuple, explicit: bool = False):
+        object.__setattr__(self, "ladder", tuple(ladder))      # CodecSpec, in the order given
+        object.__setattr__(self, "explicit", explicit)         # a list was given (all must be installed)
 
     @classmethod
     def parse(cls, text: str) -> "AutoSpec":
@@ -83,16 +87,13 @@ class AutoSpec:
         return None
 
     def available(self) -> "AutoSpec":
-        """The default ladder less the codecs whose library is missing; an explicit one as it is."""
-        ok = []
-        for s in self.ladder:
-            try:
+        """The default ladder less the codecs whose library is missing (looked for, not imported:
+        ``CodecSpec.findable``); an explicit one as it is, every codec made (a missing one raises)."""
+        if self.explicit:
+            for s in self.ladder:
                 s.make()
-                ok.append(s)
-            except CodecUnavailable:
-                if self.explicit:
-                    raise
-        return AutoSpec(tuple(ok), self.explicit)
+            return self
+        return AutoSpec(tuple(s for s in self.ladder if s.findable()), False)
 
     @property
     def start(self) -> int:
@@ -110,9 +111,15 @@ class AutoSpec:
         return self.ladder[self.start].stored_level
 
     def make(self):
-        """Check every codec of the ladder can be made; the start codec's instance."""
-        codecs = [s.make() for s in self.ladder]
-        return codecs[self.start]
+        """The start codec's instance; the others are made where first used (stages.py), or
+        before the fork by ``make_all`` when the dump is long enough to use them."""
+        return self.ladder[self.start].make()
+
+    def make_all(self) -> None:
+        """Make every codec of the ladder once in this process: a library that is found but does
+        not load fails here, before anything is written, and forked workers inherit the imports."""
+        for s in self.ladder:
+            s.make()
 
     def __str__(self) -> str:
         return "auto" + (":" + ",".join(str(s) for s in self.ladder) if self.explicit else "")

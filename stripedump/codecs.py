@@ -43,6 +43,7 @@ class Codec(abc.ABC):
     default_level: int | None = None
     levels: range | None = None
     wants_bytes = False       # compress() needs a bytes object, not any buffer
+    libraries: tuple = ()     # top-level modules, any one of which it can work with (() = always)
     # compress_into(data, out) -> bytes written: compress one block into the start of ``out``,
     # which must hold at least into_bound(len(data)) bytes; None when the library cannot
     compress_into = None
@@ -117,6 +118,7 @@ class ZlibCodec(Codec):
 
 class LzoCodec(Codec):
     ID, name, kdump_flag = 2, "lzo", 0x02
+    libraries = ("lzo",)
     wants_bytes = True        # python-lzo parses its input with "s#"
 
     def __init__(self, level=None):
@@ -132,6 +134,7 @@ class LzoCodec(Codec):
 
 class SnappyCodec(Codec):
     ID, name, kdump_flag = 3, "snappy", 0x04
+    libraries = ("cramjam", "snappy")
 
     def __init__(self, level=None):
         super().__init__(level)
@@ -156,6 +159,7 @@ class SnappyCodec(Codec):
 
 class Lz4Codec(Codec):
     ID, name = 4, "lz4"
+    libraries = ("cramjam", "lz4")
 
     def __init__(self, level=None):
         super().__init__(level)
@@ -184,6 +188,7 @@ class Lz4Codec(Codec):
 
 class ZstdCodec(Codec):
     ID, name, kdump_flag = 5, "zstd", 0x20
+    libraries = ("zstandard",)
     default_level, levels = 1, range(-7, 23)
 
     def __init__(self, level=None):
@@ -203,6 +208,17 @@ _CODECS = (NoneCodec, ZlibCodec, LzoCodec, SnappyCodec, Lz4Codec, ZstdCodec)
 BY_NAME = {c.name: c for c in _CODECS}
 BY_ID = {c.ID: c for c in _CODECS}
 NAMES = tuple(BY_NAME)
+
+
+def _findable(module: str) -> bool:
+    import sys
+    if module in sys.modules:
+        return sys.modules[module] is not None      # None: an import that was blocked
+    from importlib.util import find_spec
+    try:
+        return find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
 
 
 def _need(module: str, package: str):
@@ -254,6 +270,12 @@ class CodecSpec(Frozen):
 
     def make(self) -> Codec:
         return BY_NAME[self.name](self.level)
+
+    def findable(self) -> bool:
+        """Whether its library is there, found without importing it (``make`` imports it: zstandard
+        alone pulls in typing and platform, which a dump that never uses it should not pay)."""
+        libs = BY_NAME[self.name].libraries
+        return not libs or any(_findable(m) for m in libs)
 
     def __str__(self) -> str:
         return self.name if self.level is None else f"{self.name}:{self.level}"

@@ -91,6 +91,7 @@ import time
 from array import array
 from collections import deque
 
+from .autocodec import EXPLORE as AUTO_EXPLORE
 from .config import DumpConfig
 from .errors import IncompleteDump, Interrupted, StripedumpError, TargetIOError, UsageError, from_wire
 from .format import HEADER_BLOCK, STATE_COMPLETE, STATE_INCOMPLETE, first_record_offset, pack_manifest
@@ -220,6 +221,8 @@ def _dump(cfg: DumpConfig, src: Source, t0: float, progress, say, sig=None) -> D
     for note in ((too_many,) if too_many else ()) + fit.warnings:
         say(note, 0)
     cfg = cfg._replace(workers=fit.workers)
+    if hasattr(cfg.codec, "make_all") and plan.n_chunks > AUTO_EXPLORE:
+        cfg.codec.make_all()      # --codec auto long enough to try its whole ladder: every library now
     pool = (fit.slots, fit.slot_size)
     info = src.info
     say(f"source {src.path}: ELF{info.elfclass}, {len(info.loads)} PT_LOADs, page size {src.page_size}, "
