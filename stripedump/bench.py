@@ -279,7 +279,8 @@ def estimate_seconds(cfg: BenchConfig, cpus: int) -> float:
         rate = ZERO_RATE
         if sample:
             # auto: at best as fast as the fastest codec of its ladder
-            rate = max(_sample_rate(s.make(), sample, block) for s in getattr(spec, "ladder", (spec,)))
+            ladder = spec.available().ladder if hasattr(spec, "available") else (spec,)
+            rate = max(_sample_rate(s.make(), sample, block) for s in ladder)
         for w in cfg.workers:
             per_run = cfg.size / (rate * min(w, cpus)) + RUN_OVERHEAD
             total += per_run * len(cfg.disks) * len(cfg.writes) * cfg.repeat

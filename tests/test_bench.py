@@ -172,3 +172,14 @@ def test_too_little_space_refused_before_any_run(tmp_path, cli):
         assert os.listdir(small) == []
     finally:
         subprocess.run(["umount", str(small)])
+
+
+def test_bench_auto_without_zstandard_runs_on_what_is_installed(tmp_path):
+    """The default ladder less a missing library, in the estimate and in the runs (no traceback)."""
+    from test_cli import _run_without
+    r = _run_without(["zstandard"], "bench", "--size", "16M", "--codecs", "auto", "--workers", "1",
+                     "--disks", "1", "--json", "--dir", tmp_path, cwd=tmp_path)
+    assert r.rc == 0, r
+    row = json.loads(r.out)["results"][0]
+    assert row["codec"] == "auto" and set(row["auto_chunks"]) <= {"none", "lz4"}
+    assert sum(row["auto_chunks"].values()) >= 16
