@@ -49,6 +49,14 @@ def run_cli(*args, timeout=120, cwd=None, without=()) -> CliResult:
     return CliResult(proc)
 
 
+def run_python(code: str, timeout: int = 120) -> subprocess.CompletedProcess:
+    """Run ``code`` in a new interpreter that imports this tree's stripedump (stdin /dev/null,
+    output captured as text): for what a fresh process imports, loads or leaves behind."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout,
+                          env=dict(os.environ, PYTHONPATH=root), stdin=subprocess.DEVNULL)
+
+
 @pytest.fixture
 def cli():
     return run_cli

@@ -71,15 +71,12 @@ def test_zlib_rejects_trailing_garbage():
 def test_findable_looks_for_a_library_without_importing_it():
     """auto (the default codec) leaves missing libraries out of its ladder by looking for them:
     importing zstandard alone pulls in typing and platform, which a small dump would pay for."""
-    import subprocess
-    import sys
+    from conftest import run_python
     code = ("import sys\nfrom stripedump.codecs import CodecSpec\n"
             "found = [CodecSpec(n).findable() for n in ('zstd', 'lz4', 'none')]\n"
             "print(found, 'zstandard' in sys.modules)\n"
             "sys.modules['zstandard'] = None\n"        # as an import that fails
             "print(CodecSpec('zstd').findable())\n")
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
-                       env=dict(os.environ, PYTHONPATH=root))
+    p = run_python(code, timeout=60)
     assert p.returncode == 0, p.stderr
     assert p.stdout.split("\n")[:2] == ["[True, True, True] False", "False"]

@@ -30,6 +30,8 @@ from stripedump.errors import VmcoreFormatError
 from stripedump.pipeline import DumpId
 from stripedump.vmcore import E_MACHINE, PT_LOAD, PT_NOTE, Source, machine_name
 
+from conftest import run_python
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -92,8 +94,7 @@ def test_a_dump_imports_none_of_the_slow_modules(vmcore, tmp_path):
             "heavy = ('elftools', 'psutil', 'numpy', 'uuid', 'multiprocessing', 'lz4', 'shutil', 'pickle',\n"
             "         'socket', 'subprocess', 'threading')\n"
             "print(rc, sorted(m for m in sys.modules if m.startswith(heavy)))\n")
-    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                       env=dict(os.environ, PYTHONPATH=ROOT), stdin=subprocess.DEVNULL)
+    p = run_python(code)
     assert p.returncode == 0, p.stderr
     assert p.stdout.strip() == "0 []"
 
@@ -109,8 +110,7 @@ def test_a_small_join_and_verify_import_no_numpy(vmcore, tmp_path):
             f"rc += main(['join', '-q', '-o', {out!r}, *{members!r}])\n"
             f"rc += main(['verify', '-q', *{members!r}])\n"
             "print(rc, sorted(m for m in sys.modules if m.startswith('numpy')))\n")
-    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                       env=dict(os.environ, PYTHONPATH=ROOT), stdin=subprocess.DEVNULL)
+    p = run_python(code)
     assert p.returncode == 0, p.stderr
     assert p.stdout.strip() == "0 []"
     assert open(out, "rb").read() == open(b.path, "rb").read()
@@ -179,8 +179,7 @@ def test_a_dump_runs_without_dataclasses_typing_or_namedtuples(vmcore, tmp_path)
             f"rc = main(['dump', '-q', '--disks', {members!r}, {b.path!r}])\n"
             "heavy = ('dataclasses', 'typing', 'inspect', 'ast', 'dis', 'tokenize')\n"
             "print(rc, sorted(m for m in sys.modules if m in heavy), execs)\n")
-    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                       env=dict(os.environ, PYTHONPATH=ROOT), stdin=subprocess.DEVNULL)
+    p = run_python(code)
     assert p.returncode == 0, p.stderr
     assert p.stdout.strip() == "0 [] []"
     for m in ("m0", "m1"):
@@ -306,15 +305,13 @@ def test_the_console_script_freezes_the_objects_before_exit(vmcore, tmp_path):
             "rc = cli.run()\n"
             f"rc2 = cli.main(['info', *{members!r}.split(','), '--json'])\n"
             "sys.exit(rc + 40 + rc2)\n")
-    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                       env=dict(os.environ, PYTHONPATH=ROOT), stdin=subprocess.DEVNULL)
+    p = run_python(code)
     assert p.returncode == 40, p.stderr
     assert p.stdout.splitlines()[-1] == "frozen at exit: True"
     code = ("import gc\nfrom stripedump.cli import main\n"
             f"main(['dump', '-q', '--force', '--disks', {members!r}, {b.path!r}])\n"
             "print(gc.get_freeze_count())\n")
-    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                       env=dict(os.environ, PYTHONPATH=ROOT), stdin=subprocess.DEVNULL)
+    p = run_python(code)
     assert p.returncode == 0 and p.stdout == "0\n", p.stderr
     for m in members.split(","):
         os.unlink(m)

@@ -33,6 +33,8 @@ from stripedump.records import decode_chunk, encode_chunk, read_chunk, record_bo
 from stripedump.plan import Plan
 from stripedump.vmcore import Source
 
+from conftest import run_python
+
 importlib.import_module("numpy")   # loaded: read_chunk checks large tables with it (records._vectorize)
 
 PAGE = 4096
@@ -150,9 +152,7 @@ def verdict(rec, block):
 
 def _run_fresh(code: str) -> str:
     """Run ``code`` in a new interpreter with this tree's stripedump; its stdout (it must exit 0)."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
-                       env=dict(os.environ, PYTHONPATH=root))
+    p = run_python(code, timeout=60)
     assert p.returncode == 0, p.stderr
     return p.stdout
 
