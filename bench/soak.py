@@ -177,6 +177,42 @@ class Oracle:
                 pos = data.find(CHUNK_MAGIC, pos + 1)
         return found
 
+    def explain(self, paths, cids) -> str:
+        """Why chunks ``cids`` are not where they should be: what each member's index says of them.
+
+        For a failed assertion's message: per chunk, the index entry of the member that lists it
+        (offset, length, checksum) and how the record there differs from the oracle's (header
+        fields, payload length, first differing byte); or that no index lists it.
+        """
+        from stripedump.format import ChunkHeader
+        from stripedump.member import MemberReader
+        where: dict[int, tuple] = {}
+        lines = []
+        for p in paths:
+            try:
+                r = MemberReader(p)
+                f = r.footer()
+                entries = list(r.index(f)) if f is not None else []
+            except Exception as e:        # a diagnostic: say what failed and go on
+                lines.append(f"{p}: cannot read its index: {type(e).__name__}: {e}")
+                continue
+            for e in entries:
+                if e.chunk_id in cids:
+                    where[e.chunk_id] = (p, e, r.pread(e.offset, e.length), r.dump_id)
+        for c in sorted(cids)[:8]:
+            if c not in where:
+                lines.append(f"chunk {c}: in no given member's index")
+                continue
+            p, e, got, did = where[c]
+            want = bytearray(self.records[c])
+            seal_chunk_header(want, 0, did)
+            diff = next((i for i, (x, y) in enumerate(zip(got, want)) if x != y), min(len(got), len(want)))
+            hg = ChunkHeader.STRUCT.unpack_from(got) if len(got) >= ChunkHeader.STRUCT.size else None
+            hw = ChunkHeader.STRUCT.unpack_from(want)
+            lines.append(f"chunk {c}: {os.path.basename(p)} offset {e.offset} length {e.length} "
+                         f"(oracle {len(want)}); first difference at byte {diff}; header {hg} vs oracle {hw}")
+        return "\n".join(lines)
+
     def _stamped(self, cid: int, dump_id: bytes) -> int:
         """xxh3 of chunk ``cid``'s record as the writer of dump ``dump_id`` writes it."""
         key = (cid, dump_id)
