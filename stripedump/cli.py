@@ -332,6 +332,12 @@ def _normalize(argv: list[str]) -> list[str]:
     return argv
 
 
+def _disks_first_dash(argv: list[str]) -> list[str]:
+    """``--disks -,B``: argparse takes a value that starts with '-' for an option; join it as ``--disks=-,B``."""
+    return [f"--disks={argv[i + 1]}" if x == "--disks" and i + 1 < len(argv) and argv[i + 1].startswith("-,")
+            else x for i, x in enumerate(argv) if not (i and argv[i - 1] == "--disks" and x.startswith("-,"))]
+
+
 def _command(argv: list[str]) -> str | None:
     """The subcommand a normalized argv names (None: none, or an option such as --help first)."""
     for x in argv:
@@ -526,7 +532,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     try:
-        argv = _normalize(argv)
+        argv = _disks_first_dash(_normalize(argv))
         a = build_parser(_command(argv)).parse_args(argv)
         if not a.command:
             build_parser().print_help()

@@ -169,10 +169,10 @@ Subsystem sftp internal-sftp
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    def _signal_all(self, sig: int) -> None:
+    def _signal_all(self, sig: int, sessions_only: bool = False) -> None:
         if self.proc is None:
             return
-        for pid in descendants(self.proc.pid):
+        for pid in descendants(self.proc.pid)[1 if sessions_only else 0:]:
             try:
                 os.kill(pid, sig)
             except ProcessLookupError:
@@ -188,9 +188,10 @@ Subsystem sftp internal-sftp
         self.proc.wait()
         self.proc = None
 
-    def stop(self) -> None:
-        """The host hangs: SIGSTOP sshd and its sessions (connections stay open, silent)."""
-        self._signal_all(signal.SIGSTOP)
+    def stop(self, sessions_only: bool = False) -> None:
+        """The host hangs: SIGSTOP sshd and its sessions (connections stay open, silent);
+        ``sessions_only``: the sessions running now, while sshd still takes new connections."""
+        self._signal_all(signal.SIGSTOP, sessions_only)
 
     def cont(self) -> None:
         self._signal_all(signal.SIGCONT)
