@@ -205,6 +205,9 @@ class MemberWriter:
             self._ends.append(self.pos)
             if self.sink.poll():
                 self._stream_acked()
+            if self.io_stats is not None and self.pos - self.kicked_to >= AUTO_KICK_EVERY:
+                self.kicked_to = self.pos
+                self._publish_io()   # --codec auto: time blocked in write() is the link's rate
         elif not self.discard:
             if self.since_sync >= self.sync_every or self.unsynced >= SYNC_CHUNKS:
                 self._sync_and_drop()
@@ -241,14 +244,17 @@ class MemberWriter:
         if self.io_stats is not None:
             self._io_secs += time.monotonic() - t0
             self._io_cpu += time.process_time() - c0
-            self.io_stats[2] = self._io_cpu
-            self.io_stats[1] = self._io_secs      # seconds first: a reader never sees bytes without them
-            self.io_stats[0] = float(self.pos - self._start)
+            self._publish_io()
             self.sync_every = min(2 * self.sync_every, AUTO_SYNC_EVERY)
         self._advise_dontneed(self.synced_to)
         self.synced_to = self.kicked_to = self.pos
         self.since_sync = self.unsynced = 0
         self.syncs += 1
+
+    def _publish_io(self) -> None:
+        self.io_stats[2] = self._io_cpu
+        self.io_stats[1] = self._io_secs      # seconds first: a reader never sees bytes without them
+        self.io_stats[0] = float(self.pos - self._start)
 
     def _stream_acked(self) -> None:
         """The remote end synced the member up to ``sink.synced``: drop those chunks from the pending."""
