@@ -324,3 +324,19 @@ def test_sigint_to_the_terminal_group_finalizes_remote_members(ssh_hosts, big, t
         assert f is not None and f.state != STATE_COMPLETE
     finally:
         r.close()
+
+
+def test_host_frozen_before_the_dump_is_an_unreachable_host(ssh_hosts, small, tmp_path):
+    """A host that accepts the connection and then says nothing: exit 5 within --io-timeout."""
+    h = ssh_hosts.hosts[2]
+    h.stop()
+    try:
+        t0 = time.monotonic()
+        r = sd(ssh_hosts, "dump", "--disks", f"{h.url()},{tmp_path / 'local.sd'}", "--io-timeout", "3",
+               small.path, timeout=60)
+        took = time.monotonic() - t0
+    finally:
+        h.cont()
+    assert_one_line_error(r, 5, h.url(), "sdhost2")
+    assert took < 30, took
+    assert not os.path.exists(tmp_path / "local.sd")
