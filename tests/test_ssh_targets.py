@@ -340,3 +340,30 @@ def test_host_frozen_before_the_dump_is_an_unreachable_host(ssh_hosts, small, tm
     assert_one_line_error(r, 5, h.url(), "sdhost2")
     assert took < 30, took
     assert not os.path.exists(tmp_path / "local.sd")
+
+
+def test_remote_disk_full_is_a_failed_target(ssh_hosts, big, tmp_path):
+    """ENOSPC on the host (a 2 MiB tmpfs there): first a warning (less free space there than the
+    source / targets), then exit 8 naming the target and dd's reason; join --allow-incomplete
+    recovers exactly what reached it and the other member."""
+    src, oracle = big
+    a, b = ssh_hosts.hosts[:2]
+    full = os.path.join(b.root, "full")
+    os.mkdir(full)
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", full], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (not root?)")
+    try:
+        target = f"ssh://{b.alias}{full}/m1"
+        local = str(tmp_path / "m0")
+        r = sd(ssh_hosts, "dump", "-q", "--disks", f"{local},{target}", "--codec", "none", "--chunk-size",
+               "256K", src, STRIPEDUMP_SYNC_EVERY=str(MIB))
+        warning, error = r.err.splitlines()
+        assert r.rc == 8 and warning.startswith(f"stripedump: warning: target {target}: 2 MB free there"), r
+        assert error.startswith("stripedump: error: ") and target in error and "No space left on device" in error
+        with open(os.path.join(full, "m1"), "rb") as f, open(tmp_path / "m1", "wb") as g:
+            g.write(f.read())
+    finally:
+        subprocess.run(["umount", "-l", full], capture_output=True)
+    ok, msg, n = soak.check_run(oracle, [local, str(tmp_path / "m1")], str(tmp_path / "out"))
+    assert ok, msg
+    assert 0 < n < len(oracle.records)
