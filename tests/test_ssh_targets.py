@@ -367,3 +367,34 @@ def test_remote_disk_full_is_a_failed_target(ssh_hosts, big, tmp_path):
     ok, msg, n = soak.check_run(oracle, [local, str(tmp_path / "m1")], str(tmp_path / "out"))
     assert ok, msg
     assert 0 < n < len(oracle.records)
+
+
+def test_hosts_mixed_with_a_block_device(ssh_hosts, small, tmp_path, loop_device):
+    dev = loop_device(16 * MIB)
+    a = ssh_hosts.hosts[0]
+    r = sd(ssh_hosts, "dump", "--disks", f"{dev},{a.url()}", "--codec", "lz4", small.path)
+    assert r.rc == 0, r
+    j = run_cli("join", a.path(), dev, "-o", tmp_path / "out")
+    assert j.rc == 0 and same(tmp_path / "out", small.path), j
+
+
+def test_ssh_command_line(ssh_hosts, small, tmp_path):
+    """BatchMode=yes always, after the user's --ssh-option (ssh takes the first value given: the
+    user's wins); -p and -l from the URL; the remote command is one sh -c."""
+    log = tmp_path / "argv"
+    wrap = tmp_path / "bin"
+    wrap.mkdir()
+    with open(wrap / "ssh", "w") as f:
+        f.write(f'#!/bin/sh\nfor a in "$@"; do printf "%s\\n" "$a"; done > {log}\n'
+                f'exec {ssh_hosts.bin}/ssh "$@"\n')
+    os.chmod(wrap / "ssh", 0o755)
+    h = ssh_hosts.hosts[0]
+    r = sd(ssh_hosts, "dump", "--disks", h.url(user=True, port=True), "--ssh-option", "Compression=no",
+           "--ssh-option", "BatchMode=yes", small.path, PATH=f"{wrap}:{ssh_hosts.env['PATH']}")
+    assert r.rc == 0, r
+    argv = log.read_text().split("\n")
+    opts = [argv[i + 1] for i, x in enumerate(argv) if x == "-o"]
+    assert opts[:2] == ["Compression=no", "BatchMode=yes"] and "BatchMode=yes" in opts[2:], opts
+    assert any(o.startswith("ServerAliveInterval=") for o in opts)
+    assert argv[argv.index("-p") + 1] == str(h.port) and argv[argv.index("-l") + 1] == ssh_hosts.user
+    assert argv[argv.index("--") + 1] == h.addr and argv[argv.index("--") + 2].startswith("exec sh -c ")
