@@ -94,7 +94,8 @@ from collections import deque
 from .autocodec import EXPLORE as AUTO_EXPLORE
 from .config import DumpConfig
 from .errors import IncompleteDump, Interrupted, StripedumpError, TargetIOError, UsageError, from_wire
-from .format import FEATURE_STREAMED, HEADER_BLOCK, STATE_COMPLETE, STATE_INCOMPLETE, first_record_offset, pack_manifest
+from .format import (FEATURE_STREAMED, HEADER_BLOCK, STATE_COMPLETE, STATE_INCOMPLETE, first_record_offset,
+                     pack_manifest)
 from .ipc import END, MessagePipe, RecordPipe, SharedFlag
 from .manifest import build_manifest
 from .writer import AUTO_FIRST_SYNC, AUTO_KICK_EVERY, MemberWriter, new_member_header, write_member_head
