@@ -24,9 +24,9 @@ fresh 192 MiB guest of tests/fixtures/make-real-vmcore.sh):
   followed by ``sync OUT`` (timed together), interleaved, --repeat times;
   medians reported, with output sizes and the pages each left out;
 * pages classified per second by one worker: ``PageClassifier.classify`` of
-  every 1 MiB chunk at level 31 and at level 30 (struct pages only), in this
-  process, given the pages already read (as a dump worker does), median of
-  --repeat passes.
+  every chunk (4 MiB, the default with -d; and 1 MiB) at level 31 and at
+  level 30 (struct pages only, no zero test), in this process, given the
+  pages already read (as a dump worker does), median of --repeat passes.
 
 The machine may be shared: the load average before and after is printed with
 the results; compare the two tools only within one run.
@@ -80,15 +80,15 @@ def warm(path: str) -> None:
             pass
 
 
-def classify_rate(src_path: str, level: int, repeat: int) -> float:
-    """Pages per second one process classifies, 1 MiB chunks, the pages given as data."""
+def classify_rate(src_path: str, level: int, repeat: int, chunk: int) -> float:
+    """Pages per second one process classifies, chunks of ``chunk`` bytes, the pages given as data."""
     from stripedump.pageclass import PageClassifier
     from stripedump.vmcore import Source
     from stripedump.vmcoreinfo import VmcoreInfo
     rates = []
     with Source(src_path) as src:
         info = VmcoreInfo.from_source(src)
-        step = (1 << 20) // src.page_size
+        step = chunk // src.page_size
         for _ in range(repeat):
             pc = PageClassifier(src, info, level)      # a fresh worker's: caches empty
             pages, spent = 0, 0.0
@@ -136,7 +136,8 @@ def bench_one(vmcore: str, repeat: int, workers: list[int]) -> dict:
         return {"vmcore": vmcore, "normalized_bytes": size,
                 "median_s": {k: statistics.median(v) for k, v in times.items()},
                 "times_s": times, "output_bytes": sizes, "pages_left_out": left_out,
-                "classify_pages_per_s": {str(lv): classify_rate(src, lv, repeat) for lv in (31, 30)}}
+                "classify_pages_per_s": {f"{lv}@{mib}M": classify_rate(src, lv, repeat, mib << 20)
+                                         for lv in (31, 30) for mib in (4, 1)}}
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -152,8 +153,8 @@ def report(results: list[dict], load: tuple) -> str:
                          f"{r['output_bytes'][k] / 1e6:.1f} | {t / mdf:.2f} |")
         c = r["classify_pages_per_s"]
         lines += ["", f"pages left out: {r['pages_left_out']}",
-                  f"one worker classifies {c['31'] / 1e6:.2f} M pages/s at level 31, {c['30'] / 1e6:.2f} M "
-                  "pages/s at level 30 (1 MiB chunks, pages given)", ""]
+                  "one worker classifies (M pages/s, pages given): "
+                  + ", ".join(f"level {k.replace('@', ' in ')} chunks {v / 1e6:.2f}" for k, v in c.items()), ""]
     return "\n".join(lines)
 
 
