@@ -408,6 +408,7 @@ class _Coordinator:
         self.cfg, self.src, self.plan, self.targets = cfg, src, plan, targets
         self.level = level             # DumpLevel (dump -d N), or None
         self.classes = None            # its per-worker, per-class counters (shared u64)
+        self.unclassified = 0          # chunks whose classification failed (their pages kept)
         self.headers, self.start, self.block_bytes = headers, start, block_bytes
         self.progress, self.say = progress, say
         self.sig = sig if sig is not None else Signals()
@@ -625,6 +626,11 @@ class _Coordinator:
             self.inflight -= 1
         elif kind == "unreadable":
             self.unreadable[ev[1]] = ev[2]
+        elif kind == "unclassified":   # dump -d: a chunk whose classification failed keeps its pages
+            if not self.unclassified:
+                self.say(f"could not classify the pages of chunk {ev[1]} ({ev[2]}); its pages are kept, "
+                         "and so are those of any other chunk this happens to", 0)
+            self.unclassified += 1
         elif kind == "err":
             _, who, slot, name, msg = ev
             self.fail(from_wire(name, msg))
@@ -831,7 +837,7 @@ class _Coordinator:
         per = dict(class_totals(self.classes)) if self.classes is not None else {}
         unread = per.pop("struct_unread", 0)
         return {"dump_level": {**lv.entry, "excluded_pages": sum(per.values()), "excluded": per,
-                               "struct_unreadable_pages": unread}}
+                               "struct_unreadable_pages": unread, "unclassified_chunks": self.unclassified}}
 
     def auto_report(self) -> dict:
         """--codec auto, for --json: chunks per codec, and the model's last estimates."""

@@ -78,7 +78,8 @@ def worker_main(wid, src, codec_spec, plan_json, block_bytes, pool, slot_size, t
                 t0, w0 = time.process_time(), time.monotonic()
                 length, csum, unreadable = encode_chunk(
                     src, codec, chunk, block_bytes, out, zero, careful,
-                    excluded=classify(chunk) if classify is not None and chunk.kind == KIND_PAGES else None)
+                    excluded=classify(chunk, careful) if classify is not None and chunk.kind == KIND_PAGES
+                    else None)
                 out.release()
                 if mine is not None:     # raw last: the coordinator reads a chunk's numbers by its raw
                     mine[4 * choice + 1] += length
@@ -92,6 +93,8 @@ def worker_main(wid, src, codec_spec, plan_json, block_bytes, pool, slot_size, t
                 CURRENT.pack_into(current, wid * CURRENT.size, 0, 0, 0.0)
             if unreadable:
                 events.put(("unreadable", cid, unreadable))
+            if classify is not None and classify.failed:
+                events.put(("unclassified", cid, classify.failed.pop()))
             writer_qs[placement(cid, len(writer_qs))].put(
                 cid, slot, length, csum, chunk.raw_bytes(plan.page_size))
     except Exception as e:   # a bug: report it rather than die silently
@@ -108,14 +111,25 @@ def _classifier(wid, src, level):
     row = counters[wid * len(CLASS_NAMES):(wid + 1) * len(CLASS_NAMES)]
     at = [CLASS_NAMES.index(name) for name in CLASSES[1:]]
 
-    def for_chunk(chunk):
+    def for_chunk(chunk, careful=False):
         def excluded(data):
-            r = pc.classify(chunk.start, chunk.count, data=data)
+            # careful (a worker died of SIGBUS in this chunk): the struct pages are read with pread,
+            # so that one that cannot be read is a read error (it excludes nothing), not a SIGBUS again
+            saved = src.use_mmap
+            src.use_mmap = saved and not careful
+            try:
+                r = pc.classify(chunk.start, chunk.count, data=data)
+            except Exception as e:       # never lose the dump over a classification: keep the pages
+                for_chunk.failed.append(f"{type(e).__name__}: {e}")
+                return None
+            finally:
+                src.use_mmap = saved
             for i, name in zip(at, CLASSES[1:]):
                 row[i] += r.counts[name]
             row[len(CLASS_NAMES) - 1] += r.unreadable
             return r.excluded
         return excluded
+    for_chunk.failed = []
     return for_chunk
 
 

@@ -39,7 +39,8 @@ from stripedump.codecs import CodecSpec
 from stripedump.format import (BLOCK_EXCLUDED, BLOCK_KIND_SHIFT, CHUNK_ALL_ZERO, CHUNK_EXCLUDED,
                                CHUNK_HEADER_SIZE, KIND_PAGES)
 from stripedump.plan import Plan
-from stripedump.records import decode_chunk, encode_chunk, excluded_ranges, read_chunk, record_bound
+from stripedump.records import (decode_chunk, encode_chunk, excluded_ranges, read_chunk, record_bound,
+                                unreadable_ranges)
 from stripedump.vmcore import Source
 from stripedump import pipeline
 from stripedump.config import DumpConfig
@@ -167,9 +168,10 @@ def test_exclusion_needs_one_page_blocks_and_a_mask_of_the_chunk(mixed):
 
 # -- dump -d N on real kernels, judged by makedumpfile -------------------------------------------
 
-def read_back(members, src):
+def read_back(members, src, unreadable=frozenset()):
     """(excluded per PFN, per-class counts of the footers, manifest, headers) of a dump's members, read
-    record by record; asserts that every kept page of every chunk decodes to the source's bytes."""
+    record by record; asserts that every kept page of every chunk decodes to the source's bytes, but
+    those of the PFNs ``unreadable``, which must be recorded so."""
     excluded = np.zeros(src.pfn_ranges[-1][1], bool)
     classes, headers, manifest, left_out = None, [], None, 0
     for path in members:
@@ -189,13 +191,18 @@ def read_back(members, src):
                 gone = np.zeros(h.raw_length // PAGE, bool)
                 for a, b in excluded_ranges(h, body, block):
                     gone[a // PAGE:b // PAGE] = True
+                lost = np.zeros(len(gone), bool)
+                for a, b in unreadable_ranges(h, body, block):
+                    lost[a // PAGE:b // PAGE] = True
+                assert set(np.flatnonzero(lost) + h.start) == {p for p in unreadable
+                                                               if h.start <= p < h.start + len(gone)}
                 assert h.kept_pages == len(gone) - gone.sum()
                 excluded[h.start:h.start + len(gone)] = gone
                 _, data, _ = decode_chunk(rec, "t", block, {})
                 with src.phys_window(h.start, len(gone)) as w:
                     want = np.frombuffer(w.view(), np.uint8).reshape(len(gone), PAGE)
                     got = np.frombuffer(data, np.uint8).reshape(len(gone), PAGE)
-                    assert (got[~gone] == want[~gone]).all(), f"chunk {h.chunk_id}: a kept page differs"
+                    assert (got[~gone & ~lost] == want[~gone & ~lost]).all(), f"chunk {h.chunk_id}: a kept page differs"
                     del want
         finally:
             r.close()
@@ -433,3 +440,73 @@ def test_memory_stays_flat_with_dump_level_31(real_vmcore, tmp_path):
             os.unlink(m)
     print("peak RSS KiB (coordinator, largest child):", peaks)
     assert peaks[1][0] <= peaks[0][0] + 8192 and peaks[1][1] <= peaks[0][1] + 8192, peaks
+
+
+def test_unreadable_pages_and_struct_pages_keep_the_dump_going(real_vmcore, tmp_path):
+    """The real-kernel fixture behind a FUSE file that fails reads with EIO (tests/helpers/faulty_fs.py)
+    at a kept page and at a page of struct pages: -d 31 --no-mmap still dumps (exit 0); the pages the
+    faults touch are recorded unreadable, not excluded; the pages whose struct pages are lost are
+    counted and none is left out that the whole view would keep; every other page is left out or kept
+    exactly as in a dump without the faults."""
+    from conftest import need_fuse, start_fuse
+    from stripedump.pageclass import PageClassifier
+    from stripedump.vmcoreinfo import VmcoreInfo
+    need_fuse()
+    path = real_vmcore[0]
+    with Source(path) as src:
+        info = VmcoreInfo.from_source(src)
+        pc = PageClassifier(src, info, 31)
+        r = pc.classify(0x1000, 0x1000)
+        kept_pfn = 0x1000 + int(np.flatnonzero(~r.excluded)[0])     # a page kept at level 31
+        r = pc.classify(0x4000, 0x4000)
+        # 64 PFNs sharing one 4 KiB page of struct pages, some of them left out at level 31
+        lost = 0x4000 + 64 * next(i for i in range(0x100) if r.excluded[64 * i:64 * i + 64].any())
+        va = pc.memmap.vaddr(lost)
+        pa = pc.memmap.kmem.translate(va)[0]
+        def file_offset(paddr):
+            o = next(o for o in src.owners if o.start <= paddr < o.end)
+            return o.offset + paddr - o.start
+        bad = [(file_offset(kept_pfn * PAGE), file_offset(kept_pfn * PAGE) + PAGE),
+               (file_offset(pa) & ~(PAGE - 1), (file_offset(pa) & ~(PAGE - 1)) + PAGE)]
+        # the PFNs whose bytes the faults take: FUSE reads whole pages of the file, and the core's loads
+        # need not be page-aligned in it
+        hit = set()
+        for a, b in bad:
+            a, b = a & ~(PAGE - 1), -(-b // PAGE) * PAGE
+            for o in src.owners:
+                lo, hi = max(a, o.offset), min(b, o.offset + o.end - o.start)
+                if lo < hi:
+                    hit.update(range((o.start + lo - o.offset) // PAGE, -(-(o.start + hi - o.offset) // PAGE)))
+        # the PFNs whose struct pages lie in those pages, and what the whole view says of them
+        blind = [p for p in range(lost - 256, lost + 256)
+                 if pc.memmap.kmem.translate(pc.memmap.vaddr(p))[0] // PAGE in hit]
+        assert set(range(lost, lost + 64)) <= set(blind)
+        full = pc.classify(blind[0], blind[-1] + 1 - blind[0]).excluded
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    proc = start_fuse("faulty_fs.py", [path, mnt] + [f"{a}:{b}" for a, b in bad], mnt)
+    try:
+        members = (str(tmp_path / "m0"), str(tmp_path / "m1"))
+        r = run_cli("dump", "-d", "31", "--no-mmap", "--json", "--codec", "lz4", "--disks", ",".join(members),
+                    str(mnt / "vmcore"))
+        assert r.rc == 0, r.err
+        res = json.loads(r.out)
+        assert res["unreadable_blocks"] == len(hit) and kept_pfn in hit
+        assert res["dump_level"]["struct_unreadable_pages"] >= 64
+        with Source(path) as src:       # the members against the file itself, without faults
+            ours, _, _, _ = read_back(members, src, unreadable=hit)
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+        proc.kill()
+        proc.wait(10)
+    b0, b1 = blind[0], blind[-1] + 1
+    assert not (ours[b0:b1] & ~full).any()      # nothing the whole view would keep
+    assert not ours[sorted(hit)].any()          # unreadable, not excluded
+    clean_dir = tmp_path / "clean"
+    clean_dir.mkdir()
+    clean, _ = dump_members(clean_dir, path, 31)
+    with Source(path) as src:
+        want, _, _, _ = read_back(clean, src)
+    ours[b0:b1] = want[b0:b1]
+    ours[sorted(hit)] = want[sorted(hit)]
+    assert (ours == want).all()
