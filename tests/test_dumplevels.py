@@ -19,7 +19,10 @@
   asked and applied;
 - bad levels are usage errors; a larger --block-size is lowered with a warning;
 - a worker's memory stays flat: the peak RSS of a -d 31 dump of a 1.5 GiB
-  core is that of a 192 MiB one.
+  core is that of a 192 MiB one;
+- reads that fail (data pages, struct pages) keep the dump going and leave
+  out nothing the whole view would keep; a malformed manifest ``dump_level``
+  is refused.
 """
 
 import json
@@ -510,3 +513,28 @@ def test_unreadable_pages_and_struct_pages_keep_the_dump_going(real_vmcore, tmp_
     ours[b0:b1] = want[b0:b1]
     ours[sorted(hit)] = want[sorted(hit)]
     assert (ours == want).all()
+
+
+@pytest.mark.parametrize("bad", [{"asked": 31, "applied": 32, "missing": [], "weaker": []},
+                                 {"asked": 16, "applied": 17, "missing": [], "weaker": []},
+                                 {"asked": 31, "applied": 31, "missing": "NUMBER(PG_lru)", "weaker": []},
+                                 {"asked": 31, "applied": 31, "missing": [3], "weaker": []},
+                                 {"asked": 31, "applied": 31, "weaker": []},
+                                 [31]])
+def test_a_manifest_with_a_malformed_dump_level_is_refused(vmcore, tmp_path, bad):
+    from stripedump import format as fmt
+    import hostile
+    b = vmcore("kernel")
+    members, _ = dump_members(tmp_path, b.path, 1)
+    for p in members:
+        h = hostile._read_header(p)
+        with open(p, "r+b") as f:
+            f.seek(h.manifest_offset)
+            m = fmt.unpack_manifest(f.read(h.manifest_length), p, h.dump_id)
+            m["dump_level"] = bad
+            new = fmt.pack_manifest(m, h.dump_id)
+            f.seek(h.manifest_offset)
+            f.write(new)
+        hostile.set_header_field(p, "manifest_length", len(new))
+    r = run_cli("info", *members)
+    assert r.rc != 0 and len(r.err.strip().splitlines()) == 1 and "manifest is malformed" in r.err, r
