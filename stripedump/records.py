@@ -73,7 +73,7 @@ def read_carefully(src, chunk: Chunk) -> tuple[Window, list[tuple[int, int]]]:
 
 
 def encode_chunk(src, codec, chunk: Chunk, block_bytes: int, out, zero,
-                 careful: bool = False) -> tuple[int, int, int]:
+                 careful: bool = False, excluded=None) -> tuple[int, int, int]:
     """Read ``chunk`` from ``src`` and write its record into ``out``.
 
     ``zero`` is a bytes-like of at least ``block_bytes`` zeros; several blocks
@@ -82,7 +82,24 @@ def encode_chunk(src, codec, chunk: Chunk, block_bytes: int, out, zero,
     switches to ``read_carefully``: blocks that hold unreadable pages become
     BLOCK_UNREADABLE.  Returns (record length, payload checksum, unreadable
     blocks).
+
+    ``excluded`` (dump levels, issue 11; a pages chunk only, blocks of one
+    page): one entry per page of the chunk, true where a dump level leaves
+    the page out (a numpy bool array, or a bytes-like of 0/1), or a callable
+    given the chunk's bytes as read (a memoryview; None for a hole of the
+    source, where nothing is read) that returns such a sequence, so that a
+    classifier can zero-test the pages without reading them again.  Excluded
+    pages become BLOCK_EXCLUDED blocks (nothing stored), the chunk gets
+    CHUNK_EXCLUDED and ``kept_pages`` counts the others.  An unreadable page
+    stays BLOCK_UNREADABLE even where the classifier excluded it (its bytes
+    were zeros read for it, not its contents).  A chunk whose blocks are all
+    zero or excluded, with at least one excluded, keeps its block table
+    (never CHUNK_ALL_ZERO: that would claim the left-out pages are zeros).
     """
+    if excluded is not None:
+        if chunk.kind != KIND_PAGES or block_bytes != src.page_size:
+            raise ValueError("page exclusion needs a pages chunk and blocks of one page")
+        return _encode_excluded(src, codec, chunk, block_bytes, out, zero, careful, excluded)
     if chunk.kind == KIND_PAGES:
         hole = src.phys_is_hole(chunk.start, chunk.count)
         n = chunk.count * src.page_size
@@ -122,17 +139,87 @@ def encode_chunk(src, codec, chunk: Chunk, block_bytes: int, out, zero,
             mv.release()
             if out_mv is not out:
                 out_mv.release()
-    flags = CHUNK_UNREADABLE if unreadable else 0
-    if zeros == nblocks:
+    return _seal(out, codec, chunk, CHUNK_UNREADABLE if unreadable else 0, zeros == nblocks, n, nblocks, table,
+                 pos, kept, unreadable)
+
+
+def _seal(out, codec, chunk: Chunk, flags: int, all_zero: bool, n: int, nblocks: int, table: array, pos: int,
+          kept: int, unreadable: int) -> tuple[int, int, int]:
+    """Write the block table (none for a chunk all zero) and the header: ``encode_chunk``'s result."""
+    tstart = CHUNK_HEADER_SIZE
+    if all_zero:
         flags, nblocks, pos = CHUNK_ALL_ZERO, 0, tstart
     else:
         if BIG_ENDIAN_HOST:
             table.byteswap()
-        out[tstart:dstart] = table.tobytes()
+        out[tstart:tstart + 4 * nblocks] = table.tobytes()
     csum = checksum(memoryview(out)[tstart:pos])
     ChunkHeader(CHUNK_MAGIC, chunk.kind, codec.ID, flags, NO_DUMP, chunk.id, chunk.start, n, nblocks,
                 pos - tstart, csum, kept).pack_into(out, 0)
     return pos, csum, unreadable
+
+
+def _exclusion_mask(excluded, data, count: int) -> bytes:
+    """``excluded`` (a sequence or a callable of the chunk's bytes) as ``count`` bytes of 0 or 1."""
+    if callable(excluded):
+        excluded = excluded(data)
+    if excluded is None:
+        return bytes(count)
+    mask = bytes(excluded.astype("u1")) if hasattr(excluded, "astype") else bytes(excluded)
+    if len(mask) != count:
+        raise ValueError(f"exclusion mask has {len(mask)} entries for a chunk of {count} pages")
+    return mask.translate(_ONE_IF_SET)
+
+
+_ONE_IF_SET = bytes([0]) + bytes([1]) * 255
+
+
+def _encode_excluded(src, codec, chunk: Chunk, ps: int, out, zero, careful: bool, excluded) -> tuple[int, int, int]:
+    """``encode_chunk`` of a pages chunk with a per-page exclusion (blocks of one page)."""
+    count, n = chunk.count, chunk.count * ps
+    if src.phys_is_hole(chunk.start, chunk.count):
+        mask = _exclusion_mask(excluded, None, count)
+        if not mask.count(1):       # as without exclusion: an all-zero record
+            return encode_chunk(src, codec, chunk, ps, out, zero)
+        w, bad = Window(bytearray(n), 0, n), []
+    elif careful:
+        w, bad = read_carefully(src, chunk)
+        mask = None
+    else:
+        try:
+            w, bad = src.phys_window(chunk.start, chunk.count), []
+        except SourceError:
+            w, bad = read_carefully(src, chunk)
+        mask = None
+    dstart = CHUNK_HEADER_SIZE + 4 * count
+    unreadable = 0
+    with w:
+        obj, base = w.obj, w.base
+        mv = w.view()
+        out_mv = out if isinstance(out, memoryview) else memoryview(out)
+        try:
+            if mask is None:
+                mask = _exclusion_mask(excluded, mv, count)
+            nexcl = mask.count(1)
+            if not bad:       # the common case: issue 12's encode loop over the pages neither zero nor left out
+                table, pos, zeros = _encode_blocks(codec, obj, base, mv, n, ps, out_mv, dstart, zero, mask)
+                if not len(table):
+                    table = array("I", (BLOCK_ZERO << BLOCK_KIND_SHIFT,)) * count
+                if nexcl:
+                    EXCL = BLOCK_EXCLUDED << BLOCK_KIND_SHIFT
+                    for i in compress(range(count), mask):
+                        table[i] = EXCL
+            else:
+                table, pos, zeros, unreadable = _encode_blocks_any(codec, obj, base, mv, n, ps, out_mv, dstart,
+                                                                   zero, bad, mask)
+                nexcl = sum(1 for e in table if e >> BLOCK_KIND_SHIFT == BLOCK_EXCLUDED)
+        finally:
+            mv.release()
+            if out_mv is not out:
+                out_mv.release()
+    # all zero only when nothing was excluded or unreadable
+    return _seal(out, codec, chunk, (CHUNK_UNREADABLE if unreadable else 0) | (CHUNK_EXCLUDED if nexcl else 0),
+                 zeros == count, n, count, table, pos, count - nexcl, unreadable)
 
 
 # SAFE_FIND_END: mmap.find on CPython 3.11.0-3.11.4 (Debian 12 ships 3.11.2) reads one byte past
@@ -184,7 +271,7 @@ def _nonzero_blocks(obj, base: int, n: int, bb: int, zero) -> list[int]:
     return [i for i, z in enumerate(_zero_flags(obj, base, n, bb, zero)) if not z]
 
 
-def _encode_blocks(codec, obj, base, mv, n, bb, out, pos, zero) -> tuple[array, int, int]:
+def _encode_blocks(codec, obj, base, mv, n, bb, out, pos, zero, skip=None) -> tuple[array, int, int]:
     """The blocks of a chunk of whole, readable blocks, stored from ``out[pos]`` on.
 
     Returns (block table, end of the payload, zero blocks); a chunk all zero
@@ -194,11 +281,17 @@ def _encode_blocks(codec, obj, base, mv, n, bb, out, pos, zero) -> tuple[array, 
     and a loop over the blocks that are not zero only (the table starts as all
     BLOCK_ZERO); a codec that writes into the slot itself when its library can
     (``Codec.compress_into``); runs of stored pages copied with one slice when
-    nothing is compressed.
+    nothing is compressed.  ``skip`` (dump levels): one byte per block, 1
+    where the block is left out; those are neither stored nor counted as zero
+    (their table entries stay BLOCK_ZERO for the caller to mark).
     """
     nonzero = _nonzero_blocks(obj, base, n, bb, zero)
     nblocks = n // bb
-    zeros = nblocks - len(nonzero)
+    if skip is not None and skip.count(1):
+        nonzero = [i for i in nonzero if not skip[i]]
+        zeros = nblocks - len(nonzero) - skip.count(1)
+    else:
+        zeros = nblocks - len(nonzero)
     if not nonzero:
         return array("I"), pos, zeros
     RAW = (BLOCK_RAW << BLOCK_KIND_SHIFT) | bb
@@ -249,8 +342,12 @@ def _encode_blocks(codec, obj, base, mv, n, bb, out, pos, zero) -> tuple[array, 
     return table, pos, zeros
 
 
-def _encode_blocks_any(codec, obj, base, mv, n, block_bytes, out, pos, zero, bad) -> tuple[array, int, int, int]:
+def _encode_blocks_any(codec, obj, base, mv, n, block_bytes, out, pos, zero, bad,
+                       skip=None) -> tuple[array, int, int, int]:
     """The blocks of any chunk: a short last block, unreadable ranges (``bad``: BLOCK_UNREADABLE).
+
+    ``skip``: as in ``_encode_blocks``, but those blocks are marked BLOCK_EXCLUDED here (an
+    unreadable one stays BLOCK_UNREADABLE).
 
     Returns (block table, end of the payload, zero blocks, unreadable blocks).
     """
@@ -271,6 +368,9 @@ def _encode_blocks_any(codec, obj, base, mv, n, block_bytes, out, pos, zero, bad
         if bad and any(x < b and a < y for x, y in bad):
             table[i] = BLOCK_UNREADABLE << BLOCK_KIND_SHIFT
             unreadable += 1
+            continue
+        if skip is not None and skip[i]:
+            table[i] = BLOCK_EXCLUDED << BLOCK_KIND_SHIFT
             continue
         z = zero if ln == len(zero) else zero[:ln]
         if (find(z, base + a, base + b) == base + a) if is_mmap and base + b < size \
