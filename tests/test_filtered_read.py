@@ -1,0 +1,309 @@
+"""The read side of dump levels (issue 11): join --format kdump|flat|elf and mount of a filtered dump.
+
+Filtered members are made by the real dump pipeline with the real encoder of
+exclusions (``records.encode_chunk(..., excluded=)``), driven by a fixed
+rule instead of the page classifier, so every test knows exactly which pages
+were left out: runs inside chunks, whole chunks, the start of the kernel-text
+PT_LOAD, a run of 256+ pages.  The outputs are judged by our own parsing and
+by the real readers (libkdumpfile, crash, drgn, pyelftools) where installed.
+"""
+
+from __future__ import annotations
+
+import filecmp
+import hashlib
+import os
+import struct
+import subprocess
+
+import pytest
+
+from stripedump import pipeline, stages
+from stripedump.codecs import CodecSpec
+from stripedump.config import DumpConfig, JoinConfig, parse_size
+from stripedump.format import FEATURE_EXCLUDED, KIND_PAGES
+from stripedump.join import join as join_elf
+from stripedump.kdump import join_kdump
+from stripedump.vmcore import PT_LOAD, Source
+
+from conftest import run_cli
+from test_flat import replay
+from test_kdump import (SYS_PYTHON, libkdumpfile_read, needs_crash, needs_libkdumpfile, parse_kdump,
+                        read_in_pieces, source_digests)
+
+PS = 4096
+
+
+def rule(pfn: int) -> bool:
+    """The pages the tests' dump level leaves out."""
+    return pfn % 97 in range(10, 40) or 0x180 <= pfn < 0x300 or pfn == 0x1000 + 512
+
+
+@pytest.fixture
+def filtered(monkeypatch):
+    """make(tmp_path, src, codec, chunk, members) -> member paths of a dump filtered by ``rule``."""
+    enc = stages.encode_chunk
+    head = pipeline.new_member_header
+
+    def encode(src, codec, chunk, block_bytes, out, zero, careful=False, excluded=None):
+        if chunk.kind == KIND_PAGES and excluded is None:
+            mask = bytes(1 if rule(chunk.start + i) else 0 for i in range(chunk.count))
+            if any(mask):
+                return enc(src, codec, chunk, block_bytes, out, zero, careful, excluded=mask)
+        return enc(src, codec, chunk, block_bytes, out, zero, careful, excluded=excluded)
+
+    def header(*a, **kw):
+        kw["features_required"] = kw.get("features_required", 0) | FEATURE_EXCLUDED
+        return head(*a, **kw)
+
+    monkeypatch.setattr(stages, "encode_chunk", encode)
+    monkeypatch.setattr(pipeline, "new_member_header", header)
+
+    def make(tmp_path, src, codec="lzo", chunk="64K", members=2, name="f"):
+        targets = tuple(str(tmp_path / f"{name}{i}") for i in range(members))
+        pipeline.dump(DumpConfig(src, targets, CodecSpec.parse(codec), 2, parse_size(chunk), PS))
+        return targets
+    return make
+
+
+def expected(src: str):
+    """(kept PFNs, excluded PFNs) of the source's page ranges."""
+    with Source(src) as s:
+        pfns = [p for a, b in s.pfn_ranges for p in range(a, b)]
+    return [p for p in pfns if not rule(p)], [p for p in pfns if rule(p)]
+
+
+def bitmaps(k: dict) -> tuple[set, set]:
+    data, bs = k["data"], k["block_size"]
+    at = (1 + k["sub_hdr_size"]) * bs
+    half = k["bitmap_blocks"] * bs // 2
+
+    def bits(buf):
+        return {i for i in range(len(buf) * 8) if buf[i >> 3] >> (i & 7) & 1}
+    return bits(data[at:at + half]), bits(data[at + half:at + 2 * half])
+
+
+# -- kdump and flat ---------------------------------------------------------------
+
+@pytest.mark.parametrize("codec,join_codec,mode", [
+    ("lzo", None, "copied"), ("lz4", None, "transcoded"), ("zstd", "none", "uncompressed")])
+def test_kdump_marks_excluded_pages_absent(tmp_path, vmcore, filtered, codec, join_codec, mode):
+    b = vmcore("kernel")
+    m = filtered(tmp_path, b.path, codec)
+    out = tmp_path / "o.kdump"
+    res = join_kdump(JoinConfig(tuple(m), str(out), False, 2, "kdump",
+                                CodecSpec.parse(join_codec) if join_codec else None))
+    kept, excl = expected(b.path)
+    assert res.extra["pages"] == mode
+    assert res.extra["excluded_pages"] == len(excl) and res.extra["missing_chunks"] == 0
+    k = parse_kdump(str(out))
+    assert k["dump_level"] > 0 and not k["status"] & 0x8          # partial, not incomplete
+    first, second = bitmaps(k)
+    assert first == set(kept) | set(excl) and second == set(kept)
+    # one descriptor per kept page, then the shared zero page
+    table = (1 + k["sub_hdr_size"] + k["bitmap_blocks"]) * k["block_size"]
+    zero_at = struct.unpack_from("<q", k["data"], table)[0]
+    assert zero_at >= table + 24 * len(kept)
+    offs = {struct.unpack_from("<q", k["data"], table + 24 * i)[0] for i in range(len(kept))}
+    assert min(offs) >= table + 24 * len(kept)
+    if os.path.exists(SYS_PYTHON) and subprocess.run([SYS_PYTHON, "-c", "import kdumpfile"]).returncode == 0:
+        got = libkdumpfile_read(str(out), PS, [(p, p + 1) for p in kept[::7] + excl[::5]])
+        want = source_digests(b.path, [(p, p + 1) for p in kept[::7]])
+        assert all(got["pages"][p] == h for p, h in want.items())
+        assert all(got["pages"][p].startswith("error") for p in excl[::5])
+
+
+def test_flat_is_the_kdump_file(tmp_path, vmcore, filtered):
+    b = vmcore("kernel")
+    m = filtered(tmp_path, b.path, "lz4", members=3, chunk="16K")
+    outs = {}
+    for fmt, workers in (("kdump", 1), ("flat", 2), ("kdump", 3)):
+        out = tmp_path / f"o.{fmt}{workers}"
+        join_kdump(JoinConfig(tuple(m), str(out), False, workers, fmt))
+        outs[fmt, workers] = out.read_bytes()
+    assert outs["kdump", 1] == outs["kdump", 3] == replay(outs["flat", 2])
+
+
+@pytest.mark.parametrize("codec,view_mode", [("lzo", "copy"), ("lz4", "none")])
+def test_view_serves_what_join_writes(tmp_path, vmcore, filtered, codec, view_mode):
+    from stripedump import reader
+    from stripedump.kdumpview import KdumpView
+    b = vmcore("kernel")
+    m = filtered(tmp_path, b.path, codec, members=3, chunk="16K")
+    out = tmp_path / "o.kdump"
+    join_kdump(JoinConfig(tuple(m), str(out), False, 2, "kdump",
+                          CodecSpec.parse("none") if view_mode == "none" else None))
+    with reader.open(list(m)) as d:
+        v = KdumpView(d)
+        assert v.mode == view_mode
+        assert read_in_pieces(v) == out.read_bytes()
+
+
+def test_missing_is_not_excluded(tmp_path, vmcore, filtered):
+    """A lost member: its pages stay in the 2nd bitmap with zero descriptors (missing,
+    INCOMPLETE); excluded pages of the members that are there stay absent."""
+    from stripedump import reader
+    from stripedump.kdumpview import KdumpView
+    b = vmcore("kernel")
+    m = filtered(tmp_path, b.path, "lzo", members=3, chunk="16K")
+    os.unlink(m[1])
+    out = tmp_path / "o.kdump"
+    res = join_kdump(JoinConfig((m[0], m[2]), str(out), False, 2, "kdump", None, True))
+    assert res.extra["missing_chunks"] > 0 and res.extra["excluded_pages"] > 0
+    k = parse_kdump(str(out))
+    assert k["status"] & 0x8 and k["dump_level"] > 0
+    first, second = bitmaps(k)
+    missing = {p for a, b_ in res.extra["missing"] for p in range(a, b_)}
+    kept, excl = expected(b.path)
+    assert missing & set(excl) <= second                # missing chunks exclude nothing
+    assert second == (set(kept) | missing) & first
+    assert (set(excl) - missing).isdisjoint(second)
+    with reader.open([m[0], m[2]], allow_incomplete=True) as d:
+        assert read_in_pieces(KdumpView(d)) == out.read_bytes()
+
+
+# -- ELF -----------------------------------------------------------------------------
+
+def elf_loads(path: str) -> tuple[list[dict], int]:
+    with open(path, "rb") as f:
+        data = f.read()
+    phoff, = struct.unpack_from("<Q", data, 32)
+    flags, = struct.unpack_from("<I", data, 48)
+    phent, phnum = struct.unpack_from("<HH", data, 54)
+    out = []
+    for i in range(phnum):
+        t, fl, off, va, pa, fs, ms, al = struct.unpack_from("<IIQQQQQQ", data, phoff + i * phent)
+        if t == PT_LOAD:
+            out.append({"offset": off, "vaddr": va, "paddr": pa, "filesz": fs, "memsz": ms})
+    return out, flags
+
+
+def test_elf_leaves_excluded_pages_out(tmp_path, vmcore, filtered):
+    b = vmcore("kernel")
+    m = filtered(tmp_path, b.path, "zstd", members=3, chunk="16K")
+    out = tmp_path / "o.elf"
+    res = join_elf(JoinConfig(tuple(m), str(out), False, 2, "elf"))
+    kept, excl = expected(b.path)
+    assert res.extra["excluded_pages"] == len(excl)
+    loads, flags = elf_loads(str(out))
+    assert flags & 1 == 0
+    data = out.read_bytes()
+    covered = set()
+    with Source(b.path) as s:
+        src_loads = [ld for ld in s.info.loads]
+        for ld in loads:
+            assert ld["memsz"] >= ld["filesz"]
+            if ld["filesz"] == 0:
+                assert ld["offset"] == 0
+            for p in range(ld["paddr"] // PS, -(-(ld["paddr"] + ld["filesz"]) // PS)):
+                assert not rule(p), f"excluded PFN {p:#x} has file data"
+            covered |= set(range(ld["paddr"] // PS, -(-(ld["paddr"] + ld["filesz"]) // PS)))
+        # every kept page of every source load has file data; the loads' spans are the source's
+        assert covered == set(kept)
+        assert sum(ld["memsz"] for ld in loads) == sum(ld.memsz for ld in src_loads)
+    assert len(data) == max(ld["offset"] + ld["filesz"] for ld in loads)
+    # the PT_LOAD that starts with excluded pages (kernel text at 0x200000) has no file data
+    assert any(ld["paddr"] == 0x200000 and ld["filesz"] == 0 for ld in loads)
+
+
+def test_elf_pages_equal_the_source(tmp_path, vmcore, filtered):
+    pytest.importorskip("elftools", reason="pyelftools is not installed")
+    from elftools.elf.elffile import ELFFile
+    b = vmcore("kernel")
+    m = filtered(tmp_path, b.path, "lzo")
+    out = tmp_path / "o.elf"
+    join_elf(JoinConfig(tuple(m), str(out), False, 2, "elf"))
+    kept, _ = expected(b.path)
+    want = source_digests(b.path, [(p, p + 1) for p in kept])
+    got = {}
+    with open(out, "rb") as f:
+        elf = ELFFile(f)
+        assert any(s["p_type"] == "PT_NOTE" for s in elf.iter_segments())
+        for seg in elf.iter_segments():
+            if seg["p_type"] != "PT_LOAD" or not seg["p_filesz"]:
+                continue
+            body = seg.data()
+            for i in range(0, seg["p_filesz"] - PS + 1, PS):
+                if seg["p_paddr"] % PS == 0:
+                    got[(seg["p_paddr"] + i) // PS] = hashlib.sha1(body[i:i + PS]).hexdigest()
+    full = {p: h for p, h in want.items() if p in got}
+    assert len(full) > len(kept) * 0.9 and all(got[p] == h for p, h in full.items())
+
+
+def test_elf_view_is_the_joined_file(tmp_path, vmcore, filtered):
+    from stripedump import reader
+    from stripedump.filtered import FilteredElf, KeptMap
+    b = vmcore("kernel")
+    m = filtered(tmp_path, b.path, "lz4", members=3, chunk="16K")
+    out = tmp_path / "o.elf"
+    join_elf(JoinConfig(tuple(m), str(out), False, 2, "elf"))
+    with reader.open(list(m)) as d:
+        v = FilteredElf(d, KeptMap.build(d))
+        assert read_in_pieces(v) == out.read_bytes()
+
+
+@pytest.mark.parametrize("layout", ["elf32", "pn_xnum", "qemu"])
+def test_elf_other_layouts(tmp_path, vmcore, filtered, layout):
+    from stripedump import reader
+    from stripedump.filtered import FilteredElf, KeptMap
+    b = vmcore(layout)
+    m = filtered(tmp_path, b.path, "lzo")
+    out = tmp_path / "o.elf"
+    join_elf(JoinConfig(tuple(m), str(out), False, 2, "elf"))
+    p = subprocess.run(["readelf", "-lW", str(out)], capture_output=True, text=True)
+    assert p.returncode == 0 and "NOTE" in p.stdout and "LOAD" in p.stdout, p.stdout + p.stderr
+    with reader.open(list(m)) as d:
+        assert read_in_pieces(FilteredElf(d, KeptMap.build(d))) == out.read_bytes()
+
+
+def test_level_0_dump_is_unchanged(tmp_path, vmcore):
+    """No FEATURE_EXCLUDED: the ELF join is the source byte for byte, no excluded keys in --json."""
+    b = vmcore("kernel")
+    m = [str(tmp_path / f"m{i}") for i in range(2)]
+    pipeline.dump(DumpConfig(b.path, tuple(m), CodecSpec.parse("lzo"), 2, parse_size("64K"), PS))
+    out = tmp_path / "o.elf"
+    res = join_elf(JoinConfig(tuple(m), str(out), False, 2, "elf"))
+    assert filecmp.cmp(out, b.path, shallow=False) and "excluded_pages" not in res.extra
+    res = join_kdump(JoinConfig(tuple(m), str(tmp_path / "o.kdump"), False, 2, "kdump"))
+    assert "excluded_pages" not in res.extra and parse_kdump(str(tmp_path / "o.kdump"))["dump_level"] == 0
+
+
+# -- the real readers ---------------------------------------------------------
+
+@needs_crash
+def test_crash_says_partial_dump(tmp_path, vmcore, filtered):
+    b = vmcore("kernel")
+    m = filtered(tmp_path, b.path, "snappy")
+    out = tmp_path / "o.kdump"
+    join_kdump(JoinConfig(tuple(m), str(out), False, 2, "kdump"))
+    p = subprocess.run(["crash", "--osrelease", str(out)], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0 and p.stdout.strip() == "6.1.0-synthetic", p
+
+
+def test_drgn_faults_on_excluded_pages(tmp_path, vmcore, filtered):
+    drgn = pytest.importorskip("drgn", reason="drgn is not installed")
+    from stripedump import synth
+    extra = ("SYMBOL(swapper_pg_dir)=ffffffff82a0a000\nKERNELOFFSET=0\n"
+             "NUMBER(pgtable_l5_enabled)=0\nSYMBOL(_stext)=ffffffff81000000\n")
+    b = vmcore("kernel", notes=synth.notes_blob(vmcoreinfo=synth.vmcoreinfo_text(extra=extra)))
+    m = filtered(tmp_path, b.path, "zstd")
+    out = tmp_path / "o.kdump"
+    join_kdump(JoinConfig(tuple(m), str(out), False, 2, "kdump"))
+    prog = drgn.Program()
+    prog.set_core_dump(str(out))
+    kept, excl = expected(b.path)
+    want = source_digests(b.path, [(p, p + 1) for p in kept[::11]])
+    for pfn, h in want.items():
+        assert hashlib.sha1(prog.read(pfn * PS, PS, True)).hexdigest() == h, hex(pfn)
+    for pfn in excl[::13]:
+        with pytest.raises(drgn.FaultError):
+            prog.read(pfn * PS, PS, True)
+
+
+def test_cli_summary_says_excluded(tmp_path, vmcore, filtered):
+    b = vmcore("kernel")
+    m = filtered(tmp_path, b.path, "lzo")
+    res = run_cli("join", *m, "--format", "kdump", "-o", tmp_path / "o")
+    assert res.rc == 0, res
+    _, excl = expected(b.path)
+    assert f"{len(excl)} pages left out by the dump level" in res.err, res.err
