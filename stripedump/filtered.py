@@ -45,6 +45,7 @@ from array import array
 
 from .errors import MemberError, UsageError, VerifyError
 from .format import CHUNK_ALL_ZERO, CHUNK_EXCLUDED, FEATURE_EXCLUDED, KIND_PAGES, ChunkHeader
+from .kdumplayout import _set_bits
 from .reader import MISSING
 from .records import excluded_ranges
 from .vmcore import PT_LOAD, PT_NOTE
@@ -179,17 +180,6 @@ def excluded_report(kept: "KeptMap | None", page_size: int) -> dict:
         return {}
     return {"dump_level": kept.level, "excluded_pages": kept.excluded_pages,
             "excluded_bytes": kept.excluded_pages * page_size}
-
-
-def _set_bits(buf: bytearray, a: int, b: int) -> None:
-    while a < b and a & 7:
-        buf[a >> 3] |= 1 << (a & 7)
-        a += 1
-    while b > a and b & 7:
-        b -= 1
-        buf[b >> 3] |= 1 << (b & 7)
-    if a < b:
-        buf[a >> 3:b >> 3] = b"\xff" * ((b - a) >> 3)
 
 
 # -- the ELF file of a filtered dump ---------------------------------------

@@ -28,8 +28,9 @@ from stripedump.vmcore import PT_LOAD, Source
 
 from conftest import run_cli
 from test_flat import replay
-from test_kdump import (SYS_PYTHON, libkdumpfile_read, needs_crash, needs_libkdumpfile, parse_kdump,
-                        read_in_pieces, source_digests)
+from test_kdump import SYS_PYTHON, libkdumpfile_read, needs_crash, parse_kdump, read_in_pieces, source_digests
+import test_mount
+from test_mount import do_mount
 
 PS = 4096
 
@@ -307,3 +308,21 @@ def test_cli_summary_says_excluded(tmp_path, vmcore, filtered):
     assert res.rc == 0, res
     _, excl = expected(b.path)
     assert f"{len(excl)} pages left out by the dump level" in res.err, res.err
+
+
+mnt = test_mount.mnt     # the fixture: a mount point, unmounted after the test
+
+
+def test_mount_serves_the_joined_files(tmp_path, vmcore, filtered, mnt):
+    """vmcore is join --format elf's file (excluded pages left out), vmcore.kdump join --format kdump's."""
+    b = vmcore("kernel")
+    m = filtered(tmp_path, b.path, "zstd", members=3, chunk="16K")
+    elf, kd = tmp_path / "o.elf", tmp_path / "o.kdump"
+    join_elf(JoinConfig(tuple(m), str(elf), False, 2, "elf"))
+    join_kdump(JoinConfig(tuple(m), str(kd), False, 2, "kdump"))
+    do_mount(m, mnt)
+    try:
+        assert filecmp.cmp(mnt / "vmcore", elf, shallow=False)
+        assert filecmp.cmp(mnt / "vmcore.kdump", kd, shallow=False)
+    finally:
+        assert run_cli("umount", mnt).rc == 0
