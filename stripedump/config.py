@@ -20,6 +20,7 @@ DEFAULT_CHUNK = 1 << 20        # machine-limits §5: shared-memory hand-off runs
 MAX_CHUNK = 256 << 20
 JOIN_FORMATS = ("elf", "kdump", "flat")
 ON_DISK_ERROR = ("stop", "continue")   # dump --on-disk-error
+MAX_DUMP_LEVEL = 31                    # dump --dump-level: makedumpfile's bits 1, 2, 4, 8, 16
 
 
 def parse_size(text: str, what: str = "size") -> int:
@@ -48,7 +49,7 @@ class DumpConfig(Frozen):
     """What to dump where, and how (plain.Frozen: no dataclass on the dump path, issue 12)."""
     __slots__ = ("source", "targets", "codec", "workers", "chunk_size", "block_size", "force", "manifest_path",
                  "use_mmap", "direct_io", "memory_limit", "discard", "stall_seconds", "on_disk_error",
-                 "io_timeout")
+                 "io_timeout", "dump_level")
 
     def __init__(self, source: str, targets: tuple[str, ...],
                  codec: CodecSpec | None = None,    # None: lz4
@@ -63,7 +64,8 @@ class DumpConfig(Frozen):
                  discard: bool = False,             # bench only: compress but write nothing
                  stall_seconds: float = 60.0,       # a worker on one chunk this long is killed, chunk retried
                  on_disk_error: str = "stop",       # a target fails: "stop" the dump, or "continue" without it
-                 io_timeout: float = 60.0):         # no byte reaches a target's device this long: it hung
+                 io_timeout: float = 60.0,          # no byte reaches a target's device this long: it hung
+                 dump_level: int = 0):              # makedumpfile's -d bits (issue 11): pages left out
         if workers < 0:
             raise UsageError("--workers must be at least 1")
         if not io_timeout > 0:
@@ -74,12 +76,14 @@ class DumpConfig(Frozen):
             raise UsageError(f"--chunk-size must be between one page and {MAX_CHUNK >> 20}M")
         if block_size < 0:
             raise UsageError("--block-size must be positive")
+        if type(dump_level) is not int or not 0 <= dump_level <= MAX_DUMP_LEVEL:
+            raise UsageError(f"--dump-level must be an integer from 0 to {MAX_DUMP_LEVEL}")
         for k, v in (("source", source), ("targets", targets),
                      ("codec", CodecSpec("lz4") if codec is None else codec), ("workers", workers),
                      ("chunk_size", chunk_size), ("block_size", block_size), ("force", force),
                      ("manifest_path", manifest_path), ("use_mmap", use_mmap), ("direct_io", direct_io),
                      ("memory_limit", memory_limit), ("discard", discard), ("stall_seconds", stall_seconds),
-                     ("on_disk_error", on_disk_error), ("io_timeout", io_timeout)):
+                     ("on_disk_error", on_disk_error), ("io_timeout", io_timeout), ("dump_level", dump_level)):
             object.__setattr__(self, k, v)
 
     @property
@@ -87,15 +91,25 @@ class DumpConfig(Frozen):
         return self.workers or usable_cpus()
 
     def geometry(self, page_size: int) -> tuple[int, int]:
-        """(chunk_pages, block_bytes) for a source with this page size."""
+        """(chunk_pages, block_bytes) for a source with this page size.
+
+        With a dump level, blocks are one page (``block_lowered`` says when a
+        larger ``--block-size`` was given)."""
         if self.chunk_size % page_size:
             raise UsageError(f"--chunk-size {self.chunk_size} is not a multiple of the "
                              f"dump's page size ({page_size})")
-        block = self.block_size or page_size
+        block = page_size if self.dump_level else self.block_size or page_size
         if block % page_size or block > self.chunk_size:
             raise UsageError(f"--block-size {block} must be a multiple of the page size ({page_size}) "
                              f"and at most --chunk-size ({self.chunk_size})")
         return self.chunk_size // page_size, block
+
+    def block_lowered(self, page_size: int) -> str | None:
+        """The warning for a ``--block-size`` larger than a page that a dump level lowers, or None."""
+        if self.dump_level and self.block_size > page_size:
+            return (f"--block-size {self.block_size} lowered to one page ({page_size}): with --dump-level "
+                    "each page is kept or left out on its own")
+        return None
 
 
 class JoinConfig(Frozen):

@@ -59,6 +59,7 @@ INDEX_MAGIC = b"SDI2"
 FOOTER_MAGIC = b"SDF2"
 TRAILER_MAGIC = b"SDT2"
 DEGRADED_TAG = b"DGRD"        # footer extension: members dropped by --on-disk-error continue
+CLASSES_TAG = b"XCLS"         # footer extension: pages a dump level left out, per class, over the dump
 RECORD_MAGICS = (CHUNK_MAGIC, INDEX_MAGIC, FOOTER_MAGIC)   # what may follow the manifest
 
 # version 1 (stripedump 0.1.0) record magics, read only
@@ -430,13 +431,16 @@ class Footer(Record, fields=(
         "member_index",
         "excluded_pages",  # pages left out by a dump level, over this member's chunks
         "codec_totals",  # CodecTotal, by codec id
-        ), defaults=((), 0, 0, ())):
+        # dump -d N: ((class name, pages), ...) the whole dump left out per class (the XCLS extension)
+        "excluded_classes",
+        ), defaults=((), 0, 0, (), ())):
     __slots__ = ()
 
     HEAD = struct.Struct("<IIQQQI")
     HEAD_V1 = struct.Struct("<IQQI")
     EXT = struct.Struct("<4sI")          # extension after the note: tag, body length
     DEGRADED = struct.Struct("<IQ")      # one DGRD entry: member index, chunks taken over
+    CLASS = struct.Struct("<16sQ")       # one XCLS entry: class name (ASCII, NUL-padded), pages
 
     def pack(self, dump_id: bytes) -> bytes:
         note = self.note.encode()[:4096]
@@ -450,6 +454,10 @@ class Footer(Record, fields=(
             ext = struct.pack("<I", len(self.degraded)) + b"".join(
                 self.DEGRADED.pack(m, n) for m, n in self.degraded)
             body += self.EXT.pack(DEGRADED_TAG, len(ext)) + ext
+        if self.excluded_classes:
+            ext = struct.pack("<I", len(self.excluded_classes)) + b"".join(
+                self.CLASS.pack(name.encode(), n) for name, n in self.excluded_classes)
+            body += self.EXT.pack(CLASSES_TAG, len(ext)) + ext
         return pack_record(FOOTER_MAGIC, body, dump_id)
 
     @classmethod
@@ -457,6 +465,7 @@ class Footer(Record, fields=(
         body = unpack_record(data, magic_of("footer", version), where, dump_id, version)
         degraded: tuple = ()
         totals: tuple = ()
+        classes: tuple = ()
         member_index = excluded = 0
         try:
             if version >= 2:
@@ -490,11 +499,17 @@ class Footer(Record, fields=(
                     if 4 + k * cls.DEGRADED.size != ln:
                         raise struct.error
                     degraded = tuple(cls.DEGRADED.iter_unpack(ext[4:]))
+                elif tag == CLASSES_TAG:
+                    (k,) = struct.unpack_from("<I", ext)
+                    if 4 + k * cls.CLASS.size != ln:
+                        raise struct.error
+                    classes = tuple((name.rstrip(b"\0").decode("ascii", "replace"), n)
+                                    for name, n in cls.CLASS.iter_unpack(ext[4:]))
                 pos += cls.EXT.size + ln
         except struct.error:
             raise MemberError(f"{where}: the member's footer is malformed; the member is damaged; "
                               "join --allow-incomplete finds its chunks by reading it record by record") from None
-        return cls(state, chunks, bytes_in, offs, note, degraded, member_index, excluded, totals)
+        return cls(state, chunks, bytes_in, offs, note, degraded, member_index, excluded, totals, classes)
 
 
 class Trailer(Record, fields=(

@@ -37,7 +37,14 @@ def info(members: list[str]) -> dict:
         recovery = {d["index"]: d for d in report["members"] if d["index"] is not None}
         out_members = []
         codecs: dict = {}      # codec name -> chunks, raw and stored bytes, from the footers (v2)
+        level = m.get("dump_level")       # dump -d N: asked, applied, missing (the manifest)
+        classes: dict = {}                # pages left out per class, over the dump (any footer's XCLS)
+        excluded = 0                      # pages of BLOCK_EXCLUDED blocks, summed over the footers
         for pos, (r, f) in enumerate(zip(ds.readers, ds.footers(allow_incomplete=True))):
+            if f is not None:
+                excluded += f.excluded_pages
+                if f.excluded_classes and not classes:
+                    classes = dict(f.excluded_classes)
             for t in (f.codec_totals if f else ()):
                 name = BY_ID[t.codec_id].name if t.codec_id in BY_ID else f"codec {t.codec_id}"
                 c = codecs.setdefault(name, {"chunks": 0, "raw_bytes": 0, "stored_bytes": 0})
@@ -80,6 +87,10 @@ def info(members: list[str]) -> dict:
                        "pfn_ranges": len(plan.pfn_ranges), "residue_bytes": plan.residue_bytes,
                        "osrelease": vmcoreinfo.get("OSRELEASE"), "crashtime": vmcoreinfo.get("CRASHTIME")},
             "members": out_members,
+            **({"dump_level": {**level, "excluded_pages": excluded,
+                               "excluded": {k: v for k, v in classes.items() if k != "struct_unread"},
+                               "struct_unreadable_pages": classes.get("struct_unread", 0)}}
+               if level is not None else {}),
             "degraded": [[m, n] for m, n in sorted(ds.dropped.items())],
             "recovery": {k: v for k, v in report.items() if k != "members"},
         }
@@ -111,6 +122,7 @@ def render(d: dict) -> str:
         *(["by codec:   " + ", ".join(
             f"{n} {c['chunks']} chunk(s) ({_mb(c['raw_bytes'])} -> {_mb(c['stored_bytes'])})"
             for n, c in d["codecs"].items())] if d.get("codecs") else []),
+        *_level_lines(d.get("dump_level")),
         f"members:    {sum(1 for m in d['members'] if m['path'] and m['index'] is not None)} given of "
         f"{sum(1 for m in d['members'] if m['index'] is not None)}",
     ]
@@ -151,6 +163,20 @@ def render(d: dict) -> str:
                 lines.append("rebuilt:    the ELF header, program headers and notes, from the manifest ("
                              f"{sum(b - a for a, b in r['rebuilt_file_ranges'])} bytes)")
     return "\n".join(lines)
+
+
+def _level_lines(lv: dict | None) -> list[str]:
+    """dump -d N: the level asked and applied, what lowered it, the pages left out per class."""
+    if lv is None:
+        return []
+    per = ", ".join(f"{k} {n}" for k, n in lv["excluded"].items() if n)
+    lines = [f"dump level: {lv['applied']} applied ({lv['asked']} asked); {lv['excluded_pages']} page(s) "
+             "left out" + (f": {per}" if per else "")
+             + (f"; {lv['struct_unreadable_pages']} page(s) kept whose struct page could not be read"
+                if lv.get("struct_unreadable_pages") else "")]
+    if lv["missing"]:
+        lines.append(f"            not applied for lack of VMCOREINFO {', '.join(lv['missing'])}")
+    return lines
 
 
 def _mb(n: int) -> str:

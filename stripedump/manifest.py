@@ -28,7 +28,9 @@ MAX_SHADOW_FACTOR = 4           # as vmcore.MAX_SHADOW_FACTOR
 MAX_NOTES = 64 << 20            # vmcore.py refuses more note bytes than this
 
 
-def build_manifest(src, plan: Plan, cfg, dump_id: str, block_bytes: int, members: int) -> dict:
+def build_manifest(src, plan: Plan, cfg, dump_id: str, block_bytes: int, members: int,
+                   dump_level: dict | None = None) -> dict:
+    """The manifest of a dump; ``dump_level`` (``dump_level_entry``): the level asked and applied."""
     if plan.n_chunks > MAX_CHUNKS:
         raise UsageError(f"the dump would have {plan.n_chunks} chunks, more than the {MAX_CHUNKS} a "
                          "reader accepts; use a larger --chunk-size")
@@ -48,7 +50,15 @@ def build_manifest(src, plan: Plan, cfg, dump_id: str, block_bytes: int, members
                    # the raw ELF header and program headers, so join rebuilds them without member 0
                    "header_pieces": header_pieces(src.fd, src.size)},
         "plan": plan.to_json(),
+        # a key only where a level was asked: a dump without -d has the manifest it always had
+        **({"dump_level": dump_level} if dump_level is not None else {}),
     }
+
+
+def dump_level_entry(asked: int, applied: int, missing=(), weaker=()) -> dict:
+    """The manifest's ``dump_level``: the level asked, the level applied (the bits VMCOREINFO allowed),
+    the entries whose absence lowered it, and those that made an applied bit keep more pages."""
+    return {"asked": asked, "applied": applied, "missing": list(missing), "weaker": list(weaker)}
 
 
 def _int(v, what: str, lo: int = 0, hi: int = 1 << 64) -> int:
@@ -139,6 +149,13 @@ class Manifest:
         self.on_disk_error = m.get("on_disk_error", "stop")
         if self.on_disk_error not in ("stop", "continue"):
             raise ValueError(f"on_disk_error {self.on_disk_error!r}")
+        dl = m.get("dump_level")
+        if dl is not None:      # dump -d N (issue 11); absent: a full dump
+            _int(dl["asked"], "dump level asked", 0, 32)
+            _int(dl["applied"], "dump level applied", 0, 32)
+            if dl["applied"] & ~dl["asked"] or not all(isinstance(k, str) for k in dl["missing"] + dl["weaker"]):
+                raise ValueError("dump_level does not describe a level")
+        self.dump_level = dl
         # the header region join rebuilds without member 0 (None: a manifest from before it was kept)
         self.header_pieces = manifest_pieces(src, self.notes, segs, self.source_size)
 

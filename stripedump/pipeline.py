@@ -94,9 +94,9 @@ from collections import deque
 from .autocodec import EXPLORE as AUTO_EXPLORE
 from .config import DumpConfig
 from .errors import IncompleteDump, Interrupted, StripedumpError, TargetIOError, UsageError, from_wire
-from .format import HEADER_BLOCK, STATE_COMPLETE, STATE_INCOMPLETE, first_record_offset, pack_manifest
+from .format import FEATURE_EXCLUDED, HEADER_BLOCK, STATE_COMPLETE, STATE_INCOMPLETE, first_record_offset, pack_manifest
 from .ipc import END, MessagePipe, RecordPipe, SharedFlag
-from .manifest import build_manifest
+from .manifest import build_manifest, dump_level_entry
 from .writer import AUTO_FIRST_SYNC, AUTO_KICK_EVERY, MemberWriter, new_member_header, write_member_head
 from .degraded import Routes
 from .iowatch import IOWatch
@@ -104,7 +104,8 @@ from .plain import Plain
 from .plan import Plan
 from .resources import fit_pool, fit_workers
 from .fileio import fsync_dir
-from .stages import CAREFUL, CURRENT, SYNC, TASK, WRITE, worker_main, write_note, writer_main
+from .stages import (CAREFUL, CLASS_NAMES, CURRENT, SYNC, TASK, WRITE, class_totals, worker_main, write_note,
+                     writer_main)
 from .procs import JOIN_TIMEOUT, POLL, Signals, describe_exit, join_all, reap, signal_name, spawn
 from .targets import check_targets, close_targets, open_targets
 from .vmcore import Source
@@ -153,8 +154,17 @@ class DumpResult(Plain):
                    + ")" if self.extra.get("auto_chunks") else "")
                 + (f"; {bad} block(s) of source memory could not be read and are recorded as "
                    "unreadable" if bad else "")
+                + self.level_summary()
                 + "".join(f"; degraded: target {f['path']} failed and was dropped, {f['moved']} of its "
                           "chunks are on the other members" for f in self.extra.get("degraded", [])))
+
+    def level_summary(self) -> str:
+        lv = self.extra.get("dump_level")
+        if lv is None:
+            return ""
+        per = ", ".join(f"{k} {n}" for k, n in lv["excluded"].items() if n)
+        return (f"; dump level {lv['applied']}" + (f" (asked {lv['asked']})" if lv["applied"] != lv["asked"] else "")
+                + f": {lv['excluded_pages']} pages left out" + (f" ({per})" if per else ""))
 
     def to_json(self) -> dict:
         return {"dump_id": self.dump_id, "source": self.source, "codec": self.codec,
@@ -209,6 +219,8 @@ def _best_effort(output):
 
 def _dump(cfg: DumpConfig, src: Source, t0: float, progress, say, sig=None) -> DumpResult:
     chunk_pages, block_bytes = cfg.geometry(src.page_size)
+    if cfg.block_lowered(src.page_size):
+        say(cfg.block_lowered(src.page_size), 0)
     targets = check_targets(list(cfg.targets), src.st, cfg.force)
     plan = Plan(src.pfn_ranges, src.residue(), src.page_size, chunk_pages)
     nmem = len(targets)
@@ -225,6 +237,7 @@ def _dump(cfg: DumpConfig, src: Source, t0: float, progress, say, sig=None) -> D
         cfg.codec.make_all()      # --codec auto long enough to try its whole ladder: every library now
     pool = (fit.slots, fit.slot_size)
     info = src.info
+    level = _dump_level(cfg, src, say)
     say(f"source {src.path}: ELF{info.elfclass}, {len(info.loads)} PT_LOADs, page size {src.page_size}, "
         f"{plan.total_pages} pages in {len(plan.pfn_ranges)} range(s), {plan.residue_bytes} bytes of "
         f"headers and padding, kernel {info.vmcoreinfo.get('OSRELEASE', 'unknown')}")
@@ -233,7 +246,8 @@ def _dump(cfg: DumpConfig, src: Source, t0: float, progress, say, sig=None) -> D
         f"{pool[0]} buffer slots = {pool[0] * pool[1] / 2**20:.1f} MiB"
         + (", O_DIRECT" if cfg.direct_io else ""))
     dump_id = DumpId.new()
-    manifest = build_manifest(src, plan, cfg, str(dump_id), block_bytes, nmem)
+    manifest = build_manifest(src, plan, cfg, str(dump_id), block_bytes, nmem,
+                              level.entry if level is not None else None)
     manifest_rec = pack_manifest(manifest, dump_id.bytes)
     # chunk records start page-aligned, so --direct-io can write them as they come
     start = first_record_offset(HEADER_BLOCK, len(manifest_rec))
@@ -250,7 +264,8 @@ def _dump(cfg: DumpConfig, src: Source, t0: float, progress, say, sig=None) -> D
     try:
         for i, t in enumerate(targets):
             h = new_member_header(dump_id.bytes, i, nmem, cfg.codec.codec_id, cfg.codec.stored_level,
-                                  src.page_size, chunk_pages, block_bytes // src.page_size, len(manifest_rec))
+                                  src.page_size, chunk_pages, block_bytes // src.page_size, len(manifest_rec),
+                                  FEATURE_EXCLUDED if level is not None and level.applied else 0)
             write_member_head(t.fd, t.path, h, manifest_rec, start)
             headers.append(h)
         if cfg.manifest_path:
@@ -265,13 +280,48 @@ def _dump(cfg: DumpConfig, src: Source, t0: float, progress, say, sig=None) -> D
                     except StripedumpError:
                         pass         # that target's own failure: the manifest's error is the one to report
                 raise
-        result = _run(cfg, src, plan, targets, headers, start, block_bytes, pool, progress, say, sig)
+        result = _run(cfg, src, plan, targets, headers, start, block_bytes, pool, progress, say, sig, level)
     finally:
         close_targets(targets)
     result.dump_id = str(dump_id)
     result.seconds = time.monotonic() - t0
     result.extra["lowered"] = [n for n in (too_many,) + fit.warnings if n]   # --json: what was lowered
     return result
+
+
+class DumpLevel(Plain):
+    """``dump -d N`` as it can be applied to this source: what the coordinator tells the workers."""
+    __slots__ = ("asked", "applied", "missing", "weaker", "info")
+
+    def __init__(self, asked: int, applied: int, missing: tuple, weaker: tuple, info):
+        self.asked, self.applied, self.missing, self.weaker, self.info = asked, applied, missing, weaker, info
+
+    @property
+    def entry(self) -> dict:
+        return dump_level_entry(self.asked, self.applied, self.missing, self.weaker)
+
+
+def _dump_level(cfg: DumpConfig, src: Source, say) -> DumpLevel | None:
+    """The level that can be applied (issue 11), from VMCOREINFO read once; None without -d.
+
+    Never guess, never lose the dump: the bits whose VMCOREINFO entries are
+    missing are dropped (down to level 0), with one warning naming the
+    entries, and the dump goes on.  numpy (pageclass) is imported only here.
+    """
+    if not cfg.dump_level:
+        return None
+    from .pageclass import PageClassifier
+    from .vmcoreinfo import VmcoreInfo
+    info = VmcoreInfo.from_source(src)
+    pc = PageClassifier(src, info, cfg.dump_level)
+    level = DumpLevel(cfg.dump_level, pc.level_applied, pc.missing, pc.weaker, info)
+    if level.applied != level.asked:
+        say(f"dump level {level.asked} lowered to {level.applied}: VMCOREINFO lacks "
+            f"{', '.join(level.missing) or 'what the page classes need'}; those pages are kept", 0)
+    elif level.weaker:
+        say(f"dump level {level.asked}: VMCOREINFO lacks {', '.join(level.weaker)}; some pages of "
+            "those classes are kept", 1)
+    return level
 
 
 class DumpId:
@@ -330,9 +380,9 @@ def _write_json_manifest(path: str, manifest: dict, members: list[str]) -> None:
 
 
 def _run(cfg, src, plan, targets, headers, start, block_bytes, geometry, progress, say,
-         sig=None) -> DumpResult:
+         sig=None, level=None) -> DumpResult:
     return _Coordinator(cfg, src, plan, targets, headers, start, block_bytes, geometry, progress, say,
-                        sig).run()
+                        sig, level).run()
 
 
 def _as_error(e: BaseException) -> StripedumpError:
@@ -353,8 +403,11 @@ class _Coordinator:
     child joined or killed, whatever happened before.
     """
 
-    def __init__(self, cfg, src, plan, targets, headers, start, block_bytes, geometry, progress, say, sig):
+    def __init__(self, cfg, src, plan, targets, headers, start, block_bytes, geometry, progress, say, sig,
+                 level=None):
         self.cfg, self.src, self.plan, self.targets = cfg, src, plan, targets
+        self.level = level             # DumpLevel (dump -d N), or None
+        self.classes = None            # its per-worker, per-class counters (shared u64)
         self.headers, self.start, self.block_bytes = headers, start, block_bytes
         self.progress, self.say = progress, say
         self.sig = sig if sig is not None else Signals()
@@ -428,6 +481,8 @@ class _Coordinator:
         if self.cfg.on_disk_error == "continue":
             self.routes = Routes(self.writer_qs)
         self.iow = IOWatch(self.targets, self.cfg.io_timeout)
+        if self.level is not None and self.level.applied:
+            self.classes = memoryview(mmap.mmap(-1, 8 * self.W * len(CLASS_NAMES), mmap.MAP_SHARED)).cast("Q")
         if self.ctl is not None:
             n = self.W * len(self.ladder) * 4 + self.D * 3
             self.stats = memoryview(mmap.mmap(-1, 8 * n, mmap.MAP_SHARED)).cast("d")
@@ -442,7 +497,7 @@ class _Coordinator:
             others = tuple(u.fd for u in self.targets if u is not t)
             self.writers.append(spawn(writer_main, f"stripedump-writer-{d}",
                                       (d, w, self.pool, self.slot_size, self.writer_qs[d], self.events,
-                                       self.notes, self.routes, self.iow, others)))
+                                       self.notes, self.routes, self.iow, others, self.classes)))
         # from here on each target is open in its writer only (iowatch.py): no other process's
         # close (a flush, on NFS or FUSE) waits on a hung target, the coordinator's exit included
         close_targets(self.targets)
@@ -455,7 +510,8 @@ class _Coordinator:
         return spawn(worker_main, f"stripedump-worker-{i}",
                      (i, self.src, self.cfg.codec, self.plan_json, self.block_bytes, self.pool,
                       self.slot_size, self.tasks, self.writer_qs, self.events, self.stop, self.current,
-                      self.stats))
+                      self.stats, (self.level.applied, self.level.info, self.classes)
+                      if self.classes is not None else None))
 
     # -- phase 1: the feed loop ------------------------------------------------------
 
@@ -766,7 +822,16 @@ class _Coordinator:
                           {"block_bytes": self.block_bytes, "chunk_bytes": self.plan.chunk_bytes,
                            "slots": self.nslots, "pool_bytes": self.nslots * self.slot_size,
                            "unreadable_blocks": sum(self.unreadable.values()), "degraded": degraded,
-                           **(self.auto_report() if self.ctl is not None else {})})
+                           **(self.auto_report() if self.ctl is not None else {}),
+                           **(self.level_report() if self.level is not None else {})})
+
+    def level_report(self) -> dict:
+        """dump -d N, for the summary and --json: the level asked and applied, the pages left out."""
+        lv = self.level
+        per = dict(class_totals(self.classes)) if self.classes is not None else {}
+        unread = per.pop("struct_unread", 0)
+        return {"dump_level": {**lv.entry, "excluded_pages": sum(per.values()), "excluded": per,
+                               "struct_unreadable_pages": unread}}
 
     def auto_report(self) -> dict:
         """--codec auto, for --json: chunks per codec, and the model's last estimates."""

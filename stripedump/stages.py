@@ -18,7 +18,7 @@ import struct
 import time
 
 from .errors import StripedumpError
-from .format import STATE_INCOMPLETE
+from .format import KIND_PAGES, STATE_INCOMPLETE
 from .ipc import END
 from .iowatch import IOWatch
 from .records import encode_chunk
@@ -32,10 +32,13 @@ CURRENT = struct.Struct("<QId")  # per worker, in shared memory: chunk id + 1 (0
 WRITE = "<QIIQQ"      # worker -> writer: chunk id, slot, record length, checksum, source bytes
 SYNC = END - 1        # coordinator -> writer: sync now, say what is durable (--on-disk-error continue)
 ZERO_COMPARE_BYTES = 1 << 20    # a worker's zeros to compare with: bounded, whatever the chunk size
+# dump levels: per worker, in shared memory, pages left out per class (pageclass.CLASSES without "kept"),
+# then pages whose struct page could not be read (they exclude nothing)
+CLASS_NAMES = ("zero", "cache", "cache_private", "user", "free", "hwpoison", "offline", "struct_unread")
 
 
 def worker_main(wid, src, codec_spec, plan_json, block_bytes, pool, slot_size, tasks, writer_qs,
-            events, stop, current, stats=None) -> None:
+            events, stop, current, stats=None, level=None) -> None:
     """Encode the chunks the coordinator hands out.
 
     ``codec_spec`` is a CodecSpec, or an AutoSpec (``--codec auto``): then a
@@ -43,9 +46,16 @@ def worker_main(wid, src, codec_spec, plan_json, block_bytes, pool, slot_size, t
     and ``stats`` (shared doubles, autocodec.py) gets, per choice, the raw
     bytes, record bytes, CPU-seconds and wall seconds of every chunk this
     worker encodes.
+
+    ``level`` (dump levels): (applied level, VmcoreInfo, shared u64 counters):
+    this worker builds its own PageClassifier, classifies the pages of each
+    pages chunk from the bytes it reads for encoding (no second read), and
+    adds what it leaves out per class to its row of the counters
+    (CLASS_NAMES).
     """
     child_init()
     try:
+        classify = _classifier(wid, src, level) if level is not None else None
         ladder = getattr(codec_spec, "ladder", (codec_spec,))
         codecs = [None] * len(ladder)
         codecs[0 if len(ladder) == 1 else codec_spec.start] = codec_spec.make()
@@ -66,7 +76,9 @@ def worker_main(wid, src, codec_spec, plan_json, block_bytes, pool, slot_size, t
                 codec = codecs[choice] or _make(codecs, ladder, choice)
                 out = pool_mv[slot * slot_size:(slot + 1) * slot_size]
                 t0, w0 = time.process_time(), time.monotonic()
-                length, csum, unreadable = encode_chunk(src, codec, chunk, block_bytes, out, zero, careful)
+                length, csum, unreadable = encode_chunk(
+                    src, codec, chunk, block_bytes, out, zero, careful,
+                    excluded=classify(chunk) if classify is not None and chunk.kind == KIND_PAGES else None)
                 out.release()
                 if mine is not None:     # raw last: the coordinator reads a chunk's numbers by its raw
                     mine[4 * choice + 1] += length
@@ -87,13 +99,40 @@ def worker_main(wid, src, codec_spec, plan_json, block_bytes, pool, slot_size, t
                     f"internal error in worker {wid}: {type(e).__name__}: {e}"))
 
 
+def _classifier(wid, src, level):
+    """A function of a pages chunk that gives ``encode_chunk``'s ``excluded`` for it (a callable of the
+    chunk's bytes), counting each page left out in this worker's row of the shared counters."""
+    from .pageclass import CLASSES, PageClassifier
+    applied, info, counters = level
+    pc = PageClassifier(src, info, applied)
+    row = counters[wid * len(CLASS_NAMES):(wid + 1) * len(CLASS_NAMES)]
+    at = [CLASS_NAMES.index(name) for name in CLASSES[1:]]
+
+    def for_chunk(chunk):
+        def excluded(data):
+            r = pc.classify(chunk.start, chunk.count, data=data)
+            for i, name in zip(at, CLASSES[1:]):
+                row[i] += r.counts[name]
+            row[len(CLASS_NAMES) - 1] += r.unreadable
+            return r.excluded
+        return excluded
+    return for_chunk
+
+
+def class_totals(counters) -> tuple[tuple[str, int], ...]:
+    """((class name, pages), ...) summed over the workers' rows of the shared counters."""
+    n = len(CLASS_NAMES)
+    rows = [counters[w * n:(w + 1) * n].tolist() for w in range(len(counters) // n)]
+    return tuple((name, sum(r[i] for r in rows)) for i, name in enumerate(CLASS_NAMES))
+
+
 def _make(codecs, ladder, choice):
     codecs[choice] = ladder[choice].make()
     return codecs[choice]
 
 
 def writer_main(d, writer: MemberWriter, pool, slot_size, inbox, events, notes, routes=None,
-            watch: IOWatch | None = None, others=()) -> None:
+            watch: IOWatch | None = None, others=(), classes=None) -> None:
     """Append the chunks of member ``d``; finalize it at END.
 
     Each chunk written is acknowledged with ("free", slot, raw bytes, d,
@@ -111,6 +150,8 @@ def writer_main(d, writer: MemberWriter, pool, slot_size, inbox, events, notes, 
     ``watch`` (iowatch.py): where this writer says it is inside a call on
     its target (and on which chunk), so that a hung target is noticed.
     ``others``: the other targets' fds, closed at once (it holds its own only).
+    ``classes`` (dump levels): the workers' shared counters, final when END
+    comes (the workers are joined first): their sums go into the footer.
     """
     child_init()
     release_output()
@@ -150,7 +191,8 @@ def writer_main(d, writer: MemberWriter, pool, slot_size, inbox, events, notes, 
             continue
         if msg[0] == END:
             with target_call(watch, d, None, 0, writer.pos):
-                finish_member(d, writer, msg[1], events, notes, failed, routes, taken)
+                finish_member(d, writer, msg[1], events, notes, failed, routes, taken,
+                              class_totals(classes) if classes is not None else ())
             return
         cid = slot = None
         if msg[0] == SYNC:
@@ -188,13 +230,13 @@ def target_call(watch, d, cid, slot, pos):
     return nullcontext() if watch is None else watch.call(d, cid, slot or 0, pos)
 
 
-def finish_member(d, writer: MemberWriter, state, events, notes, failed, routes, taken) -> None:
+def finish_member(d, writer: MemberWriter, state, events, notes, failed, routes, taken, classes=()) -> None:
     """Index, footer, header: complete or incomplete as the coordinator says (a dropped target: incomplete)."""
     note = read_note(notes)
     if failed:
         state, note = STATE_INCOMPLETE, failed
     try:
-        length = writer.finish(state, note, routes.footer_entries(taken) if routes else ())
+        length = writer.finish(state, note, routes.footer_entries(taken) if routes else (), classes)
     except Exception as e:
         if not failed:        # a dropped target's finish may well fail: it was reported already
             err = e if isinstance(e, StripedumpError) else StripedumpError(

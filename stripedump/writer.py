@@ -242,11 +242,13 @@ class MemberWriter:
         """Chunk ids appended but still only in the direct-I/O staging buffer."""
         return [cid for end, cid in self._unwritten]
 
-    def finish(self, state: int, note: str = "", degraded: tuple = ()) -> int:
+    def finish(self, state: int, note: str = "", degraded: tuple = (), classes: tuple = ()) -> int:
         """Index, footer, trailer, header; synced.  Returns the member's length.
 
         ``degraded``: ((member index, chunks of it stored here), ...) for the
         members an ``--on-disk-error continue`` dump dropped (Footer.degraded).
+        ``classes``: ((class name, pages), ...) a dump level left out over the
+        whole dump (Footer.excluded_classes).
         """
         if self.broken:
             raise TargetIOError(f"target {self.path}: not finalized after a failed write")
@@ -254,7 +256,7 @@ class MemberWriter:
         totals = tuple(CodecTotal(c, *v) for c, v in sorted(self.totals.items()))
         footer = Footer(state, self.chunks, self.bytes_in, tuple(self.index_offsets), note,
                         tuple(degraded), self.header.member_index, self.excluded_pages,
-                        totals).pack(self.dump_id)
+                        totals, tuple(classes)).pack(self.dump_id)
         foff = self.pos
         self._emit(footer)
         h = self.header

@@ -279,7 +279,7 @@ def test_plain_classes_behave_as_the_dataclasses_and_namedtuples_they_replace():
                                                                     "checksum": 4}
     assert pickle.loads(pickle.dumps(e)) == e and type(pickle.loads(pickle.dumps(e))) is IndexEntry
     assert repr(e) == "IndexEntry(chunk_id=1, offset=2, length=3, checksum=4)"
-    assert Footer(1, 2, 3, (), "") == (1, 2, 3, (), "", (), 0, 0, ()) and Footer._field_defaults["member_index"] == 0
+    assert Footer(1, 2, 3, (), "") == (1, 2, 3, (), "", (), 0, 0, (), ()) and Footer._field_defaults["member_index"] == 0
     assert ChunkHeader._fields[-1] == "crc" and ChunkHeader(*range(12)).crc == 0
     with pytest.raises(ValueError):
         e._replace(nope=1)
