@@ -14,6 +14,10 @@ pages stay holes on filesystems that allow them) and renamed to OUT only
 when every chunk has been verified and written (output.py): a failed join
 never leaves a plausible-looking but incomplete OUT behind.
 
+A filtered dump (``dump -d N``) is not rebuilt as the source: its excluded
+pages are not in the members, so it is written in makedumpfile ``-E``'s
+layout instead (``_join_filtered``, filtered.py), with the same pool.
+
 ``verify`` runs the same pool without an output file.  The kdump and flat
 formats are written by kdump.py, with its own handler on the same pool; the
 CLI picks the module from ``--format``, so this one knows nothing of them.

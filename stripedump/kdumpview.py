@@ -10,7 +10,9 @@ lengths).  So a read is answered from what it covers:
 * the header area: built once at open (utsname read from the dumped memory
   through ``Dump.read_phys``, as join does);
 * the bitmaps: the bits of the merged PFN ranges for the bytes asked for,
-  never the whole bitmap (64 MiB for a 2 TiB machine);
+  never the whole bitmap (64 MiB for a 2 TiB machine); for a filtered dump
+  the 2nd less the excluded pages, whose descriptors the table leaves out
+  (``filtered.KeptMap``, read at open from the chunk headers and tables);
 * the descriptor table: for each chunk covered, its descriptors from its
   checked block table (``Dump.checked``; no decompression), the most
   recently used kept (DESC_CACHE bytes);
