@@ -44,10 +44,11 @@ import struct
 from array import array
 
 from .errors import MemberError, UsageError, VerifyError
-from .format import CHUNK_ALL_ZERO, CHUNK_EXCLUDED, FEATURE_EXCLUDED, KIND_PAGES, ChunkHeader
+from .format import (BLOCK_EXCLUDED, BLOCK_KIND_SHIFT, CHUNK_ALL_ZERO, CHUNK_EXCLUDED, FEATURE_EXCLUDED,
+                     KIND_PAGES, ChunkHeader)
 from .kdumplayout import _set_bits
 from .reader import MISSING
-from .records import excluded_ranges
+from .records import BIG_ENDIAN_HOST, excluded_ranges
 from .vmcore import PT_LOAD, PT_NOTE
 
 PN_XNUM = 0xFFFF
@@ -84,10 +85,13 @@ class KeptMap:
         self.runs: dict[int, list[tuple[int, int]]] = {}   # chunk id -> excluded PFN runs [a, b)
         self.prefix = array("Q", [0])                   # kept pages before chunk cid
         self.level = dump_level(dump.ds)
-        kept = 0
+        kept = total = 0
+        from .resources import numpy_if_safe
+        np = numpy_if_safe() if dump.block_bytes == ps else None
         for cid in range(n):
             c = plan.chunk(cid)
-            runs = self._chunk_runs(dump, cid, c) if dump.index.member[cid] != MISSING else []
+            total += c.count
+            runs = self._chunk_runs(dump, cid, c, np) if dump.index.member[cid] != MISSING else []
             for a, b in runs:
                 _set_bits(self.excl, a, b)
                 kept -= b - a
@@ -96,14 +100,14 @@ class KeptMap:
             kept += c.count
             self.prefix.append(kept)
         self.total = kept
-        self.excluded_pages = sum(c.count for c in map(plan.chunk, range(n))) - kept if n else 0
+        self.excluded_pages = total - kept
 
     @classmethod
     def build(cls, dump) -> "KeptMap | None":
         return cls(dump) if is_filtered(dump.ds) and dump.plan.n_page_chunks else None
 
     @staticmethod
-    def _chunk_runs(dump, cid: int, c) -> list[tuple[int, int]]:
+    def _chunk_runs(dump, cid: int, c, np=None) -> list[tuple[int, int]]:
         """Excluded PFN runs of chunk ``cid`` from its header and block table; [] when unsure."""
         ix, ds, ps = dump.index, dump.ds, dump.page_size
         r = ds.readers[ix.member[cid]]
@@ -118,7 +122,13 @@ class KeptMap:
                     size + 4 * h.nblocks > min(ix.length[cid], size + h.payload_length):
                 return []
             table = r.pread(ix.offset[cid] + size, 4 * h.nblocks)
-            ranges = excluded_ranges(h, memoryview(table), dump.block_bytes)
+            if np is not None and not BIG_ENDIAN_HOST:      # one-page blocks: a block is a page
+                ex = np.zeros(h.nblocks + 2, np.int8)
+                ex[1:-1] = np.frombuffer(table, "<u4") >> BLOCK_KIND_SHIFT == BLOCK_EXCLUDED
+                edges = np.flatnonzero(ex[1:] != ex[:-1])
+                ranges = [(a * ps, b * ps) for a, b in zip(edges[0::2].tolist(), edges[1::2].tolist())]
+            else:
+                ranges = excluded_ranges(h, memoryview(table), dump.block_bytes)
         except (MemberError, VerifyError, OSError):
             return []
         runs = [(c.start + a // ps, c.start + b // ps) for a, b in ranges if not a % ps and not b % ps]
