@@ -21,7 +21,7 @@ import pytest
 from stripedump import pipeline, stages
 from stripedump.codecs import CodecSpec
 from stripedump.config import DumpConfig, JoinConfig, parse_size
-from stripedump.format import FEATURE_EXCLUDED, KIND_PAGES
+from stripedump.format import KIND_PAGES
 from stripedump.join import join as join_elf
 from stripedump.kdump import join_kdump
 from stripedump.vmcore import PT_LOAD, Source
@@ -42,27 +42,20 @@ def rule(pfn: int) -> bool:
 
 @pytest.fixture
 def filtered(monkeypatch):
-    """make(tmp_path, src, codec, chunk, members) -> member paths of a dump filtered by ``rule``."""
+    """make(tmp_path, src, codec, chunk, members) -> member paths of ``dump -d 1`` whose exclusions are
+    ``rule``'s instead of the classifier's (the encoder, members, manifest and headers are the real ones)."""
     enc = stages.encode_chunk
-    head = pipeline.new_member_header
 
     def encode(src, codec, chunk, block_bytes, out, zero, careful=False, excluded=None):
-        if chunk.kind == KIND_PAGES and excluded is None:
-            mask = bytes(1 if rule(chunk.start + i) else 0 for i in range(chunk.count))
-            if any(mask):
-                return enc(src, codec, chunk, block_bytes, out, zero, careful, excluded=mask)
+        if chunk.kind == KIND_PAGES and excluded is not None:
+            excluded = bytes(1 if rule(chunk.start + i) else 0 for i in range(chunk.count))
         return enc(src, codec, chunk, block_bytes, out, zero, careful, excluded=excluded)
 
-    def header(*a, **kw):
-        kw["features_required"] = kw.get("features_required", 0) | FEATURE_EXCLUDED
-        return head(*a, **kw)
-
     monkeypatch.setattr(stages, "encode_chunk", encode)
-    monkeypatch.setattr(pipeline, "new_member_header", header)
 
     def make(tmp_path, src, codec="lzo", chunk="64K", members=2, name="f"):
         targets = tuple(str(tmp_path / f"{name}{i}") for i in range(members))
-        pipeline.dump(DumpConfig(src, targets, CodecSpec.parse(codec), 2, parse_size(chunk), PS))
+        pipeline.dump(DumpConfig(src, targets, CodecSpec.parse(codec), 2, parse_size(chunk), dump_level=1))
         return targets
     return make
 
@@ -98,7 +91,7 @@ def test_kdump_marks_excluded_pages_absent(tmp_path, vmcore, filtered, codec, jo
     assert res.extra["pages"] == mode
     assert res.extra["excluded_pages"] == len(excl) and res.extra["missing_chunks"] == 0
     k = parse_kdump(str(out))
-    assert k["dump_level"] > 0 and not k["status"] & 0x8          # partial, not incomplete
+    assert k["dump_level"] == 1 and not k["status"] & 0x8          # partial, not incomplete
     first, second = bitmaps(k)
     assert first == set(kept) | set(excl) and second == set(kept)
     # one descriptor per kept page, then the shared zero page
@@ -307,7 +300,7 @@ def test_cli_summary_says_excluded(tmp_path, vmcore, filtered):
     res = run_cli("join", *m, "--format", "kdump", "-o", tmp_path / "o")
     assert res.rc == 0, res
     _, excl = expected(b.path)
-    assert f"{len(excl)} pages left out by the dump level" in res.err, res.err
+    assert f"{len(excl)} pages left out by the dump level (1)" in res.err, res.err
 
 
 mnt = test_mount.mnt     # the fixture: a mount point, unmounted after the test
