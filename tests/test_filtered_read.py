@@ -488,3 +488,48 @@ def test_real_elf_against_makedumpfile_E(real_filtered):
         ld = next(ld for ld in ours if ld["paddr"] <= p * PS < ld["paddr"] + ld["filesz"])
         at = ld["offset"] + p * PS - ld["paddr"]
         assert hashlib.sha1(data[at:at + PS]).hexdigest() == want[p], hex(p)
+
+
+def test_elf_of_an_incomplete_filtered_dump(tmp_path, vmcore, filtered):
+    """A lost member: ELF e_flags says incomplete, the lost pages are holes inside the kept PT_LOADs
+    (missing, not excluded: which of them the level left out is unknown), the rest reads back."""
+    b = vmcore("kernel")
+    m = filtered(tmp_path, b.path, "lzo", members=3, chunk="16K")
+    os.unlink(m[1])
+    out = tmp_path / "o.elf"
+    res = join_elf(JoinConfig((m[0], m[2]), str(out), False, 2, "elf", None, True))
+    assert res.extra["missing_chunks"] > 0 and res.extra["excluded_pages"] > 0
+    loads, flags = elf_loads(str(out))
+    assert flags & 1
+    missing = {p for a, b_ in res.extra["missing"] for p in range(a, b_)}
+    kept, _ = expected(b.path)
+    data_pfns = {p for ld in loads for p in range(ld["paddr"] // PS, -(-(ld["paddr"] + ld["filesz"]) // PS))}
+    assert data_pfns == set(kept) | missing
+
+
+def test_elf_with_more_program_headers_than_e_phnum_holds(tmp_path, vmcore, filtered):
+    """65535 or more PT_LOADs: e_phnum PN_XNUM, the count in section header 0 (as makedumpfile)."""
+    pytest.importorskip("elftools", reason="pyelftools is not installed")
+    from elftools.elf.elffile import ELFFile
+    from stripedump import reader
+    from stripedump.filtered import FilteredElf
+
+    class EveryOtherPage:           # a KeptMap whose level left out every other page
+        def excluded_runs(self, lo, hi):
+            for p in range(lo | 1, hi, 2):
+                yield p, p + 1
+    b = vmcore("kernel")
+    m = filtered(tmp_path, b.path, "lzo")
+    with reader.open(list(m)) as d:
+        d.ds.segments = [dict(s) for s in d.ds.segments]
+        big = next(s for s in d.ds.segments if s["type"] == PT_LOAD and s["paddr"] == 0x100000)
+        big["filesz"] = big["memsz"] = 140000 * PS          # 70000 kept runs
+        f = FilteredElf(d, EveryOtherPage())
+    assert len(f.loads) > 70000
+    path = tmp_path / "head.elf"
+    path.write_bytes(f.head)
+    with open(path, "rb") as fh:
+        elf = ELFFile(fh)
+        assert elf.header["e_phnum"] == 0xFFFF and elf.num_segments() == len(f.loads) + 1
+        seg = elf.get_segment(1 + 1000)
+        assert seg["p_type"] == "PT_LOAD" and seg["p_memsz"] == 2 * PS and seg["p_filesz"] == PS
