@@ -85,6 +85,8 @@ class KeptMap:
         self.runs: dict[int, list[tuple[int, int]]] = {}   # chunk id -> excluded PFN runs [a, b)
         self.prefix = array("Q", [0])                   # kept pages before chunk cid
         self.level = dump_level(dump.ds)
+        self._flat: list | None = None           # every run, in PFN order (excluded_runs), made on demand
+        self._flat_ends: list = []
         kept = total = 0
         from .resources import numpy_if_safe
         np = numpy_if_safe() if dump.block_bytes == ps else None
@@ -176,11 +178,16 @@ class KeptMap:
         return i < len(self.excl) and bool(self.excl[i] >> (pfn & 7) & 1)
 
     def excluded_runs(self, lo: int, hi: int):
-        """Excluded PFN runs [a, b) clipped to [lo, hi), ascending."""
-        for cid in sorted(self.runs):
-            for a, b in self.runs[cid]:
-                if b > lo and a < hi:
-                    yield max(a, lo), min(b, hi)
+        """Excluded PFN runs [a, b) clipped to [lo, hi), ascending (a bisect, then the runs inside)."""
+        if self._flat is None:
+            self._flat = [r for cid in sorted(self.runs) for r in self.runs[cid]]
+            self._flat_ends = [b for a, b in self._flat]
+        flat = self._flat
+        i = bisect.bisect_right(self._flat_ends, lo)
+        while i < len(flat) and flat[i][0] < hi:
+            a, b = flat[i]
+            yield max(a, lo), min(b, hi)
+            i += 1
 
 
 
