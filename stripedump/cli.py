@@ -171,8 +171,8 @@ def _add_dump(sub, common) -> None:
                         "for zlib/zstd")
     d.add_argument("--workers", type=_positive_int, default=0, metavar="N",
                    help="compression processes (default: one per usable CPU, at most one per 16 chunks)")
-    d.add_argument("--chunk-size", type=_size("--chunk-size"), default="1M", metavar="SIZE",
-                   help="unit of work and of striping (default 1M)")
+    d.add_argument("--chunk-size", type=_size("--chunk-size"), default=None, metavar="SIZE",
+                   help="unit of work and of striping (default 1M; 4M with --dump-level)")
     d.add_argument("--block-size", type=_size("--block-size", positive=True), default=0, metavar="SIZE",
                    help="compression block inside a chunk (default: one page)")
     d.add_argument("--memory-limit", type=_size("--memory-limit"), default=0, metavar="SIZE",
@@ -370,6 +370,9 @@ def run_dump(a) -> int:
     disks = tuple(a.disks.split(","))
     if a.codec is None:
         a.codec = _default_codec()
+    from .config import DEFAULT_CHUNK, DUMP_LEVEL_CHUNK
+    if a.chunk_size is None:
+        a.chunk_size = DUMP_LEVEL_CHUNK if a.dump_level else DEFAULT_CHUNK
     cfg = DumpConfig(a.source, disks, a.codec, a.workers, a.chunk_size, a.block_size, a.force,
                      a.manifest, not a.no_mmap, a.direct_io, a.memory_limit,
                      on_disk_error=a.on_disk_error, io_timeout=a.io_timeout, dump_level=a.dump_level)

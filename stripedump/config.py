@@ -18,6 +18,10 @@ from .plain import Frozen
 _UNITS = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40, "P": 1 << 50}
 DEFAULT_CHUNK = 1 << 20        # machine-limits §5: shared-memory hand-off runs at 18 GB/s per 1 MiB
 MAX_CHUNK = 256 << 20
+# dump --dump-level's default chunk: classifying a chunk's struct pages costs about 1 ms of numpy calls
+# whatever its size; at 4 MiB a -d 31 worker encodes the filled 1.5 GiB real-kernel guest 2.5 times as
+# fast as at 1 MiB (docs/benchmarks.md, issue 11)
+DUMP_LEVEL_CHUNK = 4 << 20
 JOIN_FORMATS = ("elf", "kdump", "flat")
 ON_DISK_ERROR = ("stop", "continue")   # dump --on-disk-error
 MAX_DUMP_LEVEL = 31                    # dump --dump-level: makedumpfile's bits 1, 2, 4, 8, 16

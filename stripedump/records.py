@@ -205,10 +205,14 @@ def _encode_excluded(src, codec, chunk: Chunk, ps: int, out, zero, careful: bool
                 table, pos, zeros = _encode_blocks(codec, obj, base, mv, n, ps, out_mv, dstart, zero, mask)
                 if not len(table):
                     table = array("I", (BLOCK_ZERO << BLOCK_KIND_SHIFT,)) * count
-                if nexcl:
-                    EXCL = BLOCK_EXCLUDED << BLOCK_KIND_SHIFT
-                    for i in compress(range(count), mask):
-                        table[i] = EXCL
+                if nexcl:       # runs of pages left out (free blocks, cache): a slice each
+                    EXCL = array("I", (BLOCK_EXCLUDED << BLOCK_KIND_SHIFT,))
+                    i = mask.find(1)
+                    while i >= 0:
+                        j = mask.find(0, i)
+                        j = count if j < 0 else j
+                        table[i:j] = EXCL * (j - i)
+                        i = mask.find(1, j)
             else:
                 table, pos, zeros, unreadable = _encode_blocks_any(codec, obj, base, mv, n, ps, out_mv, dstart,
                                                                    zero, bad, mask)
@@ -271,6 +275,21 @@ def _nonzero_blocks(obj, base: int, n: int, bb: int, zero) -> list[int]:
     return [i for i, z in enumerate(_zero_flags(obj, base, n, bb, zero)) if not z]
 
 
+def _nonzero_at(obj, base: int, idxs: list, bb: int, zero) -> list[int]:
+    """Those of the blocks ``idxs`` of ``obj[base:]`` that are not all zero (``_zero_flags``'s tests)."""
+    z = zero if len(zero) == bb else zero[:bb]
+    if isinstance(obj, mmap.mmap):
+        find, size = obj.find, len(obj)
+        # never a search that ends at the mapping's end: SAFE_FIND_END
+        return [i for i in idxs if not ((find(z, s, s + bb) == s) if (s := base + i * bb) + bb < size
+                                        else obj[s:s + bb] == z)]
+    return [i for i in idxs if obj[base + i * bb:base + i * bb + bb] != z]
+
+
+_ONE_IF_CLEAR = bytes([1]) + bytes(255)
+_select = compress      # itertools.compress: _encode_blocks has a local of that name
+
+
 def _encode_blocks(codec, obj, base, mv, n, bb, out, pos, zero, skip=None) -> tuple[array, int, int]:
     """The blocks of a chunk of whole, readable blocks, stored from ``out[pos]`` on.
 
@@ -285,12 +304,14 @@ def _encode_blocks(codec, obj, base, mv, n, bb, out, pos, zero, skip=None) -> tu
     where the block is left out; those are neither stored nor counted as zero
     (their table entries stay BLOCK_ZERO for the caller to mark).
     """
-    nonzero = _nonzero_blocks(obj, base, n, bb, zero)
     nblocks = n // bb
     if skip is not None and skip.count(1):
-        nonzero = [i for i in nonzero if not skip[i]]
-        zeros = nblocks - len(nonzero) - skip.count(1)
+        # only the blocks kept are zero-tested (with -d 31 most of a chunk is left out)
+        keep = list(_select(range(nblocks), skip.translate(_ONE_IF_CLEAR)))
+        nonzero = _nonzero_at(obj, base, keep, bb, zero)
+        zeros = len(keep) - len(nonzero)
     else:
+        nonzero = _nonzero_blocks(obj, base, n, bb, zero)
         zeros = nblocks - len(nonzero)
     if not nonzero:
         return array("I"), pos, zeros

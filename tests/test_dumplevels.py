@@ -25,12 +25,11 @@
 import json
 import os
 import random
-import resource
 import shutil
-import struct
 import subprocess
 import sys
 import time
+from contextlib import closing
 
 import numpy as np
 import pytest
@@ -44,8 +43,7 @@ from stripedump.records import decode_chunk, encode_chunk, excluded_ranges, read
 from stripedump.vmcore import Source
 from stripedump import pipeline
 from stripedump.config import DumpConfig
-from stripedump.errors import VerifyError
-from stripedump.format import FEATURE_EXCLUDED, ChunkHeader, MemberHeader
+from stripedump.format import FEATURE_EXCLUDED, ChunkHeader
 from stripedump.join import verify
 from stripedump.member import MemberReader
 
@@ -275,3 +273,163 @@ def test_dump_level_agrees_with_makedumpfile_under_a_workload(judged_load, level
     _, classes = check_dump_level(judged_load, level, tmp_path)
     if level == 31:
         assert all(classes[k] > 0 for k in ("zero", "cache", "cache_private", "user", "free")), classes
+
+
+# -- level 0, missing entries, the command line ---------------------------------------------------
+
+def test_level_zero_writes_the_members_a_dump_without_it_writes(vmcore, tmp_path, monkeypatch):
+    """Same dump id and clock: -d 0 and no -d give the same bytes (no manifest key, no feature, same records)."""
+    b = vmcore("kernel")
+    monkeypatch.setattr(pipeline.DumpId, "new", classmethod(lambda cls: cls(bytes(range(16)))))
+    monkeypatch.setattr(time, "time", lambda: 1795643817.0)
+    got = []
+    for level in (None, 0):
+        d = tmp_path / f"d{level}"
+        d.mkdir()
+        members = (str(d / "m0"), str(d / "m1"))
+        kw = {} if level is None else {"dump_level": level}
+        pipeline.dump(DumpConfig(b.path, members, CodecSpec("lz4"), workers=1, **kw))
+        got.append([open(m, "rb").read() for m in members])
+        with closing(MemberReader(members[0])) as r:
+            assert "dump_level" not in r.manifest() and r.header.features_required == 0
+    assert got[0] == got[1]
+
+
+def edited_core(tmp_path, *keys) -> str:
+    """A copy of the real-kernel fixture whose VMCOREINFO lacks ``keys`` (each renamed, same length)."""
+    path = str(tmp_path / "vmcore")
+    with open(os.path.join(REAL_DIR, "vmcore"), "rb") as f:
+        data = bytearray(f.read())
+    note_end = data.index(b"\nCRASHTIME=") if b"\nCRASHTIME=" in data else len(data)
+    for k in keys:
+        at = data.index(b"\n" + k.encode() + b"=", 0, note_end + 200)
+        data[at + 1:at + 1 + len(k)] = k.lower().encode()
+    with open(path, "wb") as f:
+        f.write(data)
+    return path
+
+
+@pytest.mark.parametrize("keys,applied", [
+    (("NUMBER(PG_lru)",), 31 & ~6),
+    (("OFFSET(page._mapcount)", "NUMBER(PAGE_BUDDY_MAPCOUNT_VALUE)"), 31 & ~16),
+    (("SYMBOL(mem_section)",), 1),
+])
+def test_a_missing_vmcoreinfo_entry_lowers_the_level_and_the_dump_goes_on(real_vmcore, tmp_path, keys,
+                                                                          applied):
+    src = edited_core(tmp_path, *keys)
+    members = f"{tmp_path / 'm0'},{tmp_path / 'm1'}"
+    r = run_cli("dump", "-d", "31", "--codec", "lz4", "--disks", members, src)
+    assert r.rc == 0, r.err
+    warn = [ln for ln in r.err.splitlines() if "warning" in ln]
+    assert len(warn) == 1, r.err
+    assert warn[0].startswith(f"stripedump: warning: dump level 31 lowered to {applied}: VMCOREINFO lacks ")
+    assert all(k in warn[0] for k in keys)
+    assert f"dump level {applied} (asked 31): " in r.out
+    os.unlink(src)
+    d = json.loads(run_cli("info", "--json", *members.split(",")).out)["dump_level"]
+    assert (d["asked"], d["applied"]) == (31, applied) and all(k in d["missing"] for k in keys)
+    if not applied & 2:
+        assert d["excluded"]["cache"] == d["excluded"]["cache_private"] == 0
+    text = run_cli("info", *members.split(",")).out
+    assert f"dump level: {applied} applied (31 asked)" in text and "not applied for lack of VMCOREINFO" in text
+    assert run_cli("verify", *members.split(",")).rc == 0
+
+
+def test_a_core_without_struct_pages_to_read_gets_the_zero_level_only(vmcore, tmp_path):
+    """A synthetic core (no page tables, no mem_section): bit 1 needs nothing, the rest is not applied."""
+    b = vmcore("kernel")
+    members = (str(tmp_path / "m0"), str(tmp_path / "m1"))
+    r = run_cli("dump", "-d", "17", "--json", "--disks", ",".join(members), b.path)
+    assert r.rc == 0, r.err
+    assert "stripedump: warning: dump level 17 lowered to 1: VMCOREINFO lacks " in r.err
+    lv = json.loads(r.out)["dump_level"]
+    assert (lv["asked"], lv["applied"]) == (17, 1) and lv["missing"]
+    with Source(b.path) as src:
+        ours, classes, manifest, headers = read_back(members, src)
+        zero = 0
+        for a, e in src.pfn_ranges:
+            with src.phys_window(a, e - a) as w:
+                pages = np.frombuffer(w.view(), np.uint8).reshape(e - a, PAGE)
+                z = ~pages.any(axis=1)
+                del pages
+            assert (ours[a:e] == z).all()       # exactly the zero pages
+            zero += int(z.sum())
+    assert classes["zero"] == zero == lv["excluded_pages"] > 0
+    # asked without bit 1 and nothing else applicable: level 0 applied, a full dump, no feature bit
+    r = run_cli("dump", "-d", "16", "--force", "--disks", ",".join(members), b.path)
+    assert r.rc == 0 and "lowered to 0" in r.err
+    with Source(b.path) as src:
+        ours, _, manifest, headers = read_back(members, src)
+    assert not ours.any() and headers[0].features_required == 0
+    assert manifest["dump_level"]["applied"] == 0 and headers[0].block_pages == 1
+
+
+@pytest.mark.parametrize("arg", ["32", "-1", "x", "1.5"])
+def test_a_bad_level_is_a_usage_error(vmcore, tmp_path, arg):
+    b = vmcore("kernel")
+    r = run_cli("dump", f"--dump-level={arg}", "--disks", str(tmp_path / "m0"), b.path)
+    assert r.rc == 2 and len(r.err.strip().splitlines()) == 1 and "--dump-level" in r.err, r
+    assert not os.path.exists(tmp_path / "m0")
+
+
+def test_a_larger_block_size_is_lowered_with_a_warning(vmcore, tmp_path):
+    b = vmcore("kernel")
+    members = (str(tmp_path / "m0"),)
+    r = run_cli("dump", "-d", "1", "-q", "--block-size", "64K", "--disks", members[0], b.path)
+    assert r.rc == 0
+    assert r.err.strip() == ("stripedump: warning: --block-size 65536 lowered to one page (4096): with "
+                             "--dump-level each page is kept or left out on its own")
+    with closing(MemberReader(members[0])) as m:
+        assert m.header.block_pages == 1 and m.manifest()["block_bytes"] == PAGE
+
+
+def test_verify_checks_kept_pages(real_vmcore, tmp_path):
+    """A filtered chunk whose kept-page count does not match its table (header CRC resealed) is damaged."""
+    members, _ = dump_members(tmp_path, real_vmcore[0], 31, workers=1)
+    with closing(MemberReader(members[1])) as r:
+        for e in r.index(r.footer()):
+            h = ChunkHeader.unpack(r.read_record(e), "t")
+            if h.flags & CHUNK_EXCLUDED and h.kept_pages:
+                break
+    buf = bytearray(CHUNK_HEADER_SIZE)
+    h._replace(kept_pages=h.kept_pages - 1).pack_into(buf, 0)
+    with open(members[1], "r+b") as f:
+        f.seek(e.offset)
+        f.write(buf)
+    res = verify(list(members), 1)
+    assert any("kept-page count" in x for x in res.errors), res.errors
+
+
+def test_level_zero_imports_no_numpy(vmcore, tmp_path):
+    from conftest import run_python
+    b = vmcore("kernel")
+    members = f"{tmp_path / 'm0'},{tmp_path / 'm1'}"
+    p = run_python("import sys\nfrom stripedump.cli import main\n"
+                   f"rc = main(['dump', '-q', '-d', '0', '--disks', {members!r}, {b.path!r}])\n"
+                   "print(rc, sorted(m for m in sys.modules if m.startswith(('numpy', 'stripedump.pageclass', "
+                   "'stripedump.kvmem'))))\n")
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip() == "0 []"
+
+
+@pytest.mark.skipif(not os.path.exists(FILLED), reason=f"{FILLED} is not built (bench/compare.py builds it)")
+def test_memory_stays_flat_with_dump_level_31(real_vmcore, tmp_path):
+    """Peak RSS of the processes of a -d 31 dump (2 workers, 1 MiB chunks): the 1.5 GiB filled guest's
+    within 8 MiB of the 192 MiB guest's: no per-page state that grows with the machine."""
+    peaks = []
+    for core in (real_vmcore[0], FILLED):
+        members = f"{tmp_path / 'm0'},{tmp_path / 'm1'}"
+        code = ("import resource, sys\nfrom stripedump.cli import main\n"
+                f"rc = main(['dump', '-q', '-d', '31', '--force', '--workers', '2', '--codec', 'lz4', "
+                f"'--disks', {members!r}, {core!r}])\n"
+                "print(rc, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "
+                "resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n")
+        p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600,
+                           env=dict(os.environ, PYTHONPATH=ROOT))
+        rc, own, children = map(int, p.stdout.split())
+        assert rc == 0, p.stderr
+        peaks.append((own, children))
+        for m in members.split(","):
+            os.unlink(m)
+    print("peak RSS KiB (coordinator, largest child):", peaks)
+    assert peaks[1][0] <= peaks[0][0] + 8192 and peaks[1][1] <= peaks[0][1] + 8192, peaks

@@ -175,3 +175,21 @@ def test_constants_table_matches_code(doc):
 def test_codec_table_matches_code(doc):
     rows = table_after(doc, "codecs")
     assert {r[0]: int(r[1]) for r in rows} == {n: c.ID for n, c in codecs.BY_NAME.items()}
+
+
+def test_footer_extensions_are_laid_out_as_documented(doc):
+    """DGRD and XCLS after the codec totals: tag, u32 length, then u32 k and k entries (<IQ, <16sQ);
+    an unknown tag is skipped."""
+    assert "`XCLS` (`CLASSES_TAG`)" in doc and "format of an entry: `<16sQ`" in doc
+    did = bytes(range(16))
+    f = fmt.Footer(1, 2, 3, (), "", ((1, 4),), 0, 7, (), (("zero", 5), ("free", 2)))
+    rec = f.pack(did)
+    body = rec[32:]
+    pos = fmt.Footer.HEAD.size + 2 + 2       # no index offsets, an empty note, no codec totals
+    assert body[pos:pos + 8] == b"DGRD" + struct.pack("<I", 4 + 12)
+    pos += 8 + 16
+    assert body[pos:pos + 8] == b"XCLS" + struct.pack("<I", 4 + 2 * 24)
+    assert body[pos + 8:] == struct.pack("<I", 2) + struct.pack("<16sQ", b"zero", 5) + struct.pack("<16sQ", b"free", 2)
+    assert fmt.Footer.unpack(rec, "t", did) == f
+    odd = body + b"ZZZZ" + struct.pack("<I", 3) + b"abc"
+    assert fmt.Footer.unpack(fmt.pack_record(fmt.FOOTER_MAGIC, odd, did), "t", did) == f
