@@ -28,7 +28,7 @@ from stripedump.vmcore import PT_LOAD, Source
 
 from conftest import run_cli
 from test_flat import replay
-from test_kdump import SYS_PYTHON, libkdumpfile_read, needs_crash, parse_kdump, read_in_pieces, source_digests
+from test_kdump import _has_libkdumpfile, libkdumpfile_read, needs_crash, parse_kdump, read_in_pieces, source_digests
 import test_mount
 from test_mount import do_mount
 
@@ -100,7 +100,7 @@ def test_kdump_marks_excluded_pages_absent(tmp_path, vmcore, filtered, codec, jo
     assert zero_at >= table + 24 * len(kept)
     offs = {struct.unpack_from("<q", k["data"], table + 24 * i)[0] for i in range(len(kept))}
     assert min(offs) >= table + 24 * len(kept)
-    if os.path.exists(SYS_PYTHON) and subprocess.run([SYS_PYTHON, "-c", "import kdumpfile"]).returncode == 0:
+    if _has_libkdumpfile():
         got = libkdumpfile_read(str(out), PS, [(p, p + 1) for p in kept[::7] + excl[::5]])
         want = source_digests(b.path, [(p, p + 1) for p in kept[::7]])
         assert all(got["pages"][p] == h for p, h in want.items())
@@ -133,17 +133,23 @@ def test_view_serves_what_join_writes(tmp_path, vmcore, filtered, codec, view_mo
         assert read_in_pieces(v) == out.read_bytes()
 
 
+def lost_member_join(tmp_path, vmcore, filtered, fmt):
+    """A filtered dump over three members, joined (--allow-incomplete) without the second."""
+    b = vmcore("kernel")
+    m = filtered(tmp_path, b.path, "lzo", members=3, chunk="16K")
+    os.unlink(m[1])
+    out = tmp_path / f"o.{fmt}"
+    res = (join_elf if fmt == "elf" else join_kdump)(JoinConfig((m[0], m[2]), str(out), False, 2, fmt, None, True))
+    assert res.extra["missing_chunks"] > 0 and res.extra["excluded_pages"] > 0
+    return b, m, out, res
+
+
 def test_missing_is_not_excluded(tmp_path, vmcore, filtered):
     """A lost member: its pages stay in the 2nd bitmap with zero descriptors (missing,
     INCOMPLETE); excluded pages of the members that are there stay absent."""
     from stripedump import reader
     from stripedump.kdumpview import KdumpView
-    b = vmcore("kernel")
-    m = filtered(tmp_path, b.path, "lzo", members=3, chunk="16K")
-    os.unlink(m[1])
-    out = tmp_path / "o.kdump"
-    res = join_kdump(JoinConfig((m[0], m[2]), str(out), False, 2, "kdump", None, True))
-    assert res.extra["missing_chunks"] > 0 and res.extra["excluded_pages"] > 0
+    b, m, out, res = lost_member_join(tmp_path, vmcore, filtered, "kdump")
     k = parse_kdump(str(out))
     assert k["status"] & 0x8 and k["dump_level"] > 0
     first, second = bitmaps(k)
@@ -457,7 +463,7 @@ def test_real_drgn_and_libkdumpfile(real_filtered):
     for p in excl[::1999]:
         with pytest.raises(drgn.FaultError):
             prog.read(int(p) * PS, PS, True)
-    if os.path.exists(SYS_PYTHON) and subprocess.run([SYS_PYTHON, "-c", "import kdumpfile"]).returncode == 0:
+    if _has_libkdumpfile():
         got = libkdumpfile_read(r["kdump"], PS, [(p, p + 1) for p in sample] +
                                 [(int(p), int(p) + 1) for p in excl[::1999]])
         assert all(got["pages"][p] == want[p] for p in sample)
@@ -493,12 +499,7 @@ def test_real_elf_against_makedumpfile_E(real_filtered):
 def test_elf_of_an_incomplete_filtered_dump(tmp_path, vmcore, filtered):
     """A lost member: ELF e_flags says incomplete, the lost pages are holes inside the kept PT_LOADs
     (missing, not excluded: which of them the level left out is unknown), the rest reads back."""
-    b = vmcore("kernel")
-    m = filtered(tmp_path, b.path, "lzo", members=3, chunk="16K")
-    os.unlink(m[1])
-    out = tmp_path / "o.elf"
-    res = join_elf(JoinConfig((m[0], m[2]), str(out), False, 2, "elf", None, True))
-    assert res.extra["missing_chunks"] > 0 and res.extra["excluded_pages"] > 0
+    b, m, out, res = lost_member_join(tmp_path, vmcore, filtered, "elf")
     loads, flags = elf_loads(str(out))
     assert flags & 1
     missing = {p for a, b_ in res.extra["missing"] for p in range(a, b_)}
