@@ -25,9 +25,9 @@ for byte, so both take the pages from one ``KeptMap`` and, for ELF, one
 
 The map is built from the chunk headers alone (``kept_pages``) and the
 block tables of the chunks that carry ``CHUNK_EXCLUDED``: one small read
-per page chunk, no payload, no decompression.  It holds one bit per PFN
-(the excluded pages: 32 MiB per TiB of RAM), the excluded runs per chunk
-and 8 bytes of prefix sum per page chunk.  A record whose header or table
+per page chunk, no payload, no decompression.  It holds the excluded
+runs per chunk (the 2nd bitmap is made from them a piece at a time) and 8
+bytes of prefix sum per page chunk.  A record whose header or table
 cannot be read or does not add up excludes nothing here (its pages are
 kept); the pool's full check of that record then fails it, so the join
 reports the damage instead of laying the file out from a bad table.  A
@@ -80,8 +80,6 @@ class KeptMap:
         plan, ps = dump.plan, dump.page_size
         self.page_size = ps
         self.n = n = plan.n_page_chunks
-        max_pfn = plan.pfn_ranges[-1][1] if plan.pfn_ranges else 0
-        self.excl = bytearray(-(-max_pfn // 8))       # bit set: the page was left out
         self.runs: dict[int, list[tuple[int, int]]] = {}   # chunk id -> excluded PFN runs [a, b)
         self.prefix = array("Q", [0])                   # kept pages before chunk cid
         self.level = dump_level(dump.ds)
@@ -95,7 +93,6 @@ class KeptMap:
             total += c.count
             runs = self._chunk_runs(dump, cid, c, np) if dump.index.member[cid] != MISSING else []
             for a, b in runs:
-                _set_bits(self.excl, a, b)
                 kept -= b - a
             if runs:
                 self.runs[cid] = runs
@@ -165,17 +162,16 @@ class KeptMap:
         return bisect.bisect_right(self.prefix, rank) - 1
 
     def second_bitmap(self, first: bytes, off: int) -> bytes:
-        """Bytes [off, off + len(first)) of the 2nd bitmap, given those of the 1st."""
-        e = self.excl[off:off + len(first)]
+        """Bytes [off, off + len(first)) of the 2nd bitmap, given those of the 1st: the excluded
+        runs there cleared (no bitmap of the machine is kept: a PFN range at 2**60 costs nothing)."""
+        lo = off * 8
+        e = bytearray(len(first))
+        for a, b in self.excluded_runs(lo, lo + 8 * len(first)):
+            _set_bits(e, a - lo, b - lo)
         if not any(e):
             return bytes(first)
-        e = e.ljust(len(first), b"\0")
         v = int.from_bytes(first, "little") & ~int.from_bytes(e, "little")
         return v.to_bytes(len(first), "little")
-
-    def is_excluded(self, pfn: int) -> bool:
-        i = pfn >> 3
-        return i < len(self.excl) and bool(self.excl[i] >> (pfn & 7) & 1)
 
     def excluded_runs(self, lo: int, hi: int):
         """Excluded PFN runs [a, b) clipped to [lo, hi), ascending (a bisect, then the runs inside)."""
