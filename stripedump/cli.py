@@ -442,6 +442,10 @@ def run_join(a) -> int:
         print(f"stripedump: join: warning: {e}", file=sys.stderr)
     for line in describe_missing(res.extra):
         print(f"stripedump: join: warning: {line}", file=sys.stderr)
+    if res.extra.get("excluded_pages") and not a.quiet:    # a filtered dump: absent, not missing
+        lvl = res.extra.get("dump_level")
+        print(f"stripedump: join: {res.extra['excluded_pages']} pages left out by the dump level"
+              f"{'' if lvl is None else f' ({lvl})'}: absent from the output, not missing", file=sys.stderr)
     if a.json:
         print(json.dumps(res.to_json()), file=out)
     elif not a.quiet and a.format == "elf":

@@ -69,7 +69,7 @@ def info_json(members: list[str]) -> bytes:
     return (json.dumps(info(list(members)), indent=1) + "\n").encode()
 
 
-def kdump_view(dump):
+def kdump_view(dump, kept=None):
     """``vmcore.kdump``: the one place the kdump view plugs in; None where it is not available.
 
     A view that cannot be built (say the page holding utsname is damaged) leaves the file out,
@@ -79,7 +79,7 @@ def kdump_view(dump):
     except ImportError:
         return None
     try:
-        return KdumpView(dump)
+        return KdumpView(dump, kept=kept)
     except StripedumpError as e:
         print(f"stripedump: mount: warning: no vmcore.kdump: {e}", file=sys.stderr)
     except Exception as e:   # a bug there must not keep the ELF vmcore from the engineer
@@ -90,8 +90,12 @@ def kdump_view(dump):
 
 def files_of(dump, members: list[str]) -> dict:
     """name -> file object (``size``, ``pread``) served by the mount."""
-    files = {"vmcore": dump}
-    kd = kdump_view(dump)
+    # a filtered dump (dump -d N): the ELF file join writes for it (makedumpfile -E's layout), whose
+    # PT_LOADs leave the excluded pages out, never the source's layout with zeros in their place
+    from .filtered import FilteredElf, KeptMap
+    kept = KeptMap.build(dump)
+    files = {"vmcore": dump if kept is None else FilteredElf(dump, kept)}
+    kd = kdump_view(dump, kept)
     if kd is not None:
         files["vmcore.kdump"] = kd
     files["dump.json"] = BytesFile(info_json(members))

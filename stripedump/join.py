@@ -14,6 +14,10 @@ pages stay holes on filesystems that allow them) and renamed to OUT only
 when every chunk has been verified and written (output.py): a failed join
 never leaves a plausible-looking but incomplete OUT behind.
 
+A filtered dump (``dump -d N``) is not rebuilt as the source: its excluded
+pages are not in the members, so it is written in makedumpfile ``-E``'s
+layout instead (``_join_filtered``, filtered.py), with the same pool.
+
 ``verify`` runs the same pool without an output file.  The kdump and flat
 formats are written by kdump.py, with its own handler on the same pool; the
 CLI picks the module from ``--format``, so this one knows nothing of them.
@@ -29,6 +33,7 @@ from . import reader
 from .config import JoinConfig
 from .elfhead import clip
 from .errors import OutputError, UsageError
+from .filtered import FilteredElf, KeptMap, excluded_report
 from .format import KIND_FILE
 # info.py imports missing_report from here
 from .output import (JoinResult, PartialOutput, check_output, check_whole, missing_report, pwrite_all,  # noqa: F401
@@ -191,6 +196,9 @@ def join(cfg: JoinConfig, progress=None, notice=None) -> JoinResult:
     with reader.Dump(list(cfg.members), allow_incomplete=allow, cache_bytes=0, verify_walks=True) as dump:
         ds = dump.ds
         pieces = ds.header_pieces
+        kept = KeptMap.build(dump)
+        if kept is not None:
+            return _join_filtered(cfg, dump, kept, progress, t0)
         with PartialOutput(cfg.output, [r.path for r in ds.readers], cfg.force, ds.source_size) as out:
             handler = _elf_handler(out.tmp, RenderMap(ds.segments, ds.plan.residue), ds.page_size,
                                    ds.block_bytes)
@@ -208,6 +216,34 @@ def join(cfg: JoinConfig, progress=None, notice=None) -> JoinResult:
         return JoinResult(ds.dump_id, cfg.output, ds.source_size, ok, time.monotonic() - t0, errors,
                           {"format": "elf", "unreadable": unreadable_report(bad, ds.page_size),
                            **missing_report(ds, missing, pieces)})
+
+
+def _join_filtered(cfg: JoinConfig, dump, kept: KeptMap, progress, t0: float) -> JoinResult:
+    """ELF join of a filtered dump: makedumpfile -E's layout (filtered.FilteredElf), never the source's.
+
+    The headers and notes come from the manifest (the new program headers
+    replace the source's), the page chunks are rendered into the new
+    PT_LOADs, which cover no excluded page; residue chunks (the source's
+    headers and padding) are not part of this file and are not read.
+    """
+    ds, allow = dump.ds, cfg.allow_incomplete
+    felf = FilteredElf(dump, kept)
+    with PartialOutput(cfg.output, [r.path for r in ds.readers], cfg.force, felf.size) as out:
+        pwrite_all(out.fd, felf.head, 0, out.tmp)
+        handler = _elf_handler(out.tmp, RenderMap(felf.segments(), []), ds.page_size, ds.block_bytes)
+        bad: list = []
+        missing: list = []
+        ok, nbytes, errors = run_pool(dump, cfg.nworkers, handler, False, progress,
+                                      wanted=lambda cid: cid < ds.plan.n_page_chunks, unreadable=bad,
+                                      allow_incomplete=allow, missing=missing)
+        check_whole(ds, errors, missing, allow)
+        if any(c < ds.plan.n_page_chunks for c in missing):
+            mark_elf_incomplete(out.tmp)
+        out.commit()
+    return JoinResult(ds.dump_id, cfg.output, felf.size, ok, time.monotonic() - t0, errors,
+                      {"format": "elf", "unreadable": unreadable_report(bad, ds.page_size),
+                       **missing_report(ds, missing, ds.header_pieces), **excluded_report(kept, ds.page_size),
+                       "segments": len(felf.loads)})
 
 
 def verify(members: list[str], workers: int = 0, progress=None) -> JoinResult:

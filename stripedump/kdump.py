@@ -44,6 +44,7 @@ from .codecs import BY_NAME, CodecSpec
 from .config import JoinConfig
 from .dumpset import DumpSet
 from .errors import OutputError, UsageError, VerifyError
+from .filtered import KeptMap, excluded_report
 from .flat import FileSink, FlatSink
 from .format import BLOCK_COMPRESSED
 from .kdumplayout import (COPY, DESC_SIZE, DUMP_DH_COMPRESSED_INCOMPLETE, NONE, TRANSCODE, DataMap,
@@ -147,11 +148,11 @@ def _kdump_handler(lay: KdumpLayout, sink, turns, dmap: DataMap | None, spec: Co
             npages = t.raw // ps
             if mode == TRANSCODE and h.codec_id == copy_id:
                 pages, out = _copied(lay, h, body, blocks, flag)
-                return pages, out, [(0, len(out))] if len(out) else [], None, bad, h.start
+                return pages, out, [(0, len(out))] if len(out) else [], None, bad, h.start, t.chunk_id
             if mode == TRANSCODE:
                 _, data, _ = decode_chunk(rec, where, block_bytes, decoders)
                 pages, out = _transcode(lay, codec, data, bad)
-                return pages, out, [(0, len(out))] if out else [], None, bad, h.start
+                return pages, out, [(0, len(out))] if out else [], None, bad, h.start, t.chunk_id
             base = dmap.offset(t.chunk_id)
             if mode == COPY:
                 if any(how == BLOCK_COMPRESSED for how, *_ in blocks) and h.codec_id != BY_NAME[spec.name].ID:
@@ -162,10 +163,10 @@ def _kdump_handler(lay: KdumpLayout, sink, turns, dmap: DataMap | None, spec: Co
             else:
                 _, data, _ = decode_chunk(rec, where, block_bytes, decoders)
             descs, runs = chunk_descs(lay, mode, flag, h, body, blocks, block_bytes, base, npages)
-            return descs, data, runs, base, bad, h.start
+            return descs, data, runs, base, bad, h.start, t.chunk_id
 
         def place(built):
-            descs, data, runs, base, bad, start = built
+            descs, data, runs, base, bad, start, cid = built
             if base is None:            # TRANSCODE: space for the data, in chunk-id order
                 base = turns.cursor.value
                 turns.cursor.value = base + len(data)
@@ -175,8 +176,11 @@ def _kdump_handler(lay: KdumpLayout, sink, turns, dmap: DataMap | None, spec: Co
                         lay.desc.pack_into(descs, DESC_SIZE * i, base + p[0], p[1], p[2], 0)
                 for a, b in bad:    # memory the dump could not read: a missing page, as makedumpfile marks it
                     descs[DESC_SIZE * (a // ps):DESC_SIZE * -(-b // ps)] = bytes(DESC_SIZE * (-(-b // ps) - a // ps))
+                if lay.kept is not None:        # pages a dump level left out: no descriptor
+                    descs = lay.kept.compact(cid, start, len(pages), descs, DESC_SIZE)
             mv = memoryview(data)
-            sink.write([(lay.desc_offset(start), descs)] + [(base + a, mv[a:b]) for a, b in runs])
+            pieces = [(lay.chunk_desc_offset(cid, start), descs)] if len(descs) else []
+            sink.write(pieces + [(base + a, mv[a:b]) for a, b in runs])
 
         def handle(rec, checked, where, t):
             built = build(rec, checked, where, t)
@@ -225,7 +229,8 @@ def join_kdump(cfg: JoinConfig, progress=None, notice=None) -> JoinResult:
     with reader.Dump(list(cfg.members), allow_incomplete=allow, cache_bytes=0,
                      verify_walks=True) as dump:
         ds = dump.ds
-        lay = KdumpLayout.from_dumpset(ds)
+        kept = KeptMap.build(dump)
+        lay = KdumpLayout.from_dumpset(ds, kept)
         spec, mode, why = choose_codec(ds, cfg.codec)
         spec.make()          # a missing codec library fails here, once, not in every worker
         if why and notice:
@@ -243,7 +248,7 @@ def join_kdump(cfg: JoinConfig, progress=None, notice=None) -> JoinResult:
                 sink.write([(0, lay.header_area(status | incomplete, uts))])
                 for off, piece in lay.bitmap_pieces():
                     sink.write([(lay.bitmap_offset + off, piece),
-                                (lay.bitmap_offset + lay.bitmap_len + off, piece)])
+                                (lay.bitmap_offset + lay.bitmap_len + off, lay.second_bitmap(off, piece))])
                 sink.write([(lay.zero_page_offset, bytes(lay.page_size))])
                 copy_id = BY_NAME[spec.name].ID if is_auto(ds) and mode == TRANSCODE and \
                     ds.block_bytes == ds.page_size and status else None
@@ -269,6 +274,6 @@ def join_kdump(cfg: JoinConfig, progress=None, notice=None) -> JoinResult:
                  "pages": {COPY: "copied", NONE: "uncompressed", TRANSCODE: "transcoded"}[mode],
                  "utsname": uts_from, "memory_bytes": memory,
                  "unreadable": unreadable_report(bad, lay.page_size),
-                 **missing_report(ds, missing, ds.header_pieces)}
+                 **missing_report(ds, missing, ds.header_pieces), **excluded_report(kept, lay.page_size)}
         return JoinResult(ds.dump_id, cfg.output, size, ok, time.monotonic() - t0, errors, extra)
 

@@ -42,6 +42,14 @@ pages no PT_LOAD has file data for (``p_memsz > p_filesz``, holes inside a
 page) read as zero, as in the ELF output, and share the zero page.
 ``dump_level`` is 0: nothing is excluded (crash would print "[PARTIAL DUMP]"
 for any other value); readers do not consult it for zero-page sharing.
+
+A filtered dump (``dump -d N``; ``kept``, a filtered.KeptMap): its excluded
+pages are 0 bits in the 2nd bitmap and have no descriptor, so the table
+holds ``kept.total`` descriptors and a chunk's start at ``kept.before(cid)``
+(its kept pages in PFN order, ``chunk_descs`` compacts them); the 1st bitmap
+is as before, ``dump_level`` is the level applied, as makedumpfile writes
+them.  Page data is placed as before (NONE mode keeps a slot per page, the
+excluded ones are holes nobody points at).
 """
 
 from __future__ import annotations
@@ -116,6 +124,7 @@ class KdumpLayout:
     nr_cpus: int
     phys_base: int
     crashtime: int
+    kept: object = None         # filtered.KeptMap of a filtered dump, else None
     _starts: list[int] = field(default_factory=list)
     _ranks: list[int] = field(default_factory=list)
 
@@ -135,13 +144,15 @@ class KdumpLayout:
         for a, b in self.ranges:
             self._ranks.append(n)
             n += b - a
+        if self.kept is not None:
+            n = self.kept.total
         self.num_dumpable = n
         self.zero_page_offset = self.table_offset + DESC_SIZE * n
         self.zero_desc = self.desc.pack(self.zero_page_offset, B, 0, 0)
         self.data_start = self.zero_page_offset + B
 
     @classmethod
-    def from_dumpset(cls, ds: DumpSet) -> "KdumpLayout":
+    def from_dumpset(cls, ds: DumpSet, kept=None) -> "KdumpLayout":
         src = ds.manifest["source"]
         em = src.get("machine")
         em = MACHINE_NUMBERS.get(em, em)
@@ -162,7 +173,7 @@ class KdumpLayout:
             raise UsageError("the dump holds no pages; nothing to write as kdump")
         return cls(ds.page_size, endian, bits, machine, ds.plan.pfn_ranges, ds.notes, vi, at, size,
                    int(src.get("nr_cpus", 0)), _phys_base(machine, vi, ds.segments, bits),
-                   _vmcoreinfo_int(vi.get("CRASHTIME")) or 0)
+                   _vmcoreinfo_int(vi.get("CRASHTIME")) or 0, kept)
 
     def rank(self, pfn: int) -> int:
         """Number of dumped pages below ``pfn``: its descriptor's index."""
@@ -174,6 +185,25 @@ class KdumpLayout:
     def desc_offset(self, pfn: int) -> int:
         return self.table_offset + DESC_SIZE * self.rank(pfn)
 
+    def chunk_desc_offset(self, cid: int, start: int) -> int:
+        """Where the descriptors of page chunk ``cid`` (first PFN ``start``) begin."""
+        if self.kept is not None:
+            return self.table_offset + DESC_SIZE * self.kept.before(cid)
+        return self.desc_offset(start)
+
+    @property
+    def dump_level(self) -> int:
+        """The sub-header's dump_level: the level applied for a filtered dump (crash then says
+        "[PARTIAL DUMP]"), else 0."""
+        k = self.kept
+        if k is None:
+            return 0
+        return k.level if k.level is not None else (31 if k.excluded_pages else 0)
+
+    def second_bitmap(self, off: int, first: bytes) -> bytes:
+        """Bytes of the 2nd bitmap at ``off`` given the 1st's: the same, less excluded pages."""
+        return first if self.kept is None else self.kept.second_bitmap(first, off)
+
     def header_area(self, status: int, uts: list[bytes]) -> bytes:
         """Blocks 0 .. S: the main header, the sub header and the notes."""
         B = self.page_size
@@ -184,7 +214,7 @@ class KdumpLayout:
                               0, 0, 0, 0, self.nr_cpus)
         note_at = B + self.sub.size
         vi_at = note_at + self.vmcoreinfo_at if self.vmcoreinfo_at >= 0 else 0
-        sub = self.sub.pack(self.phys_base & mask, 0, 0, 0, 0, vi_at, self.vmcoreinfo_size,
+        sub = self.sub.pack(self.phys_base & mask, self.dump_level, 0, 0, 0, vi_at, self.vmcoreinfo_size,
                             note_at, len(self.notes), 0, 0, 0, 0, self.max_mapnr)
         out = bytearray((1 + self.sub_hdr_size) * B)
         out[:len(head)] = head
@@ -420,8 +450,9 @@ def chunk_descs(lay: KdumpLayout, mode: str, flag: int, h, body, blocks, block_b
     Returns (descriptors, runs): ``runs`` are the byte ranges of the chunk's
     data area that hold page data (COPY: the stored blocks after the block
     table, ``body[4 * nblocks:]``; NONE: the slots of pages that are not
-    zero, in the decoded chunk).  Zero and excluded pages get the zero
-    page; pages the source could not give, zero descriptors (missing).
+    zero, in the decoded chunk).  Zero pages get the zero page; pages the
+    source could not give, zero descriptors (missing); excluded pages (a
+    filtered dump, ``lay.kept``) no descriptor at all.
     """
     ps = lay.page_size
     descs = bytearray(lay.zero_desc * npages)
@@ -445,6 +476,8 @@ def chunk_descs(lay: KdumpLayout, mode: str, flag: int, h, body, blocks, block_b
         runs = [(0, len(body) - first)]
     for a, b in unreadable_ranges(h, body, block_bytes):
         descs[DESC_SIZE * (a // ps):DESC_SIZE * -(-b // ps)] = bytes(DESC_SIZE * (-(-b // ps) - a // ps))
+    if lay.kept is not None:          # excluded pages have no descriptor
+        descs = lay.kept.compact(h.chunk_id, h.start, npages, descs, DESC_SIZE)
     return descs, runs
 
 

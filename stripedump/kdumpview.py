@@ -10,7 +10,9 @@ lengths).  So a read is answered from what it covers:
 * the header area: built once at open (utsname read from the dumped memory
   through ``Dump.read_phys``, as join does);
 * the bitmaps: the bits of the merged PFN ranges for the bytes asked for,
-  never the whole bitmap (64 MiB for a 2 TiB machine);
+  never the whole bitmap (64 MiB for a 2 TiB machine); for a filtered dump
+  the 2nd less the excluded pages, whose descriptors the table leaves out
+  (``filtered.KeptMap``, read at open from the chunk headers and tables);
 * the descriptor table: for each chunk covered, its descriptors from its
   checked block table (``Dump.checked``; no decompression), the most
   recently used kept (DESC_CACHE bytes);
@@ -37,6 +39,7 @@ import threading
 from collections import OrderedDict
 
 from .errors import UsageError
+from .filtered import KeptMap
 from .format import BLOCK_COMPRESSED
 from .kdumplayout import (COPY, DESC_SIZE, DUMP_DH_COMPRESSED_INCOMPLETE, NONE, DataMap, KdumpLayout,
                           _set_bits, chunk_descs, dump_codec, missing_pages, phys_reader, utsname, view_mode)
@@ -51,10 +54,11 @@ class KdumpView:
     """The kdump-compressed file of ``dump`` (``size``, ``pread``); ``mode`` COPY or NONE (default:
     COPY where the stored pages are kdump page data, see ``kdump.view_mode``)."""
 
-    def __init__(self, dump: Dump, mode: str | None = None):
+    def __init__(self, dump: Dump, mode: str | None = None, kept: KeptMap | None = None):
         self.dump = dump
         ds = dump.ds
-        self.lay = lay = KdumpLayout.from_dumpset(ds)
+        self.kept = kept if kept is not None else KeptMap.build(dump)      # filtered dumps only
+        self.lay = lay = KdumpLayout.from_dumpset(ds, self.kept)
         self.mode = mode or view_mode(ds)
         if self.mode == COPY and view_mode(ds) != COPY:
             raise UsageError("the dump's pages cannot be served as stored (no kdump codec flag, or "
@@ -146,11 +150,15 @@ class KdumpView:
         end = off + n
         while off < end:
             rank = off // DESC_SIZE
-            ri = bisect.bisect_right(lay._ranks, rank) - 1
-            pfn = lay.ranges[ri][0] + rank - lay._ranks[ri]
-            cid = plan.page_chunk_at(pfn)
-            c = plan.chunk(cid)
-            first = DESC_SIZE * (rank - (pfn - c.start))        # table offset of the chunk's first descriptor
+            if self.kept is not None:       # a filtered dump: descriptors of the kept pages only
+                cid = self.kept.chunk_of_rank(rank)
+                first = DESC_SIZE * self.kept.before(cid)
+            else:
+                ri = bisect.bisect_right(lay._ranks, rank) - 1
+                pfn = lay.ranges[ri][0] + rank - lay._ranks[ri]
+                cid = plan.page_chunk_at(pfn)
+                c = plan.chunk(cid)
+                first = DESC_SIZE * (rank - (pfn - c.start))        # table offset of the chunk's first descriptor
             d = self.chunk_descs(cid)
             k = min(end, first + len(d)) - off
             out[at:at + k] = d[off - first:off - first + k]
@@ -201,10 +209,13 @@ class KdumpView:
                 out[at:at + hi - lo] = self.header[lo:hi]
             elif what == "bitmaps":
                 pos = lo
-                while pos < hi:         # the 1st and 2nd bitmaps are the same
+                while pos < hi:         # the 2nd is the 1st less the excluded pages of a filtered dump
                     rel = (pos - a) % L
                     k = min(hi - pos, L - rel)
-                    out[pos - offset:pos - offset + k] = self._bitmap(rel, k)
+                    bits = self._bitmap(rel, k)
+                    if pos - a >= L:
+                        bits = lay.second_bitmap(rel, bits)
+                    out[pos - offset:pos - offset + k] = bits
                     pos += k
             elif what == "table":
                 self._table(lo - a, hi - lo, out, at)
