@@ -16,7 +16,11 @@ APT_PACKAGES = gcc libc6-dev python3-dev liblzo2-dev
 RUNTIME_APT_PACKAGES = libfuse3-3 fuse3
 # The real readers that judge `join --format kdump|flat` in tests/test_kdump.py;
 # strace: tests/test_durability.py checks the order of fsync and rename calls.
-TEST_APT_PACKAGES = makedumpfile crash python3-libkdumpfile libfuse2 strace
+# openssh-client, util-linux (flock), coreutils: the ssh:// targets (tests/test_ssh_targets.py);
+# openssh-server: the tests start their own sshd per "host" on 127.0.0.2, 127.0.0.3, ...
+# (tests/helpers/sshd.py); iproute2: tc for the network benchmark.
+TEST_APT_PACKAGES = makedumpfile crash python3-libkdumpfile libfuse2 strace openssh-client util-linux \
+	coreutils iproute2
 
 .PHONY: setup system-deps test-deps demo test bench e2e clean
 
@@ -34,7 +38,23 @@ system-deps:
 	$(call apt_install,$(RUNTIME_APT_PACKAGES),needed by stripedump mount)
 
 test-deps:
-	$(call apt_install,$(TEST_APT_PACKAGES),readers that check the kdump output)
+	$(call apt_install,$(TEST_APT_PACKAGES),readers that check the kdump output; ssh targets)
+	@# Installing openssh-server starts the system's sshd where an init system runs; the tests need
+	@# only the binary (they run their own), so an sshd that this install started is stopped again,
+	@# with systemctl where systemd runs, else through its pid file (a chroot has no systemd).
+	@# A system sshd that was there before is left alone.
+	@if ! dpkg -s openssh-server >/dev/null 2>&1; then \
+	  echo "installing openssh-server (the tests' own sshd hosts)"; \
+	  SUDO=; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	  $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends openssh-server; \
+	  if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then \
+	    $$SUDO systemctl stop ssh.service ssh.socket 2>/dev/null || true; \
+	  fi; \
+	  if [ -f /run/sshd.pid ] && $$SUDO kill -0 "$$(cat /run/sshd.pid)" 2>/dev/null; then \
+	    echo "stopping the system sshd that installing openssh-server started"; \
+	    $$SUDO kill "$$(cat /run/sshd.pid)"; \
+	  fi; \
+	fi
 
 $(VENV)/.installed: pyproject.toml | system-deps
 	$(PYTHON) -m venv $(VENV)

@@ -159,3 +159,24 @@ def real_vmcore():
         pytest.skip(f"cannot build the real-kernel vmcore: {lines[-1] if lines else p.returncode}")
     with open(os.path.join(REAL_DIR, "kernel-release")) as f:
         return os.path.join(REAL_DIR, "vmcore"), f.read().strip()
+
+
+# -- real sshd hosts on loopback (tests/helpers/sshd.py) -----------------------
+
+@pytest.fixture(scope="session")
+def sshd_cluster(tmp_path_factory):
+    """Three sshd "hosts" (127.0.0.2-4, own ports, keys and member roots) for the whole session,
+    with a client HOME and ``.env`` whose ``ssh`` knows them by alias; skips without sshd."""
+    sys.path.insert(0, HELPERS)
+    import sshd
+    cluster = sshd.Cluster(str(tmp_path_factory.mktemp("sshd")), n=3)
+    yield cluster
+    cluster.close()
+
+
+@pytest.fixture
+def ssh_hosts(sshd_cluster):
+    """The session's sshd hosts, all running (a host a test killed or froze comes back) and
+    their member directories emptied before and after the test."""
+    yield sshd_cluster.ready()
+    sshd_cluster.ready()
