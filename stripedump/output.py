@@ -150,7 +150,7 @@ class PartialOutput:
         if os.path.lexists(out) and not force:
             raise OutputError(f"output {out} exists; refusing to overwrite it (use --force)")
         for m in members:
-            if os.path.exists(out) and os.path.samefile(out, m):
+            if os.path.exists(out) and not m.startswith("ssh://") and os.path.samefile(out, m):
                 raise OutputError(f"output {out} is one of the members")
         self.out, self.tmp = out, out + ".partial"
         try:

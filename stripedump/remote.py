@@ -243,7 +243,9 @@ class RemoteFile:
 
     PREFETCH_GROUP = PREFETCH_GROUP
 
-    def __init__(self, url: str):
+    def __init__(self, url: str, head: bool = True):
+        """``head``: read the member's first HEAD and last TAIL bytes at open (a reader of
+        records only, such as a read pool worker, asks for none)."""
         self.url = url
         self.user, self.host, self.port, self.path = parse(url)
         self.size = -1
@@ -254,6 +256,8 @@ class RemoteFile:
         self._lock = threading.Lock()
         with self._lock:
             self._open()
+            if not head:
+                return
             ranges = [(0, min(HEAD, self.size))]
             if self.size > HEAD:
                 t = max(HEAD, self.size - TAIL)
@@ -456,5 +460,5 @@ class _Status(Exception):
         self.e = e
 
 
-def open_member(url: str) -> RemoteFile:
-    return RemoteFile(url)
+def open_member(url: str, head: bool = True) -> RemoteFile:
+    return RemoteFile(url, head)
