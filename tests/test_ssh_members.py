@@ -20,6 +20,7 @@ import textwrap
 import pytest
 
 from conftest import CliResult, assert_one_line_error
+from test_mount import need_mount
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHUNK = "64K"
@@ -241,17 +242,6 @@ def test_a_local_join_does_not_load_paramiko(tmp_path, vmcore):
 
 
 # -- mount ------------------------------------------------------------------------
-
-def need_mount() -> None:
-    if not os.path.exists("/dev/fuse"):
-        pytest.skip("no /dev/fuse: FUSE is not available here")
-    from stripedump.errors import MountError
-    from stripedump.fusefs import load_fuse
-    try:
-        load_fuse()
-    except MountError as e:
-        pytest.skip(str(e))
-
 
 def test_mount_reads_ssh_members(dumped, tmp_path):
     """The server is a forked daemon: it reads on SSH connections of its own (remote.before_fork)."""
