@@ -25,7 +25,7 @@ EXIT_CODES = """exit codes:
   2    usage error: bad option or value
   3    the source cannot be read or is not an ELF vmcore
   4    a target was refused for safety (--force overrides where allowed) or is in use
-  5    writing a target failed
+  5    writing a target failed (ssh://: the host cannot be reached)
   6    members are unreadable, malformed or from different dumps (join without
        --allow-incomplete: or missing)
   7    a checksum or decompression check failed
@@ -153,7 +153,13 @@ def _add_dump(sub, common) -> None:
                               + EXIT_CODES)
     d.add_argument("source", metavar="SOURCE", help="the ELF vmcore, normally /proc/vmcore")
     d.add_argument("--disks", required=True, metavar="T1,T2,...",
-                   help="targets: block devices (written from offset 0) or files (created)")
+                   help="targets: block devices (written from offset 0), files (created), "
+                        "ssh://[user@]host[:port]/absolute/path (a member streamed to that host through "
+                        "ssh, as ~/.ssh/config says), or - (a member on standard output)")
+    d.add_argument("--ssh-option", action="append", default=[], metavar="OPT",
+                   help="pass -o OPT to ssh for ssh:// targets (repeatable; e.g. IdentityFile=/root/.ssh/kdump_id, "
+                        "UserKnownHostsFile=..., BatchMode=no); these come before stripedump's own "
+                        "BatchMode=yes, ConnectTimeout and ServerAliveInterval, so they win")
     d.add_argument("--codec", type=_codec, default=None, metavar="CODEC[:LEVEL]",
                    help="auto (the default) or auto:C,C,...: a codec per chunk, chosen from measured CPU "
                         "and disk rates; or one codec: none, lz4, snappy, lzo, zlib or zstd, with a level "
@@ -356,10 +362,12 @@ def run_dump(a) -> int:
         a.codec = _default_codec()
     cfg = DumpConfig(a.source, disks, a.codec, a.workers, a.chunk_size, a.block_size, a.force,
                      a.manifest, not a.no_mmap, a.direct_io, a.memory_limit,
-                     on_disk_error=a.on_disk_error, io_timeout=a.io_timeout)
+                     on_disk_error=a.on_disk_error, io_timeout=a.io_timeout,
+                     ssh_options=tuple(a.ssh_option))
     from .progress import Output, Progress
-    # output is best effort: a closed or full stdout/stderr never changes the dump or its exit code
-    err, out = Output(sys.stderr), Output(sys.stdout)
+    # output is best effort: a closed or full stdout/stderr never changes the dump or its exit code;
+    # a member on standard output (--disks -) sends the summary to stderr
+    err, out = Output(sys.stderr), Output(sys.stderr if "-" in disks else sys.stdout)
     prog = Progress("dump", stream=err, quiet=a.quiet)
     def say(msg: str, level: int = 1):
         if level <= 0:    # a setting lowered to fit the machine: shown even with -q

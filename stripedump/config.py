@@ -48,7 +48,7 @@ class DumpConfig(Frozen):
     """What to dump where, and how (plain.Frozen: no dataclass on the dump path, issue 12)."""
     __slots__ = ("source", "targets", "codec", "workers", "chunk_size", "block_size", "force", "manifest_path",
                  "use_mmap", "direct_io", "memory_limit", "discard", "stall_seconds", "on_disk_error",
-                 "io_timeout")
+                 "io_timeout", "ssh_options")
 
     def __init__(self, source: str, targets: tuple[str, ...],
                  codec: CodecSpec | None = None,    # None: lz4
@@ -63,7 +63,8 @@ class DumpConfig(Frozen):
                  discard: bool = False,             # bench only: compress but write nothing
                  stall_seconds: float = 60.0,       # a worker on one chunk this long is killed, chunk retried
                  on_disk_error: str = "stop",       # a target fails: "stop" the dump, or "continue" without it
-                 io_timeout: float = 60.0):         # no byte reaches a target's device this long: it hung
+                 io_timeout: float = 60.0,          # no byte reaches a target's device this long: it hung
+                 ssh_options: tuple[str, ...] = ()):   # ssh:// targets: -o OPT each (sshtarget.py)
         if workers < 0:
             raise UsageError("--workers must be at least 1")
         if not io_timeout > 0:
@@ -79,7 +80,8 @@ class DumpConfig(Frozen):
                      ("chunk_size", chunk_size), ("block_size", block_size), ("force", force),
                      ("manifest_path", manifest_path), ("use_mmap", use_mmap), ("direct_io", direct_io),
                      ("memory_limit", memory_limit), ("discard", discard), ("stall_seconds", stall_seconds),
-                     ("on_disk_error", on_disk_error), ("io_timeout", io_timeout)):
+                     ("on_disk_error", on_disk_error), ("io_timeout", io_timeout),
+                     ("ssh_options", tuple(ssh_options))):
             object.__setattr__(self, k, v)
 
     @property

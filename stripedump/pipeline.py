@@ -94,7 +94,7 @@ from collections import deque
 from .autocodec import EXPLORE as AUTO_EXPLORE
 from .config import DumpConfig
 from .errors import IncompleteDump, Interrupted, StripedumpError, TargetIOError, UsageError, from_wire
-from .format import HEADER_BLOCK, STATE_COMPLETE, STATE_INCOMPLETE, first_record_offset, pack_manifest
+from .format import FEATURE_STREAMED, HEADER_BLOCK, STATE_COMPLETE, STATE_INCOMPLETE, first_record_offset, pack_manifest
 from .ipc import END, MessagePipe, RecordPipe, SharedFlag
 from .manifest import build_manifest
 from .writer import AUTO_FIRST_SYNC, AUTO_KICK_EVERY, MemberWriter, new_member_header, write_member_head
@@ -106,7 +106,7 @@ from .resources import fit_pool, fit_workers
 from .fileio import fsync_dir
 from .stages import CAREFUL, CURRENT, SYNC, TASK, WRITE, worker_main, write_note, writer_main
 from .procs import JOIN_TIMEOUT, POLL, Signals, describe_exit, join_all, reap, signal_name, spawn
-from .targets import check_targets, close_targets, open_targets
+from .targets import check_targets, close_targets, end_streams, open_targets
 from .vmcore import Source
 
 WRITERS_GRACE = 60.0  # seconds writers get beyond JOIN_TIMEOUT to finalize (a final fsync of a slow disk)
@@ -246,12 +246,17 @@ def _dump(cfg: DumpConfig, src: Source, t0: float, progress, say, sig=None) -> D
                                 f"{folder}")
     # every target locked (canonical order) before any is truncated or written;
     # held until the members are finalized (targets.py: exclusive targets)
-    open_targets(targets, start + 4096, cfg.direct_io, cfg.force)
+    open_targets(targets, start + 4096, cfg.direct_io, cfg.force, cfg.ssh_options, cfg.io_timeout)
     try:
+        for t in targets:
+            if t.remote is not None and t.remote.avail is not None and t.remote.avail < plan.input_bytes // nmem:
+                say(f"target {t.path}: {t.remote.avail / 1e6:.0f} MB free there, less than the source's "
+                    f"{plan.input_bytes / 1e6:.0f} MB / {nmem} target(s) (fine if it compresses that well)", 0)
         for i, t in enumerate(targets):
             h = new_member_header(dump_id.bytes, i, nmem, cfg.codec.codec_id, cfg.codec.stored_level,
-                                  src.page_size, chunk_pages, block_bytes // src.page_size, len(manifest_rec))
-            write_member_head(t.fd, t.path, h, manifest_rec, start)
+                                  src.page_size, chunk_pages, block_bytes // src.page_size, len(manifest_rec),
+                                  features_optional=FEATURE_STREAMED if t.stream else 0)
+            write_member_head(t.fd, t.path, h, manifest_rec, start, t.stream)
             headers.append(h)
         if cfg.manifest_path:
             try:
@@ -260,7 +265,7 @@ def _dump(cfg: DumpConfig, src: Source, t0: float, progress, say, sig=None) -> D
                 # the heads are written: no member is left "writing" for a failure before any chunk
                 for t, h in zip(targets, headers):
                     try:
-                        MemberWriter(t.fd, t.path, h, start, cfg.direct_io, cfg.discard).finish(
+                        member_writer(t, h, start, cfg).finish(
                             STATE_INCOMPLETE, f"the dump stopped before its first chunk: {e}")
                     except StripedumpError:
                         pass         # that target's own failure: the manifest's error is the one to report
@@ -268,6 +273,7 @@ def _dump(cfg: DumpConfig, src: Source, t0: float, progress, say, sig=None) -> D
         result = _run(cfg, src, plan, targets, headers, start, block_bytes, pool, progress, say, sig)
     finally:
         close_targets(targets)
+        end_streams(targets, 10.0)
     result.dump_id = str(dump_id)
     result.seconds = time.monotonic() - t0
     result.extra["lowered"] = [n for n in (too_many,) + fit.warnings if n]   # --json: what was lowered
@@ -327,6 +333,11 @@ def _write_json_manifest(path: str, manifest: dict, members: list[str]) -> None:
             except OSError:
                 pass
     fsync_dir(folder, TargetIOError)
+
+
+def member_writer(t, header, start: int, cfg) -> MemberWriter:
+    """The writer of target ``t``'s member (a stream: append-only through its sink, never O_DIRECT)."""
+    return MemberWriter(t.fd, t.path, header, start, cfg.direct_io and not t.stream, cfg.discard, t.sink)
 
 
 def _run(cfg, src, plan, targets, headers, start, block_bytes, geometry, progress, say,
@@ -435,11 +446,11 @@ class _Coordinator:
 
     def start_children(self) -> None:
         for d, t in enumerate(self.targets):
-            w = MemberWriter(t.fd, t.path, self.headers[d], self.start, self.cfg.direct_io, self.cfg.discard)
+            w = member_writer(t, self.headers[d], self.start, self.cfg)
             if self.stats is not None:
                 at = self.W * len(self.ladder) * 4 + 3 * d
                 w.io_stats, w.sync_every, w.kick_every = self.stats[at:at + 3], AUTO_FIRST_SYNC, AUTO_KICK_EVERY
-            others = tuple(u.fd for u in self.targets if u is not t)
+            others = tuple(fd for u in self.targets if u is not t for fd in u.fds())
             self.writers.append(spawn(writer_main, f"stripedump-writer-{d}",
                                       (d, w, self.pool, self.slot_size, self.writer_qs[d], self.events,
                                        self.notes, self.routes, self.iow, others)))
@@ -741,7 +752,7 @@ class _Coordinator:
         """Member ``d``'s writer never started (a failed fork): finalize it here, as incomplete."""
         t = self.targets[d]
         try:
-            w = MemberWriter(t.fd, t.path, self.headers[d], self.start, self.cfg.direct_io, self.cfg.discard)
+            w = member_writer(t, self.headers[d], self.start, self.cfg)
             self.members_done[d] = (w.finish(STATE_INCOMPLETE, note), 0, 0, {})
         except StripedumpError as e:
             self.fail(e)

@@ -36,6 +36,11 @@ exist, so a power loss right after the dump cannot lose a member's name.
 ``--force`` lets a dump overwrite a non-empty file or a signed device; it
 never lets one target be used twice, the source be overwritten, or a mounted
 device be written.
+
+Streams (sshtarget.py): an ``ssh://`` target is checked and locked on its
+host by the one ssh connection that will carry the member, before any local
+target is locked, and is told to go only when every target passed; ``-``
+(standard output) is a stream nobody acknowledges and must not be a terminal.
 """
 
 from __future__ import annotations
@@ -49,6 +54,7 @@ import time
 from .errors import TargetIOError, TargetRefused, UsageError
 from .fileio import fsync_dir
 from .plain import Plain
+from .sshtarget import SCHEME, Remote, Sink, SshUrl, close_quietly
 
 # (offset, magic, what) -- from util-linux libblkid's probers
 SIGNATURES = (
@@ -85,17 +91,27 @@ def probe_signature(head: bytes) -> str | None:
 
 
 class Target(Plain):
-    __slots__ = ("path", "is_block", "existed", "fd", "capacity", "key")
+    __slots__ = ("path", "is_block", "existed", "fd", "capacity", "key", "stream", "remote", "sink")
 
     def __init__(self, path: str, is_block: bool, existed: bool, fd: int = -1,
                  capacity: int | None = None,   # bytes, for block devices
-                 key: tuple = ()):              # canonical lock order: ("blk", rdev) or ("ino", dev, ino)
+                 key: tuple = (),               # canonical lock order: ("blk", rdev) or ("ino", dev, ino)
+                 stream: bool = False,          # written append-only: ssh:// or - (sshtarget.py)
+                 remote: Remote | None = None,  # ssh://: the ssh child and its checks (coordinator's)
+                 sink: Sink | None = None):     # a stream's acknowledgements (its writer's)
         self.path = path
         self.is_block = is_block
         self.existed = existed
         self.fd = fd
         self.capacity = capacity
         self.key = key
+        self.stream = stream
+        self.remote = remote
+        self.sink = sink
+
+    def fds(self) -> tuple[int, ...]:
+        """Every descriptor of this target the coordinator holds (a stream: its acknowledgements too)."""
+        return ((self.fd,) if self.fd >= 0 else ()) + (self.sink.fds() if self.sink is not None else ())
 
 
 def _mounted_devices() -> dict[int, str]:
@@ -125,6 +141,13 @@ def check_targets(paths: list[str], source_st: os.stat_result, force: bool) -> l
     for p in paths:
         if not p:
             raise UsageError("empty target name in --disks")
+        if p == "-" or p.startswith(SCHEME):
+            key = SshUrl.parse(p).key if p != "-" else ("stdout",)
+            if key in seen:
+                raise TargetRefused(f"target {p} is given twice (also as {seen[key]})")
+            seen[key] = p
+            out.append(Target(p, False, False, key=key, stream=True))
+            continue
         try:
             st = os.stat(p)
         except FileNotFoundError:
@@ -189,19 +212,57 @@ def _read_signature(path: str) -> str | None:
 UDEV_LOCK_WAIT = 3.0   # seconds: udev holds a shared flock on a block device while it probes it
 
 
-def open_targets(targets: list[Target], min_size: int, direct: bool = False, force: bool = False) -> None:
+def open_targets(targets: list[Target], min_size: int, direct: bool = False, force: bool = False,
+                 ssh_options: tuple[str, ...] = (), timeout: float = 60.0) -> None:
     """Open, lock (canonical order, never waiting), re-check, then truncate every target.
 
-    On any refusal or error every descriptor opened here is closed (releasing
-    its lock) and nothing has been written or truncated.  The descriptors stay
-    on the Targets, locked, until ``close_targets``.
+    Streams first: every ssh:// target's connection is started (in parallel)
+    and its remote checks and lock awaited, ``-`` is checked; then the local
+    targets as below; then the streams are told to go.  On any refusal or
+    error every descriptor opened here is closed (releasing its lock), every
+    ssh child ended, and nothing has been written or truncated.  The
+    descriptors stay on the Targets, locked, until ``close_targets``.
     """
     flags = os.O_WRONLY | getattr(os, "O_CLOEXEC", 0) | (getattr(os, "O_DIRECT", 0) if direct else 0)
     try:
-        _open_and_lock(targets, flags, min_size, direct, force)
+        _open_streams([t for t in targets if t.stream], force, ssh_options, timeout)
+        _open_and_lock([t for t in targets if not t.stream], flags, min_size, direct, force)
+        for t in targets:
+            if t.remote is not None:
+                t.remote.go()
     except BaseException:
         close_targets(targets)
+        end_streams(targets, 5.0)
         raise
+
+
+def _open_streams(targets: list[Target], force: bool, options: tuple[str, ...], timeout: float) -> None:
+    for t in targets:
+        if t.path == "-":
+            if os.isatty(1):
+                raise TargetRefused("target - is standard output, a terminal here; refusing to write a "
+                                    "dump to it (redirect or pipe it)")
+            try:
+                t.fd = os.dup(1)
+            except OSError as e:
+                raise TargetIOError(f"target -: standard output: {e.strerror}") from None
+            os.set_inheritable(t.fd, False)
+            t.sink = Sink("-")
+        else:
+            t.remote = Remote(t.path, force, options, timeout)
+            t.fd = t.remote.fd
+            t.sink = Sink(t.path, t.remote.ack, t.remote.err, timeout)
+    deadline = time.monotonic() + timeout
+    for t in targets:
+        if t.remote is not None:
+            t.remote.wait_ready(deadline)
+
+
+def end_streams(targets: list[Target], wait: float) -> None:
+    """Reap the ssh children (after their writers finished, or on a refusal: they get EOF)."""
+    for t in targets:
+        if t.remote is not None:
+            t.remote.end(wait)
 
 
 def _open_and_lock(targets: list[Target], flags: int, min_size: int, direct: bool, force: bool) -> None:
@@ -247,14 +308,16 @@ def _io(t: Target, call, *args):
 
 
 def close_targets(targets: list[Target]) -> None:
-    """Close every open target descriptor, which releases its lock."""
+    """Close every open target descriptor, which releases its lock (a stream: its EOF, once its
+    writer closed it too)."""
     for t in targets:
-        if t.fd >= 0:
-            try:
-                os.close(t.fd)
-            except OSError:
-                pass
-            t.fd = -1
+        for fd in t.fds():
+            close_quietly(fd)
+        t.fd = -1
+        if t.remote is not None:
+            t.remote.fd = t.remote.ack = t.remote.err = -1
+        if t.sink is not None:
+            t.sink.ack = t.sink.err = -1
 
 
 def _stat(path: str) -> os.stat_result:

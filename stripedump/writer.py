@@ -12,6 +12,7 @@ from __future__ import annotations
 import mmap
 import os
 import time
+from array import array
 from collections import deque
 
 from .errors import TargetIOError
@@ -60,7 +61,13 @@ class MemberWriter:
     * either way ``fdatasync`` also every SYNC_CHUNKS chunks, and ``syncs``
       counts the syncs: the coordinator keeps the ids of the chunks since
       the last one, to send them elsewhere if the target fails (pipeline.py);
-    * discard (bench's no-write run): nothing is written, offsets still move.
+    * discard (bench's no-write run): nothing is written, offsets still move;
+    * streamed (``sink``: an ssh:// target or ``-``, sshtarget.py): append-only
+      ``write()`` to a pipe, nothing ever rewritten, no fsync, no page-cache
+      advice; the remote end's ``synced N`` acknowledgements are the syncs (the
+      chunks whose records end past N are the ones a failure can take), and
+      ``finish`` ends with the footer and trailer, closes the stream and waits
+      until the remote end says every byte is on its disk.
 
     Every write is positional (``pwrite`` at the member offset the index
     records), and a record enters the index only once it was written: after
@@ -71,8 +78,12 @@ class MemberWriter:
     """
 
     def __init__(self, fd: int, path: str, header: MemberHeader, start: int, direct: bool = False,
-                 discard: bool = False):
+                 discard: bool = False, sink=None):
         self.fd, self.path, self.header = fd, path, header
+        self.sink = sink
+        # streamed: member offsets where the chunks not yet acknowledged end, and their count
+        self._ends = array("Q")
+        self._acked = 0
         self.pos = start
         # index entries since the last IndexRecord, packed in place: no object per
         # chunk, so a writer's heap does not churn over a multi-hour dump
@@ -119,6 +130,13 @@ class MemberWriter:
             pass
         elif self.direct:
             self._stage_bytes(data)
+        elif self.sink is not None:
+            try:
+                write_all(self.fd, data, f"target {self.path}")
+            except TargetIOError as e:
+                self.broken = True
+                why = self.sink.why()
+                raise TargetIOError(f"{e}{': ' + why if why else ''}") from None
         else:
             write_all(self.fd, data, f"target {self.path}", offset=self.pos)
         self.pos += len(data)
@@ -183,7 +201,11 @@ class MemberWriter:
         self.unsynced += 1
         if self._pending >= INDEX_EVERY:
             self._flush_index()
-        if not self.discard:
+        if self.sink is not None:
+            self._ends.append(self.pos)
+            if self.sink.poll():
+                self._stream_acked()
+        elif not self.discard:
             if self.since_sync >= self.sync_every or self.unsynced >= SYNC_CHUNKS:
                 self._sync_and_drop()
             elif not self.direct and self.pos - self.kicked_to >= self.kick_every:
@@ -228,14 +250,35 @@ class MemberWriter:
         self.since_sync = self.unsynced = 0
         self.syncs += 1
 
+    def _stream_acked(self) -> None:
+        """The remote end synced the member up to ``sink.synced``: drop those chunks from the pending."""
+        ends, n = self._ends, self._acked
+        while n < len(ends) and ends[n] <= self.sink.synced:
+            n += 1
+        if n > 4096 and n * 2 > len(ends):
+            del ends[:n]
+            n = 0
+        self._acked = n
+        self.syncs += 1
+
     def sync(self) -> None:
-        """Make the chunks appended so far durable (direct: all but those of a staged tail)."""
+        """Make the chunks appended so far durable (direct: all but those of a staged tail;
+        streamed: only what the remote end acknowledged by now)."""
+        if self.sink is not None:
+            if self.broken:
+                raise TargetIOError(f"target {self.path}: an earlier write failed")
+            if self.sink.poll():
+                self._stream_acked()
+            return
         if self.direct and not self.discard:
             self._flush_stage(final=False)
         self._sync_and_drop()
 
     def pending_chunks(self) -> int:
-        """How many of the last chunks appended are not on the disk even after a sync (direct: staged)."""
+        """How many of the last chunks appended are not on the disk even after a sync (direct: staged;
+        streamed: not acknowledged by the remote end)."""
+        if self.sink is not None:
+            return len(self._ends) - self._acked
         return len(self._unwritten)
 
     def unwritten_chunks(self) -> list[int]:
@@ -260,6 +303,10 @@ class MemberWriter:
         h = self.header
         self._emit(Trailer(TRAILER_MAGIC, VERSION, state, self.dump_id, h.member_index, h.member_count,
                            foff, len(footer), self.pos + TRAILER_SIZE).pack())
+        if self.sink is not None:      # streamed: nothing is rewritten; the trailer ends it
+            self.sink.close(self.fd, self.pos)
+            self.fd = -1
+            return self.pos
         if self.direct and not self.discard:
             self._flush_stage(final=True)
         self._sync()
@@ -280,19 +327,24 @@ def new_member_header(dump_id: bytes, index: int, count: int, codec_id: int, cod
                         HEADER_BLOCK, manifest_length, 0, 0, features_required, features_optional)
 
 
-def write_member_head(fd: int, path: str, header: MemberHeader, manifest_rec: bytes, start: int) -> None:
+def write_member_head(fd: int, path: str, header: MemberHeader, manifest_rec: bytes, start: int,
+                      stream: bool = False) -> None:
     """Write a new member's header block and manifest record at offset 0, in one write.
 
     ``start`` is where its first chunk record goes (``first_record_offset``);
     the bytes up to it are written too (zeros after the manifest), so no
     byte of an earlier dump on a reused device remains before the records.
-    The file offset is left at ``start``.
+    The file offset is left at ``start``.  ``stream``: written where the
+    stream is (it has just begun), not rewritten later.
     """
     if header.manifest_offset != HEADER_BLOCK or header.manifest_length != len(manifest_rec) \
             or start < HEADER_BLOCK + len(manifest_rec):
         raise ValueError("member head does not fit its manifest")
     block = aligned_block(header.pack() + bytes(HEADER_BLOCK - MemberHeader.STRUCT.size) + manifest_rec,
                           start)
+    if stream:
+        write_all(fd, block, f"target {path}")
+        return
     write_all(fd, block, f"target {path}", 0)
     os.lseek(fd, start, os.SEEK_SET)
 
