@@ -12,7 +12,9 @@ else in stripedump speaks SSH on the read side.
 * The user's OpenSSH configuration as ``ssh`` reads it (``~/.ssh/config``
   through ``paramiko.SSHConfig``: HostName, Port, User, IdentityFile,
   IdentitiesOnly, UserKnownHostsFile, StrictHostKeyChecking, ConnectTimeout,
-  ProxyCommand); a port or user in the URL wins over the configuration.
+  ServerAliveInterval x ServerAliveCountMax as the longest wait for an
+  answer, ProxyCommand); a port or user in the URL wins over the
+  configuration.
   Keys come from the agent, the configured identity files and the default
   ones.  Host keys are checked against the known_hosts files; an unknown
   host is refused unless the configuration says ``StrictHostKeyChecking
@@ -50,6 +52,7 @@ from __future__ import annotations
 
 import errno
 import getpass
+import logging
 import os
 import re
 import socket
@@ -65,6 +68,7 @@ READAHEAD = 1 << 20          # a small read outside what is held fetches this mu
 PREFETCH_GROUP = 64          # index records asked for in one round trip (64 x 28 KiB)
 CONNECT_TIMEOUT = 15.0       # seconds, unless ConnectTimeout says otherwise
 IO_TIMEOUT = 120.0           # seconds without an answer on an open connection: the host is gone
+                             # (unless ServerAliveInterval says otherwise)
 
 STATS = {"round_trips": 0, "requests": 0, "bytes": 0, "connections": 0}   # this process's, for tests and bench
 
@@ -134,6 +138,10 @@ def _where(user: str, host: str, port: int) -> str:
 
 def _connect(url: str, user: str | None, host: str, port: int | None) -> _Conn:
     import paramiko
+    quiet = logging.getLogger("paramiko")      # its transport thread logs failures with tracebacks:
+    if not quiet.handlers:                      # the one-line RemoteError says what happened
+        quiet.addHandler(logging.NullHandler())
+        quiet.propagate = False
     try:
         cfg = _ssh_config(host)
     except Exception as e:
@@ -173,7 +181,7 @@ def _connect(url: str, user: str | None, host: str, port: int | None) -> _Conn:
                        allow_agent=not only, look_for_keys=not only, timeout=timeout,
                        banner_timeout=timeout, auth_timeout=timeout, sock=sock)
         sftp = client.open_sftp()
-        sftp.get_channel().settimeout(IO_TIMEOUT)
+        sftp.get_channel().settimeout(_io_timeout(cfg))
     except paramiko.BadHostKeyException:
         client.close()
         raise RemoteError(f"member {url}: the host key of {hostname} port {port} does not match the one "
@@ -187,8 +195,16 @@ def _connect(url: str, user: str | None, host: str, port: int | None) -> _Conn:
         client.close()
         raise RemoteError(f"member {url}: cannot connect to {where}: {_say(e)}", absent=True) from None
     except paramiko.SSHException as e:
+        t = client.get_transport()
+        dead = t is None or not t.is_active()
+        cause = getattr(t, "saved_exception", None) if t is not None else None
         client.close()
         text = _say(e)
+        if (dead and cause is not None) or "no existing session" in text.lower():
+            # the transport died under the handshake (paramiko then says "No existing session")
+            why = _say(cause) if cause is not None else text
+            raise RemoteError(f"member {url}: cannot connect to {where}: {why} (no SSH answer within "
+                              f"{timeout:g} s?)", absent=True) from None
         if "not found in known_hosts" in text:
             raise RemoteError(f"member {url}: the host key of {hostname} port {port} is not in known_hosts "
                               f"({', '.join(files[:-1])}): refused; connect once with ssh to check and "
@@ -203,6 +219,17 @@ def _connect(url: str, user: str | None, host: str, port: int | None) -> _Conn:
     with _conns_lock:
         _conns[key] = c
     return c
+
+
+def _io_timeout(cfg: dict) -> float:
+    """Seconds without an answer after which the host is taken for gone: ssh's ServerAliveInterval
+    x ServerAliveCountMax (default 3) when the configuration sets an interval, else IO_TIMEOUT."""
+    try:
+        interval = float(cfg.get("serveraliveinterval", 0))
+        count = int(cfg.get("serveralivecountmax", 3))
+    except ValueError:
+        return IO_TIMEOUT
+    return interval * max(1, count) if interval > 0 else IO_TIMEOUT
 
 
 class _Accept:

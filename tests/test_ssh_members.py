@@ -293,3 +293,17 @@ def test_members_that_dump_streamed_to_the_hosts(tmp_path, vmcore, ssh_hosts):
     assert sd(env, "join", "--allow-incomplete", hosts[0].path(), copy,
               members[2], "-o", local_out).rc == 0
     assert filecmp.cmp(remote_out, local_out, shallow=False)
+
+
+def test_a_host_that_hangs(dumped, tmp_path, ssh_hosts):
+    """A frozen host (sshd and its sessions stopped: the TCP connection opens, nothing answers)
+    costs ConnectTimeout (5 s in the fixture's config), then counts as unreachable."""
+    src, local, urls, env = dumped
+    ssh_hosts.hosts[1].stop()
+    res = sd(env, "info", urls[1], timeout=60)
+    assert_one_line_error(res, 6, urls[1])
+    out, ref = tmp_path / "remote", tmp_path / "local"
+    res = sd(env, "join", "--allow-incomplete", *urls, "-o", out, timeout=60)
+    assert res.rc == 0, res
+    assert sd(env, "join", "--allow-incomplete", local[0], local[2], "-o", ref).rc == 0
+    assert filecmp.cmp(out, ref, shallow=False)
