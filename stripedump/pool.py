@@ -122,7 +122,12 @@ def pool_worker(wid, dump: Dump, make_handler, tasks, events, turns: Turns | Non
         try:
             try:
                 if paths[t.member].startswith("ssh://"):
-                    rec = _remote(t.member, paths, remotes).pread(t.offset, t.length)
+                    try:
+                        rec = _remote(t.member, paths, remotes).pread(t.offset, t.length)
+                    except MemberError as e:
+                        if getattr(e, "absent", False):
+                            remotes[t.member] = e     # the host went away: its other chunks fail at once
+                        raise
                     if len(rec) != t.length:
                         raise MemberError(f"{where}: record truncated")
                 else:

@@ -86,6 +86,9 @@ class RemoteError(MemberError):
         super().__init__(message)
         self.absent = absent
 
+    def to_wire(self) -> tuple[str, str]:
+        return ("MemberError", self.message)      # from a read pool worker: a member error
+
 
 def parse(url: str) -> tuple[str | None, str, int | None, str]:
     """(user or None, host, port or None, absolute path) of an ``ssh://`` URL."""
@@ -190,10 +193,15 @@ def _connect(url: str, user: str | None, host: str, port: int | None) -> _Conn:
         client.close()
         raise RemoteError(f"member {url}: {where} refused the login ({_say(e)}); an ssh-agent key or an "
                           "IdentityFile in ~/.ssh/config must be one the host accepts") from None
-    except (paramiko.ssh_exception.NoValidConnectionsError, socket.gaierror, socket.timeout,
-            TimeoutError, ConnectionError) as e:
+    except paramiko.ssh_exception.NoValidConnectionsError as e:
         client.close()
-        raise RemoteError(f"member {url}: cannot connect to {where}: {_say(e)}", absent=True) from None
+        why = "; ".join(sorted({_say(x) for x in e.errors.values()})) or _say(e)
+        raise RemoteError(f"member {url}: cannot connect to {where}: {why}", absent=True) from None
+    except (socket.gaierror, socket.timeout, TimeoutError, ConnectionError, EOFError) as e:
+        client.close()
+        raise RemoteError(f"member {url}: cannot connect to {where}: "
+                          f"{_say(e) if not isinstance(e, EOFError) else 'the connection was closed'}",
+                          absent=True) from None
     except paramiko.SSHException as e:
         t = client.get_transport()
         dead = t is None or not t.is_active()
@@ -240,7 +248,7 @@ class _Accept:
 
 
 def _say(e: BaseException) -> str:
-    text = " ".join(str(e).split())
+    text = re.sub(r"^\[Errno [^\]]*\] ", "", " ".join(str(e).split()))
     return text or type(e).__name__
 
 

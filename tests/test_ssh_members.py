@@ -307,3 +307,63 @@ def test_a_host_that_hangs(dumped, tmp_path, ssh_hosts):
     assert res.rc == 0, res
     assert sd(env, "join", "--allow-incomplete", local[0], local[2], "-o", ref).rc == 0
     assert filecmp.cmp(out, ref, shallow=False)
+
+
+def test_a_host_dying_during_the_join(tmp_path, ssh_hosts):
+    """Host 1 is frozen as soon as a join worker has its session there, then killed: the join
+    exits 6 with one line; with --allow-incomplete it exits 0, and every page it wrote is the
+    source's page or zeros (a missing chunk), some of them zeros."""
+    import time
+    from stripedump import synth
+    sys.path.insert(0, os.path.join(ROOT, "tests", "helpers"))
+    import sshd
+    src = synth.build(str(tmp_path / "vmcore"), [synth.Load(0, 48 << 20)]).path
+    env = ssh_hosts.env
+    local = [str(tmp_path / f"m{i}.sd") for i in range(3)]
+    assert sd(env, "dump", "--disks", ",".join(local), "--codec", "lz4", "--chunk-size", CHUNK, "-q",
+              src).rc == 0
+    hosts = ssh_hosts.hosts
+    urls = []
+    for h, m in zip(hosts, local):
+        shutil.copy(m, h.path())
+        urls.append(h.url())
+    for allow in (False, True):
+        ssh_hosts.ready()
+        for h, m in zip(hosts, local):
+            shutil.copy(m, h.path())
+        out = tmp_path / f"joined-{allow}"
+        proc = subprocess.Popen([sys.executable, "-m", "stripedump", "join", "--workers", "1",
+                                 *(["--allow-incomplete"] if allow else []), *urls, "-o", str(out)],
+                                env=dict(env, PYTHONPATH=ROOT), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, stdin=subprocess.DEVNULL)
+        h = hosts[1]
+        deadline = time.monotonic() + 60
+        # the output exists once the members are open; then the worker's session on host 1
+        while not (os.path.exists(f"{out}.partial") and len(sshd.descendants(h.proc.pid)) > 1):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.005)
+        h.stop()
+        h.kill()
+        _, err = proc.communicate(timeout=120)
+        assert "Traceback" not in err, err
+        if not allow:
+            assert proc.returncode == 6, err
+            assert len(err.strip().splitlines()) == 1 and urls[1] in err, err
+            assert not out.exists()
+            continue
+        assert proc.returncode == 0, err
+        assert "missing" in err
+        zero = bytes(4096)
+        zeros = 0
+        with open(out, "rb") as a, open(src, "rb") as b:
+            first = True
+            while True:
+                x, y = a.read(4096), b.read(4096)
+                if not y:
+                    break
+                if first:        # e_flags: join marks the ELF incomplete (DUMP_ELF_INCOMPLETE)
+                    assert x[48] == y[48] | 1
+                    x, y, first = x[:48] + x[49:], y[:48] + y[49:], False
+                assert x == y or x == zero[:len(x)]
+                zeros += x != y
+        assert zeros > 0
