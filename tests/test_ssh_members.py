@@ -111,6 +111,7 @@ def test_a_missing_remote_member_file(dumped, tmp_path, ssh_hosts):
     res = sd(env, "join", "--allow-incomplete", *urls, "-o", out)
     assert res.rc == 0, res
     assert "missing" in res.err and "Traceback" not in res.err
+    assert f"{urls[1]}: not read (no such file on " in res.err
     assert sd(env, "join", "--allow-incomplete", local[0], local[2], "-o", ref).rc == 0
     assert filecmp.cmp(out, ref, shallow=False)
     info = json.loads(sd(env, "info", "--json", *urls).out)
