@@ -61,14 +61,23 @@ class DumpSet:
         self.readers: list[MemberReader] = []
         self.unwritten: list[str] = []    # given, but the dump stopped before writing a header there
         self.unusable: dict[int, tuple[str, str]] = {}   # member index -> (path, why): no manifest to read
+        # given as ssh://, but not there to be read (host unreachable, no such file): (path, why);
+        # with allow_missing their member indexes count as missing (remote.RemoteError.absent)
+        self.unreached: list[tuple[str, str]] = []
         try:
             for p in paths:
                 try:
                     self.readers.append(MemberReader(p))
-                except MemberError:
+                except MemberError as e:
+                    if allow_missing and getattr(e, "absent", False):
+                        self.unreached.append((p, str(e).split(f"member {p}: ", 1)[-1]))
+                        continue
                     if not (allow_missing and _never_written(p)):
                         raise
                     self.unwritten.append(p)
+            if not self.readers and self.unreached:
+                p, why = self.unreached[0]
+                raise MemberError(f"no member could be read: member {p}: {why}")
             if not self.readers:
                 raise MemberError(f"no member header in {', '.join(paths)}: the dump stopped before "
                                   "writing any; nothing to recover")
@@ -460,6 +469,8 @@ class DumpSet:
         for p in self.unwritten:
             out.append({"index": None, "path": p, "state": "no member header (never written)",
                         "found_by": None, "chunks": 0})
+        for p, why in self.unreached:
+            out.append({"index": None, "path": p, "state": f"not read ({why})", "found_by": None, "chunks": 0})
         return out
 
     # -- what a join would recover, member by member (info, verify, join) -----
@@ -494,6 +505,17 @@ def _count_congruent(lo: int, hi: int, d: int, n: int) -> int:
 
 def _never_written(path: str) -> bool:
     """A file the dump stopped before writing a member header to: empty, or zeros where it goes."""
+    if path.startswith("ssh://"):          # a stream cut before the head reached the host
+        from .remote import open_member
+        try:
+            f = open_member(path, head=False)
+            try:
+                head = f.pread(0, min(HEADER_BLOCK, f.size))
+            finally:
+                f.close()
+        except MemberError:
+            return False
+        return not head.strip(b"\0")
     try:
         with open(path, "rb") as f:
             head = f.read(HEADER_BLOCK)

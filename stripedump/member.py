@@ -31,12 +31,18 @@ class MemberReader:
 
     def __init__(self, path: str):
         self.path = path
+        self.remote = None        # an ssh:// member: remote.RemoteFile (paramiko only then)
+        self.fd = -1
+        if path.startswith("ssh://"):
+            from .remote import open_member
+            self.remote = open_member(path)
+        else:
+            try:
+                self.fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+            except OSError as e:
+                raise MemberError(f"member {path}: cannot open: {e.strerror}") from None
         try:
-            self.fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-        except OSError as e:
-            raise MemberError(f"member {path}: cannot open: {e.strerror}") from None
-        try:
-            self.size = os.lseek(self.fd, 0, os.SEEK_END)
+            self.size = self.remote.size if self.remote is not None else os.lseek(self.fd, 0, os.SEEK_END)
             if self.size < MemberHeader.STRUCT.size and self.size >= 8:
                 head = self.pread(0, self.size)
                 if head[:8] == MEMBER_MAGIC:
@@ -44,7 +50,7 @@ class MemberReader:
                                       "the file was truncated")
             self.header = MemberHeader.unpack(self.pread(0, min(HEADER_BLOCK, self.size)), f"member {path}")
         except BaseException:
-            os.close(self.fd)
+            self.close()
             raise
         self.version = self.header.version
         self.dump_id = self.header.dump_id
@@ -55,11 +61,19 @@ class MemberReader:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
+        if self.remote is not None:
+            self.remote.close()
 
     def pread(self, offset: int, length: int) -> bytes:
         if offset < 0 or length < 0 or offset + length > self.size:
             raise MemberError(f"member {self.path}: reference to bytes {offset}+{length} past its end "
                               f"({self.size} bytes): the member is truncated or damaged")
+        if self.remote is not None:
+            data = self.remote.pread(offset, length)
+            if len(data) != length:
+                raise MemberError(f"member {self.path}: ends early at offset {offset + len(data):#x} "
+                                  "(truncated?)")
+            return data
         return pread_exact(self.fd, offset, length, MemberError, f"member {self.path}")
 
     @property
@@ -137,7 +151,11 @@ class MemberReader:
         """(where, body) of each index record, checked (magic, dump id, checksum): packed IndexEntry rows."""
         hs = head_size(self.version)
         magic = magic_of("index", self.version)
-        for off in footer.index_offsets:
+        offs = footer.index_offsets
+        for i, off in enumerate(offs):
+            if self.remote is not None and i % self.remote.PREFETCH_GROUP == 0:    # few round trips
+                self.remote.prefetch([(o, hs + INDEX_EVERY * IndexEntry.STRUCT.size)
+                                      for o in offs[i:i + self.remote.PREFETCH_GROUP]])
             m, length, rid, _ = parse_head(self.pread(off, hs), self.version)
             if m != magic or length > INDEX_EVERY * IndexEntry.STRUCT.size or \
                     (rid is not None and rid != self.dump_id):

@@ -180,6 +180,9 @@ def _foreground(mfusepy, files, mp, log_path) -> int:
 
 
 def _daemon(mfusepy, files, mp, log_path) -> int:
+    remote = sys.modules.get("stripedump.remote")
+    if remote is not None:
+        remote.before_fork()        # ssh:// members: the server reads on connections of its own
     r, w = os.pipe()
     sys.stdout.flush()
     sys.stderr.flush()

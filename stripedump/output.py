@@ -116,7 +116,9 @@ def describe_missing(report: dict, most: int = 16, verify: bool = False) -> list
             more = f" ... ({len(ranges) - most} more; --json lists all)" if len(ranges) > most else ""
             lines.append(f"{what}: {shown}{more}")
     for m in report["members"]:
-        if m["index"] is None:
+        if m["index"] is None and m["state"].startswith("not read"):     # an ssh:// member not there
+            lines.append(f"{m['path']}: {m['state']}")
+        elif m["index"] is None:
             lines.append(f"{m['path']}: no member header (the dump stopped before writing one)")
         elif m["found_by"] is None:
             lines.append(f"member {m['index']}{' ' + m['path'] if m.get('path') else ''}: {m['state']}; its {m.get('missing_chunks', 'share of')} "
@@ -150,7 +152,7 @@ class PartialOutput:
         if os.path.lexists(out) and not force:
             raise OutputError(f"output {out} exists; refusing to overwrite it (use --force)")
         for m in members:
-            if os.path.exists(out) and os.path.samefile(out, m):
+            if os.path.exists(out) and not m.startswith("ssh://") and os.path.samefile(out, m):
                 raise OutputError(f"output {out} is one of the members")
         self.out, self.tmp = out, out + ".partial"
         try:

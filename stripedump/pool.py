@@ -26,6 +26,7 @@ import logging
 import multiprocessing
 import os
 import queue
+import sys
 from typing import NamedTuple
 
 from .errors import Interrupted, MemberError, StripedumpError, VerifyError, from_wire
@@ -107,6 +108,7 @@ def pool_worker(wid, dump: Dump, make_handler, tasks, events, turns: Turns | Non
     logging.getLogger("stripedump.reader").disabled = True
     paths = dump.paths
     fds = {}
+    remotes = {}         # member position -> remote.RemoteFile: this worker's own connection
     # one buffer for every record (issue 12: ``preadv`` into it takes half the CPU of ``pread``,
     # which allocates and faults in a new bytes object per record).  The handler is done with
     # a record (its turn included) before the next one is read; a longer record gets a new
@@ -119,14 +121,24 @@ def pool_worker(wid, dump: Dump, make_handler, tasks, events, turns: Turns | Non
         nonlocal buf
         try:
             try:
-                fd = fds.get(t.member)
-                if fd is None:
-                    fd = fds[t.member] = os.open(paths[t.member], os.O_RDONLY)
-                if len(buf) < t.length:
-                    buf = memoryview(bytearray(t.length))
-                rec = buf[:t.length]
-                if os.preadv(fd, [rec], t.offset) != t.length:
-                    raise MemberError(f"{where}: record truncated")
+                if paths[t.member].startswith("ssh://"):
+                    try:
+                        rec = _remote(t.member, paths, remotes).pread(t.offset, t.length)
+                    except MemberError as e:
+                        if getattr(e, "absent", False):
+                            remotes[t.member] = e     # the host went away: its other chunks fail at once
+                        raise
+                    if len(rec) != t.length:
+                        raise MemberError(f"{where}: record truncated")
+                else:
+                    fd = fds.get(t.member)
+                    if fd is None:
+                        fd = fds[t.member] = os.open(paths[t.member], os.O_RDONLY)
+                    if len(buf) < t.length:
+                        buf = memoryview(bytearray(t.length))
+                    rec = buf[:t.length]
+                    if os.preadv(fd, [rec], t.offset) != t.length:
+                        raise MemberError(f"{where}: record truncated")
                 try:
                     checked = dump.check_record(t.chunk_id, rec)
                 except ChunkError as e:
@@ -153,6 +165,7 @@ def pool_worker(wid, dump: Dump, make_handler, tasks, events, turns: Turns | Non
         for batch in messages(tasks):
             done: list = []
             try:
+                _prefetch_remote(batch, paths, remotes)
                 for t in batch:
                     done.append(one(Task(*t)))
             finally:
@@ -161,6 +174,41 @@ def pool_worker(wid, dump: Dump, make_handler, tasks, events, turns: Turns | Non
         events.put([("err", *e.to_wire())])
     except Exception as e:
         events.put([("err", "StripedumpError", f"internal error in join worker {wid}: {type(e).__name__}: {e}")])
+
+
+def _prefetch_remote(batch, paths, remotes: dict) -> None:
+    """The records of a batch's ``ssh://`` members, asked for together (one round trip a member).
+
+    Each worker opens the remote members it reads on its own connection
+    (remote.py: no SSH stream crosses a fork).  A member that cannot be
+    opened is left out here: its tasks then fail one by one, as for a local
+    member that cannot be read.
+    """
+    by_member: dict[int, list] = {}
+    for t in batch:
+        if paths[t[0]].startswith("ssh://"):
+            by_member.setdefault(t[0], []).append((t[2], t[3]))
+    for pos, ranges in by_member.items():
+        try:
+            _remote(pos, paths, remotes).prefetch(ranges)
+        except StripedumpError:
+            pass        # each task says why
+
+
+def _remote(pos: int, paths, remotes: dict):
+    """This worker's RemoteFile of member ``pos``; a member that failed fails again at once
+    (a host that went down is not asked again for every chunk)."""
+    f = remotes.get(pos)
+    if isinstance(f, StripedumpError):
+        raise f
+    if f is None:
+        from .remote import open_member
+        try:
+            f = remotes[pos] = open_member(paths[pos], head=False)
+        except StripedumpError as e:
+            remotes[pos] = e
+            raise
+    return f
 
 
 # Tasks go to the workers in batches of up to BATCH_MAX (issue 12: one message each way per
@@ -199,6 +247,9 @@ def run_pool(dump: Dump, workers: int, make_handler, keep_going: bool, progress,
     failed: list[int] = []
     ds, index, plan = dump.ds, dump.index, dump.plan
     tasks, events = queue_pair()
+    remote = sys.modules.get("stripedump.remote")
+    if remote is not None:
+        remote.before_fork()      # no SSH connection is shared with the workers: each opens its own
     procs = [spawn(pool_worker, f"stripedump-join-{i}", (i, dump, make_handler, tasks, events, turns))
              for i in range(workers)]
     errors: list[str] = []
