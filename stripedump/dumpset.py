@@ -116,7 +116,7 @@ class DumpSet:
         if max(r.header.created for r in newest[0]) == max(r.header.created for r in newest[1]):
             return          # ambiguous: _check_set refuses, naming both dumps
         keep = newest[0]
-        if all(r.header.state == STATE_COMPLETE for r in keep):
+        if all(_finished(r) for r in keep):
             return          # a finished dump wrote every head: members mixed up by hand, refused
         kept = {r.header.member_index for r in keep}
         for g in newest[1:]:
@@ -522,3 +522,12 @@ def _never_written(path: str) -> bool:
     except OSError:
         return False
     return not head.strip(b"\0")
+
+
+def _finished(r: MemberReader) -> bool:
+    """The member says its dump finished: its header, or for a streamed member (whose header is
+    never rewritten, FEATURE_STREAMED) its trailer."""
+    if r.header.state == STATE_COMPLETE:
+        return True
+    t = r.trailer()
+    return t is not None and t.state == STATE_COMPLETE

@@ -15,15 +15,17 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import sys
 import time
 
 import pytest
 
 from stripedump import synth
+from stripedump.member import MemberReader
 from stripedump.vmcore import Source
 
-from conftest import run_cli, unfinalize
+from conftest import assert_one_line_error, run_cli, unfinalize
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench"))
 import soak  # noqa: E402
@@ -162,3 +164,24 @@ def test_member_still_holding_an_older_dump_counts_as_missing(tmp_path):
     finally:
         src_new.close()
         got.close()
+
+
+def test_finished_streamed_members_of_two_dumps_are_refused(tmp_path, vmcore):
+    """Member 0 of each dump streamed to standard output (its header never rewritten: the trailer
+    says it finished), member 1 a file: the newest dump's streamed member with the other dump's
+    file is a mix-up by hand, refused, never taken as an older dump's leftover to drop."""
+    src = vmcore("kernel").path
+    parts = []
+    for n in range(2):
+        a, b = tmp_path / f"d{n}-m0", tmp_path / f"d{n}-m1"
+        with open(a, "wb") as f:
+            p = subprocess.run([sys.executable, "-m", "stripedump", "dump", "-q", "--disks", f"-,{b}", src],
+                               stdout=f, stderr=subprocess.PIPE, timeout=120,
+                               env=dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+        assert p.returncode == 0, p.stderr
+        parts.append((a, b))
+        time.sleep(1.1)            # member headers carry the creation second
+    assert MemberReader(str(parts[1][0])).header.state == 0          # streamed: never rewritten
+    r = run_cli("join", "--allow-incomplete", parts[1][0], parts[0][1], "-o", tmp_path / "out")
+    assert_one_line_error(r, 6, "different dumps")
+    assert not (tmp_path / "out").exists()
