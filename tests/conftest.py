@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -47,6 +48,13 @@ def run_cli(*args, timeout=120, cwd=None, without=()) -> CliResult:
     proc = subprocess.run([sys.executable, *run, *map(str, args)], capture_output=True,
                           text=True, timeout=timeout, cwd=cwd, env=env, stdin=subprocess.DEVNULL)
     return CliResult(proc)
+
+
+def default_signals() -> None:
+    """``preexec_fn`` for a child a test sends SIGHUP: as a terminal's process has it.  Under
+    ``nohup`` (a CI runner may start the suite so) SIGHUP is ignored and children inherit that,
+    and stripedump rightly leaves an ignored SIGHUP ignored (procs.Signals)."""
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
 
 
 def run_python(code: str, timeout: int = 120) -> subprocess.CompletedProcess:

@@ -22,7 +22,7 @@ import time
 
 import pytest
 
-from conftest import assert_one_line_error, run_cli
+from conftest import assert_one_line_error, default_signals, run_cli
 
 CHUNK = "64K"       # many chunks in a few MiB: reads cross chunk boundaries
 
@@ -386,7 +386,7 @@ def test_foreground_ends_on_a_signal_and_unmounts(dumped, mnt, sig):
     env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     proc = subprocess.Popen([sys.executable, "-m", "stripedump", "mount", "--foreground", *members,
                              str(mnt)], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, env=env)
+                            stderr=subprocess.PIPE, env=env, preexec_fn=default_signals)
     try:
         deadline = time.monotonic() + 30
         while mounted(mnt) is None:

@@ -30,6 +30,8 @@ from stripedump.join import join
 from stripedump.pipeline import dump
 from stripedump import procs
 
+from conftest import default_signals
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "bench"))
 import soak  # noqa: E402
@@ -50,7 +52,8 @@ def _start(src, members, **kw):
     return subprocess.Popen([sys.executable, "-m", "stripedump", "dump", "-q", "--codec", CODEC,
                              "--workers", "2", "--chunk-size", CHUNK, "--disks", ",".join(members), src],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=dict(os.environ, PYTHONPATH=ROOT), start_new_session=True, **kw)
+                            env=dict(os.environ, PYTHONPATH=ROOT), start_new_session=True,
+                            **{"preexec_fn": default_signals, **kw})
 
 
 def _wait_for_children(p, n, timeout=30):
