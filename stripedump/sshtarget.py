@@ -23,10 +23,13 @@ One connection per target, in two phases:
    coordinator waits for every target's answer, checks its local targets,
    and only then sends ``go``; a dump refused anywhere sends nothing more,
    and the remote removes the empty file it created (a retry is not refused).
-2. the member's bytes: the remote copies them with ``dd iflag=fullblock
-   conv=fdatasync`` one segment of ``segment`` bytes at a time and answers
-   ``synced N`` (the member's size on its disk) after each, and ``done N``
-   after the end of the stream.  The writer keeps the member offsets of its
+2. the member's bytes: the remote copies them with ``dd iflag=fullblock``
+   one segment of ``segment`` bytes at a time; after each it starts a
+   ``sync`` of the file in the background (while the next segment arrives:
+   the link never waits for the remote disk; at most one sync at a time) that
+   answers ``synced N`` (the member's size on its disk) when it returns, and
+   ``done N`` after the end of the stream and a last sync.  A sync that fails
+   answers ``error``: nothing unsynced is ever acknowledged.  The writer keeps the member offsets of its
    chunks not yet covered by a ``synced`` (``Sink.pending``): those are the
    chunks a failing host can take with it (degraded.py re-encodes them for the
    others under ``--on-disk-error continue``); and it waits for ``done N``,
@@ -55,7 +58,7 @@ from .plain import Plain
 
 SCHEME = "ssh://"
 PIPE_BYTES = 1 << 20     # the pipe to each ssh child (F_SETPIPE_SZ; /proc/sys/fs/pipe-max-size allows 1 MiB)
-SEGMENT_MIB = 64         # the remote fdatasyncs and acknowledges every this many MiB (STRIPEDUMP_SYNC_EVERY lowers it)
+SEGMENT_MIB = 64         # the remote syncs and acknowledges every this many MiB (STRIPEDUMP_SYNC_EVERY lowers it)
 
 # $1 path, $2 force (0/1), $3 segment in MiB.  Lines to the writer: ready/refused/error, then synced/done.
 REMOTE = r"""
@@ -86,15 +89,16 @@ if [ "$go" != go ]; then
 fi
 true >"$P" || { echo "error cannot truncate it there"; exit 0; }
 sync -- "$D"
-s=0
+s=0 p=
 while :; do
-  dd bs=1M count="$K" iflag=fullblock conv=fdatasync status=none >&9 || { echo "error writing it failed there"; exit 0; }
+  e=$(dd bs=1M count="$K" iflag=fullblock status=none 2>&1 >&9) || { echo "error writing it failed there: ${e##*: }"; exit 0; }
   n=$(stat -c %s -- "$P")
-  echo "synced $n"
+  if [ -n "$p" ]; then wait "$p" || { echo "error syncing it failed there"; exit 0; }; fi
+  { sync -- "$P" && echo "synced $n"; } & p=$!
   [ "$n" -lt $((s + K * 1048576)) ] && break
   s=$n
 done
-sync -- "$P"
+wait "$p" && sync -- "$P" || { echo "error syncing it failed there"; exit 0; }
 echo "done $n"
 """
 
@@ -302,6 +306,7 @@ class Sink:
 
     def why(self) -> str:
         """What the remote end or ssh said about a failure (one line), or ''."""
+        self.poll()          # an ``error`` line the remote sent before it went away
         if self.refusal:
             return self.refusal
         return last_line(read_all(self.err)) if self.err >= 0 else ""
