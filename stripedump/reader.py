@@ -137,7 +137,7 @@ class ChunkIndex:
                                      # off + len in uint64 wraps for a hostile offset: two tests
                                      bool(np.any((e["off"] > r.size) | (e["len"] > r.size - e["off"]))) or
                                      bool(np.any(member[cid] != MISSING)) or
-                                     len(np.unique(cid)) != len(cid)):
+                                     _repeats(np, cid)):
                         return False
                     member[cid], offset[cid], length[cid] = pos, e["off"], e["len"]
                     count += len(cid)
@@ -485,3 +485,9 @@ def open(members: list[str], allow_incomplete: bool = False, cache_bytes: int = 
     ``join --allow-incomplete`` does, and another copy of a degraded dump's chunk is taken)
     instead of failing when read.  It reads the whole of such members at open."""
     return Dump(members, allow_incomplete, cache_bytes, verify_walks=verify_walks)
+
+
+def _repeats(np, ids) -> bool:
+    """True when a value occurs twice in ``ids`` (sorted copy; np.unique would import numpy.ma)."""
+    c = np.sort(ids)
+    return bool(np.any(c[1:] == c[:-1]))
