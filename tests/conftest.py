@@ -188,3 +188,19 @@ def ssh_hosts(sshd_cluster):
     their member directories emptied before and after the test."""
     yield sshd_cluster.ready()
     sshd_cluster.ready()
+
+
+@pytest.fixture(scope="session")
+def workload_vmcore():
+    """The real-kernel vmcore with WORKLOAD=1 (ext4 page cache, written files, anonymous memory),
+    built once and cached next to the plain one."""
+    out = REAL_DIR + "-workload"
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "make-real-vmcore.sh")
+    if shutil.which("qemu-system-x86_64") is None and os.geteuid() != 0:
+        pytest.skip("QEMU (qemu-system-x86) is not installed and cannot be installed without root")
+    p = subprocess.run(["bash", script, out], capture_output=True, text=True, timeout=900,
+                       env=dict(os.environ, WORKLOAD="1"))
+    if p.returncode != 0:
+        lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
+        pytest.skip(f"cannot build the workload vmcore: {lines[-1] if lines else p.returncode}")
+    return os.path.join(out, "vmcore")

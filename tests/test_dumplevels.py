@@ -242,12 +242,9 @@ def judged_plain(real_vmcore, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def judged_load(tmp_path_factory):
-    path = REAL_DIR + "-workload/vmcore"
-    if not os.path.exists(path):
-        pytest.skip("the WORKLOAD=1 fixture is not built (tests/fixtures/make-real-vmcore.sh; test_pageclass.py "
-                    "builds it)")
-    norm, out, d = judge(path, tmp_path_factory)
+def judged_load(workload_vmcore, tmp_path_factory):
+    """The WORKLOAD=1 guest (built once by test_pageclass's fixture and cached), judged by makedumpfile."""
+    norm, out, d = judge(workload_vmcore, tmp_path_factory)
     yield norm, out
     shutil.rmtree(d, ignore_errors=True)
 

@@ -26,7 +26,7 @@ from stripedump.pageclass import (CACHE_KEYS, CLASSES, FREE_KEYS, MEMMAP_KEYS, P
 from stripedump.vmcore import Source
 from stripedump.vmcoreinfo import VmcoreInfo
 
-from conftest import REAL_DIR   # and the real_vmcore fixture
+
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LEVELS = (1, 2, 4, 8, 16, 31)
@@ -54,22 +54,6 @@ def kdump_excluded(path: str, level: int) -> tuple[np.ndarray, np.ndarray]:
         zero[np.nonzero(b2)[0][offsets == table + 24 * n]] = True
         excluded |= zero
     return b1, excluded
-
-
-@pytest.fixture(scope="module")
-def workload_vmcore():
-    """The real-kernel vmcore with WORKLOAD=1 (ext4 page cache, written files, anonymous memory),
-    built once and cached next to the plain one."""
-    out = REAL_DIR + "-workload"
-    script = os.path.join(ROOT, "tests", "fixtures", "make-real-vmcore.sh")
-    if shutil.which("qemu-system-x86_64") is None and os.geteuid() != 0:
-        pytest.skip("QEMU (qemu-system-x86) is not installed and cannot be installed without root")
-    p = subprocess.run(["bash", script, out], capture_output=True, text=True, timeout=900,
-                       env=dict(os.environ, WORKLOAD="1"))
-    if p.returncode != 0:
-        lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
-        pytest.skip(f"cannot build the workload vmcore: {lines[-1] if lines else p.returncode}")
-    return os.path.join(out, "vmcore")
 
 
 def judge(path, tmp_path_factory):
