@@ -233,8 +233,9 @@ def _encode_excluded(src, codec, chunk: Chunk, ps: int, out, zero, careful: bool
 # range ends at the end of the mapping compares a slice instead (one block per window).
 
 
-def _zero_flags(obj, base: int, n: int, bb: int, zero) -> list[bool]:
-    """Per block of ``obj[base:base+n]`` (whole blocks): True where it is all zero.
+def _zero_flags(obj, base: int, n: int, bb: int, zero, idxs=None) -> list[bool]:
+    """Per block of ``obj[base:base+n]`` (whole blocks), or per block of ``idxs`` (block
+    indexes from ``base``): True where it is all zero.
 
     mmap.find runs at memory speed without a copy, while bytes/bytearray.find
     pre-processes the needle on every call (0.5 GB/s here); for those a slice
@@ -242,12 +243,12 @@ def _zero_flags(obj, base: int, n: int, bb: int, zero) -> list[bool]:
     whole chunk: no per-block branch in the encode loop.
     """
     z = zero if len(zero) == bb else zero[:bb]
+    starts = range(base, base + n, bb) if idxs is None else [base + i * bb for i in idxs]
     if isinstance(obj, mmap.mmap):
         find, size = obj.find, len(obj)
         # a search that ends at the mapping's end compares slices instead: SAFE_FIND_END
-        return [find(z, s, s + bb) == s if s + bb < size else obj[s:s + bb] == z
-                for s in range(base, base + n, bb)]
-    return [obj[s:s + bb] == z for s in range(base, base + n, bb)]
+        return [find(z, s, s + bb) == s if s + bb < size else obj[s:s + bb] == z for s in starts]
+    return [obj[s:s + bb] == z for s in starts]
 
 
 def _nonzero_blocks(obj, base: int, n: int, bb: int, zero) -> list[int]:
@@ -275,17 +276,6 @@ def _nonzero_blocks(obj, base: int, n: int, bb: int, zero) -> list[int]:
     return [i for i, z in enumerate(_zero_flags(obj, base, n, bb, zero)) if not z]
 
 
-def _nonzero_at(obj, base: int, idxs: list, bb: int, zero) -> list[int]:
-    """Those of the blocks ``idxs`` of ``obj[base:]`` that are not all zero (``_zero_flags``'s tests)."""
-    z = zero if len(zero) == bb else zero[:bb]
-    if isinstance(obj, mmap.mmap):
-        find, size = obj.find, len(obj)
-        # never a search that ends at the mapping's end: SAFE_FIND_END
-        return [i for i in idxs if not ((find(z, s, s + bb) == s) if (s := base + i * bb) + bb < size
-                                        else obj[s:s + bb] == z)]
-    return [i for i in idxs if obj[base + i * bb:base + i * bb + bb] != z]
-
-
 _ONE_IF_CLEAR = bytes([1]) + bytes(255)
 _select = compress      # itertools.compress: _encode_blocks has a local of that name
 
@@ -308,7 +298,7 @@ def _encode_blocks(codec, obj, base, mv, n, bb, out, pos, zero, skip=None) -> tu
     if skip is not None and skip.count(1):
         # only the blocks kept are zero-tested (with -d 31 most of a chunk is left out)
         keep = list(_select(range(nblocks), skip.translate(_ONE_IF_CLEAR)))
-        nonzero = _nonzero_at(obj, base, keep, bb, zero)
+        nonzero = [i for i, z in zip(keep, _zero_flags(obj, base, 0, bb, zero, keep)) if not z]
         zeros = len(keep) - len(nonzero)
     else:
         nonzero = _nonzero_blocks(obj, base, n, bb, zero)
