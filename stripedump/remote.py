@@ -58,9 +58,9 @@ import re
 import socket
 import threading
 
-from .errors import MemberError
+from .errors import MemberError, UsageError
+from .sshtarget import SCHEME, SshUrl
 
-SCHEME = "ssh://"
 REQUEST = 32768              # bytes per SFTP read request: what every server answers whole (paramiko's own size)
 HEAD = 256 << 10             # read at open: the header and the manifest (a real kernel's: 20-90 KiB)
 TAIL = 64 << 10              # read at open: trailer, footer and the last index record (28 KiB)
@@ -72,7 +72,6 @@ IO_TIMEOUT = 120.0           # seconds without an answer on an open connection: 
 
 STATS = {"round_trips": 0, "requests": 0, "bytes": 0, "connections": 0}   # this process's, for tests and bench
 
-_URL = re.compile(r"ssh://(?:(?P<user>[^@/]+)@)?(?P<host>\[[^\]/]+\]|[^:/]+)(?::(?P<port>\d+))?(?P<path>/.*)$")
 
 
 def is_remote(path: str) -> bool:
@@ -91,14 +90,13 @@ class RemoteError(MemberError):
 
 
 def parse(url: str) -> tuple[str | None, str, int | None, str]:
-    """(user or None, host, port or None, absolute path) of an ``ssh://`` URL."""
-    m = _URL.match(url)
-    if not m or m["path"] in ("", "/"):
-        raise MemberError(f"member {url}: not an ssh://[user@]host[:port]/absolute/path URL")
-    port = int(m["port"]) if m["port"] else None
-    if port is not None and not 0 < port < 65536:
-        raise MemberError(f"member {url}: port {port} out of range")
-    return m["user"], m["host"].strip("[]"), port, m["path"]
+    """(user or None, host, port or None, absolute path) of an ``ssh://`` URL: the dump's own
+    parser (sshtarget.SshUrl), its refusals as member errors."""
+    try:
+        u = SshUrl.parse(url)
+    except UsageError as e:
+        raise MemberError(str(e).replace("target ", "member ", 1)) from None
+    return u.user, u.host, u.port, u.path
 
 
 # -- connections ----------------------------------------------------------------
