@@ -220,8 +220,9 @@ def _best_effort(output):
 
 def _dump(cfg: DumpConfig, src: Source, t0: float, progress, say, sig=None) -> DumpResult:
     chunk_pages, block_bytes = cfg.geometry(src.page_size)
-    if cfg.block_lowered(src.page_size):
-        say(cfg.block_lowered(src.page_size), 0)
+    lowered = cfg.block_lowered(src.page_size)
+    if lowered:
+        say(lowered, 0)
     targets = check_targets(list(cfg.targets), src.st, cfg.force)
     plan = Plan(src.pfn_ranges, src.residue(), src.page_size, chunk_pages)
     nmem = len(targets)
