@@ -29,15 +29,19 @@ Why this module:
   data; then hwpoison and logically offline pages, which makedumpfile drops
   at every level.  A compound head takes its whole page (order from the
   first tail, checked for alignment) with it.
-* Vectorized: the struct pages of a chunk are read at once and decoded as
-  numpy columns; no Python loop per page.  makedumpfile walks pages in order
-  and jumps over each excluded block; here every page is judged and each
-  excluded page's block is painted.  The two agree because the blocks are
-  aligned powers of two (an unaligned compound order is ignored by both; an
-  unaligned buddy block is kept here), so they nest: a page inside an
+* Two engines, one set of rules (resolved here, once per process).  A
+  small machine is walked here in Python, as makedumpfile walks it: page by
+  page, jumping over each excluded block, so a free block costs one step
+  whatever its size; numpy's import (60-120 ms) would cost such a dump more
+  than the walk.  A large machine is judged by pagevec.py: the struct pages
+  of a chunk decoded as numpy columns, no Python step per page, every page
+  judged and each excluded page's block painted.  The two agree because the
+  blocks are aligned powers of two (an unaligned compound order is ignored
+  by both; an unaligned buddy block is kept), so they nest: a page inside an
   excluded block is excluded whatever it says itself, and the outermost
-  block's class is the one counted, as makedumpfile counts it.  A block whose
-  head lies before the chunk is found by looking back at the aligned
+  block's class is the one counted, as makedumpfile counts it
+  (tests/test_pageclass.py compares the engines page by page).  A block
+  whose head lies before the chunk is found by looking back at the aligned
   candidate heads (one per order up to the largest buddy order) and at the
   head a tail page points to (gigantic pages).
 * Never guess: a struct page that cannot be read excludes nothing; a level
@@ -49,7 +53,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
+import struct
+from bisect import bisect_right
+from operator import itemgetter
 
 from .kvmem import KernelMemory
 from .vmcoreinfo import VmcoreInfo
@@ -65,6 +71,10 @@ SECTION_PRESENT = 1
 SECTION_FLAG_BITS = 0x3F
 KERNEL_SPACE = 0xFFFF800000000000
 ZERO_BLOCK = 4096                 # pages zero-tested per read (16 MiB with 4 KiB pages)
+# PageClassifier's engine: a machine of at most this many pages is walked in Python (numpy's import
+# costs a process 60-120 ms, more than the walk of such a machine: docs/benchmarks.md, issue 11)
+WALK_MAX_PAGES = 1 << 19
+_U64 = struct.Struct("<Q")
 
 MEMMAP_KEYS = ("SYMBOL(mem_section)", "SIZE(mem_section)", "OFFSET(mem_section.section_mem_map)",
                "NUMBER(SECTION_SIZE_BITS)", "NUMBER(MAX_PHYSMEM_BITS)")
@@ -126,7 +136,7 @@ class MemMap:
             data = self.kmem.read(base, nroots * 8)
             if data is None:
                 continue
-            roots = np.frombuffer(data, "<u8").tolist()
+            roots = list(struct.unpack(f"<{nroots}Q", data))
             self._roots, self._root_cache, self._coded = roots, {}, {}
             first = next((i for i, r in enumerate(roots) if r), None)
             if first is None:
@@ -192,17 +202,16 @@ class MemMap:
         pfn = d // self.size_page
         return pfn if self.vaddr(pfn) == vaddr else None
 
-    def read(self, a: int, n: int) -> tuple[bytearray, np.ndarray]:
-        """The struct pages of [a, a+n): (buffer of n * SIZE(page), readable mask)."""
+    def read(self, a: int, n: int) -> tuple[bytearray, list[tuple[int, int]]]:
+        """The struct pages of [a, a+n): (buffer of n * SIZE(page), the page ranges [i, j) read)."""
         S = self.size_page
         buf = bytearray(n * S)
-        ok = np.zeros(n, dtype=bool)
+        good = []
         for p0, p1, v in self.runs(a, a + n):
-            part, good = self.kmem.read_items(v, p1 - p0, S)
+            part, got = self.kmem.read_items(v, p1 - p0, S)
             buf[(p0 - a) * S:(p1 - a) * S] = part
-            for i, j in good:
-                ok[p0 - a + i:p0 - a + j] = True
-        return buf, ok
+            good += [(p0 - a + i, p0 - a + j) for i, j in got]
+        return buf, good
 
 
 def _x86_64_section_bits(info: VmcoreInfo, page_size: int) -> tuple[int, int] | None:
@@ -221,12 +230,16 @@ def _x86_64_section_bits(info: VmcoreInfo, page_size: int) -> tuple[int, int] | 
     return (sb, pb) if info.length("mem_section") in (-(-n // per_root), n) else None
 
 
+# class per page -> 1 where the page is left out (any class), or left out but not as a zero page
+_ANY_CLASS = bytes([0]) + bytes([1]) * 255
+_NOT_ZERO_CLASS = bytes([0]) + bytes([0 if c == C_ZERO else 1 for c in range(1, 256)])
+
+
 @dataclass
 class Classified:
-    """The verdict on pages [first_pfn, first_pfn + len(excluded))."""
+    """The verdict on pages [first_pfn, first_pfn + len(classes))."""
     first_pfn: int
-    excluded: np.ndarray                 # bool per page
-    classes: np.ndarray                  # uint8 per page: index into CLASSES
+    classes: bytearray                   # class code per page: index into CLASSES (0: kept)
     counts: dict[str, int]
     level_asked: int
     level_applied: int
@@ -234,17 +247,39 @@ class Classified:
     weaker: tuple[str, ...] = ()         # absent entries that make an applied bit keep more
     unreadable: int = 0                  # pages whose struct page could not be read
 
+    @property
+    def excluded(self) -> bytes:
+        """1 per page left out (any class), 0 per page kept."""
+        return bytes(self.classes).translate(_ANY_CLASS)
+
+    def left_out(self) -> bytes:
+        """As ``excluded``, but 0 for zero pages: a dump stores those as zero blocks, which cost as
+        little, and makedumpfile's kdump output keeps them in its bitmap too."""
+        return bytes(self.classes).translate(_NOT_ZERO_CLASS)
+
 
 class PageClassifier:
-    """One per worker: classify(first_pfn, count) for a level, on one Source."""
+    """One per worker: classify(first_pfn, count) for a level, on one Source.
 
-    def __init__(self, src, info: VmcoreInfo, level: int):
+    ``engine``: "walk" (this module, in Python, page by page, jumping over
+    each excluded block as makedumpfile does), "vector" (pagevec.py: numpy
+    columns), or None: walk a machine of at most WALK_MAX_PAGES pages,
+    where importing numpy would cost more than it saves, vector above.
+    """
+
+    def __init__(self, src, info: VmcoreInfo, level: int, engine: str | None = None):
         if not 0 <= level <= 31:
             raise ValueError(f"dump level {level} is not between 0 and 31")
+        if engine not in (None, "walk", "vector"):
+            raise ValueError(f"unknown classifier engine {engine!r}")
         self.src, self.info, self.level = src, info, level
         self.page_size = src.page_size
-        self._range_starts = np.array([r[0] for r in src.pfn_ranges], dtype=np.int64)
-        self._range_ends = np.array([r[1] for r in src.pfn_ranges], dtype=np.int64)
+        self._range_starts = [r[0] for r in src.pfn_ranges]
+        self._range_ends = [r[1] for r in src.pfn_ranges]
+        if engine is None:
+            engine = "walk" if sum(e - s for s, e in src.pfn_ranges) <= WALK_MAX_PAGES else "vector"
+        self.engine_name = engine
+        self._engine = None
         self.memmap: MemMap | None = None
         missing: list[str] = []
         weaker: list[str] = []
@@ -316,171 +351,174 @@ class PageClassifier:
             weaker.append("NUMBER(PAGE_OFFLINE_MAPCOUNT_VALUE)")
         if self.pg["PG_hwpoison"] is None:
             weaker.append("NUMBER(PG_hwpoison)")
+        self.offline_ok = self.offline_val is not None and self.o_mapcount is not None and \
+            (self.pg["PG_slab"] is not None or self.slab_val is not None)
+        self._fields = _field_reader(((self.o_flags, "Q"), (self.o_head, "Q"), (self.o_mapcount, "i"),
+                                      (self.o_private, "Q"), (self.o_mapping, "Q")))
+        self._judge = self._make_judge()
 
-    # -- decoding ------------------------------------------------------------------
-    def _decode(self, buf, n: int, stride: int, pfns: np.ndarray, ok: np.ndarray, ok_next: np.ndarray):
-        """(class code, block order) for n struct pages at buf[i*stride], their next page at +SIZE(page)."""
-        u64 = np.uint64
+    # -- the walk ------------------------------------------------------------------
+    def _make_judge(self):
+        """judge(buf, off, ok_next, pfn) -> (class code, block order) of the readable struct page at
+        buf[off:] (its next page after it): the rules, with every constant bound once (a closure is
+        about twice as fast per page as attribute lookups)."""
+        fields, u64 = self._fields, _U64.unpack_from
+        S, head_mask, bits, max_order = self.S, self.head_mask, self.bits, self.max_order
+        pg = self.pg
+        slab_bit, slab_val = pg["PG_slab"], self.slab_val
+        order_in_flags, o_flags, o_order, o_dtor = self.order_in_flags, self.o_flags, self.o_order, self.o_dtor
+        hugetlb_val, hugetlb_bit, hugetlb_dtor = self.hugetlb_val, pg["PG_hugetlb"], self.hugetlb_dtor
+        free = bool(bits & FREE)
+        buddy_val, unaccepted_val = self.buddy_val, self.unaccepted_val
+        max_mask = (1 << max_order) - 1
+        cache_bits, want_cache, want_private = bits & (CACHE | CACHE_PRIVATE), bits & CACHE, bits & CACHE_PRIVATE
+        user = bits & USER
+        lru, swapbacked, swapcache, private_bit = pg["PG_lru"], pg["PG_swapbacked"], pg["PG_swapcache"], \
+            pg["PG_private"]
+        cache_mask = (1 << lru if lru is not None else 0)
+        swap_mask = (1 << swapbacked | 1 << swapcache) if swapbacked is not None and swapcache is not None else 0
+        priv_mask = 1 << private_bit if private_bit is not None else 0
+        slab_mask = 1 << slab_bit if slab_bit is not None else 0
+        hwpoison_mask = 1 << pg["PG_hwpoison"] if pg["PG_hwpoison"] is not None else 0
+        offline_ok, offline_val = self.offline_ok, self.offline_val
 
-        def col(off, dt, base=0):
-            return np.ndarray((n,), dt, buffer=buf, offset=base + off, strides=(stride,))
+        def judge(buf, off, ok_next, pfn):
+            flags, chead, mapcount, private, mapping = fields(buf, off)
+            if chead & 1:                  # a compound tail: judged with its head, never alone
+                return 0, 0
+            slab = flags & slab_mask or (slab_val is not None and mapcount == slab_val)
+            order, hugetlb = 0, False
+            if ok_next and flags & head_mask:       # a compound head: order (and hugetlb) from its first tail
+                nxt = off + S
+                if order_in_flags:
+                    nflags = u64(buf, nxt + o_flags)[0]
+                    order = nflags & 0xFF
+                    if hugetlb_val is not None and mapcount is not None:
+                        hugetlb = mapcount == hugetlb_val
+                    elif hugetlb_bit is not None:
+                        hugetlb = bool(nflags >> hugetlb_bit & 1)
+                else:
+                    if o_order is not None:
+                        order = buf[nxt + o_order]
+                    if o_dtor is not None and hugetlb_dtor is not None:
+                        hugetlb = buf[nxt + o_dtor] == hugetlb_dtor
+                if order >= 64 or pfn & ((1 << order) - 1):
+                    order = 0
+            if free:
+                if mapcount == buddy_val and not slab:
+                    # a buddy page with a bad order is kept (makedumpfile warns)
+                    return (C_FREE, private) if private <= max_order and not pfn & ((1 << private) - 1) \
+                        else (0, 0)
+                if unaccepted_val is not None and mapcount == unaccepted_val:
+                    # unaccepted memory (confidential VMs, 6.16+): blocks of the largest buddy order
+                    return (C_FREE, max_order) if not pfn & max_mask else (0, 0)
+            anon = mapping is not None and mapping & 1 and not slab
+            if cache_bits and not anon and (flags & cache_mask or (swap_mask and flags & swap_mask == swap_mask)):
+                priv = flags & priv_mask
+                if want_cache and not priv:
+                    return C_CACHE, order
+                if want_private:
+                    return (C_CACHE_PRIVATE if priv else C_CACHE), order
+            if user and (anon or hugetlb):
+                return C_USER, order
+            if flags & hwpoison_mask:
+                return C_HWPOISON, order
+            if offline_ok and mapcount == offline_val and not slab:
+                return C_OFFLINE, order
+            return 0, 0
+        return judge
 
-        def bit(flags, name):
-            b = self.pg[name]
-            return np.zeros(n, bool) if b is None else ((flags >> u64(b)) & u64(1)).astype(bool)
+    def _in_segs(self, pfn: int) -> bool:
+        i = bisect_right(self._range_starts, pfn) - 1
+        return i >= 0 and pfn < self._range_ends[i]
 
-        flags = col(self.o_flags, "<u8")
-        tail = (col(self.o_head, "<u8") & u64(1)).astype(bool)
-        mapcount = col(self.o_mapcount, "<i4") if self.o_mapcount is not None else None
-        slab = bit(flags, "PG_slab")
-        if self.slab_val is not None and mapcount is not None:
-            slab |= mapcount == self.slab_val
-        # compound heads: order (and hugetlb) from the first tail page
-        head = ((flags & u64(self.head_mask)) != 0) & ok_next
-        order = np.zeros(n, np.int64)
-        hugetlb = np.zeros(n, bool)
-        if self.order_in_flags:
-            nflags = col(self.o_flags, "<u8", self.S)
-            order = np.where(head, (nflags & u64(0xFF)).astype(np.int64), 0)
-            if self.hugetlb_val is not None and mapcount is not None:
-                hugetlb = head & (mapcount == self.hugetlb_val)
-            elif self.pg["PG_hugetlb"] is not None:
-                hugetlb = head & bit(nflags, "PG_hugetlb")
-        else:
-            if self.o_order is not None:
-                order = np.where(head, col(self.o_order, "u1", self.S).astype(np.int64), 0)
-            if self.o_dtor is not None and self.hugetlb_dtor is not None:
-                hugetlb = head & (col(self.o_dtor, "u1", self.S) == self.hugetlb_dtor)
-        order = np.where((order >= 64) | ((pfns & ((1 << np.minimum(order, 62)) - 1)) != 0), 0, order)
-
-        cls = np.zeros(n, np.uint8)
-        open_ = ok & ~tail
-        if self.bits & FREE:
-            private = col(self.o_private, "<u8")
-            buddy = open_ & ~slab & (mapcount == self.buddy_val)
-            border = np.minimum(private, u64(62)).astype(np.int64)
-            good = buddy & (private <= u64(self.max_order)) & ((pfns & ((1 << border) - 1)) == 0)
-            cls[good] = C_FREE
-            order = np.where(good, border, order)
-            open_ &= ~buddy                   # a buddy page with a bad order is kept (makedumpfile warns)
-            if self.unaccepted_val is not None:
-                # unaccepted memory (confidential VMs, 6.16+): blocks of the largest buddy order
-                unacc = open_ & (mapcount == self.unaccepted_val)
-                good = unacc & ((pfns & ((1 << self.max_order) - 1)) == 0)
-                cls[good] = C_FREE
-                order = np.where(good, self.max_order, order)
-                open_ &= ~unacc
-        anon = np.zeros(n, bool)
-        if self.o_mapping is not None:
-            anon = (col(self.o_mapping, "<u8") & u64(1)).astype(bool) & ~slab
-        if self.bits & (CACHE | CACHE_PRIVATE):
-            cache = bit(flags, "PG_lru") | (bit(flags, "PG_swapbacked") & bit(flags, "PG_swapcache"))
-            priv = bit(flags, "PG_private")
-            if self.bits & CACHE:
-                m = open_ & cache & ~priv & ~anon
-                cls[m] = C_CACHE
-                open_ &= ~m
-            if self.bits & CACHE_PRIVATE:
-                m = open_ & cache & ~anon
-                cls[m] = np.where(priv[m], C_CACHE_PRIVATE, C_CACHE)
-                open_ &= ~m
-        if self.bits & USER:
-            m = open_ & (anon | hugetlb)
-            cls[m] = C_USER
-            open_ &= ~m
-        if self.pg["PG_hwpoison"] is not None:
-            m = open_ & bit(flags, "PG_hwpoison")
-            cls[m] = C_HWPOISON
-            open_ &= ~m
-        if self.offline_val is not None and mapcount is not None and \
-                (self.pg["PG_slab"] is not None or self.slab_val is not None):
-            m = open_ & ~slab & (mapcount == self.offline_val)
-            cls[m] = C_OFFLINE
-        return cls, np.where(cls != 0, order, 0)
-
-    def _struct_classes(self, a: int, count: int) -> tuple[np.ndarray, int]:
-        """Class per page of [a, a+count) from the struct pages, and how many could not be read."""
-        mm, S = self.memmap, self.S
-        buf, ok = mm.read(a, count + 1)
-        pfns = np.arange(a, a + count, dtype=np.int64)
-        cls, order = self._decode(buf, count, S, pfns, ok[:count], ok[1:count + 1])
-        # look back for a block whose head lies before a
+    def lookback_candidates(self, a: int, buf, first_ok: bool) -> list[int]:
+        """The PFNs before a that may head a block reaching into [a, ...): the aligned candidate heads
+        of every buddy order, and the head that a's struct page (in buf, when readable) points to."""
         cands = set()
         if self.bits & FREE:
             cands.update(a & ~((1 << k) - 1) for k in range(1, self.max_order + 1))
-        if ok[0] and int.from_bytes(buf[self.o_head:self.o_head + 8], "little") & 1:
-            v = mm.vaddr(a)
-            h = int.from_bytes(buf[self.o_head:self.o_head + 8], "little") - 1
-            p = mm.pfn_of(h, a) if v is not None else None
+        head = _U64.unpack_from(buf, self.o_head)[0] if first_ok else 0
+        if head & 1 and self.memmap.vaddr(a) is not None:
+            p = self.memmap.pfn_of(head - 1, a)
             if p is not None:
                 cands.add(p)
-        cands = sorted(c for c in cands if 0 <= c < a)
-        all_pfn, all_cls, all_order = [pfns], [cls], [order]
-        if cands:
-            cbuf = bytearray(2 * S * len(cands))
-            cok = np.zeros((len(cands), 2), bool)
-            for i, c in enumerate(cands):
-                b2, o2 = mm.read(c, 2)
-                cbuf[2 * S * i:2 * S * (i + 1)] = b2
-                cok[i] = o2
-            cp = np.array(cands, dtype=np.int64)
-            ccls, cord = self._decode(cbuf, len(cands), 2 * S, cp, cok[:, 0], cok[:, 1])
-            all_pfn.append(cp)
-            all_cls.append(ccls)
-            all_order.append(cord)
-        pfn_all = np.concatenate(all_pfn)
-        cls_all = np.concatenate(all_cls)
-        ord_all = np.concatenate(all_order)
-        out = np.zeros(count, np.uint8)
-        # makedumpfile never looks at a page outside the PT_LOADs (is_in_segs): such a head excludes nothing
-        i = np.searchsorted(self._range_starts, pfn_all, side="right") - 1
-        in_segs = (i >= 0) & (pfn_all < self._range_ends[np.maximum(i, 0)])
-        sel = (cls_all != 0) & in_segs
-        pfn_all, cls_all, ord_all = pfn_all[sel], cls_all[sel], ord_all[sel]
-        # paint blocks smallest first, so the outermost block's class is the one left.  The orders
-        # present by bincount, not np.unique: that imports numpy.ma (20 ms in every worker)
-        orders = np.flatnonzero(np.bincount(ord_all)) if len(ord_all) and ord_all.min() >= 0 \
-            else sorted(set(ord_all.tolist()))
-        for o in orders:
-            m = ord_all == o
-            starts = pfn_all[m] - a
-            cl = cls_all[m]
-            if o == 0:
-                keep = (starts >= 0) & (starts < count)
-                out[starts[keep]] = cl[keep]
-                continue
-            span = np.arange(1 << int(o), dtype=np.int64)
-            idx = (starts[:, None] + span[None, :]).ravel()
-            vals = np.repeat(cl, 1 << int(o))
-            keep = (idx >= 0) & (idx < count)
-            out[idx[keep]] = vals[keep]
-        return out, int(count - ok[:count].sum())
+        return sorted(c for c in cands if 0 <= c < a)
 
-    def _zero_classes(self, a: int, count: int, out: np.ndarray, data=None) -> None:
-        ps = self.page_size
-        for s in range(0, count, ZERO_BLOCK):
-            n = min(ZERO_BLOCK, count - s)
-            if data is not None:
-                part = out[s:s + n]
-                todo = np.flatnonzero(part == 0)     # only pages no rule above took (-d 31: few)
-                if len(todo) < n:
-                    words = np.frombuffer(data, "<u8", count=n * ps // 8, offset=s * ps).reshape(n, ps // 8)
-                    part[todo[~words[todo].any(axis=1)]] = C_ZERO
-                    del words
-                    continue
-                words = np.frombuffer(data, "<u8", count=n * ps // 8, offset=s * ps).reshape(n, ps // 8)
-                zero = ~words.any(axis=1)
+    def _walk_classes(self, a: int, count: int) -> tuple[bytearray, int]:
+        """Class per page of [a, a+count) from the struct pages, walking from page to page and over
+        each excluded block (makedumpfile's order), and how many struct pages could not be read."""
+        mm, S = self.memmap, self.S
+        buf, good = mm.read(a, count + 1)
+        ok = bytearray(count + 1)
+        for i, j in good:
+            ok[i:j] = b"\1" * (j - i)
+        out = bytearray(count)
+        # a block whose head lies before a: the outermost (largest) one that reaches into the chunk
+        p, outer = 0, None
+        for c in self.lookback_candidates(a, buf, bool(ok[0])):
+            b2, g2 = mm.read(c, 2)
+            if not g2 or g2[0][0] != 0:
+                continue
+            cls, order = self._judge(b2, 0, g2[0][1] == 2, c)
+            if cls and c + (1 << order) > a and self._in_segs(c) and (outer is None or order > outer[1]):
+                outer = (cls, order, c)
+        if outer is not None:
+            p = min(outer[2] + (1 << outer[1]) - a, count)
+            out[:p] = bytes((outer[0],)) * p
+        judge, whole = self._judge, self._inside_loads(a, count)
+        while p < count:
+            if not ok[p]:
+                p = ok.find(1, p)
+                if p < 0 or p >= count:
+                    break
+                continue
+            cls, order = judge(buf, p * S, ok[p + 1], a + p)
+            if cls and (whole or self._in_segs(a + p)):
+                n = min(1 << order, count - p)
+                out[p:p + n] = bytes((cls,)) * n
+                p += n
             else:
-                with self.src.phys_window(a + s, n) as w:
-                    words = np.frombuffer(w.view(), "<u8").reshape(n, ps // 8)
-                    zero = ~words.any(axis=1)
-                    del words
-            part = out[s:s + n]
-            part[(part == 0) & zero] = C_ZERO
+                p += 1
+        return out, count - ok.count(1, 0, count)
+
+    def _walk_zero_classes(self, a: int, count: int, out: bytearray, data=None) -> None:
+        """Mark C_ZERO the pages no rule took that hold only zeros, one compare per such page."""
+        ps = self.page_size
+        zp = bytes(ps)
+        todo = [i for i in range(count) if not out[i]] if any(out) else range(count)
+        if not todo:
+            return
+        if data is None:
+            with self.src.phys_window(a, count) as w:
+                mv = w.view()
+                try:
+                    self._mark_zero(mv, todo, ps, zp, out)
+                finally:
+                    mv.release()
+        else:
+            self._mark_zero(data, todo, ps, zp, out)
+
+    @staticmethod
+    def _mark_zero(mv, todo, ps: int, zp: bytes, out: bytearray) -> None:
+        for i in todo:
+            if bytes(mv[i * ps:(i + 1) * ps]) == zp:
+                out[i] = C_ZERO
+
+    # -- either engine ---------------------------------------------------------------
+    def _engine_for(self):
+        if self._engine is None:
+            if self.engine_name == "vector":
+                from .pagevec import VectorEngine
+                self._engine = VectorEngine(self)
+            else:
+                self._engine = self
+                self.struct_classes, self.zero_classes = self._walk_classes, self._walk_zero_classes
+        return self._engine
 
     def _inside_loads(self, a: int, count: int) -> bool:
-        i = int(np.searchsorted(self._range_starts, a, side="right")) - 1
-        return i >= 0 and a + count <= int(self._range_ends[i])
+        i = bisect_right(self._range_starts, a) - 1
+        return i >= 0 and a + count <= self._range_ends[i]
 
     def classify(self, first_pfn: int, count: int, data=None) -> Classified:
         """The verdict on pages [first_pfn, first_pfn + count).
@@ -488,23 +526,49 @@ class PageClassifier:
         ``data``, when given, is the pages' content (count * page size bytes) already read
         by the caller; the zero test then reads nothing more.
         """
-        classes = np.zeros(count, np.uint8)
+        classes = bytearray(count)
         unreadable = 0
-        if self.structs and count:
-            classes, unreadable = self._struct_classes(first_pfn, count)
-        if self.level & ZERO and count:
-            self._zero_classes(first_pfn, count, classes, data)
+        if (self.structs or self.level & ZERO) and count:
+            engine = self._engine_for()
+            if self.structs:
+                classes, unreadable = engine.struct_classes(first_pfn, count)
+            if self.level & ZERO:
+                engine.zero_classes(first_pfn, count, classes, data)
         if count and not self._inside_loads(first_pfn, count):
             # a page no PT_LOAD covers is not in the dump at all: nothing to exclude
-            pfns = np.arange(first_pfn, first_pfn + count, dtype=np.int64)
-            i = np.searchsorted(self._range_starts, pfns, side="right") - 1
-            classes[~((i >= 0) & (pfns < self._range_ends[np.maximum(i, 0)]))] = 0
-        counts = np.bincount(classes, minlength=len(CLASSES))
-        return Classified(first_pfn, classes != 0, classes,
-                          {name: int(counts[i]) for i, name in enumerate(CLASSES) if i},
-                          self.level, self.level_applied, self.missing, self.weaker, unreadable)
+            for i in range(count):
+                if classes[i] and not self._in_segs(first_pfn + i):
+                    classes[i] = 0
+        counts = {name: classes.count(i) for i, name in enumerate(CLASSES) if i} if any(classes) else \
+            dict.fromkeys(CLASSES[1:], 0)
+        return Classified(first_pfn, classes, counts, self.level, self.level_applied, self.missing,
+                          self.weaker, unreadable)
 
 
 def classify(src, info: VmcoreInfo, first_pfn: int, count: int, level: int, data=None) -> Classified:
     """One-off classification; a worker keeps a PageClassifier instead (it caches mem_section)."""
     return PageClassifier(src, info, level).classify(first_pfn, count, data)
+
+
+def _field_reader(fields):
+    """A function (buf, off) -> the values of ``fields`` ((offset or None, struct code), ...) at
+    buf[off + offset], None for a field without an offset: one unpack when the fields do not overlap."""
+    present = sorted((o, i, c) for i, (o, c) in enumerate(fields) if o is not None)
+    fmt, at, ok = "<", 0, True
+    for o, _, c in present:
+        if o < at:
+            ok = False
+            break
+        fmt += f"{o - at}x{c}" if o > at else c
+        at = o + struct.calcsize("<" + c)
+    if ok:
+        whole = struct.Struct(fmt).unpack_from
+        if [i for _, i, _ in present] == list(range(len(fields))):
+            return whole
+        where = {i: k for k, (_, i, _) in enumerate(present)}
+        get = itemgetter(*(where.get(i, len(present)) for i in range(len(fields))))
+        if len(present) == len(fields):
+            return lambda buf, off: get(whole(buf, off))
+        return lambda buf, off: get(whole(buf, off) + (None,))
+    one = [(o, struct.Struct("<" + c).unpack_from) if o is not None else None for o, c in fields]
+    return lambda buf, off: tuple(u[1](buf, off + u[0])[0] if u else None for u in one)

@@ -314,7 +314,7 @@ def _dump_level(cfg: DumpConfig, src: Source, say) -> DumpLevel | None:
 
     Never guess, never lose the dump: the bits whose VMCOREINFO entries are
     missing are dropped (down to level 0), with one warning naming the
-    entries, and the dump goes on.  numpy (pageclass) is imported only here.
+    entries, and the dump goes on.  No numpy here: pageclass resolves the rules without it.
     """
     if not cfg.dump_level:
         return None

@@ -105,7 +105,7 @@ def worker_main(wid, src, codec_spec, plan_json, block_bytes, pool, slot_size, t
 def _classifier(wid, src, level):
     """A function of a pages chunk that gives ``encode_chunk``'s ``excluded`` for it (a callable of the
     chunk's bytes), counting each page left out in this worker's row of the shared counters."""
-    from .pageclass import C_ZERO, CLASSES, PageClassifier
+    from .pageclass import CLASSES, PageClassifier
     applied, info, counters = level
     pc = PageClassifier(src, info, applied)
     row = counters[wid * len(CLASS_NAMES):(wid + 1) * len(CLASS_NAMES)]
@@ -130,7 +130,7 @@ def _classifier(wid, src, level):
             # zero pages (bit 1) are not left out but stored as BLOCK_ZERO, which costs as little:
             # makedumpfile's kdump output keeps them in its bitmap too (one shared zero page), and
             # crash needs them (a zero page of kernel data, e.g. a memory section root table)
-            return r.excluded & (r.classes != C_ZERO) if r.counts["zero"] else r.excluded
+            return r.left_out()
         return excluded
     for_chunk.failed = []
     return for_chunk

@@ -45,6 +45,7 @@ from stripedump.plan import Plan
 from stripedump.records import (decode_chunk, encode_chunk, excluded_ranges, read_chunk, record_bound,
                                 unreadable_ranges)
 from stripedump.vmcore import Source
+from stripedump.vmcoreinfo import VmcoreInfo
 from stripedump import pipeline
 from stripedump.config import DumpConfig
 from stripedump.format import FEATURE_EXCLUDED, ChunkHeader
@@ -430,6 +431,32 @@ def test_level_zero_imports_no_numpy(vmcore, tmp_path):
     assert p.stdout.strip() == "0 []"
 
 
+def test_small_machine_is_walked_without_numpy(real_vmcore, tmp_path):
+    """-d 31 of the 192 MiB guest: the coordinator resolves the level without numpy, and the workers walk
+    (pageclass's engine for machines of at most WALK_MAX_PAGES pages); the dump still leaves pages out."""
+    from conftest import run_python
+    members = f"{tmp_path / 'm0'},{tmp_path / 'm1'}"
+    p = run_python("import json, sys\nfrom stripedump.cli import main\n"
+                   f"rc = main(['dump', '-q', '-d', '31', '--json', '--disks', {members!r}, {real_vmcore[0]!r}])\n"
+                   "print(rc, sorted(m for m in sys.modules if m.startswith(('numpy', 'stripedump.pagevec'))))\n")
+    assert p.returncode == 0, p.stderr
+    *report, last = p.stdout.strip().splitlines()
+    assert last == "0 []"
+    res = json.loads("\n".join(report))
+    assert res["dump_level"]["applied"] == 31 and res["dump_level"]["excluded"]["free"] > 10000, res["dump_level"]
+    with Source(real_vmcore[0]) as src:
+        from stripedump import pageclass
+        info = VmcoreInfo.from_source(src)
+        assert pageclass.PageClassifier(src, info, 31).engine_name == "walk"
+        pages = sum(b - a for a, b in src.pfn_ranges)
+        saved = pageclass.WALK_MAX_PAGES
+        try:
+            pageclass.WALK_MAX_PAGES = pages - 1
+            assert pageclass.PageClassifier(src, info, 31).engine_name == "vector"
+        finally:
+            pageclass.WALK_MAX_PAGES = saved
+
+
 @pytest.mark.skipif(not os.path.exists(FILLED), reason=f"{FILLED} is not built (bench/compare.py builds it)")
 def test_memory_stays_flat_with_dump_level_31(real_vmcore, tmp_path):
     """Peak RSS of the processes of a -d 31 dump (2 workers, 1 MiB chunks): the 1.5 GiB filled guest's
@@ -461,17 +488,16 @@ def test_unreadable_pages_and_struct_pages_keep_the_dump_going(real_vmcore, tmp_
     exactly as in a dump without the faults."""
     from conftest import need_fuse, start_fuse
     from stripedump.pageclass import PageClassifier
-    from stripedump.vmcoreinfo import VmcoreInfo
     need_fuse()
     path = real_vmcore[0]
     with Source(path) as src:
         info = VmcoreInfo.from_source(src)
         pc = PageClassifier(src, info, 31)
         r = pc.classify(0x1000, 0x1000)
-        kept_pfn = 0x1000 + int(np.flatnonzero(~r.excluded)[0])     # a page kept at level 31
+        kept_pfn = 0x1000 + r.excluded.index(0)     # a page kept at level 31
         r = pc.classify(0x4000, 0x4000)
         # 64 PFNs sharing one 4 KiB page of struct pages, some of them left out at level 31
-        lost = 0x4000 + 64 * next(i for i in range(0x100) if r.excluded[64 * i:64 * i + 64].any())
+        lost = 0x4000 + 64 * next(i for i in range(0x100) if any(r.excluded[64 * i:64 * i + 64]))
         va = pc.memmap.vaddr(lost)
         pa = pc.memmap.kmem.translate(va)[0]
         def file_offset(paddr):
@@ -492,7 +518,7 @@ def test_unreadable_pages_and_struct_pages_keep_the_dump_going(real_vmcore, tmp_
         blind = [p for p in range(lost - 256, lost + 256)
                  if pc.memmap.kmem.translate(pc.memmap.vaddr(p))[0] // PAGE in hit]
         assert set(range(lost, lost + 64)) <= set(blind)
-        full = pc.classify(blind[0], blind[-1] + 1 - blind[0]).excluded
+        full = np.frombuffer(pc.classify(blind[0], blind[-1] + 1 - blind[0]).excluded, np.uint8).astype(bool)
     mnt = tmp_path / "mnt"
     mnt.mkdir()
     proc = start_fuse("faulty_fs.py", [path, mnt] + [f"{a}:{b}" for a, b in bad], mnt)
