@@ -73,7 +73,7 @@ KERNEL_SPACE = 0xFFFF800000000000
 ZERO_BLOCK = 4096                 # pages zero-tested per read (16 MiB with 4 KiB pages)
 # PageClassifier's engine: a machine of at most this many pages is walked in Python (numpy's import
 # costs a process 60-120 ms, more than the walk of such a machine: docs/benchmarks.md, issue 11)
-WALK_MAX_PAGES = 1 << 19
+WALK_MAX_PAGES = 1 << 17
 _U64 = struct.Struct("<Q")
 
 MEMMAP_KEYS = ("SYMBOL(mem_section)", "SIZE(mem_section)", "OFFSET(mem_section.section_mem_map)",
