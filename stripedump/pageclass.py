@@ -58,19 +58,16 @@ from bisect import bisect_right
 from operator import itemgetter
 
 from .kvmem import KernelMemory
+from .pagebits import (C_CACHE, C_CACHE_PRIVATE, C_FREE, C_HWPOISON, C_OFFLINE, C_USER, C_ZERO,
+                       CACHE, CACHE_PRIVATE, CLASSES, FREE, USER, ZERO)
 from .vmcoreinfo import VmcoreInfo
 
-ZERO, CACHE, CACHE_PRIVATE, USER, FREE = 1, 2, 4, 8, 16
-# class codes in the per-page arrays (0 = kept), and their names in counts
-CLASSES = ("kept", "zero", "cache", "cache_private", "user", "free", "hwpoison", "offline")
-C_ZERO, C_CACHE, C_CACHE_PRIVATE, C_USER, C_FREE, C_HWPOISON, C_OFFLINE = range(1, 8)
 
 SECTION_PRESENT = 1
 # section_mem_map's flag bits: 5 up to 6.14 (makedumpfile masks these), 6 with 6.15's
 # SECTION_IS_VMEMMAP_PREINIT; the coded mem_map always has at least 6 low zero bits
 SECTION_FLAG_BITS = 0x3F
 KERNEL_SPACE = 0xFFFF800000000000
-ZERO_BLOCK = 4096                 # pages zero-tested per read (16 MiB with 4 KiB pages)
 # PageClassifier's engine: a machine of at most this many pages is walked in Python (numpy's import
 # costs a process 60-120 ms, more than the walk of such a machine: docs/benchmarks.md, issue 11)
 WALK_MAX_PAGES = 1 << 17

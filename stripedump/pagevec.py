@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .pageclass import (C_CACHE, C_CACHE_PRIVATE, C_FREE, C_HWPOISON, C_OFFLINE, C_USER, C_ZERO, CACHE,
+from .pagebits import (C_CACHE, C_CACHE_PRIVATE, C_FREE, C_HWPOISON, C_OFFLINE, C_USER, C_ZERO, CACHE,
                         CACHE_PRIVATE, FREE, USER, ZERO_BLOCK)
 
 

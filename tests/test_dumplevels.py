@@ -458,13 +458,17 @@ def test_small_machine_is_walked_without_numpy(real_vmcore, tmp_path):
 
 
 @pytest.mark.skipif(not os.path.exists(FILLED), reason=f"{FILLED} is not built (bench/compare.py builds it)")
-def test_memory_stays_flat_with_dump_level_31(real_vmcore, tmp_path):
+@pytest.mark.parametrize("engine", ["walk", "vector"])
+def test_memory_stays_flat_with_dump_level_31(real_vmcore, tmp_path, engine):
     """Peak RSS of the processes of a -d 31 dump (2 workers, 1 MiB chunks): the 1.5 GiB filled guest's
-    within 8 MiB of the 192 MiB guest's: no per-page state that grows with the machine."""
+    within 8 MiB of the 192 MiB guest's, with either classifier engine (forced for both guests through
+    pageclass.WALK_MAX_PAGES; the workers are forked): no per-page state that grows with the machine."""
     peaks = []
+    limit = 1 << 40 if engine == "walk" else 0
     for core in (real_vmcore[0], FILLED):
         members = f"{tmp_path / 'm0'},{tmp_path / 'm1'}"
-        code = ("import resource, sys\nfrom stripedump.cli import main\n"
+        code = ("import resource, sys\nfrom stripedump import pageclass\nfrom stripedump.cli import main\n"
+                f"pageclass.WALK_MAX_PAGES = {limit}\n"
                 f"rc = main(['dump', '-q', '-d', '31', '--force', '--workers', '2', '--codec', 'lz4', "
                 f"'--disks', {members!r}, {core!r}])\n"
                 "print(rc, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "
