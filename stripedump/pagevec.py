@@ -192,4 +192,3 @@ class VectorEngine:
                     zero = ~words.any(axis=1)
                     del words
                 part[(part == 0) & zero] = C_ZERO
-        del cls, part
