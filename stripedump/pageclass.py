@@ -504,13 +504,14 @@ class PageClassifier:
 
     # -- either engine ---------------------------------------------------------------
     def _engine_for(self):
+        """(struct_classes, zero_classes) of this classifier's engine; numpy is imported here, on first use."""
         if self._engine is None:
             if self.engine_name == "vector":
                 from .pagevec import VectorEngine
-                self._engine = VectorEngine(self)
+                vec = VectorEngine(self)
+                self._engine = vec.struct_classes, vec.zero_classes
             else:
-                self._engine = self
-                self.struct_classes, self.zero_classes = self._walk_classes, self._walk_zero_classes
+                self._engine = self._walk_classes, self._walk_zero_classes
         return self._engine
 
     def _inside_loads(self, a: int, count: int) -> bool:
@@ -526,11 +527,11 @@ class PageClassifier:
         classes = bytearray(count)
         unreadable = 0
         if (self.structs or self.level & ZERO) and count:
-            engine = self._engine_for()
+            struct_classes, zero_classes = self._engine_for()
             if self.structs:
-                classes, unreadable = engine.struct_classes(first_pfn, count)
+                classes, unreadable = struct_classes(first_pfn, count)
             if self.level & ZERO:
-                engine.zero_classes(first_pfn, count, classes, data)
+                zero_classes(first_pfn, count, classes, data)
         if count and not self._inside_loads(first_pfn, count):
             # a page no PT_LOAD covers is not in the dump at all: nothing to exclude
             for i in range(count):
