@@ -67,7 +67,7 @@ setup: system-deps $(VENV)/.installed
 demo: setup
 	mkdir -p $(DEMO)
 	rm -f $(DEMO)/member0.sd $(DEMO)/member1.sd $(DEMO)/vmcore.joined
-	$(PY) -m stripedump.synth $(DEMO)/vmcore --size $(DEMO_SIZE)
+	$(PY) -m stripedump.tools.synth $(DEMO)/vmcore --size $(DEMO_SIZE)
 	$(SD) dump --disks $(DEMO)/member0.sd,$(DEMO)/member1.sd --codec lz4 $(DEMO)/vmcore
 	$(SD) info $(DEMO)/member1.sd $(DEMO)/member0.sd
 	$(SD) join $(DEMO)/member1.sd $(DEMO)/member0.sd -o $(DEMO)/vmcore.joined

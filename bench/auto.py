@@ -10,7 +10,7 @@ this process's cgroup has the io controller, else cgroup v1
 ``blkio.throttle.write_bps_device``): the disks are the limit, and a dump's
 buffered writes reach them only as fast as the throttle lets them (each run
 ends with the members synced).  Source: a memory-like synthetic vmcore
-(stripedump.bench.make_source, ``--data``) or ``--vmcore``, its page cache warm.
+(stripedump.tools.bench.make_source, ``--data``) or ``--vmcore``, its page cache warm.
 
 Runs are interleaved (each round runs every codec once), medians of
 --runs; the table prints, per kind of target, each codec's median time and
@@ -32,8 +32,8 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from stripedump.bench import make_source            # noqa: E402
-from stripedump.config import parse_size            # noqa: E402
+from stripedump.tools.bench import make_source            # noqa: E402
+from stripedump.runtime.units import parse_size            # noqa: E402
 
 FIXED = ("none", "lz4", "zstd:3", "zstd:9")
 CODECS = FIXED + ("auto",)

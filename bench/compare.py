@@ -24,7 +24,7 @@ How:
   TCG, plus the kernel download), or --vmcore PATH.  It is rewritten by
   bench/normalize_vmcore.py into /proc/vmcore's layout (what a capture kernel
   gives both tools; makedumpfile 1.7.2 cannot read QEMU's layout), fully
-  allocated, checked against stripedump's reader (stripedump.vmcore.Source)
+  allocated, checked against stripedump's reader (stripedump.source.vmcore.Source)
   and against makedumpfile (an untimed --dump-dmesg run), and both tools read
   that file.
 * The normalized source and every output live in one fresh directory (inside
@@ -215,7 +215,7 @@ def build_vmcore(args) -> tuple[str, dict]:
 
 def check_source(raw: str, src: str) -> dict:
     """stripedump's reader sees the same memory in SRC as in RAW."""
-    from stripedump.vmcore import Source
+    from stripedump.source.vmcore import Source
     with Source(raw) as a, Source(src) as b:
         if a.pfn_ranges != b.pfn_ranges:
             raise BenchError("normalized vmcore: stripedump sees other PFN ranges than in the source")

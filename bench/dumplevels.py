@@ -85,9 +85,9 @@ def warm(path: str) -> None:
 
 def classify_rate(src_path: str, level: int, repeat: int, chunk: int) -> float:
     """Pages per second one process classifies, chunks of ``chunk`` bytes, the pages given as data."""
-    from stripedump.pageclass import PageClassifier
-    from stripedump.vmcore import Source
-    from stripedump.vmcoreinfo import VmcoreInfo
+    from stripedump.levels.pageclass import PageClassifier
+    from stripedump.source.vmcore import Source
+    from stripedump.source.vmcoreinfo import VmcoreInfo
     rates = []
     with Source(src_path) as src:
         info = VmcoreInfo.from_source(src)

@@ -17,7 +17,7 @@ is rebuilt each time.
 
 Each round runs ``stripedump dump -q --disks m0.sd,m1.sd core`` once per
 version, in alternating order, on a synthetic core made by
-``python -m stripedump.synth core --size 4M`` (5.1 MiB file), members
+``python -m stripedump.tools.synth core --size 4M`` (5.1 MiB file), members
 deleted before each run; the time is the wall time of the whole command
 (interpreter start to exit).  Also timed: ``stripedump --version`` (the
 interpreter and the first import).
@@ -93,7 +93,7 @@ def main(argv=None) -> int:
     exes = {"0.1.0": base_venv(a.venv_dir, a.base), "now": now_venv(a.venv_dir)}
     env_py = os.path.join(os.path.dirname(exes["now"]), "python")
     with tempfile.TemporaryDirectory() as tmp:
-        sh(env_py, "-m", "stripedump.synth", "core", "--size", a.size, cwd=tmp)
+        sh(env_py, "-m", "stripedump.tools.synth", "core", "--size", a.size, cwd=tmp)
         for exe in exes.values():                       # warm the page cache and the .pyc files
             timed([exe, "dump", "-q", "--force", "--disks", "m0.sd,m1.sd", "core"], tmp)
         dump, start = {k: [] for k in exes}, {k: [] for k in exes}

@@ -8,7 +8,7 @@ same rounds also run that commit's code (exported with ``git archive``
 next to the working tree), so a change is measured before and after in one
 run.
 
-Source: ``python -m stripedump.synth src --size 1G`` (memory-like data: 4 of
+Source: ``python -m stripedump.tools.synth src --size 1G`` (memory-like data: 4 of
 10 pages zero, the file sparse where the machine's memory is).  Each round,
 for each version (order alternating): ``dump -q --codec C --disks m0,m1
 src`` (members deleted first), ``join -q -o out m0 m1`` (out deleted first:
@@ -108,7 +108,7 @@ def main(argv=None) -> int:
             if not got.startswith(tree):
                 raise SystemExit(f"{k}: python -m stripedump in {tree} loads {got}")
         src = os.path.join(tmp, "src")
-        subprocess.run([sys.executable, "-m", "stripedump.synth", src, "--size", a.size], cwd=ROOT, check=True,
+        subprocess.run([sys.executable, "-m", "stripedump.tools.synth", src, "--size", a.size], cwd=ROOT, check=True,
                        stdout=subprocess.DEVNULL)
         size = os.path.getsize(src)
         m0, m1, out = (os.path.join(tmp, n) for n in ("m0.sd", "m1.sd", "out"))

@@ -47,7 +47,7 @@ sys.path.insert(0, ROOT)
 
 import psutil  # noqa: E402
 
-from stripedump import synth  # noqa: E402
+from stripedump.tools import synth  # noqa: E402
 
 SD = [sys.executable, "-m", "stripedump"]
 REAL = "/var/tmp/stripedump-real-vmcore"

@@ -43,11 +43,11 @@ importlib.import_module("numpy")   # loaded, as in a reader or a long join: read
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
-from stripedump import synth  # noqa: E402
-from stripedump.codecs import NAMES, CodecSpec  # noqa: E402
-from stripedump.plan import Plan  # noqa: E402
-from stripedump import records as new_records  # noqa: E402
-from stripedump.vmcore import Source  # noqa: E402
+from stripedump.tools import synth  # noqa: E402
+from stripedump.format.codecs import NAMES, CodecSpec  # noqa: E402
+from stripedump.format.plan import Plan  # noqa: E402
+from stripedump.format import records as new_records  # noqa: E402
+from stripedump.source.vmcore import Source  # noqa: E402
 
 BASE = "7b6b302"       # the branch point of issue 12's first slice
 VMCORE_BASE = "644d9b9"     # before the encode path's slice: one zero test per chunk, window arenas

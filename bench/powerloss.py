@@ -38,8 +38,8 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "tests", "helpers"))
 
 import crashstates as cs  # noqa: E402
-from stripedump import synth  # noqa: E402
-from stripedump.config import parse_size  # noqa: E402
+from stripedump.tools import synth  # noqa: E402
+from stripedump.runtime.units import parse_size  # noqa: E402
 
 
 def older_content(pfn: int, page_size: int) -> bytes:

@@ -69,13 +69,13 @@ import xxhash
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from stripedump import synth  # noqa: E402
-from stripedump.codecs import CodecSpec  # noqa: E402
-from stripedump.config import parse_size  # noqa: E402
-from stripedump.format import CHUNK_MAGIC, seal_chunk_header  # noqa: E402
-from stripedump.records import encode_chunk, record_bound  # noqa: E402
-from stripedump.plan import Plan  # noqa: E402
-from stripedump.vmcore import Source  # noqa: E402
+from stripedump.tools import synth  # noqa: E402
+from stripedump.format.codecs import CodecSpec  # noqa: E402
+from stripedump.runtime.units import parse_size  # noqa: E402
+from stripedump.format.structs import CHUNK_MAGIC, seal_chunk_header  # noqa: E402
+from stripedump.format.records import encode_chunk, record_bound  # noqa: E402
+from stripedump.format.plan import Plan  # noqa: E402
+from stripedump.source.vmcore import Source  # noqa: E402
 
 KILL_MODES = ("group", "coordinator", "child")
 KILLED = {"group": "the process group", "coordinator": "the coordinator", "child": "one worker or writer"}
@@ -184,8 +184,8 @@ class Oracle:
         (offset, length, checksum) and how the record there differs from the oracle's (header
         fields, payload length, first differing byte); or that no index lists it.
         """
-        from stripedump.format import ChunkHeader
-        from stripedump.member import MemberReader
+        from stripedump.format.structs import ChunkHeader
+        from stripedump.read.member import MemberReader
         where: dict[int, tuple] = {}
         lines = []
         for p in paths:

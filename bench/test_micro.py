@@ -14,12 +14,12 @@ import os
 
 import pytest
 
-from stripedump import synth
-from stripedump.codecs import NAMES, CodecSpec
-from stripedump.records import decode_chunk, encode_chunk, read_chunk
-from stripedump.plan import Plan, placement
-from stripedump.stages import ZERO_COMPARE_BYTES
-from stripedump.vmcore import Source
+from stripedump.tools import synth
+from stripedump.format.codecs import NAMES, CodecSpec
+from stripedump.format.records import decode_chunk, encode_chunk, read_chunk
+from stripedump.format.plan import Plan, placement
+from stripedump.dump.stages import ZERO_COMPARE_BYTES
+from stripedump.source.vmcore import Source
 
 PAGE = 4096
 
@@ -37,7 +37,7 @@ def test_zero_test_of_a_chunk(benchmark, kind):
     """The encode loop's zero test of one 1 MiB chunk (records._nonzero_blocks, with a worker's
     1 MiB of zeros): all zero is one compare; otherwise one search per page."""
     import mmap
-    from stripedump.records import _nonzero_blocks
+    from stripedump.format.records import _nonzero_blocks
     data = mmap.mmap(-1, 2 << 20)          # the chunk is the first MiB: never up to the mapping's end
     if kind != "zero":
         data[:1 << 20] = os.urandom(1 << 20)

@@ -1,17 +1,19 @@
 """stripedump: save a Linux crash dump fast, striped over several disks.
 
-The library is usable without the CLI: ``pipeline.dump(DumpConfig(...))``,
-``join.join(JoinConfig(...))``, ``join.verify([...])``, ``info.info([...])``,
-``stripedump.open([...])`` (``reader.py``: random access to a dump without joining it).
-Submodules are imported on demand so that ``stripedump --help`` stays cheap.
+The library is usable without the CLI: ``stripedump.dump.coordinator.dump(DumpConfig(...))``,
+``stripedump.read.join.join(JoinConfig(...))``, ``stripedump.read.join.verify([...])``,
+``stripedump.read.info.info([...])``, and ``stripedump.open([...])`` (``read/reader.py``: random
+access to a dump without joining it).  The packages, lowest first: runtime, source, levels, format,
+remote, dump and read, kdump, mount, tools (docs/architecture.md).  Submodules are imported on
+demand so that ``stripedump --help`` stays cheap.
 """
 
-__version__ = "0.1.0"
+from .version import __version__  # noqa: F401  (stripedump.__version__)
 
 
 def __getattr__(name):
     """``stripedump.open(members)``: the read-side library (``reader.open``), imported on first use."""
     if name == "open":
-        from .reader import open as open_dump
+        from .read.reader import open as open_dump
         return open_dump
     raise AttributeError(f"module 'stripedump' has no attribute {name!r}")

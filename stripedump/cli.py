@@ -16,7 +16,7 @@ import argparse
 import json
 import sys
 
-from . import __version__
+from .version import __version__
 from .errors import ExitCode, StripedumpError, UsageError
 
 EXIT_CODES = """exit codes:
@@ -67,7 +67,7 @@ def _columns() -> int:
 def _size(what, positive=False):
     """A size like ``4M``; ``positive``: 0 is refused (a size the user gives must be one)."""
     def parse(text):
-        from .config import parse_size
+        from .runtime.units import parse_size
         try:
             v = parse_size(text, what)
         except UsageError as e:
@@ -79,7 +79,7 @@ def _size(what, positive=False):
 
 
 def _codec(text):
-    from .autocodec import parse_codec
+    from .dump.autocodec import parse_codec
     try:
         return parse_codec(text)
     except UsageError as e:
@@ -88,7 +88,7 @@ def _codec(text):
 
 def _join_codec(text):
     """A kdump/flat page codec: those kdump has a flag for, or none (pages stored uncompressed)."""
-    from .codecs import BY_NAME
+    from .format.codecs import BY_NAME
     kdump = [n for n, c in BY_NAME.items() if c.kdump_flag is not None] + ["none"]
     name = text.strip().lower().partition(":")[0]
     if name not in kdump:
@@ -109,7 +109,7 @@ def _positive_int(text):
 
 
 def _dump_level(text):
-    from .config import MAX_DUMP_LEVEL
+    from .dump.config import MAX_DUMP_LEVEL
     try:
         v = int(text)
     except ValueError:
@@ -366,7 +366,7 @@ def _default_codec():
     """auto over the default ladder (issue 12: it met both targets of the recorded benchmark, so it
     is the default); the codecs whose library is missing are left out of the ladder when the dump
     starts (AutoSpec.available)."""
-    from .autocodec import AutoSpec
+    from .dump.autocodec import AutoSpec
     spec = AutoSpec.parse("auto")
     ok = spec.available()
     gone = [str(c) for c in spec.ladder if c not in ok.ladder]
@@ -377,19 +377,19 @@ def _default_codec():
 
 
 def run_dump(a) -> int:
-    from .config import DumpConfig
-    from .pipeline import dump
+    from .dump.config import DumpConfig
+    from .dump.coordinator import dump
     disks = tuple(a.disks.split(","))
     if a.codec is None:
         a.codec = _default_codec()
-    from .config import DEFAULT_CHUNK, DUMP_LEVEL_CHUNK
+    from .dump.config import DEFAULT_CHUNK, DUMP_LEVEL_CHUNK
     if a.chunk_size is None:
         a.chunk_size = DUMP_LEVEL_CHUNK if a.dump_level else DEFAULT_CHUNK
     cfg = DumpConfig(a.source, disks, a.codec, a.workers, a.chunk_size, a.block_size, a.force,
                      a.manifest, not a.no_mmap, a.direct_io, a.memory_limit,
                      on_disk_error=a.on_disk_error, io_timeout=a.io_timeout,
                      ssh_options=tuple(a.ssh_option), dump_level=a.dump_level)
-    from .progress import Output, Progress
+    from .runtime.progress import Output, Progress
     # output is best effort: a closed or full stdout/stderr never changes the dump or its exit code;
     # a member on standard output (--disks -) sends the summary to stderr
     err, out = Output(sys.stderr), Output(sys.stderr if "-" in disks else sys.stdout)
@@ -416,7 +416,7 @@ def run_dump(a) -> int:
 
 def _fit_workers(a, cmd: str) -> int:
     """``--workers`` of join/verify, lowered to 2 per usable CPU with a warning, as for dump."""
-    from .resources import fit_workers
+    from .dump.resources import fit_workers
     n, why = fit_workers(a.workers)
     if why:
         print(f"stripedump: {cmd}: warning: {why}", file=sys.stderr)
@@ -424,17 +424,17 @@ def _fit_workers(a, cmd: str) -> int:
 
 
 def run_join(a) -> int:
-    from .config import JoinConfig
+    from .read.config import JoinConfig
     if a.format == "elf":
-        from .join import join
+        from .read.join import join
     else:
-        from .kdump import join_kdump as join
+        from .kdump.join import join_kdump as join
     out = sys.stderr if a.output == "-" else sys.stdout   # stdout carries the dump
     cfg = JoinConfig(tuple(a.members), a.output, a.force, _fit_workers(a, "join"), a.format, a.codec,
                      a.allow_incomplete)
     res = join(cfg, notice=None if a.quiet else
                lambda text: print(f"stripedump: join: {text}", file=sys.stderr))
-    from .output import describe_missing, describe_unreadable
+    from .read.output import describe_missing, describe_unreadable
     warning = describe_unreadable(res.extra.get("unreadable", {}))
     if warning:   # shown even with -q: the output is not the whole of memory
         print(f"stripedump: join: warning: {warning}", file=sys.stderr)
@@ -462,7 +462,7 @@ def run_join(a) -> int:
 
 
 def run_info(a) -> int:
-    from .info import info, render
+    from .read.info import info, render
     d = info(list(a.members))
     print(json.dumps(d, indent=1) if a.json else render(d))
     return ExitCode.OK
@@ -470,8 +470,8 @@ def run_info(a) -> int:
 
 def run_verify(a) -> int:
     from .errors import VerifyError
-    from .join import verify
-    from .progress import Progress
+    from .read.join import verify
+    from .runtime.progress import Progress
     prog = Progress("verify", quiet=a.quiet)
     try:
         res = verify(list(a.members), _fit_workers(a, "verify"), progress=prog)
@@ -481,7 +481,7 @@ def run_verify(a) -> int:
         print(json.dumps(res.to_json()))
     for e in res.errors[:20]:
         print(f"stripedump: verify: {e}", file=sys.stderr)
-    from .output import describe_missing
+    from .read.output import describe_missing
     for line in describe_missing(res.extra, verify=True):
         print(f"stripedump: verify: {line}", file=sys.stderr)
     if res.errors:
@@ -491,7 +491,7 @@ def run_verify(a) -> int:
         from .errors import IncompleteDump
         raise IncompleteDump(f"the dump is incomplete: {res.extra['missing_chunks']} chunk(s) missing; "
                              f"the {res.chunks} present are good; join --allow-incomplete recovers them")
-    from .output import describe_unreadable
+    from .read.output import describe_unreadable
     warning = describe_unreadable(res.extra.get("unreadable", {}))
     if warning:
         print(f"stripedump: verify: note: {warning}", file=sys.stderr)
@@ -512,8 +512,8 @@ def _int_list(text: str, what: str) -> tuple[int, ...]:
 
 
 def run_bench(a) -> int:
-    from .bench import BenchConfig, announce, bench, human, parse_codecs, parse_disks, plot, preflight, table
-    from .config import usable_cpus
+    from .tools.bench import BenchConfig, announce, bench, human, parse_codecs, parse_disks, plot, preflight, table
+    from .runtime.machine import usable_cpus
     codecs = parse_codecs(a.codecs)
     workers = _int_list(a.workers, "--workers") if a.workers else tuple(sorted({1, usable_cpus()}))
     counts, dirs = parse_disks(a.disks)
@@ -538,12 +538,12 @@ def run_bench(a) -> int:
 
 
 def run_mount(a) -> int:
-    from .mount import mount
+    from .mount.lifecycle import mount
     return mount(list(a.members), a.mountpoint, a.allow_incomplete, a.cache, a.foreground, a.log)
 
 
 def run_umount(a) -> int:
-    from .mount import umount
+    from .mount.lifecycle import umount
     return umount(a.mountpoint, a.lazy)
 
 
@@ -594,5 +594,5 @@ def run() -> int:
 
 def _report(line: str) -> None:
     """The one error line on stderr; a stderr that cannot take it does not change the exit code."""
-    from .progress import Output
+    from .runtime.progress import Output
     Output(sys.stderr).print(line)

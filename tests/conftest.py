@@ -15,9 +15,9 @@ import time
 
 import pytest
 
-from stripedump import synth
-from stripedump.format import TRAILER_SIZE
-from stripedump.member import MemberReader
+from stripedump.tools import synth
+from stripedump.format.structs import TRAILER_SIZE
+from stripedump.read.member import MemberReader
 
 
 @pytest.fixture

@@ -18,8 +18,7 @@ import subprocess
 import sys
 import zlib
 
-from stripedump import format as fmt
-
+from stripedump.format import structs as fmt
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # (name, where, offset in that structure, struct code)

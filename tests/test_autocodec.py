@@ -17,12 +17,13 @@ import subprocess
 
 import pytest
 
-from stripedump import synth
-from stripedump.autocodec import DEFAULT_LADDER, EXPLORE, AutoSpec, Controller, parse_codec
-from stripedump.config import DumpConfig, parse_size
+from stripedump.tools import synth
+from stripedump.dump.autocodec import DEFAULT_LADDER, EXPLORE, AutoSpec, Controller, parse_codec
+from stripedump.dump.config import DumpConfig
+from stripedump.runtime.units import parse_size
 from stripedump.errors import UsageError
-from stripedump.pipeline import dump
-from stripedump.vmcore import Source
+from stripedump.dump.coordinator import dump
+from stripedump.source.vmcore import Source
 
 from conftest import assert_one_line_error, run_cli
 from test_kdump import (FLAGS, assert_every_page_reads_back, kdump_join, needs_crash, needs_libkdumpfile,
@@ -208,9 +209,9 @@ def test_mixed_dump_copies_the_chunks_already_in_the_asked_codec(tmp_path, vmcor
     b, members, res = _mixed(tmp_path, vmcore)
     out = tmp_path / "o.kdump"
     kdump_join(members, out, codec="zstd:19")     # another level: transcoded pages would differ
-    from stripedump.member import MemberReader
-    from stripedump.format import BLOCK_COMPRESSED
-    from stripedump.records import read_chunk
+    from stripedump.read.member import MemberReader
+    from stripedump.format.structs import BLOCK_COMPRESSED
+    from stripedump.format.records import read_chunk
     blob = out.read_bytes()
     found = 0
     for m in members:

@@ -6,8 +6,8 @@ import os
 import pytest
 
 from conftest import assert_one_line_error
-from stripedump import bench
-from stripedump.vmcore import Source
+from stripedump.tools import bench
+from stripedump.source.vmcore import Source
 
 
 @pytest.mark.parametrize("data", bench.DATA_KINDS)

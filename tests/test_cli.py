@@ -178,12 +178,12 @@ def test_debug_is_accepted_anywhere(tmp_path, cli, args, code):
 def test_debug_after_the_subcommand_shows_the_traceback(tmp_path, cli):
     """An internal error (here: a module of stripedump that cannot be imported) is one line, exit 1;
     with --debug, before or after the subcommand, the traceback."""
-    r = cli("info", "m0", without=["stripedump.info"], cwd=tmp_path)
+    r = cli("info", "m0", without=["stripedump.read.info"], cwd=tmp_path)
     assert r.rc == 1 and "Traceback (most recent call last)" not in r.err, r
     assert "internal error: ModuleNotFoundError" in r.err, r
     for args in (["--debug", "info", "m0"], ["info", "m0", "--debug"]):
-        r = cli(*args, without=["stripedump.info"], cwd=tmp_path)
-        assert r.rc == 1 and "Traceback (most recent call last)" in r.err and "stripedump.info" in r.err, r
+        r = cli(*args, without=["stripedump.read.info"], cwd=tmp_path)
+        assert r.rc == 1 and "Traceback (most recent call last)" in r.err and "stripedump.read.info" in r.err, r
 
 
 @pytest.mark.parametrize("args", [
@@ -257,7 +257,7 @@ def test_join_output_without_permission(tmp_path, cli):
 def test_join_and_verify_lower_too_many_workers(tmp_path, vmcore, cli):
     """As for dump: more than 2 workers per usable CPU is lowered with a warning, never refused,
     and never started (each worker is a forked process holding a chunk in flight)."""
-    from stripedump.config import usable_cpus
+    from stripedump.runtime.machine import usable_cpus
     b = vmcore("simple")
     m = [str(tmp_path / "m0"), str(tmp_path / "m1")]
     assert cli("dump", "-q", "--disks", ",".join(m), b.path).rc == 0

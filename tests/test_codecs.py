@@ -2,7 +2,9 @@ import os
 
 import pytest
 
-from stripedump import codecs, synth
+from stripedump.format import codecs
+
+from stripedump.tools import synth
 from stripedump.errors import UsageError
 
 PAGES = [bytes(4096), synth.page_content(5), synth.page_content(8), os.urandom(4096)]
@@ -72,7 +74,7 @@ def test_findable_looks_for_a_library_without_importing_it():
     """auto (the default codec) leaves missing libraries out of its ladder by looking for them:
     importing zstandard alone pulls in typing and platform, which a small dump would pay for."""
     from conftest import run_python
-    code = ("import sys\nfrom stripedump.codecs import CodecSpec\n"
+    code = ("import sys\nfrom stripedump.format.codecs import CodecSpec\n"
             "found = [CodecSpec(n).findable() for n in ('zstd', 'lz4', 'none')]\n"
             "print(found, 'zstandard' in sys.modules)\n"
             "sys.modules['zstandard'] = None\n"        # as an import that fails

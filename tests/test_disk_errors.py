@@ -26,8 +26,8 @@ import sys
 
 import pytest
 
-from stripedump import synth
-from stripedump.plan import degraded_placement
+from stripedump.tools import synth
+from stripedump.format.plan import degraded_placement
 
 from conftest import assert_one_line_error, need_fuse, start_fuse
 
@@ -271,10 +271,10 @@ def test_only_chunks_since_the_last_good_sync_are_sent_again(source, tmp_path, f
     fork); m1's first sync succeeds and its second fails: the 15 chunks
     acknowledged in between are encoded again, the one being written is
     forwarded, and the 16 synced before stay on m1 alone."""
-    from stripedump import writer
-    from stripedump.codecs import CodecSpec
-    from stripedump.config import DumpConfig
-    from stripedump.pipeline import dump
+    from stripedump.dump import writer
+    from stripedump.format.codecs import CodecSpec
+    from stripedump.dump.config import DumpConfig
+    from stripedump.dump.coordinator import dump
     src, oracle = source
     monkeypatch.setattr(writer, "SYNC_CHUNKS", 16)
     mnt, backing = failing_fs(1 << 40, fail_sync_from=2)

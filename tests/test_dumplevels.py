@@ -37,20 +37,20 @@ from contextlib import closing
 import numpy as np
 import pytest
 
-from stripedump import synth
-from stripedump.codecs import CodecSpec
-from stripedump.format import (BLOCK_EXCLUDED, BLOCK_KIND_SHIFT, CHUNK_ALL_ZERO, CHUNK_EXCLUDED,
+from stripedump.tools import synth
+from stripedump.format.codecs import CodecSpec
+from stripedump.format.structs import (BLOCK_EXCLUDED, BLOCK_KIND_SHIFT, CHUNK_ALL_ZERO, CHUNK_EXCLUDED,
                                CHUNK_HEADER_SIZE, KIND_PAGES)
-from stripedump.plan import Plan
-from stripedump.records import (decode_chunk, encode_chunk, excluded_ranges, read_chunk, record_bound,
+from stripedump.format.plan import Plan
+from stripedump.format.records import (decode_chunk, encode_chunk, excluded_ranges, read_chunk, record_bound,
                                 unreadable_ranges)
-from stripedump.vmcore import Source
-from stripedump.vmcoreinfo import VmcoreInfo
-from stripedump import pipeline
-from stripedump.config import DumpConfig
-from stripedump.format import FEATURE_EXCLUDED, ChunkHeader
-from stripedump.join import verify
-from stripedump.member import MemberReader
+from stripedump.source.vmcore import Source
+from stripedump.source.vmcoreinfo import VmcoreInfo
+from stripedump.dump import coordinator as pipeline
+from stripedump.dump.config import DumpConfig
+from stripedump.format.structs import FEATURE_EXCLUDED, ChunkHeader
+from stripedump.read.join import verify
+from stripedump.read.member import MemberReader
 
 from conftest import REAL_DIR, run_cli
 from test_pageclass import LEVELS, judge, needs_makedumpfile
@@ -425,8 +425,8 @@ def test_level_zero_imports_no_numpy(vmcore, tmp_path):
     members = f"{tmp_path / 'm0'},{tmp_path / 'm1'}"
     p = run_python("import sys\nfrom stripedump.cli import main\n"
                    f"rc = main(['dump', '-q', '-d', '0', '--disks', {members!r}, {b.path!r}])\n"
-                   "print(rc, sorted(m for m in sys.modules if m.startswith(('numpy', 'stripedump.pageclass', "
-                   "'stripedump.kvmem'))))\n")
+                   "print(rc, sorted(m for m in sys.modules if m.startswith(('numpy', 'stripedump.levels.pageclass', "
+                   "'stripedump.source.kvmem'))))\n")
     assert p.returncode == 0, p.stderr
     assert p.stdout.strip() == "0 []"
 
@@ -438,14 +438,14 @@ def test_small_machine_is_walked_without_numpy(real_vmcore, tmp_path):
     members = f"{tmp_path / 'm0'},{tmp_path / 'm1'}"
     p = run_python("import json, sys\nfrom stripedump.cli import main\n"
                    f"rc = main(['dump', '-q', '-d', '31', '--json', '--disks', {members!r}, {real_vmcore[0]!r}])\n"
-                   "print(rc, sorted(m for m in sys.modules if m.startswith(('numpy', 'stripedump.pagevec'))))\n")
+                   "print(rc, sorted(m for m in sys.modules if m.startswith(('numpy', 'stripedump.levels.pagevec'))))\n")
     assert p.returncode == 0, p.stderr
     *report, last = p.stdout.strip().splitlines()
     assert last == "0 []"
     res = json.loads("\n".join(report))
     assert res["dump_level"]["applied"] == 31 and res["dump_level"]["excluded"]["free"] > 10000, res["dump_level"]
     with Source(real_vmcore[0]) as src:
-        from stripedump import pageclass
+        from stripedump.levels import pageclass
         info = VmcoreInfo.from_source(src)
         assert pageclass.PageClassifier(src, info, 31).engine_name == "walk"
         pages = sum(b - a for a, b in src.pfn_ranges)
@@ -467,7 +467,7 @@ def test_memory_stays_flat_with_dump_level_31(real_vmcore, tmp_path, engine):
     limit = 1 << 40 if engine == "walk" else 0
     for core in (real_vmcore[0], FILLED):
         members = f"{tmp_path / 'm0'},{tmp_path / 'm1'}"
-        code = ("import resource, sys\nfrom stripedump import pageclass\nfrom stripedump.cli import main\n"
+        code = ("import resource, sys\nfrom stripedump.levels import pageclass\nfrom stripedump.cli import main\n"
                 f"pageclass.WALK_MAX_PAGES = {limit}\n"
                 f"rc = main(['dump', '-q', '-d', '31', '--force', '--workers', '2', '--codec', 'lz4', "
                 f"'--disks', {members!r}, {core!r}])\n"
@@ -491,7 +491,7 @@ def test_unreadable_pages_and_struct_pages_keep_the_dump_going(real_vmcore, tmp_
     counted and none is left out that the whole view would keep; every other page is left out or kept
     exactly as in a dump without the faults."""
     from conftest import need_fuse, start_fuse
-    from stripedump.pageclass import PageClassifier
+    from stripedump.levels.pageclass import PageClassifier
     need_fuse()
     path = real_vmcore[0]
     with Source(path) as src:
@@ -560,7 +560,7 @@ def test_unreadable_pages_and_struct_pages_keep_the_dump_going(real_vmcore, tmp_
                                  {"asked": 31, "applied": 31, "weaker": []},
                                  [31]])
 def test_a_manifest_with_a_malformed_dump_level_is_refused(vmcore, tmp_path, bad):
-    from stripedump import format as fmt
+    from stripedump.format import structs as fmt
     import hostile
     b = vmcore("kernel")
     members, _ = dump_members(tmp_path, b.path, 1)

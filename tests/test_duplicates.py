@@ -15,14 +15,15 @@ import os
 
 import pytest
 
-from stripedump import synth
-from stripedump.codecs import CodecSpec
-from stripedump.config import DumpConfig, JoinConfig
-from stripedump.format import STATE_COMPLETE, ChunkHeader
-from stripedump.join import join
-from stripedump.member import MemberReader
-from stripedump.writer import MemberWriter, write_member_head
-from stripedump.pipeline import dump
+from stripedump.tools import synth
+from stripedump.format.codecs import CodecSpec
+from stripedump.dump.config import DumpConfig
+from stripedump.read.config import JoinConfig
+from stripedump.format.structs import STATE_COMPLETE, ChunkHeader
+from stripedump.read.join import join
+from stripedump.read.member import MemberReader
+from stripedump.dump.writer import MemberWriter, write_member_head
+from stripedump.dump.coordinator import dump
 
 
 @pytest.fixture(scope="module")

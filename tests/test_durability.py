@@ -19,9 +19,9 @@ import sys
 
 import pytest
 
-from stripedump.codecs import CodecSpec
-from stripedump.config import DumpConfig
-from stripedump.pipeline import dump
+from stripedump.format.codecs import CodecSpec
+from stripedump.dump.config import DumpConfig
+from stripedump.dump.coordinator import dump
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # "PID call(args) = result", or "PID call(args <unfinished ...>" when another process interrupts it

@@ -18,13 +18,17 @@ import subprocess
 
 import pytest
 
-from stripedump import pipeline, stages
-from stripedump.codecs import CodecSpec
-from stripedump.config import DumpConfig, JoinConfig, parse_size
-from stripedump.format import KIND_PAGES
-from stripedump.join import join as join_elf
-from stripedump.kdump import join_kdump
-from stripedump.vmcore import PT_LOAD, Source
+from stripedump.dump import coordinator as pipeline
+
+from stripedump.dump import stages
+from stripedump.format.codecs import CodecSpec
+from stripedump.dump.config import DumpConfig
+from stripedump.read.config import JoinConfig
+from stripedump.runtime.units import parse_size
+from stripedump.format.structs import KIND_PAGES
+from stripedump.read.join import join as join_elf
+from stripedump.kdump.join import join_kdump
+from stripedump.source.vmcore import PT_LOAD, Source
 
 from conftest import run_cli
 from test_flat import replay
@@ -120,8 +124,8 @@ def test_flat_is_the_kdump_file(tmp_path, vmcore, filtered):
 
 @pytest.mark.parametrize("codec,view_mode", [("lzo", "copy"), ("lz4", "none")])
 def test_view_serves_what_join_writes(tmp_path, vmcore, filtered, codec, view_mode):
-    from stripedump import reader
-    from stripedump.kdumpview import KdumpView
+    from stripedump.read import reader
+    from stripedump.kdump.view import KdumpView
     b = vmcore("kernel")
     m = filtered(tmp_path, b.path, codec, members=3, chunk="16K")
     out = tmp_path / "o.kdump"
@@ -147,8 +151,8 @@ def lost_member_join(tmp_path, vmcore, filtered, fmt):
 def test_missing_is_not_excluded(tmp_path, vmcore, filtered):
     """A lost member: its pages stay in the 2nd bitmap with zero descriptors (missing,
     INCOMPLETE); excluded pages of the members that are there stay absent."""
-    from stripedump import reader
-    from stripedump.kdumpview import KdumpView
+    from stripedump.read import reader
+    from stripedump.kdump.view import KdumpView
     b, m, out, res = lost_member_join(tmp_path, vmcore, filtered, "kdump")
     k = parse_kdump(str(out))
     assert k["status"] & 0x8 and k["dump_level"] > 0
@@ -231,8 +235,8 @@ def test_elf_pages_equal_the_source(tmp_path, vmcore, filtered):
 
 
 def test_elf_view_is_the_joined_file(tmp_path, vmcore, filtered):
-    from stripedump import reader
-    from stripedump.filtered import FilteredElf, KeptMap
+    from stripedump.read import reader
+    from stripedump.read.filtered import FilteredElf, KeptMap
     b = vmcore("kernel")
     m = filtered(tmp_path, b.path, "lz4", members=3, chunk="16K")
     out = tmp_path / "o.elf"
@@ -244,8 +248,8 @@ def test_elf_view_is_the_joined_file(tmp_path, vmcore, filtered):
 
 @pytest.mark.parametrize("layout", ["elf32", "pn_xnum", "qemu"])
 def test_elf_other_layouts(tmp_path, vmcore, filtered, layout):
-    from stripedump import reader
-    from stripedump.filtered import FilteredElf, KeptMap
+    from stripedump.read import reader
+    from stripedump.read.filtered import FilteredElf, KeptMap
     b = vmcore(layout)
     m = filtered(tmp_path, b.path, "lzo")
     out = tmp_path / "o.elf"
@@ -282,7 +286,7 @@ def test_crash_says_partial_dump(tmp_path, vmcore, filtered):
 
 def test_drgn_faults_on_excluded_pages(tmp_path, vmcore, filtered):
     drgn = pytest.importorskip("drgn", reason="drgn is not installed")
-    from stripedump import synth
+    from stripedump.tools import synth
     extra = ("SYMBOL(swapper_pg_dir)=ffffffff82a0a000\nKERNELOFFSET=0\n"
              "NUMBER(pgtable_l5_enabled)=0\nSYMBOL(_stext)=ffffffff81000000\n")
     b = vmcore("kernel", notes=synth.notes_blob(vmcoreinfo=synth.vmcoreinfo_text(extra=extra)))
@@ -392,8 +396,8 @@ def real_filtered(real_levels, request):
 
 
 def test_real_kdump_bitmap_is_the_members_and_within_makedumpfiles(real_filtered):
-    from stripedump import reader
-    from stripedump.filtered import KeptMap
+    from stripedump.read import reader
+    from stripedump.read.filtered import KeptMap
     r = real_filtered
     b1, b2, zero = kdump_sets(r["kdump"])
     m1, m2, mzero = kdump_sets(r["ref"])
@@ -510,8 +514,8 @@ def test_elf_with_more_program_headers_than_e_phnum_holds(tmp_path, vmcore, filt
     """65535 or more PT_LOADs: e_phnum PN_XNUM, the count in section header 0 (as makedumpfile)."""
     pytest.importorskip("elftools", reason="pyelftools is not installed")
     from elftools.elf.elffile import ELFFile
-    from stripedump import reader
-    from stripedump.filtered import FilteredElf
+    from stripedump.read import reader
+    from stripedump.read.filtered import FilteredElf
 
     class EveryOtherPage:           # a KeptMap whose level left out every other page
         def excluded_runs(self, lo, hi):

@@ -25,10 +25,10 @@ import pytest
 from elftools.elf.elffile import ELFFile
 from elftools.elf.enums import ENUM_E_MACHINE
 
-from stripedump import synth
+from stripedump.tools import synth
 from stripedump.errors import VmcoreFormatError
-from stripedump.pipeline import DumpId
-from stripedump.vmcore import E_MACHINE, PT_LOAD, PT_NOTE, Source, machine_name
+from stripedump.dump.coordinator import DumpId
+from stripedump.source.vmcore import E_MACHINE, PT_LOAD, PT_NOTE, Source, machine_name
 
 from conftest import run_python
 
@@ -146,8 +146,8 @@ def _dump_vv(tmp_path, src, *args):
 def test_default_workers_are_one_per_16_chunks(tmp_path):
     """Without --workers, a dump starts one worker per CHUNKS_PER_WORKER chunks at most (and one
     per usable CPU): a 4 MiB dump runs one worker, not one per CPU."""
-    from stripedump.config import usable_cpus
-    from stripedump.pipeline import CHUNKS_PER_WORKER
+    from stripedump.runtime.machine import usable_cpus
+    from stripedump.dump.coordinator import CHUNKS_PER_WORKER
     assert CHUNKS_PER_WORKER == 16
     src = str(tmp_path / "small.vmcore")
     synth.build(src, [synth.Load(0, 4 << 20)])               # 4 page chunks and the headers' residue
@@ -205,8 +205,7 @@ def test_a_command_gets_the_same_parser_built_alone(cmd, capsys):
 
 _CHILDREN = """
 import os, signal, sys, time
-from stripedump import procs
-
+from stripedump.runtime import procs
 def stubborn():
     procs.child_init()
     os.write(1, b"ready\\n")
@@ -254,11 +253,11 @@ def test_children_of_a_dump_are_forked_without_multiprocessing():
 
 def test_plain_classes_behave_as_the_dataclasses_and_namedtuples_they_replace():
     import pickle
-    from stripedump.codecs import CodecSpec
-    from stripedump.config import DumpConfig
+    from stripedump.format.codecs import CodecSpec
+    from stripedump.dump.config import DumpConfig
     from stripedump.errors import UsageError
-    from stripedump.format import ChunkHeader, Footer, IndexEntry
-    from stripedump.plan import Chunk
+    from stripedump.format.structs import ChunkHeader, Footer, IndexEntry
+    from stripedump.format.plan import Chunk
     c = Chunk(3, 1, 4096, 256)
     assert c == Chunk(3, 1, 4096, 256) != Chunk(4, 1, 4096, 256) and hash(c) == hash(Chunk(3, 1, 4096, 256))
     assert repr(c) == "Chunk(id=3, kind=1, start=4096, count=256)" and pickle.loads(pickle.dumps(c)) == c

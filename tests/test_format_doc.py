@@ -1,4 +1,4 @@
-"""docs/format.md must agree with stripedump/format.py.
+"""docs/format.md must agree with stripedump/format/structs.py.
 
 The doc is the authoritative description of the member layout; these tests
 parse the parts of it that state numbers (the "Sizes" lines, the struct
@@ -17,9 +17,11 @@ from pathlib import Path
 import pytest
 import xxhash
 
-from stripedump import codecs, format as fmt
+from stripedump.format import codecs
+
+from stripedump.format import structs as fmt
 from stripedump.errors import MemberError
-from stripedump.records import record_bound
+from stripedump.format.records import record_bound
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "format.md"
 

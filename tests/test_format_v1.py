@@ -11,8 +11,8 @@ import hashlib
 import json
 import os
 
-from stripedump import synth
-from stripedump.member import MemberReader
+from stripedump.tools import synth
+from stripedump.read.member import MemberReader
 
 from conftest import run_cli
 
@@ -57,7 +57,7 @@ def test_v1_verify_info_and_kdump(tmp_path):
 def test_v1_member_without_its_footer_is_walked(tmp_path):
     """A version 1 member never finalized: its records are found by the version 1 walk."""
     import shutil
-    from stripedump.format import MemberHeaderV1
+    from stripedump.format.structs import MemberHeaderV1
     import struct
     import zlib
     ms = [shutil.copy(p, tmp_path / os.path.basename(p)) for p in MEMBERS]

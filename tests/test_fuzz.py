@@ -14,15 +14,15 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from stripedump import synth
-from stripedump.codecs import CodecSpec
-from stripedump.config import DumpConfig
-from stripedump.dumpset import DumpSet
+from stripedump.tools import synth
+from stripedump.format.codecs import CodecSpec
+from stripedump.dump.config import DumpConfig
+from stripedump.read.dumpset import DumpSet
 from stripedump.errors import StripedumpError
-from stripedump.join import verify
-from stripedump.pipeline import dump
-from stripedump.plan import Plan
-from stripedump.vmcore import Source
+from stripedump.read.join import verify
+from stripedump.dump.coordinator import dump
+from stripedump.format.plan import Plan
+from stripedump.source.vmcore import Source
 
 FUZZ = settings(max_examples=int(os.environ.get("STRIPEDUMP_FUZZ_EXAMPLES", 150)), deadline=2000, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                        HealthCheck.too_slow])
@@ -162,9 +162,9 @@ def test_dumpset_reads_members_it_was_given_only(members):
 import resource  # noqa: E402
 
 import hostile  # noqa: E402
-from stripedump.info import info  # noqa: E402
-from stripedump.join import join  # noqa: E402
-from stripedump.config import JoinConfig  # noqa: E402
+from stripedump.read.info import info  # noqa: E402
+from stripedump.read.join import join  # noqa: E402
+from stripedump.read.config import JoinConfig  # noqa: E402
 from stripedump.errors import ExitCode  # noqa: E402
 
 HEADROOM = 256 << 20      # what reading a small hostile member may add to this process's address space

@@ -18,11 +18,11 @@ import shutil
 import pytest
 
 import hostile
-from stripedump import synth
-from stripedump.codecs import CodecSpec
-from stripedump.config import DumpConfig
-from stripedump.pipeline import dump
-from stripedump.plan import Plan
+from stripedump.tools import synth
+from stripedump.format.codecs import CodecSpec
+from stripedump.dump.config import DumpConfig
+from stripedump.dump.coordinator import dump
+from stripedump.format.plan import Plan
 
 LIMIT = 384 << 20
 PEAK = 100 << 20          # the most RSS join, verify or info may use on these members

@@ -28,9 +28,9 @@ import time
 
 import pytest
 
-from stripedump import synth
-from stripedump.format import STATE_COMPLETE, STATE_INCOMPLETE
-from stripedump.member import MemberReader
+from stripedump.tools import synth
+from stripedump.format.structs import STATE_COMPLETE, STATE_INCOMPLETE
+from stripedump.read.member import MemberReader
 
 from conftest import need_fuse, start_fuse
 
@@ -253,7 +253,7 @@ def test_a_writer_stuck_in_one_call_is_hung_and_abandoned():
     """The module alone: a real child stuck in a call is declared hung after the timeout, never
     an idle one; abandoning it kills it and takes it out of multiprocessing's children."""
     import multiprocessing
-    from stripedump.iowatch import IOWatch
+    from stripedump.dump.iowatch import IOWatch
     targets = [_Pipe("t0"), _Pipe("t1")]
     try:
         w = IOWatch(targets, 1.0)

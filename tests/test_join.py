@@ -5,13 +5,14 @@ import shutil
 
 import pytest
 
-from stripedump.codecs import CodecSpec
-from stripedump.config import DumpConfig, JoinConfig
+from stripedump.format.codecs import CodecSpec
+from stripedump.dump.config import DumpConfig
+from stripedump.read.config import JoinConfig
 from stripedump.errors import IncompleteDump, MemberError, OutputError, VerifyError
-from stripedump.format import CHUNK_HEADER_SIZE, HEADER_BLOCK, MemberHeader
-from stripedump.join import RenderMap, join, verify
-from stripedump.member import MemberReader
-from stripedump.pipeline import dump
+from stripedump.format.structs import CHUNK_HEADER_SIZE, HEADER_BLOCK, MemberHeader
+from stripedump.read.join import RenderMap, join, verify
+from stripedump.read.member import MemberReader
+from stripedump.dump.coordinator import dump
 
 
 @pytest.fixture
@@ -63,7 +64,7 @@ def test_existing_output_needs_force(dumped, tmp_path):
 def _record_of(member, n=3):
     """The n-th page chunk written to ``member`` (writers append in arrival order: the file
     chunks, handed out first, may still arrive after some page chunks)."""
-    from stripedump.format import KIND_PAGES, ChunkHeader
+    from stripedump.format.structs import KIND_PAGES, ChunkHeader
     r = MemberReader(member)
     try:
         entries = [e for e in r.index(r.footer())
@@ -156,7 +157,7 @@ def test_render_map_single_place_only_inside_one_load_rendered_once():
 def test_join_leaves_all_zero_pages_as_holes(tmp_path, vmcore):
     """ELF join writes only the blocks that are not all zero: the rest stays a hole of the
     pre-sized output (issue 12), here 8 of 10 pages and a 4 MiB stretch of zeros."""
-    from stripedump.synth import MIB, Load, page_content
+    from stripedump.tools.synth import MIB, Load, page_content
     b = vmcore("simple", loads=[Load(0, 4 * MIB), Load(8 * MIB, 4 * MIB)],
                content=lambda pfn, ps: bytes(ps) if pfn < 1024 else page_content(pfn, ps, 8))
     t = [str(tmp_path / f"m{i}") for i in range(2)]

@@ -25,14 +25,17 @@ import subprocess
 
 import pytest
 
-from stripedump import synth
-from stripedump.codecs import CodecSpec
-from stripedump.config import DumpConfig, JoinConfig, parse_size
+from stripedump.runtime.bitmap import set_bits
+from stripedump.tools import synth
+from stripedump.format.codecs import CodecSpec
+from stripedump.dump.config import DumpConfig
+from stripedump.read.config import JoinConfig
+from stripedump.runtime.units import parse_size
 from stripedump.errors import UsageError
-from stripedump.kdump import join_kdump as join
-from stripedump.kdumplayout import KdumpLayout, _set_bits
-from stripedump.pipeline import dump
-from stripedump.vmcore import Source
+from stripedump.kdump.join import join_kdump as join
+from stripedump.kdump.layout import KdumpLayout
+from stripedump.dump.coordinator import dump
+from stripedump.source.vmcore import Source
 
 from conftest import REAL_DIR, assert_one_line_error, damage_chunk   # and the real_vmcore fixture
 
@@ -209,7 +212,7 @@ def test_bitmap_pieces_and_ranks_match_a_naive_bitmap():
     assert [lay.rank(p) for p in pfns] == list(range(len(pfns)))
     for a, b in [(0, 1), (1, 7), (3, 19), (8, 16), (5, 6)]:
         buf = bytearray(4)
-        _set_bits(buf, a, b)
+        set_bits(buf, a, b)
         assert [p for p in range(32) if buf[p >> 3] >> (p & 7) & 1] == list(range(a, b))
 
 
@@ -328,7 +331,7 @@ def test_utsname_is_read_from_memory(tmp_path, vmcore):
 
 def test_damaged_utsname_chunk_is_one_error(tmp_path, vmcore, cli):
     """The chunk holding init_uts_ns fails its checksum: exit 7 and one line (the reader's log is not a second)."""
-    from stripedump import reader
+    from stripedump.read import reader
     fields = [b"Linux", b"crashhost", b"6.1.0-synthetic", b"#1", b"x86_64", b"(none)"]
     text = synth.vmcoreinfo_text().replace(b"SYMBOL(init_uts_ns)=ffffffff82a13ac0",
                                            b"SYMBOL(init_uts_ns)=ffffffff82100f00")
@@ -602,8 +605,8 @@ def read_in_pieces(view, sizes=ODD_SIZES, start=0) -> bytes:
 def test_view_serves_what_join_writes(tmp_path, vmcore, dump_codec, join_codec, block, mode):
     """cmp of ``join --format kdump`` with the view, read in pieces of odd sizes, and by 4 threads."""
     import threading
-    from stripedump import reader
-    from stripedump.kdumpview import KdumpView
+    from stripedump.read import reader
+    from stripedump.kdump.view import KdumpView
     b = vmcore("kernel")
     m = dump_members(tmp_path, b.path, dump_codec, members=3, chunk="16K", block=block)
     out = tmp_path / "o.kdump"
@@ -628,8 +631,8 @@ def test_view_serves_what_join_writes(tmp_path, vmcore, dump_codec, join_codec, 
 
 def test_view_of_an_incomplete_dump_is_what_join_writes(tmp_path, vmcore):
     """A member missing (--allow-incomplete): zero descriptors, no data, INCOMPLETE, in both."""
-    from stripedump import reader
-    from stripedump.kdumpview import KdumpView
+    from stripedump.read import reader
+    from stripedump.kdump.view import KdumpView
     b = vmcore("kernel")
     m = dump_members(tmp_path, b.path, "lzo", members=3, chunk="16K")
     os.unlink(m[1])
@@ -646,9 +649,9 @@ def test_view_of_an_incomplete_dump_is_what_join_writes(tmp_path, vmcore):
 @pytest.mark.parametrize("mode_codec", ["lzo", "lz4"])
 def test_view_of_a_damaged_chunk_is_an_error_not_zeros(tmp_path, vmcore, mode_codec):
     """A flipped payload byte: reading that chunk's descriptors or data raises ChunkError."""
-    from stripedump import reader
-    from stripedump.kdumpview import KdumpView
-    from stripedump.reader import ChunkError
+    from stripedump.read import reader
+    from stripedump.kdump.view import KdumpView
+    from stripedump.read.reader import ChunkError
     b = vmcore("kernel")
     m = dump_members(tmp_path, b.path, mode_codec, members=2, chunk="16K")
     with reader.open(list(m)) as d:

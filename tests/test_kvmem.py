@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import struct
 
-from stripedump.kvmem import START_KERNEL_MAP, KernelMemory
-from stripedump.vmcore import Source
-from stripedump.vmcoreinfo import VmcoreInfo
+from stripedump.source.kvmem import START_KERNEL_MAP, KernelMemory
+from stripedump.source.vmcore import Source
+from stripedump.source.vmcoreinfo import VmcoreInfo
 
 PS = 4096
 P, PSE = 0x1, 0x80

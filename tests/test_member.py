@@ -4,13 +4,13 @@ import struct
 
 import pytest
 
-from stripedump.codecs import CodecSpec
+from stripedump.format.codecs import CodecSpec
 from stripedump.errors import SourceError, VerifyError
-from stripedump.format import (BLOCK_KIND_SHIFT, BLOCK_LEN_MASK, BLOCK_RAW, BLOCK_UNREADABLE, CHUNK_HEADER_SIZE,
+from stripedump.format.structs import (BLOCK_KIND_SHIFT, BLOCK_LEN_MASK, BLOCK_RAW, BLOCK_UNREADABLE, CHUNK_HEADER_SIZE,
                                CHUNK_UNREADABLE, ChunkHeader)
-from stripedump.records import decode_chunk, encode_chunk, read_chunk, unreadable_ranges
-from stripedump.plan import Plan
-from stripedump.vmcore import Source
+from stripedump.format.records import decode_chunk, encode_chunk, read_chunk, unreadable_ranges
+from stripedump.format.plan import Plan
+from stripedump.source.vmcore import Source
 
 
 @pytest.mark.parametrize("block", [4096, 16384])
@@ -72,13 +72,14 @@ def test_unreadable_block_with_a_length_is_corrupt(vmcore):
 import os  # noqa: E402
 import shutil  # noqa: E402
 
-from stripedump import synth  # noqa: E402
-from stripedump.config import DumpConfig, JoinConfig  # noqa: E402
+from stripedump.tools import synth  # noqa: E402
+from stripedump.dump.config import DumpConfig  # noqa: E402
+from stripedump.read.config import JoinConfig  # noqa: E402
 from stripedump.errors import IncompleteDump  # noqa: E402
-from stripedump.format import TRAILER_SIZE, ChunkHeaderV1, V1_BLOCK_KIND_SHIFT, V1_CHUNK_MAGIC  # noqa: E402
-from stripedump.join import join  # noqa: E402
-from stripedump.member import MemberReader, WalkReport  # noqa: E402
-from stripedump.pipeline import dump  # noqa: E402
+from stripedump.format.structs import TRAILER_SIZE, ChunkHeaderV1, V1_BLOCK_KIND_SHIFT, V1_CHUNK_MAGIC  # noqa: E402
+from stripedump.read.join import join  # noqa: E402
+from stripedump.read.member import MemberReader, WalkReport  # noqa: E402
+from stripedump.dump.coordinator import dump  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -191,8 +192,8 @@ def test_version_1_record_sliced_at_the_version_2_size_still_gives_its_ranges(vm
 
 def test_excluded_blocks_and_kept_pages(vmcore):
     """A block marked excluded (dump levels, issue 11) stores nothing, is not data, and kept_pages says so."""
-    from stripedump.format import BLOCK_EXCLUDED, CHUNK_EXCLUDED
-    from stripedump.records import excluded_ranges
+    from stripedump.format.structs import BLOCK_EXCLUDED, CHUNK_EXCLUDED
+    from stripedump.format.records import excluded_ranges
     import xxhash
     b = vmcore("kernel")
     with Source(b.path) as src:

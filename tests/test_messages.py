@@ -12,11 +12,11 @@ import shutil
 
 import pytest
 
-from stripedump import synth
-from stripedump.codecs import CodecSpec
-from stripedump.config import DumpConfig
-from stripedump.member import MemberReader
-from stripedump.pipeline import dump
+from stripedump.tools import synth
+from stripedump.format.codecs import CodecSpec
+from stripedump.dump.config import DumpConfig
+from stripedump.read.member import MemberReader
+from stripedump.dump.coordinator import dump
 
 from conftest import assert_one_line_error, run_cli
 

@@ -31,7 +31,7 @@ def need_mount() -> None:
     if not os.path.exists("/dev/fuse"):
         pytest.skip("no /dev/fuse: FUSE is not available here")
     from stripedump.errors import MountError
-    from stripedump.fusefs import load_fuse
+    from stripedump.mount.fusefs import load_fuse
     try:
         load_fuse()
     except MountError as e:
@@ -195,8 +195,8 @@ def test_concurrent_readers_all_read_the_source(dumped, mnt):
 
 def _flip_payload_byte(member):
     """Flip a byte in the payload of one page chunk of ``member``; return its chunk id."""
-    from stripedump.format import KIND_PAGES, ChunkHeader
-    from stripedump.member import MemberReader
+    from stripedump.format.structs import KIND_PAGES, ChunkHeader
+    from stripedump.read.member import MemberReader
     r = MemberReader(member)
     try:
         entries = [e for e in r.index(r.footer())
@@ -218,7 +218,7 @@ def test_corrupted_chunk_reads_as_eio_and_the_rest_reads_fine(dumped, mnt, tmp_p
     cid = _flip_payload_byte(members[1])
     # where the library says the file is unreadable: pages of that chunk, nothing else
     import stripedump
-    from stripedump.reader import ChunkError
+    from stripedump.read.reader import ChunkError
     step = 4096
     bad = []
     with stripedump.open(members) as d:
@@ -431,8 +431,8 @@ def test_a_mount_libfuse_refuses_is_a_mount_error_with_its_reason(tmp_path):
     caller as one MountError carrying libfuse's message, and no server stays behind."""
     need_mount()
     from stripedump.errors import MountError
-    from stripedump.fusefs import BytesFile, load_fuse
-    from stripedump.mount import _daemon
+    from stripedump.mount.fusefs import BytesFile, load_fuse
+    from stripedump.mount.lifecycle import _daemon
     gone = tmp_path / "gone"
     with pytest.raises(MountError, match="bad mount point") as e:
         _daemon(load_fuse(), {"f": BytesFile(b"x")}, str(gone), None)
@@ -445,7 +445,7 @@ def test_loading_fuse_leaves_the_environment_as_it_was():
     libfuse 2 file systems in this suite, anything a library user starts) must not inherit it."""
     if not os.path.exists("/dev/fuse"):
         pytest.skip("no /dev/fuse")
-    from stripedump import fusefs
+    from stripedump.mount import fusefs
     before = os.environ.get("FUSE_LIBRARY_PATH")
     mfusepy = fusefs.load_fuse()
     assert mfusepy.fuse_version_major == 3

@@ -16,8 +16,8 @@ import subprocess
 
 import pytest
 
-from stripedump import synth
-from stripedump.vmcore import Source
+from stripedump.tools import synth
+from stripedump.source.vmcore import Source
 
 from conftest import run_cli
 from test_reader import _loads

@@ -21,10 +21,10 @@ import sys
 import numpy as np
 import pytest
 
-from stripedump.pageclass import (CACHE_KEYS, CLASSES, FREE_KEYS, MEMMAP_KEYS, PAGE_KEYS, PageClassifier,
+from stripedump.levels.pageclass import (CACHE_KEYS, CLASSES, FREE_KEYS, MEMMAP_KEYS, PAGE_KEYS, PageClassifier,
                                   classify)
-from stripedump.vmcore import Source
-from stripedump.vmcoreinfo import VmcoreInfo
+from stripedump.source.vmcore import Source
+from stripedump.source.vmcoreinfo import VmcoreInfo
 
 
 

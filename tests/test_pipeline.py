@@ -6,16 +6,18 @@ import random
 
 import pytest
 
-from stripedump import synth
-from stripedump.codecs import NAMES, CodecSpec
-from stripedump.config import DumpConfig, JoinConfig, parse_size
-from stripedump.dumpset import DumpSet
-from stripedump.join import join, verify
-from stripedump.pipeline import dump
+from stripedump.tools import synth
+from stripedump.format.codecs import NAMES, CodecSpec
+from stripedump.dump.config import DumpConfig
+from stripedump.read.config import JoinConfig
+from stripedump.runtime.units import parse_size
+from stripedump.read.dumpset import DumpSet
+from stripedump.read.join import join, verify
+from stripedump.dump.coordinator import dump
 
 
 def round_trip(tmp_path, src, codec="lz4", ntargets=2, workers=2, chunk="64K", block=0, **kw):
-    from stripedump.config import parse_size
+    from stripedump.runtime.units import parse_size
     targets = [str(tmp_path / f"member{i}.sd") for i in range(ntargets)]
     res = dump(DumpConfig(src, tuple(targets), CodecSpec.parse(codec), workers, parse_size(chunk),
                           parse_size(str(block)), **kw))
@@ -137,7 +139,7 @@ def _wait_for_children(p, n, timeout=20):
 
 @pytest.mark.parametrize("sig,code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_signal_stops_cleanly_and_finalizes_members_as_incomplete(tmp_path, sig, code):
-    from stripedump.info import info
+    from stripedump.read.info import info
     p, members = _start_slow_dump(tmp_path)
     _wait_for_children(p, 4)
     time.sleep(0.5)
@@ -164,7 +166,7 @@ def test_killed_worker_is_noticed_and_reported(tmp_path):
 
 def test_mmap_refusal_falls_back_to_read(tmp_path, vmcore, monkeypatch):
     import mmap as mmap_mod
-    from stripedump.vmcore import Source
+    from stripedump.source.vmcore import Source
     b = vmcore("kernel")
 
     def refuse(*a, **k):
@@ -186,7 +188,7 @@ def test_direct_io_round_trip(tmp_path, vmcore):
 
 def test_memory_limit_bounds_the_pool(tmp_path, vmcore):
     from stripedump.errors import UsageError
-    from stripedump.resources import pool_geometry
+    from stripedump.dump.resources import pool_geometry
     b = vmcore("kernel")
     # 2 workers, 2 disks, 1 MiB chunks: 8 slots of 1 MiB + 1 page + table
     slots, slot = pool_geometry(2, 2, 1 << 20, 4096, 64 << 20)
@@ -200,7 +202,7 @@ def test_memory_limit_bounds_the_pool(tmp_path, vmcore):
 
 
 def test_sparse_source_holes_are_not_read(tmp_path):
-    from stripedump.vmcore import Source
+    from stripedump.source.vmcore import Source
     src = str(tmp_path / "sparse")
     size = 8 << 30       # 8 GiB of holes: the file takes no space
     synth.build(src, [synth.Load(0, size)], content=None)

@@ -1,7 +1,7 @@
 import pytest
 
-from stripedump.format import KIND_FILE, KIND_PAGES
-from stripedump.plan import Plan, placement
+from stripedump.format.structs import KIND_FILE, KIND_PAGES
+from stripedump.format.plan import Plan, placement
 
 
 def test_chunks_align_to_absolute_pfn_and_stay_in_ranges():

@@ -15,15 +15,16 @@
 import pytest
 
 import stripedump
-from stripedump import pool
-from stripedump.codecs import CodecSpec
-from stripedump.config import DumpConfig, JoinConfig
+from stripedump.read import pool
+from stripedump.format.codecs import CodecSpec
+from stripedump.dump.config import DumpConfig
+from stripedump.read.config import JoinConfig
 from stripedump.errors import VerifyError
-from stripedump.format import KIND_PAGES
-from stripedump.join import DUMP_ELF_INCOMPLETE, join, verify
-from stripedump.join import RenderMap
-from stripedump.pipeline import dump
-from stripedump.synth import MIB, Load
+from stripedump.format.structs import KIND_PAGES
+from stripedump.read.join import DUMP_ELF_INCOMPLETE, join, verify
+from stripedump.read.join import RenderMap
+from stripedump.dump.coordinator import dump
+from stripedump.tools.synth import MIB, Load
 
 from conftest import damage_chunk
 
@@ -53,7 +54,7 @@ def batched(monkeypatch, tmp_path, vmcore):
     def counting(dump_, workers, make, *a, **k):
         sent.append(pool.batch_size(dump_.plan.n_chunks, workers, k.get("turns")))
         return real(dump_, workers, make, *a, **k)
-    monkeypatch.setattr("stripedump.join.run_pool", counting)
+    monkeypatch.setattr("stripedump.read.join.run_pool", counting)
     return b, t, n, sent
 
 
@@ -99,7 +100,7 @@ def test_a_damaged_chunk_inside_a_batch_is_the_one_error(batched, tmp_path):
 def test_kdump_and_flat_joins_are_the_same_batched_or_not(monkeypatch, tmp_path, vmcore, codec, fmt):
     """kdump COPY (a zstd dump) runs without turns, so in batches; TRANSCODE (lz4) and flat take
     turns, one task a message: each file is the same as the one made a chunk at a time."""
-    from stripedump.kdump import join_kdump
+    from stripedump.kdump.join import join_kdump
     b = vmcore("kernel")
     t = tuple(str(tmp_path / f"m{i}") for i in range(2))
     dump(DumpConfig(b.path, t, CodecSpec(codec), 2, 65536))

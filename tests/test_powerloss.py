@@ -24,8 +24,8 @@ import sys
 import pytest
 
 from conftest import HELPERS, need_fuse
-from stripedump import synth
-from stripedump.format import HEADER_BLOCK
+from stripedump.tools import synth
+from stripedump.format.structs import HEADER_BLOCK
 
 sys.path.insert(0, HELPERS)
 import crashstates as cs  # noqa: E402
@@ -192,6 +192,6 @@ def test_the_join_command_over_an_older_dump(recorded, tmp_path):
 def test_sync_interval_from_the_environment(value, expected):
     """STRIPEDUMP_SYNC_EVERY (tests only) sets the fdatasync interval; anything but bytes is ignored."""
     env = dict(os.environ, STRIPEDUMP_SYNC_EVERY=value, PYTHONPATH=cs.ROOT)
-    out = subprocess.run([sys.executable, "-c", "import stripedump.writer as m; print(m.SYNC_EVERY)"],
+    out = subprocess.run([sys.executable, "-c", "import stripedump.dump.writer as m; print(m.SYNC_EVERY)"],
                          env=env, capture_output=True, text=True, check=True).stdout
     assert int(out) == expected

@@ -21,15 +21,15 @@ import time
 import psutil
 import pytest
 
-from stripedump import synth
-from stripedump.codecs import CodecSpec
-from stripedump.config import DumpConfig, JoinConfig
+from stripedump.tools import synth
+from stripedump.format.codecs import CodecSpec
+from stripedump.dump.config import DumpConfig
+from stripedump.read.config import JoinConfig
 from stripedump.errors import IncompleteDump, Interrupted, StripedumpError
-from stripedump.info import info
-from stripedump.join import join
-from stripedump.pipeline import dump
-from stripedump import procs
-
+from stripedump.read.info import info
+from stripedump.read.join import join
+from stripedump.dump.coordinator import dump
+from stripedump.runtime import procs
 from conftest import default_signals
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -231,7 +231,7 @@ def test_fork_failing_still_finalizes_every_member(vmcore, tmp_path, monkeypatch
     """fork() fails with EAGAIN (a process limit) for the Nth child: the members are finalized
     anyway, by their writer or, where it never started, by the coordinator itself."""
     import errno
-    from stripedump import pipeline
+    from stripedump.dump import coordinator as pipeline
     b = vmcore("kernel")
     members = [str(tmp_path / "m0"), str(tmp_path / "m1")]
     calls = []
@@ -275,8 +275,7 @@ def test_manifest_that_cannot_be_written_leaves_no_member_writing(vmcore, tmp_pa
 
 _LATE_CHILD = """
 import os, signal, sys, time
-from stripedump import procs
-
+from stripedump.runtime import procs
 def child(q, path):
     time.sleep(1.5)                 # the coordinator is gone before this child first looks at its parent
     for _ in procs.messages(q):

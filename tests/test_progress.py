@@ -1,7 +1,7 @@
 import io
 import time
 
-from stripedump.progress import Progress
+from stripedump.runtime.progress import Progress
 
 
 class FakeTTY(io.StringIO):

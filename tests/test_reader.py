@@ -10,12 +10,13 @@ import threading
 import pytest
 
 import stripedump
-from stripedump import reader
-from stripedump.codecs import CodecSpec
-from stripedump.config import DumpConfig, JoinConfig
+from stripedump.read import reader
+from stripedump.format.codecs import CodecSpec
+from stripedump.dump.config import DumpConfig
+from stripedump.read.config import JoinConfig
 from stripedump.errors import IncompleteDump, MemberError
-from stripedump.join import join
-from stripedump.pipeline import dump
+from stripedump.read.join import join
+from stripedump.dump.coordinator import dump
 from elftools.elf.elffile import ELFFile
 
 from conftest import damage_chunk
@@ -104,8 +105,8 @@ def test_fast_index_equals_the_general_one(tmp_path, vmcore):
 def test_a_chunk_listed_on_the_wrong_member_is_refused_by_name(tmp_path, vmcore):
     """An index entry the fast path doubts sends the build to the general path and its exact error."""
     import struct
-    from stripedump.format import IndexEntry, record_checksum
-    from stripedump.member import MemberReader
+    from stripedump.format.structs import IndexEntry, record_checksum
+    from stripedump.read.member import MemberReader
     b = vmcore("kernel")
     members = _dump(b.path, tmp_path)
     r = MemberReader(members[1])

@@ -23,15 +23,15 @@ import sys
 
 import pytest
 
-from stripedump import synth
-from stripedump.codecs import NAMES, CodecSpec
+from stripedump.tools import synth
+from stripedump.format.codecs import NAMES, CodecSpec
 from stripedump.errors import VerifyError
-from stripedump.format import (BLOCK_COMPRESSED, BLOCK_EXCLUDED, BLOCK_KIND_SHIFT, BLOCK_RAW, BLOCK_UNREADABLE,
+from stripedump.format.structs import (BLOCK_COMPRESSED, BLOCK_EXCLUDED, BLOCK_KIND_SHIFT, BLOCK_RAW, BLOCK_UNREADABLE,
                                BLOCK_ZERO, CHUNK_HEADER_SIZE, ChunkHeader, checksum)
-from stripedump import records
-from stripedump.records import decode_chunk, encode_chunk, read_chunk, record_bound
-from stripedump.plan import Plan
-from stripedump.vmcore import Source
+from stripedump.format import records
+from stripedump.format.records import decode_chunk, encode_chunk, read_chunk, record_bound
+from stripedump.format.plan import Plan
+from stripedump.source.vmcore import Source
 
 from conftest import run_python
 
@@ -160,7 +160,7 @@ def _run_fresh(code: str) -> str:
 def test_numpy_is_never_imported_to_check_tables(tmp_path):
     """A process without numpy checks every table with the loop (a small join's workers never pay
     the import); only a process that has numpy already uses it."""
-    code = ("import sys\nfrom stripedump import records\n"
+    code = ("import sys\nfrom stripedump.format import records\n"
             "flags = [records._vectorize() for _ in range(5000)]\n"
             "assert 'numpy' not in sys.modules\n"
             "import numpy\n"
@@ -173,8 +173,8 @@ def test_a_process_without_numpy_checks_tables_without_the_loop(tmp_path):
     checked by _check_table_fast; the per-entry loop runs only for a table that needs its words."""
     path = str(tmp_path / "m.vmcore")
     synth.build(path, [synth.Load(0, 4 << 20)])
-    code = ("import sys\nfrom stripedump import records, codecs\n"
-            "from stripedump.plan import Plan\nfrom stripedump.vmcore import Source\n"
+    code = ("import sys\nfrom stripedump.format import records, codecs\n"
+            "from stripedump.format.plan import Plan\nfrom stripedump.source.vmcore import Source\n"
             "looped = []\nloop = records._check_table\n"
             "records._check_table = lambda *a: looped.append(1) or loop(*a)\n"
             f"src = Source({path!r}).__enter__()\n"
@@ -193,7 +193,7 @@ def test_numpy_is_not_imported_where_openblas_would_abort_the_process():
     """Under a tight address-space limit importing numpy kills the process (OpenBLAS: "Memory
     allocation still failed"); the reader's fast paths then go without it, and the dump still opens."""
     code = ("import os, resource, sys\n"
-            "from stripedump.resources import numpy_if_safe\n"
+            "from stripedump.runtime.machine import numpy_if_safe\n"
             "vsz = int(open('/proc/self/statm').read().split()[0]) * os.sysconf('SC_PAGE_SIZE')\n"
             "resource.setrlimit(resource.RLIMIT_AS, (vsz + (48 << 20), resource.RLIM_INFINITY))\n"
             "print(numpy_if_safe() is None, 'numpy' in sys.modules)\n")
@@ -202,7 +202,7 @@ def test_numpy_is_not_imported_where_openblas_would_abort_the_process():
                        env=dict(os.environ, PYTHONPATH=root))
     assert p.returncode == 0, p.stderr
     assert p.stdout.split() == ["True", "False"]
-    p = subprocess.run([sys.executable, "-c", "from stripedump.resources import numpy_if_safe\n"
+    p = subprocess.run([sys.executable, "-c", "from stripedump.runtime.machine import numpy_if_safe\n"
                         "import os\nprint(numpy_if_safe().__name__, os.environ.get('OPENBLAS_NUM_THREADS'))"],
                        capture_output=True, text=True, timeout=60,
                        env={k: v for k, v in dict(os.environ, PYTHONPATH=root).items() if k != "OPENBLAS_NUM_THREADS"})

@@ -21,14 +21,15 @@ import time
 
 import pytest
 
-from stripedump import synth
-from stripedump.codecs import CodecSpec
-from stripedump.config import DumpConfig, JoinConfig
+from stripedump.tools import synth
+from stripedump.format.codecs import CodecSpec
+from stripedump.dump.config import DumpConfig
+from stripedump.read.config import JoinConfig
 from stripedump.errors import IncompleteDump
-from stripedump.format import HEADER_BLOCK, KIND_PAGES
-from stripedump.join import join
-from stripedump.member import MemberReader, WalkReport
-from stripedump.pipeline import dump
+from stripedump.format.structs import HEADER_BLOCK, KIND_PAGES
+from stripedump.read.join import join
+from stripedump.read.member import MemberReader, WalkReport
+from stripedump.dump.coordinator import dump
 
 from conftest import assert_one_line_error, unfinalize
 

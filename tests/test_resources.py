@@ -21,12 +21,14 @@ import uuid
 
 import pytest
 
-from stripedump import synth
-from stripedump.config import JoinConfig, usable_cpus
-from stripedump.resources import fit_workers
+from stripedump.tools import synth
+from stripedump.read.config import JoinConfig
+from stripedump.runtime.machine import usable_cpus
+from stripedump.dump.resources import fit_workers
 from stripedump.errors import UsageError
-from stripedump.join import join
-from stripedump.resources import PROC_BYTES, available_memory, fit_pool
+from stripedump.read.join import join
+from stripedump.dump.resources import PROC_BYTES, fit_pool
+from stripedump.runtime.machine import available_memory
 
 from conftest import assert_one_line_error, run_cli
 

@@ -21,9 +21,9 @@ import time
 
 import pytest
 
-from stripedump import synth
-from stripedump.member import MemberReader
-from stripedump.vmcore import Source
+from stripedump.tools import synth
+from stripedump.read.member import MemberReader
+from stripedump.source.vmcore import Source
 
 from conftest import assert_one_line_error, run_cli, unfinalize
 

@@ -1,4 +1,4 @@
-"""join, info, verify and mount reading ``ssh://`` members where they are (issue 13, stripedump/remote.py).
+"""join, info, verify and mount reading ``ssh://`` members where they are (issue 13, stripedump/remote/sshread.py).
 
 Real sshd hosts on loopback (tests/helpers/sshd.py: 127.0.0.2-4, each its own port, host key
 and member directory), real SFTP, the real CLI in a subprocess whose HOME is the fixture's
@@ -185,7 +185,7 @@ def test_round_trips_are_few(tmp_path, vmcore, ssh_hosts):
     """Reading what info needs (headers, manifests, footers, indexes) of members with several index
     records each takes a bounded number of SFTP round trips, counted in paramiko: a round trip is
     a burst of requests sent before the next answer is read."""
-    from stripedump import synth
+    from stripedump.tools import synth
     src = synth.build(str(tmp_path / "vmcore"), [synth.Load(0, 12 << 20)]).path
     env = ssh_hosts.env
     local = [str(tmp_path / f"m{i}.sd") for i in range(2)]
@@ -211,7 +211,7 @@ def test_round_trips_are_few(tmp_path, vmcore, ssh_hosts):
             last[0] = "read"
             return recv(self)
         SFTPClient._async_request, SFTPClient._read_packet = counted_send, counted_recv
-        from stripedump.info import info
+        from stripedump.read.info import info
         d = info({urls!r})
         print(json.dumps({{"n": n, "chunks": [m["chunks"] for m in d["members"]],
                           "complete": d["recovery"]["complete"]}}))
@@ -315,7 +315,7 @@ def test_a_host_dying_during_the_join(tmp_path, ssh_hosts):
     exits 6 with one line; with --allow-incomplete it exits 0, and every page it wrote is the
     source's page or zeros (a missing chunk), some of them zeros."""
     import time
-    from stripedump import synth
+    from stripedump.tools import synth
     import sshd            # tests/helpers, on sys.path through the sshd_cluster fixture
     src = synth.build(str(tmp_path / "vmcore"), [synth.Load(0, 48 << 20)]).path
     env = ssh_hosts.env

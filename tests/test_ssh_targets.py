@@ -18,9 +18,9 @@ import time
 
 import pytest
 
-from stripedump import synth
-from stripedump.format import FEATURE_STREAMED, STATE_COMPLETE, STATE_WRITING
-from stripedump.member import MemberReader
+from stripedump.tools import synth
+from stripedump.format.structs import FEATURE_STREAMED, STATE_COMPLETE, STATE_WRITING
+from stripedump.read.member import MemberReader
 
 from conftest import CliResult, assert_one_line_error, run_cli
 

@@ -20,8 +20,8 @@ import sys
 
 import pytest
 
-from stripedump import synth
-from stripedump.elfhead import manifest_pieces
+from stripedump.tools import synth
+from stripedump.source.elfhead import manifest_pieces
 
 from conftest import assert_one_line_error
 

@@ -7,12 +7,13 @@ import subprocess
 
 import pytest
 
-from stripedump.codecs import CodecSpec
-from stripedump.config import DumpConfig, JoinConfig
+from stripedump.format.codecs import CodecSpec
+from stripedump.dump.config import DumpConfig
+from stripedump.read.config import JoinConfig
 from stripedump.errors import TargetIOError, TargetRefused
-from stripedump.join import join
-from stripedump.pipeline import dump
-from stripedump.targets import SIGNATURES, probe_signature
+from stripedump.read.join import join
+from stripedump.dump.coordinator import dump
+from stripedump.dump.targets import SIGNATURES, probe_signature
 
 
 def _dump(src, targets, **kw):
@@ -168,7 +169,7 @@ import signal  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 
-from stripedump import synth  # noqa: E402
+from stripedump.tools import synth  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -322,7 +323,7 @@ def test_block_device_held_exclusively_is_refused(tmp_path, vmcore, loopdev):
 
 def test_file_replaced_after_the_check_is_not_truncated(tmp_path, vmcore):
     """The checks are made again under the lock: a target that a finished dump filled is refused."""
-    from stripedump.targets import check_targets, open_targets
+    from stripedump.dump.targets import check_targets, open_targets
     b = vmcore("simple")
     t = tmp_path / "m"
     targets = check_targets([str(t)], os.stat(b.path), False)    # checked while it did not exist

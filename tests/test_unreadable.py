@@ -16,10 +16,10 @@ import time
 
 import pytest
 
-from stripedump import synth
-from stripedump.codecs import CodecSpec
-from stripedump.config import DumpConfig
-from stripedump.pipeline import dump
+from stripedump.tools import synth
+from stripedump.format.codecs import CodecSpec
+from stripedump.dump.config import DumpConfig
+from stripedump.dump.coordinator import dump
 
 from conftest import need_fuse, start_fuse
 

@@ -3,9 +3,9 @@ import struct
 
 import pytest
 
-from stripedump import synth
+from stripedump.tools import synth
 from stripedump.errors import SourceError, VmcoreFormatError
-from stripedump.vmcore import Source, build_phys_map, merge_pfn_ranges, subtract_ranges
+from stripedump.source.vmcore import Source, build_phys_map, merge_pfn_ranges, subtract_ranges
 
 LAYOUTS = list(synth.layouts())
 
@@ -81,7 +81,7 @@ def test_page_size_from_vmcoreinfo(tmp_path):
 
 
 def test_phys_map_first_load_wins():
-    from stripedump.vmcore import Segment
+    from stripedump.source.vmcore import Segment
     L = lambda i, pa, off, n: Segment(i, 1, off, 0, pa, n, n, 7, 0)
     owners, shadows = build_phys_map([L(0, 100, 1000, 50), L(1, 0, 5000, 300)])
     assert [(o.start, o.end, o.offset) for o in owners] == [(0, 100, 5000), (100, 150, 1000), (150, 300, 5150)]
@@ -89,7 +89,7 @@ def test_phys_map_first_load_wins():
 
 
 def test_merge_pfn_ranges_rounds_like_the_kernel():
-    from stripedump.vmcore import Segment
+    from stripedump.source.vmcore import Segment
     S = lambda pa, n: Segment(0, 1, 0, 0, pa, n, n, 7, 0)
     assert merge_pfn_ranges([S(0x1234, 0x10), S(0x2000, 0x1000), S(0x9000, 1)], 4096) == [(1, 3), (9, 10)]
 
@@ -168,7 +168,7 @@ def test_windows_share_one_arena_and_leave_no_pages_behind(tmp_path, monkeypatch
     window); each window's bytes are right, across arena ends too; closing a window drops its
     pages from the process (a worker's memory holds its open window only); two windows open at
     once (residue's comparison) each get their own bytes."""
-    from stripedump import vmcore as vm
+    from stripedump.source import vmcore as vm
     monkeypatch.setattr(vm, "ARENA_BYTES", 4 << 20)
     path = str(tmp_path / "core")
     size = 11 << 20

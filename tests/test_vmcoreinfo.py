@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from stripedump.vmcore import Source
-from stripedump.vmcoreinfo import VmcoreInfo
+from stripedump.source.vmcore import Source
+from stripedump.source.vmcoreinfo import VmcoreInfo
 
 TEXT = b"""OSRELEASE=6.1.0-57-amd64
 PAGESIZE=4096

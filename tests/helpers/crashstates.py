@@ -53,13 +53,13 @@ import time
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from stripedump import reader
-from stripedump.dumpset import DumpSet
+from stripedump.read import reader
+from stripedump.read.dumpset import DumpSet
 from stripedump.errors import StripedumpError
-from stripedump.format import KIND_FILE, KIND_PAGES
-from stripedump.join import RenderMap, mark_elf_incomplete
-from stripedump.records import decode_chunk
-from stripedump.vmcore import Source
+from stripedump.format.structs import KIND_FILE, KIND_PAGES
+from stripedump.read.join import RenderMap, mark_elf_incomplete
+from stripedump.format.records import decode_chunk
+from stripedump.source.vmcore import Source
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))

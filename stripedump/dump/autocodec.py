@@ -1,0 +1,254 @@
+"""``--codec auto``: a per-chunk codec choice from a model of CPUs and disks (issue 12).
+
+Why a model and not a queue-depth heuristic: with buffered writes and
+gigabytes of page cache a slow disk is invisible in any queue until the
+final sync, so "the writers fall behind" cannot be read from slots or pipes.
+What can be measured is what each resource delivers:
+
+* per codec, its encode rate and its ratio (record bytes / raw bytes, zero
+  pages included).  The rate that predicts is raw bytes per *wall* second
+  of a worker inside ``encode_chunk`` (page faults on the source included),
+  with P = the number of workers: a worker that shares its CPU with the
+  writers (whose copy into the page cache, or into a tmpfs, is CPU time
+  too), the coordinator or other load is slower by as much, and its wall
+  time says so.  Raw bytes per CPU-second (``time.process_time``) is kept
+  too and reported; with it and P = min(workers, CPUs) the model was wrong
+  on a loaded 2-CPU machine: lz4 looked 2.7x faster than it ran and beat
+  none on a tmpfs, where none was faster (1 GiB: 0.76 s none, 1.33 s lz4);
+* per writer, the rate at which bytes reach its device: bytes over the
+  seconds spent inside ``write`` and ``fdatasync``, published at each sync
+  only (a write that lands in the page cache proves nothing; with auto the
+  writers sync after AUTO_FIRST_SYNC bytes, then twice as many each time up
+  to every AUTO_SYNC_EVERY bytes, writer.py: a first rate after a few MiB).  Writeback that
+  overlaps a writer's idle time makes a disk look faster than it is, but a
+  writer is idle only when the disks are not the limit, which is the case
+  where the estimate does not matter.
+
+A dump of ``raw`` bytes in codec ``c`` then takes about
+``max(raw / (encode_rate[c] * P), raw * ratio[c] / disk_rate)``
+(``disk_rate``: all targets together, D times the slowest, since chunks are
+placed round robin), because encoding and writing overlap in the pipeline.  Each chunk goes to the codec that minimizes it.
+Estimates decay with the bytes seen (half-life HALF_LIFE raw bytes) so they
+follow the data; about 1 in EXPLORE chunks goes to another codec of the
+ladder to keep its estimates fresh, a codec predicted k times slower than
+the best k times less often (so exploring costs about 1/EXPLORE of the time
+however slow zstd:9 is), and in the first chunks every codec gets one chunk.  Until a disk rate exists the start codec (lz4 when
+in the ladder) is used.
+
+The controller (``Controller``) is a pure class: fed observations, asked
+for choices; no clock, no I/O, so its decisions are deterministic and
+tested on synthetic observations (tests/test_autocodec.py).
+"""
+
+from __future__ import annotations
+
+from ..format.codecs import CodecSpec
+from ..errors import UsageError
+from ..runtime.plain import Frozen
+
+DEFAULT_LADDER = ("none", "lz4", "zstd:1", "zstd:3", "zstd:9")
+EXPLORE = 32               # 1 chunk in EXPLORE goes to another codec of the ladder
+WARMUP = 4                 # in the first chunks, 1 in WARMUP goes to a codec not tried yet
+HALF_LIFE = 64 << 20       # raw (or written) bytes after which an old observation weighs half
+MIN_SAMPLE = 256 << 10     # raw bytes of a codec before its rates are trusted (a tiny header chunk is not)
+TIE = 0.03                 # predicted times this close: the smaller output wins
+
+
+class AutoSpec(Frozen):
+    """``auto`` or ``auto:CODEC,CODEC,...``: the ladder the controller chooses from.
+
+    A plain frozen class, not a dataclass: auto is the default codec, so this is on every
+    dump's path (issue 12's fixed cost, tests/test_fixedcost.py)."""
+    __slots__ = ("ladder", "explicit")
+
+    def __init__(self, ladder: tuple, explicit: bool = False):
+        object.__setattr__(self, "ladder", tuple(ladder))      # CodecSpec, in the order given
+        object.__setattr__(self, "explicit", explicit)         # a list was given (all must be installed)
+
+    @classmethod
+    def parse(cls, text: str) -> "AutoSpec":
+        head, colon, rest = text.strip().lower().partition(":")
+        if head != "auto":
+            raise UsageError(f"not an auto codec spec: {text!r}")
+        if not colon:
+            return cls(tuple(CodecSpec.parse(c) for c in DEFAULT_LADDER))
+        names = [c for c in rest.split(",")]
+        if not rest or any(not c.strip() for c in names):
+            raise UsageError(f"--codec {text!r}: auto: needs a list of codecs, e.g. auto:lz4,zstd:3")
+        ladder = tuple(dict.fromkeys(CodecSpec.parse(c) for c in names))
+        return cls(ladder, True)
+
+    @property
+    def name(self) -> str:
+        return "auto"
+
+    @property
+    def level(self):
+        return None
+
+    def available(self) -> "AutoSpec":
+        """The default ladder less the codecs whose library is missing (looked for, not imported:
+        ``CodecSpec.findable``); an explicit one as it is, every codec made (a missing one raises)."""
+        if self.explicit:
+            for s in self.ladder:
+                s.make()
+            return self
+        return AutoSpec(tuple(s for s in self.ladder if s.findable()), False)
+
+    @property
+    def start(self) -> int:
+        """The ladder index used until measurements exist: lz4 when listed, else the first."""
+        names = [s.name for s in self.ladder]
+        return names.index("lz4") if "lz4" in names else 0
+
+    @property
+    def codec_id(self) -> int:
+        """What the member header names: the start codec (the header names the codec asked for)."""
+        return self.ladder[self.start].codec_id
+
+    @property
+    def stored_level(self) -> int:
+        return self.ladder[self.start].stored_level
+
+    def make(self):
+        """The start codec's instance; the others are made where first used (stages.py), or
+        before the fork by ``make_all`` when the dump is long enough to use them."""
+        return self.ladder[self.start].make()
+
+    def make_all(self) -> None:
+        """Make every codec of the ladder once in this process: a library that is found but does
+        not load fails here, before anything is written, and forked workers inherit the imports."""
+        for s in self.ladder:
+            s.make()
+
+    def __str__(self) -> str:
+        return "auto" + (":" + ",".join(str(s) for s in self.ladder) if self.explicit else "")
+
+
+def parse_codec(text: str):
+    """A CodecSpec, or an AutoSpec for ``auto``/``auto:...``; raises UsageError."""
+    if text.strip().lower().partition(":")[0] == "auto":
+        return AutoSpec.parse(text)
+    return CodecSpec.parse(text)
+
+
+class Controller:
+    """Chooses a ladder index per chunk from encode and disk observations (see the module comment).
+
+    ``parallel``: how many workers encode at once (their encode rates are per wall second).
+    """
+
+    def __init__(self, names, parallel: int, start: int = 0, explore: int = EXPLORE):
+        self.names = list(names)
+        self.n = len(self.names)
+        self.parallel = max(1, parallel)
+        self.start = start
+        self.explore = explore
+        self.raw = [0.0] * self.n
+        self.stored = [0.0] * self.n
+        self.cpu = [0.0] * self.n
+        self.wall = [0.0] * self.n
+        self.disk_bytes = 0.0
+        self.disk_secs = 0.0
+        self.disk_cpu = 0.0
+        self.chunks = 0
+        self.tried = [False] * self.n
+        self.tried[start] = True
+        self.credit = [0.0] * self.n
+        self.handed = [0] * self.n
+
+    # -- observations -----------------------------------------------------------
+
+    def observe_encode(self, i: int, raw: float, stored: float, cpu_s: float,
+                       wall_s: float | None = None) -> None:
+        """Codec ``i`` encoded ``raw`` bytes into ``stored`` bytes in ``cpu_s`` CPU-seconds and
+        ``wall_s`` seconds of a worker (None: as many as CPU-seconds: a CPU of its own)."""
+        if raw <= 0:
+            return
+        k = 0.5 ** (raw / HALF_LIFE)
+        self.raw[i] = self.raw[i] * k + raw
+        self.stored[i] = self.stored[i] * k + stored
+        self.cpu[i] = self.cpu[i] * k + max(cpu_s, 0.0)
+        self.wall[i] = self.wall[i] * k + max(cpu_s if wall_s is None else wall_s, 0.0)
+
+    def observe_disk(self, nbytes: float, seconds: float, cpu_s: float = 0.0) -> None:
+        """All targets together took ``nbytes`` to their devices in ``seconds`` of write+sync,
+        ``cpu_s`` of which the writers spent on a CPU."""
+        if nbytes <= 0 or seconds < 0:
+            return
+        k = 0.5 ** (nbytes / HALF_LIFE)
+        self.disk_bytes = self.disk_bytes * k + nbytes
+        self.disk_secs = self.disk_secs * k + seconds
+        self.disk_cpu = self.disk_cpu * k + max(cpu_s, 0.0)
+
+    # -- the model --------------------------------------------------------------
+
+    def cpu_rate(self, i: int) -> float | None:
+        """Raw bytes per CPU-second of codec ``i``; None until MIN_SAMPLE bytes were seen."""
+        if self.raw[i] < MIN_SAMPLE:
+            return None
+        return self.raw[i] / self.cpu[i] if self.cpu[i] > 0 else float("inf")
+
+    def encode_rate(self, i: int) -> float | None:
+        """Raw bytes per wall second of a worker encoding with codec ``i`` (what predicts)."""
+        if self.raw[i] < MIN_SAMPLE:
+            return None
+        return self.raw[i] / self.wall[i] if self.wall[i] > 0 else float("inf")
+
+    def ratio(self, i: int) -> float | None:
+        return self.stored[i] / self.raw[i] if self.raw[i] > 0 else None
+
+    def disk_rate(self) -> float | None:
+        if self.disk_bytes <= 0:
+            return None
+        return self.disk_bytes / self.disk_secs if self.disk_secs > 0 else float("inf")
+
+    def predicted(self, i: int) -> float | None:
+        """Seconds per raw byte with codec ``i``: max(encode, write), or None while unmeasured."""
+        rate, ratio, disk = self.encode_rate(i), self.ratio(i), self.disk_rate()
+        if rate is None or disk is None:
+            return None
+        return max(1.0 / (rate * self.parallel), ratio / disk)
+
+    def best(self) -> int:
+        """The measured codec with the least predicted time (ties: the smaller output); else start."""
+        scored = [(t, self.ratio(i), i) for i in range(self.n) if (t := self.predicted(i)) is not None]
+        if not scored:
+            return self.start
+        low = min(t for t, _, _ in scored)
+        return min((r, i) for t, r, i in scored if t <= low * (1 + TIE))[1]
+
+    def _explore(self, best: int) -> int:
+        """``best``, or the other codec whose turn to be measured has come.
+
+        Each other codec earns 1 / (EXPLORE * (n - 1) * cost) of a chunk per
+        chunk, ``cost`` its predicted time over the best's (at least 1), and
+        is given a chunk when it has earned one: together about 1 chunk in
+        EXPLORE, and the time spent on exploration about 1/EXPLORE of the
+        dump's, however slow a codec far off the best is.
+        """
+        tb = self.predicted(best)
+        for j in range(self.n):
+            if j != best:
+                tj = self.predicted(j)
+                cost = max(1.0, tj / tb) if tj is not None and tb else 1.0
+                self.credit[j] += 1.0 / (self.explore * (self.n - 1) * cost)
+        due = max((c, -j) for j, c in enumerate(self.credit) if j != best)
+        if due[0] >= 1.0:
+            self.credit[-due[1]] -= 1.0
+            return -due[1]
+        return best
+
+    def choose(self) -> int:
+        """The ladder index for the next chunk."""
+        self.chunks += 1
+        i = self.best()
+        if self.n > 1:
+            untried = [j for j in range(self.n) if not self.tried[j]]
+            if untried and self.chunks % WARMUP == 0:
+                i = untried[0]
+            elif not untried:
+                i = self._explore(i)
+        self.tried[i] = True
+        self.handed[i] += 1
+        return i

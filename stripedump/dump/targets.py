@@ -1,0 +1,425 @@
+"""Choosing and opening dump targets without destroying anything else.
+
+Why a module of its own: the one unforgivable failure of a dump tool is to
+overwrite a disk it was not meant to touch.  Every target is checked before
+any byte is written, and every refusal names the target and the reason:
+
+* the source itself, or one target given twice (same inode or device);
+* a regular file that is not empty, or a block device that carries a known
+  filesystem, partition table, volume or dump signature (the magic numbers
+  wipefs/blkid look for, list below), or a stripedump member;
+* a mounted block device (never, even with --force);
+* a block device too small to hold the member header and manifest;
+* a target another process holds: another dump on it, a mount, a RAID or
+  device-mapper holder (exclusive targets, below).
+
+Exclusive targets: two dumps started at once on the same targets (a kdump
+service and a manual run) must not both write, or each would overwrite the
+other's records and both could exit 0 over members nobody can read.  So
+``open_targets`` opens every target without truncating it, then takes every
+lock (``flock(LOCK_EX|LOCK_NB)`` for files; ``O_EXCL`` for block devices,
+which the kernel also refuses while the device is mounted or claimed by
+md/dm or by another O_EXCL opener, plus a flock that names the holder in
+/proc/locks and keeps udev from probing the device mid-dump), and only then
+checks the targets again, truncates files and lets anything be written.
+Locks are taken in one canonical order (by device and inode), never
+waiting: of two dumps started together on overlapping targets, in whatever
+order their ``--disks`` name them, the one that takes the first shared
+target first gets all of them; the other is refused at once (exit 4,
+naming the target and the holder's pid where /proc/locks knows it),
+having written nothing.  The locks are held until the members are
+finalized (the dump closes the descriptors at its very end).
+
+Durability: the directory of every member file is fsynced once the files
+exist, so a power loss right after the dump cannot lose a member's name.
+
+``--force`` lets a dump overwrite a non-empty file or a signed device; it
+never lets one target be used twice, the source be overwritten, or a mounted
+device be written.
+
+Streams (sshtarget.py): an ``ssh://`` target is checked and locked on its
+host by the one ssh connection that will carry the member, before any local
+target is locked, and is told to go only when every target passed; ``-``
+(standard output) is a stream nobody acknowledges and must not be a terminal.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import stat
+import time
+
+from ..errors import TargetIOError, TargetRefused, UsageError
+from ..runtime.fileio import fsync_dir
+from .writer import SYNC_EVERY
+from ..runtime.plain import Plain
+from ..remote.sshtarget import SCHEME, Remote, Sink, SshUrl, close_quietly
+
+# (offset, magic, what) -- from util-linux libblkid's probers
+SIGNATURES = (
+    (0, b"STRIPEDM", "a stripedump member"),
+    (0, b"KDUMP   ", "a kdump-compressed dump"),
+    (0, b"makedumpfile\0", "a flattened makedumpfile dump"),
+    (0, b"\x7fELF", "an ELF file (a dump?)"),
+    (0, b"XFSB", "an XFS filesystem"),
+    (0x438, b"\x53\xef", "an ext2/3/4 filesystem"),
+    (0x10040, b"_BHRfS_M", "a btrfs filesystem"),
+    (0x400, b"\x10\x20\xf5\xf2", "an F2FS filesystem"),
+    (3, b"NTFS    ", "an NTFS filesystem"),
+    (3, b"EXFAT   ", "an exFAT filesystem"),
+    (0x36, b"FAT1", "a FAT filesystem"),
+    (0x52, b"FAT32   ", "a FAT32 filesystem"),
+    (0x8001, b"CD001", "an ISO 9660 filesystem"),
+    (0, b"LUKS\xba\xbe", "a LUKS encrypted volume"),
+    (0x200, b"LABELONE", "an LVM physical volume"),
+    (0x218, b"LVM2 001", "an LVM physical volume"),
+    (0x1000 - 10, b"SWAPSPACE2", "a swap area"),
+    (0x1000 - 10, b"SWAP-SPACE", "a swap area"),
+    (0x200, b"EFI PART", "a GPT partition table"),
+    (0x1fe, b"\x55\xaa", "a DOS partition table or boot sector"),
+    (0x1000, b"\xfc\x4e\x2b\xa9", "an MD RAID member"),
+)
+PROBE_BYTES = 0x10100
+
+
+def probe_signature(head: bytes) -> str | None:
+    for off, magic, what in SIGNATURES:
+        if head[off:off + len(magic)] == magic:
+            return what
+    return None
+
+
+class Target(Plain):
+    __slots__ = ("path", "is_block", "existed", "fd", "capacity", "key", "stream", "remote", "sink")
+
+    def __init__(self, path: str, is_block: bool, existed: bool, fd: int = -1,
+                 capacity: int | None = None,   # bytes, for block devices
+                 key: tuple = (),               # canonical lock order: ("blk", rdev) or ("ino", dev, ino)
+                 stream: bool = False,          # written append-only: ssh:// or - (sshtarget.py)
+                 remote: Remote | None = None,  # ssh://: the ssh child and its checks (coordinator's)
+                 sink: Sink | None = None):     # a stream's acknowledgements (its writer's)
+        self.path = path
+        self.is_block = is_block
+        self.existed = existed
+        self.fd = fd
+        self.capacity = capacity
+        self.key = key
+        self.stream = stream
+        self.remote = remote
+        self.sink = sink
+
+    def fds(self) -> tuple[int, ...]:
+        """Every descriptor of this target the coordinator holds (a stream: its acknowledgements too)."""
+        return ((self.fd,) if self.fd >= 0 else ()) + (self.sink.fds() if self.sink is not None else ())
+
+
+def _mounted_devices() -> dict[int, str]:
+    out = {}
+    try:
+        with open("/proc/self/mounts") as f:
+            for line in f:
+                dev, mnt = line.split()[:2]
+                if dev.startswith("/"):
+                    try:
+                        out[os.stat(dev).st_rdev] = mnt
+                    except OSError:
+                        pass
+    except OSError:
+        pass
+    return out
+
+
+def check_targets(paths: list[str], source_st: os.stat_result, force: bool) -> list[Target]:
+    """Validate every target; raise TargetRefused naming the first bad one."""
+    if not paths:
+        raise UsageError("no targets: give --disks T1[,T2...]")
+    seen: dict[tuple, str] = {}
+    src_key = _key(source_st)
+    mounted = None
+    out = []
+    for p in paths:
+        if not p:
+            raise UsageError("empty target name in --disks")
+        if p == "-" or p.startswith(SCHEME):
+            key = SshUrl.parse(p).key if p != "-" else ("stdout",)
+            if key in seen:
+                raise TargetRefused(f"target {p} is given twice (also as {seen[key]})")
+            seen[key] = p
+            out.append(Target(p, False, False, key=key, stream=True))
+            continue
+        try:
+            st = os.stat(p)
+        except FileNotFoundError:
+            parent = os.path.dirname(os.path.abspath(p))
+            if not os.path.isdir(parent):
+                raise TargetIOError(f"target {p}: directory {parent} does not exist") from None
+            key = ("new", os.path.abspath(p))
+            if key in seen:
+                raise TargetRefused(f"target {p} is given twice (also as {seen[key]})")
+            seen[key] = p
+            out.append(Target(p, False, False))
+            continue
+        except OSError as e:
+            raise TargetIOError(f"target {p}: {e.strerror}") from None
+        key = _key(st)
+        if key in seen:
+            raise TargetRefused(f"target {p} is given twice (also as {seen[key]})")
+        seen[key] = p
+        if key == src_key:
+            raise TargetRefused(f"target {p} is the source itself; refusing to overwrite it")
+        if stat.S_ISDIR(st.st_mode):
+            raise TargetRefused(f"target {p} is a directory; give a file or block device path")
+        is_block = stat.S_ISBLK(st.st_mode)
+        if not is_block and not stat.S_ISREG(st.st_mode):
+            raise TargetRefused(f"target {p} is neither a regular file nor a block device")
+        if is_block:
+            if mounted is None:
+                mounted = _mounted_devices()
+            if st.st_rdev in mounted:
+                raise TargetRefused(f"target {p} is mounted at {mounted[st.st_rdev]}; "
+                                    "unmount it first (not even --force writes to a mounted device)")
+        sig = _read_signature(p)
+        if sig and not force:
+            raise TargetRefused(f"target {p} holds {sig}; refusing to overwrite it (use --force)")
+        if not is_block and st.st_size > 0 and not force:
+            raise TargetRefused(f"target {p} is a non-empty file ({st.st_size} bytes); "
+                                "refusing to overwrite it (use --force)")
+        out.append(Target(p, is_block, True))
+    return out
+
+
+def _key(st: os.stat_result) -> tuple:
+    if stat.S_ISBLK(st.st_mode):
+        return ("blk", st.st_rdev)
+    return ("ino", st.st_dev, st.st_ino)
+
+
+def _read_signature(path: str) -> str | None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError as e:
+        raise TargetIOError(f"target {path}: cannot open to check it: {e.strerror}") from None
+    try:
+        head = os.pread(fd, PROBE_BYTES, 0)
+    except OSError as e:
+        raise TargetIOError(f"target {path}: cannot read it to check it: {e.strerror}") from None
+    finally:
+        os.close(fd)
+    return probe_signature(head)
+
+
+UDEV_LOCK_WAIT = 3.0   # seconds: udev holds a shared flock on a block device while it probes it
+
+
+def open_targets(targets: list[Target], min_size: int, direct: bool = False, force: bool = False,
+                 ssh_options: tuple[str, ...] = (), timeout: float = 60.0) -> None:
+    """Open, lock (canonical order, never waiting), re-check, then truncate every target.
+
+    Streams first: every ssh:// target's connection is started (in parallel)
+    and its remote checks and lock awaited, ``-`` is checked; then the local
+    targets as below; then the streams are told to go.  On any refusal or
+    error every descriptor opened here is closed (releasing its lock), every
+    ssh child ended, and nothing has been written or truncated.  The
+    descriptors stay on the Targets, locked, until ``close_targets``.
+    """
+    flags = os.O_WRONLY | getattr(os, "O_CLOEXEC", 0) | (getattr(os, "O_DIRECT", 0) if direct else 0)
+    try:
+        _open_streams([t for t in targets if t.stream], force, ssh_options, timeout)
+        _open_and_lock([t for t in targets if not t.stream], flags, min_size, direct, force)
+        for t in targets:
+            if t.remote is not None:
+                t.remote.go()
+    except BaseException:
+        close_targets(targets)
+        end_streams(targets, 5.0)
+        raise
+
+
+def _open_streams(targets: list[Target], force: bool, options: tuple[str, ...], timeout: float) -> None:
+    for t in targets:
+        if t.path == "-":
+            if os.isatty(1):
+                raise TargetRefused("target - is standard output, a terminal here; refusing to write a "
+                                    "dump to it (redirect or pipe it)")
+            try:
+                t.fd = os.dup(1)
+            except OSError as e:
+                raise TargetIOError(f"target -: standard output: {e.strerror}") from None
+            os.set_inheritable(t.fd, False)
+            t.sink = Sink("-")
+        else:
+            t.remote = Remote(t.path, force, options, timeout, SYNC_EVERY)
+            t.fd = t.remote.fd
+            t.sink = Sink(t.path, t.remote.ack, t.remote.err, timeout)
+    deadline = time.monotonic() + timeout
+    for t in targets:
+        if t.remote is not None:
+            t.remote.wait_ready(deadline)
+
+
+def end_streams(targets: list[Target], wait: float) -> None:
+    """Reap the ssh children (after their writers finished, or on a refusal: they get EOF)."""
+    for t in targets:
+        if t.remote is not None:
+            t.remote.end(wait)
+
+
+def _open_and_lock(targets: list[Target], flags: int, min_size: int, direct: bool, force: bool) -> None:
+    # 1. files: open (create) without truncating, to learn their inode;
+    #    a block device's O_EXCL open is its lock, so it waits for step 2
+    for t in targets:
+        if t.is_block:
+            t.key = ("blk", _stat(t.path).st_rdev)
+        else:
+            t.fd = _open(t.path, flags | os.O_CREAT, direct)
+            st = _io(t, os.fstat, t.fd)
+            t.key = ("ino", st.st_dev, st.st_ino)
+    # 2. every lock, in one order
+    for t in sorted(targets, key=lambda t: t.key):
+        if t.is_block:
+            try:
+                t.fd = os.open(t.path, flags | os.O_EXCL)
+            except OSError as e:
+                if e.errno == errno.EBUSY:
+                    raise TargetRefused(f"target {t.path} is in use: {_holder(t.path)}; "
+                                        "refusing to write to it") from None
+                _open_error(t.path, e, direct)
+            _flock(t, UDEV_LOCK_WAIT)
+        else:
+            _flock(t, 0)
+    # 3. under the locks: what was checked before may have changed (a dump
+    #    that held a target a moment ago may have finished writing it)
+    for t in targets:
+        _recheck(t, min_size, force)
+    # 4. only now: truncate, and make the new names durable
+    for t in targets:
+        if not t.is_block:
+            _io(t, os.ftruncate, t.fd, 0)
+    for d in sorted({os.path.dirname(os.path.abspath(t.path)) for t in targets if not t.is_block}):
+        fsync_dir(d, TargetIOError)
+
+
+def _io(t: Target, call, *args):
+    try:
+        return call(*args)
+    except OSError as e:
+        raise TargetIOError(f"target {t.path}: {e.strerror}") from None
+
+
+def close_targets(targets: list[Target]) -> None:
+    """Close every open target descriptor, which releases its lock (a stream: its EOF, once its
+    writer closed it too)."""
+    for t in targets:
+        for fd in t.fds():
+            close_quietly(fd)
+        t.fd = -1
+        if t.remote is not None:
+            t.remote.fd = t.remote.ack = t.remote.err = -1
+        if t.sink is not None:
+            t.sink.ack = t.sink.err = -1
+
+
+def _stat(path: str) -> os.stat_result:
+    try:
+        return os.stat(path)
+    except OSError as e:
+        raise TargetIOError(f"target {path}: {e.strerror}") from None
+
+
+def _open(path: str, flags: int, direct: bool) -> int:
+    try:
+        return os.open(path, flags, 0o600)
+    except OSError as e:
+        _open_error(path, e, direct)
+
+
+def _open_error(path: str, e: OSError, direct: bool):
+    if direct and e.errno == errno.EINVAL:
+        raise TargetIOError(f"target {path}: its filesystem does not support O_DIRECT "
+                            "(--direct-io); dump without it") from None
+    raise TargetIOError(f"target {path}: cannot open for writing: {e.strerror}") from None
+
+
+def _flock(t: Target, wait: float) -> None:
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            fcntl.flock(t.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except OSError as e:
+            if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                raise TargetIOError(f"target {t.path}: cannot lock it: {e.strerror}") from None
+        if time.monotonic() >= deadline:
+            raise TargetRefused(f"target {t.path} is in use: {_holder(t.path)}; refusing to write to it")
+        time.sleep(0.05)
+
+
+def _recheck(t: Target, min_size: int, force: bool) -> None:
+    st = _io(t, os.fstat, t.fd)
+    if t.is_block:
+        t.capacity = _io(t, os.lseek, t.fd, 0, os.SEEK_END)
+        _io(t, os.lseek, t.fd, 0, os.SEEK_SET)
+        if t.capacity < min_size:
+            raise TargetRefused(f"target {t.path} is too small ({t.capacity} bytes; "
+                                f"the member header and manifest alone need {min_size})")
+    else:
+        try:
+            now = os.stat(t.path)
+        except OSError:
+            now = None
+        if now is None or (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino):
+            raise TargetRefused(f"target {t.path} was removed or replaced while it was being opened; "
+                                "refusing to write to it")
+        if st.st_size > 0 and not force:
+            raise TargetRefused(f"target {t.path} is a non-empty file ({st.st_size} bytes; another dump "
+                                "may have just written it); refusing to overwrite it (use --force)")
+    if not force and (t.is_block or st.st_size > 0):
+        sig = _read_signature(t.path)
+        if sig:
+            raise TargetRefused(f"target {t.path} holds {sig}; refusing to overwrite it (use --force)")
+
+
+def _holder(path: str) -> str:
+    """Who holds ``path``, as far as the kernel says: a flock's pid, a mount, a md/dm holder."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return "another process holds it"
+    node = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    pids = []
+    try:
+        with open("/proc/locks") as f:
+            for line in f:
+                parts = line.split()
+                if "->" in parts or len(parts) < 6:
+                    continue            # a waiter, not a holder
+                if parts[1] == "FLOCK" and parts[5] == node and parts[3] == "WRITE":
+                    pids.append(int(parts[4]))
+    except (OSError, ValueError):
+        pass
+    if pids and pids[0] != os.getpid():
+        return f"another process holds a lock on it (pid {pids[0]}: {_cmdline(pids[0])})"
+    if stat.S_ISBLK(st.st_mode):
+        mounted = _mounted_devices()
+        if st.st_rdev in mounted:
+            return f"it is mounted at {mounted[st.st_rdev]}"
+        try:
+            holders = os.listdir(f"/sys/dev/block/{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}/holders")
+        except OSError:
+            holders = []
+        if holders:
+            return f"it is held by {', '.join(sorted(holders))}"
+        return "another process holds it open exclusively (a mount, RAID, device-mapper or another dump)"
+    return "another process holds a lock on it"
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            words = f.read().split(b"\0")
+    except OSError:
+        return "unknown"
+    text = " ".join(w.decode("utf-8", "replace") for w in words if w)
+    return text[:120] + ("..." if len(text) > 120 else "") or "unknown"

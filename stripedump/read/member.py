@@ -1,0 +1,285 @@
+"""Reading one member: header, manifest, footer (or trailer), index, and walking its records.
+
+Why: join, verify and info start from a file that claims to be a member;
+``MemberReader`` never trusts a field before it has been bounds-checked
+against the member's size, and ``walk`` finds the records of a member whose
+footer never reached the disk (a killed dump, power loss), stopping at the
+first record of another dump or a torn write.
+"""
+
+from __future__ import annotations
+
+import os
+
+from ..errors import MemberError, VerifyError
+from ..format.structs import (CHUNK_HEADER_SIZE, HEADER_BLOCK, INDEX_EVERY, MAX_FOOTER, MAX_MANIFEST, MEMBER_MAGIC,
+                     STATE_COMPLETE, TRAILER_SIZE, V1_RECORD_MAGICS, ChunkHeader, Footer, IndexEntry,
+                     MemberHeader, Trailer, checksum, first_record_offset, head_size, magic_of, parse_head,
+                     unpack_index, unpack_index_body, unpack_manifest, unpack_record)
+from ..runtime.fileio import pread_exact
+from ..format.records import record_bound
+
+MAX_MANIFEST_RECORD = MAX_MANIFEST   # a compressed manifest is never longer than the JSON it holds
+
+
+class MemberReader:
+    """One member opened for reading; every field bounds-checked before use.
+
+    Reads format versions 1 and 2 (``self.version``); records of version 2
+    must carry this member's dump id, so nothing of another dump is taken.
+    """
+
+    def __init__(self, path: str):
+        self.path = path
+        self.remote = None        # an ssh:// member: remote.RemoteFile (paramiko only then)
+        self.fd = -1
+        if path.startswith("ssh://"):
+            from ..remote.sshread import open_member
+            self.remote = open_member(path)
+        else:
+            try:
+                self.fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+            except OSError as e:
+                raise MemberError(f"member {path}: cannot open: {e.strerror}") from None
+        try:
+            self.size = self.remote.size if self.remote is not None else os.lseek(self.fd, 0, os.SEEK_END)
+            if self.size < MemberHeader.STRUCT.size and self.size >= 8:
+                head = self.pread(0, self.size)
+                if head[:8] == MEMBER_MAGIC:
+                    raise MemberError(f"member {path}: the member header is cut off ({self.size} bytes): "
+                                      "the file was truncated")
+            self.header = MemberHeader.unpack(self.pread(0, min(HEADER_BLOCK, self.size)), f"member {path}")
+        except BaseException:
+            self.close()
+            raise
+        self.version = self.header.version
+        self.dump_id = self.header.dump_id
+        self._manifest = None
+        self._trailer: Trailer | None | bool = False
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+        if self.remote is not None:
+            self.remote.close()
+
+    def pread(self, offset: int, length: int) -> bytes:
+        if offset < 0 or length < 0 or offset + length > self.size:
+            raise MemberError(f"member {self.path}: reference to bytes {offset}+{length} past its end "
+                              f"({self.size} bytes): the member is truncated or damaged")
+        if self.remote is not None:
+            data = self.remote.pread(offset, length)
+            if len(data) != length:
+                raise MemberError(f"member {self.path}: ends early at offset {offset + len(data):#x} "
+                                  "(truncated?)")
+            return data
+        return pread_exact(self.fd, offset, length, MemberError, f"member {self.path}")
+
+    @property
+    def where(self) -> str:
+        return f"member {self.path}"
+
+    def manifest(self) -> dict:
+        """The manifest JSON object (its contents are checked by manifest.Manifest)."""
+        if self._manifest is None:
+            h = self.header
+            if h.manifest_offset != HEADER_BLOCK or h.manifest_length > MAX_MANIFEST_RECORD \
+                    or h.manifest_length < head_size(self.version):
+                raise MemberError(f"{self.where}: the member header gives an impossible place for the "
+                                  f"manifest ({h.manifest_length} bytes at {h.manifest_offset}); the "
+                                  "member is damaged")
+            if h.manifest_offset + h.manifest_length > self.size:
+                raise MemberError(f"{self.where}: the member's manifest is cut off (the member is "
+                                  f"{self.size} bytes): the dump stopped before writing it, or the file "
+                                  "was truncated; join the other members with --allow-incomplete")
+            self._manifest = unpack_manifest(self.pread(h.manifest_offset, h.manifest_length), self.where,
+                                             self.dump_id, self.version)
+        return self._manifest
+
+    def trailer(self) -> Trailer | None:
+        """This dump's trailer at the end of the member, if there is a sound one."""
+        if self._trailer is False:
+            t = None
+            if self.version >= 2 and self.size >= TRAILER_SIZE + HEADER_BLOCK:
+                t = Trailer.unpack(self.pread(self.size - TRAILER_SIZE, TRAILER_SIZE), self.dump_id)
+                h = self.header
+                if t is not None and (t.member_length != self.size or t.member_index != h.member_index
+                                      or t.member_count != h.member_count
+                                      or t.footer_offset + t.footer_length + TRAILER_SIZE != self.size):
+                    t = None
+            self._trailer = t
+        return self._trailer
+
+    def footer_place(self) -> tuple[int, int] | None:
+        """(offset, length) of the footer: from the header when it was finalized, else the trailer."""
+        h = self.header
+        if h.footer_offset:
+            return h.footer_offset, h.footer_length
+        t = self.trailer()
+        if t is not None:
+            return t.footer_offset, t.footer_length
+        return None
+
+    def footer(self) -> Footer | None:
+        place = self.footer_place()
+        if place is None:
+            return None
+        off, length = place
+        start = first_record_offset(self.header.manifest_offset, self.header.manifest_length) \
+            if self.version >= 2 else self.header.manifest_offset + self.header.manifest_length
+        if length > MAX_FOOTER or length < head_size(self.version) or off < start:
+            raise MemberError(f"{self.where}: the member header gives an impossible place for the footer "
+                              f"({length} bytes at {off}); the member is damaged")
+        f = Footer.unpack(self.pread(off, length), self.where, self.dump_id, self.version)
+        hs = head_size(self.version)
+        if len(f.index_offsets) != -(-f.chunks // INDEX_EVERY) \
+                or any(not start <= o <= off - hs for o in f.index_offsets) \
+                or f.chunks * (CHUNK_HEADER_SIZE if self.version >= 2 else 52) > off \
+                or (self.version >= 2 and f.member_index != self.header.member_index):
+            raise MemberError(f"{self.where}: the member's footer contradicts the member (chunk count, "
+                              "index places or member number); the member is damaged; join "
+                              "--allow-incomplete finds its chunks by reading it record by record")
+        return f
+
+    def index(self, footer: Footer):
+        """Index entries in the order written (a generator: memory stays bounded)."""
+        for where, body in self.index_bodies(footer):
+            yield from unpack_index_body(body, where)
+
+    def index_bodies(self, footer: Footer):
+        """(where, body) of each index record, checked (magic, dump id, checksum): packed IndexEntry rows."""
+        hs = head_size(self.version)
+        magic = magic_of("index", self.version)
+        offs = footer.index_offsets
+        for i, off in enumerate(offs):
+            if self.remote is not None and i % self.remote.PREFETCH_GROUP == 0:    # few round trips
+                self.remote.prefetch([(o, hs + INDEX_EVERY * IndexEntry.STRUCT.size)
+                                      for o in offs[i:i + self.remote.PREFETCH_GROUP]])
+            m, length, rid, _ = parse_head(self.pread(off, hs), self.version)
+            if m != magic or length > INDEX_EVERY * IndexEntry.STRUCT.size or \
+                    (rid is not None and rid != self.dump_id):
+                raise MemberError(f"{self.where}: the index record at offset {off} is damaged or of "
+                                  "another dump; join --allow-incomplete finds the chunks by reading "
+                                  "the member record by record")
+            where = f"{self.where} index at {off}"
+            yield where, unpack_record(self.pread(off, hs + length), magic, where, self.dump_id, self.version)
+
+    def read_record(self, entry: IndexEntry) -> bytes:
+        if entry.length < 52 or entry.length > self.record_limit():
+            raise MemberError(f"{self.where}: index entry for chunk {entry.chunk_id} has bad length")
+        return self.pread(entry.offset, entry.length)
+
+    def record_limit(self) -> int:
+        h = self.header
+        return record_bound(h.chunk_pages * h.page_size, h.block_pages * h.page_size)
+
+    def first_record(self) -> int:
+        """Member offset of the first record after the manifest.
+
+        Chunk records start at the manifest's end rounded up to RECORD_ALIGN
+        (zeros in between); a writer that did not align them (version 1
+        before 0.1.0) put the first record right after the manifest, and a
+        record magic there says so.
+        """
+        h = self.header
+        end = h.manifest_offset + h.manifest_length
+        aligned = first_record_offset(h.manifest_offset, h.manifest_length)
+        if self.version == 1 and aligned != end and end + 4 <= self.size \
+                and self.pread(end, 4) in V1_RECORD_MAGICS:
+            return end
+        return aligned
+
+    def walk(self, verify: bool = True, report: "WalkReport | None" = None):
+        """The chunk records found by reading the member record by record (IndexEntry each).
+
+        For a member whose footer never reached the disk (a killed dump, power
+        loss, a full disk) or cannot be read (truncated).  From the first
+        record, a chunk record is its header + payload_length bytes and an
+        index or footer record its head + length, each with its own CRC or
+        checksum.  The walk stops at the first record that fails its
+        structural checks: bytes that are no record (the end of what was
+        written), a record of another dump (an earlier dump on a reused
+        device: version 2 records carry their dump's id), a chunk header whose
+        CRC fails, a record longer than the geometry allows or running past
+        the end of the member (a torn write); and at the footer, which ends a
+        member.  A chunk record whose header is sound but whose payload
+        checksum fails is stepped over (its length can be trusted) and listed
+        in ``report.damaged``.  With ``verify`` False payloads are not read:
+        the caller checks the records it uses.  Memory stays bounded: one
+        record.
+        """
+        rep = report if report is not None else WalkReport()
+        v2 = self.version >= 2
+        limit = self.record_limit()
+        hs = head_size(self.version)
+        chs = CHUNK_HEADER_SIZE if v2 else 52
+        cmagic, imagic, fmagic = (magic_of(k, self.version) for k in ("chunk", "index", "footer"))
+        pos = self.first_record()
+        while True:
+            if pos + min(hs, chs) > self.size:
+                return rep.stop(pos, "end of the member")
+            head = self.pread(pos, min(max(hs, chs), self.size - pos))
+            magic = head[:4]
+            if magic == cmagic:
+                try:
+                    h = ChunkHeader.unpack(head, self.where)
+                except VerifyError:
+                    return rep.stop(pos, "a damaged or torn chunk header")
+                if v2 and h.dump_id != self.dump_id:
+                    return rep.stop(pos, "a record of another dump (what the device held before)")
+                end = pos + h.record_length
+                if h.record_length > limit:
+                    return rep.stop(pos, f"an implausible record length for chunk {h.chunk_id}")
+                if end > self.size:
+                    return rep.stop(pos, f"chunk {h.chunk_id}'s record, cut off (torn write)")
+                if verify and checksum(self.pread(pos + chs, h.payload_length)) != h.payload_checksum:
+                    rep.damaged.append((pos, h.chunk_id))
+                else:
+                    rep.chunks += 1
+                    yield IndexEntry(h.chunk_id, pos, h.record_length, h.payload_checksum)
+                pos = end
+            elif magic in (imagic, fmagic) and len(head) >= hs:
+                _, length, rid, _ = parse_head(head, self.version)
+                if rid is not None and rid != self.dump_id:
+                    return rep.stop(pos, "a record of another dump (what the device held before)")
+                big = INDEX_EVERY * IndexEntry.STRUCT.size if magic == imagic else MAX_FOOTER
+                if length > big or pos + hs + length > self.size:
+                    return rep.stop(pos, f"a cut-off {'index' if magic == imagic else 'footer'} record "
+                                         "(torn write)")
+                try:
+                    if magic == imagic:
+                        unpack_index(self.pread(pos, hs + length), self.where, self.dump_id, self.version)
+                    else:
+                        Footer.unpack(self.pread(pos, hs + length), self.where, self.dump_id, self.version)
+                except MemberError:
+                    return rep.stop(pos, f"a damaged {'index' if magic == imagic else 'footer'} record")
+                if magic == fmagic:
+                    return rep.stop(pos, "the footer")
+                pos += hs + length
+            else:
+                return rep.stop(pos, "the end of the records written")
+
+
+class WalkReport:
+    """What ``MemberReader.walk`` found besides the chunks: where and why it stopped."""
+
+    def __init__(self):
+        self.chunks = 0
+        self.damaged: list[tuple[int, int]] = []   # (member offset, chunk id): payload checksum failed
+        self.stopped_at: int | None = None
+        self.reason = ""
+
+    def stop(self, pos: int, reason: str) -> None:
+        self.stopped_at, self.reason = pos, reason
+
+    def describe(self) -> str:
+        s = f"{self.chunks} chunk record(s), then at offset {self.stopped_at} {self.reason}"
+        if self.damaged:
+            s += f"; {len(self.damaged)} record(s) with a bad checksum skipped (chunk " \
+                 f"{', '.join(str(c) for _, c in self.damaged[:5])}{' ...' if len(self.damaged) > 5 else ''})"
+        return s
+
+
+def is_complete(footer: Footer | None) -> bool:
+    return footer is not None and footer.state == STATE_COMPLETE

@@ -1,0 +1,407 @@
+"""``stripedump bench``: throughput per codec x CPUs x disks, like the 2013 talk.
+
+Why this shape:
+* The source is a real ELF vmcore read through the real reader and pipeline,
+  but generated so that a 10 GiB run needs neither 10 GiB of RAM nor of disk:
+  for ``random`` and ``mixed`` data every PT_LOAD shows the same 64 MiB pool
+  (``synth.build_aliased``); per-block compression cannot see the repeats.
+  ``zero`` is one sparse PT_LOAD, all holes.
+* Targets are temporary files (in the given directories, one per disk, or in
+  one temporary directory), deleted after each run, so nothing is left behind.
+* ``--mode no-write`` (or ``both``; ``--no-write`` is ``both``) runs the same
+  pipeline with writers that discard, so a CPU limit can be told from an I/O
+  limit.
+* The default data is ``mixed`` (memory-like: zero, text-like, low-entropy
+  and random pages), so the ratios mean something; ``random`` is the talk's
+  incompressible worst case.  The table names the data of each row.
+* Everything that can be known before the first run is checked first
+  (``preflight``): matplotlib for ``--plot``, and the free space of every
+  target filesystem against the worst case (the source stored raw, spread
+  over the disks), so that a bench never ends in "No space left on device"
+  after minutes of runs.  The number of runs and a rough duration (from
+  compressing a small sample with each codec) are announced up front.
+* Memory is the sum over the process tree of each process's peak
+  proportional set size (private plus a fair share of shared memory; the
+  source is mapped one chunk per worker at a time), sampled every 100 ms; CPU
+  use is user+system time of the tree over wall time.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import shutil
+import tempfile
+import threading
+from dataclasses import dataclass
+
+from ..format.codecs import CodecSpec
+from ..dump.config import DumpConfig
+from ..errors import UsageError
+
+DATA_KINDS = ("random", "mixed", "zero")
+DEFAULT_DATA = "mixed"
+DATA_WORDS = {"random": "incompressible", "mixed": "memory-like", "zero": "all zero"}
+POOL_BYTES = 64 << 20
+MEMBER_SLACK = 16 << 20       # per member: header, manifest, index, alignment (generous)
+RECORD_SLACK = 1 / 64         # chunk headers and block tables: about 1.1 KiB per 1 MiB chunk
+SAMPLE_BYTES = 2 << 20        # what each codec compresses to estimate the duration
+RUN_OVERHEAD = 0.25           # seconds per run (measured 0.15-0.3 s): processes started, members synced
+ZERO_RATE = 10e9              # bytes/s per worker on all-zero pages (measured 17.7 GB/s, 1 worker, 200 GiB)
+SAMPLE_EVERY = 0.1     # smaps_rollup walks every mapping: sampling faster costs the run CPU
+
+
+def make_pool(data: str, size: int = POOL_BYTES) -> bytes:
+    from . import synth
+    if data == "random":
+        return os.urandom(size)
+    if data == "mixed":
+        return b"".join(synth.page_content(p) for p in range(size // 4096))
+    raise UsageError(f"unknown --data {data!r}; choose one of {', '.join(DATA_KINDS)}")
+
+
+def make_source(path: str, size: int, data: str) -> str:
+    from . import synth
+    if data == "zero":
+        synth.build(path, [synth.Load(0, size)], content=None, nr_cpus=1)
+    else:
+        synth.build_aliased(path, size, make_pool(data, min(POOL_BYTES, size)))
+    return path
+
+
+def tree_memory(pid: int) -> dict[int, int]:
+    """Proportional set size of ``pid`` and each descendant (smaps_rollup), by pid.
+
+    PSS counts private memory plus a fair share of shared memory (the slot
+    pool); the source is mapped one chunk per worker at a time.
+    """
+    import psutil
+    out = {}
+    try:
+        procs = [psutil.Process(pid)] + psutil.Process(pid).children(recursive=True)
+    except psutil.Error:
+        return out
+    for p in procs:
+        try:
+            with open(f"/proc/{p.pid}/smaps_rollup") as f:
+                for line in f:
+                    if line.startswith("Pss:"):
+                        out[p.pid] = int(line.split()[1]) * 1024
+                        break
+        except OSError:
+            continue
+    return out
+
+
+class MemorySampler(threading.Thread):
+    """Peak memory of the process tree: the sum of each process's own peak PSS.
+
+    Summing per-process peaks is an upper bound of the simultaneous peak and,
+    unlike a sampled total, does not depend on how long the run lasts (short
+    runs end before every process has reached its peak at the same moment).
+    """
+
+    def __init__(self):
+        super().__init__(daemon=True)
+        self.peaks: dict[int, int] = {}
+        self._halt = threading.Event()
+
+    def run(self):
+        while not self._halt.is_set():
+            for pid, v in tree_memory(os.getpid()).items():
+                self.peaks[pid] = max(self.peaks.get(pid, 0), v)
+            self._halt.wait(SAMPLE_EVERY)
+
+    def stop(self) -> int:
+        self._halt.set()
+        self.join()
+        return sum(self.peaks.values())
+
+
+def _cpu_seconds() -> float:
+    a, b = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return a.ru_utime + a.ru_stime + b.ru_utime + b.ru_stime
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    size: int
+    codecs: tuple[CodecSpec, ...]
+    workers: tuple[int, ...]
+    disks: tuple[int, ...] = (1,)
+    disk_dirs: tuple[str, ...] = ()
+    data: str = DEFAULT_DATA
+    mode: str = "write"              # write, no-write (writers discard) or both
+    chunk_size: int = 1 << 20
+    block_size: int = 0
+    workdir: str | None = None
+    repeat: int = 1                  # runs per case; the row reports the median run
+
+    def __post_init__(self):
+        if self.size < 1:
+            raise UsageError("--size must be more than 0")
+        if self.data not in DATA_KINDS:
+            raise UsageError(f"unknown --data {self.data!r}; choose one of {', '.join(DATA_KINDS)}")
+        # chunk and block sizes are checked now, against the generated source's 4 KiB pages
+        DumpConfig("", (), chunk_size=self.chunk_size, block_size=self.block_size).geometry(4096)
+
+    @property
+    def writes(self) -> tuple[bool, ...]:
+        return {"write": (True,), "no-write": (False,), "both": (True, False)}[self.mode]
+
+    @property
+    def runs(self) -> int:
+        return len(self.codecs) * len(self.workers) * len(self.disks) * len(self.writes) * self.repeat
+
+
+def parse_codecs(text: str) -> tuple:
+    """``lz4,zstd:3,auto`` -> specs; ``auto:lz4+zstd:3`` is auto over those codecs (``+``, as ``,`` splits the list)."""
+    from ..dump.autocodec import parse_codec
+    codecs = tuple(parse_codec(c.replace("+", ",")) for c in text.split(",") if c.strip())
+    if not codecs:
+        raise UsageError("--codecs is empty")
+    return codecs
+
+
+def parse_disks(text: str) -> tuple[tuple[int, ...], tuple[str, ...]]:
+    """``2`` or ``1,2,4`` (counts of temporary files) or ``DIR,DIR`` (one target per directory)."""
+    items = [x for x in text.split(",") if x]
+    if items and all(x.isdigit() for x in items):
+        counts = tuple(int(x) for x in items)
+        if min(counts) < 1:
+            raise UsageError("--disks counts must be at least 1")
+        return counts, ()
+    for d in items:
+        if not os.path.isdir(d):
+            raise UsageError(f"--disks {d}: not a directory (give counts like 1,2 or directories)")
+    return (len(items),), tuple(items)
+
+
+def _fs_free(path: str) -> tuple[int, int]:
+    """(filesystem id, bytes free to an unprivileged writer) of the filesystem holding ``path``."""
+    st = os.statvfs(path)
+    return os.stat(path).st_dev, st.f_bavail * st.f_frsize
+
+
+def space_needed(cfg: BenchConfig) -> dict[str, int]:
+    """Worst-case bytes each target directory must hold at once, by directory.
+
+    Runs follow one another and delete their members, so a directory needs
+    what the largest run puts there: with temporary files (one directory
+    for all members) the whole source, stored raw when it does not shrink
+    (``random``, or the ``none`` codec); with one directory per disk, a
+    share of it.  The generated source itself (at most 64 MiB) is counted in
+    the work directory.
+    """
+    if True not in cfg.writes:
+        need: dict[str, int] = {}
+    else:
+        raw = 0 if cfg.data == "zero" else cfg.size
+        raw = int(raw * (1 + RECORD_SLACK))
+        if cfg.disk_dirs:
+            n = len(cfg.disk_dirs)
+            need = {}
+            for d in cfg.disk_dirs:
+                need[d] = need.get(d, 0) + -(-raw // n) + MEMBER_SLACK
+        else:
+            need = {workdir(cfg): raw + max(cfg.disks) * MEMBER_SLACK}
+    src = 0 if cfg.data == "zero" else min(POOL_BYTES, cfg.size) + (1 << 20)
+    need[workdir(cfg)] = need.get(workdir(cfg), 0) + src
+    return need
+
+
+def human(n: float) -> str:
+    """Bytes in binary units, three significant digits: 4 KiB, 64 MiB, 1.5 GiB."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024:
+            return f"{n:.0f} {unit}" if n >= 100 else f"{n:.3g} {unit}"
+        n /= 1024
+    return f"{n:.0f} TiB" if n >= 100 else f"{n:.3g} TiB"
+
+
+def workdir(cfg: BenchConfig) -> str:
+    return cfg.workdir or tempfile.gettempdir()
+
+
+def check_space(cfg: BenchConfig) -> None:
+    """Refuse (a usage error) when the targets' filesystems may not hold the worst case."""
+    need = space_needed(cfg)
+    by_fs: dict[int, list] = {}
+    for d, n in need.items():
+        if not os.path.isdir(d):
+            raise UsageError(f"bench: {d} is not a directory (--dir, --disks or $TMPDIR)")
+        dev, free = _fs_free(d)
+        fs = by_fs.setdefault(dev, [0, free, []])
+        fs[0] += n
+        fs[2].append(d)
+    for total, free, dirs in by_fs.values():
+        if total > free:
+            where = " and ".join(dirs)
+            raise UsageError(
+                f"bench: --size {human(cfg.size)} may need up to {human(total)} in {where} (the worst "
+                f"case: every page stored raw), which has {human(free)} free; use --mode no-write "
+                f"(compress only, write nothing), "
+                f"or --disks DIR,DIR,... on filesystems with room, or a smaller --size")
+
+
+def need_matplotlib() -> None:
+    """``--plot`` is checked before the first run, not after the last."""
+    try:
+        import matplotlib
+        assert matplotlib
+    except ImportError:
+        raise UsageError("--plot needs matplotlib, which is not installed in this Python (install it "
+                         "with this environment's pip: pip install matplotlib); or leave out --plot") \
+            from None
+
+
+def preflight(cfg: BenchConfig, plot_path: str | None = None) -> None:
+    """Everything that can fail before any run: plot library and file, free space."""
+    if plot_path:
+        need_matplotlib()
+        d = os.path.dirname(os.path.abspath(plot_path))
+        if not os.path.isdir(d):
+            raise UsageError(f"--plot {plot_path}: directory {d} does not exist")
+    check_space(cfg)
+
+
+def estimate_seconds(cfg: BenchConfig, cpus: int) -> float:
+    """A rough duration of the whole bench: each codec timed on a small sample of the data.
+
+    Each run is taken as the source size over (sample rate x its workers,
+    at most the CPUs), plus a fixed start-up cost; writing to slow disks can
+    make the real runs longer.  ``zero`` pages are only scanned (ZERO_RATE).
+    """
+    sample = make_pool(cfg.data, SAMPLE_BYTES) if cfg.data != "zero" else b""
+    block = cfg.block_size or 4096
+    total = 0.0
+    for spec in cfg.codecs:
+        rate = ZERO_RATE
+        if sample:
+            # auto: at best as fast as the fastest codec of its ladder
+            ladder = spec.available().ladder if hasattr(spec, "available") else (spec,)
+            rate = max(_sample_rate(s.make(), sample, block) for s in ladder)
+        for w in cfg.workers:
+            per_run = cfg.size / (rate * min(w, cpus)) + RUN_OVERHEAD
+            total += per_run * len(cfg.disks) * len(cfg.writes) * cfg.repeat
+    return total
+
+
+def _sample_rate(codec, sample: bytes, block: int) -> float:
+    """Bytes per second ``codec`` compresses ``sample`` at, block by block."""
+    import time
+    mv = memoryview(sample)
+    t0 = time.perf_counter()
+    for a in range(0, len(sample), block):
+        codec.compress(bytes(mv[a:a + block]) if codec.wants_bytes else mv[a:a + block])
+    return len(sample) / max(time.perf_counter() - t0, 1e-6)
+
+
+def announce(cfg: BenchConfig, cpus: int) -> str:
+    """The line said before the first run: how many runs, of what, and roughly how long."""
+    secs = estimate_seconds(cfg, cpus)
+    parts = [f"{len(cfg.codecs)} codec(s)", f"{len(cfg.workers)} worker count(s)",
+             f"{len(cfg.disks)} disk count(s)"]
+    if len(cfg.writes) > 1:
+        parts.append("write and no-write")
+    if cfg.repeat > 1:
+        parts.append(f"{cfg.repeat} repeats")
+    when = f"{secs:.0f} s" if secs < 120 else f"{secs / 60:.0f} min"
+    return (f"bench: {cfg.runs} run(s) ({' x '.join(parts)}) of {human(cfg.size)} of "
+            f"{cfg.data} data ({DATA_WORDS[cfg.data]}); roughly {when} (estimated from a sample; "
+            f"slow disks take longer)")
+
+
+def run_one(cfg: BenchConfig, src: str, codec: CodecSpec, workers: int, ndisks: int, write: bool,
+            tmp: str) -> dict:
+    from ..dump.coordinator import dump
+    dirs = cfg.disk_dirs or (tmp,) * ndisks
+    targets = tuple(os.path.join(d, f"stripedump-bench-{os.getpid()}-{i}.sd") for i, d in enumerate(dirs))
+    sampler = MemorySampler()
+    cpu0 = _cpu_seconds()
+    sampler.start()
+    try:
+        res = dump(DumpConfig(src, targets, codec, workers, cfg.chunk_size, cfg.block_size,
+                              force=True, discard=not write))
+    finally:
+        peak = sampler.stop()
+        for t in targets:
+            try:
+                os.unlink(t)
+            except OSError:
+                pass
+    cpu = _cpu_seconds() - cpu0
+    return {"codec": str(codec), "workers": workers, "disks": ndisks, "write": write, "data": cfg.data,
+            "input_bytes": res.bytes_in, "output_bytes": sum(res.bytes_out),
+            "seconds": round(res.seconds, 4), "mb_per_s": round(res.mb_per_s, 1),
+            "ratio": round(res.ratio, 3), "cpu_percent": round(100 * cpu / res.seconds, 1),
+            "peak_memory_bytes": peak, "chunk_bytes": cfg.chunk_size,
+            **({"auto_chunks": res.extra["auto_chunks"]} if res.extra.get("auto_chunks") else {})}
+
+
+def bench(cfg: BenchConfig, report=None) -> list[dict]:
+    """Run every combination; ``report(row)`` is called after each run."""
+    tmp = tempfile.mkdtemp(prefix="stripedump-bench-", dir=cfg.workdir)
+    try:
+        src = make_source(os.path.join(tmp, f"source-{cfg.data}.vmcore"), cfg.size, cfg.data)
+        rows = []
+        for codec in cfg.codecs:
+            for w in cfg.workers:
+                for d in cfg.disks:
+                    for write in cfg.writes:
+                        runs = sorted((run_one(cfg, src, codec, w, d, write, tmp)
+                                       for _ in range(cfg.repeat)), key=lambda r: r["mb_per_s"])
+                        row = dict(runs[len(runs) // 2])
+                        if cfg.repeat > 1:
+                            row["runs_mb_per_s"] = [r["mb_per_s"] for r in runs]
+                            row["peak_memory_bytes"] = max(r["peak_memory_bytes"] for r in runs)
+                        rows.append(row)
+                        if report:
+                            report(row)
+        return rows
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def table(rows: list[dict]) -> str:
+    head = f"{'data':<6} {'codec':<8} {'workers':>7} {'disks':>5} {'mode':<8} {'MB/s':>9} {'ratio':>6} " \
+           f"{'CPU %':>6} {'peak MiB':>8} {'seconds':>8}"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        lines.append(f"{r['data']:<6} {r['codec']:<8} {r['workers']:>7} {r['disks']:>5} "
+                     f"{'write' if r['write'] else 'no-write':<8} "
+                     f"{r['mb_per_s']:>9.1f} {r['ratio']:>6.2f} {r['cpu_percent']:>6.0f} "
+                     f"{r['peak_memory_bytes'] / 2**20:>8.1f} {r['seconds']:>8.2f}")
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict], path: str, title: str = "") -> None:
+    """The talk's chart: MB/s per codec, 1 CPU beside N CPUs, one group per disk count."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise UsageError("--plot needs matplotlib (pip install matplotlib)") from None
+    rows = [r for r in rows if r["write"]] or rows
+    disks = sorted({r["disks"] for r in rows})
+    codecs = list(dict.fromkeys(r["codec"] for r in rows))
+    workers = sorted({r["workers"] for r in rows})
+    fig, axes = plt.subplots(1, len(disks), figsize=(4 + 3 * len(disks), 4.5), sharey=True, squeeze=False)
+    width = 0.8 / len(workers)
+    for ax, d in zip(axes[0], disks):
+        for k, w in enumerate(workers):
+            ys = [next((r["mb_per_s"] for r in rows if r["disks"] == d and r["workers"] == w
+                        and r["codec"] == c), 0) for c in codecs]
+            ax.bar([i + k * width for i in range(len(codecs))], ys, width,
+                   label=f"{w} CPU" + ("s" if w > 1 else ""))
+        ax.set_xticks([i + width * (len(workers) - 1) / 2 for i in range(len(codecs))])
+        ax.set_xticklabels(codecs)
+        ax.set_title(f"{d} disk" + ("s" if d > 1 else ""))
+        ax.grid(axis="y", alpha=0.3)
+    axes[0][0].set_ylabel("MB/s of dump (source bytes per second)")
+    axes[0][-1].legend()
+    fig.suptitle(title or "stripedump throughput by codec, CPUs and disks")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
