@@ -30,20 +30,50 @@ class ExitCode(enum.IntEnum):
     SIGTERM = 143
 
 
+# wire name ("module.QualifiedName") -> class, of every StripedumpError subclass defined so far
+_REGISTRY: dict = {}
+
+
+def _wire_name(cls) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
 class StripedumpError(Exception):
     """Base of every error stripedump reports to the user."""
 
     exit_code = ExitCode.INTERNAL
+    # the attributes, besides the message, that the class's __init__ takes as keywords and that a
+    # child sends along, so the parent rebuilds the error whole (an exit code that depends on them)
+    wire_attrs: tuple = ()
 
     def __init__(self, message: str):
         super().__init__(message)
         self.message = message
 
+    def __init_subclass__(cls, **kw):
+        super().__init_subclass__(**kw)
+        _REGISTRY[_wire_name(cls)] = cls
+
     def __str__(self) -> str:  # one line, always
         return " ".join(self.message.split())
 
-    def to_wire(self) -> tuple[str, str]:
-        return (type(self).__name__, self.message)
+    def to_wire(self) -> tuple:
+        """(class names, this class first, then its parents up to StripedumpError; message;
+        {attribute: value} of ``wire_attrs``): what ``from_wire`` rebuilds it from."""
+        names = tuple(_wire_name(k) for k in type(self).__mro__
+                      if isinstance(k, type) and issubclass(k, StripedumpError))
+        return names, self.message, {a: _plain(getattr(self, a)) for a in self.wire_attrs}
+
+
+_REGISTRY[_wire_name(StripedumpError)] = StripedumpError
+
+
+def _plain(value):
+    """A wire attribute as a built-in type that marshal carries (signal.SIGINT is an IntEnum)."""
+    for t in (bool, int, float, str):
+        if isinstance(value, t):
+            return t(value)
+    return value
 
 
 class UsageError(StripedumpError):
@@ -88,8 +118,12 @@ class MountError(StripedumpError):
 
 
 class Interrupted(StripedumpError):
-    def __init__(self, message: str, signum: int):
+    """A stop signal (``signum``: SIGHUP, SIGINT, else SIGTERM's exit code), or a join pool stopping."""
+    wire_attrs = ("signum",)
+
+    def __init__(self, message: str, signum: int | None = None):
         super().__init__(message)
+        self.signum = signum
         self.exit_code = {1: ExitCode.SIGHUP, 2: ExitCode.SIGINT}.get(signum, ExitCode.SIGTERM)
 
 
@@ -97,15 +131,16 @@ class CodecUnavailable(UsageError):
     """The chosen codec's library is not installed."""
 
 
-_BY_NAME = {cls.__name__: cls for cls in (
-    StripedumpError, UsageError, SourceError, VmcoreFormatError, TargetRefused,
-    TargetIOError, MemberError, VerifyError, IncompleteDump, OutputError,
-    CodecUnavailable, MountError)}
-
-
-def from_wire(name: str, message: str) -> StripedumpError:
-    """Rebuild an error sent by a child process; unknown kinds are internal."""
-    cls = _BY_NAME.get(name)
-    if cls is None:
-        return StripedumpError(f"internal error in a child process: {name}: {message}")
-    return cls(message)
+def from_wire(names, message: str, attrs: dict | None = None) -> StripedumpError:
+    """Rebuild an error a child sent (``StripedumpError.to_wire``) as the first class of ``names``
+    this process knows: its own, or else its nearest registered parent (StripedumpError at least)."""
+    attrs = attrs or {}
+    for name in names:
+        cls = _REGISTRY.get(name)
+        if cls is None:
+            continue
+        try:
+            return cls(message, **{a: attrs[a] for a in cls.wire_attrs if a in attrs})
+        except TypeError:      # an __init__ that wants more than wire_attrs says: its parent, then
+            continue
+    return StripedumpError(message)

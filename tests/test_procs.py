@@ -231,7 +231,7 @@ def test_fork_failing_still_finalizes_every_member(vmcore, tmp_path, monkeypatch
     """fork() fails with EAGAIN (a process limit) for the Nth child: the members are finalized
     anyway, by their writer or, where it never started, by the coordinator itself."""
     import errno
-    from stripedump.dump import coordinator as pipeline
+    from stripedump.dump import crew
     b = vmcore("kernel")
     members = [str(tmp_path / "m0"), str(tmp_path / "m1")]
     calls = []
@@ -241,7 +241,7 @@ def test_fork_failing_still_finalizes_every_member(vmcore, tmp_path, monkeypatch
         if len(calls) == failing:
             raise OSError(errno.EAGAIN, "Resource temporarily unavailable")
         return procs.spawn(*a)
-    monkeypatch.setattr(pipeline, "spawn", spawn)
+    monkeypatch.setattr(crew, "spawn", spawn)
     with pytest.raises(IncompleteDump, match="Resource temporarily unavailable"):
         dump(DumpConfig(b.path, tuple(members), CodecSpec("lz4"), 2, 16 << 10))
     assert [m["state"] for m in info(members)["members"]] == ["incomplete", "incomplete"]

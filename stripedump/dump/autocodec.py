@@ -37,14 +37,20 @@ in the ladder) is used.
 
 The controller (``Controller``) is a pure class: fed observations, asked
 for choices; no clock, no I/O, so its decisions are deterministic and
-tested on synthetic observations (tests/test_autocodec.py).
+tested on synthetic observations (tests/test_autocodec.py).  ``AutoStats``
+is its place in a dump: the shared doubles the workers and writers publish,
+read by the coordinator between events and fed to the controller, and the
+report of what it chose.
 """
 
 from __future__ import annotations
 
+import mmap
+
 from ..format.codecs import CodecSpec
 from ..errors import UsageError
 from ..runtime.plain import Frozen
+from .writer import AUTO_FIRST_SYNC, AUTO_KICK_EVERY
 
 DEFAULT_LADDER = ("none", "lz4", "zstd:1", "zstd:3", "zstd:9")
 EXPLORE = 32               # 1 chunk in EXPLORE goes to another codec of the ladder
@@ -252,3 +258,78 @@ class Controller:
         self.tried[i] = True
         self.handed[i] += 1
         return i
+
+
+class AutoStats:
+    """``--codec auto`` in a dump: the Controller, and the shared doubles the children publish.
+
+    Anonymous shared memory, inherited across fork: per worker and ladder
+    choice (``worker_row``) raw bytes, record bytes, CPU and wall seconds;
+    per writer (``writer_row``) bytes synced, seconds in write + sync and
+    the CPU-seconds of them.  Each is written only by its child; the
+    coordinator reads them (``observe``) and keeps what it last fed to the
+    controller (``seen``).
+    """
+    ENCODE, DISK = 4, 3          # doubles per (worker, choice), per writer
+
+    def __init__(self, spec: AutoSpec, workers: int, members: int):
+        self.ladder, self.W, self.D = spec.ladder, workers, members
+        # encode rates are per wall second of a worker (above): W workers, however many CPUs
+        self.ctl = Controller([str(c) for c in self.ladder], workers, spec.start)
+        self.base = workers * len(self.ladder) * self.ENCODE     # where the writers' rows begin
+        n = self.base + members * self.DISK
+        self.stats = memoryview(mmap.mmap(-1, 8 * n, mmap.MAP_SHARED)).cast("d")
+        self.seen = [0.0] * n
+
+    def worker_row(self, wid: int):
+        """Worker ``wid``'s doubles: ``ENCODE`` per ladder choice (stages.worker_main)."""
+        n = len(self.ladder) * self.ENCODE
+        return self.stats[wid * n:(wid + 1) * n]
+
+    def time_writer(self, d: int, w) -> None:
+        """Make member ``d``'s MemberWriter publish its disk rate: synced early and often (writer.py)."""
+        at = self.base + self.DISK * d
+        w.io_stats, w.sync_every, w.kick_every = self.stats[at:at + self.DISK], AUTO_FIRST_SYNC, AUTO_KICK_EVERY
+
+    def choose(self) -> int:
+        """The codec choice (ladder index) for the next chunk."""
+        return self.ctl.choose()
+
+    def observe(self, dropped) -> None:
+        """Feed the controller what the children published since the last look (``dropped``: the
+        members whose targets failed, left out of the disk rate)."""
+        st, seen, L = self.stats, self.seen, len(self.ladder)
+        for w in range(self.W):
+            for c in range(L):
+                i = (w * L + c) * self.ENCODE
+                raw = st[i] - seen[i]
+                if raw > 0:
+                    now = st[i:i + 4].tolist()
+                    self.ctl.observe_encode(c, now[0] - seen[i], now[1] - seen[i + 1], now[2] - seen[i + 2],
+                                            now[3] - seen[i + 3])
+                    seen[i:i + 4] = now
+        # the targets together: D times the slowest writer's rate (chunks are placed round robin)
+        rates = []
+        for d in range(self.D):
+            i = self.base + self.DISK * d
+            secs, cpu = st[i + 1] - seen[i + 1], st[i + 2] - seen[i + 2]
+            nb = st[i] - seen[i]
+            if nb > 0 and d not in dropped:
+                rates.append((nb, secs, cpu))
+                seen[i:i + 3] = st[i:i + 3].tolist()
+        if rates:
+            nb, secs, cpu = min(rates, key=lambda r: r[0] / r[1] if r[1] > 0 else float("inf"))
+            k = max(len(rates), self.D - len(dropped))
+            self.ctl.observe_disk(nb * k, secs, cpu * k)
+
+    def report(self) -> dict:
+        """For the summary and --json: chunks per codec, and the model's last estimates."""
+        ctl = self.ctl
+
+        def mb(r):
+            return round(r / 1e6, 1) if r not in (None, float("inf")) else r
+        est = {str(c): {"cpu_mb_s": mb(ctl.cpu_rate(i)), "wall_mb_s": mb(ctl.encode_rate(i)),
+                        "ratio": round(ctl.ratio(i), 4) if ctl.ratio(i) is not None else None}
+               for i, c in enumerate(self.ladder)}
+        return {"auto_chunks": {str(c): n for c, n in zip(self.ladder, ctl.handed) if n},
+                "auto_model": {"codecs": est, "parallel": ctl.parallel, "disk_mb_s": mb(ctl.disk_rate())}}

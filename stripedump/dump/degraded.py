@@ -22,18 +22,25 @@ confined here, on the writers' side:
   fdatasync fails.  The coordinator, which hears of every chunk written and
   of every successful sync, sends the chunks since that target's last sync
   to the workers again; their writer (the failed one) forwards them here
-  like any other (pipeline.py, ``_Coordinator.target_failed``).
+  like any other (``Resends``, the coordinator's side of it: loop.py).
 
 Ordering: a forwarded chunk keeps its slot until the survivor has written
 it and freed it, so the coordinator's count of chunks in flight stays exact
 and it sends the writers their end only once nothing is left in any pipe.
+After the last chunk the coordinator asks every live writer to sync (the
+barrier, ``Resends.barrier_passed``) and repeats this for any that fails,
+so by the time the writers are told to finish every chunk is synced on a
+live target, or named as lost.
 """
 
 from __future__ import annotations
 
 import mmap
+from array import array
+from collections import deque
 
 from ..format.plan import degraded_placement
+from .stages import SYNC
 
 
 class Routes:
@@ -69,3 +76,94 @@ class Routes:
     def footer_entries(self, taken: dict[int, int]) -> tuple:
         """Footer.degraded for one member: every dropped member, with its chunks stored here."""
         return tuple((m, taken.get(m, 0)) for m in self.failed())
+
+
+class Resends:
+    """The coordinator's books of what a failed target may take with it.
+
+    Per writer, the chunk ids it acknowledged since its last successful
+    sync (at most SYNC_CHUNKS: a writer syncs every SYNC_EVERY bytes or
+    SYNC_CHUNKS chunks and says so with the slot it frees); the targets
+    dropped and why; the chunks to encode again (``resend``, handed out
+    before any new one) or that had no live target left (``lost``); and the
+    SYNC barrier after the last chunk.  Under ``--on-disk-error stop`` only
+    the barrier is used: it makes a target that hangs in its last sync seen
+    before the others are finalized.
+    """
+
+    def __init__(self, members: int):
+        self.acked = [array("q") for _ in range(members)]
+        self.resend: deque[int] = deque()  # chunks to encode again: their target failed before a sync
+        self.resent: dict[int, int] = {}   # member -> chunks encoded again after its target failed
+        self.lost: list[int] = []          # chunks that may be on no disk
+        self.dropped: dict[int, str] = {}  # member -> why its target failed
+        self.barrier: set[int] | None = None   # writers whose SYNC answer is awaited
+        self.barrier_drops = 0
+
+    def acknowledged(self, d: int, cid: int | None, durable: int) -> None:
+        """Writer ``d`` wrote ``cid``; ``durable`` >= 0: it synced all but its last ``durable`` chunks."""
+        acked = self.acked[d]
+        if cid is not None:
+            acked.append(cid)
+        if durable >= 0:
+            del acked[:max(0, len(acked) - durable)]
+
+    def synced(self, d: int, durable: int) -> None:
+        """Writer ``d`` answered the barrier's SYNC."""
+        self.acknowledged(d, None, durable)
+        if self.barrier is not None:
+            self.barrier.discard(d)
+
+    def target_failed(self, d: int, why: str, survivors: int) -> list[int]:
+        """Member ``d``'s target failed: its chunks since its last sync, to be encoded again for the
+        ``survivors`` (or lost, when none is left)."""
+        self.dropped[d] = why
+        if self.barrier is not None:
+            self.barrier.discard(d)
+        again, self.acked[d] = list(self.acked[d]), array("q")
+        if survivors == 0:
+            self.lost.extend(again)
+        else:
+            self.resent[d] = self.resent.get(d, 0) + len(again)
+            self.resend.extend(again)
+        return again
+
+    def barrier_passed(self, writer_qs) -> bool:
+        """All written: have the live writers synced it all?
+
+        A target whose sync fails here is dropped like any failed target and
+        its chunks since its last sync are encoded again for the others; then
+        the survivors are asked again, until a barrier passes with no new
+        failure.  The writers are told to finish only after that.
+        """
+        if self.barrier is None:
+            self.barrier = {d for d in range(len(writer_qs)) if d not in self.dropped}
+            self.barrier_drops = len(self.dropped)
+            for d in self.barrier:
+                writer_qs[d].put(SYNC, 0, 0, 0, 0)
+            return False
+        if self.barrier:
+            return False       # answers pending
+        self.barrier = None
+        return len(self.dropped) == self.barrier_drops
+
+    def note(self, paths) -> str:
+        """The footer note of a dump that completed: "" or the targets it dropped."""
+        if not self.dropped:
+            return ""
+        return "degraded: " + "; ".join(f"target {paths[d]} failed ({m}) and was dropped"
+                                        for d, m in sorted(self.dropped.items()))
+
+    def report(self, paths, members_done) -> list[dict]:
+        """For the summary and --json: each dropped target, why, how many of its chunks the others
+        hold (``members_done``: the writers' ipc.MemberDone, each with the chunks it took of which
+        member) and how many were encoded again."""
+        return [{"member": d, "path": paths[d], "error": m, "moved": sum(v.taken.get(d, 0) for v in members_done),
+                 "resent": self.resent.get(d, 0)} for d, m in sorted(self.dropped.items())]
+
+    def describe_lost(self, plan) -> str:
+        lost = sorted(set(self.lost))
+        named = ", ".join(f"chunk {c} ({plan.chunk(c).describe(plan.page_size)})" for c in lost[:5])
+        more = f" and {len(lost) - 5} more" if len(lost) > 5 else ""
+        return (f"{len(lost)} chunk(s) were on failed targets only, not synced, and may be lost: "
+                f"{named}{more}")

@@ -1,14 +1,15 @@
-"""What each child process of a dump runs: the worker and the writer loops, and their wire records.
+"""What each child process of a dump runs: the worker and the writer loops, and their pipe records.
 
-Why a module of its own: pipeline.py's coordinator decides (feed, failures,
+Why a module of its own: the coordinator (loop.py) decides (feed, failures,
 shutdown); these loops only do.  A worker takes (chunk id, slot) from the
 task pipe, encodes the chunk from the source straight into its shared-memory
 slot and hands (chunk id, slot, length, checksum, bytes) to the writer of
 the chunk's member; a writer appends records to its member, acknowledges
-each one on the event pipe (with what is durable since its last sync) and
-finalizes the member when told.  Neither ever decides to stop the dump: an
-error travels to the coordinator as data (class name, message), and a child
-whose coordinator is gone stops by itself (procs.parent_gone).
+each one on the event pipe (``ipc.Written``, with what is durable since its
+last sync) and finalizes the member when told.  Neither ever decides to stop
+the dump: an error travels to the coordinator as data (``ipc.Failed``), and
+a child whose coordinator is gone stops by itself (procs.parent_gone).  Each
+is started with one frozen value (``WorkerArgs``, ``WriterArgs``).
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ import time
 
 from ..errors import StripedumpError
 from ..format.structs import KIND_PAGES, STATE_INCOMPLETE
-from ..runtime.ipc import END
+from ..runtime.ipc import END, DiskFailed, Failed, Lost, MemberDone, Skipped, Synced, Unclassified, Unreadable, \
+    Written
+from ..runtime.plain import Frozen
 from .iowatch import IOWatch
 from ..format.records import encode_chunk
 from .writer import MemberWriter
@@ -30,44 +33,59 @@ TASK = "<QIB"         # coordinator -> workers: chunk id, slot (| CAREFUL: read 
 CAREFUL = 1 << 31
 CURRENT = struct.Struct("<QId")  # per worker, in shared memory: chunk id + 1 (0: idle), slot, start
 WRITE = "<QIIQQ"      # worker -> writer: chunk id, slot, record length, checksum, source bytes
-SYNC = END - 1        # coordinator -> writer: sync now, say what is durable (--on-disk-error continue)
+SYNC = END - 1        # coordinator -> writer: sync now, say what is durable (the barrier: degraded.Resends)
 ZERO_COMPARE_BYTES = 1 << 20    # a worker's zeros to compare with: bounded, whatever the chunk size
 # dump levels: per worker, in shared memory, pages left out per class (pageclass.CLASSES without "kept"),
 # then pages whose struct page could not be read (they exclude nothing)
 CLASS_NAMES = ("zero", "cache", "cache_private", "user", "free", "hwpoison", "offline", "struct_unread")
 
 
-def worker_main(wid, src, codec_spec, plan_json, block_bytes, pool, slot_size, tasks, writer_qs,
-            events, stop, current, stats=None, level=None) -> None:
-    """Encode the chunks the coordinator hands out.
+class WorkerArgs(Frozen):
+    """What a worker process is started with (one per worker: ``_replace(wid=i)``).
 
-    ``codec_spec`` is a CodecSpec, or an AutoSpec (``--codec auto``): then a
-    task's codec choice indexes its ladder, one codec instance per choice,
-    and ``stats`` (shared doubles, autocodec.py) gets, per choice, the raw
-    bytes, record bytes, CPU-seconds and wall seconds of every chunk this
-    worker encodes.
+    ``codec``: a CodecSpec, or an AutoSpec (``--codec auto``): then a task's
+    codec choice indexes its ladder, one codec instance per choice, and
+    ``stats`` (shared doubles, autocodec.AutoStats.worker_row) gets, per
+    choice, the raw bytes, record bytes, CPU-seconds and wall seconds of
+    every chunk this worker encodes.
 
-    ``level`` (dump levels): (applied level, VmcoreInfo, shared u64 counters):
-    this worker builds its own PageClassifier, classifies the pages of each
-    pages chunk from the bytes it reads for encoding (no second read), and
-    adds what it leaves out per class to its row of the counters
-    (CLASS_NAMES).
+    ``level`` (dump levels): (applied level, VmcoreInfo, shared u64
+    counters): the worker builds its own PageClassifier, classifies the
+    pages of each pages chunk from the bytes it reads for encoding (no
+    second read), and adds what it leaves out per class to its row of the
+    counters (CLASS_NAMES).
     """
+    __slots__ = ("wid", "src", "codec", "plan_json", "block_bytes", "pool", "slot_size", "tasks", "writer_qs",
+                 "events", "stop", "current", "stats", "level")
+
+    def __init__(self, wid, src, codec, plan_json, block_bytes, pool, slot_size, tasks, writer_qs, events, stop,
+                 current, stats=None, level=None):
+        _set_fields(self, locals())
+
+
+def _set_fields(args: Frozen, values: dict) -> None:
+    for f in args.__slots__:
+        object.__setattr__(args, f, values[f])
+
+
+def worker_main(a: WorkerArgs) -> None:
+    """Encode the chunks the coordinator hands out (``a``: WorkerArgs)."""
     child_init()
+    wid, src, events, current = a.wid, a.src, a.events, a.current
     try:
-        classify = _classifier(wid, src, level) if level is not None else None
-        ladder = getattr(codec_spec, "ladder", (codec_spec,))
+        classify = _classifier(wid, src, a.level) if a.level is not None else None
+        ladder = getattr(a.codec, "ladder", (a.codec,))
         codecs = [None] * len(ladder)
-        codecs[0 if len(ladder) == 1 else codec_spec.start] = codec_spec.make()
-        plan = Plan.from_json(plan_json)
+        codecs[0 if len(ladder) == 1 else a.codec.start] = a.codec.make()
+        plan = Plan.from_json(a.plan_json)
         # records._nonzero_blocks: a chunk all zero is found one MiB at a time (a compare each)
-        zero = bytes(max(block_bytes, min(plan.chunk_bytes, ZERO_COMPARE_BYTES)))
-        pool_mv = memoryview(pool)
-        mine = stats[wid * len(ladder) * 4:(wid + 1) * len(ladder) * 4] if stats is not None else None
-        for cid, slot, choice in tasks.records(POLL):
+        zero = bytes(max(a.block_bytes, min(plan.chunk_bytes, ZERO_COMPARE_BYTES)))
+        pool_mv, slot_size = memoryview(a.pool), a.slot_size
+        mine = a.stats
+        for cid, slot, choice in a.tasks.records(POLL):
             careful, slot = bool(slot & CAREFUL), slot & ~CAREFUL
-            if stop.value:
-                events.put(("skip", slot))
+            if a.stop.value:
+                events.put(Skipped(slot))
                 continue
             # what this worker is on, for the coordinator if a page fault kills us
             CURRENT.pack_into(current, wid * CURRENT.size, cid + 1, slot, time.monotonic())
@@ -77,7 +95,7 @@ def worker_main(wid, src, codec_spec, plan_json, block_bytes, pool, slot_size, t
                 out = pool_mv[slot * slot_size:(slot + 1) * slot_size]
                 t0, w0 = time.process_time(), time.monotonic()
                 length, csum, unreadable = encode_chunk(
-                    src, codec, chunk, block_bytes, out, zero, careful,
+                    src, codec, chunk, a.block_bytes, out, zero, careful,
                     excluded=classify(chunk, careful) if classify is not None and chunk.kind == KIND_PAGES
                     else None)
                 out.release()
@@ -87,19 +105,18 @@ def worker_main(wid, src, codec_spec, plan_json, block_bytes, pool, slot_size, t
                     mine[4 * choice + 3] += time.monotonic() - w0
                     mine[4 * choice] += chunk.raw_bytes(plan.page_size)
             except StripedumpError as e:
-                events.put(("err", f"worker {wid}", slot, *e.to_wire()))
+                events.put(Failed.of(f"worker {wid}", e, slot=slot))
                 continue
             finally:
                 CURRENT.pack_into(current, wid * CURRENT.size, 0, 0, 0.0)
             if unreadable:
-                events.put(("unreadable", cid, unreadable))
+                events.put(Unreadable(cid, unreadable))
             if classify is not None and classify.failed:
-                events.put(("unclassified", cid, classify.failed.pop()))
-            writer_qs[placement(cid, len(writer_qs))].put(
+                events.put(Unclassified(cid, classify.failed.pop()))
+            a.writer_qs[placement(cid, len(a.writer_qs))].put(
                 cid, slot, length, csum, chunk.raw_bytes(plan.page_size))
     except Exception as e:   # a bug: report it rather than die silently
-        events.put(("err", f"worker {wid}", None, "StripedumpError",
-                    f"internal error in worker {wid}: {type(e).__name__}: {e}"))
+        events.put(Failed.of(f"worker {wid}", e))
 
 
 def _classifier(wid, src, level):
@@ -148,88 +165,124 @@ def _make(codecs, ladder, choice):
     return codecs[choice]
 
 
-def writer_main(d, writer: MemberWriter, pool, slot_size, inbox, events, notes, routes=None,
-            watch: IOWatch | None = None, others=(), classes=None) -> None:
-    """Append the chunks of member ``d``; finalize it at END.
+class WriterArgs(Frozen):
+    """What the writer process of member ``d`` is started with.
 
-    Each chunk written is acknowledged with ("free", slot, raw bytes, d,
-    chunk id, durable): ``durable`` is -1, or, when that write was followed
-    by a sync, how many of the latest chunks are still not on the disk
-    (``--direct-io``: staged).  From these the coordinator knows which
-    chunks a failure of this target can take with it: those since its last
-    sync.  SYNC (the coordinator's barrier before END) syncs now and answers
-    ("synced", d, durable).
+    ``writer``: its MemberWriter.  ``routes`` (``--on-disk-error continue``,
+    degraded.py): after a failed write or sync the writer drops its target
+    and forwards every chunk it gets to a live writer instead of freeing it
+    unwritten.  ``watch`` (iowatch.py): where the writer says it is inside a
+    call on its target (and on which chunk), so that a hung target is
+    noticed.  ``others``: the other targets' fds, closed at once (it holds
+    its own only).  ``classes`` (dump levels): the workers' shared counters,
+    final when END comes (the workers are joined first): their sums go into
+    the footer.
+    """
+    __slots__ = ("d", "writer", "pool", "slot_size", "inbox", "events", "notes", "routes", "watch", "others",
+                 "classes")
 
-    ``routes`` (``--on-disk-error continue``, degraded.py): after a failed
-    write or sync this writer drops its target and forwards every chunk it
-    gets to a live writer instead of freeing it unwritten.
+    def __init__(self, d, writer: MemberWriter, pool, slot_size, inbox, events, notes, routes=None,
+                 watch: IOWatch | None = None, others=(), classes=None):
+        _set_fields(self, locals())
 
-    ``watch`` (iowatch.py): where this writer says it is inside a call on
-    its target (and on which chunk), so that a hung target is noticed.
-    ``others``: the other targets' fds, closed at once (it holds its own only).
-    ``classes`` (dump levels): the workers' shared counters, final when END
-    comes (the workers are joined first): their sums go into the footer.
+
+def writer_main(a: WriterArgs) -> None:
+    """Append the chunks of member ``a.d``; finalize it at END.
+
+    Each chunk written is acknowledged with ``Written`` (its ``durable``:
+    -1, or, when that write was followed by a sync, how many of the latest
+    chunks are still not on the disk: ``--direct-io``: staged).  From these
+    the coordinator knows which chunks a failure of this target can take
+    with it: those since its last sync.  SYNC (the coordinator's barrier
+    before END) syncs now and answers ``Synced``.
     """
     child_init()
     release_output()
-    for fd in others:
+    for fd in a.others:
         os.close(fd)
-    pool_mv = memoryview(pool)
-    failed = None
-    taken: dict[int, int] = {}     # member -> its chunks written here after it failed
-    ppid = coordinator_pid()
+    _WriterLoop(a).run(coordinator_pid())
 
-    def attempt(fn, *args) -> bool:
-        """Run a write or sync of the target; on failure drop the target (or report: stop)."""
-        nonlocal failed
-        try:
-            with target_call(watch, d, cid, slot, writer.pos):
-                fn(*args)
-            return True
-        except StripedumpError as e:
-            err = e
-        except Exception as e:
-            err = StripedumpError(f"internal error in writer {d}: {type(e).__name__}: {e}")
-        failed = str(err)
-        if routes is None:
-            events.put(("err", f"writer {d}", None, *err.to_wire()))
-        else:
-            routes.fail(d)
-            failed += " (target dropped: --on-disk-error continue; its chunks are on the other members)"
-            events.put(("diskfail", d, str(err)))
-        return False
 
-    cid = slot = None
-    while True:
-        msg = inbox.get(POLL)
-        if msg is None:
-            if parent_gone(ppid):
-                return      # coordinator gone: leave the member unfinalized
-            continue
-        if msg[0] == END:
-            with target_call(watch, d, None, 0, writer.pos):
-                finish_member(d, writer, msg[1], events, notes, failed, routes, taken,
-                              class_totals(classes) if classes is not None else ())
-            return
-        cid = slot = None
-        if msg[0] == SYNC:
-            if not failed and attempt(writer.sync):
-                events.put(("synced", d, writer.pending_chunks()))
-            continue
-        cid, slot, length, csum, raw_len = msg
-        if not failed:
-            syncs = writer.syncs
-            if attempt(writer.append, pool_mv[slot * slot_size:slot * slot_size + length], cid, csum, raw_len):
-                if routes is not None and cid % routes.members != d:
-                    taken[cid % routes.members] = taken.get(cid % routes.members, 0) + 1
-                events.put(("free", slot, raw_len, d, cid,
-                            writer.pending_chunks() if writer.syncs != syncs else -1))
+class _WriterLoop:
+    """A writer process's state: its member, whether its target failed, what it took for others."""
+
+    def __init__(self, a: WriterArgs):
+        self.a, self.d, self.writer, self.events = a, a.d, a.writer, a.events
+        self.pool_mv = memoryview(a.pool)
+        self.failed: str | None = None      # why its target failed (then: forward, or free unwritten)
+        self.taken: dict[int, int] = {}     # member -> its chunks written here after it failed
+        self.cid = self.slot = None          # the chunk being written, for iowatch
+
+    def run(self, ppid: int) -> None:
+        a, writer = self.a, self.writer
+        while True:
+            msg = a.inbox.get(POLL)
+            if msg is None:
+                if parent_gone(ppid):
+                    return      # coordinator gone: leave the member unfinalized
                 continue
+            self.cid = self.slot = None
+            if msg[0] == END:
+                with target_call(a.watch, self.d, None, 0, writer.pos):
+                    self.finish(msg[1])
+                return
+            if msg[0] == SYNC:
+                if not self.failed and self.attempt(writer.sync):
+                    self.events.put(Synced(self.d, writer.pending_chunks()))
+                continue
+            self.chunk(*msg)
+
+    def chunk(self, cid: int, slot: int, length: int, csum: int, raw_len: int) -> None:
+        """Append one chunk; or forward it (a failed target, with routes); or free its slot unwritten."""
+        d, writer, routes = self.d, self.writer, self.a.routes
+        self.cid, self.slot = cid, slot
+        if not self.failed:
+            syncs, at = writer.syncs, slot * self.a.slot_size
+            if self.attempt(writer.append, self.pool_mv[at:at + length], cid, csum, raw_len):
+                if routes is not None and cid % routes.members != d:
+                    self.taken[cid % routes.members] = self.taken.get(cid % routes.members, 0) + 1
+                self.events.put(Written(slot, raw_len, d, cid,
+                                        writer.pending_chunks() if writer.syncs != syncs else -1))
+                return
         if routes is not None:
             if routes.forward(cid, slot, length, csum, raw_len):
-                continue       # the slot now belongs to the writer it went to
-            events.put(("lost", d, cid))
-        events.put(("skip", slot))
+                return         # the slot now belongs to the writer it went to
+            self.events.put(Lost(d, cid))
+        self.events.put(Skipped(slot))
+
+    def attempt(self, fn, *args) -> bool:
+        """Run a write or sync of the target; on failure drop the target (or report: stop)."""
+        d = self.d
+        try:
+            with target_call(self.a.watch, d, self.cid, self.slot, self.writer.pos):
+                fn(*args)
+            return True
+        except Exception as e:
+            ev = Failed.of(f"writer {d}", e)
+        self.failed = str(ev.error)
+        if self.a.routes is None:
+            self.events.put(ev)
+        else:
+            self.a.routes.fail(d)
+            self.failed += " (target dropped: --on-disk-error continue; its chunks are on the other members)"
+            self.events.put(DiskFailed(d, str(ev.error)))
+        return False
+
+    def finish(self, state: int) -> None:
+        """Index, footer, header: complete or incomplete as the coordinator says (a dropped target:
+        incomplete)."""
+        a, writer, failed = self.a, self.writer, self.failed
+        note = read_note(a.notes)
+        if failed:
+            state, note = STATE_INCOMPLETE, failed
+        try:
+            length = writer.finish(state, note, a.routes.footer_entries(self.taken) if a.routes else (),
+                                   class_totals(a.classes) if a.classes is not None else ())
+        except Exception as e:
+            if not failed:        # a dropped target's finish may well fail: it was reported already
+                self.events.put(Failed.of(f"writer {self.d}", e))
+            length = writer.pos
+        self.events.put(MemberDone(self.d, length, writer.chunks, writer.bytes_in, self.taken))
 
 
 def release_output() -> None:
@@ -245,22 +298,6 @@ def release_output() -> None:
 def target_call(watch, d, cid, slot, pos):
     from contextlib import nullcontext
     return nullcontext() if watch is None else watch.call(d, cid, slot or 0, pos)
-
-
-def finish_member(d, writer: MemberWriter, state, events, notes, failed, routes, taken, classes=()) -> None:
-    """Index, footer, header: complete or incomplete as the coordinator says (a dropped target: incomplete)."""
-    note = read_note(notes)
-    if failed:
-        state, note = STATE_INCOMPLETE, failed
-    try:
-        length = writer.finish(state, note, routes.footer_entries(taken) if routes else (), classes)
-    except Exception as e:
-        if not failed:        # a dropped target's finish may well fail: it was reported already
-            err = e if isinstance(e, StripedumpError) else StripedumpError(
-                f"internal error in writer {d}: {type(e).__name__}: {e}")
-            events.put(("err", f"writer {d}", None, *err.to_wire()))
-        length = writer.pos
-    events.put(("done", d, length, writer.chunks, writer.bytes_in, taken))
 
 
 def write_note(notes, text: str) -> None:

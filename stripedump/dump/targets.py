@@ -41,6 +41,10 @@ Streams (sshtarget.py): an ``ssh://`` target is checked and locked on its
 host by the one ssh connection that will carry the member, before any local
 target is locked, and is told to go only when every target passed; ``-``
 (standard output) is a stream nobody acknowledges and must not be a terminal.
+
+A dump holds its targets as one ``TargetSet``, opened and closed in one
+place (coordinator.py): checked, opened and locked, heads written, handed
+to the writers, closed, and the streams' ssh children reaped.
 """
 
 from __future__ import annotations
@@ -51,9 +55,10 @@ import os
 import stat
 import time
 
-from ..errors import TargetIOError, TargetRefused, UsageError
+from ..errors import StripedumpError, TargetIOError, TargetRefused, UsageError
+from ..format.structs import STATE_INCOMPLETE
 from ..runtime.fileio import fsync_dir
-from .writer import SYNC_EVERY
+from .writer import SYNC_EVERY, MemberWriter, write_member_head
 from ..runtime.plain import Plain
 from ..remote.sshtarget import SCHEME, Remote, Sink, SshUrl, close_quietly
 
@@ -423,3 +428,90 @@ def _cmdline(pid: int) -> str:
         return "unknown"
     text = " ".join(w.decode("utf-8", "replace") for w in words if w)
     return text[:120] + ("..." if len(text) > 120 else "") or "unknown"
+
+
+class TargetSet:
+    """A dump's targets, from their check to the end of their streams.
+
+    ``TargetSet.check`` validates every target and opens none;
+    ``with targets.open(min_size, cfg):`` opens and locks them all
+    (``open_targets``: on a refusal nothing was written and everything opened
+    is closed again).  Inside the block: ``write_heads`` (every member's
+    header block and manifest), ``writer(d)`` (the MemberWriter of member
+    ``d``), ``release()`` once the writers have forked (from then on each
+    target is open in its writer only: no other process's close waits on a
+    hung target, iowatch.py).  Leaving the block closes every descriptor
+    still held, which releases its lock, and reaps the ssh children of the
+    streams (their writers have finished by then, or they get EOF).
+    """
+    STREAMS_END_WAIT = 10.0      # seconds an ssh child gets to confirm its member is on the disk
+
+    def __init__(self, targets: list[Target]):
+        self.targets = targets
+        self.headers: list = []          # each member's MemberHeader, once written
+        self.start = 0                   # where the chunk records begin (first_record_offset)
+        self.direct = self.discard = False
+
+    @classmethod
+    def check(cls, paths, source_st: os.stat_result, force: bool) -> "TargetSet":
+        return cls(check_targets(list(paths), source_st, force))
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __iter__(self):
+        return iter(self.targets)
+
+    def __getitem__(self, d: int) -> Target:
+        return self.targets[d]
+
+    @property
+    def paths(self) -> list[str]:
+        return [t.path for t in self.targets]
+
+    def open(self, min_size: int, cfg) -> "TargetSet":
+        """Open and lock every target (``cfg``: the DumpConfig's direct_io, force, ssh_options,
+        io_timeout, discard); the set is then the context manager that closes them."""
+        open_targets(self.targets, min_size, cfg.direct_io, cfg.force, cfg.ssh_options, cfg.io_timeout)
+        self.direct, self.discard = cfg.direct_io, cfg.discard
+        return self
+
+    def __enter__(self) -> "TargetSet":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+        end_streams(self.targets, self.STREAMS_END_WAIT)
+
+    def release(self) -> None:
+        close_targets(self.targets)
+
+    def warn_space(self, input_bytes: int, say) -> None:
+        """ssh:// targets whose host has less room than their share of the source: a warning each."""
+        n = len(self.targets)
+        for t in self.targets:
+            if t.remote is not None and t.remote.avail is not None and t.remote.avail < input_bytes // n:
+                say(f"target {t.path}: {t.remote.avail / 1e6:.0f} MB free there, less than the source's "
+                    f"{input_bytes / 1e6:.0f} MB / {n} target(s) (fine if it compresses that well)", 0)
+
+    def write_heads(self, headers: list, manifest_rec: bytes, start: int) -> None:
+        """Every member's header block and manifest record; its chunk records begin at ``start``."""
+        self.start = start
+        for t, h in zip(self.targets, headers):
+            write_member_head(t.fd, t.path, h, manifest_rec, start, t.stream)
+            self.headers.append(h)
+
+    def writer(self, d: int) -> MemberWriter:
+        """The writer of member ``d`` (a stream: append-only through its sink, never O_DIRECT)."""
+        t = self.targets[d]
+        return MemberWriter(t.fd, t.path, self.headers[d], self.start, self.direct and not t.stream,
+                            self.discard, t.sink)
+
+    def abandon(self, why: str) -> None:
+        """Finalize every member whose head was written as incomplete, before its first chunk: no
+        member is left "writing".  A target's own failure here is not the one to report."""
+        for d in range(len(self.headers)):
+            try:
+                self.writer(d).finish(STATE_INCOMPLETE, why)
+            except StripedumpError:
+                pass

@@ -29,9 +29,10 @@ import queue
 import sys
 from typing import NamedTuple
 
-from ..errors import Interrupted, MemberError, StripedumpError, VerifyError, from_wire
+from ..errors import Interrupted, MemberError, StripedumpError
+from ..runtime.ipc import ChunkRead, Failed, decode
 from ..runtime.procs import POLL, Signals, child_init, describe_exit, join_all, messages, queue_pair, spawn
-from .reader import MISSING, ChunkError, Dump
+from .reader import MISSING, Dump
 
 INFLIGHT_PER_WORKER = 4
 TURN_POLL = 1.0         # seconds between checks, while waiting for a turn, that the pool still runs
@@ -99,51 +100,53 @@ def pool_worker(wid, dump: Dump, make_handler, tasks, events, turns: Turns | Non
     source could not give at dump time, and None or what must be done in
     the task's turn (``then()``, with ``turns``).  A task that fails before
     its turn still takes it and passes it on.  Tasks come in batches
-    (``batch_size``); every outcome is an event: ("ok", raw bytes,
-    unreadable ranges) or ("err", class name, message[, chunk id]), sent
-    back as one list per batch.
+    (``batch_size``); every outcome is an event (runtime/ipc.py):
+    ``ChunkRead``, or ``Failed`` with the chunk id and the error, of its own
+    class (a record that fails its checks: reader.ChunkError), sent back as
+    one list per batch.
     """
     child_init()
     # the coordinator reports every failed chunk; the reader's log line would be a second one
     logging.getLogger("stripedump.read.reader").disabled = True
-    paths = dump.paths
-    fds = {}
-    remotes = {}         # member position -> remote.RemoteFile: this worker's own connection
-    # one buffer for every record (issue 12: ``preadv`` into it takes half the CPU of ``pread``,
-    # which allocates and faults in a new bytes object per record).  The handler is done with
-    # a record (its turn included) before the next one is read; a longer record gets a new
-    # buffer, never a resized one (views of the old one may live on)
-    buf = memoryview(bytearray(0))
+    who = f"join worker {wid}"
+    try:
+        w = _PoolReader(who, dump, make_handler(), turns)
+        for batch in messages(tasks):
+            done: list = []
+            try:
+                _prefetch_remote(batch, dump.paths, w.remotes)
+                for t in batch:
+                    done.append(w.one(Task(*t)))
+            finally:
+                events.put([ev.wire() for ev in done])    # one message for the batch (issue 12: fewer wake-ups)
+    except Exception as e:
+        events.put([Failed.of(who, e).wire()])
 
-    def one(t: Task):
+
+class _PoolReader:
+    """A pool worker's reads: its own descriptors and ssh:// connections, and one record buffer.
+
+    One buffer for every record (issue 12: ``preadv`` into it takes half the
+    CPU of ``pread``, which allocates and faults in a new bytes object per
+    record).  The handler is done with a record (its turn included) before
+    the next one is read; a longer record gets a new buffer, never a resized
+    one (views of the old one may live on).
+    """
+
+    def __init__(self, who: str, dump: Dump, handle, turns: Turns | None):
+        self.who, self.dump, self.handle, self.turns = who, dump, handle, turns
+        self.fds: dict = {}
+        self.remotes: dict = {}      # member position -> remote.RemoteFile: this worker's own connection
+        self.buf = memoryview(bytearray(0))
+
+    def one(self, t: Task):
         """The event of one task."""
+        dump, turns = self.dump, self.turns
         where = dump.where(t.chunk_id)
-        nonlocal buf
         try:
             try:
-                if paths[t.member].startswith("ssh://"):
-                    try:
-                        rec = _remote(t.member, paths, remotes).pread(t.offset, t.length)
-                    except MemberError as e:
-                        if getattr(e, "absent", False):
-                            remotes[t.member] = e     # the host went away: its other chunks fail at once
-                        raise
-                    if len(rec) != t.length:
-                        raise MemberError(f"{where}: record truncated")
-                else:
-                    fd = fds.get(t.member)
-                    if fd is None:
-                        fd = fds[t.member] = os.open(paths[t.member], os.O_RDONLY)
-                    if len(buf) < t.length:
-                        buf = memoryview(bytearray(t.length))
-                    rec = buf[:t.length]
-                    if os.preadv(fd, [rec], t.offset) != t.length:
-                        raise MemberError(f"{where}: record truncated")
-                try:
-                    checked = dump.check_record(t.chunk_id, rec)
-                except ChunkError as e:
-                    raise VerifyError(str(e)) from None
-                bad, then = handle(rec, checked, where, t)
+                rec = self.record(t, where)
+                bad, then = self.handle(rec, dump.check_record(t.chunk_id, rec), where, t)
             except BaseException:
                 if turns is not None:
                     with turns.turn(t.seq, where):    # nothing to do in it: pass it on
@@ -154,26 +157,34 @@ def pool_worker(wid, dump: Dump, make_handler, tasks, events, turns: Turns | Non
                     if then is not None:
                         then()
             c = dump.plan.chunk(t.chunk_id)
-            return ("ok", t.raw, [(c.kind, c.start, a, b) for a, b in bad])
+            return ChunkRead(t.raw, [(c.kind, c.start, a, b) for a, b in bad])
         except StripedumpError as e:
-            return ("err", *e.to_wire(), t.chunk_id)
+            return Failed.of(self.who, e, chunk=t.chunk_id)
         except OSError as e:
-            return ("err", "MemberError", f"{where}: read error: {e.strerror}", t.chunk_id)
+            return Failed.of(self.who, MemberError(f"{where}: read error: {e.strerror}"), chunk=t.chunk_id)
 
-    try:
-        handle = make_handler()
-        for batch in messages(tasks):
-            done: list = []
+    def record(self, t: Task, where: str):
+        """The bytes of task ``t``'s record (a view of the buffer, for a local member)."""
+        paths = self.dump.paths
+        if paths[t.member].startswith("ssh://"):
             try:
-                _prefetch_remote(batch, paths, remotes)
-                for t in batch:
-                    done.append(one(Task(*t)))
-            finally:
-                events.put(done)        # one message for the batch (issue 12: fewer wake-ups)
-    except StripedumpError as e:
-        events.put([("err", *e.to_wire())])
-    except Exception as e:
-        events.put([("err", "StripedumpError", f"internal error in join worker {wid}: {type(e).__name__}: {e}")])
+                rec = _remote(t.member, paths, self.remotes).pread(t.offset, t.length)
+            except MemberError as e:
+                if getattr(e, "absent", False):
+                    self.remotes[t.member] = e     # the host went away: its other chunks fail at once
+                raise
+            if len(rec) != t.length:
+                raise MemberError(f"{where}: record truncated")
+            return rec
+        fd = self.fds.get(t.member)
+        if fd is None:
+            fd = self.fds[t.member] = os.open(paths[t.member], os.O_RDONLY)
+        if len(self.buf) < t.length:
+            self.buf = memoryview(bytearray(t.length))
+        rec = self.buf[:t.length]
+        if os.preadv(fd, [rec], t.offset) != t.length:
+            raise MemberError(f"{where}: record truncated")
+        return rec
 
 
 def _prefetch_remote(batch, paths, remotes: dict) -> None:
@@ -242,99 +253,112 @@ def run_pool(dump: Dump, workers: int, make_handler, keep_going: bool, progress,
     ``turns``, each task's in-order part runs in its turn, and the pool
     stops ``turns`` when it stops before every task was done.
     """
-    if unreadable is None:
-        unreadable = []
-    failed: list[int] = []
-    ds, index, plan = dump.ds, dump.index, dump.plan
-    tasks, events = queue_pair()
+    run = _PoolRun(dump, workers, keep_going, progress, [] if unreadable is None else unreadable,
+                   allow_incomplete, turns)
+    tasks, run.events = queue_pair()
     remote = sys.modules.get("stripedump.remote.sshread")
     if remote is not None:
         remote.before_fork()      # no SSH connection is shared with the workers: each opens its own
-    procs = [spawn(pool_worker, f"stripedump-join-{i}", (i, dump, make_handler, tasks, events, turns))
-             for i in range(workers)]
-    errors: list[str] = []
-    fatal: StripedumpError | None = None
-    ok = nbytes = inflight = 0
-    per_batch = batch_size(plan.n_chunks, workers, turns)
-    limit = INFLIGHT_PER_WORKER * workers * per_batch
-
-    def handle(ev):
-        nonlocal ok, nbytes, inflight, fatal
-        inflight -= 1
-        if ev[0] == "ok":
-            ok += 1
-            nbytes += ev[1]
-            unreadable.extend(ev[2])
-            if progress:
-                progress(nbytes, ds.plan.input_bytes)
-        else:
-            err = from_wire(ev[1], ev[2])
-            errors.append(str(err))
-            if allow_incomplete and len(ev) > 3:
-                failed.append(ev[3])      # a damaged chunk: missing, the rest goes on
-            elif not keep_going and fatal is None:
-                fatal = err
-
-    def wait_one():
-        nonlocal fatal
-        while True:
-            try:
-                for ev in events.get(timeout=POLL):     # a batch's events
-                    handle(ev)
-                return True
-            except queue.Empty:
-                if sig.signum:    # a worker may be stuck on a stalled pipe: do not wait for it
-                    fatal = fatal or Interrupted("interrupted; output removed", sig.signum)
-                    return False
-                for i, p in enumerate(procs):
-                    if p.exitcode is not None:
-                        fatal = fatal or StripedumpError(f"join worker {i} (pid {p.pid}) "
-                                                         f"{describe_exit(p)} unexpectedly")
-                        return False
-
-    alive = True
-    with Signals() as sig:
+    run.procs = [spawn(pool_worker, f"stripedump-join-{i}", (i, dump, make_handler, tasks, run.events, turns))
+                 for i in range(workers)]
+    with Signals() as run.sig:
         try:
-            seq = 0
-            batch: list = []
-            for cid in range(plan.n_chunks):
-                if sig.signum:
-                    fatal = Interrupted("interrupted; output removed", sig.signum)
-                if fatal is not None:
-                    break
-                pos = index.member[cid]
-                if pos == MISSING or (wanted is not None and not wanted(cid)):
-                    continue
-                batch.append((pos, cid, index.offset[cid], index.length[cid],
-                              plan.chunk(cid).raw_bytes(dump.page_size), seq))
-                seq += 1
-                if len(batch) < per_batch and cid + 1 < plan.n_chunks:
-                    continue
-                tasks.put(batch)
-                inflight += len(batch)
-                batch = []
-                while inflight >= limit and alive and fatal is None:
-                    alive = wait_one()
-            if batch and fatal is None:      # the last chunks were not wanted: what was gathered
-                tasks.put(batch)
-                inflight += len(batch)
-            while inflight > 0 and alive:
-                if fatal is not None and turns is not None:
-                    turns.stop()      # the failed join's later chunks need no turn: none waits for one
-                alive = wait_one()
+            run.feed(tasks, wanted)
         except StripedumpError as e:
-            fatal = fatal or e
+            run.fatal = run.fatal or e
         finally:
-            if turns is not None and (fatal is not None or inflight > 0):
+            if turns is not None and (run.fatal is not None or run.inflight > 0):
                 turns.stop()     # workers waiting for a turn that will not come give up
-            for _ in procs:
+            for _ in run.procs:
                 tasks.put(None)
-            join_all(procs, lambda e: None, "join worker")
-    if fatal is not None:
-        raise fatal
+            join_all(run.procs, lambda e: None, "join worker")
+    if run.fatal is not None:
+        raise run.fatal
     absent = list(dump.missing)
     if missing is not None:
-        missing.extend(sorted(set(absent + failed)))
+        missing.extend(sorted(set(absent + run.failed)))
     elif absent:
-        errors.append(ds.describe_absent(absent))
-    return ok, nbytes, errors
+        run.errors.append(dump.ds.describe_absent(absent))
+    return run.ok, run.nbytes, run.errors
+
+
+class _PoolRun:
+    """The coordinator's side of one pool run: the feed, the tally of the workers' events, the stop."""
+
+    def __init__(self, dump: Dump, workers: int, keep_going: bool, progress, unreadable: list,
+                 allow_incomplete: bool, turns: Turns | None):
+        self.dump, self.keep_going, self.progress = dump, keep_going, progress
+        self.unreadable, self.allow_incomplete, self.turns = unreadable, allow_incomplete, turns
+        self.per_batch = batch_size(dump.plan.n_chunks, workers, turns)
+        self.limit = INFLIGHT_PER_WORKER * workers * self.per_batch
+        self.procs: list = []
+        self.events = self.sig = None
+        self.errors: list[str] = []
+        self.failed: list[int] = []        # chunks that failed their checks (allow_incomplete)
+        self.fatal: StripedumpError | None = None
+        self.ok = self.nbytes = self.inflight = 0
+        self.alive = True
+
+    def feed(self, tasks, wanted) -> None:
+        """Hand out every wanted chunk in batches, in chunk-id order, then wait for what is in flight."""
+        dump, plan, index = self.dump, self.dump.plan, self.dump.index
+        seq = 0
+        batch: list = []
+        for cid in range(plan.n_chunks):
+            if self.sig.signum:
+                self.fatal = Interrupted("interrupted; output removed", self.sig.signum)
+            if self.fatal is not None:
+                break
+            pos = index.member[cid]
+            if pos == MISSING or (wanted is not None and not wanted(cid)):
+                continue
+            batch.append((pos, cid, index.offset[cid], index.length[cid],
+                          plan.chunk(cid).raw_bytes(dump.page_size), seq))
+            seq += 1
+            if len(batch) < self.per_batch and cid + 1 < plan.n_chunks:
+                continue
+            tasks.put(batch)
+            self.inflight += len(batch)
+            batch = []
+            while self.inflight >= self.limit and self.alive and self.fatal is None:
+                self.alive = self.wait_one()
+        if batch and self.fatal is None:      # the last chunks were not wanted: what was gathered
+            tasks.put(batch)
+            self.inflight += len(batch)
+        while self.inflight > 0 and self.alive:
+            if self.fatal is not None and self.turns is not None:
+                self.turns.stop()      # the failed join's later chunks need no turn: none waits for one
+            self.alive = self.wait_one()
+
+    def handle(self, ev) -> None:
+        """One task's event (runtime/ipc.py: ChunkRead or Failed)."""
+        self.inflight -= 1
+        if type(ev) is ChunkRead:
+            self.ok += 1
+            self.nbytes += ev.raw
+            self.unreadable.extend(ev.unreadable)
+            if self.progress:
+                self.progress(self.nbytes, self.dump.ds.plan.input_bytes)
+            return
+        self.errors.append(str(ev.error))
+        if self.allow_incomplete and ev.chunk is not None:
+            self.failed.append(ev.chunk)      # a damaged chunk: missing, the rest goes on
+        elif not self.keep_going and self.fatal is None:
+            self.fatal = ev.error
+
+    def wait_one(self) -> bool:
+        """Handle a batch's events; False when the pool must stop waiting (a signal, a dead worker)."""
+        while True:
+            try:
+                for wire in self.events.get(timeout=POLL):
+                    self.handle(decode(wire))
+                return True
+            except queue.Empty:
+                if self.sig.signum:    # a worker may be stuck on a stalled pipe: do not wait for it
+                    self.fatal = self.fatal or Interrupted("interrupted; output removed", self.sig.signum)
+                    return False
+                for i, p in enumerate(self.procs):
+                    if p.exitcode is not None:
+                        self.fatal = self.fatal or StripedumpError(f"join worker {i} (pid {p.pid}) "
+                                                                   f"{describe_exit(p)} unexpectedly")
+                        return False

@@ -81,12 +81,11 @@ def is_remote(path: str) -> bool:
 class RemoteError(MemberError):
     """An ``ssh://`` member cannot be read; ``absent``: it is not there (host down, no such file)."""
 
+    wire_attrs = ("absent",)
+
     def __init__(self, message: str, absent: bool = False):
         super().__init__(message)
         self.absent = absent
-
-    def to_wire(self) -> tuple[str, str]:
-        return ("MemberError", self.message)      # from a read pool worker: a member error
 
 
 def parse(url: str) -> tuple[str | None, str, int | None, str]:

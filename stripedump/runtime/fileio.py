@@ -3,7 +3,8 @@
 Why: ``os.pread`` and ``os.write`` may move fewer bytes than asked (signals,
 block device boundaries, pipes).  Every reader and writer in stripedump needs
 the same loop; only the error it raises (SourceError, MemberError, ...) and
-the words of the message differ.
+the words of the message differ.  The same holds for making a file or a new
+name durable (``fsync_dir``, ``write_json_atomic``: dump --manifest).
 """
 
 from __future__ import annotations
@@ -61,3 +62,38 @@ def fsync_dir(path: str, error) -> None:
             raise error(f"cannot sync directory {path}: {e.strerror}") from None
     finally:
         os.close(fd)
+
+
+def write_json_atomic(path: str, obj, error, what: str) -> None:
+    """Write ``obj`` as JSON so that a reader sees the old file or the new one, never a part.
+
+    A temporary file in the same directory, synced, renamed over ``path``, and
+    the directory synced: after a power loss the name points at a whole file.
+    The file gets the mode ``open()`` would have given it.  On failure the
+    temporary file is removed and ``error("cannot write <what>: ...")`` raised.
+    """
+    import json
+    import tempfile
+    folder, name = os.path.split(os.path.abspath(path))
+    tmp = None
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=1, sort_keys=True)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)    # mkstemp makes 0600; keep what open() would have made
+        os.replace(tmp, path)
+        tmp = None
+    except OSError as e:
+        raise error(f"cannot write {what}: {e.strerror}") from None
+    finally:
+        if tmp is not None:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+    fsync_dir(folder, error)

@@ -11,6 +11,14 @@ Every wait is bounded: readers ``select()`` with a timeout and give up when
 their parent has gone, so no process waits forever on a peer that died.
 Read ends are non-blocking, so when several workers race for one task, the
 losers go back to ``select()`` instead of blocking in ``read()``.
+
+The protocol: what a child tells its parent is one of the named event
+records below (``Event``: a dump's workers and writers on an ``EventPipe``,
+the join pool's workers in batches on a multiprocessing queue).  On the wire
+a record is a plain tuple, its tag first (``Event.wire``), and ``decode`` is
+the one place that turns it back into a record; a ``Failed`` record carries
+its error as errors.py's wire form and is decoded to the error itself, of
+its own class.
 """
 
 from __future__ import annotations
@@ -20,6 +28,8 @@ import os
 import select
 import struct
 
+from ..errors import StripedumpError, from_wire
+from .plain import Record
 from .procs import coordinator_pid
 
 PIPE_BUF = select.PIPE_BUF          # writes up to this size are atomic (POSIX: >= 512)
@@ -93,12 +103,13 @@ class RecordPipe:
             yield rec
 
 
-class MessagePipe:
-    """Small messages (under PIPE_BUF); many writers, one reader.
+class EventPipe:
+    """Event records (below), each under PIPE_BUF; many writers, one reader.
 
-    A message is a tuple of ints, floats, strings, None and small lists and
-    dicts of them, from the dump's own children: ``marshal`` carries that,
-    and is built in (pickle was an import of 2 ms in every run, issue 12).
+    On the wire an event is a tuple of ints, floats, strings, None and small
+    tuples and dicts of them, from the dump's own children: ``marshal``
+    carries that, and is built in (pickle was an import of 2 ms in every
+    run, issue 12).
     """
 
     HEAD = struct.Struct("<I")
@@ -110,7 +121,8 @@ class MessagePipe:
 
     close = RecordPipe.close
 
-    def put(self, obj) -> None:
+    def put(self, event: "Event") -> None:
+        obj = event.wire()
         data = marshal.dumps(obj)
         if len(data) + 4 > PIPE_BUF:            # only error texts can be long: shorten them
             obj = tuple(x[:PIPE_BUF // 4] if isinstance(x, str) else x for x in obj)
@@ -118,7 +130,7 @@ class MessagePipe:
         os.write(self.w, self.HEAD.pack(len(data)) + data)
 
     def get_all(self, timeout: float) -> list:
-        """Every complete message available within ``timeout`` seconds (maybe none)."""
+        """Every complete event available within ``timeout`` seconds (maybe none), decoded."""
         if not select.select([self.r], [], [], timeout)[0]:
             return []
         try:
@@ -130,7 +142,119 @@ class MessagePipe:
             (n,) = self.HEAD.unpack_from(buf, pos)
             if pos + 4 + n > len(buf):
                 break
-            out.append(marshal.loads(buf[pos + 4:pos + 4 + n]))
+            out.append(decode(marshal.loads(buf[pos + 4:pos + 4 + n])))
             pos += 4 + n
         self._buf = buf[pos:]
         return out
+
+
+# -- the events children send to their parent ------------------------------------------
+
+_EVENTS: dict = {}      # tag -> Event class
+
+
+class Event(Record):
+    """A named record a child sends its parent: ``class X(Event, tag="x", fields=(...))``.
+
+    Records of runtime/plain.py (no NamedTuple on the dump path, issue 12);
+    ``wire()`` is the tuple that crosses the pipe (the tag, then the
+    fields), ``decode`` rebuilds the record from it.
+    """
+    __slots__ = ()
+    TAG = ""
+
+    def __init_subclass__(cls, tag: str = "", **kw):
+        super().__init_subclass__(**kw)
+        if tag:
+            assert tag not in _EVENTS, tag
+            cls.TAG = tag
+            _EVENTS[tag] = cls
+
+    def wire(self) -> tuple:
+        return (self.TAG, *self)
+
+    @classmethod
+    def unwire(cls, fields: tuple) -> "Event":
+        return tuple.__new__(cls, fields)
+
+
+def decode(wire: tuple) -> Event:
+    """The event record a child sent (``Event.wire``): the one place the protocol is read."""
+    return _EVENTS[wire[0]].unwire(wire[1:])
+
+
+# a dump's workers and writers -> the coordinator (dump/stages.py -> dump/loop.py)
+
+class Written(Event, tag="free", fields=("slot", "raw", "member", "chunk", "durable")):
+    """Writer -> coordinator: ``chunk`` (``raw`` source bytes) is on ``member``; ``slot`` is free
+    again.  ``durable``: -1, or (the write was followed by a sync) how many of the latest chunks
+    are still not on the disk (``--direct-io``: staged; a stream: not acknowledged)."""
+    __slots__ = ()
+
+
+class Skipped(Event, tag="skip", fields=("slot",)):
+    """Worker or writer -> coordinator: a chunk was not written (the dump stops); ``slot`` is free."""
+    __slots__ = ()
+
+
+class Unreadable(Event, tag="unreadable", fields=("chunk", "blocks")):
+    """Worker -> coordinator: ``blocks`` blocks of ``chunk`` could not be read from the source."""
+    __slots__ = ()
+
+
+class Unclassified(Event, tag="unclassified", fields=("chunk", "why")):
+    """Worker -> coordinator (dump levels): classifying ``chunk``'s pages failed; they are kept."""
+    __slots__ = ()
+
+
+class Synced(Event, tag="synced", fields=("member", "durable")):
+    """Writer -> coordinator: the sync asked for (SYNC) succeeded; ``durable`` as in Written."""
+    __slots__ = ()
+
+
+class DiskFailed(Event, tag="diskfail", fields=("member", "why")):
+    """Writer -> coordinator (``--on-disk-error continue``): its target failed and was dropped."""
+    __slots__ = ()
+
+
+class Lost(Event, tag="lost", fields=("member", "chunk")):
+    """Writer -> coordinator (``--on-disk-error continue``): no live target was left for ``chunk``."""
+    __slots__ = ()
+
+
+class MemberDone(Event, tag="done", fields=("member", "length", "chunks", "bytes_in", "taken")):
+    """Writer -> coordinator: ``member`` is finalized (``length`` bytes, ``chunks`` chunks of
+    ``bytes_in`` source bytes; ``taken``: {dropped member: its chunks stored here})."""
+    __slots__ = ()
+
+
+# the join pool's workers -> its coordinator (read/pool.py), in one list per batch
+
+class ChunkRead(Event, tag="ok", fields=("raw", "unreadable")):
+    """Pool worker -> pool: a chunk of ``raw`` bytes was handled; ``unreadable``: the ranges the
+    source could not give at dump time, as (kind, chunk start, byte offset, byte end)."""
+    __slots__ = ()
+
+
+# any child -> its parent
+
+class Failed(Event, tag="err", fields=("who", "slot", "chunk", "error")):
+    """An error in a child (``who``: "worker 1", "writer 0", "join worker 2"): ``error`` is the
+    StripedumpError itself, rebuilt in the parent as its own class (errors.from_wire); ``slot``:
+    the dump slot it gives back, ``chunk``: the join chunk that failed (each None when none)."""
+    __slots__ = ()
+
+    @classmethod
+    def of(cls, who: str, e: BaseException, slot: int | None = None, chunk: int | None = None) -> "Failed":
+        """The event of ``e`` in ``who``: an error other than a StripedumpError is a bug there."""
+        if not isinstance(e, StripedumpError):
+            e = StripedumpError(f"internal error in {who}: {type(e).__name__}: {e}")
+        return cls(who, slot, chunk, e)
+
+    def wire(self) -> tuple:
+        return (self.TAG, self.who, self.slot, self.chunk, *self.error.to_wire())
+
+    @classmethod
+    def unwire(cls, fields: tuple) -> "Failed":
+        who, slot, chunk, names, message, attrs = fields
+        return tuple.__new__(cls, (who, slot, chunk, from_wire(names, message, attrs)))
