@@ -43,13 +43,14 @@ Where it is written: this module sets a dump up (``dump``: the level, the
 plan, the workers and slot pool fitted to the machine, the manifest, the
 targets as one ``TargetSet`` opened and closed here, every member's head);
 the coordinator (loop.py's ``Coordinator``) then runs in three named steps:
-``start_children``; ``feed`` (phase 1: hand out chunks while slots are
-free, handle the children's events, watch for dead or stuck children); and
-``shutdown`` (phase 2: stop the workers, tell each writer how to finish,
-collect the members, join every child, kill what does not stop).  Phase 2
-runs whatever happened in phase 1, so every member is finalized.  What it
-reports is result.py's ``DumpResult``; ``--codec auto``'s statistics are
-autocodec.py's, the books of a degraded dump degraded.py's.
+the children started (crew.py: the shared memory and pipes, then the
+forks); ``feed`` (phase 1: hand out chunks while slots are free, handle the
+children's events, watch for dead or stuck children); and ``shutdown``
+(phase 2: stop the workers, tell each writer how to finish, collect the
+members, join every child, kill what does not stop).  Phase 2 runs whatever
+happened in phase 1, so every member is finalized.  What it reports is
+result.py's ``DumpResult``; ``--codec auto``'s statistics are autocodec.py's,
+the books of a degraded dump degraded.py's.
 
 Exit 0 means every chunk is on a member that was finalized and synced; every
 other outcome raises.  Failure: every error in a child travels back on the

@@ -1,10 +1,13 @@
-"""A dump's child processes as the coordinator sees them: started, watched, replaced, joined.
+"""A dump's child processes as the coordinator sees them: what they share, started, watched, joined.
 
 Why a module of its own: the coordinator's loop (loop.py) decides what a
-death means for the dump; this module knows the processes.  It forks each
-child with its one arguments value (stages.py: WorkerArgs, WriterArgs), and
-reads the table in shared memory where each worker says which chunk it is
-on (``CURRENT``: chunk id + 1, slot, start time).  From it:
+death means for the dump; this module knows the processes and what they
+share with the coordinator: anonymous shared memory and pipes made before
+the first fork (``Crew.open``) and closed after the last join
+(``Crew.close``).  It forks each child with its one arguments value
+(stages.py: WorkerArgs, WriterArgs), and reads the table in shared memory
+where each worker says which chunk it is on (``CURRENT``: chunk id + 1,
+slot, start time).  From it:
 
 * a worker on one chunk longer than ``--stall-seconds`` (a read of the
   source that never returns) is killed;
@@ -25,47 +28,80 @@ import signal
 import time
 
 from ..errors import StripedumpError
-from ..runtime.ipc import END
+from ..runtime.ipc import END, EventPipe, RecordPipe, SharedFlag
 from ..runtime.procs import describe_exit, join_all, reap, spawn
-from .stages import CAREFUL, CURRENT, worker_main, writer_main
+from .degraded import Routes
+from .iowatch import IOWatch
+from .stages import CAREFUL, CLASS_NAMES, CURRENT, TASK, WRITE, WorkerArgs, WriterArgs, worker_main, writer_main
 
 
 class Crew:
-    """The workers and writers of one dump.
+    """The workers and writers of one dump (``job``: loop.DumpJob), and what they share.
 
     ``say``: the dump's messages; ``choose()``: the codec choice of a
-    retried chunk.  ``open(tasks)`` makes the shared table and takes the
-    task pipe (a retried chunk goes back on it) before any child starts;
-    without it (a dump that failed before) there is nothing to watch or join.
+    retried chunk.  Before ``open`` (a dump that failed before it) there is
+    nothing to start, watch, join or close.
     """
 
-    def __init__(self, workers: int, say, choose):
-        self.W, self.say, self.choose = workers, say, choose
-        self.tasks = self.current = None
+    def __init__(self, job, say, choose):
+        self.job, self.W, self.D = job, job.cfg.nworkers, len(job.targets)
+        self.say, self.choose = say, choose
+        # shared memory and pipes (open): anonymous, inherited across fork
+        self.pool = self.notes = self.stop = self.current = self.routes = self.iow = self.classes = None
+        self.auto = None                   # --codec auto: autocodec.AutoStats
+        self.tasks = self.events = self.plan_json = None
+        self.writer_qs: list[RecordPipe] = []
         self.workers: list = []
         self.writers: list = []
-        self.worker_args = None            # i -> the WorkerArgs of worker i
         self.retried: set[int] = set()     # chunks handed out again to be read page by page
         self.stalled: set[int] = set()     # workers killed as stuck, not yet replaced
 
-    def open(self, tasks) -> None:
-        self.tasks = tasks
-        self.current = mmap.mmap(-1, self.W * CURRENT.size, mmap.MAP_SHARED)   # CURRENT, per worker
+    def open(self, auto) -> None:
+        """The slot pool, the notes (why the dump ended early, for the writers), the stop flag (set
+        by the coordinator: workers skip what is left), the table of what each worker is on, the
+        pipes (tasks, events, one per writer), the writers' routes (``--on-disk-error continue``),
+        the hung-target watch, a dump level's per-worker class counters, and ``auto``'s statistics."""
+        job, cfg = self.job, self.job.cfg
+        self.pool = mmap.mmap(-1, job.slots * job.slot_size, mmap.MAP_SHARED)
+        self.notes = mmap.mmap(-1, 4096, mmap.MAP_SHARED)
+        self.stop = SharedFlag()
+        self.current = mmap.mmap(-1, self.W * CURRENT.size, mmap.MAP_SHARED)
+        self.tasks, self.events = RecordPipe(TASK), EventPipe()
+        self.writer_qs = [RecordPipe(WRITE) for _ in range(self.D)]
+        if cfg.on_disk_error == "continue":
+            self.routes = Routes(self.writer_qs)
+        self.iow = IOWatch(job.targets, cfg.io_timeout)
+        if job.level is not None and job.level.applied:
+            self.classes = memoryview(mmap.mmap(-1, 8 * self.W * len(CLASS_NAMES), mmap.MAP_SHARED)).cast("Q")
+        self.auto = auto
+        self.plan_json = job.plan.to_json()
 
-    def start_writers(self, args: list) -> None:
-        """One writer per member (``args``: its WriterArgs); a failed fork leaves the rest unstarted."""
-        for a in args:
-            self.writers.append(spawn(writer_main, f"stripedump-writer-{a.d}", (a,)))
-
-    def start_workers(self, worker_args) -> None:
-        self.worker_args = worker_args
+    def start(self) -> None:
+        """Fork the writers, hand the targets to them, fork the workers."""
+        for d in range(self.D):        # a failed fork leaves the rest unstarted (finalized by the coordinator)
+            self.writers.append(spawn(writer_main, f"stripedump-writer-{d}", (self.writer_args(d),)))
+        self.job.targets.release()     # from here on each target is open in its writer only (iowatch.py)
         for i in range(self.W):
             self.workers.append(self.new_worker(i))
         for p in self.writers + self.workers:
             self.say(f"started {p.name} (pid {p.pid})", 2)
 
+    def writer_args(self, d: int) -> WriterArgs:
+        targets = self.job.targets
+        w = targets.writer(d)
+        if self.auto is not None:
+            self.auto.time_writer(d, w)
+        others = tuple(fd for u in targets if u is not targets[d] for fd in u.fds())
+        return WriterArgs(d, w, self.pool, self.job.slot_size, self.writer_qs[d], self.events, self.notes,
+                          self.routes, self.iow, others, self.classes)
+
     def new_worker(self, i: int):
-        return spawn(worker_main, f"stripedump-worker-{i}", (self.worker_args(i),))
+        job = self.job
+        level = (job.level.applied, job.level.info, self.classes) if self.classes is not None else None
+        args = WorkerArgs(i, job.src, job.cfg.codec, self.plan_json, job.block_bytes, self.pool, job.slot_size,
+                          self.tasks, self.writer_qs, self.events, self.stop, self.current,
+                          self.auto.worker_row(i) if self.auto is not None else None, level)
+        return spawn(worker_main, f"stripedump-worker-{i}", (args,))
 
     def watch(self, stall_seconds: float) -> None:
         """Kill a worker stuck on one chunk (a read that never returns) so it can be retried."""
@@ -120,3 +156,11 @@ class Crew:
 
     def reap(self) -> None:
         reap(self.workers + self.writers)
+
+    def close(self) -> None:
+        """The pipes and the slot pool, once every child is gone."""
+        for pipe in [self.tasks, self.events] + self.writer_qs:
+            if pipe is not None:
+                pipe.close()
+        if self.pool is not None:
+            self.pool.close()

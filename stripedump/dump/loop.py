@@ -2,38 +2,36 @@
 
 Why a module of its own: coordinator.py sets a dump up (source, plan,
 level, targets and their heads) and explains the design; this is the part
-that runs, in three named steps (``Coordinator.run``): ``start_children``;
-``feed`` (phase 1: hand out chunks while slots are free, handle the
-children's events, watch for dead or stuck children); and ``shutdown``
-(phase 2: stop the workers, tell each writer how to finish, collect the
-members, join every child, kill what does not stop).  Phase 2 runs whatever
-happened in phase 1, so every member is finalized.
+that runs, in three named steps (``Coordinator.run``): the children
+started (crew.py); ``feed`` (phase 1: hand out chunks while slots are free,
+handle the children's events, watch for dead or stuck children); and
+``shutdown`` (phase 2: stop the workers, tell each writer how to finish,
+collect the members, join every child, kill what does not stop).  Phase 2
+runs whatever happened in phase 1, so every member is finalized.
 
 What it keeps elsewhere: the slots it hands out (``Slots``), the books of a
 degraded dump (degraded.Resends), the ``--codec auto`` statistics
-(autocodec.AutoStats), the hung-target watch (iowatch.IOWatch), what the
-children run and are started with (stages.py) and what they send
-(runtime/ipc.py's event records), and what the dump reports (result.py).
+(autocodec.AutoStats), the children and the memory and pipes they share
+(crew.py), the hung-target watch (iowatch.IOWatch), what the children run
+and are started with (stages.py) and what they send (runtime/ipc.py's event
+records), and what the dump reports (result.py).
 """
 
 from __future__ import annotations
 
-import mmap
 import signal
 import time
 
 from ..errors import Interrupted, StripedumpError, TargetIOError
 from ..format.structs import STATE_COMPLETE, STATE_INCOMPLETE
-from ..runtime.ipc import (END, DiskFailed, EventPipe, Failed, Lost, MemberDone, RecordPipe, SharedFlag, Skipped,
-                           Synced, Unclassified, Unreadable, Written)
+from ..runtime.ipc import END, DiskFailed, Failed, Lost, MemberDone, Skipped, Synced, Unclassified, Unreadable, Written
 from ..runtime.plain import Plain
 from ..runtime.procs import JOIN_TIMEOUT, POLL, Signals, signal_name
 from .autocodec import AutoStats
 from .crew import Crew
-from .degraded import Resends, Routes
-from .iowatch import IOWatch
+from .degraded import Resends
 from .result import DumpResult, dump_result, level_report, stopped
-from .stages import CAREFUL, CLASS_NAMES, SYNC, TASK, WRITE, WorkerArgs, WriterArgs, write_note
+from .stages import CAREFUL, SYNC, write_note
 
 WRITERS_GRACE = 60.0  # seconds writers get beyond JOIN_TIMEOUT to finalize (a final fsync of a slow disk)
 
@@ -95,10 +93,10 @@ class Slots:
 class Coordinator:
     """One dump's parent process: starts the children, feeds chunks, handles events, shuts down.
 
-    ``run`` = ``start_children``, then ``feed`` (phase 1) inside a handler
-    that turns any exception into the dump's error, then ``shutdown``
-    (phase 2), which always runs: every member is finalized and every
-    child joined or killed, whatever happened before.
+    ``run`` = the children started (crew.py), then ``feed`` (phase 1),
+    inside a handler that turns any exception into the dump's error, then
+    ``shutdown`` (phase 2), which always runs: every member is finalized and
+    every child joined or killed, whatever happened before.
     """
 
     def __init__(self, job: DumpJob, progress, say, sig=None):
@@ -108,13 +106,8 @@ class Coordinator:
         self.W, self.D = job.cfg.nworkers, len(job.targets)
         self.slots = Slots(job.slots)
         self.book = Resends(self.D)
-        self.crew = Crew(self.W, say, self.choose)
-        # shared memory and pipes: made by open(), inside run()'s handler
-        self.pool = self.notes = self.stop = self.routes = self.iow = None
-        self.classes = None                # dump -d N: per worker, per class, pages left out (shared u64)
+        self.crew = Crew(job, say, self.choose)   # the children, and what they share (opened in run)
         self.auto: AutoStats | None = None  # --codec auto
-        self.tasks = self.events = None
-        self.writer_qs: list[RecordPipe] = []
         self.error: StripedumpError | None = None
         self.chunk_ids = job.plan.feed_order()
         self.exhausted = False
@@ -127,8 +120,10 @@ class Coordinator:
 
     def run(self) -> DumpResult:
         try:
-            self.open()
-            self.start_children()
+            if getattr(self.cfg.codec, "ladder", None) is not None:
+                self.auto = AutoStats(self.cfg.codec, self.W, self.D)
+            self.crew.open(self.auto)
+            self.crew.start()
             self.feed()
         except BaseException as e:    # a bug, or KeyboardInterrupt at a bad moment
             self.fail(as_error(e))
@@ -140,43 +135,8 @@ class Coordinator:
         """The first error ends the dump: the feed stops, workers skip what is left."""
         if self.error is None:
             self.error = e
-            if self.stop is not None:
-                self.stop.value = 1
-
-    def open(self) -> None:
-        job = self.job
-        self.pool = mmap.mmap(-1, job.slots * job.slot_size, mmap.MAP_SHARED)
-        self.notes = mmap.mmap(-1, 4096, mmap.MAP_SHARED)   # why the dump ended early, for the writers
-        self.stop = SharedFlag()           # set by the coordinator: workers skip what is left
-        self.tasks, self.events = RecordPipe(TASK), EventPipe()
-        self.crew.open(self.tasks)
-        self.writer_qs = [RecordPipe(WRITE) for _ in range(self.D)]
-        if self.cfg.on_disk_error == "continue":
-            self.routes = Routes(self.writer_qs)
-        self.iow = IOWatch(self.targets, self.cfg.io_timeout)
-        if job.level is not None and job.level.applied:
-            self.classes = memoryview(mmap.mmap(-1, 8 * self.W * len(CLASS_NAMES), mmap.MAP_SHARED)).cast("Q")
-        if getattr(self.cfg.codec, "ladder", None) is not None:
-            self.auto = AutoStats(self.cfg.codec, self.W, self.D)
-
-    def start_children(self) -> None:
-        job = self.job
-        self.crew.start_writers([self.writer_args(d) for d in range(self.D)])
-        self.targets.release()      # from here on each target is open in its writer only (iowatch.py)
-        level = (job.level.applied, job.level.info, self.classes) if self.classes is not None else None
-        args = WorkerArgs(0, job.src, self.cfg.codec, self.plan.to_json(), job.block_bytes, self.pool,
-                          job.slot_size, self.tasks, self.writer_qs, self.events, self.stop, self.crew.current,
-                          None, level)
-        self.crew.start_workers(lambda i: args._replace(
-            wid=i, stats=self.auto.worker_row(i) if self.auto is not None else None))
-
-    def writer_args(self, d: int) -> WriterArgs:
-        w, targets = self.targets.writer(d), self.targets
-        if self.auto is not None:
-            self.auto.time_writer(d, w)
-        others = tuple(fd for u in targets if u is not targets[d] for fd in u.fds())
-        return WriterArgs(d, w, self.pool, self.job.slot_size, self.writer_qs[d], self.events, self.notes,
-                          self.routes, self.iow, others, self.classes)
+            if self.crew.stop is not None:
+                self.crew.stop.value = 1
 
     # -- phase 1: the feed loop ------------------------------------------------------
 
@@ -189,9 +149,9 @@ class Coordinator:
             self.hand_out()
             # the SYNC barrier runs under stop too: a target that hangs in its last sync is noticed
             # before the others are finalized (iowatch.py)
-            if self.idle() and (self.error is not None or self.book.barrier_passed(self.writer_qs)):
+            if self.idle() and (self.error is not None or self.book.barrier_passed(self.crew.writer_qs)):
                 return
-            evs = self.events.get_all(POLL)
+            evs = self.crew.events.get_all(POLL)
             self.crew.watch(self.cfg.stall_seconds)
             self.watch_targets()
             if not evs or any(p.exitcode is not None for p in self.crew.workers):
@@ -216,7 +176,7 @@ class Coordinator:
                 if cid is None:
                     self.exhausted = True
                     return
-            self.tasks.put(cid, self.slots.take() | (CAREFUL if cid in self.crew.retried else 0), self.choose())
+            self.crew.tasks.put(cid, self.slots.take() | (CAREFUL if cid in self.crew.retried else 0), self.choose())
 
     def choose(self) -> int:
         """The codec choice (ladder index) for the next chunk: 0 unless --codec auto."""
@@ -233,7 +193,7 @@ class Coordinator:
         if kind is Written:            # a chunk written: slot back
             if self.slots.give_back(ev.slot):      # (not a hung writer's: counted already)
                 self.done_in += ev.raw
-                if self.routes is not None:
+                if self.crew.routes is not None:
                     self.book.acknowledged(ev.member, ev.chunk, ev.durable)
         elif kind is Skipped:          # a chunk not written (the dump stops): slot back
             self.slots.give_back(ev.slot)
@@ -259,7 +219,7 @@ class Coordinator:
 
     def target_failed(self, d: int, why: str) -> None:
         """Member ``d``'s target failed: its chunks since its last sync go to the others again."""
-        survivors = self.routes.survivors()
+        survivors = self.crew.routes.survivors()
         again = self.book.target_failed(d, why, survivors)
         self.say(f"target {self.targets[d].path} failed ({why}); dropped it, striping over {survivors} "
                  f"other target(s); {len(again)} chunk(s) written there since its last sync are "
@@ -277,7 +237,7 @@ class Coordinator:
 
         ``final``: the writers were told to finish; a hang now ends the dump as incomplete.
         """
-        iow, writers = self.iow, self.crew.writers
+        iow, writers = self.crew.iow, self.crew.writers
         if iow is None:                  # open() failed before it was made
             return
         for d in iow.check():
@@ -287,18 +247,18 @@ class Coordinator:
             if cur is not None:          # the slot it is writing never comes back
                 self.slots.retire(cur[1])
             self.members_done[d] = MemberDone(d, iow.position(d), 0, 0, {})
-            if self.routes is None or final:
+            if self.crew.routes is None or final:
                 self.fail(TargetIOError(why))
                 continue
-            self.routes.fail(d)
+            self.crew.routes.fail(d)
             self.target_failed(d, why)   # its chunks since its last sync: encoded again
             if cur is not None:
-                (self.book.resend if self.routes.survivors() else self.book.lost).append(cur[0])
+                (self.book.resend if self.crew.routes.survivors() else self.book.lost).append(cur[0])
         for d in iow.hung:               # what still reaches a hung writer's pipe: forward or free it
-            while (rec := self.writer_qs[d].get(0)) is not None:
+            while (rec := self.crew.writer_qs[d].get(0)) is not None:
                 if rec[0] >= SYNC:
                     continue
-                if self.routes is None or self.error is not None or not self.routes.forward(*rec):
+                if self.crew.routes is None or self.error is not None or not self.crew.routes.forward(*rec):
                     self.slots.give_back(rec[1])
 
     # -- phase 2: shutdown, whatever happened ----------------------------------------
@@ -313,9 +273,7 @@ class Coordinator:
             self.fail(as_error(e))
         finally:
             self.crew.reap()
-            for pipe in [self.tasks, self.events] + self.writer_qs:
-                if pipe is not None:
-                    pipe.close()
+            self.crew.close()
         for d in range(self.D):
             if d not in self.members_done:
                 self.fail(TargetIOError(f"target {self.targets[d].path}: writer did not finish; "
@@ -328,13 +286,13 @@ class Coordinator:
         writers = self.crew.writers
         for d in range(len(writers), self.D):
             self.finish_here(d, note)
-        if self.notes is not None:
-            write_note(self.notes, note)
-        for q in self.writer_qs[:len(writers)]:
+        if self.crew.notes is not None:
+            write_note(self.crew.notes, note)
+        for q in self.crew.writer_qs[:len(writers)]:
             q.put(END, state, 0, 0, 0)
         deadline = time.monotonic() + JOIN_TIMEOUT + WRITERS_GRACE
         while len(self.members_done) < self.D and time.monotonic() < deadline:
-            evs = self.events.get_all(POLL)
+            evs = self.crew.events.get_all(POLL)
             self.watch_targets(final=True)
             if not evs and all(p.exitcode is not None for p in writers):
                 break
@@ -358,8 +316,6 @@ class Coordinator:
 
     def result(self) -> DumpResult:
         """What the dump did; or its error (result.stopped)."""
-        if self.pool is not None:
-            self.pool.close()
         if self.error is not None:
             raise stopped(self.error, self.book.describe_lost(self.plan) if self.book.lost else "")
         extra = {"unreadable_blocks": sum(self.unreadable.values()),
@@ -367,6 +323,6 @@ class Coordinator:
         if self.auto is not None:
             extra.update(self.auto.report())
         if self.job.level is not None:
-            extra.update(level_report(self.job.level.entry, self.classes, self.unclassified))
+            extra.update(level_report(self.job.level.entry, self.crew.classes, self.unclassified))
         return dump_result(self.job, self.targets.paths, [self.members_done[d].length for d in range(self.D)],
                            extra)

@@ -20,8 +20,8 @@ import time
 
 from ..errors import StripedumpError
 from ..format.structs import KIND_PAGES, STATE_INCOMPLETE
-from ..runtime.ipc import END, DiskFailed, Failed, Lost, MemberDone, Skipped, Synced, Unclassified, Unreadable, \
-    Written
+from ..runtime.ipc import (END, DiskFailed, Failed, Lost, MemberDone, Skipped, Synced, Unclassified, Unreadable,
+                           Written)
 from ..runtime.plain import Frozen
 from .iowatch import IOWatch
 from ..format.records import encode_chunk
@@ -41,7 +41,7 @@ CLASS_NAMES = ("zero", "cache", "cache_private", "user", "free", "hwpoison", "of
 
 
 class WorkerArgs(Frozen):
-    """What a worker process is started with (one per worker: ``_replace(wid=i)``).
+    """What worker ``wid`` is started with (crew.py makes one per worker).
 
     ``codec``: a CodecSpec, or an AutoSpec (``--codec auto``): then a task's
     codec choice indexes its ladder, one codec instance per choice, and
