@@ -56,36 +56,36 @@ Exit 0 means every chunk is on a member that was finalized and synced; every
 other outcome raises.  Failure: every error in a child travels back on the
 event pipe as a ``Failed`` record, the error rebuilt as its own class (or
 its nearest parent this process knows: errors.from_wire), with its exit
-code.  The first one stops the feed: new
-tasks are skipped, in-flight slots drain, writers finalize their members as
-INCOMPLETE with the reason, and the coordinator raises the error.  Any
-exception in the coordinator itself (a bug, a KeyboardInterrupt at a bad
-moment) is such an error too.  A child that dies is noticed within POLL
-seconds (its exit code); nothing blocks without a timeout, so the
-coordinator never hangs.  SIGINT, SIGTERM and SIGHUP (to the coordinator or
-to the whole process group: children ignore them) stop the feed the same
-way and end in exit 130/143/129; a signal that arrives after the last chunk
-was written changes nothing.  Progress and messages are output, best effort:
-an output that fails (a closed stderr) is switched off, nothing else.
-A writer blocked on a target that stopped answering (D state) is noticed by
-the progress of its device, abandoned and never waited for (iowatch.py);
-once the writers run, only its writer holds a target open.
+code.  The first one stops the feed: new tasks are skipped, in-flight slots
+drain, writers finalize their members as INCOMPLETE with the reason, and the
+coordinator raises the error.  Any exception in the coordinator itself (a
+bug, a KeyboardInterrupt at a bad moment) is such an error too.  A child
+that dies is noticed within POLL seconds (its exit code); nothing blocks
+without a timeout, so the coordinator never hangs.  SIGINT, SIGTERM and
+SIGHUP (to the coordinator or to the whole process group: children ignore
+them) stop the feed the same way and end in exit 130/143/129; a signal that
+arrives after the last chunk was written changes nothing.  Progress and
+messages are output, best effort: an output that fails (a closed stderr) is
+switched off, nothing else.  A writer blocked on a target that stopped
+answering (D state) is noticed by the progress of its device, abandoned and
+never waited for (iowatch.py); once the writers run, only its writer holds a
+target open.
 
 With ``--on-disk-error continue`` a writer's failed write is not the dump's:
 that writer drops its target and forwards its chunks to the others
 (degraded.py); the dump stops only when no target is left.  Nothing is lost
 silently: a write acknowledged before a failed sync may never reach the
-disk, so the coordinator keeps (degraded.Resends), per writer, the chunk ids it acknowledged
-since its last successful sync (at most SYNC_CHUNKS: a writer syncs every
-SYNC_EVERY bytes or SYNC_CHUNKS chunks, and says so with the slot it
-frees).  When a target fails (a write, an fdatasync, an O_DIRECT stage
-flush), those chunks are encoded again from the source and go to the
+disk, so the coordinator keeps (degraded.Resends), per writer, the chunk ids
+it acknowledged since its last successful sync (at most SYNC_CHUNKS: a
+writer syncs every SYNC_EVERY bytes or SYNC_CHUNKS chunks, and says so with
+the slot it frees).  When a target fails (a write, an fdatasync, an O_DIRECT
+stage flush), those chunks are encoded again from the source and go to the
 survivors.  After the last chunk the coordinator asks every live writer to
 sync (a barrier; under ``stop`` too, so that a target hanging in its last
 sync is noticed before the others are finalized) and repeats this for any
-that fails, so by the time the
-writers are told to finish, every chunk is synced on a live target; a chunk
-that has no live target left is named in the error (exit 8).
+that fails, so by the time the writers are told to finish, every chunk is
+synced on a live target; a chunk that has no live target left is named in
+the error (exit 8).
 
 Order: the file (residue) chunks are handed out first: they hold the ELF
 header, program headers and notes, without which the pages of a dump that

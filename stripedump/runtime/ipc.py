@@ -1,11 +1,12 @@
-"""Pipes that carry a few integers between the dump's processes, cheaply.
+"""Pipes that carry a few integers between the dump's processes, cheaply, and what children send.
 
 Why not multiprocessing.Queue: each put pickles, wakes a feeder thread and
 takes locks; at a thousand chunks a second the coordinator spent a third of
 a CPU on it (measured with ``stripedump bench``), on a machine that may have
-two.  Here a message is one ``write()`` of a fixed-size struct (or a short
-length-prefixed marshal of a tuple for the rare event), smaller than PIPE_BUF, so
-writes from many processes never interleave, and a reader gets whole records.
+two.  Here a message is one ``write()`` of a fixed-size struct (or of a
+short length-prefixed marshal of an event record), smaller than PIPE_BUF,
+so writes from many processes never interleave, and a reader gets whole
+records.
 
 Every wait is bounded: readers ``select()`` with a timeout and give up when
 their parent has gone, so no process waits forever on a peer that died.
