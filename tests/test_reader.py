@@ -238,3 +238,33 @@ def test_a_hostile_index_offset_is_refused_where_numpy_fills_the_index(tmp_path,
     hostile.set_index_field(t[0], "offset", (1 << 64) - 1)
     with pytest.raises(MemberError, match="lies past the end of the member"):
         stripedump.open(t)
+
+
+def test_every_file_view_clamps_a_read_the_same_way():
+    """The four read-only files (ELF vmcore, kdump view, filtered ELF, the mount's dump.json) share
+    one pread (read.fileview): a read before the start reads from 0, past the end is cut there,
+    of nothing or wholly past the end is b"", and the view fills only bytes inside the file."""
+    from stripedump.kdump.view import KdumpView
+    from stripedump.mount.fusefs import BytesFile
+    from stripedump.read.fileview import FileView
+    from stripedump.read.filtered import FilteredElf
+    for cls in (reader.Dump, KdumpView, FilteredElf, BytesFile):
+        assert issubclass(cls, FileView) and "pread" not in vars(cls), cls
+
+    data = bytes(range(256)) * 3
+    asked = []
+
+    class Recorded(FileView):
+        size = len(data)
+
+        def _fill(self, out, offset, end):
+            assert 0 <= offset < end <= self.size and len(out) == end - offset
+            asked.append((offset, end))
+            out[:] = data[offset:end]
+
+    for f in (Recorded(), BytesFile(data)):
+        for off, n in [(0, 0), (0, 10), (-5, 10), (-50, 10), (100, -3), (760, 100), (768, 1), (10**12, 5),
+                       (0, 10**6), (767, 1)]:
+            a = max(0, off)
+            assert f.pread(off, n) == data[a:a + max(0, n)], (f, off, n)
+    assert asked == [(0, 10), (0, 10), (0, 10), (760, 768), (0, 768), (767, 768)]

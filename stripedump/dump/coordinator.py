@@ -192,8 +192,8 @@ def dump(cfg: DumpConfig, progress=None, say=None) -> DumpResult:
     """
     with Signals() as sig:
         t0 = time.monotonic()
-        if hasattr(cfg.codec, "available"):   # --codec auto: the default ladder less missing libraries
-            cfg = cfg._replace(codec=cfg.codec.available())
+        if cfg.codec.is_auto:   # --codec auto: the default ladder less missing libraries
+            cfg = cfg._replace(codec=cfg.codec.resolve())
         cfg.codec.make()      # a missing codec library is a usage error, before anything is touched
         src = Source(cfg.source, use_mmap=cfg.use_mmap)
         try:
@@ -235,7 +235,7 @@ def _dump(cfg: DumpConfig, src: Source, t0: float, progress, say, sig=None) -> D
     for note in ((too_many,) if too_many else ()) + fit.warnings:
         say(note, 0)
     cfg = cfg._replace(workers=fit.workers)
-    if hasattr(cfg.codec, "make_all") and plan.n_chunks > AUTO_EXPLORE:
+    if cfg.codec.is_auto and plan.n_chunks > AUTO_EXPLORE:
         cfg.codec.make_all()      # --codec auto long enough to try its whole ladder: every library now
     pool = (fit.slots, fit.slot_size)
     info = src.info
@@ -458,7 +458,7 @@ class _Coordinator:
         # --codec auto (autocodec.py): the controller, and shared doubles the children publish
         # (per worker and choice: raw bytes, record bytes, CPU and wall seconds; per writer: bytes synced,
         # seconds in write + sync, CPU-seconds of them) with what was last fed to it
-        self.ladder = getattr(cfg.codec, "ladder", None)
+        self.ladder = cfg.codec.ladder if cfg.codec.is_auto else None
         self.ctl = self.stats = self.seen = None
         if self.ladder is not None:
             from .autocodec import Controller

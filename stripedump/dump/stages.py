@@ -21,7 +21,7 @@ from ..errors import StripedumpError
 from ..format.structs import KIND_PAGES, STATE_INCOMPLETE
 from ..runtime.ipc import END
 from .iowatch import IOWatch
-from ..format.records import encode_chunk
+from ..format.encode import encode_chunk
 from .writer import MemberWriter
 from ..format.plan import Plan, placement
 from ..runtime.procs import POLL, child_init, coordinator_pid, parent_gone
@@ -41,8 +41,8 @@ def worker_main(wid, src, codec_spec, plan_json, block_bytes, pool, slot_size, t
             events, stop, current, stats=None, level=None) -> None:
     """Encode the chunks the coordinator hands out.
 
-    ``codec_spec`` is a CodecSpec, or an AutoSpec (``--codec auto``): then a
-    task's codec choice indexes its ladder, one codec instance per choice,
+    ``codec_spec`` is a CodecSpec, or an AutoSpec (``--codec auto``): a
+    task's codec choice indexes its ``ladder``, one codec instance per choice,
     and ``stats`` (shared doubles, autocodec.py) gets, per choice, the raw
     bytes, record bytes, CPU-seconds and wall seconds of every chunk this
     worker encodes.
@@ -56,11 +56,11 @@ def worker_main(wid, src, codec_spec, plan_json, block_bytes, pool, slot_size, t
     child_init()
     try:
         classify = _classifier(wid, src, level) if level is not None else None
-        ladder = getattr(codec_spec, "ladder", (codec_spec,))
+        ladder = codec_spec.ladder        # a plain codec: a ladder of one
         codecs = [None] * len(ladder)
-        codecs[0 if len(ladder) == 1 else codec_spec.start] = codec_spec.make()
+        codecs[codec_spec.start] = codec_spec.make()
         plan = Plan.from_json(plan_json)
-        # records._nonzero_blocks: a chunk all zero is found one MiB at a time (a compare each)
+        # encode._nonzero_blocks: a chunk all zero is found one MiB at a time (a compare each)
         zero = bytes(max(block_bytes, min(plan.chunk_bytes, ZERO_COMPARE_BYTES)))
         pool_mv = memoryview(pool)
         mine = stats[wid * len(ladder) * 4:(wid + 1) * len(ladder) * 4] if stats is not None else None
