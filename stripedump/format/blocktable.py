@@ -13,11 +13,14 @@ One rule, three engines.  The rules are stated once, in the loop
 a table per chunk, so two faster engines prove the common case (issue 12):
 ``_check_table_fast`` in C through bytes and itertools (no numpy, so every
 worker has it), and ``_check_table_vectorized`` with numpy where it is
-loaded already and the table is large enough to repay it.  Each returns the
-loop's blocks list or None ("not sure"); on None the loop decides, so a table
-either accepts the loop also accepts, and every table the loop rejects is
-rejected with its words (tests/test_records_fast.py checks this on mutated
-tables).
+loaded already and the table is large enough to repay it (each is the
+faster one on its side of NUMPY_MIN_BLOCKS, measured below).  Each returns
+the loop's blocks list or None ("not sure"); on None the loop decides.  So
+the engines accept only what the loop accepts, and every table the loop
+rejects is rejected with its words (tests/test_records_fast.py checks this
+on mutated tables).  What they share is written once: the entry layout of
+each format version (``_layout``) and the one case they take
+(``_all_kept``).
 """
 
 from __future__ import annotations
