@@ -14,7 +14,7 @@ from stripedump.read import reader
 from stripedump.format.codecs import CodecSpec
 from stripedump.dump.config import DumpConfig
 from stripedump.read.config import JoinConfig
-from stripedump.errors import IncompleteDump, MemberError
+from stripedump.errors import IncompleteDump, MemberError, VerifyError
 from stripedump.read.join import join
 from stripedump.dump.coordinator import dump
 from elftools.elf.elffile import ELFFile
@@ -268,3 +268,23 @@ def test_every_file_view_clamps_a_read_the_same_way():
             a = max(0, off)
             assert f.pread(off, n) == data[a:a + max(0, n)], (f, off, n)
     assert asked == [(0, 10), (0, 10), (0, 10), (760, 768), (0, 768), (767, 768)]
+
+
+def test_two_dumps_of_different_chunk_sizes_are_read_at_once(tmp_path, vmcore):
+    """The largest chunk a record may claim is each reader's own (DumpSet.chunk_limit, the plan's chunk
+    size), not a setting of the process: a dump of 1 MiB chunks still reads after one of 64 KiB chunks
+    was opened in the same process (with the old process-global limit its records were refused)."""
+    from stripedump.format.decode import read_chunk
+    b = vmcore("kernel")
+    src = open(b.path, "rb").read()
+    (tmp_path / "big").mkdir()
+    (tmp_path / "small").mkdir()
+    big = _dump(b.path, tmp_path / "big", chunk=1 << 20, n=2)
+    small = _dump(b.path, tmp_path / "small", chunk=CHUNK, n=2)
+    with stripedump.open(big) as d_big, stripedump.open(small) as d_small:
+        assert d_big.ds.chunk_limit == 1 << 20 and d_small.ds.chunk_limit == CHUNK
+        assert d_big.pread(0, d_big.size) == src and d_small.pread(0, d_small.size) == src
+        rec = d_big.record(0)
+        assert read_chunk(rec, "t", d_big.block_bytes, max_raw=d_big.ds.chunk_limit)[0].raw_length > CHUNK
+        with pytest.raises(VerifyError, match="implausible chunk header"):   # more than the small plan allows
+            read_chunk(rec, "t", d_big.block_bytes, max_raw=d_small.ds.chunk_limit)
