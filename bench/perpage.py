@@ -2,18 +2,23 @@
 
 Why a script and not only bench/test_micro.py: the machine these numbers come
 from is shared (2 CPUs, other jobs running), so absolute times move by tens
-of percent from minute to minute.  This script times the records module of a
-base commit (``--base``, default: the commit before issue 12's changes, read
-with ``git show``) and the working tree's in the same process, interleaved,
-over several rounds, and reports the ratio of the medians.
+of percent from minute to minute.  This script times the chunk-record code of
+a base commit (``--base``, read with ``git show``: its
+stripedump/format/records.py, which issue 22 split into format/encode.py and
+format/decode.py) and the working tree's in the same process, interleaved,
+over several rounds, and reports the ratio of the medians.  The base's module
+is loaded into the working tree's package, so its imports must resolve
+there: the default base is the last commit with format/records.py; issue 12's
+bases (7b6b302, 644d9b9) predate the sub-packages and need a checkout of
+their own time.
 
 Per codec, on one 1 MiB chunk of memory-like data (synth: a kernel-like mix
 of zero, text-like, pointer-like and random pages):
-  encode    records.encode_chunk of the chunk into a slot
-  pure      the codec library's compress of the same non-zero pages (no records code)
-  overhead  (encode - pure) / pages: what records adds per page
-  check     records.read_chunk of the record: header, checksum and block table, no decompression
-  decode    records.decode_chunk of the record
+  encode    encode_chunk of the chunk into a slot
+  pure      the codec library's compress of the same non-zero pages (no record code)
+  overhead  (encode - pure) / pages: what the record code adds per page
+  check     read_chunk of the record: header, checksum and block table, no decompression
+  decode    decode_chunk of the record
 
     .venv/bin/python bench/perpage.py [--rounds 7] [--base COMMIT] [--codecs lz4,zstd]
 
@@ -37,6 +42,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from types import SimpleNamespace
 
 importlib.import_module("numpy")   # loaded, as in a reader or a long join: read_chunk vectorizes at once
 
@@ -46,23 +52,30 @@ sys.path.insert(0, os.path.dirname(HERE))
 from stripedump.tools import synth  # noqa: E402
 from stripedump.format.codecs import NAMES, CodecSpec  # noqa: E402
 from stripedump.format.plan import Plan  # noqa: E402
-from stripedump.format import records as new_records  # noqa: E402
+from stripedump.format import decode, encode, structs  # noqa: E402
 from stripedump.source.vmcore import Source  # noqa: E402
 
-BASE = "7b6b302"       # the branch point of issue 12's first slice
-VMCORE_BASE = "644d9b9"     # before the encode path's slice: one zero test per chunk, window arenas
+# the working tree's record code, under the names the base's records.py has
+new_records = SimpleNamespace(encode_chunk=encode.encode_chunk, read_chunk=decode.read_chunk,
+                              decode_chunk=decode.decode_chunk, record_bound=structs.record_bound,
+                              CHUNK_HEADER_SIZE=structs.CHUNK_HEADER_SIZE)
+
+BASE = "af4f7fb"       # main before issue 22's split of format/records.py (issue 22, step 4)
+VMCORE_BASE = BASE     # issue 12's (644d9b9, before the encode path's slice) predates the sub-packages
 PAGE = 4096
 
 
-def load_base(commit: str, module: str = "records"):
-    """The base commit's stripedump/MODULE.py as module stripedump._MODULE_base (its relative imports
-    resolve to the working tree's modules, whose interfaces it uses unchanged)."""
+def load_base(commit: str, module: str = "format/records"):
+    """The base commit's stripedump/MODULE.py as module stripedump.PACKAGE._NAME_base (its relative
+    imports resolve to the working tree's modules, whose interfaces it uses unchanged)."""
     text = subprocess.run(["git", "-C", os.path.dirname(HERE), "show", f"{commit}:stripedump/{module}.py"],
                           check=True, capture_output=True, text=True).stdout
     fd, path = tempfile.mkstemp(suffix=".py")
     with os.fdopen(fd, "w") as f:
         f.write(text)
-    spec = importlib.util.spec_from_file_location(f"stripedump._{module}_base", path)
+    package, _, name = module.rpartition("/")
+    modname = "stripedump." + (package.replace("/", ".") + "." if package else "") + f"_{name}_base"
+    spec = importlib.util.spec_from_file_location(modname, path)
     mod = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = mod       # dataclasses look their module up there
     spec.loader.exec_module(mod)
@@ -147,7 +160,7 @@ def main(argv=None) -> int:
 def whole_source(a) -> int:
     """--vmcore: every chunk of a real source, base (records + vmcore) against the working tree."""
     base = a.base if a.base != BASE else VMCORE_BASE
-    old, old_vmcore = load_base(base), load_base(base, "vmcore")
+    old, old_vmcore = load_base(base), load_base(base, "source/vmcore")
     size = os.path.getsize(a.vmcore)
     print(f"{a.vmcore}: {size / 2**30:.2f} GiB; base {base} vs working tree; CPU seconds per GiB "
           f"(time.process_time), chunk by chunk in turn")

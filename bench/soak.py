@@ -73,7 +73,8 @@ from stripedump.tools import synth  # noqa: E402
 from stripedump.format.codecs import CodecSpec  # noqa: E402
 from stripedump.runtime.units import parse_size  # noqa: E402
 from stripedump.format.structs import CHUNK_MAGIC, seal_chunk_header  # noqa: E402
-from stripedump.format.records import encode_chunk, record_bound  # noqa: E402
+from stripedump.format.encode import encode_chunk  # noqa: E402
+from stripedump.format.structs import record_bound  # noqa: E402
 from stripedump.format.plan import Plan  # noqa: E402
 from stripedump.source.vmcore import Source  # noqa: E402
 

@@ -16,7 +16,8 @@ import pytest
 
 from stripedump.tools import synth
 from stripedump.format.codecs import NAMES, CodecSpec
-from stripedump.format.records import decode_chunk, encode_chunk, read_chunk
+from stripedump.format.decode import decode_chunk, read_chunk
+from stripedump.format.encode import encode_chunk
 from stripedump.format.plan import Plan, placement
 from stripedump.dump.stages import ZERO_COMPARE_BYTES
 from stripedump.source.vmcore import Source
@@ -34,10 +35,10 @@ def mixed_source(tmp_path_factory):
 
 @pytest.mark.parametrize("kind", ["zero", "random", "half"])
 def test_zero_test_of_a_chunk(benchmark, kind):
-    """The encode loop's zero test of one 1 MiB chunk (records._nonzero_blocks, with a worker's
+    """The encode loop's zero test of one 1 MiB chunk (encode._nonzero_blocks, with a worker's
     1 MiB of zeros): all zero is one compare; otherwise one search per page."""
     import mmap
-    from stripedump.format.records import _nonzero_blocks
+    from stripedump.format.encode import _nonzero_blocks
     data = mmap.mmap(-1, 2 << 20)          # the chunk is the first MiB: never up to the mapping's end
     if kind != "zero":
         data[:1 << 20] = os.urandom(1 << 20)
@@ -73,7 +74,7 @@ def test_decode_chunk(benchmark, mixed_source, codec):
 @pytest.mark.parametrize("codec", [n for n in NAMES if n != "none"])
 def test_pure_codec_same_pages(benchmark, mixed_source, codec):
     """The library's compress over the chunk's non-zero pages: test_encode_chunk minus this is
-    what records.encode_chunk adds around the codec (divide by 256 for per page)."""
+    what encode.encode_chunk adds around the codec (divide by 256 for per page)."""
     c = CodecSpec(codec).make()
     plan = Plan(mixed_source.pfn_ranges, [], PAGE, 256)
     chunk = plan.chunk(7)

@@ -79,7 +79,7 @@ def _size(what, positive=False):
 
 
 def _codec(text):
-    from .dump.autocodec import parse_codec
+    from .format.codecs import parse_codec
     try:
         return parse_codec(text)
     except UsageError as e:
@@ -365,10 +365,10 @@ def _command(argv: list[str]) -> str | None:
 def _default_codec():
     """auto over the default ladder (issue 12: it met both targets of the recorded benchmark, so it
     is the default); the codecs whose library is missing are left out of the ladder when the dump
-    starts (AutoSpec.available)."""
-    from .dump.autocodec import AutoSpec
+    starts (AutoSpec.resolve)."""
+    from .format.codecs import AutoSpec
     spec = AutoSpec.parse("auto")
-    ok = spec.available()
+    ok = spec.resolve()
     gone = [str(c) for c in spec.ladder if c not in ok.ladder]
     if gone:
         print(f"stripedump: note: {', '.join(gone)} not installed; auto chooses among "

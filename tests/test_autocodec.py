@@ -18,7 +18,8 @@ import subprocess
 import pytest
 
 from stripedump.tools import synth
-from stripedump.dump.autocodec import DEFAULT_LADDER, EXPLORE, AutoSpec, Controller, parse_codec
+from stripedump.dump.autocodec import EXPLORE, Controller
+from stripedump.format.codecs import DEFAULT_LADDER, AutoSpec, parse_codec
 from stripedump.dump.config import DumpConfig
 from stripedump.runtime.units import parse_size
 from stripedump.errors import UsageError
@@ -211,7 +212,7 @@ def test_mixed_dump_copies_the_chunks_already_in_the_asked_codec(tmp_path, vmcor
     kdump_join(members, out, codec="zstd:19")     # another level: transcoded pages would differ
     from stripedump.read.member import MemberReader
     from stripedump.format.structs import BLOCK_COMPRESSED
-    from stripedump.format.records import read_chunk
+    from stripedump.format.decode import read_chunk
     blob = out.read_bytes()
     found = 0
     for m in members:

@@ -1,6 +1,6 @@
 """Dump levels (issue 11), the dump side: what ``dump -d N`` writes.
 
-- ``records.encode_chunk(..., excluded=)``: pages a level leaves out become
+- ``encode.encode_chunk(..., excluded=)``: pages a level leaves out become
   BLOCK_EXCLUDED blocks, read back by ``read_chunk`` / ``decode_chunk`` /
   ``excluded_ranges`` exactly where the mask said, the kept pages decode to
   the source's bytes, ``kept_pages`` counts them, and a mask that excludes
@@ -42,8 +42,10 @@ from stripedump.format.codecs import CodecSpec
 from stripedump.format.structs import (BLOCK_EXCLUDED, BLOCK_KIND_SHIFT, CHUNK_ALL_ZERO, CHUNK_EXCLUDED,
                                CHUNK_HEADER_SIZE, KIND_PAGES)
 from stripedump.format.plan import Plan
-from stripedump.format.records import (decode_chunk, encode_chunk, excluded_ranges, read_chunk, record_bound,
-                                unreadable_ranges)
+from stripedump.format.blocktable import excluded_ranges, unreadable_ranges
+from stripedump.format.decode import decode_chunk, read_chunk
+from stripedump.format.encode import encode_chunk
+from stripedump.format.structs import record_bound
 from stripedump.source.vmcore import Source
 from stripedump.source.vmcoreinfo import VmcoreInfo
 from stripedump.dump import coordinator as pipeline

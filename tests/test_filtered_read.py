@@ -1,7 +1,7 @@
 """The read side of dump levels (issue 11): join --format kdump|flat|elf and mount of a filtered dump.
 
 Filtered members are made by the real dump pipeline with the real encoder of
-exclusions (``records.encode_chunk(..., excluded=)``), driven by a fixed
+exclusions (``encode.encode_chunk(..., excluded=)``), driven by a fixed
 rule instead of the page classifier, so every test knows exactly which pages
 were left out: runs inside chunks, whole chunks, the start of the kernel-text
 PT_LOAD, a run of 256+ pages.  The outputs are judged by our own parsing and

@@ -21,7 +21,7 @@ from stripedump.format import codecs
 
 from stripedump.format import structs as fmt
 from stripedump.errors import MemberError
-from stripedump.format.records import record_bound
+from stripedump.format.structs import record_bound
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "format.md"
 

@@ -8,7 +8,9 @@ from stripedump.format.codecs import CodecSpec
 from stripedump.errors import SourceError, VerifyError
 from stripedump.format.structs import (BLOCK_KIND_SHIFT, BLOCK_LEN_MASK, BLOCK_RAW, BLOCK_UNREADABLE, CHUNK_HEADER_SIZE,
                                CHUNK_UNREADABLE, ChunkHeader)
-from stripedump.format.records import decode_chunk, encode_chunk, read_chunk, unreadable_ranges
+from stripedump.format.blocktable import unreadable_ranges
+from stripedump.format.decode import decode_chunk, read_chunk
+from stripedump.format.encode import encode_chunk
 from stripedump.format.plan import Plan
 from stripedump.source.vmcore import Source
 
@@ -193,7 +195,7 @@ def test_version_1_record_sliced_at_the_version_2_size_still_gives_its_ranges(vm
 def test_excluded_blocks_and_kept_pages(vmcore):
     """A block marked excluded (dump levels, issue 11) stores nothing, is not data, and kept_pages says so."""
     from stripedump.format.structs import BLOCK_EXCLUDED, CHUNK_EXCLUDED
-    from stripedump.format.records import excluded_ranges
+    from stripedump.format.blocktable import excluded_ranges
     import xxhash
     b = vmcore("kernel")
     with Source(b.path) as src:

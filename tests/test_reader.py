@@ -14,7 +14,7 @@ from stripedump.read import reader
 from stripedump.format.codecs import CodecSpec
 from stripedump.dump.config import DumpConfig
 from stripedump.read.config import JoinConfig
-from stripedump.errors import IncompleteDump, MemberError
+from stripedump.errors import IncompleteDump, MemberError, VerifyError
 from stripedump.read.join import join
 from stripedump.dump.coordinator import dump
 from elftools.elf.elffile import ELFFile
@@ -238,3 +238,53 @@ def test_a_hostile_index_offset_is_refused_where_numpy_fills_the_index(tmp_path,
     hostile.set_index_field(t[0], "offset", (1 << 64) - 1)
     with pytest.raises(MemberError, match="lies past the end of the member"):
         stripedump.open(t)
+
+
+def test_every_file_view_clamps_a_read_the_same_way():
+    """The four read-only files (ELF vmcore, kdump view, filtered ELF, the mount's dump.json) share
+    one pread (read.fileview): a read before the start reads from 0, past the end is cut there,
+    of nothing or wholly past the end is b"", and the view fills only bytes inside the file."""
+    from stripedump.kdump.view import KdumpView
+    from stripedump.mount.fusefs import BytesFile
+    from stripedump.read.fileview import FileView
+    from stripedump.read.filtered import FilteredElf
+    for cls in (reader.Dump, KdumpView, FilteredElf, BytesFile):
+        assert issubclass(cls, FileView) and "pread" not in vars(cls), cls
+
+    data = bytes(range(256)) * 3
+    asked = []
+
+    class Recorded(FileView):
+        size = len(data)
+
+        def _fill(self, out, offset, end):
+            assert 0 <= offset < end <= self.size and len(out) == end - offset
+            asked.append((offset, end))
+            out[:] = data[offset:end]
+
+    for f in (Recorded(), BytesFile(data)):
+        for off, n in [(0, 0), (0, 10), (-5, 10), (-50, 10), (100, -3), (760, 100), (768, 1), (10**12, 5),
+                       (0, 10**6), (767, 1)]:
+            a = max(0, off)
+            assert f.pread(off, n) == data[a:a + max(0, n)], (f, off, n)
+    assert asked == [(0, 10), (0, 10), (0, 10), (760, 768), (0, 768), (767, 768)]
+
+
+def test_two_dumps_of_different_chunk_sizes_are_read_at_once(tmp_path, vmcore):
+    """The largest chunk a record may claim is each reader's own (DumpSet.chunk_limit, the plan's chunk
+    size), not a setting of the process: a dump of 1 MiB chunks still reads after one of 64 KiB chunks
+    was opened in the same process (with the old process-global limit its records were refused)."""
+    from stripedump.format.decode import read_chunk
+    b = vmcore("kernel")
+    src = open(b.path, "rb").read()
+    (tmp_path / "big").mkdir()
+    (tmp_path / "small").mkdir()
+    big = _dump(b.path, tmp_path / "big", chunk=1 << 20, n=2)
+    small = _dump(b.path, tmp_path / "small", chunk=CHUNK, n=2)
+    with stripedump.open(big) as d_big, stripedump.open(small) as d_small:
+        assert d_big.ds.chunk_limit == 1 << 20 and d_small.ds.chunk_limit == CHUNK
+        assert d_big.pread(0, d_big.size) == src and d_small.pread(0, d_small.size) == src
+        rec = d_big.record(0)
+        assert read_chunk(rec, "t", d_big.block_bytes, max_raw=d_big.ds.chunk_limit)[0].raw_length > CHUNK
+        with pytest.raises(VerifyError, match="implausible chunk header"):   # more than the small plan allows
+            read_chunk(rec, "t", d_big.block_bytes, max_raw=d_small.ds.chunk_limit)

@@ -1,4 +1,4 @@
-"""Issue 12's fast paths in records.py and codecs.py give the same records and the same verdicts.
+"""Issue 12's fast paths (format/encode, decode, blocktable, codecs) give the same records and verdicts.
 
 - compress_into (cramjam, straight into the slot) writes blocks that the
   libraries' ordinary decompressors expand (lz4.block, python-snappy), the
@@ -28,14 +28,16 @@ from stripedump.format.codecs import NAMES, CodecSpec
 from stripedump.errors import VerifyError
 from stripedump.format.structs import (BLOCK_COMPRESSED, BLOCK_EXCLUDED, BLOCK_KIND_SHIFT, BLOCK_RAW, BLOCK_UNREADABLE,
                                BLOCK_ZERO, CHUNK_HEADER_SIZE, ChunkHeader, checksum)
-from stripedump.format import records
-from stripedump.format.records import decode_chunk, encode_chunk, read_chunk, record_bound
+from stripedump.format import blocktable, encode
+from stripedump.format.decode import decode_chunk, read_chunk
+from stripedump.format.encode import encode_chunk
+from stripedump.format.structs import record_bound
 from stripedump.format.plan import Plan
 from stripedump.source.vmcore import Source
 
 from conftest import run_python
 
-importlib.import_module("numpy")   # loaded: read_chunk checks large tables with it (records._vectorize)
+importlib.import_module("numpy")   # loaded: read_chunk checks large tables with it (blocktable._vectorize)
 
 PAGE = 4096
 
@@ -160,11 +162,11 @@ def _run_fresh(code: str) -> str:
 def test_numpy_is_never_imported_to_check_tables(tmp_path):
     """A process without numpy checks every table with the loop (a small join's workers never pay
     the import); only a process that has numpy already uses it."""
-    code = ("import sys\nfrom stripedump.format import records\n"
-            "flags = [records._vectorize() for _ in range(5000)]\n"
+    code = ("import sys\nfrom stripedump.format import blocktable\n"
+            "flags = [blocktable._vectorize() for _ in range(5000)]\n"
             "assert 'numpy' not in sys.modules\n"
             "import numpy\n"
-            "print(flags.count(True), records._vectorize())\n")
+            "print(flags.count(True), blocktable._vectorize())\n")
     assert _run_fresh(code).split() == ["0", "True"]
 
 
@@ -173,16 +175,16 @@ def test_a_process_without_numpy_checks_tables_without_the_loop(tmp_path):
     checked by _check_table_fast; the per-entry loop runs only for a table that needs its words."""
     path = str(tmp_path / "m.vmcore")
     synth.build(path, [synth.Load(0, 4 << 20)])
-    code = ("import sys\nfrom stripedump.format import records, codecs\n"
+    code = ("import sys\nfrom stripedump.format import blocktable, codecs, decode, encode, structs\n"
             "from stripedump.format.plan import Plan\nfrom stripedump.source.vmcore import Source\n"
-            "looped = []\nloop = records._check_table\n"
-            "records._check_table = lambda *a: looped.append(1) or loop(*a)\n"
+            "looped = []\nloop = blocktable._check_table\n"
+            "blocktable._check_table = lambda *a: looped.append(1) or loop(*a)\n"
             f"src = Source({path!r}).__enter__()\n"
             "plan = Plan(src.pfn_ranges, [], 4096, 256)\nchecked = 0\n"
             "for c in plan:\n"
-            "    out = bytearray(records.record_bound(c.raw_bytes(4096), 4096))\n"
-            "    n = records.encode_chunk(src, codecs.CodecSpec('lz4').make(), c, 4096, out, bytes(4096))[0]\n"
-            "    h, body, blocks = records.read_chunk(bytes(out[:n]), 't', 4096, page_size=4096)\n"
+            "    out = bytearray(structs.record_bound(c.raw_bytes(4096), 4096))\n"
+            "    n = encode.encode_chunk(src, codecs.CodecSpec('lz4').make(), c, 4096, out, bytes(4096))[0]\n"
+            "    h, body, blocks = decode.read_chunk(bytes(out[:n]), 't', 4096, page_size=4096)\n"
             "    checked += bool(blocks)\n"
             "print(checked, len(looped), 'numpy' in sys.modules)\n")
     checked, looped, numpy = _run_fresh(code).split()
@@ -209,12 +211,12 @@ def test_numpy_is_not_imported_where_openblas_would_abort_the_process():
     assert p.returncode == 0 and p.stdout.split() == ["numpy", "None"], p
 
 def loop_verdict(rec, block):
-    saved = records.VECTOR_MIN_BLOCKS
-    records.VECTOR_MIN_BLOCKS = 1 << 30
+    saved = blocktable.VECTOR_MIN_BLOCKS
+    blocktable.VECTOR_MIN_BLOCKS = 1 << 30
     try:
         return verdict(rec, block)
     finally:
-        records.VECTOR_MIN_BLOCKS = saved
+        blocktable.VECTOR_MIN_BLOCKS = saved
 
 
 ENTRY_KINDS = (BLOCK_ZERO, BLOCK_RAW, BLOCK_COMPRESSED, BLOCK_UNREADABLE, BLOCK_EXCLUDED, 5, 7)
@@ -258,21 +260,21 @@ def test_vectorized_table_check_agrees_with_the_loop(mixed, name):
         h = ChunkHeader.unpack(rec, "t")
         if not h.nblocks:
             continue
-        assert h.nblocks >= records.VECTOR_MIN_BLOCKS
+        assert h.nblocks >= blocktable.VECTOR_MIN_BLOCKS
         assert verdict(rec, PAGE) == loop_verdict(rec, PAGE)
         body = memoryview(rec)[CHUNK_HEADER_SIZE:h.record_length]
-        assert records._check_table_vectorized(h, body, PAGE, h.nblocks, PAGE) == verdict(rec, PAGE)
-        assert records._check_table_fast(h, body, PAGE, h.nblocks, PAGE) == verdict(rec, PAGE)
+        assert blocktable._check_table_vectorized(h, body, PAGE, h.nblocks, PAGE) == verdict(rec, PAGE)
+        assert blocktable._check_table_fast(h, body, PAGE, h.nblocks, PAGE) == verdict(rec, PAGE)
         for _ in range(150):
             bad = mutate(rec, rnd, h.nblocks, PAGE)
             v, lv = verdict(bad, PAGE), loop_verdict(bad, PAGE)
             assert v == lv
             bh = ChunkHeader.unpack(bad, "t")
             bbody = memoryview(bad)[CHUNK_HEADER_SIZE:bh.record_length]
-            for check in (records._check_table_fast, records._check_table_vectorized):
+            for check in (blocktable._check_table_fast, blocktable._check_table_vectorized):
                 got = check(bh, bbody, PAGE, h.nblocks, PAGE) if len(bbody) >= 4 * h.nblocks else None
                 assert got is None or got == lv     # accepts only what the loop accepts, with its blocks
-                fast_ok += got is not None and check is records._check_table_fast
+                fast_ok += got is not None and check is blocktable._check_table_fast
             if isinstance(v, str):
                 agreed_bad += 1
             else:
@@ -316,14 +318,14 @@ def test_zero_tests_never_search_up_to_the_end_of_a_mapping():
     m = Recording(-1, 4 * ps)
     m[ps + 5:ps + 6] = b"\x01"              # block 1 is not zero
     want = [True, False, True, True]
-    assert records._zero_flags(m, 0, 4 * ps, ps, bytes(ps)) == want
-    assert records._zero_flags(m, ps, 3 * ps, ps, bytes(ps)) == want[1:]
+    assert encode._zero_flags(m, 0, 4 * ps, ps, bytes(ps)) == want
+    assert encode._zero_flags(m, ps, 3 * ps, ps, bytes(ps)) == want[1:]
     out = bytearray(record_bound(4 * ps, ps))
     codec = CodecSpec.parse("lz4").make()
-    table, pos, zeros, bad = records._encode_blocks_any(codec, m, 0, memoryview(m), 4 * ps - 100, ps, out,
+    table, pos, zeros, bad = encode._encode_blocks_any(codec, m, 0, memoryview(m), 4 * ps - 100, ps, out,
                                                          CHUNK_HEADER_SIZE, bytes(ps), [])
     assert zeros == 3 and bad == 0
-    table, pos, zeros, bad = records._encode_blocks_any(codec, m, 0, memoryview(m), 4 * ps, ps, out,
+    table, pos, zeros, bad = encode._encode_blocks_any(codec, m, 0, memoryview(m), 4 * ps, ps, out,
                                                          CHUNK_HEADER_SIZE, bytes(ps), [(ps, 2 * ps)])
     assert zeros == 3 and bad == 1
     assert ends and all(e < len(m) for e in ends), ends
@@ -382,7 +384,7 @@ def test_zero_test_of_a_chunk_finds_the_non_zero_blocks(bb):
             before = len(ends)
             for obj in (m, bytes(lead) + data + m[lead + n:], bytearray(m)):
                 for zero in (bytes(bb), bytes(n), bytes(n + bb), bytes(5 * bb), bytes(5 * bb + 8)):
-                    assert records._nonzero_blocks(obj, lead, n, bb, zero) == want
+                    assert encode._nonzero_blocks(obj, lead, n, bb, zero) == want
             assert all(e < len(m) for e in ends[before:] if e is not None), ends
             m.close()
     assert seen_all_zero and seen_mixed and ends
@@ -419,7 +421,7 @@ def test_zero_chunks_on_disk_become_bare_headers(tmp_path, name):
             assert data == chunk_bytes(src, chunk)
             if not any(data):
                 all_zero += 1
-                assert h.flags == records.CHUNK_ALL_ZERO and h.nblocks == 0 and len(recs[0]) == CHUNK_HEADER_SIZE
+                assert h.flags == encode.CHUNK_ALL_ZERO and h.nblocks == 0 and len(recs[0]) == CHUNK_HEADER_SIZE
             else:
                 assert h.nblocks == 256
         assert all_zero == 2 and plan.n_chunks == 8

@@ -37,105 +37,26 @@ in the ladder) is used.
 
 The controller (``Controller``) is a pure class: fed observations, asked
 for choices; no clock, no I/O, so its decisions are deterministic and
-tested on synthetic observations (tests/test_autocodec.py).  ``AutoStats``
-is its place in a dump: the shared doubles the workers and writers publish,
-read by the coordinator between events and fed to the controller, and the
-report of what it chose.
+tested on synthetic observations (tests/test_autocodec.py).  What ``--codec
+auto`` names, its ladder and the codecs found installed, is a codec spec like
+any other (format/codecs.py: ``AutoSpec``, parsed by ``parse_codec``); this
+module is only what the dump does with it.  ``AutoStats`` is the
+controller's place in a dump: the shared doubles the workers and writers
+publish, read by the coordinator between events and fed to the controller,
+and the report of what it chose.
 """
 
 from __future__ import annotations
 
 import mmap
 
-from ..format.codecs import CodecSpec
-from ..errors import UsageError
-from ..runtime.plain import Frozen
 from .writer import AUTO_FIRST_SYNC, AUTO_KICK_EVERY
 
-DEFAULT_LADDER = ("none", "lz4", "zstd:1", "zstd:3", "zstd:9")
 EXPLORE = 32               # 1 chunk in EXPLORE goes to another codec of the ladder
 WARMUP = 4                 # in the first chunks, 1 in WARMUP goes to a codec not tried yet
 HALF_LIFE = 64 << 20       # raw (or written) bytes after which an old observation weighs half
 MIN_SAMPLE = 256 << 10     # raw bytes of a codec before its rates are trusted (a tiny header chunk is not)
 TIE = 0.03                 # predicted times this close: the smaller output wins
-
-
-class AutoSpec(Frozen):
-    """``auto`` or ``auto:CODEC,CODEC,...``: the ladder the controller chooses from.
-
-    A plain frozen class, not a dataclass: auto is the default codec, so this is on every
-    dump's path (issue 12's fixed cost, tests/test_fixedcost.py)."""
-    __slots__ = ("ladder", "explicit")
-
-    def __init__(self, ladder: tuple, explicit: bool = False):
-        object.__setattr__(self, "ladder", tuple(ladder))      # CodecSpec, in the order given
-        object.__setattr__(self, "explicit", explicit)         # a list was given (all must be installed)
-
-    @classmethod
-    def parse(cls, text: str) -> "AutoSpec":
-        head, colon, rest = text.strip().lower().partition(":")
-        if head != "auto":
-            raise UsageError(f"not an auto codec spec: {text!r}")
-        if not colon:
-            return cls(tuple(CodecSpec.parse(c) for c in DEFAULT_LADDER))
-        names = [c for c in rest.split(",")]
-        if not rest or any(not c.strip() for c in names):
-            raise UsageError(f"--codec {text!r}: auto: needs a list of codecs, e.g. auto:lz4,zstd:3")
-        ladder = tuple(dict.fromkeys(CodecSpec.parse(c) for c in names))
-        return cls(ladder, True)
-
-    @property
-    def name(self) -> str:
-        return "auto"
-
-    @property
-    def level(self):
-        return None
-
-    def available(self) -> "AutoSpec":
-        """The default ladder less the codecs whose library is missing (looked for, not imported:
-        ``CodecSpec.findable``); an explicit one as it is, every codec made (a missing one raises)."""
-        if self.explicit:
-            for s in self.ladder:
-                s.make()
-            return self
-        return AutoSpec(tuple(s for s in self.ladder if s.findable()), False)
-
-    @property
-    def start(self) -> int:
-        """The ladder index used until measurements exist: lz4 when listed, else the first."""
-        names = [s.name for s in self.ladder]
-        return names.index("lz4") if "lz4" in names else 0
-
-    @property
-    def codec_id(self) -> int:
-        """What the member header names: the start codec (the header names the codec asked for)."""
-        return self.ladder[self.start].codec_id
-
-    @property
-    def stored_level(self) -> int:
-        return self.ladder[self.start].stored_level
-
-    def make(self):
-        """The start codec's instance; the others are made where first used (stages.py), or
-        before the fork by ``make_all`` when the dump is long enough to use them."""
-        return self.ladder[self.start].make()
-
-    def make_all(self) -> None:
-        """Make every codec of the ladder once in this process: a library that is found but does
-        not load fails here, before anything is written, and forked workers inherit the imports."""
-        for s in self.ladder:
-            s.make()
-
-    def __str__(self) -> str:
-        return "auto" + (":" + ",".join(str(s) for s in self.ladder) if self.explicit else "")
-
-
-def parse_codec(text: str):
-    """A CodecSpec, or an AutoSpec for ``auto``/``auto:...``; raises UsageError."""
-    if text.strip().lower().partition(":")[0] == "auto":
-        return AutoSpec.parse(text)
-    return CodecSpec.parse(text)
 
 
 class Controller:
@@ -261,7 +182,8 @@ class Controller:
 
 
 class AutoStats:
-    """``--codec auto`` in a dump: the Controller, and the shared doubles the children publish.
+    """``--codec auto`` in a dump (``spec``: its AutoSpec): the Controller, and the shared doubles the
+    children publish.
 
     Anonymous shared memory, inherited across fork: per worker and ladder
     choice (``worker_row``) raw bytes, record bytes, CPU and wall seconds;
@@ -272,7 +194,7 @@ class AutoStats:
     """
     ENCODE, DISK = 4, 3          # doubles per (worker, choice), per writer
 
-    def __init__(self, spec: AutoSpec, workers: int, members: int):
+    def __init__(self, spec, workers: int, members: int):
         self.ladder, self.W, self.D = spec.ladder, workers, members
         # encode rates are per wall second of a worker (above): W workers, however many CPUs
         self.ctl = Controller([str(c) for c in self.ladder], workers, spec.start)

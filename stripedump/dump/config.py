@@ -8,7 +8,7 @@ size) happen in ``DumpConfig.geometry``.
 
 from __future__ import annotations
 
-from ..format.codecs import CodecSpec
+from ..format.codecs import CodecSpec, Spec
 from ..errors import UsageError
 from ..runtime.machine import usable_cpus
 from ..runtime.plain import Frozen
@@ -30,7 +30,7 @@ class DumpConfig(Frozen):
                  "io_timeout", "ssh_options", "dump_level")
 
     def __init__(self, source: str, targets: tuple[str, ...],
-                 codec: CodecSpec | None = None,    # None: lz4
+                 codec: Spec | None = None,         # a CodecSpec or an AutoSpec; None: lz4
                  workers: int = 0,                  # 0: one per usable CPU; at most 2 per CPU (fit_workers)
                  chunk_size: int = DEFAULT_CHUNK,
                  block_size: int = 0,               # 0: one page

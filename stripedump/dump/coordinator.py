@@ -135,8 +135,8 @@ def dump(cfg: DumpConfig, progress=None, say=None) -> DumpResult:
     """
     with Signals() as sig:
         t0 = time.monotonic()
-        if hasattr(cfg.codec, "available"):   # --codec auto: the default ladder less missing libraries
-            cfg = cfg._replace(codec=cfg.codec.available())
+        if cfg.codec.is_auto:   # --codec auto: the default ladder less missing libraries
+            cfg = cfg._replace(codec=cfg.codec.resolve())
         cfg.codec.make()      # a missing codec library is a usage error, before anything is touched
         src = Source(cfg.source, use_mmap=cfg.use_mmap)
         try:
@@ -217,7 +217,7 @@ def _prepare(cfg: DumpConfig, src: Source, say) -> tuple[DumpJob, list[str]]:
     for note in ((too_many,) if too_many else ()) + fit.warnings:
         say(note, 0)
     cfg = cfg._replace(workers=fit.workers)
-    if hasattr(cfg.codec, "make_all") and plan.n_chunks > AUTO_EXPLORE:
+    if cfg.codec.is_auto and plan.n_chunks > AUTO_EXPLORE:
         cfg.codec.make_all()      # --codec auto long enough to try its whole ladder: every library now
     info = src.info
     level = _dump_level(cfg, src, say)

@@ -120,7 +120,7 @@ class Coordinator:
 
     def run(self) -> DumpResult:
         try:
-            if getattr(self.cfg.codec, "ladder", None) is not None:
+            if self.cfg.codec.is_auto:
                 self.auto = AutoStats(self.cfg.codec, self.W, self.D)
             self.crew.open(self.auto)
             self.crew.start()

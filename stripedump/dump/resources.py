@@ -15,7 +15,7 @@ from ..runtime.machine import address_space_room, available_memory, usable_cpus
 from ..runtime.units import human_size
 from ..errors import UsageError
 from ..runtime.plain import Frozen
-from ..format.records import record_bound
+from ..format.structs import record_bound
 from .writer import STAGE_BYTES
 
 SLOT_ALIGN = 4096     # pool slots are page-aligned: O_DIRECT writes straight from them

@@ -24,7 +24,7 @@ from ..runtime.ipc import (END, DiskFailed, Failed, Lost, MemberDone, Skipped, S
                            Written)
 from ..runtime.plain import Frozen
 from .iowatch import IOWatch
-from ..format.records import encode_chunk
+from ..format.encode import encode_chunk
 from .writer import MemberWriter
 from ..format.plan import Plan, placement
 from ..runtime.procs import POLL, child_init, coordinator_pid, parent_gone
@@ -43,8 +43,8 @@ CLASS_NAMES = ("zero", "cache", "cache_private", "user", "free", "hwpoison", "of
 class WorkerArgs(Frozen):
     """What worker ``wid`` is started with (crew.py makes one per worker).
 
-    ``codec``: a CodecSpec, or an AutoSpec (``--codec auto``): then a task's
-    codec choice indexes its ladder, one codec instance per choice, and
+    ``codec``: a CodecSpec, or an AutoSpec (``--codec auto``): a task's
+    codec choice indexes its ``ladder``, one codec instance per choice, and
     ``stats`` (shared doubles, autocodec.AutoStats.worker_row) gets, per
     choice, the raw bytes, record bytes, CPU-seconds and wall seconds of
     every chunk this worker encodes.
@@ -74,11 +74,11 @@ def worker_main(a: WorkerArgs) -> None:
     wid, src, events, current = a.wid, a.src, a.events, a.current
     try:
         classify = _classifier(wid, src, a.level) if a.level is not None else None
-        ladder = getattr(a.codec, "ladder", (a.codec,))
+        ladder = a.codec.ladder        # a plain codec: a ladder of one
         codecs = [None] * len(ladder)
-        codecs[0 if len(ladder) == 1 else a.codec.start] = a.codec.make()
+        codecs[a.codec.start] = a.codec.make()
         plan = Plan.from_json(a.plan_json)
-        # records._nonzero_blocks: a chunk all zero is found one MiB at a time (a compare each)
+        # encode._nonzero_blocks: a chunk all zero is found one MiB at a time (a compare each)
         zero = bytes(max(a.block_bytes, min(plan.chunk_bytes, ZERO_COMPARE_BYTES)))
         pool_mv, slot_size = memoryview(a.pool), a.slot_size
         mine = a.stats

@@ -15,13 +15,18 @@ transcodes it).
 
 Straight into the slot (issue 12): where the library can write into a
 caller's buffer (cramjam's ``*_into`` functions for lz4 and snappy), a codec
-offers ``compress_into`` / ``decompress_into`` and records.py uses them, which
+offers ``compress_into`` / ``decompress_into`` and encode.py / decode.py use them, which
 saves a bytes object and a copy per page.  cramjam's snappy writes the same
 bytes as python-snappy (which wraps it); its LZ4 is another build of the LZ4
 library whose blocks are valid LZ4 blocks but not always the same bytes
 (about 1% larger on memory-like data, 15% faster per page).  zstd stays on
 zstandard: cramjam's ``compress_into`` builds a new context per call (2.5x
 slower per 4 KiB page); zlib and python-lzo have no such API.
+
+What the user chose is a spec, validated once at the CLI edge: ``CodecSpec``
+(one codec and level) or ``AutoSpec`` (``--codec auto``: a ladder of codecs
+the dump chooses from per chunk, dump/autocodec.py), behind one interface
+(``Spec``); ``parse_codec`` returns either.
 
 Thread-safety: a Codec instance is used by one process at a time.
 """
@@ -231,7 +236,41 @@ def _need(module: str, package: str):
             f"install it or choose another --codec") from None
 
 
-class CodecSpec(Frozen):
+class Spec(Frozen):
+    """What ``--codec`` chose: one codec (CodecSpec) or ``auto`` over a ladder of them (AutoSpec).
+
+    The one interface the dump uses, whichever was chosen (no probing for
+    attributes):
+
+    * ``is_auto``: the codec is chosen per chunk (dump/autocodec.py's
+      Controller picks a ``ladder`` index for each);
+    * ``ladder``: the codecs a chunk may get, as CodecSpecs; ``start``: the
+      index used until there are measurements (and for a plain codec, 0);
+    * ``resolve()``: the spec a dump runs with (auto's default ladder less
+      the codecs whose library is missing); ``make()``: the start codec's
+      instance (a missing library raises CodecUnavailable); ``make_all()``:
+      every codec of the ladder made once in this process;
+    * ``codec_id``, ``stored_level``: what the member header names.
+    """
+    __slots__ = ()
+    is_auto = False
+    start = 0
+
+    @property
+    def ladder(self) -> tuple:
+        return (self,)
+
+    def resolve(self) -> "Spec":
+        return self
+
+    def make_all(self) -> None:
+        """Make every codec of the ladder once in this process: a library that is found but does
+        not load fails here, before anything is written, and forked workers inherit the imports."""
+        for s in self.ladder:
+            s.make()
+
+
+class CodecSpec(Spec):
     """A validated codec choice, e.g. ``zstd:3``; stored on disk as (ID, level)."""
     __slots__ = ("name", "level")
 
@@ -279,3 +318,78 @@ class CodecSpec(Frozen):
 
     def __str__(self) -> str:
         return self.name if self.level is None else f"{self.name}:{self.level}"
+
+
+DEFAULT_LADDER = ("none", "lz4", "zstd:1", "zstd:3", "zstd:9")
+
+
+class AutoSpec(Spec):
+    """``auto`` or ``auto:CODEC,CODEC,...``: the ladder the dump's controller chooses from per chunk.
+
+    A plain frozen class, not a dataclass: auto is the default codec, so this is on every
+    dump's path (issue 12's fixed cost, tests/test_fixedcost.py)."""
+    __slots__ = ("ladder", "explicit")
+    is_auto = True
+
+    def __init__(self, ladder: tuple, explicit: bool = False):
+        object.__setattr__(self, "ladder", tuple(ladder))      # CodecSpec, in the order given
+        object.__setattr__(self, "explicit", explicit)         # a list was given (all must be installed)
+
+    @classmethod
+    def parse(cls, text: str) -> "AutoSpec":
+        head, colon, rest = text.strip().lower().partition(":")
+        if head != "auto":
+            raise UsageError(f"not an auto codec spec: {text!r}")
+        if not colon:
+            return cls(tuple(CodecSpec.parse(c) for c in DEFAULT_LADDER))
+        names = [c for c in rest.split(",")]
+        if not rest or any(not c.strip() for c in names):
+            raise UsageError(f"--codec {text!r}: auto: needs a list of codecs, e.g. auto:lz4,zstd:3")
+        ladder = tuple(dict.fromkeys(CodecSpec.parse(c) for c in names))
+        return cls(ladder, True)
+
+    @property
+    def name(self) -> str:
+        return "auto"
+
+    @property
+    def level(self):
+        return None
+
+    def resolve(self) -> "AutoSpec":
+        """The default ladder less the codecs whose library is missing (looked for, not imported:
+        ``CodecSpec.findable``); an explicit one as it is, every codec made (a missing one raises)."""
+        if self.explicit:
+            self.make_all()
+            return self
+        return AutoSpec(tuple(s for s in self.ladder if s.findable()), False)
+
+    @property
+    def start(self) -> int:
+        """The ladder index used until measurements exist: lz4 when listed, else the first."""
+        names = [s.name for s in self.ladder]
+        return names.index("lz4") if "lz4" in names else 0
+
+    @property
+    def codec_id(self) -> int:
+        """What the member header names: the start codec (the header names the codec asked for)."""
+        return self.ladder[self.start].codec_id
+
+    @property
+    def stored_level(self) -> int:
+        return self.ladder[self.start].stored_level
+
+    def make(self) -> Codec:
+        """The start codec's instance; the others are made where first used (dump/stages.py), or
+        before the fork by ``make_all`` when the dump is long enough to use them."""
+        return self.ladder[self.start].make()
+
+    def __str__(self) -> str:
+        return "auto" + (":" + ",".join(str(s) for s in self.ladder) if self.explicit else "")
+
+
+def parse_codec(text: str) -> Spec:
+    """A CodecSpec, or an AutoSpec for ``auto``/``auto:...``; raises UsageError."""
+    if text.strip().lower().partition(":")[0] == "auto":
+        return AutoSpec.parse(text)
+    return CodecSpec.parse(text)

@@ -362,6 +362,11 @@ class ChunkHeader(Record, fields=(
 CHUNK_HEADER_SIZE = ChunkHeader.STRUCT.size
 
 
+def record_bound(chunk_bytes: int, block_bytes: int) -> int:
+    """Largest record a chunk can need: blocks are stored raw when they do not shrink."""
+    return CHUNK_HEADER_SIZE + 4 * -(-chunk_bytes // block_bytes) + chunk_bytes
+
+
 def seal_chunk_header(buf, offset: int = 0, dump_id: bytes | None = None) -> None:
     """Set a packed chunk header's dump id (if given) and recompute its CRC, in place."""
     if dump_id is not None:

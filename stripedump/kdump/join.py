@@ -51,7 +51,8 @@ from .layout import (COPY, DESC_SIZE, DUMP_DH_COMPRESSED_INCOMPLETE, NONE, TRANS
                           KdumpLayout, chunk_descs, dump_codec, is_auto, missing_pages, phys_reader, utsname)
 from ..read.output import JoinResult, PartialOutput, check_output, check_whole, missing_report, unreadable_report
 from ..read.pool import Turns, run_pool
-from ..format.records import decode_chunk, unreadable_ranges
+from ..format.blocktable import unreadable_ranges
+from ..format.decode import decode_checked
 
 # Default page codec when the dump's own has no kdump flag (lz4, none): LZO
 # compresses about as fast as LZ4 (several times faster than zlib), and every
@@ -150,7 +151,7 @@ def _kdump_handler(lay: KdumpLayout, sink, turns, dmap: DataMap | None, spec: Co
                 pages, out = _copied(lay, h, body, blocks, flag)
                 return pages, out, [(0, len(out))] if len(out) else [], None, bad, h.start, t.chunk_id
             if mode == TRANSCODE:
-                _, data, _ = decode_chunk(rec, where, block_bytes, decoders)
+                data, _ = decode_checked(h, body, blocks, where, block_bytes, decoders)
                 pages, out = _transcode(lay, codec, data, bad)
                 return pages, out, [(0, len(out))] if out else [], None, bad, h.start, t.chunk_id
             base = dmap.offset(t.chunk_id)
@@ -161,7 +162,7 @@ def _kdump_handler(lay: KdumpLayout, sink, turns, dmap: DataMap | None, spec: Co
                 if len(data) != dmap.size(t.chunk_id):
                     raise VerifyError(f"{where}: record length does not match the index")
             else:
-                _, data, _ = decode_chunk(rec, where, block_bytes, decoders)
+                data, _ = decode_checked(h, body, blocks, where, block_bytes, decoders)
             descs, runs = chunk_descs(lay, mode, flag, h, body, blocks, block_bytes, base, npages)
             return descs, data, runs, base, bad, h.start, t.chunk_id
 

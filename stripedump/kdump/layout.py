@@ -65,7 +65,7 @@ from ..read.dumpset import DumpSet
 from ..errors import UsageError, VerifyError
 from ..format.structs import BLOCK_COMPRESSED, CHUNK_HEADER_SIZE, ChunkHeaderV1
 from ..read.reader import MISSING, ChunkError, NotDumped
-from ..format.records import unreadable_ranges
+from ..format.blocktable import unreadable_ranges
 from ..source.vmcore import PT_LOAD, parse_notes, parse_vmcoreinfo
 
 SIGNATURE = b"KDUMP   "

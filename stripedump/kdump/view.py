@@ -40,6 +40,7 @@ from collections import OrderedDict
 
 from ..runtime.bitmap import set_bits
 from ..errors import UsageError
+from ..read.fileview import FileView
 from ..read.filtered import KeptMap
 from ..format.structs import BLOCK_COMPRESSED
 from .layout import (COPY, DESC_SIZE, DUMP_DH_COMPRESSED_INCOMPLETE, NONE, DataMap, KdumpLayout,
@@ -51,9 +52,9 @@ STORED_CACHE = 8        # chunks whose stored blocks are kept, copy mode (a sequ
                         # 128 KiB reads would otherwise read and check each record 8 times)
 
 
-class KdumpView:
-    """The kdump-compressed file of ``dump`` (``size``, ``pread``); ``mode`` COPY or NONE (default:
-    COPY where the stored pages are kdump page data, see ``kdump.view_mode``)."""
+class KdumpView(FileView):
+    """The kdump-compressed file of ``dump`` (a FileView: ``size``, ``pread``); ``mode`` COPY or NONE
+    (default: COPY where the stored pages are kdump page data, see ``kdump.view_mode``)."""
 
     def __init__(self, dump: Dump, mode: str | None = None, kept: KeptMap | None = None):
         self.dump = dump
@@ -187,14 +188,9 @@ class KdumpView:
 
     # -- the file ----------------------------------------------------------------
 
-    def pread(self, offset: int, n: int) -> bytes:
-        """Up to ``n`` bytes of the kdump file at ``offset`` (fewer at its end)."""
+    def _fill(self, out: bytearray, offset: int, end: int) -> None:
+        """The kdump file's bytes [offset, end) (``FileView.pread``), from each part they cover."""
         lay = self.lay
-        offset = max(0, offset)
-        end = min(self.size, offset + max(0, n))
-        if offset >= end:
-            return b""
-        out = bytearray(end - offset)
         L = lay.bitmap_len
         parts = ((0, lay.bitmap_offset, "header"),
                  (lay.bitmap_offset, lay.bitmap_offset + 2 * L, "bitmaps"),
@@ -223,4 +219,3 @@ class KdumpView:
             elif what == "data":
                 self._data(lo, hi - lo, out, at)
             # the zero page: zeros already
-        return bytes(out)

@@ -1,8 +1,8 @@
 """The dump's files as a read-only FUSE file system (mfusepy over libfuse 3).
 
 Why a module of its own: ``mount.py`` is the lifecycle (checks, the daemon,
-``umount``); this is what is served and how.  Each file is an object with
-``size`` and ``pread(offset, n)``:
+``umount``); this is what is served and how.  Each file is a read-only view
+(``read.fileview.FileView``: ``size`` and ``pread(offset, n)``):
 
 * ``vmcore``       the ELF vmcore, byte for byte what ``join`` writes (``reader.Dump``);
 * ``vmcore.kdump`` makedumpfile's kdump-compressed format (``KdumpView``, when available);
@@ -35,6 +35,7 @@ import threading
 import time
 
 from ..errors import MountError, StripedumpError
+from ..read.fileview import FileView
 
 # libfuse's worker threads: enough for crash, drgn and a few copies at once; each idles in read(2)
 MAX_THREADS = 16
@@ -52,15 +53,15 @@ log = logging.getLogger("stripedump.mount.lifecycle")
 
 # -- the files ----------------------------------------------------------------
 
-class BytesFile:
+class BytesFile(FileView):
     """A small file held in memory (dump.json)."""
 
     def __init__(self, data: bytes):
         self.data = data
         self.size = len(data)
 
-    def pread(self, offset: int, n: int) -> bytes:
-        return self.data[offset:offset + n]
+    def _fill(self, out: bytearray, offset: int, end: int) -> None:
+        out[:] = self.data[offset:end]
 
 
 def info_json(members: list[str]) -> bytes:
@@ -89,7 +90,7 @@ def kdump_view(dump, kept=None):
 
 
 def files_of(dump, members: list[str]) -> dict:
-    """name -> file object (``size``, ``pread``) served by the mount."""
+    """name -> file (a ``FileView``: ``size``, ``pread``) served by the mount."""
     # a filtered dump (dump -d N): the ELF file join writes for it (makedumpfile -E's layout), whose
     # PT_LOADs leave the excluded pages out, never the source's layout with zeros in their place
     from ..read.filtered import FilteredElf, KeptMap

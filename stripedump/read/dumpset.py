@@ -33,7 +33,7 @@ from ..errors import IncompleteDump, MemberError, VerifyError
 from ..format.structs import HEADER_BLOCK, KIND_PAGES, MAX_CHUNK_BYTES, STATE_COMPLETE, STATE_NAMES, IndexEntry
 from ..format.manifest import Manifest
 from .member import MemberReader, WalkReport, is_complete
-from ..format.records import read_chunk, set_chunk_limit
+from ..format.decode import read_chunk
 from ..format.plan import placement
 from ..source.vmcore import merge_ranges
 
@@ -58,6 +58,10 @@ class DumpSet:
         the dump whose header is newest is read and the others' members count as missing."""
         if not paths:
             raise MemberError("no members given")
+        # Largest raw length a chunk record may claim before anything is sized from it: the plan's
+        # chunk size once the manifest is read (_check_manifest).  Readers pass it to read_chunk and
+        # decode_chunk (reader.Dump); join's pool workers use what Dump.check_record checked.
+        self.chunk_limit = MAX_CHUNK_BYTES
         self.readers: list[MemberReader] = []
         self.unwritten: list[str] = []    # given, but the dump stopped before writing a header there
         self.unusable: dict[int, tuple[str, str]] = {}   # member index -> (path, why): no manifest to read
@@ -177,7 +181,6 @@ class DumpSet:
     def close(self) -> None:
         for r in self.readers:
             r.close()
-        set_chunk_limit(MAX_CHUNK_BYTES)
 
     def __enter__(self):
         return self
@@ -227,7 +230,7 @@ class DumpSet:
         if m.members != self.count:
             raise MemberError(f"{r0.where}: the manifest and the member header disagree on the number "
                               "of members; the member is damaged")
-        set_chunk_limit(self.plan.chunk_bytes)     # no record may claim more (inherited by join's pool)
+        self.chunk_limit = max(1, min(self.plan.chunk_bytes, MAX_CHUNK_BYTES))     # no record may claim more
         for r in self.readers[1:]:
             if r.pread(r.header.manifest_offset, r.header.manifest_length) != \
                     r0.pread(self.header.manifest_offset, self.header.manifest_length):
@@ -384,7 +387,8 @@ class DumpSet:
     def _copy_verifies(self, r: MemberReader, e: IndexEntry) -> bool:
         """The record an index entry points to is this chunk of this dump, and sound."""
         try:
-            h, _, _ = read_chunk(r.read_record(e), r.where, self.block_bytes, r.dump_id, self.page_size)
+            h, _, _ = read_chunk(r.read_record(e), r.where, self.block_bytes, r.dump_id, self.page_size,
+                                 self.chunk_limit)
         except (MemberError, VerifyError):
             return False
         return h.chunk_id == e.chunk_id and h.payload_checksum == e.checksum
@@ -408,7 +412,8 @@ class DumpSet:
                 for e in entries:
                     if e.chunk_id == chunk_id and e.offset + e.length <= r.size:
                         rec = r.read_record(IndexEntry(*e))
-                        h, _, _ = read_chunk(rec, r.where, self.block_bytes, r.dump_id, self.page_size)
+                        h, _, _ = read_chunk(rec, r.where, self.block_bytes, r.dump_id, self.page_size,
+                                             self.chunk_limit)
                         if h.chunk_id != chunk_id:
                             continue
                         return rec

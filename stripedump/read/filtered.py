@@ -47,8 +47,9 @@ from ..runtime.bitmap import set_bits
 from ..errors import MemberError, UsageError, VerifyError
 from ..format.structs import (BLOCK_EXCLUDED, BLOCK_KIND_SHIFT, CHUNK_ALL_ZERO, CHUNK_EXCLUDED, FEATURE_EXCLUDED,
                      KIND_PAGES, ChunkHeader)
+from .fileview import FileView
 from .reader import MISSING
-from ..format.records import BIG_ENDIAN_HOST, excluded_ranges
+from ..format.blocktable import BIG_ENDIAN_HOST, excluded_ranges
 from ..source.vmcore import PT_LOAD, PT_NOTE
 
 PN_XNUM = 0xFFFF
@@ -203,10 +204,10 @@ _PHDR = {64: "IIQQQQQQ", 32: "IIIIIIII"}
 _SHDR = {64: 64, 32: 40}
 
 
-class FilteredElf:
+class FilteredElf(FileView):
     """makedumpfile ``-E``'s ELF file of a filtered dump: ``head`` (headers and notes),
     ``loads`` (new PT_LOADs as dicts: paddr, vaddr, offset, filesz, memsz, flags, align),
-    ``size``; ``pread`` serves it (the mount) from ``dump``."""
+    ``size``; as a FileView, ``pread`` serves it (the mount) from ``dump``."""
 
     def __init__(self, dump, kept: KeptMap):
         ds = self.ds = dump.ds
@@ -279,13 +280,8 @@ class FilteredElf:
         return [{"type": PT_LOAD, "offset": ld["offset"], "filesz": ld["filesz"], "paddr": ld["paddr"]}
                 for ld in self._data]
 
-    def pread(self, offset: int, n: int) -> bytes:
-        """Up to ``n`` bytes of the ELF file at ``offset`` (fewer at its end); the same bytes join writes."""
-        offset = max(0, offset)
-        end = min(self.size, offset + max(0, n))
-        if offset >= end:
-            return b""
-        out = bytearray(end - offset)
+    def _fill(self, out: bytearray, offset: int, end: int) -> None:
+        """The ELF file's bytes [offset, end) (``FileView.pread``); the same bytes join writes."""
         if offset < self.data_start:
             k = min(end, self.data_start) - offset
             out[:k] = self.head[offset:offset + k]
@@ -298,7 +294,6 @@ class FilteredElf:
             if a < b:
                 self.dump._copy_phys(ld["paddr"] + a - ld["offset"], out, a - offset, b - a, strict=False)
             i += 1
-        return bytes(out)
 
 
 def _order(vals, bits):

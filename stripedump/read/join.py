@@ -38,7 +38,8 @@ from ..format.structs import KIND_FILE
 from .output import (JoinResult, PartialOutput, check_output, check_whole, missing_report, pwrite_all,  # noqa: F401
                      unreadable_report)
 from .pool import run_pool
-from ..format.records import decode_into, unreadable_ranges
+from ..format.blocktable import unreadable_ranges
+from ..format.decode import decode_into
 from ..source.vmcore import PT_LOAD, subtract_ranges
 
 class RenderMap:
@@ -144,7 +145,7 @@ def _elf_handler(output: str | None, render: RenderMap | None, page_size: int, b
         fd_out = os.open(output, os.O_WRONLY) if output else None
         sink = ChunkSink(fd_out, render, page_size, output)
         codecs: dict = {}
-        buf = bytearray(0)      # one buffer for every chunk of this worker (records.decode_into)
+        buf = bytearray(0)      # one buffer for every chunk of this worker (decode.decode_into)
 
         def handle(rec, checked, where, t):
             nonlocal buf

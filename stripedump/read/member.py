@@ -15,9 +15,8 @@ from ..errors import MemberError, VerifyError
 from ..format.structs import (CHUNK_HEADER_SIZE, HEADER_BLOCK, INDEX_EVERY, MAX_FOOTER, MAX_MANIFEST, MEMBER_MAGIC,
                      STATE_COMPLETE, TRAILER_SIZE, V1_RECORD_MAGICS, ChunkHeader, Footer, IndexEntry,
                      MemberHeader, Trailer, checksum, first_record_offset, head_size, magic_of, parse_head,
-                     unpack_index, unpack_index_body, unpack_manifest, unpack_record)
+                     record_bound, unpack_index, unpack_index_body, unpack_manifest, unpack_record)
 from ..runtime.fileio import pread_exact
-from ..format.records import record_bound
 
 MAX_MANIFEST_RECORD = MAX_MANIFEST   # a compressed manifest is never longer than the JSON it holds
 

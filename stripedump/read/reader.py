@@ -41,7 +41,8 @@ from .dumpset import INCOMPLETE_HINT, DumpSet
 from ..source.elfhead import clip, incomplete_mark
 from ..errors import IncompleteDump, MemberError, VerifyError
 from ..format.structs import CHUNK_EXCLUDED, KIND_PAGES, ChunkHeader, IndexEntry
-from ..format.records import decode_chunk, read_chunk
+from ..format.decode import decode_chunk, read_chunk
+from .fileview import FileView
 from ..source.vmcore import PT_LOAD, subtract_ranges
 
 DEFAULT_CACHE = 256 << 20          # decoded chunks kept (256 x 1 MiB chunks)
@@ -229,8 +230,9 @@ class FileMap:
             i += 1
 
 
-class Dump:
-    """A dump opened for reading (see the module comment); use ``open()``."""
+class Dump(FileView):
+    """A dump opened for reading (see the module comment); use ``open()``.  As a FileView
+    (``size``, ``pread``): the ELF vmcore, byte for byte what join writes."""
 
     def __init__(self, members: list[str], allow_incomplete: bool = False, cache_bytes: int = DEFAULT_CACHE,
                  newest_dump: bool | None = None, verify_walks: bool = False):
@@ -281,7 +283,7 @@ class Dump:
             raise ChunkError(f"{self.where(cid)}: {e}") from None
 
     def checked(self, cid: int) -> tuple[ChunkHeader, memoryview, list]:
-        """(header, payload, blocks) of chunk ``cid`` (``records.read_chunk``), proven to be that chunk.
+        """(header, payload, blocks) of chunk ``cid`` (``decode.read_chunk``), proven to be that chunk.
 
         ChunkError when the record fails a check, MissingChunk when no member holds it.
         """
@@ -294,7 +296,8 @@ class Dump:
         """``read_chunk`` of a record said to be chunk ``cid``, plus: it is the chunk the plan describes."""
         where = self.where(cid)
         try:
-            h, body, blocks = read_chunk(rec, where, self.block_bytes, self.ds.header.dump_id, self.page_size)
+            h, body, blocks = read_chunk(rec, where, self.block_bytes, self.ds.header.dump_id, self.page_size,
+                                         self.ds.chunk_limit)
             self._promised(cid, h, where)
         except (MemberError, VerifyError) as e:
             self._failed(cid, str(e))
@@ -335,7 +338,7 @@ class Dump:
             codecs = self._local.codecs = {}
         where = self.where(cid)
         try:
-            h, out, _ = decode_chunk(rec, where, self.block_bytes, codecs)     # read_chunk's checks, once
+            h, out, _ = decode_chunk(rec, where, self.block_bytes, codecs, self.ds.chunk_limit)  # read_chunk's checks, once
             self._promised(cid, h, where)
         except (MemberError, VerifyError) as e:
             self._failed(cid, str(e))
@@ -359,7 +362,9 @@ class Dump:
         if not self.missing:
             return []
         out = list(clip(self.ds.header_pieces or [], files))
-        head = bytearray(self._pread_raw(0, min(64, self.size)))
+        head = bytearray(min(64, self.size))
+        if head:
+            self._fill_raw(head, 0, len(head))
         for off, data in out:                     # the header as join leaves it before marking it
             lo, hi = max(off, 0), min(off + len(data), len(head))
             if lo < hi:
@@ -369,22 +374,13 @@ class Dump:
             out.append(mark)
         return out
 
-    def pread(self, offset: int, n: int) -> bytes:
-        """Up to ``n`` bytes of the ELF vmcore at ``offset`` (fewer at its end)."""
-        data = self._pread_raw(offset, n)
-        if self.overlay and data:
-            buf = bytearray(data)
-            for off, piece in clip(self.overlay, [(offset, offset + len(buf))]):
-                buf[off - offset:off - offset + len(piece)] = piece
-            data = bytes(buf)
-        return data
+    def _fill(self, out: bytearray, offset: int, end: int) -> None:
+        """The ELF vmcore's bytes [offset, end) (``FileView.pread``): the chunks', then the overlay."""
+        self._fill_raw(out, offset, end)
+        for off, piece in clip(self.overlay, [(offset, end)]):
+            out[off - offset:off - offset + len(piece)] = piece
 
-    def _pread_raw(self, offset: int, n: int) -> bytes:
-        offset = max(0, offset)
-        end = min(self.size, offset + max(0, n))
-        if offset >= end:
-            return b""
-        out = bytearray(end - offset)
+    def _fill_raw(self, out: bytearray, offset: int, end: int) -> None:
         plan = self.plan
         for a, b, phys in self.map.spans(offset, end):
             if phys < 0:
@@ -399,7 +395,6 @@ class Dump:
                     pos += k
             else:
                 self._copy_phys(phys, out, a - offset, b - a, strict=False)
-        return bytes(out)
 
     def _copy_phys(self, paddr: int, out: bytearray, at: int, n: int, strict: bool) -> None:
         plan, ps = self.plan, self.page_size

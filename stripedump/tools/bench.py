@@ -156,7 +156,7 @@ class BenchConfig:
 
 def parse_codecs(text: str) -> tuple:
     """``lz4,zstd:3,auto`` -> specs; ``auto:lz4+zstd:3`` is auto over those codecs (``+``, as ``,`` splits the list)."""
-    from ..dump.autocodec import parse_codec
+    from ..format.codecs import parse_codec
     codecs = tuple(parse_codec(c.replace("+", ",")) for c in text.split(",") if c.strip())
     if not codecs:
         raise UsageError("--codecs is empty")
@@ -279,7 +279,7 @@ def estimate_seconds(cfg: BenchConfig, cpus: int) -> float:
         rate = ZERO_RATE
         if sample:
             # auto: at best as fast as the fastest codec of its ladder
-            ladder = spec.available().ladder if hasattr(spec, "available") else (spec,)
+            ladder = spec.resolve().ladder
             rate = max(_sample_rate(s.make(), sample, block) for s in ladder)
         for w in cfg.workers:
             per_run = cfg.size / (rate * min(w, cpus)) + RUN_OVERHEAD

@@ -58,7 +58,7 @@ from stripedump.read.dumpset import DumpSet
 from stripedump.errors import StripedumpError
 from stripedump.format.structs import KIND_FILE, KIND_PAGES
 from stripedump.read.join import RenderMap, mark_elf_incomplete
-from stripedump.format.records import decode_chunk
+from stripedump.format.decode import decode_chunk
 from stripedump.source.vmcore import Source
 
 HERE = os.path.dirname(os.path.abspath(__file__))
