@@ -8,7 +8,9 @@ remote, dump and read, kdump, mount, tools (docs/architecture.md).  Submodules a
 demand so that ``stripedump --help`` stays cheap.
 """
 
-from .version import __version__  # noqa: F401  (stripedump.__version__)
+from .version import __version__
+
+__all__ = ["__version__", "open"]
 
 
 def __getattr__(name):
