@@ -19,6 +19,11 @@ from stripedump.tools import synth
 from stripedump.format.structs import TRAILER_SIZE
 from stripedump.read.member import MemberReader
 
+TESTS = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(TESTS)         # the repository: PYTHONPATH of the stripedump processes tests start
+HELPERS = os.path.join(TESTS, "helpers")     # on sys.path too (pyproject.toml's pythonpath)
+FIXTURES = os.path.join(TESTS, "fixtures")
+
 
 @pytest.fixture
 def vmcore(tmp_path):
@@ -40,7 +45,7 @@ class CliResult:
 
 def run_cli(*args, timeout=120, cwd=None, without=()) -> CliResult:
     """``python -m stripedump ARGS``; ``without``: modules that cannot be imported in that Python."""
-    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = dict(os.environ, PYTHONPATH=ROOT)
     run = ["-m", "stripedump"]
     if without:
         block = "; ".join(f"sys.modules[{m!r}] = None" for m in without)
@@ -60,9 +65,8 @@ def default_signals() -> None:
 def run_python(code: str, timeout: int = 120) -> subprocess.CompletedProcess:
     """Run ``code`` in a new interpreter that imports this tree's stripedump (stdin /dev/null,
     output captured as text): for what a fresh process imports, loads or leaves behind."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout,
-                          env=dict(os.environ, PYTHONPATH=root), stdin=subprocess.DEVNULL)
+                          env=dict(os.environ, PYTHONPATH=ROOT), stdin=subprocess.DEVNULL)
 
 
 @pytest.fixture
@@ -79,9 +83,6 @@ def assert_one_line_error(res: CliResult, code: int, *needles: str) -> None:
     assert lines[0].startswith("stripedump: error: "), res.err
     for n in needles:
         assert n in lines[0], (n, lines[0])
-
-
-HELPERS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "helpers")
 
 
 def need_fuse() -> None:
@@ -156,7 +157,7 @@ REAL_DIR = os.environ.get("STRIPEDUMP_REAL_VMCORE_DIR", "/var/tmp/stripedump-rea
 @pytest.fixture(scope="session")
 def real_vmcore():
     """A QEMU dump of Debian's kernel, built once and cached in REAL_DIR."""
-    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "make-real-vmcore.sh")
+    script = os.path.join(FIXTURES, "make-real-vmcore.sh")
     if not os.path.exists(script):
         pytest.skip("tests/fixtures/make-real-vmcore.sh is missing")
     if shutil.which("qemu-system-x86_64") is None and os.geteuid() != 0:
@@ -175,7 +176,6 @@ def real_vmcore():
 def sshd_cluster(tmp_path_factory):
     """Three sshd "hosts" (127.0.0.2-4, own ports, keys and member roots) for the whole session,
     with a client HOME and ``.env`` whose ``ssh`` knows them by alias; skips without sshd."""
-    sys.path.insert(0, HELPERS)
     import sshd
     cluster = sshd.Cluster(str(tmp_path_factory.mktemp("sshd")), n=3)
     yield cluster
@@ -195,7 +195,7 @@ def workload_vmcore():
     """The real-kernel vmcore with WORKLOAD=1 (ext4 page cache, written files, anonymous memory),
     built once and cached next to the plain one."""
     out = REAL_DIR + "-workload"
-    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "make-real-vmcore.sh")
+    script = os.path.join(FIXTURES, "make-real-vmcore.sh")
     if shutil.which("qemu-system-x86_64") is None and os.geteuid() != 0:
         pytest.skip("QEMU (qemu-system-x86) is not installed and cannot be installed without root")
     p = subprocess.run(["bash", script, out], capture_output=True, text=True, timeout=900,

@@ -27,9 +27,9 @@ from stripedump.dump.coordinator import dump
 from stripedump.source.vmcore import Source
 
 from conftest import assert_one_line_error, run_cli
-from test_kdump import (FLAGS, assert_every_page_reads_back, kdump_join, needs_crash, needs_libkdumpfile,
+from kdump.test_join import (FLAGS, assert_every_page_reads_back, kdump_join, needs_crash, needs_libkdumpfile,
                         parse_kdump, source_digests)
-from test_mount_readers import DRGN_VMCOREINFO, mounted
+from mount.test_readers import DRGN_VMCOREINFO, mounted
 
 MB = 1e6
 # per codec: raw bytes per CPU-second, stored/raw (about what this machine measures on memory-like data)

@@ -15,6 +15,8 @@ from stripedump.read.dumpset import DumpSet
 from stripedump.read.join import join, verify
 from stripedump.dump.coordinator import dump
 
+from conftest import ROOT
+
 
 def round_trip(tmp_path, src, codec="lz4", ntargets=2, workers=2, chunk="64K", block=0, **kw):
     from stripedump.runtime.units import parse_size
@@ -120,7 +122,7 @@ def _start_slow_dump(tmp_path, *extra):
     src = str(tmp_path / "big")
     synth.build(src, synth.demo_loads(192 << 20))
     targets = f"{tmp_path}/m0,{tmp_path}/m1"
-    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = dict(os.environ, PYTHONPATH=ROOT)
     p = subprocess.Popen([sys.executable, "-m", "stripedump", "dump", "--disks", targets, "--codec",
                           "zlib:9", "--workers", "2", "-q", *extra, src], stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True, env=env)

@@ -29,9 +29,9 @@ import pytest
 from stripedump.tools import synth
 from stripedump.format.plan import degraded_placement
 
-from conftest import assert_one_line_error, need_fuse, start_fuse
+from conftest import ROOT, assert_one_line_error, need_fuse, start_fuse
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench"))
+sys.path.insert(0, os.path.join(ROOT, "bench"))
 import soak  # noqa: E402
 
 CODEC, CHUNK = "zlib", "64K"

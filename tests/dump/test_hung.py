@@ -32,9 +32,9 @@ from stripedump.tools import synth
 from stripedump.format.structs import STATE_COMPLETE, STATE_INCOMPLETE
 from stripedump.read.member import MemberReader
 
-from conftest import need_fuse, start_fuse
+from conftest import ROOT, need_fuse, start_fuse
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench"))
+sys.path.insert(0, os.path.join(ROOT, "bench"))
 import soak  # noqa: E402
 
 CODEC, CHUNK, TIMEOUT = "zlib", "64K", 3
@@ -124,7 +124,7 @@ def fuse_disk(tmp_path):
 
 
 def _dump(src, members, *extra, codec=CODEC, timeout=120):
-    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = dict(os.environ, PYTHONPATH=ROOT)
     t0 = time.monotonic()
     r = subprocess.run([sys.executable, "-m", "stripedump", "dump", "-vv", "--codec", codec, "--workers",
                         "2", "--chunk-size", CHUNK, "--io-timeout", str(TIMEOUT), "--disks",
@@ -206,7 +206,7 @@ def test_hung_target_dropped_under_continue(source, tmp_path, fuse_disk, way):
     # the survivors hold every chunk; with what reached the hung disk, join needs no flag
     on_disk = [image if m == dev else m for m in members]
     out = str(tmp_path / "out")
-    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = dict(os.environ, PYTHONPATH=ROOT)
     j = subprocess.run([sys.executable, "-m", "stripedump", "join", *on_disk, "-o", out],
                        capture_output=True, text=True, env=env, timeout=120)
     assert j.returncode == 0, j.stderr

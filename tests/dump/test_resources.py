@@ -30,9 +30,8 @@ from stripedump.read.join import join
 from stripedump.dump.resources import PROC_BYTES, fit_pool
 from stripedump.runtime.machine import available_memory
 
-from conftest import assert_one_line_error, run_cli
+from conftest import ROOT, assert_one_line_error, run_cli
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MIB = 1 << 20
 
 

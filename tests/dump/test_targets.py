@@ -171,7 +171,7 @@ import time  # noqa: E402
 
 from stripedump.tools import synth  # noqa: E402
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import ROOT  # noqa: E402
 
 
 @pytest.fixture(scope="module")

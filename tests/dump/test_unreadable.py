@@ -10,7 +10,6 @@ join and verify report them; every other byte comes back.
 """
 
 import json
-import os
 import subprocess
 import time
 
@@ -23,7 +22,6 @@ from stripedump.dump.coordinator import dump
 
 from conftest import need_fuse, start_fuse
 
-HERE = os.path.dirname(os.path.abspath(__file__))
 BAD_PFN = 0x1010          # two pages in the last RAM range of the "kernel" layout
 
 

@@ -23,7 +23,9 @@ from stripedump.format import structs as fmt
 from stripedump.errors import MemberError
 from stripedump.format.structs import record_bound
 
-DOC = Path(__file__).resolve().parents[1] / "docs" / "format.md"
+from conftest import ROOT
+
+DOC = Path(ROOT) / "docs" / "format.md"
 
 TYPE_NAMES = {"B": "u8", "b": "i8", "H": "u16", "h": "i16", "I": "u32", "i": "i32",
               "Q": "u64", "q": "i64", "x": "pad"}

@@ -35,7 +35,7 @@ from stripedump.format.structs import record_bound
 from stripedump.format.plan import Plan
 from stripedump.source.vmcore import Source
 
-from conftest import run_python
+from conftest import ROOT, run_python
 
 importlib.import_module("numpy")   # loaded: read_chunk checks large tables with it (blocktable._vectorize)
 
@@ -199,15 +199,14 @@ def test_numpy_is_not_imported_where_openblas_would_abort_the_process():
             "vsz = int(open('/proc/self/statm').read().split()[0]) * os.sysconf('SC_PAGE_SIZE')\n"
             "resource.setrlimit(resource.RLIMIT_AS, (vsz + (48 << 20), resource.RLIM_INFINITY))\n"
             "print(numpy_if_safe() is None, 'numpy' in sys.modules)\n")
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
-                       env=dict(os.environ, PYTHONPATH=root))
+                       env=dict(os.environ, PYTHONPATH=ROOT))
     assert p.returncode == 0, p.stderr
     assert p.stdout.split() == ["True", "False"]
     p = subprocess.run([sys.executable, "-c", "from stripedump.runtime.machine import numpy_if_safe\n"
                         "import os\nprint(numpy_if_safe().__name__, os.environ.get('OPENBLAS_NUM_THREADS'))"],
                        capture_output=True, text=True, timeout=60,
-                       env={k: v for k, v in dict(os.environ, PYTHONPATH=root).items() if k != "OPENBLAS_NUM_THREADS"})
+                       env={k: v for k, v in dict(os.environ, PYTHONPATH=ROOT).items() if k != "OPENBLAS_NUM_THREADS"})
     assert p.returncode == 0 and p.stdout.split() == ["numpy", "None"], p
 
 def loop_verdict(rec, block):

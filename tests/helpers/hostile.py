@@ -19,7 +19,7 @@ import sys
 import zlib
 
 from stripedump.format import structs as fmt
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # (name, where, offset in that structure, struct code)
 HEADER_FIELDS = [("member_index", 28, "I"), ("member_count", 32, "I"), ("page_size", 40, "I"),

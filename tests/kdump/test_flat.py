@@ -10,12 +10,13 @@ import sys
 
 import pytest
 
-from test_kdump import (assert_every_page_reads_back, dump_members, kdump_join, needs_libkdumpfile,
+from kdump.test_join import (assert_every_page_reads_back, dump_members, kdump_join, needs_libkdumpfile,
                         needs_makedumpfile)
 from stripedump.kdump.flat import ABORT_RECORD, END_RECORD, flat_header
 from stripedump.source.vmcore import Source
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import ROOT
+
 
 
 def replay(flat: bytes) -> bytes:

@@ -37,9 +37,8 @@ from stripedump.kdump.layout import KdumpLayout
 from stripedump.dump.coordinator import dump
 from stripedump.source.vmcore import Source
 
-from conftest import REAL_DIR, assert_one_line_error, damage_chunk   # and the real_vmcore fixture
+from conftest import REAL_DIR, ROOT, assert_one_line_error, damage_chunk   # and the real_vmcore fixture
 
-HERE = os.path.dirname(os.path.abspath(__file__))
 SYS_PYTHON = "/usr/bin/python3"
 FLAGS = {"zlib": 0x01, "lzo": 0x02, "snappy": 0x04, "zstd": 0x20}
 MIB = 1 << 20
@@ -427,7 +426,7 @@ def test_workers_waiting_for_their_turn_stop_when_the_coordinator_dies(tmp_path,
     psutil = pytest.importorskip("psutil")
     b = vmcore("simple", loads=[synth.Load(0, 48 * MIB)])
     m = dump_members(tmp_path, b.path, "lz4", chunk="64K")
-    env = dict(os.environ, PYTHONPATH=os.path.dirname(HERE))
+    env = dict(os.environ, PYTHONPATH=ROOT)
     p = subprocess.Popen([sys.executable, "-m", "stripedump", "join", *m, "--format", "kdump", "--codec",
                           "zlib:9", "--workers", "3", "-o", str(tmp_path / "o")], env=env,
                          stderr=subprocess.DEVNULL)

@@ -54,10 +54,9 @@ from stripedump.format.structs import FEATURE_EXCLUDED, ChunkHeader
 from stripedump.read.join import verify
 from stripedump.read.member import MemberReader
 
-from conftest import REAL_DIR, run_cli
-from test_pageclass import LEVELS, judge, needs_makedumpfile
+from conftest import REAL_DIR, ROOT, run_cli
+from levels.test_pageclass import LEVELS, judge, needs_makedumpfile
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FILLED = "/var/tmp/stripedump-bench/real-m1536-f1024/vmcore"
 
 PAGE = 4096

@@ -26,9 +26,10 @@ from stripedump.levels.pageclass import (CACHE_KEYS, CLASSES, FREE_KEYS, MEMMAP_
 from stripedump.source.vmcore import Source
 from stripedump.source.vmcoreinfo import VmcoreInfo
 
+from conftest import ROOT
 
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
 LEVELS = (1, 2, 4, 8, 16, 31)
 # PageClassifier's engines: the walk (small machines, and these fixtures by default) and numpy's columns
 ENGINES = ("walk", "vector")
@@ -392,7 +393,7 @@ HOLE = 6160
 
 
 def synth_core(tmp_path, extreme: bool, via_pointer: bool = False, style: str = "6.1") -> str:
-    from test_kvmem import PS, P, PSE, START_KERNEL_MAP, table, write_core
+    from source.test_kvmem import PS, P, PSE, START_KERNEL_MAP, table, write_core
     sp, _ = struct_pages(style)
     pages = {1: table({511: 2 * PS | P, (VMEMMAP >> 39) & 511: 3 * PS | P}),
              2: table({510: 0 | P | PSE}),                 # the kernel image: 1 GiB at physical 0

@@ -22,7 +22,7 @@ import time
 
 import pytest
 
-from conftest import assert_one_line_error, default_signals, run_cli
+from conftest import ROOT, assert_one_line_error, default_signals, run_cli
 
 CHUNK = "64K"       # many chunks in a few MiB: reads cross chunk boundaries
 
@@ -383,7 +383,7 @@ def test_umount_refuses_what_is_not_a_stripedump_mount(tmp_path):
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
 def test_foreground_ends_on_a_signal_and_unmounts(dumped, mnt, sig):
     b, members = dumped
-    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = dict(os.environ, PYTHONPATH=ROOT)
     proc = subprocess.Popen([sys.executable, "-m", "stripedump", "mount", "--foreground", *members,
                              str(mnt)], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, env=env, preexec_fn=default_signals)
@@ -411,7 +411,7 @@ def test_no_fuse_is_a_one_line_error_saying_how_to_get_it(dumped, mnt):
     b, members = dumped
     if os.geteuid() != 0 or shutil.which("unshare") is None:
         pytest.skip("needs root and unshare for a private /dev")
-    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = dict(os.environ, PYTHONPATH=ROOT)
     script = (f"mount -t tmpfs none /dev && exec {sys.executable} -m stripedump mount "
               + " ".join(members) + f" {mnt}")
     proc = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", script],

@@ -20,8 +20,8 @@ from stripedump.tools import synth
 from stripedump.source.vmcore import Source
 
 from conftest import run_cli
-from test_reader import _loads
-from test_kdump import (REAL_DIR, assert_every_page_reads_back, needs_crash, needs_libkdumpfile,
+from read.test_reader import _loads
+from kdump.test_join import (REAL_DIR, assert_every_page_reads_back, needs_crash, needs_libkdumpfile,
                         needs_makedumpfile, ram_only_copy, source_digests)
 
 pytestmark = pytest.mark.skipif(not os.path.exists("/dev/fuse"), reason="no /dev/fuse")

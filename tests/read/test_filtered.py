@@ -30,11 +30,11 @@ from stripedump.read.join import join as join_elf
 from stripedump.kdump.join import join_kdump
 from stripedump.source.vmcore import PT_LOAD, Source
 
-from conftest import run_cli
-from test_flat import replay
-from test_kdump import _has_libkdumpfile, libkdumpfile_read, needs_crash, parse_kdump, read_in_pieces, source_digests
-import test_mount
-from test_mount import do_mount
+from conftest import ROOT, run_cli
+from kdump.test_flat import replay
+from kdump.test_join import _has_libkdumpfile, libkdumpfile_read, needs_crash, parse_kdump, read_in_pieces, source_digests
+from mount import test_mount
+from mount.test_mount import do_mount
 
 PS = 4096
 
@@ -365,8 +365,7 @@ def real_levels(real_vmcore, tmp_path_factory):
         pytest.skip("makedumpfile is not installed")
     d = tmp_path_factory.mktemp("filtered-real")
     norm = str(d / "vmcore")
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    subprocess.run([sys.executable, os.path.join(root, "bench", "normalize_vmcore.py"), real_vmcore[0], norm],
+    subprocess.run([sys.executable, os.path.join(ROOT, "bench", "normalize_vmcore.py"), real_vmcore[0], norm],
                    check=True, capture_output=True, timeout=300)
     built: dict = {}
 

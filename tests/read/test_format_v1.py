@@ -14,9 +14,9 @@ import os
 from stripedump.tools import synth
 from stripedump.read.member import MemberReader
 
-from conftest import run_cli
+from conftest import FIXTURES, run_cli
 
-FIXTURE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "v1")
+FIXTURE = os.path.join(FIXTURES, "v1")
 MEMBERS = [os.path.join(FIXTURE, f"member{i}.sd") for i in range(2)]
 SHA256 = "8faeb9c459367b8e5d9f929fb9b19a9311da4fcdf2739cde90c8ea787b46a724"
 

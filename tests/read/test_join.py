@@ -14,6 +14,8 @@ from stripedump.read.join import RenderMap, join, verify
 from stripedump.read.member import MemberReader
 from stripedump.dump.coordinator import dump
 
+from conftest import ROOT
+
 
 @pytest.fixture
 def dumped(tmp_path, vmcore):
@@ -174,7 +176,7 @@ def test_join_leaves_all_zero_pages_as_holes(tmp_path, vmcore):
 def test_the_join_side_imports_form_no_cycle():
     """join -> pool/output -> reader; kdump -> kdumplayout; join never imports kdump (the CLI picks)."""
     import ast
-    pkg = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "stripedump")
+    pkg = os.path.join(ROOT, "stripedump")
     deps = {}
     for f in os.listdir(pkg):
         if f.endswith(".py"):

@@ -31,9 +31,9 @@ from stripedump.read.join import join
 from stripedump.read.member import MemberReader, WalkReport
 from stripedump.dump.coordinator import dump
 
-from conftest import assert_one_line_error, unfinalize
+from conftest import ROOT, assert_one_line_error, unfinalize
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench"))
+sys.path.insert(0, os.path.join(ROOT, "bench"))
 import soak  # noqa: E402
 
 CODEC, CHUNK = "zlib", 16 << 10
@@ -268,7 +268,7 @@ def _kdump_header(path):
 
 def test_kdump_output_marks_missing_pages(source, tmp_path, cli):
     """As makedumpfile writes an incomplete dump: header status bit 0x8, descriptors at offset 0."""
-    from test_kdump import _has_libkdumpfile, libkdumpfile_read, source_digests
+    from kdump.test_join import _has_libkdumpfile, libkdumpfile_read, source_digests
     src, oracle = source
     m = _dump(src, tmp_path)
     unfinalize(m[1])
@@ -303,7 +303,7 @@ def test_real_kernel_incomplete_kdump_in_crash(tmp_path, cli):
     """crash says the dump is incomplete, refuses missing pages, and with --zero_excluded runs a session."""
     import shutil
     import subprocess
-    from test_kdump import REAL_DIR
+    from kdump.test_join import REAL_DIR
     vmcore, vmlinux = os.path.join(REAL_DIR, "vmcore"), os.path.join(REAL_DIR, "vmlinux")
     if shutil.which("crash") is None or not (os.path.exists(vmcore) and os.path.exists(vmlinux)):
         pytest.skip("needs crash and the real-kernel fixture with vmlinux (tests/fixtures/make-real-vmcore.sh)")
@@ -335,7 +335,7 @@ def test_flat_output_of_incomplete_dump_replays_to_the_kdump_file(source, tmp_pa
     assert cli("join", "-q", "--workers", "1", "--allow-incomplete", "--format", "kdump", *m, "-o", k).rc == 0
     r = subprocess.run([sys.executable, "-m", "stripedump", "join", "-q", "--workers", "1",
                         "--allow-incomplete", "--format", "flat", *m, "-o", "-"], capture_output=True,
-                       env=dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+                       env=dict(os.environ, PYTHONPATH=ROOT))
     assert r.returncode == 0, r.stderr
     p = subprocess.run(["makedumpfile", "-R", str(tmp_path / "r.kdump")], input=r.stdout, capture_output=True)
     assert p.returncode == 0, p.stderr

@@ -25,9 +25,9 @@ from stripedump.tools import synth
 from stripedump.read.member import MemberReader
 from stripedump.source.vmcore import Source
 
-from conftest import assert_one_line_error, run_cli, unfinalize
+from conftest import ROOT, assert_one_line_error, run_cli, unfinalize
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench"))
+sys.path.insert(0, os.path.join(ROOT, "bench"))
 import soak  # noqa: E402
 
 CODEC, CHUNK = "zlib:9", "256K"
@@ -177,7 +177,7 @@ def test_finished_streamed_members_of_two_dumps_are_refused(tmp_path, vmcore):
         with open(a, "wb") as f:
             p = subprocess.run([sys.executable, "-m", "stripedump", "dump", "-q", "--disks", f"-,{b}", src],
                                stdout=f, stderr=subprocess.PIPE, timeout=120,
-                               env=dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+                               env=dict(os.environ, PYTHONPATH=ROOT))
         assert p.returncode == 0, p.stderr
         parts.append((a, b))
         time.sleep(1.1)            # member headers carry the creation second

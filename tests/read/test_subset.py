@@ -23,13 +23,13 @@ import pytest
 from stripedump.tools import synth
 from stripedump.source.elfhead import manifest_pieces
 
-from conftest import assert_one_line_error
+from conftest import FIXTURES, ROOT, assert_one_line_error
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench"))
+sys.path.insert(0, os.path.join(ROOT, "bench"))
 import soak  # noqa: E402
 
 CODEC, CHUNK = "zlib", 16 << 10
-V1 = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "v1")
+V1 = os.path.join(FIXTURES, "v1")
 
 
 @pytest.fixture(scope="module", params=["kernel", "elf32", "pn_xnum", "elf32-pn_xnum"])
@@ -198,7 +198,7 @@ def test_exit_6_keeps_its_meaning_with_members_missing(tmp_path, cli, vmcore):
 
 def test_kdump_output_without_each_member(tmp_path, cli):
     """kdump: the header comes from the manifest; libkdumpfile reads every present page, none missing."""
-    from test_kdump import _has_libkdumpfile, libkdumpfile_read, source_digests
+    from kdump.test_join import _has_libkdumpfile, libkdumpfile_read, source_digests
     b = synth.build(str(tmp_path / "vm"), **synth.layouts()["kernel"])
     oracle = soak.Oracle(b.path, CODEC, CHUNK)
     m = _dump(cli, b.path, tmp_path, 2)

@@ -19,10 +19,9 @@ import textwrap
 
 import pytest
 
-from conftest import CliResult, assert_one_line_error
-from test_mount import need_mount
+from conftest import ROOT, CliResult, assert_one_line_error
+from mount.test_mount import need_mount
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHUNK = "64K"
 
 

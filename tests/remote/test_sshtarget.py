@@ -22,12 +22,11 @@ from stripedump.tools import synth
 from stripedump.format.structs import FEATURE_STREAMED, STATE_COMPLETE, STATE_WRITING
 from stripedump.read.member import MemberReader
 
-from conftest import CliResult, assert_one_line_error, run_cli
+from conftest import ROOT, CliResult, assert_one_line_error, run_cli
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench"))
+sys.path.insert(0, os.path.join(ROOT, "bench"))
 import soak  # noqa: E402
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MIB = 1 << 20
 
 

@@ -30,9 +30,8 @@ from stripedump.read.info import info
 from stripedump.read.join import join
 from stripedump.dump.coordinator import dump
 from stripedump.runtime import procs
-from conftest import default_signals
+from conftest import ROOT, default_signals
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "bench"))
 import soak  # noqa: E402
 

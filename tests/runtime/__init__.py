@@ -1,0 +1,1 @@
+"""Tests of stripedump.runtime (stripedump/runtime/)."""

@@ -1,0 +1,1 @@
+"""Tests of stripedump.tools (stripedump/tools/)."""
