@@ -23,12 +23,11 @@ import sys
 
 import pytest
 
-from conftest import HELPERS, need_fuse
+from conftest import need_fuse
 from stripedump.tools import synth
 from stripedump.format.structs import HEADER_BLOCK
 
-sys.path.insert(0, HELPERS)
-import crashstates as cs  # noqa: E402
+import crashstates as cs
 
 MIB = 1 << 20
 LOADS = [synth.Load(0x100000, 3 * MIB), synth.Load(0x1000000, MIB)]

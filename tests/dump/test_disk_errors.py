@@ -8,13 +8,13 @@
 
 Default (``--on-disk-error stop``): one line naming the target, exit 8, every
 member finalized or walkable, and join --allow-incomplete recovers exactly
-what reached the disks (bench/soak.py's oracle).  ``--on-disk-error
-continue``: the dump drops the target, finishes on the others, and join
-gives back the source byte for byte without any flag; the chunks the failed
-target acknowledged since its last successful sync (a failed write, a failed
-fdatasync, an O_DIRECT stage that never reached it) are encoded again for the
-survivors, so the survivors alone hold every chunk, or the dump exits 8
-naming the chunks that may be lost.
+what reached the disks (the soak's oracle: tests/helpers/oracle.py).
+``--on-disk-error continue``: the dump drops the target, finishes on the
+others, and join gives back the source byte for byte without any flag; the
+chunks the failed target acknowledged since its last successful sync (a
+failed write, a failed fdatasync, an O_DIRECT stage that never reached it)
+are encoded again for the survivors, so the survivors alone hold every
+chunk, or the dump exits 8 naming the chunks that may be lost.
 """
 
 from __future__ import annotations
@@ -22,17 +22,15 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 
 import pytest
 
 from stripedump.tools import synth
 from stripedump.format.plan import degraded_placement
 
-from conftest import ROOT, assert_one_line_error, need_fuse, start_fuse
+from conftest import assert_one_line_error, need_fuse, start_fuse
 
-sys.path.insert(0, os.path.join(ROOT, "bench"))
-import soak  # noqa: E402
+from oracle import Oracle, check_run
 
 CODEC, CHUNK = "zlib", "64K"
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs or a loop device needs root")
@@ -42,7 +40,7 @@ needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs or a
 def source(tmp_path_factory):
     src = str(tmp_path_factory.mktemp("diskerr") / "vm")
     synth.build(src, synth.demo_loads(12 << 20))
-    return src, soak.Oracle(src, CODEC, 64 << 10)
+    return src, Oracle(src, CODEC, 64 << 10)
 
 
 @pytest.fixture
@@ -95,7 +93,7 @@ def _dump(cli, src, members, *extra):
 
 def _recovered(cli, oracle, members, out):
     """join --allow-incomplete gives back exactly what reached the disks, every byte right."""
-    ok, msg, n = soak.check_run(oracle, members, out)
+    ok, msg, n = check_run(oracle, members, out)
     assert ok, msg
     return n
 

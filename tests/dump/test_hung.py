@@ -10,7 +10,7 @@ stays blocked, then detaches the loop device and unmounts.
 * ``stop``: exit 8 within io-timeout + 30 s while the writer is still in D
   state; the other member finalized incomplete, its note naming the hung
   target; join --allow-incomplete gives back correct or declared-missing
-  pages (bench/soak.py's oracle);
+  pages (the soak's oracle: tests/helpers/oracle.py);
 * ``continue``: the dump goes on without it and exits 0; the survivor plus
   what reached the hung disk join back byte for byte;
 * a slow disk (every write 0.5 s) whose final sync lasts longer than
@@ -34,8 +34,7 @@ from stripedump.read.member import MemberReader
 
 from conftest import ROOT, need_fuse, start_fuse
 
-sys.path.insert(0, os.path.join(ROOT, "bench"))
-import soak  # noqa: E402
+from oracle import Oracle, check_run
 
 CODEC, CHUNK, TIMEOUT = "zlib", "64K", 3
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="loop devices and FUSE aborts need root")
@@ -58,7 +57,7 @@ def source(tmp_path_factory):
 
     def oracle(codec):
         if codec not in oracles:
-            oracles[codec] = soak.Oracle(src, codec, 64 << 10)
+            oracles[codec] = Oracle(src, codec, 64 << 10)
         return oracles[codec]
     return src, oracle
 
@@ -172,9 +171,9 @@ def test_hung_target_stops_the_dump_in_bounded_time(source, tmp_path, fuse_disk,
     finally:
         r0.close()
     # what the healthy member holds, alone and with what reached the hung disk: right or declared missing
-    ok, msg, n = soak.check_run(oracle, [members[0]], str(tmp_path / "out0"))
+    ok, msg, n = check_run(oracle, [members[0]], str(tmp_path / "out0"))
     assert ok and n > 0, msg
-    ok, msg, _ = soak.check_run(oracle, [members[0], image], str(tmp_path / "out1"))
+    ok, msg, _ = check_run(oracle, [members[0], image], str(tmp_path / "out1"))
     assert ok, msg
     for _ in range(100):           # released by the abort, the writer dies of its pending SIGKILL
         if _state(pid) in (None, "Z"):
@@ -213,7 +212,7 @@ def test_hung_target_dropped_under_continue(source, tmp_path, fuse_disk, way):
     with open(out, "rb") as f, open(src, "rb") as g:
         assert f.read() == g.read()
     os.unlink(out)
-    ok, msg, n = soak.check_run(oracle, survivors, out)
+    ok, msg, n = check_run(oracle, survivors, out)
     assert ok and n == len(oracle.records), msg
 
 
@@ -228,7 +227,7 @@ def test_slow_target_is_not_hung(source, tmp_path, fuse_disk):
     assert r.returncode == 0, r.stderr
     assert took > 3 * TIMEOUT, f"the slow disk was not slow ({took:.1f} s): the test proves nothing"
     assert "no write reached" not in r.stderr, r.stderr
-    ok, msg, n = soak.check_run(oracle, members, str(tmp_path / "out"))
+    ok, msg, n = check_run(oracle, members, str(tmp_path / "out"))
     assert ok and n == len(oracle.records), msg
 
 

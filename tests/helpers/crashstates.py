@@ -61,10 +61,10 @@ from stripedump.read.join import RenderMap, mark_elf_incomplete
 from stripedump.format.decode import decode_chunk
 from stripedump.source.vmcore import Source
 
+from oracle import header_region   # the oracle's own ELF parsing (what join rebuilds)
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
-sys.path.insert(0, os.path.join(ROOT, "bench"))
-from soak import header_region  # noqa: E402   the oracle's own ELF parsing (what join rebuilds)
 ENTRY = struct.Struct("<cBHQI")      # recording_fs.py's log entry
 PIECE = 4096                         # atomic unit of a write
 

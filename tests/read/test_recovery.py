@@ -4,10 +4,10 @@ Members are left as a stopped dump leaves them: killed with SIGKILL at a
 random moment (the whole process group, the coordinator, one child), cut
 short (truncated mid-record, at a record boundary, inside an index record),
 damaged, or missing.  What ``join --allow-incomplete`` must give back is
-decided by bench/soak.py's oracle, which shares nothing with the reader: it
-encodes every chunk itself and looks for each whole record in the member
-files, then zeroes the bytes of the chunks it did not find in a copy of the
-source.
+decided by the soak's oracle (tests/helpers/oracle.py), which shares
+nothing with the reader: it encodes every chunk itself and looks for each
+whole record in the member files, then zeroes the bytes of the chunks it did
+not find in a copy of the source.
 """
 
 from __future__ import annotations
@@ -33,8 +33,7 @@ from stripedump.dump.coordinator import dump
 
 from conftest import ROOT, assert_one_line_error, unfinalize
 
-sys.path.insert(0, os.path.join(ROOT, "bench"))
-import soak  # noqa: E402
+from oracle import KILL_MODES, Oracle, check_run, group_gone, kill_dump, start_dump
 
 CODEC, CHUNK = "zlib", 16 << 10
 
@@ -43,7 +42,7 @@ CODEC, CHUNK = "zlib", 16 << 10
 def source(tmp_path_factory):
     d = tmp_path_factory.mktemp("recovery")
     b = synth.build(str(d / "vmcore"), **synth.layouts()["kernel"])
-    return b.path, soak.Oracle(b.path, CODEC, CHUNK)
+    return b.path, Oracle(b.path, CODEC, CHUNK)
 
 
 def _dump(src, tmp_path, n=2, name="m", **kw):
@@ -101,7 +100,7 @@ def test_walk_finds_what_the_index_lists(tmp_path):
 @pytest.mark.parametrize("cut", ["chunk header", "payload", "record boundary", "index record"])
 def test_walk_stops_at_a_torn_tail(tmp_path, cut, cli):
     b = synth.build(str(tmp_path / "vm"), **synth.layouts()["kernel"])
-    oracle = soak.Oracle(b.path, "lz4", 4096)
+    oracle = Oracle(b.path, "lz4", 4096)
     t = str(tmp_path / "m0")
     dump(DumpConfig(b.path, (t,), CodecSpec("lz4"), 2, 4096))
     entries, index_offsets = _entries(t)
@@ -137,25 +136,25 @@ def test_walk_steps_over_a_damaged_payload(tmp_path):
 def slow_source(tmp_path_factory):
     src = str(tmp_path_factory.mktemp("killed") / "vm")
     synth.build(src, synth.demo_loads(20 << 20))
-    return src, soak.Oracle(src, "zlib:9", 128 << 10)
+    return src, Oracle(src, "zlib:9", 128 << 10)
 
 
-@pytest.mark.parametrize("mode", soak.KILL_MODES)
+@pytest.mark.parametrize("mode", KILL_MODES)
 def test_killed_dump_recovers_exactly_what_reached_disk(tmp_path, slow_source, mode):
     """SIGKILL mid-dump (real processes), then join --allow-incomplete: every byte checked."""
     src, oracle = slow_source
     members = [str(tmp_path / f"m{i}") for i in range(2)]
-    p = soak.start_dump(src, members, "zlib:9", 2, "128K")
+    p = start_dump(src, members, "zlib:9", 2, "128K")
     deadline = time.monotonic() + 20
     while not (os.path.exists(members[1]) and os.path.getsize(members[1]) > 64 << 10):
         assert p.poll() is None and time.monotonic() < deadline, "the dump ended before the kill"
         time.sleep(0.005)
     time.sleep(random.Random(mode).uniform(0, 0.1))
     assert p.poll() is None
-    soak.kill_dump(p, mode, random.Random(1))
+    kill_dump(p, mode, random.Random(1))
     p.wait()
-    assert soak._group_gone(p.pid, 30), "a process of the dump outlived the kill by 30 s"
-    ok, msg, n = soak.check_run(oracle, members, str(tmp_path / "out"))
+    assert group_gone(p.pid, 30), "a process of the dump outlived the kill by 30 s"
+    ok, msg, n = check_run(oracle, members, str(tmp_path / "out"))
     assert ok, msg
     # usually part of the dump; on a loaded machine the kill can land after the last chunk
     # was written, while the members were being finalized: then every chunk is there

@@ -27,8 +27,7 @@ from stripedump.source.vmcore import Source
 
 from conftest import ROOT, assert_one_line_error, run_cli, unfinalize
 
-sys.path.insert(0, os.path.join(ROOT, "bench"))
-import soak  # noqa: E402
+from oracle import Oracle, check_run, group_gone, start_dump
 
 CODEC, CHUNK = "zlib:9", "256K"
 SIZE = 24 << 20
@@ -86,23 +85,23 @@ def test_killed_dump_over_an_older_dump_never_mixes_them(tmp_path, loop_device):
     synth.build(old, synth.demo_loads(SIZE))
     synth.build(new, synth.demo_loads(SIZE), content=_other_content)
     devs = [loop_device(SIZE + (8 << 20)), loop_device(SIZE + (8 << 20))]
-    oracle = soak.Oracle(new, CODEC, 256 << 10)
+    oracle = Oracle(new, CODEC, 256 << 10)
 
     t0 = time.monotonic()
-    p = soak.start_dump(old, devs, CODEC, 2, CHUNK, extra=("--force",))
+    p = start_dump(old, devs, CODEC, 2, CHUNK, extra=("--force",))
     assert p.wait(300) == 0, p.stderr.read()
     whole = time.monotonic() - t0
     old_ids = {_dump_id(d) for d in devs}
 
     # the new dump, killed part-way: retry the delay until the kill lands mid-dump
     for attempt, frac in enumerate((0.5, 0.65, 0.35, 0.8, 0.25, 0.9, 0.6, 0.7)):
-        p = soak.start_dump(new, devs, CODEC, 2, CHUNK, extra=("--force",))
+        p = start_dump(new, devs, CODEC, 2, CHUNK, extra=("--force",))
         time.sleep(whole * frac)
         finished = p.poll() is not None
         if not finished:
             os.killpg(p.pid, signal.SIGKILL)
         p.wait()
-        assert soak._group_gone(p.pid, 60)
+        assert group_gone(p.pid, 60)
         present = oracle.on_disk(devs)
         started = all(_dump_id(d) not in old_ids for d in devs)    # its headers replaced the old ones
         if not finished and started and 0 < len(present) < len(oracle.records):
@@ -118,7 +117,7 @@ def test_killed_dump_over_an_older_dump_never_mixes_them(tmp_path, loop_device):
     assert res["chunks"] == len(present)          # exactly this dump's records that reached the disks
     assert _pages_are_new_or_missing(new, out, res) > 1000
     os.unlink(out)
-    ok, msg, _ = soak.check_run(oracle, devs, out)   # and every recovered byte is right (an oracle of its own)
+    ok, msg, _ = check_run(oracle, devs, out)   # and every recovered byte is right (an oracle of its own)
     assert ok, msg
     os.unlink(out)
 

@@ -6,8 +6,8 @@ region rebuilt from the manifest copy that every member carries), zeros
 exactly where join says data is missing; a kdump output that libkdumpfile
 reads; and ``info`` (exit 0) and ``verify`` (exit 8) that say, per member and
 in total, what a join would recover.  Expected bytes and ranges come from
-bench/soak.py's oracle, which finds the header region in the source with its
-own parsing and shares nothing with the reader.
+the soak's oracle (tests/helpers/oracle.py), which finds the header region
+in the source with its own parsing and shares nothing with the reader.
 """
 
 from __future__ import annotations
@@ -16,17 +16,15 @@ import json
 import os
 import struct
 import subprocess
-import sys
 
 import pytest
 
 from stripedump.tools import synth
 from stripedump.source.elfhead import manifest_pieces
 
-from conftest import FIXTURES, ROOT, assert_one_line_error
+from conftest import FIXTURES, assert_one_line_error
 
-sys.path.insert(0, os.path.join(ROOT, "bench"))
-import soak  # noqa: E402
+from oracle import Oracle, merge_ranges
 
 CODEC, CHUNK = "zlib", 16 << 10
 V1 = os.path.join(FIXTURES, "v1")
@@ -36,7 +34,7 @@ V1 = os.path.join(FIXTURES, "v1")
 def source(request, tmp_path_factory):
     d = tmp_path_factory.mktemp("subset")
     b = synth.build(str(d / "vmcore"), **synth.layouts()[request.param])
-    return b.path, soak.Oracle(b.path, CODEC, CHUNK)
+    return b.path, Oracle(b.path, CODEC, CHUNK)
 
 
 def _dump(cli, src, tmp_path, n):
@@ -149,7 +147,7 @@ def test_info_and_verify_with_a_member_missing(source, tmp_path, cli):
         assert x["share_chunks"] == len(mine)
         assert x["share_bytes"] == sum(oracle.plan.chunk(c).raw_bytes(oracle.page_size) for c in mine)
         assert x["missing_chunks"] == (len(mine) if x["index"] == 1 else 0)
-    lost = soak._merge([(c.start, c.start + c.count) for c in oracle.plan if c.kind == 0 and c.id % 3 == 1])
+    lost = merge_ranges([(c.start, c.start + c.count) for c in oracle.plan if c.kind == 0 and c.id % 3 == 1])
     assert members[1]["missing"] == lost and members[1]["missing_pages"] == rec["missing_pages"]
     r = cli("info", *given)
     assert r.rc == 0, r
@@ -200,7 +198,7 @@ def test_kdump_output_without_each_member(tmp_path, cli):
     """kdump: the header comes from the manifest; libkdumpfile reads every present page, none missing."""
     from kdump.test_join import _has_libkdumpfile, libkdumpfile_read, source_digests
     b = synth.build(str(tmp_path / "vm"), **synth.layouts()["kernel"])
-    oracle = soak.Oracle(b.path, CODEC, CHUNK)
+    oracle = Oracle(b.path, CODEC, CHUNK)
     m = _dump(cli, b.path, tmp_path, 2)
     want = source_digests(b.path, oracle.plan.pfn_ranges) if _has_libkdumpfile() else None
     for lost in range(2):

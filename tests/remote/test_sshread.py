@@ -315,7 +315,7 @@ def test_a_host_dying_during_the_join(tmp_path, ssh_hosts):
     source's page or zeros (a missing chunk), some of them zeros."""
     import time
     from stripedump.tools import synth
-    import sshd            # tests/helpers, on sys.path through the sshd_cluster fixture
+    import sshd            # tests/helpers (on sys.path: pyproject.toml's pythonpath)
     src = synth.build(str(tmp_path / "vmcore"), [synth.Load(0, 48 << 20)]).path
     env = ssh_hosts.env
     local = [str(tmp_path / f"m{i}.sd") for i in range(3)]

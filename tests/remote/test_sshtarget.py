@@ -24,8 +24,7 @@ from stripedump.read.member import MemberReader
 
 from conftest import ROOT, CliResult, assert_one_line_error, run_cli
 
-sys.path.insert(0, os.path.join(ROOT, "bench"))
-import soak  # noqa: E402
+from oracle import Oracle, check_run
 
 MIB = 1 << 20
 
@@ -99,7 +98,7 @@ def big(tmp_path_factory):
     d = tmp_path_factory.mktemp("sshbig")
     src = str(d / "vmcore")
     synth.build(src, synth.demo_loads(48 * MIB))
-    yield src, soak.Oracle(src, "none", 256 << 10)
+    yield src, Oracle(src, "none", 256 << 10)
 
 
 # -- round trips -------------------------------------------------------------------
@@ -265,7 +264,7 @@ def test_host_killed_mid_dump_stop_recovers_what_reached_the_hosts(ssh_hosts, bi
     rc, out, err, members, oracle = _kill_mid_dump(ssh_hosts, big, tmp_path)
     assert rc == 8, err
     assert "sdhost1" in err and "Traceback" not in err, err
-    ok, msg, n = soak.check_run(oracle, members, str(tmp_path / "out"))
+    ok, msg, n = check_run(oracle, members, str(tmp_path / "out"))
     assert ok, msg
     assert 0 < n < len(oracle.records)
 
@@ -282,7 +281,7 @@ def test_stream_cut_mid_record_is_recoverable(ssh_hosts, big, tmp_path):
     reader.close()
     e = entries[len(entries) // 2]
     os.truncate(h.path(), e.offset + e.length // 2)
-    ok, msg, n = soak.check_run(oracle, [h.path()], str(tmp_path / "out"))
+    ok, msg, n = check_run(oracle, [h.path()], str(tmp_path / "out"))
     assert ok, msg
     assert n == len([x for x in entries if x.offset + x.length <= e.offset + e.length // 2])
 
@@ -363,7 +362,7 @@ def test_remote_disk_full_is_a_failed_target(ssh_hosts, big, tmp_path):
             g.write(f.read())
     finally:
         subprocess.run(["umount", "-l", full], capture_output=True)
-    ok, msg, n = soak.check_run(oracle, [local, str(tmp_path / "m1")], str(tmp_path / "out"))
+    ok, msg, n = check_run(oracle, [local, str(tmp_path / "m1")], str(tmp_path / "out"))
     assert ok, msg
     assert 0 < n < len(oracle.records)
 

@@ -5,8 +5,8 @@ stripedump`` in a session of its own (its own process group), signalled as
 a user, systemd or ``timeout`` would (the coordinator alone, or the whole
 group), and then judged from the outside: the exit code, every member
 finalized (``info --json``), ``join --allow-incomplete`` giving back every
-page right or declared missing (bench/soak.py's oracle), and no process of
-the group left running.
+page right or declared missing (the soak's oracle: tests/helpers/oracle.py),
+and no process of the group left running.
 """
 
 from __future__ import annotations
@@ -32,8 +32,7 @@ from stripedump.dump.coordinator import dump
 from stripedump.runtime import procs
 from conftest import ROOT, default_signals
 
-sys.path.insert(0, os.path.join(ROOT, "bench"))
-import soak  # noqa: E402
+from oracle import Oracle, check_run, group_alive, group_gone
 
 CODEC, CHUNK = "zlib:9", "1M"     # slow, so that a signal lands mid-dump
 
@@ -43,7 +42,7 @@ def big(tmp_path_factory):
     """A 192 MiB synthetic vmcore (sparse where pages are zero) and what a dump of it writes."""
     src = str(tmp_path_factory.mktemp("procs") / "vm")
     synth.build(src, synth.demo_loads(192 << 20))
-    yield src, soak.Oracle(src, CODEC, 1 << 20)
+    yield src, Oracle(src, CODEC, 1 << 20)
     os.unlink(src)
 
 
@@ -84,9 +83,9 @@ def test_signal_finalizes_every_member(big, tmp_path, sig, code, to):
     assert p.returncode == code, err
     lines = [ln for ln in err.splitlines() if ln.strip()]
     assert len(lines) == 1 and f"interrupted by {sig.name}" in lines[0] and "Traceback" not in err, err
-    assert soak._group_gone(p.pid, 10), f"left running: {soak._group_alive(p.pid)}"
+    assert group_gone(p.pid, 10), f"left running: {group_alive(p.pid)}"
     assert [m["state"] for m in info(members)["members"]] == ["incomplete", "incomplete"]
-    ok, msg, n = soak.check_run(oracle, members, str(tmp_path / "out"))
+    ok, msg, n = check_run(oracle, members, str(tmp_path / "out"))
     assert ok, msg
     assert 0 < n < len(oracle.records)     # it did stop mid-dump
 
@@ -102,7 +101,7 @@ def test_sighup_ignored_by_the_parent_stays_ignored(big, tmp_path):
     out, err = p.communicate(timeout=300)
     assert p.returncode == 0, err
     assert [m["state"] for m in info(members)["members"]] == ["complete", "complete"]
-    assert soak._group_gone(p.pid, 10)
+    assert group_gone(p.pid, 10)
 
 
 # -- case 3: stdout and stderr that cannot be written -------------------------------------
@@ -143,13 +142,21 @@ def test_output_that_fails_changes_nothing(vmcore, tmp_path, case):
 
 # -- the coordinator is exception-safe -----------------------------------------------------
 
-def _no_children_left():
-    assert multiprocessing.active_children() == []
-    assert psutil.Process().children() == []
+@pytest.fixture
+def no_children_left():
+    """A check that no process the test started is left.  Children of this process that were
+    there before the test are not the test's: the sshd hosts of tests/remote (a session
+    fixture) live until the session ends."""
+    before = {c.pid for c in psutil.Process().children()}
+
+    def check():
+        assert multiprocessing.active_children() == []
+        assert [c for c in psutil.Process().children() if c.pid not in before] == []
+    return check
 
 
 @pytest.mark.parametrize("exc", [KeyboardInterrupt, ZeroDivisionError])
-def test_exception_in_the_coordinator_finalizes_every_member(vmcore, tmp_path, exc):
+def test_exception_in_the_coordinator_finalizes_every_member(vmcore, tmp_path, exc, no_children_left):
     """A bug, or KeyboardInterrupt at a bad moment, in the coordinator's loop: members incomplete."""
     b = vmcore("kernel")
     members = [str(tmp_path / "m0"), str(tmp_path / "m1")]
@@ -167,10 +174,10 @@ def test_exception_in_the_coordinator_finalizes_every_member(vmcore, tmp_path, e
         assert isinstance(ei.value, IncompleteDump) and "internal error in the coordinator" in str(ei.value)
     states = [m["state"] for m in info(members)["members"]]
     assert states == ["incomplete", "incomplete"], states
-    _no_children_left()
+    no_children_left()
 
 
-def test_progress_output_error_only_switches_progress_off(vmcore, tmp_path):
+def test_progress_output_error_only_switches_progress_off(vmcore, tmp_path, no_children_left):
     b = vmcore("kernel")
     members = [str(tmp_path / "m0"), str(tmp_path / "m1")]
     calls = []
@@ -182,7 +189,7 @@ def test_progress_output_error_only_switches_progress_off(vmcore, tmp_path):
                say=lambda msg, level=1: progress(0, 0))
     assert len(calls) == 2 and res.chunks > 0
     assert [m["state"] for m in info(members)["members"]] == ["complete", "complete"]
-    _no_children_left()
+    no_children_left()
 
 
 # -- procs.py on its own ---------------------------------------------------------------------
@@ -193,7 +200,7 @@ def _stubborn():
         time.sleep(1)
 
 
-def test_children_ignore_stop_signals_and_join_all_kills_stragglers():
+def test_children_ignore_stop_signals_and_join_all_kills_stragglers(no_children_left):
     p = procs.spawn(_stubborn, "stubborn", ())
     time.sleep(0.3)     # past child_init
     for s in procs.STOP_SIGNALS:
@@ -206,7 +213,7 @@ def test_children_ignore_stop_signals_and_join_all_kills_stragglers():
     assert time.monotonic() - t0 < procs.KILL_WAIT
     assert not p.is_alive() and p.exitcode == -signal.SIGKILL
     assert len(failures) == 1 and "did not stop in time and was killed" in str(failures[0])
-    _no_children_left()
+    no_children_left()
 
 
 def test_signals_flag_and_nohup():
@@ -226,7 +233,7 @@ def test_signals_flag_and_nohup():
 
 
 @pytest.mark.parametrize("failing", [2, 3], ids=["second-writer", "first-worker"])
-def test_fork_failing_still_finalizes_every_member(vmcore, tmp_path, monkeypatch, failing):
+def test_fork_failing_still_finalizes_every_member(vmcore, tmp_path, monkeypatch, failing, no_children_left):
     """fork() fails with EAGAIN (a process limit) for the Nth child: the members are finalized
     anyway, by their writer or, where it never started, by the coordinator itself."""
     import errno
@@ -244,7 +251,7 @@ def test_fork_failing_still_finalizes_every_member(vmcore, tmp_path, monkeypatch
     with pytest.raises(IncompleteDump, match="Resource temporarily unavailable"):
         dump(DumpConfig(b.path, tuple(members), CodecSpec("lz4"), 2, 16 << 10))
     assert [m["state"] for m in info(members)["members"]] == ["incomplete", "incomplete"]
-    _no_children_left()
+    no_children_left()
 
 
 def test_manifest_that_cannot_be_written_leaves_no_member_writing(vmcore, tmp_path):
