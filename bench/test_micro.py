@@ -22,6 +22,7 @@ from stripedump.format.plan import Plan, placement
 from stripedump.dump.stages import ZERO_COMPARE_BYTES
 from stripedump.source.vmcore import Source
 
+pytestmark = pytest.mark.slow      # benchmarks (pyproject.toml's markers)
 PAGE = 4096
 
 

@@ -149,6 +149,21 @@ def unfinalize(path: str) -> None:
         f.truncate(os.path.getsize(path) - TRAILER_SIZE)
 
 
+# -- the slow marker (pyproject.toml): QEMU guests and benchmarks --------------
+
+GUEST_FIXTURES = {"real_vmcore", "workload_vmcore"}
+
+
+@pytest.hookimpl(tryfirst=True)      # before `-m "not slow"` deselects by marker
+def pytest_collection_modifyitems(items):
+    """A test that needs a QEMU guest's vmcore, itself or through another fixture, is ``slow``:
+    building the guest takes minutes where it is not cached yet.  Tests that open the cached
+    guest without the fixture, and the benchmarks, carry the marker themselves."""
+    for item in items:
+        if GUEST_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
 # -- the real-kernel vmcore (tests/fixtures/make-real-vmcore.sh) ---------------
 
 REAL_DIR = os.environ.get("STRIPEDUMP_REAL_VMCORE_DIR", "/var/tmp/stripedump-real-vmcore")

@@ -298,6 +298,7 @@ def test_kdump_output_marks_missing_pages(source, tmp_path, cli):
         assert all(got[p] == want[p] for p in want if p not in gone)
 
 
+@pytest.mark.slow          # the QEMU guest's vmcore, read without the real_vmcore fixture
 def test_real_kernel_incomplete_kdump_in_crash(tmp_path, cli):
     """crash says the dump is incomplete, refuses missing pages, and with --zero_excluded runs a session."""
     import shutil

@@ -9,6 +9,8 @@ from conftest import assert_one_line_error
 from stripedump.tools import bench
 from stripedump.source.vmcore import Source
 
+pytestmark = pytest.mark.slow      # benchmark runs (pyproject.toml's markers)
+
 
 @pytest.mark.parametrize("data", bench.DATA_KINDS)
 def test_generated_source_is_big_in_ram_small_on_disk(tmp_path, data):
