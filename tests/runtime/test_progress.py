@@ -1,5 +1,6 @@
+"""Progress lines and bars, on a clock the tests move by hand: exact rates, no sleeping."""
+
 import io
-import time
 
 from stripedump.runtime.progress import Progress
 
@@ -9,11 +10,22 @@ class FakeTTY(io.StringIO):
         return True
 
 
+class Clock:
+    """Progress's clock: seconds that move only when the test says so."""
+
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 def test_plain_lines_for_serial_consoles():
-    out = io.StringIO()
-    p = Progress("dump", stream=out, every=0.0)
+    out, clock = io.StringIO(), Clock()
+    p = Progress("dump", stream=out, every=0.0, clock=clock)
     for i in range(5):
         p(i * 100, 400)
+        clock.now += 1
     p.close()
     lines = out.getvalue().splitlines()
     assert "\r" not in out.getvalue()
@@ -24,47 +36,58 @@ def test_plain_lines_for_serial_consoles():
 
 def test_first_line_has_no_rate_until_one_is_measured():
     """The first line came out as "0.0% (0 of 1073 MB), 0.1 MB/s": a rate from nothing."""
-    out = io.StringIO()
-    p = Progress("dump", stream=out, every=0.0)
+    out, clock = io.StringIO(), Clock()
+    p = Progress("dump", stream=out, every=0.0, clock=clock)
     p(100_000, 1_073_741_824)
-    time.sleep(0.05)
+    clock.now += 2
     p(600_000_000, 1_073_741_824)
     lines = out.getvalue().splitlines()
     assert lines[0] == "stripedump: dump:   0.0% (0 of 1074 MB)"
-    assert lines[1].startswith("stripedump: dump:  55.9% (600 of 1074 MB), ") and lines[1].endswith(" MB/s")
+    assert lines[1] == "stripedump: dump:  55.9% (600 of 1074 MB), 300.0 MB/s"    # 600 MB in 2 s
 
 
 def test_bar_has_no_eta_until_one_can_be_measured(monkeypatch):
     monkeypatch.setenv("TERM", "xterm")
-    out = FakeTTY()
-    p = Progress("dump", stream=out, every=0.0)
+    out, clock = FakeTTY(), Clock()
+    p = Progress("dump", stream=out, every=0.0, clock=clock)
     p(0, 1000)
-    time.sleep(0.05)
+    clock.now += 0.05
     p(0, 1000)             # nothing moved yet: a rate of 0, no ETA (it showed 0:00:00)
     assert "0.0 MB/s ETA -:--:--" in out.getvalue()
     out = FakeTTY()
-    p = Progress("dump", stream=out, every=0.0)
+    p = Progress("dump", stream=out, every=0.0, clock=clock)
     p(0, 1000)
-    time.sleep(0.05)
+    clock.now += 0.05
     p(500, 1000)
     assert " MB/s ETA 0:00:00" in out.getvalue() and "- MB/s" not in out.getvalue()
 
 
 def test_plain_lines_are_throttled():
-    out = io.StringIO()
-    p = Progress("join", stream=out, every=3600)
+    out, clock = io.StringIO(), Clock()
+    p = Progress("join", stream=out, every=3600, clock=clock)
     for i in range(1000):
         p(i, 1000)
+        clock.now += 3          # 50 minutes in all: still under the hour
     p.close()
     assert len(out.getvalue().splitlines()) == 2      # start and end only
+    out = io.StringIO()
+    p = Progress("join", stream=out, every=5.0, clock=clock)
+    for i in range(13):                               # 0 .. 12 s, a second apart
+        p(i, 12)
+        clock.now += 1
+    p.close()
+    assert [ln.split("%")[0][-5:] for ln in out.getvalue().splitlines()] == \
+        ["  0.0", " 41.7", " 83.3", "100.0"]          # the start, 5 s, 10 s, the end
 
 
 def test_bar_on_terminals(monkeypatch):
     monkeypatch.setenv("TERM", "xterm")
-    out = FakeTTY()
-    p = Progress("verify", stream=out, every=0.0)
+    out, clock = FakeTTY(), Clock()
+    p = Progress("verify", stream=out, every=0.0, clock=clock)
     p(0, 1000)
+    clock.now += 1
     p(500, 1000)
+    clock.now += 1
     p(1000, 1000)
     p.close()
     text = out.getvalue()
