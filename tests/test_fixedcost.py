@@ -206,9 +206,10 @@ def test_a_command_gets_the_same_parser_built_alone(cmd, capsys):
 _CHILDREN = """
 import os, signal, sys, time
 from stripedump.runtime import procs
-def stubborn():
+def stubborn(ready):
     procs.child_init()
     os.write(1, b"ready\\n")
+    os.write(ready, b"!")
     time.sleep(20)           # killed long before, unless join_all failed to
 
 def raises():
@@ -221,12 +222,13 @@ def reads_stdin():
     sys.exit(0 if sys.stdin.read() == "" else 3)
 
 print("buffered in the parent", end="")     # flushed before the fork: printed once, not per child
-p = procs.spawn(stubborn, "stubborn", ())
+r, w = os.pipe()
+p = procs.spawn(stubborn, "stubborn", (w,))
+os.close(w)
 assert type(p) is procs.Child and p.is_alive() and p.exitcode is None
-time.sleep(0.5)
+assert os.read(r, 1) == b"!"           # past child_init: it ignores the stop signals now
 for s in procs.STOP_SIGNALS:
-    os.kill(p.pid, s)
-time.sleep(0.2)
+    os.kill(p.pid, s)                  # ignored: the kernel drops each one as it is sent
 assert p.is_alive()
 failures = []
 procs.join_all([p], failures.append, "child", timeout=0.3)

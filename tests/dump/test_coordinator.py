@@ -113,9 +113,10 @@ def test_verify_reports_good_dump(tmp_path, vmcore):
 import signal
 import subprocess
 import sys
-import time
 
 import psutil
+
+from waiting import wait_until
 
 
 def _start_slow_dump(tmp_path, *extra):
@@ -130,13 +131,16 @@ def _start_slow_dump(tmp_path, *extra):
 
 
 def _wait_for_children(p, n, timeout=20):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        kids = psutil.Process(p.pid).children()
-        if len(kids) >= n:
-            return kids
-        time.sleep(0.05)
-    raise AssertionError("children did not start")
+    def kids():
+        k = psutil.Process(p.pid).children()
+        return k if len(k) >= n else None
+    return wait_until(kids, f"{n} children of the dump", timeout, proc=p)
+
+
+def _wait_for_records(p, members):
+    """Until chunk records reach every member: the dump is under way, its children at work."""
+    wait_until(lambda: all(os.path.exists(m) and os.path.getsize(m) > 64 << 10 for m in members),
+               "chunk records on every member", proc=p)
 
 
 @pytest.mark.parametrize("sig,code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
@@ -144,7 +148,7 @@ def test_signal_stops_cleanly_and_finalizes_members_as_incomplete(tmp_path, sig,
     from stripedump.read.info import info
     p, members = _start_slow_dump(tmp_path)
     _wait_for_children(p, 4)
-    time.sleep(0.5)
+    _wait_for_records(p, members)
     p.send_signal(sig)
     out, err = p.communicate(timeout=60)
     assert p.returncode == code, err
@@ -156,7 +160,7 @@ def test_signal_stops_cleanly_and_finalizes_members_as_incomplete(tmp_path, sig,
 def test_killed_worker_is_noticed_and_reported(tmp_path):
     p, members = _start_slow_dump(tmp_path)
     kids = _wait_for_children(p, 4)
-    time.sleep(0.3)
+    _wait_for_records(p, members)
     # the last two children started are the workers (writers start first)
     victim = sorted(kids, key=lambda k: k.create_time())[-1]
     victim.kill()

@@ -35,6 +35,7 @@ from stripedump.read.member import MemberReader
 from conftest import ROOT, need_fuse, start_fuse
 
 from oracle import Oracle, check_run
+from waiting import wait_until
 
 CODEC, CHUNK, TIMEOUT = "zlib", "64K", 3
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="loop devices and FUSE aborts need root")
@@ -175,11 +176,8 @@ def test_hung_target_stops_the_dump_in_bounded_time(source, tmp_path, fuse_disk,
     assert ok and n > 0, msg
     ok, msg, _ = check_run(oracle, [members[0], image], str(tmp_path / "out1"))
     assert ok, msg
-    for _ in range(100):           # released by the abort, the writer dies of its pending SIGKILL
-        if _state(pid) in (None, "Z"):
-            break
-        time.sleep(0.1)
-    assert _state(pid) in (None, "Z")
+    # released by the abort, the writer dies of its pending SIGKILL
+    wait_until(lambda: _state(pid) in (None, "Z"), "the released writer to die", timeout=10)
 
 
 @needs_root
@@ -245,7 +243,7 @@ class _Pipe:
 
 def _sleep_in_a_call(watch, d, seconds):
     with watch.call(d, 5, 3):
-        time.sleep(seconds)
+        time.sleep(seconds)          # the behaviour: a writer stuck in one call
 
 
 def test_a_writer_stuck_in_one_call_is_hung_and_abandoned():
@@ -259,10 +257,8 @@ def test_a_writer_stuck_in_one_call_is_hung_and_abandoned():
         assert w.stats == [None, None]
         p = multiprocessing.get_context("fork").Process(target=_sleep_in_a_call, args=(w, 0, 60))
         p.start()
-        t0, hung = time.monotonic(), []
-        while not hung and time.monotonic() - t0 < 10:
-            hung = w.check()
-            time.sleep(0.05)
+        t0 = time.monotonic()
+        hung = wait_until(w.check, "the stuck writer declared hung", timeout=10, interval=0.05)
         took = time.monotonic() - t0
         assert hung == [0] and 0.9 < took < 3, (hung, took)
         assert "t0 hung" in w.hung[0] and 1 not in w.hung

@@ -172,6 +172,12 @@ import time  # noqa: E402
 from stripedump.tools import synth  # noqa: E402
 
 from conftest import ROOT  # noqa: E402
+from waiting import wait_until  # noqa: E402
+
+
+def _head(path) -> bytes:
+    with open(path, "rb") as f:
+        return f.read(8)
 
 
 @pytest.fixture(scope="module")
@@ -256,10 +262,7 @@ def test_two_dumps_at_once_on_the_same_files(tmp_path, slow_source, force):
 def test_second_dump_on_a_held_file_is_refused_at_once_naming_the_holder(tmp_path, slow_source):
     a, b = tmp_path / "m0", tmp_path / "m1"
     first = _start(slow_source, [a, b])
-    deadline = time.monotonic() + 30
-    while not (b.exists() and b.stat().st_size > 0):       # the first dump is writing
-        assert first.poll() is None and time.monotonic() < deadline, first.communicate()
-        time.sleep(0.02)
+    wait_until(lambda: b.exists() and b.stat().st_size > 0, "the first dump writing", proc=first)
     with _Paused(first):          # it holds its targets for as long as it takes
         t0 = time.monotonic()
         second = _start(slow_source, [tmp_path / "other", b], "--force")
@@ -289,13 +292,7 @@ def test_two_dumps_at_once_on_the_same_block_devices(tmp_path, slow_source, loop
 def test_block_device_held_by_another_dump_names_it(tmp_path, slow_source, loopdev):
     a, b = loopdev(32 << 20), loopdev(32 << 20)
     first = _start(slow_source, [a, b])
-    deadline = time.monotonic() + 30
-    while True:
-        with open(b, "rb") as f:
-            if f.read(8) == b"STRIPEDM":
-                break
-        assert first.poll() is None and time.monotonic() < deadline, first.communicate()
-        time.sleep(0.02)
+    wait_until(lambda: _head(b) == b"STRIPEDM", "the first dump's header on the device", proc=first)
     with _Paused(first):
         second = _start(slow_source, [b], "--force")
         _, err = second.communicate(timeout=60)

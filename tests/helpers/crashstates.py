@@ -62,6 +62,7 @@ from stripedump.format.decode import decode_chunk
 from stripedump.source.vmcore import Source
 
 from oracle import header_region   # the oracle's own ELF parsing (what join rebuilds)
+from waiting import next_second
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
@@ -185,7 +186,7 @@ def record_dump(work: str, source: str, old_source: str, members: int = 2, sync_
     shutil.rmtree(olddir)
     # a reused disk holds a dump of an earlier crash: member headers carry their creation time in
     # seconds, by which join --allow-incomplete tells the newer dump from the older (DumpSet)
-    time.sleep(1.01 - time.time() % 1)
+    next_second()
     log = os.path.join(work, "ops.log")
     proc = mount_recorder(backing, mnt, log)
     try:

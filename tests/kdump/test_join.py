@@ -422,7 +422,7 @@ def test_workers_waiting_for_their_turn_stop_when_the_coordinator_dies(tmp_path,
     """SIGKILL the coordinator of a transcoding join: its workers (some waiting for a turn) all exit."""
     import signal
     import sys
-    import time
+    from waiting import wait_until
     psutil = pytest.importorskip("psutil")
     b = vmcore("simple", loads=[synth.Load(0, 48 * MIB)])
     m = dump_members(tmp_path, b.path, "lz4", chunk="64K")
@@ -431,12 +431,11 @@ def test_workers_waiting_for_their_turn_stop_when_the_coordinator_dies(tmp_path,
                           "zlib:9", "--workers", "3", "-o", str(tmp_path / "o")], env=env,
                          stderr=subprocess.DEVNULL)
     proc = psutil.Process(p.pid)
-    deadline = time.monotonic() + 30
-    while len(proc.children()) < 3 and time.monotonic() < deadline and p.poll() is None:
-        time.sleep(0.05)
+    wait_until(lambda: len(proc.children()) >= 3, "the join's workers", proc=p)
     kids = proc.children()
-    assert len(kids) == 3, "the join ended before its workers could be seen"
-    time.sleep(0.5)
+    assert len(kids) == 3, kids
+    # at work on chunks (each has used CPU: zlib:9), so that some wait for their turn to write
+    wait_until(lambda: all(sum(k.cpu_times()[:2]) >= 0.1 for k in kids), "the workers at work", proc=p)
     p.send_signal(signal.SIGKILL)
     p.wait()
     gone, alive = psutil.wait_procs(kids, timeout=20)

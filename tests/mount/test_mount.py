@@ -23,6 +23,7 @@ import time
 import pytest
 
 from conftest import ROOT, assert_one_line_error, default_signals, run_cli
+from waiting import wait_until
 
 CHUNK = "64K"       # many chunks in a few MiB: reads cross chunk boundaries
 
@@ -388,11 +389,7 @@ def test_foreground_ends_on_a_signal_and_unmounts(dumped, mnt, sig):
                              str(mnt)], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, env=env, preexec_fn=default_signals)
     try:
-        deadline = time.monotonic() + 30
-        while mounted(mnt) is None:
-            assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() < deadline
-            time.sleep(0.02)
+        wait_until(lambda: mounted(mnt) is not None, "the mount", proc=proc, interval=0.02)
         assert server_pid(mnt) == proc.pid          # attached: this very process serves
         assert filecmp.cmp(mnt / "vmcore", b.path, shallow=False)
         proc.send_signal(sig)

@@ -34,6 +34,7 @@ from stripedump.dump.coordinator import dump
 from conftest import ROOT, assert_one_line_error, unfinalize
 
 from oracle import KILL_MODES, Oracle, check_run, group_gone, kill_dump, start_dump
+from waiting import wait_until
 
 CODEC, CHUNK = "zlib", 16 << 10
 
@@ -145,11 +146,9 @@ def test_killed_dump_recovers_exactly_what_reached_disk(tmp_path, slow_source, m
     src, oracle = slow_source
     members = [str(tmp_path / f"m{i}") for i in range(2)]
     p = start_dump(src, members, "zlib:9", 2, "128K")
-    deadline = time.monotonic() + 20
-    while not (os.path.exists(members[1]) and os.path.getsize(members[1]) > 64 << 10):
-        assert p.poll() is None and time.monotonic() < deadline, "the dump ended before the kill"
-        time.sleep(0.005)
-    time.sleep(random.Random(mode).uniform(0, 0.1))
+    wait_until(lambda: os.path.exists(members[1]) and os.path.getsize(members[1]) > 64 << 10,
+               "64 KiB on member 1, before the kill", timeout=20, proc=p, interval=0.005)
+    time.sleep(random.Random(mode).uniform(0, 0.1))     # the behaviour: a kill at a random moment
     assert p.poll() is None
     kill_dump(p, mode, random.Random(1))
     p.wait()

@@ -28,6 +28,7 @@ from stripedump.source.vmcore import Source
 from conftest import ROOT, assert_one_line_error, run_cli, unfinalize
 
 from oracle import Oracle, check_run, group_gone, start_dump
+from waiting import next_second
 
 CODEC, CHUNK = "zlib:9", "256K"
 SIZE = 24 << 20
@@ -96,7 +97,7 @@ def test_killed_dump_over_an_older_dump_never_mixes_them(tmp_path, loop_device):
     # the new dump, killed part-way: retry the delay until the kill lands mid-dump
     for attempt, frac in enumerate((0.5, 0.65, 0.35, 0.8, 0.25, 0.9, 0.6, 0.7)):
         p = start_dump(new, devs, CODEC, 2, CHUNK, extra=("--force",))
-        time.sleep(whole * frac)
+        time.sleep(whole * frac)       # the behaviour: a kill part-way through the dump
         finished = p.poll() is not None
         if not finished:
             os.killpg(p.pid, signal.SIGKILL)
@@ -133,7 +134,7 @@ def test_member_still_holding_an_older_dump_counts_as_missing(tmp_path):
     m = [str(tmp_path / "m0"), str(tmp_path / "m1")]
     assert run_cli("dump", "-q", "--codec", "lz4", "--disks", ",".join(m), old.path).rc == 0
     os.rename(m[1], str(tmp_path / "m1.old"))
-    time.sleep(1.1)           # headers carry seconds: the new dump must be the newer one
+    next_second()             # headers carry seconds: the new dump must be the newer one
     assert run_cli("dump", "-q", "--force", "--codec", "lz4", "--disks", ",".join(m), new.path).rc == 0
     unfinalize(m[0])          # the new dump was killed: only member 0's head reached the disk
     os.replace(str(tmp_path / "m1.old"), m[1])
@@ -179,7 +180,7 @@ def test_finished_streamed_members_of_two_dumps_are_refused(tmp_path, vmcore):
                                env=dict(os.environ, PYTHONPATH=ROOT))
         assert p.returncode == 0, p.stderr
         parts.append((a, b))
-        time.sleep(1.1)            # member headers carry the creation second
+        next_second()              # member headers carry the creation second
     assert MemberReader(str(parts[1][0])).header.state == 0          # streamed: never rewritten
     r = run_cli("join", "--allow-incomplete", parts[1][0], parts[0][1], "-o", tmp_path / "out")
     assert_one_line_error(r, 6, "different dumps")

@@ -313,9 +313,9 @@ def test_a_host_dying_during_the_join(tmp_path, ssh_hosts):
     """Host 1 is frozen as soon as a join worker has its session there, then killed: the join
     exits 6 with one line; with --allow-incomplete it exits 0, and every page it wrote is the
     source's page or zeros (a missing chunk), some of them zeros."""
-    import time
     from stripedump.tools import synth
     import sshd            # tests/helpers (on sys.path: pyproject.toml's pythonpath)
+    from waiting import wait_until
     src = synth.build(str(tmp_path / "vmcore"), [synth.Load(0, 48 << 20)]).path
     env = ssh_hosts.env
     local = [str(tmp_path / f"m{i}.sd") for i in range(3)]
@@ -336,11 +336,9 @@ def test_a_host_dying_during_the_join(tmp_path, ssh_hosts):
                                 env=dict(env, PYTHONPATH=ROOT), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 text=True, stdin=subprocess.DEVNULL)
         h = hosts[1]
-        deadline = time.monotonic() + 60
         # the output exists once the members are open; then the worker's session on host 1
-        while not (os.path.exists(f"{out}.partial") and len(sshd.descendants(h.proc.pid)) > 1):
-            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
-            time.sleep(0.005)
+        wait_until(lambda: os.path.exists(f"{out}.partial") and len(sshd.descendants(h.proc.pid)) > 1,
+                   "the worker's session on host 1", timeout=60, proc=proc, interval=0.005)
         h.stop()
         h.kill()
         _, err = proc.communicate(timeout=120)

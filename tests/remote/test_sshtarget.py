@@ -25,6 +25,7 @@ from stripedump.read.member import MemberReader
 from conftest import ROOT, CliResult, assert_one_line_error, run_cli
 
 from oracle import Oracle, check_run
+from waiting import wait_until
 
 MIB = 1 << 20
 
@@ -69,14 +70,6 @@ def assert_streamed(path: str) -> None:
         assert r.footer().state == STATE_COMPLETE
     finally:
         r.close()
-
-
-def wait_for(cond, what: str, timeout: float = 60, proc=None) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert proc is None or proc.poll() is None, f"the dump ended before {what}: {proc.communicate()}"
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.01)
 
 
 def size(path: str) -> int:
@@ -204,7 +197,7 @@ def test_second_dump_to_a_locked_remote_path_is_refused(ssh_hosts, big, tmp_path
     h = ssh_hosts.hosts[0]
     a = start(ssh_hosts, "dump", "--disks", h.url(), "--codec", "none", "--chunk-size", "256K", src)
     try:
-        wait_for(lambda: size(h.path()) > 64 << 10, "the first bytes on the host", proc=a)
+        wait_until(lambda: size(h.path()) > 64 << 10, "the first bytes on the host", timeout=60, proc=a)
         h.stop(sessions_only=True)
         r = sd(ssh_hosts, "dump", "--disks", h.url(), "--force", src)
         assert_one_line_error(r, 4, h.url(), "in use", "lock")
@@ -236,9 +229,9 @@ def _kill_mid_dump(ssh_hosts, big, tmp_path, *extra):
     local = str(tmp_path / "local.sd")
     p = start(ssh_hosts, "dump", "--disks", f"{a.url()},{b.url()},{local}", "--codec", "none",
               "--chunk-size", "256K", "--workers", "2", *extra, src, STRIPEDUMP_SYNC_EVERY=str(MIB))
-    wait_for(lambda: size(b.path()) > 2 * MIB, "2 MiB on host 1", proc=p)
+    wait_until(lambda: size(b.path()) > 2 * MIB, "2 MiB on host 1", timeout=60, proc=p)
     b.stop()
-    time.sleep(0.3)
+    time.sleep(0.3)        # the behaviour: frozen a while, then dead (no condition to wait for)
     b.kill()
     out, err = p.communicate(timeout=240)
     r = MemberReader(b.path())
@@ -293,7 +286,7 @@ def test_hung_host_does_not_hang_the_dump(ssh_hosts, big, tmp_path):
     t0 = time.monotonic()
     p = start(ssh_hosts, "dump", "--disks", f"{a.url()},{b.url()}", "--codec", "none", "--io-timeout", "4",
               src)
-    wait_for(lambda: size(b.path()) > MIB, "1 MiB on host 1", proc=p)
+    wait_until(lambda: size(b.path()) > MIB, "1 MiB on host 1", timeout=60, proc=p)
     b.stop()
     try:
         out, err = p.communicate(timeout=90)
@@ -312,7 +305,7 @@ def test_sigint_to_the_terminal_group_finalizes_remote_members(ssh_hosts, big, t
     p = subprocess.Popen([sys.executable, "-m", "stripedump", "dump", "--disks", h.url(), "--codec", "none",
                           src], env=sd_env(ssh_hosts), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True, start_new_session=True)
-    wait_for(lambda: size(h.path()) > MIB, "1 MiB on the host", proc=p)
+    wait_until(lambda: size(h.path()) > MIB, "1 MiB on the host", timeout=60, proc=p)
     os.killpg(p.pid, signal.SIGINT)
     out, err = p.communicate(timeout=120)
     assert p.returncode == 130, err

@@ -33,6 +33,7 @@ from stripedump.runtime import procs
 from conftest import ROOT, default_signals
 
 from oracle import Oracle, check_run, group_alive, group_gone
+from waiting import wait_until
 
 CODEC, CHUNK = "zlib:9", "1M"     # slow, so that a signal lands mid-dump
 
@@ -54,13 +55,26 @@ def _start(src, members, **kw):
                             **{"preexec_fn": default_signals, **kw})
 
 
-def _wait_for_children(p, n, timeout=30):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if len(psutil.Process(p.pid).children()) >= n:
-            return
-        time.sleep(0.05)
-    raise AssertionError("children did not start")
+def _ignores_stop_signals(pid: int) -> bool:
+    """The kernel's word that ``pid`` ignores SIGINT, SIGTERM and SIGHUP (``procs.child_init`` ran)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            mask = int(next(ln for ln in f if ln.startswith("SigIgn:")).split()[1], 16)
+    except (OSError, StopIteration):
+        return False
+    return all(mask >> (s - 1) & 1 for s in procs.STOP_SIGNALS)
+
+
+def _under_way(p, members):
+    """Until the dump's four children ignore the stop signals and whole chunk records (1 MiB
+    chunks) are on every member: a signal now lands mid-dump, on children that leave it to the
+    coordinator."""
+    def children_ready():
+        kids = psutil.Process(p.pid).children()
+        return len(kids) >= 4 and all(_ignores_stop_signals(k.pid) for k in kids)
+    wait_until(children_ready, "four children past child_init", proc=p)
+    wait_until(lambda: all(os.path.exists(m) and os.path.getsize(m) > 2 << 20 for m in members),
+               "chunk records on every member", proc=p)
 
 
 SIGNALS = [(signal.SIGINT, 130), (signal.SIGTERM, 143), (signal.SIGHUP, 129)]
@@ -73,8 +87,7 @@ def test_signal_finalizes_every_member(big, tmp_path, sig, code, to):
     src, oracle = big
     members = [str(tmp_path / "m0"), str(tmp_path / "m1")]
     p = _start(src, members)
-    _wait_for_children(p, 4)
-    time.sleep(0.5)
+    _under_way(p, members)
     if to == "group":
         os.killpg(p.pid, sig)
     else:
@@ -95,8 +108,7 @@ def test_sighup_ignored_by_the_parent_stays_ignored(big, tmp_path):
     src, _ = big
     members = [str(tmp_path / "m0"), str(tmp_path / "m1")]
     p = _start(src, members, preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN))
-    _wait_for_children(p, 4)
-    time.sleep(0.5)
+    _under_way(p, members)
     os.killpg(p.pid, signal.SIGHUP)
     out, err = p.communicate(timeout=300)
     assert p.returncode == 0, err
@@ -197,15 +209,14 @@ def test_progress_output_error_only_switches_progress_off(vmcore, tmp_path, no_c
 def _stubborn():
     procs.child_init()
     while True:
-        time.sleep(1)
+        time.sleep(1)      # the behaviour: a child that does not stop
 
 
 def test_children_ignore_stop_signals_and_join_all_kills_stragglers(no_children_left):
     p = procs.spawn(_stubborn, "stubborn", ())
-    time.sleep(0.3)     # past child_init
+    wait_until(lambda: _ignores_stop_signals(p.pid), "the child past child_init")
     for s in procs.STOP_SIGNALS:
-        os.kill(p.pid, s)
-    time.sleep(0.2)
+        os.kill(p.pid, s)       # ignored: the kernel drops each one as it is sent
     assert p.is_alive()
     failures = []
     t0 = time.monotonic()
@@ -220,12 +231,12 @@ def test_signals_flag_and_nohup():
     old = signal.signal(signal.SIGHUP, signal.SIG_IGN)
     try:
         with procs.Signals() as sig:
+            # os.kill of this process runs its Python handlers before it returns
             os.kill(os.getpid(), signal.SIGHUP)      # ignored on entry: stays ignored
-            time.sleep(0.05)
             assert sig.signum is None
             os.kill(os.getpid(), signal.SIGTERM)
             os.kill(os.getpid(), signal.SIGINT)
-            time.sleep(0.05)
+            wait_until(lambda: sig.signum is not None, "the signal flag", timeout=5)
             assert sig.signum == signal.SIGTERM      # the first one counts
         assert signal.getsignal(signal.SIGHUP) == signal.SIG_IGN
     finally:
@@ -282,15 +293,17 @@ def test_manifest_that_cannot_be_written_leaves_no_member_writing(vmcore, tmp_pa
 _LATE_CHILD = """
 import os, signal, sys, time
 from stripedump.runtime import procs
-def child(q, path):
-    time.sleep(1.5)                 # the coordinator is gone before this child first looks at its parent
+def child(q, path, coordinator):
+    deadline = time.monotonic() + 30
+    while os.path.exists(f"/proc/{coordinator}") and time.monotonic() < deadline:
+        time.sleep(0.01)            # the coordinator is gone before this child first looks at its parent
     for _ in procs.messages(q):
         pass
     with open(path, "w") as f:
         f.write("stopped")
 
 q = procs.queue_pair()[0]
-p = procs.spawn(child, "late", (q, sys.argv[1]))
+p = procs.spawn(child, "late", (q, sys.argv[1], os.getpid()))
 print(p.pid, flush=True)
 os.kill(os.getpid(), signal.SIGKILL)
 """
@@ -309,10 +322,9 @@ def test_child_stops_when_the_coordinator_died_before_it_looked(tmp_path):
     assert p.returncode == -signal.SIGKILL, log.read_text()
     pid = int(log.read_text().split()[0])
     try:
-        deadline = time.monotonic() + 1.5 + 10 * procs.POLL
-        while not done.exists() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert done.exists(), "the child still waits for a coordinator that is gone"
+        # the coordinator was reaped before run() returned: the child is looking now
+        wait_until(done.exists, "the child to stop (it still waits for a coordinator that is gone)",
+                   timeout=10 * procs.POLL + 1)
     finally:
         try:
             os.kill(pid, signal.SIGKILL)
