@@ -14,9 +14,9 @@ APT_PACKAGES = gcc libc6-dev python3-dev liblzo2-dev
 # `stripedump mount`: libfuse 3 (mfusepy loads it through ctypes) and fusermount3 (mounting as a
 # user other than root, and unmounting)
 RUNTIME_APT_PACKAGES = libfuse3-3 fuse3
-# The real readers that judge `join --format kdump|flat` in tests/test_kdump.py;
+# The real readers that judge `join --format kdump|flat` in tests/kdump/test_join.py;
 # strace: tests/test_durability.py checks the order of fsync and rename calls.
-# openssh-client, util-linux (flock), coreutils: the ssh:// targets (tests/test_ssh_targets.py);
+# openssh-client, util-linux (flock), coreutils: the ssh:// targets (tests/remote/test_sshtarget.py);
 # openssh-server: the tests start their own sshd per "host" on 127.0.0.2, 127.0.0.3, ...
 # (tests/helpers/sshd.py); iproute2: tc for the network benchmark.
 TEST_APT_PACKAGES = makedumpfile crash python3-libkdumpfile libfuse2 strace openssh-client util-linux \

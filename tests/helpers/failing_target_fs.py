@@ -8,7 +8,7 @@ a block device does on a bad sector; reads, and writes below LIMIT, work.
 With FAIL_SYNC_FROM = N > 0, the Nth fsync or fdatasync of the file system
 and every later one fail with EIO (a disk whose cache flush fails: the
 writes were acknowledged, but whether they are on the disk is unknown).
-Used by tests/test_disk_errors.py; runs in the foreground until unmounted.
+Used by tests/dump/test_disk_errors.py; runs in the foreground until unmounted.
 """
 
 import errno

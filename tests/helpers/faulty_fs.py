@@ -5,7 +5,7 @@
 Reads that touch a byte in [START, END) of the file fail with EIO, as
 /proc/vmcore does for memory the capture kernel cannot read (hardware
 errors, poisoned pages); through mmap the same pages raise SIGBUS.  Used by
-tests/test_unreadable.py; runs in the foreground until unmounted.
+tests/dump/test_unreadable.py; runs in the foreground until unmounted.
 """
 
 import errno

@@ -8,7 +8,7 @@ stops answering; so does every request after it, since the file system
 serves one request at a time: the kernel side stays blocked until the test
 aborts the connection (/sys/fs/fuse/connections/N/abort), which fails every
 pending request.  Every write first sleeps DELAY seconds: a slow disk that
-still makes progress.  Used by tests/test_hung.py (under a loop device, so
+still makes progress.  Used by tests/dump/test_hung.py (under a loop device, so
 the dump's writer blocks in the block layer, in D state); runs in the
 foreground until unmounted or killed.
 """

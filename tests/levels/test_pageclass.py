@@ -257,7 +257,7 @@ def test_zero_test_on_given_data_matches_reading(real_vmcore):
 
 # -- the rules one by one, on a hand-made kernel ---------------------------------------------------
 # The real kernels above have no hugetlb, gigantic or misaligned pages and use SPARSEMEM_EXTREME;
-# this core (tests/test_kvmem.py's builder) has page tables, a mem_section and struct pages
+# this core (tests/source/test_kvmem.py's builder) has page tables, a mem_section and struct pages
 # written here, one case per rule, so each rule is checked against a known answer.
 
 RAM = 9216                       # pfns classified; the struct pages live at pfns RAM.. (144 pages)
