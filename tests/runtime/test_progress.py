@@ -20,6 +20,13 @@ class Clock:
         return self.now
 
 
+def feed(p, clock, step, *updates):
+    """``p(done, total)`` for each update, the clock ``step`` seconds on before each but the first."""
+    for i, (done, total) in enumerate(updates):
+        clock.now += step if i else 0
+        p(done, total)
+
+
 def test_plain_lines_for_serial_consoles():
     out, clock = io.StringIO(), Clock()
     p = Progress("dump", stream=out, every=0.0, clock=clock)
@@ -49,16 +56,11 @@ def test_first_line_has_no_rate_until_one_is_measured():
 def test_bar_has_no_eta_until_one_can_be_measured(monkeypatch):
     monkeypatch.setenv("TERM", "xterm")
     out, clock = FakeTTY(), Clock()
-    p = Progress("dump", stream=out, every=0.0, clock=clock)
-    p(0, 1000)
-    clock.now += 0.05
-    p(0, 1000)             # nothing moved yet: a rate of 0, no ETA (it showed 0:00:00)
+    # nothing moved yet: a rate of 0, no ETA (it showed 0:00:00)
+    feed(Progress("dump", stream=out, every=0.0, clock=clock), clock, 0.05, (0, 1000), (0, 1000))
     assert "0.0 MB/s ETA -:--:--" in out.getvalue()
     out = FakeTTY()
-    p = Progress("dump", stream=out, every=0.0, clock=clock)
-    p(0, 1000)
-    clock.now += 0.05
-    p(500, 1000)
+    feed(Progress("dump", stream=out, every=0.0, clock=clock), clock, 0.05, (0, 1000), (500, 1000))
     assert " MB/s ETA 0:00:00" in out.getvalue() and "- MB/s" not in out.getvalue()
 
 
@@ -84,11 +86,7 @@ def test_bar_on_terminals(monkeypatch):
     monkeypatch.setenv("TERM", "xterm")
     out, clock = FakeTTY(), Clock()
     p = Progress("verify", stream=out, every=0.0, clock=clock)
-    p(0, 1000)
-    clock.now += 1
-    p(500, 1000)
-    clock.now += 1
-    p(1000, 1000)
+    feed(p, clock, 1, (0, 1000), (500, 1000), (1000, 1000))
     p.close()
     text = out.getvalue()
     assert "\r" in text and "[###############" in text and "ETA" in text
