@@ -104,6 +104,18 @@ class VerifyError(StripedumpError):
     exit_code = ExitCode.VERIFY
 
 
+class ChunkError(VerifyError):
+    """Reading a dump: a chunk's record fails its checks (or cannot be read): its bytes are unknown."""
+
+
+class MissingChunk(ChunkError):
+    """No member holds the chunk (an incomplete dump)."""
+
+
+class NotDumped(VerifyError):
+    """A physical address outside the dump's page ranges."""
+
+
 class IncompleteDump(StripedumpError):
     exit_code = ExitCode.INCOMPLETE
 

@@ -37,7 +37,7 @@ in the ladder) is used.
 
 The controller (``Controller``) is a pure class: fed observations, asked
 for choices; no clock, no I/O, so its decisions are deterministic and
-tested on synthetic observations (tests/test_autocodec.py).  What ``--codec
+tested on synthetic observations (tests/dump/test_autocodec.py).  What ``--codec
 auto`` names, its ladder and the codecs found installed, is a codec spec like
 any other (format/codecs.py: ``AutoSpec``, parsed by ``parse_codec``); this
 module is only what the dump does with it.  ``AutoStats`` is the

@@ -32,7 +32,8 @@ from ..runtime.ipc import END, EventPipe, RecordPipe, SharedFlag
 from ..runtime.procs import describe_exit, join_all, reap, spawn
 from .degraded import Routes
 from .iowatch import IOWatch
-from .stages import CAREFUL, CLASS_NAMES, CURRENT, TASK, WRITE, WorkerArgs, WriterArgs, worker_main, writer_main
+from .stages import WorkerArgs, WriterArgs, worker_main, writer_main
+from .wire import CAREFUL, CLASS_NAMES, CURRENT, TASK, WRITE
 
 
 class Crew:

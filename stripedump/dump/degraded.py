@@ -40,7 +40,7 @@ from array import array
 from collections import deque
 
 from ..format.plan import degraded_placement
-from .stages import SYNC
+from .wire import SYNC
 
 
 class Routes:

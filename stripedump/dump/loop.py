@@ -31,7 +31,8 @@ from .autocodec import AutoStats
 from .crew import Crew
 from .degraded import Resends
 from .result import DumpResult, dump_result, level_report, stopped
-from .stages import CAREFUL, SYNC, write_note
+from .stages import write_note
+from .wire import CAREFUL, SYNC
 
 WRITERS_GRACE = 60.0  # seconds writers get beyond JOIN_TIMEOUT to finalize (a final fsync of a slow disk)
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from ..errors import IncompleteDump, Interrupted, StripedumpError
 from ..runtime.plain import Plain
-from .stages import class_totals
+from .wire import class_totals
 
 
 class DumpResult(Plain):

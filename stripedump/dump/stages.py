@@ -28,16 +28,9 @@ from ..format.encode import encode_chunk
 from .writer import MemberWriter
 from ..format.plan import Plan, placement
 from ..runtime.procs import POLL, child_init, coordinator_pid, parent_gone
+from .wire import CAREFUL, CLASS_NAMES, CURRENT, SYNC, class_totals
 
-TASK = "<QIB"         # coordinator -> workers: chunk id, slot (| CAREFUL: read page by page), codec choice
-CAREFUL = 1 << 31
-CURRENT = struct.Struct("<QId")  # per worker, in shared memory: chunk id + 1 (0: idle), slot, start
-WRITE = "<QIIQQ"      # worker -> writer: chunk id, slot, record length, checksum, source bytes
-SYNC = END - 1        # coordinator -> writer: sync now, say what is durable (the barrier: degraded.Resends)
 ZERO_COMPARE_BYTES = 1 << 20    # a worker's zeros to compare with: bounded, whatever the chunk size
-# dump levels: per worker, in shared memory, pages left out per class (pageclass.CLASSES without "kept"),
-# then pages whose struct page could not be read (they exclude nothing)
-CLASS_NAMES = ("zero", "cache", "cache_private", "user", "free", "hwpoison", "offline", "struct_unread")
 
 
 class WorkerArgs(Frozen):
@@ -151,13 +144,6 @@ def _classifier(wid, src, level):
         return excluded
     for_chunk.failed = []
     return for_chunk
-
-
-def class_totals(counters) -> tuple[tuple[str, int], ...]:
-    """((class name, pages), ...) summed over the workers' rows of the shared counters."""
-    n = len(CLASS_NAMES)
-    rows = [counters[w * n:(w + 1) * n].tolist() for w in range(len(counters) // n)]
-    return tuple((name, sum(r[i] for r in rows)) for i, name in enumerate(CLASS_NAMES))
 
 
 def _make(codecs, ladder, choice):

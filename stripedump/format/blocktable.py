@@ -17,7 +17,7 @@ loaded already and the table is large enough to repay it (each is the
 faster one on its side of NUMPY_MIN_BLOCKS, measured below).  Each returns
 the loop's blocks list or None ("not sure"); on None the loop decides.  So
 the engines accept only what the loop accepts, and every table the loop
-rejects is rejected with its words (tests/test_records_fast.py checks this
+rejects is rejected with its words (tests/format/test_records_fast.py checks this
 on mutated tables).  What they share is written once: the entry layout of
 each format version (``_layout``) and the one case they take
 (``_all_kept``).

@@ -21,7 +21,6 @@ from ..errors import SourceError
 from ..source.careful import read_carefully
 from ..source.vmcore import Window
 from .blocktable import BIG_ENDIAN_HOST
-from .plan import Chunk
 from .structs import (BLOCK_COMPRESSED, BLOCK_EXCLUDED, BLOCK_KIND_SHIFT, BLOCK_RAW, BLOCK_UNREADABLE,
                       BLOCK_ZERO, CHUNK_ALL_ZERO, CHUNK_EXCLUDED, CHUNK_HEADER_SIZE, CHUNK_MAGIC,
                       CHUNK_UNREADABLE, KIND_PAGES, ChunkHeader, checksum)
@@ -29,7 +28,7 @@ from .structs import (BLOCK_COMPRESSED, BLOCK_EXCLUDED, BLOCK_KIND_SHIFT, BLOCK_
 NO_DUMP = bytes(16)     # the dump id a worker leaves in the header: the member's writer stamps it
 
 
-def encode_chunk(src, codec, chunk: Chunk, block_bytes: int, out, zero,
+def encode_chunk(src, codec, chunk, block_bytes: int, out, zero,
                  careful: bool = False, excluded=None) -> tuple[int, int, int]:
     """Read ``chunk`` from ``src`` and write its record into ``out``.
 
@@ -92,7 +91,7 @@ def encode_chunk(src, codec, chunk: Chunk, block_bytes: int, out, zero,
                  pos, kept, unreadable)
 
 
-def _read(src, chunk: Chunk, careful: bool) -> tuple[Window, list[tuple[int, int]]]:
+def _read(src, chunk, careful: bool) -> tuple[Window, list[tuple[int, int]]]:
     """(window, unreadable byte ranges) of ``chunk``: one window (mmap or pread) and no ranges,
     or, after a read error or with ``careful`` (a worker died of SIGBUS in it), ``read_carefully``."""
     pages = chunk.kind == KIND_PAGES
@@ -105,7 +104,7 @@ def _read(src, chunk: Chunk, careful: bool) -> tuple[Window, list[tuple[int, int
     return read_carefully(src, pages, chunk.start, chunk.count)
 
 
-def _seal(out, codec, chunk: Chunk, flags: int, all_zero: bool, n: int, nblocks: int, table: array, pos: int,
+def _seal(out, codec, chunk, flags: int, all_zero: bool, n: int, nblocks: int, table: array, pos: int,
           kept: int, unreadable: int) -> tuple[int, int, int]:
     """Write the block table (none for a chunk all zero) and the header: ``encode_chunk``'s result."""
     tstart = CHUNK_HEADER_SIZE
@@ -136,7 +135,7 @@ def _exclusion_mask(excluded, data, count: int) -> bytes:
 _ONE_IF_SET = bytes([0]) + bytes([1]) * 255
 
 
-def _encode_excluded(src, codec, chunk: Chunk, ps: int, out, zero, careful: bool, excluded) -> tuple[int, int, int]:
+def _encode_excluded(src, codec, chunk, ps: int, out, zero, careful: bool, excluded) -> tuple[int, int, int]:
     """``encode_chunk`` of a pages chunk with a per-page exclusion (blocks of one page)."""
     count, n = chunk.count, chunk.count * ps
     if src.phys_is_hole(chunk.start, chunk.count):

@@ -62,9 +62,9 @@ from dataclasses import dataclass, field
 from ..runtime.bitmap import set_bits
 from ..format.codecs import BY_ID, CodecSpec
 from ..read.dumpset import DumpSet
-from ..errors import UsageError, VerifyError
+from ..errors import ChunkError, NotDumped, UsageError, VerifyError
 from ..format.structs import BLOCK_COMPRESSED, CHUNK_HEADER_SIZE, ChunkHeaderV1
-from ..read.reader import MISSING, ChunkError, NotDumped
+from ..read.dumpset import MISSING
 from ..format.blocktable import unreadable_ranges
 from ..source.vmcore import PT_LOAD, parse_notes, parse_vmcoreinfo
 

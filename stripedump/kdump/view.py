@@ -39,13 +39,14 @@ import threading
 from collections import OrderedDict
 
 from ..runtime.bitmap import set_bits
-from ..errors import UsageError
+from ..errors import ChunkError, UsageError
 from ..read.fileview import FileView
 from ..read.filtered import KeptMap
 from ..format.structs import BLOCK_COMPRESSED
 from .layout import (COPY, DESC_SIZE, DUMP_DH_COMPRESSED_INCOMPLETE, NONE, DataMap, KdumpLayout,
                           chunk_descs, dump_codec, missing_pages, phys_reader, utsname, view_mode)
-from ..read.reader import MISSING, ChunkError, Dump
+from ..read.dumpset import MISSING
+from ..read.reader import Dump
 
 DESC_CACHE = 4 << 20    # bytes of descriptors kept (24 per page: 680 chunks of 1 MiB, 2.7 GiB of memory)
 STORED_CACHE = 8        # chunks whose stored blocks are kept, copy mode (a sequential reader's

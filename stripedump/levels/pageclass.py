@@ -40,7 +40,7 @@ Why this module:
   by both; an unaligned buddy block is kept), so they nest: a page inside an
   excluded block is excluded whatever it says itself, and the outermost
   block's class is the one counted, as makedumpfile counts it
-  (tests/test_pageclass.py compares the engines page by page).  A block
+  (tests/levels/test_pageclass.py compares the engines page by page).  A block
   whose head lies before the chunk is found by looking back at the aligned
   candidate heads (one per order up to the largest buddy order) and at the
   head a tail page points to (gigantic pages).

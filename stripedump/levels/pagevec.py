@@ -6,7 +6,7 @@ Why this module:
   pages) a Python step per page would cost more than importing numpy, so
   there every page of a chunk is judged at once here, as numpy columns read
   out of the chunk's struct pages, and each excluded page's block is painted.
-* Same rules, same verdicts as pageclass's walk (tests/test_pageclass.py
+* Same rules, same verdicts as pageclass's walk (tests/levels/test_pageclass.py
   compares the two engines page by page on real kernels at every level and
   with each VMCOREINFO entry missing).  The two agree because the blocks are
   aligned powers of two, so they nest: a page inside an excluded block is

@@ -154,7 +154,7 @@ def load_fuse():
 
 def operations(mfusepy, files: dict, on_init=None):
     """The read-only file system: a directory (0555) of files (0444)."""
-    from ..read.reader import ChunkError
+    from ..errors import ChunkError
     now = time.time_ns()
     uid, gid = os.getuid(), os.getgid()
     times = {"st_atime": now, "st_mtime": now, "st_ctime": now}

@@ -37,6 +37,7 @@ from ..format.decode import read_chunk
 from ..format.plan import placement
 from ..source.vmcore import merge_ranges
 
+MISSING = 0xFFFF     # the member position of a chunk no member holds (reader.ChunkIndex.member)
 INCOMPLETE_HINT = "use --allow-incomplete to recover the chunks that reached disk"
 
 

@@ -48,7 +48,7 @@ from ..errors import MemberError, UsageError, VerifyError
 from ..format.structs import (BLOCK_EXCLUDED, BLOCK_KIND_SHIFT, CHUNK_ALL_ZERO, CHUNK_EXCLUDED, FEATURE_EXCLUDED,
                      KIND_PAGES, ChunkHeader)
 from .fileview import FileView
-from .reader import MISSING
+from .dumpset import MISSING
 from ..format.blocktable import BIG_ENDIAN_HOST, excluded_ranges
 from ..source.vmcore import PT_LOAD, PT_NOTE
 

@@ -102,7 +102,7 @@ def pool_worker(wid, dump: Dump, make_handler, tasks, events, turns: Turns | Non
     its turn still takes it and passes it on.  Tasks come in batches
     (``batch_size``); every outcome is an event (runtime/ipc.py):
     ``ChunkRead``, or ``Failed`` with the chunk id and the error, of its own
-    class (a record that fails its checks: reader.ChunkError), sent back as
+    class (a record that fails its checks: errors.ChunkError), sent back as
     one list per batch.
     """
     child_init()

@@ -37,29 +37,16 @@ import threading
 from array import array
 from collections import OrderedDict
 
-from .dumpset import INCOMPLETE_HINT, DumpSet
+from .dumpset import MISSING, INCOMPLETE_HINT, DumpSet
 from ..source.elfhead import clip, incomplete_mark
-from ..errors import IncompleteDump, MemberError, VerifyError
+from ..errors import ChunkError, IncompleteDump, MemberError, MissingChunk, NotDumped, VerifyError
 from ..format.structs import CHUNK_EXCLUDED, KIND_PAGES, ChunkHeader, IndexEntry
 from ..format.decode import decode_chunk, read_chunk
 from .fileview import FileView
 from ..source.vmcore import PT_LOAD, subtract_ranges
 
 DEFAULT_CACHE = 256 << 20          # decoded chunks kept (256 x 1 MiB chunks)
-MISSING = 0xFFFF                   # ChunkIndex.member of a chunk no member holds
 log = logging.getLogger("stripedump.read.reader")
-
-
-class ChunkError(VerifyError):
-    """A chunk's record fails its checks (or cannot be read): its bytes are unknown."""
-
-
-class MissingChunk(ChunkError):
-    """No member holds the chunk (an incomplete dump)."""
-
-
-class NotDumped(VerifyError):
-    """A physical address outside the dump's page ranges."""
 
 
 # Below this many chunks the general index fill (about 3.5 us a chunk) costs less than importing

@@ -649,7 +649,7 @@ def test_view_of_a_damaged_chunk_is_an_error_not_zeros(tmp_path, vmcore, mode_co
     """A flipped payload byte: reading that chunk's descriptors or data raises ChunkError."""
     from stripedump.read import reader
     from stripedump.kdump.view import KdumpView
-    from stripedump.read.reader import ChunkError
+    from stripedump.errors import ChunkError
     b = vmcore("kernel")
     m = dump_members(tmp_path, b.path, mode_codec, members=2, chunk="16K")
     with reader.open(list(m)) as d:

@@ -219,7 +219,7 @@ def test_corrupted_chunk_reads_as_eio_and_the_rest_reads_fine(dumped, mnt, tmp_p
     cid = _flip_payload_byte(members[1])
     # where the library says the file is unreadable: pages of that chunk, nothing else
     import stripedump
-    from stripedump.read.reader import ChunkError
+    from stripedump.errors import ChunkError
     step = 4096
     bad = []
     with stripedump.open(members) as d:

@@ -10,6 +10,7 @@ import threading
 import pytest
 
 import stripedump
+from stripedump.errors import ChunkError, NotDumped
 from stripedump.read import reader
 from stripedump.format.codecs import CodecSpec
 from stripedump.dump.config import DumpConfig
@@ -58,7 +59,7 @@ def test_read_phys_matches_the_loads_and_refuses_what_is_not_dumped(tmp_path, vm
                 want = src[off + at:off + min(filesz, at + 9000)]
                 assert d.read_phys(paddr + at, len(want)) == want
         top = max(b for _, b in d.plan.pfn_ranges) * d.page_size
-        with pytest.raises(reader.NotDumped):
+        with pytest.raises(NotDumped):
             d.read_phys(top, 16)
 
 
@@ -161,9 +162,9 @@ def test_a_damaged_chunk_is_an_error_never_zeros(tmp_path, vmcore, caplog):
         damage_chunk(d, cid)
     with stripedump.open(members) as d:
         pa = ch.start * d.page_size
-        with pytest.raises(reader.ChunkError, match="checksum"):
+        with pytest.raises(ChunkError, match="checksum"):
             d.read_phys(pa, 10)
-        with pytest.raises(reader.ChunkError):
+        with pytest.raises(ChunkError):
             d.read_phys(pa, 10)        # remembered
         assert cid in d.bad and len([r for r in caplog.records if "checksum" in r.getMessage()]) == 1
         other = next(c for c in range(d.plan.n_page_chunks) if c != cid)

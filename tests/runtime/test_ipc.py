@@ -106,7 +106,7 @@ def test_every_error_through_the_event_pipe_of_a_forked_child():
 
 
 def test_an_unknown_class_falls_back_to_its_nearest_known_parent():
-    names = ("tests.Nowhere", "stripedump.read.reader.MissingChunk", "stripedump.errors.VerifyError",
+    names = ("tests.Nowhere", "stripedump.errors.MissingChunk", "stripedump.errors.VerifyError",
              "stripedump.errors.StripedumpError")
     e = from_wire(names, "gone", {})
     assert type(e).__name__ == "MissingChunk" and e.exit_code == 7
