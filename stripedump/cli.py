@@ -403,10 +403,9 @@ def run_dump(a) -> int:
         res = dump(cfg, progress=prog, say=say)
     finally:
         prog.close()
-    for f in res.extra.get("degraded", []):   # shown even with -q: the dump lost a disk
-        err.print(f"stripedump: warning: {f['error']}; dropped that target (--on-disk-error continue): "
-                  f"{f['moved']} of its chunks went to the other members; join needs every member, "
-                  f"{f['path']} included")
+    from .dump.result import degraded_warnings
+    for line in degraded_warnings(res.extra.get("degraded", []), res.members):
+        err.print(f"stripedump: warning: {line}")    # shown even with -q: the dump lost a disk
     if a.json:
         out.print(json.dumps(res.to_json()))
     elif not a.quiet:

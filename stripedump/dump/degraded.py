@@ -93,6 +93,8 @@ class Resends:
 
     def __init__(self, members: int):
         self.acked = [array("q") for _ in range(members)]
+        self.written = [0] * members       # chunks each writer acknowledged, in all
+        self.kept: dict[int, int] = {}     # member -> chunks synced on its target before it failed
         self.resend: deque[int] = deque()  # chunks to encode again: their target failed before a sync
         self.resent: dict[int, int] = {}   # member -> chunks encoded again after its target failed
         self.lost: list[int] = []          # chunks that may be on no disk
@@ -105,6 +107,7 @@ class Resends:
         acked = self.acked[d]
         if cid is not None:
             acked.append(cid)
+            self.written[d] += 1
         if durable >= 0:
             del acked[:max(0, len(acked) - durable)]
 
@@ -121,6 +124,8 @@ class Resends:
         if self.barrier is not None:
             self.barrier.discard(d)
         again, self.acked[d] = list(self.acked[d]), array("q")
+        # what it synced before it failed is on that target only: a join needs it (issue 24, item 3)
+        self.kept.setdefault(d, self.written[d] - len(again))
         if survivors == 0:
             self.lost.extend(again)
         else:
@@ -157,9 +162,11 @@ class Resends:
     def report(self, paths, members_done) -> list[dict]:
         """For the summary and --json: each dropped target, why, how many of its chunks the others
         hold (``members_done``: the writers' ipc.MemberDone, each with the chunks it took of which
-        member) and how many were encoded again."""
+        member), how many were encoded again, and how many it alone holds (``kept``: synced there
+        before it failed; a join needs that member unless it is 0)."""
         return [{"member": d, "path": paths[d], "error": m, "moved": sum(v.taken.get(d, 0) for v in members_done),
-                 "resent": self.resent.get(d, 0)} for d, m in sorted(self.dropped.items())]
+                 "resent": self.resent.get(d, 0), "kept": self.kept.get(d, 0)}
+                for d, m in sorted(self.dropped.items())]
 
     def describe_lost(self, plan) -> str:
         lost = sorted(set(self.lost))

@@ -72,6 +72,25 @@ class DumpResult(Plain):
                 "workers": self.workers, **self.extra}
 
 
+def degraded_warnings(degraded: list[dict], members: list[str]) -> list[str]:
+    """One warning per target a degraded dump dropped (``degraded``: Resends.report), each saying
+    which members a join needs: the survivors, and every dropped one that holds chunks synced on it
+    before it failed (``kept``), which no other member has (issue 24, item 3)."""
+    dropped = {f["path"]: f for f in degraded}
+    needed = [p for p in members if p not in dropped or dropped[p]["kept"]]
+    out = []
+    for f in degraded:
+        head = (f"{f['error']}; dropped that target (--on-disk-error continue): {f['moved']} of its chunks "
+                "went to the other members")
+        if f["kept"]:
+            out.append(f"{head}, but {f['kept']} chunk(s) synced on it before it failed are on it alone: "
+                       f"join needs {', '.join(needed)} ({f['path']} included)")
+        else:
+            out.append(f"{head}, nothing is on it alone: join needs only {', '.join(needed)} "
+                       f"({f['path']} may be given too)")
+    return out
+
+
 def dump_result(job, paths: list[str], lengths: list[int], extra: dict) -> DumpResult:
     """The result of a dump that completed (``job``: loop.DumpJob; ``lengths``: each member's);
     its dump id and time are the caller's to fill in."""

@@ -131,11 +131,37 @@ def test_full_filesystem_continue_degraded(source, tmp_path, small_fs, cli):
     assert r.rc == 0, r
     assert "No space left on device" in r.err and "dropped that target" in r.err and members[1] in r.err
     (deg,) = json.loads(r.out)["degraded"]
-    assert deg["member"] == 1 and deg["moved"] > 0
+    assert deg["member"] == 1 and deg["moved"] > 0 and deg["kept"] == 0
+    # nothing was synced on m1 before it failed (a sync every 256 MiB): the warning says the truth,
+    # the survivors alone are enough (issue 24, item 3: it said "join needs every member")
+    assert f"nothing is on it alone: join needs only {members[0]}, {members[2]} ({members[1]} may be given too)" \
+        in r.err, r.err
+    _survivors_hold_everything(cli, src, [members[0], members[2]], str(tmp_path / "out0"))
     _byte_identical(cli, src, members, str(tmp_path / "out"))
     info = json.loads(cli("info", "--json", *members).out)
     assert info["degraded"] == [[1, deg["moved"]]]
     assert sum(n for m in info["members"] for _, n in m.get("took_over", [])) == deg["moved"]
+
+
+@needs_root
+def test_degraded_warning_names_the_members_a_join_needs(source, tmp_path, small_fs, cli, monkeypatch):
+    """Issue 24, item 3: a target that synced chunks before it failed holds them alone; the warning
+    says a join needs it, and how many chunks it alone holds is what the survivors alone lack."""
+    src, oracle = source
+    monkeypatch.setenv("STRIPEDUMP_SYNC_EVERY", str(128 << 10))     # the writers sync every 128 KiB
+    full = small_fs(1 << 20)
+    members = [str(tmp_path / "m0"), os.path.join(full, "m1"), str(tmp_path / "m2")]
+    r = cli("dump", "--json", "--codec", CODEC, "--workers", "2", "--chunk-size", CHUNK,
+            "--on-disk-error", "continue", "--disks", ",".join(members), src)
+    assert r.rc == 0, r
+    (deg,) = json.loads(r.out)["degraded"]
+    assert deg["kept"] > 0, deg
+    assert (f"{deg['kept']} chunk(s) synced on it before it failed are on it alone: join needs "
+            f"{', '.join(members)} ({members[1]} included)") in r.err, r.err
+    _byte_identical(cli, src, members, str(tmp_path / "out"))
+    alone = cli("join", "--json", "-q", "--allow-incomplete", members[0], members[2], "-o", tmp_path / "o2")
+    assert alone.rc == 0 and json.loads(alone.out)["missing_chunks"] == deg["kept"], alone
+    assert cli("join", "-q", members[0], members[2], "-o", tmp_path / "o3").rc == 8
 
 
 @pytest.mark.parametrize("policy", ["stop", "continue"])
