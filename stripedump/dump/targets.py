@@ -4,7 +4,9 @@ Why a module of its own: the one unforgivable failure of a dump tool is to
 overwrite a disk it was not meant to touch.  Every target is checked before
 any byte is written, and every refusal names the target and the reason:
 
-* the source itself, or one target given twice (same inode or device);
+* the source itself, or one target given twice (same inode or device; a
+  file not created yet: the same directory, by device and inode, and name,
+  symlinks resolved);
 * a regular file that is not empty, or a block device that carries a known
   filesystem, partition table, volume or dump signature (the magic numbers
   wipefs/blkid look for, list below), or a stripedump member;
@@ -157,14 +159,11 @@ def check_targets(paths: list[str], source_st: os.stat_result, force: bool) -> l
         try:
             st = os.stat(p)
         except FileNotFoundError:
-            parent = os.path.dirname(os.path.abspath(p))
-            if not os.path.isdir(parent):
-                raise TargetIOError(f"target {p}: directory {parent} does not exist") from None
-            key = ("new", os.path.abspath(p))
+            key = _new_file(p)
             if key in seen:
                 raise TargetRefused(f"target {p} is given twice (also as {seen[key]})")
             seen[key] = p
-            out.append(Target(p, False, False))
+            out.append(Target(p, False, False, key=key))
             continue
         except OSError as e:
             raise TargetIOError(f"target {p}: {e.strerror}") from None
@@ -193,6 +192,22 @@ def check_targets(paths: list[str], source_st: os.stat_result, force: bool) -> l
                                 "refusing to overwrite it (use --force)")
         out.append(Target(p, is_block, True))
     return out
+
+
+def _new_file(p: str) -> tuple:
+    """A target file that does not exist yet: its key, the device and inode of the directory it
+    will be created in and its name there (symlinks resolved: a dangling link names the file it
+    points to), so that one new file named twice, through a symlink to it or to its directory, is
+    found before anything is created (issue 24, item 5)."""
+    real = os.path.realpath(p)
+    parent = os.path.dirname(real)
+    try:
+        pst = os.stat(parent)
+    except OSError:
+        pst = None
+    if pst is None or not stat.S_ISDIR(pst.st_mode):
+        raise TargetIOError(f"target {p}: directory {parent} does not exist") from None
+    return ("new", pst.st_dev, pst.st_ino, os.path.basename(real))
 
 
 def _key(st: os.stat_result) -> tuple:
@@ -274,6 +289,7 @@ def end_streams(targets: list[Target], wait: float) -> None:
 def _open_and_lock(targets: list[Target], flags: int, min_size: int, direct: bool, force: bool) -> None:
     # 1. files: open (create) without truncating, to learn their inode;
     #    a block device's O_EXCL open is its lock, so it waits for step 2
+    seen: dict[tuple, str] = {}
     for t in targets:
         if t.is_block:
             t.key = ("blk", _stat(t.path).st_rdev)
@@ -281,6 +297,11 @@ def _open_and_lock(targets: list[Target], flags: int, min_size: int, direct: boo
             t.fd = _open(t.path, flags | os.O_CREAT, direct)
             st = _io(t, os.fstat, t.fd)
             t.key = ("ino", st.st_dev, st.st_ino)
+        # the same file or device under two names that the checks could not tell apart (it was
+        # made or linked in between): refused as given twice, never taken for another holder's lock
+        if t.key in seen:
+            raise TargetRefused(f"target {t.path} is given twice (also as {seen[t.key]})")
+        seen[t.key] = t.path
     # 2. every lock, in one order
     for t in sorted(targets, key=lambda t: t.key):
         if t.is_block:

@@ -50,6 +50,26 @@ def test_same_target_twice_even_through_another_name(tmp_path, vmcore):
         _dump(b.path, [tmp_path / "x", tmp_path / "y"], force=True)
 
 
+@pytest.mark.parametrize("exists", [False, True], ids=["new", "existing"])
+def test_same_target_through_a_symlink_is_given_twice(tmp_path, vmcore, cli, exists):
+    """Issue 24, item 5: a symlink to the target file, or to its directory, is the same target:
+    exit 4 "given twice" (not "in use: another process holds a lock"), and nothing is created."""
+    from conftest import assert_one_line_error
+    b = vmcore("simple")
+    ty = tmp_path / "ty"
+    ty.mkdir()
+    if exists:
+        (ty / "m0").write_bytes(b"")
+    os.symlink("ty/m0", tmp_path / "lnk")            # relative, as `ln -s ty/m0 lnk` makes it
+    os.symlink(ty, tmp_path / "tyl")
+    for other in ("lnk", "tyl/m0", "./ty//m0"):
+        r = cli("dump", "-q", "--disks", f"ty/m0,{other}", b.path, cwd=tmp_path)
+        assert_one_line_error(r, 4, f"target {other} is given twice (also as ty/m0)")
+        assert os.listdir(ty) == (["m0"] if exists else []), other
+        if exists:
+            assert (ty / "m0").stat().st_size == 0
+
+
 def test_source_is_never_a_target(tmp_path, vmcore):
     b = vmcore("simple")
     before = open(b.path, "rb").read()
