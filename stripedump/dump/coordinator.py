@@ -178,19 +178,20 @@ def _dump(cfg: DumpConfig, src: Source, t0: float, progress, say, sig=None) -> D
     with targets.open(start + 4096, cfg):
         targets.warn_space(job.plan.input_bytes, say)
         chunk_pages, page_size = job.plan.chunk_pages, src.page_size
-        targets.write_heads([new_member_header(
-            dump_id.bytes, i, len(targets), cfg.codec.codec_id, cfg.codec.stored_level, page_size, chunk_pages,
-            job.block_bytes // page_size, len(manifest_rec),
-            FEATURE_EXCLUDED if level is not None and level.applied else 0,
-            features_optional=FEATURE_STREAMED if t.stream else 0) for i, t in enumerate(targets)],
-            manifest_rec, start)
-        if cfg.manifest_path:
-            try:
+        try:
+            targets.write_heads([new_member_header(
+                dump_id.bytes, i, len(targets), cfg.codec.codec_id, cfg.codec.stored_level, page_size,
+                chunk_pages, job.block_bytes // page_size, len(manifest_rec),
+                FEATURE_EXCLUDED if level is not None and level.applied else 0,
+                features_optional=FEATURE_STREAMED if t.stream else 0) for i, t in enumerate(targets)],
+                manifest_rec, start)
+            if cfg.manifest_path:
                 _write_json_manifest(cfg.manifest_path, manifest, targets.paths)
-            except StripedumpError as e:
-                # the heads are written: no member is left "writing" for a failure before any chunk
-                targets.abandon(f"the dump stopped before its first chunk: {e}")
-                raise
+        except StripedumpError as e:
+            # before any chunk: the member files this dump created are removed, and no other
+            # member is left "writing" (TargetSet.abandon)
+            targets.abandon(f"the dump stopped before its first chunk: {e}")
+            raise
         result = Coordinator(job, progress, say, sig).run()
     result.dump_id = str(dump_id)
     result.seconds = time.monotonic() - t0

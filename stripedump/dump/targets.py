@@ -35,6 +35,12 @@ finalized (the dump closes the descriptors at its very end).
 Durability: the directory of every member file is fsynced once the files
 exist, so a power loss right after the dump cannot lose a member's name.
 
+Nothing left behind: a dump refused here, or stopped before its first chunk
+(``TargetSet.abandon``), removes the member files it created (made with
+O_EXCL, so it knows), under their lock and while their name still leads to
+that inode (``remove_created``); never a file that existed before, never a
+device, never a file another dump locked first.
+
 ``--force`` lets a dump overwrite a non-empty file or a signed device; it
 never lets one target be used twice, the source be overwritten, or a mounted
 device be written.
@@ -99,14 +105,17 @@ def probe_signature(head: bytes) -> str | None:
 
 
 class Target(Plain):
-    __slots__ = ("path", "is_block", "existed", "fd", "capacity", "key", "stream", "remote", "sink")
+    __slots__ = ("path", "is_block", "existed", "fd", "capacity", "key", "stream", "remote", "sink",
+                 "real", "created")
 
     def __init__(self, path: str, is_block: bool, existed: bool, fd: int = -1,
                  capacity: int | None = None,   # bytes, for block devices
                  key: tuple = (),               # canonical lock order: ("blk", rdev) or ("ino", dev, ino)
                  stream: bool = False,          # written append-only: ssh:// or - (sshtarget.py)
                  remote: Remote | None = None,  # ssh://: the ssh child and its checks (coordinator's)
-                 sink: Sink | None = None):     # a stream's acknowledgements (its writer's)
+                 sink: Sink | None = None,      # a stream's acknowledgements (its writer's)
+                 real: str = "",                # a new file: its path, symlinks resolved (created there)
+                 created: bool = False):        # this dump created the file (O_EXCL): removed on a refusal
         self.path = path
         self.is_block = is_block
         self.existed = existed
@@ -116,6 +125,8 @@ class Target(Plain):
         self.stream = stream
         self.remote = remote
         self.sink = sink
+        self.real = real
+        self.created = created
 
     def fds(self) -> tuple[int, ...]:
         """Every descriptor of this target the coordinator holds (a stream: its acknowledgements too)."""
@@ -159,11 +170,11 @@ def check_targets(paths: list[str], source_st: os.stat_result, force: bool) -> l
         try:
             st = os.stat(p)
         except FileNotFoundError:
-            key = _new_file(p)
+            real, key = _new_file(p)
             if key in seen:
                 raise TargetRefused(f"target {p} is given twice (also as {seen[key]})")
             seen[key] = p
-            out.append(Target(p, False, False, key=key))
+            out.append(Target(p, False, False, key=key, real=real))
             continue
         except OSError as e:
             raise TargetIOError(f"target {p}: {e.strerror}") from None
@@ -194,11 +205,11 @@ def check_targets(paths: list[str], source_st: os.stat_result, force: bool) -> l
     return out
 
 
-def _new_file(p: str) -> tuple:
-    """A target file that does not exist yet: its key, the device and inode of the directory it
-    will be created in and its name there (symlinks resolved: a dangling link names the file it
-    points to), so that one new file named twice, through a symlink to it or to its directory, is
-    found before anything is created (issue 24, item 5)."""
+def _new_file(p: str) -> tuple[str, tuple]:
+    """A target file that does not exist yet: where it will be created (symlinks resolved: a
+    dangling link names the file it points to) and its key, the device and inode of that directory
+    and the name in it, so that one new file named twice, through a symlink to it or to its
+    directory, is found before anything is created (issue 24, item 5)."""
     real = os.path.realpath(p)
     parent = os.path.dirname(real)
     try:
@@ -207,7 +218,7 @@ def _new_file(p: str) -> tuple:
         pst = None
     if pst is None or not stat.S_ISDIR(pst.st_mode):
         raise TargetIOError(f"target {p}: directory {parent} does not exist") from None
-    return ("new", pst.st_dev, pst.st_ino, os.path.basename(real))
+    return real, ("new", pst.st_dev, pst.st_ino, os.path.basename(real))
 
 
 def _key(st: os.stat_result) -> tuple:
@@ -252,9 +263,31 @@ def open_targets(targets: list[Target], min_size: int, direct: bool = False, for
             if t.remote is not None:
                 t.remote.go()
     except BaseException:
+        remove_created(targets)
         close_targets(targets)
         end_streams(targets, 5.0)
         raise
+
+
+def remove_created(targets: list[Target]) -> list[Target]:
+    """Remove the files this dump created (refused, or stopped before its first chunk: issue 24,
+    item 6); never a file that existed before, never a device.  Only under the file's lock and
+    only while its name still leads to the inode created here: a file another dump holds (it
+    opened the new file by its name and locked it first) is left to that dump."""
+    removed = []
+    for t in targets:
+        if not t.created or t.fd < 0:
+            continue
+        try:
+            fcntl.flock(t.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)     # held already, or free: ours to remove
+            mine, now = os.fstat(t.fd), os.stat(t.real)
+            if (mine.st_dev, mine.st_ino) == (now.st_dev, now.st_ino):
+                os.unlink(t.real)
+                t.created = False
+                removed.append(t)
+        except OSError:
+            pass
+    return removed
 
 
 def _open_streams(targets: list[Target], force: bool, options: tuple[str, ...], timeout: float) -> None:
@@ -294,7 +327,7 @@ def _open_and_lock(targets: list[Target], flags: int, min_size: int, direct: boo
         if t.is_block:
             t.key = ("blk", _stat(t.path).st_rdev)
         else:
-            t.fd = _open(t.path, flags | os.O_CREAT, direct)
+            _open_file(t, flags, direct)
             st = _io(t, os.fstat, t.fd)
             t.key = ("ino", st.st_dev, st.st_ino)
         # the same file or device under two names that the checks could not tell apart (it was
@@ -323,8 +356,23 @@ def _open_and_lock(targets: list[Target], flags: int, min_size: int, direct: boo
     for t in targets:
         if not t.is_block:
             _io(t, os.ftruncate, t.fd, 0)
-    for d in sorted({os.path.dirname(os.path.abspath(t.path)) for t in targets if not t.is_block}):
+    for d in sorted({os.path.dirname(os.path.realpath(t.path)) for t in targets if not t.is_block}):
         fsync_dir(d, TargetIOError)
+
+
+def _open_file(t: Target, flags: int, direct: bool) -> None:
+    """Open a target file for writing, creating it where it did not exist (``t.created``: this dump
+    made it, O_EXCL says so; another process that made it first leaves it an existing file)."""
+    if not t.existed and t.real:
+        try:
+            t.fd = os.open(t.real, flags | os.O_CREAT | os.O_EXCL, 0o600)
+            t.created = True
+            return
+        except FileExistsError:
+            pass
+        except OSError as e:
+            _open_error(t.path, e, direct)
+    t.fd = _open(t.path, flags | os.O_CREAT, direct)
 
 
 def _io(t: Target, call, *args):
@@ -529,9 +577,13 @@ class TargetSet:
                             self.discard, t.sink)
 
     def abandon(self, why: str) -> None:
-        """Finalize every member whose head was written as incomplete, before its first chunk: no
-        member is left "writing".  A target's own failure here is not the one to report."""
+        """The dump stopped before its first chunk: the member files it created are removed
+        (``remove_created``); every other member whose head was written is finalized as
+        incomplete, so none is left "writing".  A target's own failure here is not the one to report."""
+        removed = remove_created(self.targets)
         for d in range(len(self.headers)):
+            if any(t is self.targets[d] for t in removed):
+                continue
             try:
                 self.writer(d).finish(STATE_INCOMPLETE, why)
             except StripedumpError:

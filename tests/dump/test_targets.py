@@ -279,6 +279,17 @@ def test_two_dumps_at_once_on_the_same_files(tmp_path, slow_source, force):
     b.unlink()
 
 
+def test_two_dumps_at_once_on_new_files_leave_the_winners_members(tmp_path, slow_source):
+    """The loser removes only the files it created and holds (issue 24, item 6): racing to create
+    the same new files, it never removes one the winner writes."""
+    a, b = tmp_path / "m0", tmp_path / "m1"
+    for order in ([a, b], [b, a]):
+        _one_winner(slow_source, _race(slow_source, [a, b], order), tmp_path)
+        assert sorted(os.listdir(tmp_path)) == ["m0", "m1"]
+        a.unlink()
+        b.unlink()
+
+
 def test_second_dump_on_a_held_file_is_refused_at_once_naming_the_holder(tmp_path, slow_source):
     a, b = tmp_path / "m0", tmp_path / "m1"
     first = _start(slow_source, [a, b])
@@ -291,7 +302,8 @@ def test_second_dump_on_a_held_file_is_refused_at_once_naming_the_holder(tmp_pat
         assert f"target {b} is in use: another process holds a lock on it (pid {first.pid}: " in err, err
         assert time.monotonic() - t0 < 15          # at once: no waiting for the lock
     assert first.wait(timeout=120) == 0, first.stderr.read()
-    assert (tmp_path / "other").stat().st_size == 0      # the refused dump wrote nothing anywhere
+    # the refused dump wrote nothing anywhere, and the file it created is gone (issue 24, item 6)
+    assert not (tmp_path / "other").exists()
     join(JoinConfig((str(a), str(b)), str(tmp_path / "o")))
     assert filecmp.cmp(slow_source, tmp_path / "o", shallow=False)
     for f in (a, b, tmp_path / "o"):
@@ -334,7 +346,7 @@ def test_block_device_held_exclusively_is_refused(tmp_path, vmcore, loopdev):
             _dump(b.path, [tmp_path / "m0", dev], force=True)
     finally:
         os.close(holder)
-    assert (tmp_path / "m0").stat().st_size == 0       # nothing truncated or written before the refusal
+    assert not (tmp_path / "m0").exists()        # the file it created is removed (issue 24, item 6)
     _dump(b.path, [tmp_path / "m0", dev], force=True)
 
 
@@ -349,3 +361,33 @@ def test_file_replaced_after_the_check_is_not_truncated(tmp_path, vmcore):
         open_targets(targets, 8192)
     assert t.read_bytes() == b"a member written meanwhile"
     assert targets[0].fd == -1
+
+
+def test_a_dump_that_fails_before_writing_removes_the_files_it_created(tmp_path, vmcore, cli, loopdev):
+    """Issue 24, item 6: refused or failed before its first chunk, a dump removes the member files
+    it created, and only those: a file that existed before stays, and so does a device."""
+    from conftest import assert_one_line_error
+    b = vmcore("simple")
+    ty = tmp_path / "ty"
+    ty.mkdir()
+    (ty / "old").write_bytes(b"")
+    # a target that cannot be written (its head's write fails): exit 5
+    r = cli("dump", "-q", "--disks", "ty/m0,/proc/self/status", b.path, cwd=tmp_path)
+    assert_one_line_error(r, 5, "/proc/self/status")
+    assert os.listdir(ty) == ["old"]
+    r = cli("dump", "-q", "--disks", "ty/m0,ty/old,/proc/self/status", b.path, cwd=tmp_path)
+    assert_one_line_error(r, 5, "/proc/self/status")
+    assert os.listdir(ty) == ["old"]                 # existed before: kept (its head says incomplete)
+    dev = loopdev(8 << 20)
+    r = cli("dump", "-q", "--disks", f"ty/m0,{dev},/proc/self/status", b.path, cwd=tmp_path)
+    assert_one_line_error(r, 5, "/proc/self/status")
+    assert os.listdir(ty) == ["old"] and os.path.exists(dev)
+    # refused after the heads are written (--manifest is one of the targets): exit 2
+    r = cli("dump", "-q", "--manifest", "ty/m1", "--disks", "ty/m0,ty/m1", b.path, cwd=tmp_path)
+    assert_one_line_error(r, 2, "one of the targets")
+    assert os.listdir(ty) == ["old"]
+    # refused for safety, a new file given before the refused one: exit 4
+    (ty / "full").write_bytes(b"precious")
+    r = cli("dump", "-q", "--disks", "ty/m0,ty/full", b.path, cwd=tmp_path)
+    assert_one_line_error(r, 4, "ty/full", "non-empty")
+    assert sorted(os.listdir(ty)) == ["full", "old"] and (ty / "full").read_bytes() == b"precious"
