@@ -24,8 +24,10 @@ EXIT_CODES = """exit codes:
   1    internal error (a bug; --debug shows the traceback)
   2    usage error: bad option or value
   3    the source cannot be read or is not an ELF vmcore
-  4    a target was refused for safety (--force overrides where allowed) or is in use
-  5    writing a target failed (ssh://: the host cannot be reached)
+  4    a target was refused for safety (--force overrides where allowed), is given
+       twice, or another process holds it; nothing was written
+  5    a target cannot be created, opened or written before the dump starts (its
+       directory missing), or an ssh:// target's host cannot be reached
   6    members are unreadable, malformed or from different dumps (join without
        --allow-incomplete: or missing)
   7    a checksum or decompression check failed

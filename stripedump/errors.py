@@ -18,8 +18,8 @@ class ExitCode(enum.IntEnum):
     INTERNAL = 1      # a bug: please report it (traceback with --debug)
     USAGE = 2         # bad command line or option value
     SOURCE = 3        # the vmcore cannot be opened or is not a valid ELF core
-    REFUSED = 4       # a target was refused for safety (use --force to override)
-    TARGET_IO = 5     # writing or syncing a target failed
+    REFUSED = 4       # a target was refused for safety (use --force to override), given twice, or in use
+    TARGET_IO = 5     # a target cannot be created, opened or written before the dump starts (during it: 8)
     MEMBER = 6        # members are unreadable, mismatched, missing or corrupt
     VERIFY = 7        # a checksum or decompression check failed
     INCOMPLETE = 8    # the dump was stopped early; members hold what was written
