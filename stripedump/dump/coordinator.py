@@ -109,6 +109,7 @@ from ..source.vmcore import Source
 from .autocodec import EXPLORE as AUTO_EXPLORE
 from .config import DumpConfig
 from .loop import Coordinator, DumpJob
+from . import space
 from .resources import fit_pool, fit_workers
 from .result import DumpResult
 from .targets import TargetSet
@@ -176,7 +177,12 @@ def _dump(cfg: DumpConfig, src: Source, t0: float, progress, say, sig=None) -> D
     # every target locked (canonical order) before any is truncated or written; held until the
     # members are finalized (targets.py: exclusive targets), closed when this block ends
     with targets.open(start + 4096, cfg):
-        targets.warn_space(job.plan.input_bytes, say)
+        # a target that will probably fill up: said at once (a warning: the data may compress better);
+        # --codec auto keeps to the room (space.py)
+        room = space.rooms(list(targets), start)
+        for line in space.warnings(list(targets), start, job.plan.input_bytes, cfg.codec):
+            say(line, 0)
+        job.room = space.dump_room(room)
         chunk_pages, page_size = job.plan.chunk_pages, src.page_size
         try:
             targets.write_heads([new_member_header(

@@ -43,13 +43,16 @@ class DumpJob(Plain):
     ``cfg``: the DumpConfig, its workers fitted to the machine; ``targets``:
     the TargetSet, open, every head written; ``slots`` of ``slot_size``
     bytes: the slot pool (resources.fit_pool); ``level``: a DumpLevel
-    (dump -d N) or None.
+    (dump -d N) or None; ``room``: the bytes the members can take together
+    (space.dump_room, once the targets are open), or None where unknown.
     """
-    __slots__ = ("cfg", "src", "plan", "targets", "block_bytes", "slots", "slot_size", "level")
+    __slots__ = ("cfg", "src", "plan", "targets", "block_bytes", "slots", "slot_size", "level", "room")
 
-    def __init__(self, cfg, src, plan, targets, block_bytes: int, slots: int, slot_size: int, level=None):
+    def __init__(self, cfg, src, plan, targets, block_bytes: int, slots: int, slot_size: int, level=None,
+                 room: int | None = None):
         self.cfg, self.src, self.plan, self.targets = cfg, src, plan, targets
         self.block_bytes, self.slots, self.slot_size, self.level = block_bytes, slots, slot_size, level
+        self.room = room
 
 
 def as_error(e: BaseException) -> StripedumpError:

@@ -555,14 +555,6 @@ class TargetSet:
     def release(self) -> None:
         close_targets(self.targets)
 
-    def warn_space(self, input_bytes: int, say) -> None:
-        """ssh:// targets whose host has less room than their share of the source: a warning each."""
-        n = len(self.targets)
-        for t in self.targets:
-            if t.remote is not None and t.remote.avail is not None and t.remote.avail < input_bytes // n:
-                say(f"target {t.path}: {t.remote.avail / 1e6:.0f} MB free there, less than the source's "
-                    f"{input_bytes / 1e6:.0f} MB / {n} target(s) (fine if it compresses that well)", 0)
-
     def write_heads(self, headers: list, manifest_rec: bytes, start: int) -> None:
         """Every member's header block and manifest record; its chunk records begin at ``start``."""
         self.start = start

@@ -49,6 +49,10 @@ class Codec(abc.ABC):
     levels: range | None = None
     wants_bytes = False       # compress() needs a bytes object, not any buffer
     libraries: tuple = ()     # top-level modules, any one of which it can work with (() = always)
+    # stored bytes / source bytes on a real kernel's memory, all-zero pages (stored as a flag)
+    # included: docs/benchmarks.md, "Real kernel" (a 1.5 GiB guest, 1 GiB of it filled; out/in of
+    # a dump with this codec).  What a target is expected to take (dump/space.py), not a promise
+    typical_ratio = 1.0
     # compress_into(data, out) -> bytes written: compress one block into the start of ``out``,
     # which must hold at least into_bound(len(data)) bytes; None when the library cannot
     compress_into = None
@@ -81,6 +85,7 @@ class Codec(abc.ABC):
 
 class NoneCodec(Codec):
     ID, name = 0, "none"
+    typical_ratio = 0.75          # the zero pages only
 
     def compress(self, data) -> bytes:
         return data
@@ -98,6 +103,7 @@ class ZlibCodec(Codec):
     per-call stream setup dominates at page size.
     """
     ID, name, kdump_flag = 1, "zlib", 0x01
+    typical_ratio = 0.33
     default_level, levels = 1, range(0, 10)
 
     def __init__(self, level=None):
@@ -123,6 +129,7 @@ class ZlibCodec(Codec):
 
 class LzoCodec(Codec):
     ID, name, kdump_flag = 2, "lzo", 0x02
+    typical_ratio = 0.39
     libraries = ("lzo",)
     wants_bytes = True        # python-lzo parses its input with "s#"
 
@@ -139,6 +146,7 @@ class LzoCodec(Codec):
 
 class SnappyCodec(Codec):
     ID, name, kdump_flag = 3, "snappy", 0x04
+    typical_ratio = 0.41
     libraries = ("cramjam", "snappy")
 
     def __init__(self, level=None):
@@ -164,6 +172,7 @@ class SnappyCodec(Codec):
 
 class Lz4Codec(Codec):
     ID, name = 4, "lz4"
+    typical_ratio = 0.41          # not in that table: as snappy (within 1 % of it on the test vmcore)
     libraries = ("cramjam", "lz4")
 
     def __init__(self, level=None):
@@ -193,6 +202,7 @@ class Lz4Codec(Codec):
 
 class ZstdCodec(Codec):
     ID, name, kdump_flag = 5, "zstd", 0x20
+    typical_ratio = 0.32          # level 1; zstd:9 is 2 % smaller on the test vmcore
     libraries = ("zstandard",)
     default_level, levels = 1, range(-7, 23)
 
@@ -250,7 +260,9 @@ class Spec(Frozen):
       the codecs whose library is missing); ``make()``: the start codec's
       instance (a missing library raises CodecUnavailable); ``make_all()``:
       every codec of the ladder made once in this process;
-    * ``codec_id``, ``stored_level``: what the member header names.
+    * ``codec_id``, ``stored_level``: what the member header names;
+    * ``typical_ratio``: stored bytes per source byte it usually gives
+      (what a target is expected to take: dump/space.py).
     """
     __slots__ = ()
     is_auto = False
@@ -300,6 +312,10 @@ class CodecSpec(Spec):
     @property
     def codec_id(self) -> int:
         return BY_NAME[self.name].ID
+
+    @property
+    def typical_ratio(self) -> float:
+        return BY_NAME[self.name].typical_ratio
 
     @property
     def stored_level(self) -> int:
@@ -369,6 +385,11 @@ class AutoSpec(Spec):
         """The ladder index used until measurements exist: lz4 when listed, else the first."""
         names = [s.name for s in self.ladder]
         return names.index("lz4") if "lz4" in names else 0
+
+    @property
+    def typical_ratio(self) -> float:
+        """The ladder's smallest: auto turns to it when the targets' room is short (autocodec.py)."""
+        return min(s.typical_ratio for s in self.ladder)
 
     @property
     def codec_id(self) -> int:

@@ -91,6 +91,15 @@ def _dump(cli, src, members, *extra):
                "--disks", ",".join(members), *extra, src)
 
 
+def _space_warned(r, *targets):
+    """The warning that each of ``targets`` will probably fill up (dump/space.py, issue 24, item 8),
+    and none for the others, taken out of ``r``'s stderr; the rest of it as it was."""
+    warned = [ln for ln in r.err.splitlines() if "less than its expected share of the dump" in ln]
+    assert len(warned) == len(targets) and all(f"target {t}: " in w for t, w in zip(targets, warned)), r.err
+    r.err = "".join(ln + "\n" for ln in r.err.splitlines() if ln not in warned)
+    return r
+
+
 def _recovered(cli, oracle, members, out):
     """join --allow-incomplete gives back exactly what reached the disks, every byte right."""
     ok, msg, n = check_run(oracle, members, out)
@@ -112,7 +121,7 @@ def test_full_filesystem_stops_cleanly(source, tmp_path, small_fs, cli):
     full = small_fs(1 << 20)
     members = [str(tmp_path / "m0"), os.path.join(full, "m1")]
     r = _dump(cli, src, members)
-    assert_one_line_error(r, 8, members[1], "No space left on device", "dump incomplete")
+    assert_one_line_error(_space_warned(r, members[1]), 8, members[1], "No space left on device", "dump incomplete")
     info = json.loads(cli("info", "--json", *members).out)["members"]
     assert all(m["state"] in ("incomplete", "writing (never finalized)") for m in info), info
     assert_one_line_error(cli("join", *members, "-o", tmp_path / "o"), 8, "--allow-incomplete")
@@ -277,7 +286,7 @@ def test_every_target_failing(source, tmp_path, small_fs, cli):
     full = small_fs(2 << 20)
     members = [os.path.join(full, "m0"), os.path.join(full, "m1")]
     r = _dump(cli, src, members, "--on-disk-error", "continue")
-    assert_one_line_error(r, 8, "every target failed")
+    assert_one_line_error(_space_warned(r, *members), 8, "every target failed")
     _recovered(cli, oracle, members, str(tmp_path / "out"))
 
 
