@@ -175,8 +175,9 @@ def _add_dump(sub, common) -> None:
                         "BatchMode=yes, ConnectTimeout and ServerAliveInterval, so they win")
     d.add_argument("--codec", type=_codec, default=None, metavar="CODEC[:LEVEL]",
                    help="auto (the default) or auto:C,C,...: a codec per chunk, chosen from measured CPU "
-                        "and disk rates; or one codec: none, lz4, snappy, lzo, zlib or zstd, with a level "
-                        "for zlib/zstd")
+                        "and disk rates within the targets' free space (size preferences after it: "
+                        "/cost=N%%, /ratio=R); or one codec: none, lz4, snappy, lzo, zlib or zstd, with a "
+                        "level for zlib/zstd")
     d.add_argument("--workers", type=_positive_int, default=0, metavar="N",
                    help="compression processes (default: one per usable CPU, at most one per 16 chunks)")
     d.add_argument("--chunk-size", type=_size("--chunk-size"), default=None, metavar="SIZE",

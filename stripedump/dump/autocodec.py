@@ -35,6 +35,25 @@ the best k times less often (so exploring costs about 1/EXPLORE of the time
 however slow zstd:9 is), and in the first chunks every codec gets one chunk.  Until a disk rate exists the start codec (lz4 when
 in the ladder) is used.
 
+Room (issue 24, item 9): on a fast disk the least time is often ``none``,
+which on memory-like data writes twice what lz4 does; a crash disk that
+cannot hold that fills up and the dump is lost.  So the controller is given
+the bytes the members can take in all (``room``: space.dump_room, the
+targets' free space; or less, ``auto/ratio=R``: R times the source) and the
+dump's raw bytes (``total``), and counts the raw bytes it hands each codec
+and every raw and stored byte it is told of (not decayed); the chunks handed
+out and not reported yet count at their codec's ratio.  A codec *fits* when
+its ratio times the raw bytes still to hand out is at most the room left
+(MARGIN of the room kept free); only the codecs that
+fit are chosen or explored (the fastest of them by the model, as above); when
+none of the measured ones fits, the one with the smallest ratio is used, the
+best chance the dump has.  The choice is made again for every chunk, so a
+codec that compresses better than needed leaves room for a faster one later.
+
+Size preference (``auto/cost=N%``): a codec whose predicted time is at most
+N % above the fastest's wins when its output is smaller (default TIE, 3 %):
+``auto/cost=50%`` takes lz4 over none when lz4 is at most half again as slow.
+
 The controller (``Controller``) is a pure class: fed observations, asked
 for choices; no clock, no I/O, so its decisions are deterministic and
 tested on synthetic observations (tests/dump/test_autocodec.py).  What ``--codec
@@ -56,16 +75,20 @@ EXPLORE = 32               # 1 chunk in EXPLORE goes to another codec of the lad
 WARMUP = 4                 # in the first chunks, 1 in WARMUP goes to a codec not tried yet
 HALF_LIFE = 64 << 20       # raw (or written) bytes after which an old observation weighs half
 MIN_SAMPLE = 256 << 10     # raw bytes of a codec before its rates are trusted (a tiny header chunk is not)
-TIE = 0.03                 # predicted times this close: the smaller output wins
+TIE = 0.03                 # predicted times this close: the smaller output wins (auto/cost=N% sets it)
+MARGIN = 0.05              # of the room left, kept free: indexes, footers, chunks in flight, estimates
 
 
 class Controller:
     """Chooses a ladder index per chunk from encode and disk observations (see the module comment).
 
-    ``parallel``: how many workers encode at once (their encode rates are per wall second).
+    ``parallel``: how many workers encode at once (their encode rates are per wall second);
+    ``room``: the bytes the members can take in all, or None; ``total``: the dump's raw bytes;
+    ``cost``: the fraction of time a smaller output may cost.
     """
 
-    def __init__(self, names, parallel: int, start: int = 0, explore: int = EXPLORE):
+    def __init__(self, names, parallel: int, start: int = 0, explore: int = EXPLORE,
+                 room: float | None = None, total: float = 0.0, cost: float = TIE):
         self.names = list(names)
         self.n = len(self.names)
         self.parallel = max(1, parallel)
@@ -83,6 +106,10 @@ class Controller:
         self.tried[start] = True
         self.credit = [0.0] * self.n
         self.handed = [0] * self.n
+        self.room, self.total, self.cost = room, total, cost
+        self.done_stored = 0.0               # every stored byte seen, not decayed: what the room lost
+        self.seen_raw = [0.0] * self.n       # raw bytes seen encoded, per codec, not decayed
+        self.handed_raw = [0.0] * self.n     # raw bytes handed out, per codec (``choose``)
 
     # -- observations -----------------------------------------------------------
 
@@ -92,6 +119,8 @@ class Controller:
         ``wall_s`` seconds of a worker (None: as many as CPU-seconds: a CPU of its own)."""
         if raw <= 0:
             return
+        self.seen_raw[i] += raw
+        self.done_stored += stored
         k = 0.5 ** (raw / HALF_LIFE)
         self.raw[i] = self.raw[i] * k + raw
         self.stored[i] = self.stored[i] * k + stored
@@ -137,13 +166,36 @@ class Controller:
             return None
         return max(1.0 / (rate * self.parallel), ratio / disk)
 
+    def fitting(self) -> list[int] | None:
+        """The measured codecs whose output for the raw bytes still to hand out fits the room left
+        (MARGIN of the room kept free; the chunks in flight counted at their codec's ratio); None
+        when the room is unknown."""
+        if self.room is None:
+            return None
+        left = max(0.0, self.total - sum(self.handed_raw))
+        flight = sum(max(0.0, h - s) * (self.ratio(i) or 1.0)
+                     for i, (h, s) in enumerate(zip(self.handed_raw, self.seen_raw)))
+        room = self.room * (1 - MARGIN) - self.done_stored - flight
+        return [i for i in range(self.n) if self.raw[i] >= MIN_SAMPLE and left * self.ratio(i) <= room]
+
     def best(self) -> int:
-        """The measured codec with the least predicted time (ties: the smaller output); else start."""
-        scored = [(t, self.ratio(i), i) for i in range(self.n) if (t := self.predicted(i)) is not None]
+        """The measured codec with the least predicted time (within ``cost``: the smaller output)
+        among those that fit the room; the smallest output when none fits; else start."""
+        allowed = range(self.n)
+        fit = self.fitting()
+        if fit is not None:
+            measured = [i for i in range(self.n) if self.raw[i] >= MIN_SAMPLE]
+            if measured and not fit:
+                return min(measured, key=lambda i: (self.ratio(i), i))
+            if fit and len(fit) < len(measured):
+                allowed = fit
+        scored = [(t, self.ratio(i), i) for i in allowed if (t := self.predicted(i)) is not None]
         if not scored:
-            return self.start
+            if allowed is not fit or self.start in allowed:
+                return self.start
+            return max(fit, key=lambda i: (self.encode_rate(i), -i))    # no disk rate yet: the fastest
         low = min(t for t, _, _ in scored)
-        return min((r, i) for t, r, i in scored if t <= low * (1 + TIE))[1]
+        return min((r, i) for t, r, i in scored if t <= low * (1 + self.cost))[1]
 
     def _explore(self, best: int) -> int:
         """``best``, or the other codec whose turn to be measured has come.
@@ -152,22 +204,25 @@ class Controller:
         chunk, ``cost`` its predicted time over the best's (at least 1), and
         is given a chunk when it has earned one: together about 1 chunk in
         EXPLORE, and the time spent on exploration about 1/EXPLORE of the
-        dump's, however slow a codec far off the best is.
+        dump's, however slow a codec far off the best is.  A codec measured
+        not to fit the room is not explored (it would not be chosen).
         """
         tb = self.predicted(best)
-        for j in range(self.n):
-            if j != best:
-                tj = self.predicted(j)
-                cost = max(1.0, tj / tb) if tj is not None and tb else 1.0
-                self.credit[j] += 1.0 / (self.explore * (self.n - 1) * cost)
-        due = max((c, -j) for j, c in enumerate(self.credit) if j != best)
+        fit = self.fitting()
+        others = [j for j in range(self.n)
+                  if j != best and (fit is None or j in fit or self.raw[j] < MIN_SAMPLE)]
+        for j in others:
+            tj = self.predicted(j)
+            cost = max(1.0, tj / tb) if tj is not None and tb else 1.0
+            self.credit[j] += 1.0 / (self.explore * (self.n - 1) * cost)
+        due = max(((self.credit[j], -j) for j in others), default=(0.0, 0))
         if due[0] >= 1.0:
             self.credit[-due[1]] -= 1.0
             return -due[1]
         return best
 
-    def choose(self) -> int:
-        """The ladder index for the next chunk."""
+    def choose(self, raw: float = 0.0) -> int:
+        """The ladder index for the next chunk (``raw``: its raw bytes, for the room's books)."""
         self.chunks += 1
         i = self.best()
         if self.n > 1:
@@ -178,6 +233,7 @@ class Controller:
                 i = self._explore(i)
         self.tried[i] = True
         self.handed[i] += 1
+        self.handed_raw[i] += raw
         return i
 
 
@@ -194,10 +250,14 @@ class AutoStats:
     """
     ENCODE, DISK = 4, 3          # doubles per (worker, choice), per writer
 
-    def __init__(self, spec, workers: int, members: int):
+    def __init__(self, spec, workers: int, members: int, room: int | None = None, total: int = 0):
         self.ladder, self.W, self.D = spec.ladder, workers, members
+        # the room: the targets' (space.dump_room), or /ratio=R of the source where that is less
+        rooms = [r for r in (room, spec.max_ratio * total if spec.max_ratio else None) if r is not None]
+        self.room = min(rooms) if rooms else None
         # encode rates are per wall second of a worker (above): W workers, however many CPUs
-        self.ctl = Controller([str(c) for c in self.ladder], workers, spec.start)
+        self.ctl = Controller([str(c) for c in self.ladder], workers, spec.start, room=self.room, total=total,
+                              cost=TIE if spec.cost is None else spec.cost)
         self.base = workers * len(self.ladder) * self.ENCODE     # where the writers' rows begin
         n = self.base + members * self.DISK
         self.stats = memoryview(mmap.mmap(-1, 8 * n, mmap.MAP_SHARED)).cast("d")
@@ -213,9 +273,9 @@ class AutoStats:
         at = self.base + self.DISK * d
         w.io_stats, w.sync_every, w.kick_every = self.stats[at:at + self.DISK], AUTO_FIRST_SYNC, AUTO_KICK_EVERY
 
-    def choose(self) -> int:
-        """The codec choice (ladder index) for the next chunk."""
-        return self.ctl.choose()
+    def choose(self, raw: int) -> int:
+        """The codec choice (ladder index) for the next chunk, of ``raw`` bytes."""
+        return self.ctl.choose(raw)
 
     def observe(self, dropped) -> None:
         """Feed the controller what the children published since the last look (``dropped``: the
@@ -254,4 +314,6 @@ class AutoStats:
                         "ratio": round(ctl.ratio(i), 4) if ctl.ratio(i) is not None else None}
                for i, c in enumerate(self.ladder)}
         return {"auto_chunks": {str(c): n for c, n in zip(self.ladder, ctl.handed) if n},
-                "auto_model": {"codecs": est, "parallel": ctl.parallel, "disk_mb_s": mb(ctl.disk_rate())}}
+                "auto_model": {"codecs": est, "parallel": ctl.parallel, "disk_mb_s": mb(ctl.disk_rate()),
+                               "room_mb": mb(self.room) if self.room is not None else None,
+                               "cost": ctl.cost}}

@@ -143,7 +143,7 @@ class Crew:
         self.say(f"worker {i} {why} in chunk {cid - 1}; reading it page by page")
         p.join()
         self.workers[i] = self.new_worker(i)
-        self.tasks.put(cid - 1, slot | CAREFUL, self.choose())
+        self.tasks.put(cid - 1, slot | CAREFUL, self.choose(cid - 1))
         return True
 
     def stop_workers(self, fail) -> None:

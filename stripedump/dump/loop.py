@@ -125,7 +125,7 @@ class Coordinator:
     def run(self) -> DumpResult:
         try:
             if self.cfg.codec.is_auto:
-                self.auto = AutoStats(self.cfg.codec, self.W, self.D)
+                self.auto = AutoStats(self.cfg.codec, self.W, self.D, self.job.room, self.plan.input_bytes)
             self.crew.open(self.auto)
             self.crew.start()
             self.feed()
@@ -180,11 +180,15 @@ class Coordinator:
                 if cid is None:
                     self.exhausted = True
                     return
-            self.crew.tasks.put(cid, self.slots.take() | (CAREFUL if cid in self.crew.retried else 0), self.choose())
+            self.crew.tasks.put(cid, self.slots.take() | (CAREFUL if cid in self.crew.retried else 0),
+                                self.choose(cid))
 
-    def choose(self) -> int:
-        """The codec choice (ladder index) for the next chunk: 0 unless --codec auto."""
-        return self.auto.choose() if self.auto is not None else 0
+    def choose(self, cid: int) -> int:
+        """The codec choice (ladder index) for chunk ``cid``: 0 unless --codec auto."""
+        if self.auto is None:
+            return 0
+        # its raw bytes, for the room's books (autocodec.py), where there is a room
+        return self.auto.choose(self.plan.chunk(cid).raw_bytes(self.plan.page_size) if self.auto.room else 0)
 
     def idle(self) -> bool:
         """Nothing in flight, and nothing more to hand out."""

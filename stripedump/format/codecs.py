@@ -340,29 +340,41 @@ DEFAULT_LADDER = ("none", "lz4", "zstd:1", "zstd:3", "zstd:9")
 
 
 class AutoSpec(Spec):
-    """``auto`` or ``auto:CODEC,CODEC,...``: the ladder the dump's controller chooses from per chunk.
+    """``auto[:CODEC,CODEC,...][/cost=N%][/ratio=R]``: the ladder the dump's controller chooses
+    from per chunk, and the size preferences (issue 24, item 9), each a ``/key=value`` suffix
+    after the ladder, whatever the ladder's own syntax:
+
+    * ``cost=N%``: a codec whose predicted time is at most N % above the fastest's wins when its
+      output is smaller (default 3 %: dump/autocodec.py's TIE);
+    * ``ratio=R``: the members together take at most R bytes per source byte where a codec of the
+      ladder can do it (a room of R x the source, as the targets' free space is one).
 
     A plain frozen class, not a dataclass: auto is the default codec, so this is on every
     dump's path (issue 12's fixed cost, tests/test_fixedcost.py)."""
-    __slots__ = ("ladder", "explicit")
+    __slots__ = ("ladder", "explicit", "cost", "max_ratio")
     is_auto = True
 
-    def __init__(self, ladder: tuple, explicit: bool = False):
+    def __init__(self, ladder: tuple, explicit: bool = False, cost: float | None = None,
+                 max_ratio: float | None = None):
         object.__setattr__(self, "ladder", tuple(ladder))      # CodecSpec, in the order given
         object.__setattr__(self, "explicit", explicit)         # a list was given (all must be installed)
+        object.__setattr__(self, "cost", cost)                 # /cost=N%: N / 100; None: the default
+        object.__setattr__(self, "max_ratio", max_ratio)       # /ratio=R; None: no cap
 
     @classmethod
     def parse(cls, text: str) -> "AutoSpec":
-        head, colon, rest = text.strip().lower().partition(":")
+        body, *prefs = text.strip().lower().split("/")
+        head, colon, rest = body.partition(":")
         if head != "auto":
             raise UsageError(f"not an auto codec spec: {text!r}")
+        cost, ratio = _preferences(text, prefs)
         if not colon:
-            return cls(tuple(CodecSpec.parse(c) for c in DEFAULT_LADDER))
+            return cls(tuple(CodecSpec.parse(c) for c in DEFAULT_LADDER), False, cost, ratio)
         names = [c for c in rest.split(",")]
         if not rest or any(not c.strip() for c in names):
             raise UsageError(f"--codec {text!r}: auto: needs a list of codecs, e.g. auto:lz4,zstd:3")
         ladder = tuple(dict.fromkeys(CodecSpec.parse(c) for c in names))
-        return cls(ladder, True)
+        return cls(ladder, True, cost, ratio)
 
     @property
     def name(self) -> str:
@@ -378,7 +390,7 @@ class AutoSpec(Spec):
         if self.explicit:
             self.make_all()
             return self
-        return AutoSpec(tuple(s for s in self.ladder if s.findable()), False)
+        return AutoSpec(tuple(s for s in self.ladder if s.findable()), False, self.cost, self.max_ratio)
 
     @property
     def start(self) -> int:
@@ -406,11 +418,33 @@ class AutoSpec(Spec):
         return self.ladder[self.start].make()
 
     def __str__(self) -> str:
-        return "auto" + (":" + ",".join(str(s) for s in self.ladder) if self.explicit else "")
+        return ("auto" + (":" + ",".join(str(s) for s in self.ladder) if self.explicit else "")
+                + (f"/cost={self.cost * 100:g}%" if self.cost is not None else "")
+                + (f"/ratio={self.max_ratio:g}" if self.max_ratio is not None else ""))
+
+
+def _preferences(text: str, prefs: list[str]) -> tuple[float | None, float | None]:
+    """``auto``'s ``/cost=N%`` and ``/ratio=R`` suffixes: (N / 100 or None, R or None)."""
+    found: dict[str, float] = {}
+    for p in prefs:
+        key, eq, value = p.strip().partition("=")
+        if key not in ("cost", "ratio") or not eq or key in found:
+            raise UsageError(f"--codec {text!r}: after auto, /cost=N% or /ratio=R (each once), "
+                             f"e.g. auto/cost=25% or auto:lz4,zstd:3/ratio=0.4; got {p!r}")
+        try:
+            x = float(value.strip().rstrip("%"))
+        except ValueError:
+            x = -1.0
+        if key == "cost" and not 0 <= x <= 1000:
+            raise UsageError(f"--codec {text!r}: cost must be a percentage from 0 to 1000 (got {value!r})")
+        if key == "ratio" and not 0 < x <= 1:
+            raise UsageError(f"--codec {text!r}: ratio must be more than 0 and at most 1 (got {value!r})")
+        found[key] = x / 100 if key == "cost" else x
+    return found.get("cost"), found.get("ratio")
 
 
 def parse_codec(text: str) -> Spec:
-    """A CodecSpec, or an AutoSpec for ``auto``/``auto:...``; raises UsageError."""
-    if text.strip().lower().partition(":")[0] == "auto":
+    """A CodecSpec, or an AutoSpec for ``auto``/``auto:...``/``auto/...``; raises UsageError."""
+    if text.strip().lower().partition(":")[0].partition("/")[0] == "auto":
         return AutoSpec.parse(text)
     return CodecSpec.parse(text)

@@ -18,7 +18,7 @@ import subprocess
 import pytest
 
 from stripedump.tools import synth
-from stripedump.dump.autocodec import EXPLORE, Controller
+from stripedump.dump.autocodec import EXPLORE, MARGIN, Controller
 from stripedump.format.codecs import DEFAULT_LADDER, AutoSpec, parse_codec
 from stripedump.dump.config import DumpConfig
 from stripedump.runtime.units import parse_size
@@ -124,6 +124,118 @@ def test_estimates_follow_the_data():
     assert choice(c) == "zstd:3"
 
 
+# -- the room (issue 24, item 9) --------------------------------------------------
+
+def roomy(names, disk_rate, room, total, cost=None, parallel=2):
+    """``fed``, with ``room`` bytes for a dump of ``total`` raw bytes (and a size ``cost``)."""
+    c = fed(names, disk_rate, parallel)
+    c.room, c.total = room, total
+    if cost is not None:
+        c.cost = cost
+    c.done_stored, c.seen_raw = 0.0, [0.0] * c.n     # the 32 MiB of each codec fed were a warm-up
+    return c
+
+
+def test_room_keeps_auto_to_the_codecs_that_fit():
+    """On a fast disk none is fastest; with a small target, the fastest codec whose output fits."""
+    ladder, fast = list(DEFAULT_LADDER), 3000 * MB
+    assert choice(roomy(ladder, fast, 1000 * MB, 100 * MB)) == "none"      # room to spare: as before
+    assert choice(roomy(ladder, fast, 50 * MB, 100 * MB)) == "lz4"        # none (1.0) no, lz4 (0.45) fits
+    assert choice(roomy(ladder, fast, 33 * MB, 100 * MB)) == "zstd:9"     # only 0.28 fits 33 - 5 %
+    assert choice(roomy(ladder, fast, 20 * MB, 100 * MB)) == "zstd:9"     # none fits: the smallest output
+    assert choice(roomy(ladder, fast, None, 100 * MB)) == "none"          # room unknown (a stream)
+
+
+def _simulate(c, total, lag=8, chunk=1 << 20):
+    """A dump of ``total`` bytes in ``chunk`` pieces: each chosen, and reported ``lag`` chunks later
+    (the slots in flight) at RATES' ratio and CPU rate; returns (stored bytes, picks)."""
+    pending, stored, picks = [], 0.0, []
+    for _ in range(int(total // chunk)):
+        i = c.choose(chunk)
+        picks.append(c.names[i])
+        pending.append(i)
+        if len(pending) > lag:
+            j = pending.pop(0)
+            cpu, ratio = RATES[c.names[j]]
+            c.observe_encode(j, chunk, chunk * ratio, chunk / cpu)
+            stored += chunk * ratio
+    for j in pending:
+        stored += chunk * RATES[c.names[j]][1]
+    return stored, picks
+
+
+@pytest.mark.parametrize("room_share", [0.3, 0.5, 0.7, 0.9])
+def test_a_whole_dump_fits_its_room(room_share):
+    """Chunk by chunk, with chunks in flight: the members never outgrow the room, and the room
+    left over is spent on the faster codec (none), not kept."""
+    total = 512 * MB
+    c = roomy(list(DEFAULT_LADDER), 3000 * MB, room_share * total, total)
+    stored, picks = _simulate(c, total)
+    assert stored <= room_share * total, (stored / total, {p: picks.count(p) for p in set(picks)})
+    # the share of none (1.0) beside lz4 (0.45) that the room less MARGIN allows, nearly all taken
+    most = (room_share * (1 - MARGIN) - 0.45) / 0.55
+    if most > 0:
+        assert picks.count("none") >= 0.8 * most * len(picks), (picks.count("none"), most * len(picks))
+
+
+def test_codecs_that_do_not_fit_are_not_explored():
+    c = roomy(list(DEFAULT_LADDER), 3000 * MB, 50 * MB, 100 * MB)     # none (1.0) does not fit, lz4 does
+    c.tried = [True] * c.n
+    picks = [c.names[c.choose()] for _ in range(EXPLORE * 64)]
+    assert "none" not in picks and {"zstd:1", "zstd:3"} <= set(picks), set(picks)    # explored: they fit
+
+
+def test_cost_takes_a_slower_codec_for_smaller_output():
+    """A disk where none is 25 % faster than lz4: the default takes none; auto/cost=30% takes lz4."""
+    ladder = ["none", "lz4"]
+    assert choice(roomy(ladder, 1500 * MB, None, 0)) == "none"
+    assert choice(roomy(ladder, 1500 * MB, None, 0, cost=0.30)) == "lz4"
+    assert choice(roomy(ladder, 1500 * MB, None, 0, cost=0.20)) == "none"
+
+
+def test_size_preferences_are_parsed_after_either_ladder():
+    s = parse_codec("auto/cost=25%")
+    assert (s.cost, s.max_ratio, str(s), str(s.resolve())) == (0.25, None, "auto/cost=25%", "auto/cost=25%")
+    s = parse_codec("AUTO:lz4,zstd:3/ratio=0.4/cost=10")
+    assert (s.cost, s.max_ratio, [str(c) for c in s.ladder]) == (0.10, 0.4, ["lz4", "zstd:3"])
+    assert str(s) == "auto:lz4,zstd:3/cost=10%/ratio=0.4"
+    from stripedump.tools.bench import parse_codecs          # bench's own list: auto:none+lz4
+    (b,) = parse_codecs("auto:none+lz4/cost=50%")
+    assert [str(c) for c in b.ladder] == ["none", "lz4"] and b.cost == 0.5
+    for bad in ("auto/cost", "auto/x=1", "auto/ratio=0", "auto/ratio=1.5", "auto/cost=-1%", "auto/",
+                "auto/cost=1/cost=2", "auto/cost=nan"):
+        with pytest.raises(UsageError):
+            parse_codec(bad)
+
+
+def test_auto_fits_a_small_target_where_none_does_not(tmp_path):
+    """A 30 MiB tmpfs, a 64 MiB source (none would store 40 MB, lz4 about 19): none fills it, exit 8;
+    auto completes within it, byte for byte; auto/ratio=0.35 keeps to 35 % anywhere."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    src = str(tmp_path / "vm")
+    synth.build(src, synth.demo_loads(64 << 20))
+    fs = tmp_path / "fs"
+    fs.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={30 << 20}", "tmpfs", str(fs)]).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        r = run_cli("dump", "-q", "--codec", "none", "--disks", fs / "m0", src)
+        assert r.rc == 8 and "No space left on device" in r.err, r
+        os.unlink(fs / "m0")
+        r = run_cli("dump", "-q", "--json", "--disks", fs / "m0", src)
+        assert r.rc == 0, r
+        res = json.loads(r.out)
+        assert res["auto_model"]["room_mb"] <= 30 << 20 and res["output_bytes"] < 30 << 20, res
+        assert run_cli("join", fs / "m0", "-o", tmp_path / "out").rc == 0
+        assert filecmp.cmp(tmp_path / "out", src, shallow=False)
+    finally:
+        subprocess.run(["umount", "-l", str(fs)], capture_output=True)
+    members, res = _dump(tmp_path, src, "auto/ratio=0.35", chunk="1M")
+    assert res["output_bytes"] <= 0.35 * res["input_bytes"], res
+    assert res["codec"] == "auto/ratio=0.35"
+
+
 def test_specs():
     assert str(parse_codec("auto")) == "auto"
     assert [str(s) for s in AutoSpec.parse("auto").ladder] == list(DEFAULT_LADDER)
@@ -135,7 +247,9 @@ def test_specs():
 
 
 @pytest.mark.parametrize("spec,needle", [("auto:bogus", "unknown codec 'bogus'"),
-                                         ("auto:", "auto: needs a list of codecs")])
+                                         ("auto:", "auto: needs a list of codecs"),
+                                         ("auto/cost=x", "cost must be a percentage"),
+                                         ("auto:lz4/size=1", "after auto, /cost=N% or /ratio=R")])
 def test_bad_specs_are_usage_errors(tmp_path, vmcore, spec, needle):
     b = vmcore("kernel")
     r = run_cli("dump", "--codec", spec, "--disks", str(tmp_path / "m0"), b.path)
