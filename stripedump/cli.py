@@ -449,8 +449,9 @@ def run_dump(a) -> int:
         prog.close()
     for f in res.extra.get("degraded", []):   # shown even with -q: the dump lost a disk
         err.print(f"stripedump: warning: {f['error']}; dropped that target (--on-disk-error continue): "
-                  f"{f['moved']} of its chunks went to the other members; join needs every member, "
-                  f"{f['path']} included")
+                  f"{f['moved']} of its chunks went to the other members; "
+                  + ("its upload was not completed: join the other members without it"
+                     if f["path"].startswith("s3://") else f"join needs every member, {f['path']} included"))
     if a.json:
         out.print(json.dumps(res.to_json()))
     elif not a.quiet:

@@ -78,7 +78,7 @@ def _client(at: S3Url):
     try:
         c = make_client(at, _settings, CONNECT_TIMEOUT, READ_TIMEOUT, pool=PARALLEL + 2)
     except UsageError as e:
-        raise MemberError(str(e)) from None
+        raise MemberError(f"member {at}: {e}") from None
     STATS["clients"] += 1
     with _lock:
         _clients[key] = (os.getpid(), c)

@@ -160,7 +160,7 @@ def make_client(url: S3Url, opts: S3Options | None, connect_timeout: float, read
                      response_checksum_validation="when_required")
         return session.create_client("s3", config=cfg, **kw)
     except BotoCoreError as e:
-        raise UsageError(f"{url}: the S3 configuration cannot be used: {say(e)}") from None
+        raise UsageError(f"the S3 configuration cannot be used: {say(e)}") from None
 
 
 def error_code(e: BaseException) -> str:
@@ -189,6 +189,21 @@ def say(e: BaseException) -> str:
         if code in AUTH_CODES:
             return f"{AUTH_CODES[code]} ({code}{': ' + msg if msg and code != '403' else ''})"
         return f"{code}: {msg}" if msg else code
+    url = getattr(e, "kwargs", {}).get("endpoint_url", "") if hasattr(e, "kwargs") else ""
+    if url:        # botocore's connection errors name the whole request URL: the store is enough
+        m = re.match(r"^(\w+://[^/?]+)", url)
+        where = m.group(1) if m else url
+        name = type(e).__name__
+        if name == "EndpointConnectionError":
+            return f"cannot connect to {where}"
+        if name == "ConnectTimeoutError":
+            return f"connecting to {where} timed out"
+        if name == "ReadTimeoutError":
+            return f"{where} did not answer in time"
+        if name == "SSLError":
+            why = str(e).rpartition("SSL validation failed for ")[2]
+            return f"TLS to {where} failed: {why.split(' ', 1)[-1] if why else 'certificate not trusted'}"
+        return f"{where}: {' '.join(str(e).split())}"
     text = " ".join(str(e).split())
     text = re.sub(r"^\[Errno [^\]]*\] ", "", text)
     return text or type(e).__name__
