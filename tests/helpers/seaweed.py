@@ -110,6 +110,8 @@ class Store:
     def _argv(self, name: str) -> list[str]:
         port, grpc = self.ports[name]
         d = os.path.join(self.base, name)
+        if name.startswith("s3@"):
+            raise StoreError(f"{name}: restart it with add_gateway")
         os.makedirs(d, exist_ok=True)
         # host:port.grpcport: the gRPC port is not the default port + 10000 here
         master = f"{IP}:{self.ports['master'][0]}.{self.ports['master'][1]}"
@@ -158,6 +160,47 @@ class Store:
                     raise StoreError(f"SeaweedFS {name} did not listen on {IP}:{port} within "
                                      f"{START_TIMEOUT:g} s: {self.log_tail(name)}") from None
                 time.sleep(0.05)
+
+    def add_gateway(self, ip: str) -> str:
+        """Another S3 gateway over the same filer, on address ``ip`` (a second endpoint, e.g. one a
+        benchmark shapes on its own); its endpoint."""
+        name = f"s3@{ip}"
+        port = free_port(ip)
+        self.ports[name] = (port, free_port(ip))
+        argv = [a if not a.startswith("-ip.bind=") else f"-ip.bind={ip}" for a in self._argv("s3")]
+        argv = [a for a in argv if not a.startswith(("-port", "-localSocket", "-cert.file", "-key.file"))]
+        d = os.path.join(self.base, name)
+        os.makedirs(d, exist_ok=True)
+        argv += [f"-port={port}", f"-port.grpc={self.ports[name][1]}", f"-localSocket={os.path.join(d, 's3.sock')}",
+                 "-port.iceberg=0", "-port.lance=0"]
+        log = open(os.path.join(self.base, f"{name}.log"), "ab")
+        self.procs[name] = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                            start_new_session=True, cwd=self.base)
+        log.close()
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            try:
+                socket.create_connection((ip, port), timeout=1).close()
+                break
+            except OSError:
+                if self.procs[name].poll() is not None or time.monotonic() > deadline:
+                    raise StoreError(f"S3 gateway on {ip}: {self.log_tail(name)}") from None
+                time.sleep(0.05)
+        endpoint = f"http://{ip}:{port}"
+        self.wait_ready_at(endpoint)
+        return endpoint
+
+    def wait_ready_at(self, endpoint: str, timeout: float = START_TIMEOUT) -> None:
+        c = self.client(attempts=1, endpoint=endpoint)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                c.list_buckets()
+                return
+            except Exception as e:
+                if time.monotonic() > deadline:
+                    raise StoreError(f"the gateway at {endpoint} did not answer: {e}") from None
+                time.sleep(0.2)
 
     def log_tail(self, name: str, n: int = 300) -> str:
         try:
