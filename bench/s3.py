@@ -51,7 +51,7 @@ sys.path.insert(0, str(REPO / "tests" / "helpers"))
 
 import compare  # noqa: E402
 import normalize_vmcore  # noqa: E402
-from ssh import BenchError, tc, unshape  # noqa: E402
+from ssh import BenchError, shape as ssh_shape, timed, unshape  # noqa: E402
 
 GATEWAYS = ("127.0.0.112", "127.0.0.113")     # not the test suite's 127.0.0.1-4, nor bench/ssh.py's .102-104
 SOURCES = ["/var/tmp/stripedump-bench/real-m1536-f1024/vmcore", "/var/tmp/stripedump-bench/real-m1024-f0/vmcore",
@@ -61,19 +61,13 @@ MB = 1e6
 # the baseline's uploader: stdin -> one object, with stripedump's own client code and part settings
 S3CAT = """
 import os, sys
-from stripedump.remote.s3put import Uploader
+from stripedump.remote.s3put import Uploader, read_part
 from stripedump.remote.s3url import S3Options
 up = Uploader(sys.argv[1], S3Options(os.environ["EP"]), True, 60.0)
 up.check()
 n = 0
 while True:
-    buf = up.buffer()
-    mv, k = memoryview(buf), 0
-    while k < len(buf):
-        got = os.readv(0, [mv[k:]])
-        if not got:
-            break
-        k += got
+    buf, k = read_part(up, 0)
     if k:
         n += 1
         up.put(n, buf, k)
@@ -94,24 +88,9 @@ def log(msg: str) -> None:
 
 
 def shape(rate: str) -> None:
-    tc("qdisc", "add", "dev", "lo", "root", "handle", "1:", "htb", "default", "99")
-    tc("class", "add", "dev", "lo", "parent", "1:", "classid", "1:99", "htb", "rate", "100gbit")
-    for i, ip in enumerate(GATEWAYS):
-        cid = f"1:{10 + i}"
-        tc("class", "add", "dev", "lo", "parent", "1:", "classid", cid, "htb", "rate", rate, "ceil", rate,
-           "burst", "256k", "cburst", "256k")
-        tc("filter", "add", "dev", "lo", "parent", "1:", "protocol", "ip", "prio", "1", "u32",
-           "match", "ip", "dst", f"{ip}/32", "flowid", cid)
-
-
-def timed(cmd, env, shell=False) -> float:
-    t0 = time.perf_counter()
-    p = subprocess.run(cmd, env=env, shell=shell, executable="/bin/bash" if shell else None,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    dt = time.perf_counter() - t0
-    if p.returncode:
-        raise BenchError(f"{cmd if shell else ' '.join(cmd)}: exit {p.returncode}: {compare.tail_line(p.stderr)}")
-    return dt
+    """bench/ssh.py's HTB classes, one per gateway address."""
+    from types import SimpleNamespace
+    ssh_shape([SimpleNamespace(addr=ip) for ip in GATEWAYS], rate)
 
 
 def fetched_by(cmd, env, proxy) -> tuple[float, int]:

@@ -273,34 +273,40 @@ def _read_line(fd: int, wait: float) -> bytes:
     return out
 
 
+def read_part(up: Uploader, fd: int) -> tuple[bytearray, int]:
+    """The next part of the stream on ``fd``: a part buffer (once one is free) and how many bytes of
+    it were read (fewer than its size only at the end of the stream)."""
+    buf = up.buffer()
+    n = 0
+    with memoryview(buf) as mv:
+        while n < len(buf):
+            got = os.readv(fd, [mv[n:]])
+            if not got:
+                break
+            n += got
+    return buf, n
+
+
 def _stream(up: Uploader, fd: int) -> int:
     """Read the member into parts and upload them; the member's length, once its trailer is seen."""
     total, number = 0, 0
     head = b""
     tail = b""
     while True:
-        buf = up.buffer()
-        mv = memoryview(buf)
-        n = 0
-        while n < len(buf):
-            got = os.readv(fd, [mv[n:]])
-            if not got:
-                break
-            n += got
+        buf, n = read_part(up, fd)
         if up.failed:
             raise TargetIOError(f"target {up.url}: {up.failed}")
         if n:
             number += 1
             if len(head) < HEADER_BLOCK:
-                head += bytes(mv[:HEADER_BLOCK - len(head)])
-            tail = (tail + bytes(mv[max(0, n - TRAILER_SIZE):n]))[-TRAILER_SIZE:]
+                head += bytes(buf[:HEADER_BLOCK - len(head)])
+            tail = (tail + bytes(buf[max(0, n - TRAILER_SIZE):n]))[-TRAILER_SIZE:]
             total += n
             up.put(number, buf, n)
         else:
             up.unused(buf)
         if n < len(buf):
             break
-    mv.release()
     if not _ends_whole(head, tail, total):
         raise TargetIOError(f"target {up.url}: the member's stream ended after {total} bytes without its "
                             "trailer (the dump was stopped or killed before finishing it)")

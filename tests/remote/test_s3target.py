@@ -26,6 +26,7 @@ from stripedump.tools import synth
 
 from conftest import ROOT, CliResult, assert_one_line_error
 from waiting import wait_until
+from remote.test_sshtarget import same  # noqa: F401  (test_s3read imports it from here too)
 
 SIZE = 48 * MIB
 
@@ -47,16 +48,6 @@ def start(store, *args) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "stripedump", *map(str, args)],
                             env=dict(store.env, PYTHONPATH=ROOT), stdin=subprocess.DEVNULL,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-
-
-def same(a, b) -> bool:
-    with open(a, "rb") as f, open(b, "rb") as g:
-        while True:
-            x, y = f.read(MIB), g.read(MIB)
-            if x != y:
-                return False
-            if not x:
-                return True
 
 
 def claims_finished(data: bytes) -> bool:
