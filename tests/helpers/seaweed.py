@@ -47,6 +47,8 @@ ACCESS_KEY = "SDTESTACCESSKEY"
 SECRET_KEY = "sd-test-secret-key-0123456789"
 IP = "127.0.0.1"
 START_TIMEOUT = 90.0
+# glog to standard error only (each server's log file here), never weed.*.log.* files in /tmp
+LOG = ("-logtostderr=true",)
 
 
 class StoreError(Exception):
@@ -117,15 +119,15 @@ class Store:
         master = f"{IP}:{self.ports['master'][0]}.{self.ports['master'][1]}"
         common = [f"-ip.bind={IP}", f"-port={port}", f"-port.grpc={grpc}"]
         if name == "master":
-            return [self.weed, "master", f"-ip={IP}", *common, f"-mdir={d}", f"-defaultReplication={self.replication}",
+            return [self.weed, *LOG, "master", f"-ip={IP}", *common, f"-mdir={d}", f"-defaultReplication={self.replication}",
                     "-volumeSizeLimitMB=128", "-heartbeatInterval=1s"]
         if name.startswith("volume"):
-            return [self.weed, "volume", f"-ip={IP}", *common, f"-dir={d}", "-max=16", f"-master={master}",
+            return [self.weed, *LOG, "volume", f"-ip={IP}", *common, f"-dir={d}", "-max=16", f"-master={master}",
                     "-rack=r1", "-preStopSeconds=0"]
         if name == "filer":
-            return [self.weed, "filer", f"-ip={IP}", *common, f"-master={master}", f"-defaultStoreDir={d}",
+            return [self.weed, *LOG, "filer", f"-ip={IP}", *common, f"-master={master}", f"-defaultStoreDir={d}",
                     f"-localSocket={os.path.join(d, 'filer.sock')}"]
-        argv = [self.weed, "s3", *common, f"-filer={IP}:{self.ports['filer'][0]}.{self.ports['filer'][1]}",
+        argv = [self.weed, *LOG, "s3", *common, f"-filer={IP}:{self.ports['filer'][0]}.{self.ports['filer'][1]}",
                 f"-config={os.path.join(self.base, 's3.json')}", "-autoCreateBucket=false",
                 f"-localSocket={os.path.join(d, 's3.sock')}", "-port.iceberg=0", "-port.lance=0"]
         if self.https_port:
