@@ -75,7 +75,8 @@ class DumpResult(Plain):
 def degraded_warnings(degraded: list[dict], members: list[str]) -> list[str]:
     """One warning per target a degraded dump dropped (``degraded``: Resends.report), each saying
     which members a join needs: the survivors, and every dropped one that holds chunks synced on it
-    before it failed (``kept``), which no other member has (issue 24, item 3)."""
+    before it failed (``kept``), which no other member has (issue 24, item 3); an s3:// target
+    acknowledges nothing before its upload completes, so it never holds any."""
     dropped = {f["path"]: f for f in degraded}
     needed = [p for p in members if p not in dropped or dropped[p]["kept"]]
     out = []
@@ -85,6 +86,9 @@ def degraded_warnings(degraded: list[dict], members: list[str]) -> list[str]:
         if f["kept"]:
             out.append(f"{head}, but {f['kept']} chunk(s) synced on it before it failed are on it alone: "
                        f"join needs {', '.join(needed)} ({f['path']} included)")
+        elif f["path"].startswith("s3://"):     # an upload is completed only by its member's trailer
+            out.append(f"{head}; its upload was not completed, so it holds nothing: join needs only "
+                       f"{', '.join(needed)}")
         else:
             out.append(f"{head}, nothing is on it alone: join needs only {', '.join(needed)} "
                        f"({f['path']} may be given too)")

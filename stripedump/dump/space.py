@@ -18,7 +18,7 @@ member's head (``start`` bytes) taken off:
 * ``ssh://``: what ``df`` said of its directory on the host when it was
   checked (remote/sshtarget.py), shared equally among the targets of one
   host directory;
-* ``-``: unknown (None).
+* ``s3://`` and ``-``: unknown (None; a store has no free-space figure).
 
 The expected share of a target is ``source bytes x ratio / targets``:
 chunks are placed round robin, so each member takes about as much; the
