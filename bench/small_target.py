@@ -32,6 +32,7 @@ sys.path.insert(0, ROOT)
 
 from stripedump.tools.bench import make_source            # noqa: E402
 from stripedump.runtime.units import parse_size            # noqa: E402
+from auto import loop_devices                              # noqa: E402  (bench/auto.py)
 
 CODECS = ("none", "lz4", "zstd:3", "auto")
 
@@ -119,12 +120,7 @@ def main(argv=None) -> int:
             subprocess.run(["umount", fs], check=False)
         devs = []
         try:
-            for i in range(a.disks):
-                img = os.path.join(a.workdir, f"small-target{i}.img")
-                with open(img, "wb") as f:
-                    f.truncate(room // a.disks)
-                devs.append((subprocess.run(["losetup", "-f", "--show", img], capture_output=True, text=True,
-                                            check=True).stdout.strip(), img))
+            devs = loop_devices(a.workdir, a.disks, room // a.disks)
             results["kinds"].append(measure(f"{a.disks} loop devices of {room // a.disks >> 20} MiB on "
                                             f"{a.workdir}'s disk", src, lambda: [d for d, _ in devs],
                                             a.runs, trees, say))

@@ -110,6 +110,25 @@ def start_fuse(helper: str, args, mnt) -> subprocess.Popen:
 
 
 @pytest.fixture
+def small_fs(tmp_path):
+    """mount(size) -> a directory on a fresh tmpfs of that many bytes."""
+    mounts = []
+
+    def mount(size: int) -> str:
+        d = tmp_path / f"fs{len(mounts)}"
+        d.mkdir()
+        r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(d)],
+                           capture_output=True, text=True)
+        if r.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
+        mounts.append(d)
+        return str(d)
+    yield mount
+    for d in mounts:
+        subprocess.run(["umount", "-l", str(d)], capture_output=True)
+
+
+@pytest.fixture
 def loop_device(tmp_path):
     """loop(size) -> /dev/loopN backed by a zero-filled file of that many bytes."""
     devs = []

@@ -208,29 +208,24 @@ def test_size_preferences_are_parsed_after_either_ladder():
             parse_codec(bad)
 
 
-def test_auto_fits_a_small_target_where_none_does_not(tmp_path):
+def test_auto_fits_a_small_target_where_none_does_not(tmp_path, small_fs):
     """A 30 MiB tmpfs, a 64 MiB source (none would store 40 MB, lz4 about 19): none fills it, exit 8;
     auto completes within it, byte for byte; auto/ratio=0.35 keeps to 35 % anywhere."""
     if os.geteuid() != 0:
         pytest.skip("mounting a tmpfs needs root")
     src = str(tmp_path / "vm")
     synth.build(src, synth.demo_loads(64 << 20))
-    fs = tmp_path / "fs"
-    fs.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={30 << 20}", "tmpfs", str(fs)]).returncode:
-        pytest.skip("cannot mount a tmpfs here")
-    try:
-        r = run_cli("dump", "-q", "--codec", "none", "--disks", fs / "m0", src)
-        assert r.rc == 8 and "No space left on device" in r.err, r
-        os.unlink(fs / "m0")
-        r = run_cli("dump", "-q", "--json", "--disks", fs / "m0", src)
-        assert r.rc == 0, r
-        res = json.loads(r.out)
-        assert res["auto_model"]["room_mb"] <= 30 << 20 and res["output_bytes"] < 30 << 20, res
-        assert run_cli("join", fs / "m0", "-o", tmp_path / "out").rc == 0
-        assert filecmp.cmp(tmp_path / "out", src, shallow=False)
-    finally:
-        subprocess.run(["umount", "-l", str(fs)], capture_output=True)
+    fs = small_fs(30 << 20)
+    m0 = os.path.join(fs, "m0")
+    r = run_cli("dump", "-q", "--codec", "none", "--disks", m0, src)
+    assert r.rc == 8 and "No space left on device" in r.err, r
+    os.unlink(m0)
+    r = run_cli("dump", "-q", "--json", "--disks", m0, src)
+    assert r.rc == 0, r
+    res = json.loads(r.out)
+    assert res["auto_model"]["room_mb"] <= 30 << 20 and res["output_bytes"] < 30 << 20, res
+    assert run_cli("join", m0, "-o", tmp_path / "out").rc == 0
+    assert filecmp.cmp(tmp_path / "out", src, shallow=False)
     members, res = _dump(tmp_path, src, "auto/ratio=0.35", chunk="1M")
     assert res["output_bytes"] <= 0.35 * res["input_bytes"], res
     assert res["codec"] == "auto/ratio=0.35"

@@ -44,25 +44,6 @@ def source(tmp_path_factory):
 
 
 @pytest.fixture
-def small_fs(tmp_path):
-    """mount(size) -> a directory on a fresh tmpfs of that many bytes."""
-    mounts = []
-
-    def mount(size: int) -> str:
-        d = tmp_path / f"fs{len(mounts)}"
-        d.mkdir()
-        r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(d)],
-                           capture_output=True, text=True)
-        if r.returncode != 0:
-            pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
-        mounts.append(d)
-        return str(d)
-    yield mount
-    for d in mounts:
-        subprocess.run(["umount", "-l", str(d)], capture_output=True)
-
-
-@pytest.fixture
 def failing_fs(tmp_path):
     """A FUSE directory whose files fail writes with EIO from byte ``limit`` on; yields (mnt, backing).
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
 
 import pytest
 
@@ -31,47 +30,13 @@ def source(tmp_path_factory):
     return path
 
 
-@pytest.fixture
-def tmpfs(tmp_path):
-    mounts = []
-
-    def mount(size: int) -> str:
-        d = tmp_path / f"fs{len(mounts)}"
-        d.mkdir()
-        if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(d)]).returncode:
-            pytest.skip("cannot mount a tmpfs here")
-        mounts.append(d)
-        return str(d)
-    yield mount
-    for d in mounts:
-        subprocess.run(["umount", "-l", str(d)], capture_output=True)
-
-
-@pytest.fixture
-def loopdev(tmp_path):
-    made = []
-
-    def make(size: int) -> str:
-        img = tmp_path / f"disk{len(made)}.img"
-        with open(img, "wb") as f:
-            f.truncate(size)
-        r = subprocess.run(["losetup", "-f", "--show", str(img)], capture_output=True, text=True)
-        if r.returncode:
-            pytest.skip(f"loop devices unavailable here: {r.stderr.strip()}")
-        made.append(r.stdout.strip())
-        return made[-1]
-    yield make
-    for d in made:
-        subprocess.run(["losetup", "-d", d], capture_output=True)
-
-
 def _warnings(err: str) -> list[str]:
     return [ln for ln in err.splitlines() if ln.startswith("stripedump: warning: ")]
 
 
 @needs_root
-def test_small_file_system_is_named_at_once(source, tmp_path, tmpfs, cli):
-    small = tmpfs(1 << 20)
+def test_small_file_system_is_named_at_once(source, tmp_path, small_fs, cli):
+    small = small_fs(1 << 20)
     members = [str(tmp_path / "m0"), os.path.join(small, "m1")]
     r = cli("dump", "-q", "--codec", "lz4", "--disks", ",".join(members), source)
     assert r.rc == 8 and "No space left on device" in r.err, r        # it does fill up
@@ -84,9 +49,9 @@ def test_small_file_system_is_named_at_once(source, tmp_path, tmpfs, cli):
 
 
 @needs_root
-def test_targets_sharing_one_file_system_share_its_room(source, tmpfs, cli):
+def test_targets_sharing_one_file_system_share_its_room(source, small_fs, cli):
     """Two members on one 8 MiB tmpfs: each has half of it; auto's smallest ratio counts (zstd's)."""
-    fs = tmpfs(8 << 20)
+    fs = small_fs(8 << 20)
     members = [os.path.join(fs, "a"), os.path.join(fs, "b")]
     r = cli("dump", "-q", "--disks", ",".join(members), source)
     ws = _warnings(r.err)
@@ -96,8 +61,8 @@ def test_targets_sharing_one_file_system_share_its_room(source, tmpfs, cli):
 
 
 @needs_root
-def test_small_block_device_is_named_at_once(source, loopdev, cli):
-    dev = loopdev(12 << 20)
+def test_small_block_device_is_named_at_once(source, loop_device, cli):
+    dev = loop_device(12 << 20)
     r = cli("dump", "-q", "--codec", "none", "--disks", dev, source)
     assert r.rc == 8 and "No space left on device" in r.err, r
     (w,) = _warnings(r.err)
