@@ -87,8 +87,8 @@ def degraded_warnings(degraded: list[dict], members: list[str]) -> list[str]:
             out.append(f"{head}, but {f['kept']} chunk(s) synced on it before it failed are on it alone: "
                        f"join needs {', '.join(needed)} ({f['path']} included)")
         elif f["path"].startswith("s3://"):     # an upload is completed only by its member's trailer
-            out.append(f"{head}; its upload was not completed, so it holds nothing: join needs only "
-                       f"{', '.join(needed)}")
+            out.append(f"{head}; its upload was not completed, so it holds nothing: join the other members "
+                       f"without it ({', '.join(needed)})")
         else:
             out.append(f"{head}, nothing is on it alone: join needs only {', '.join(needed)} "
                        f"({f['path']} may be given too)")

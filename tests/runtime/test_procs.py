@@ -267,7 +267,8 @@ def test_fork_failing_still_finalizes_every_member(vmcore, tmp_path, monkeypatch
 
 def test_manifest_that_cannot_be_written_leaves_no_member_writing(vmcore, tmp_path):
     """--manifest in a missing directory is refused before any target is touched (exit 5); one that
-    fails half-way (a full filesystem) leaves both members finalized as incomplete, not "writing"."""
+    fails half-way (a full filesystem) leaves no member "writing": the files the dump created are
+    removed (issue 24, item 6), targets that existed before are finalized as incomplete."""
     b = vmcore("kernel")
     members = [str(tmp_path / "m0"), str(tmp_path / "m1")]
     r = subprocess.run([sys.executable, "-m", "stripedump", "dump", "-q", "--manifest",
@@ -281,13 +282,21 @@ def test_manifest_that_cannot_be_written_leaves_no_member_writing(vmcore, tmp_pa
         pytest.skip("cannot mount a tmpfs here")
     try:
         (full / "filler").write_bytes(b"x" * 4096)      # the filesystem is full
-        r = subprocess.run([sys.executable, "-m", "stripedump", "dump", "-q", "--manifest", str(full / "m.json"),
-                            "--disks", ",".join(members), b.path], capture_output=True, text=True, timeout=120)
+        for existed in (False, True):
+            if existed:
+                for m in members:
+                    open(m, "wb").close()
+            r = subprocess.run([sys.executable, "-m", "stripedump", "dump", "-q", "--manifest",
+                                str(full / "m.json"), "--disks", ",".join(members), b.path],
+                               capture_output=True, text=True, timeout=120)
+            assert r.returncode == 5 and "m.json" in r.stderr, r
+            if existed:
+                states = [m["state"] for m in info(members)["members"]]
+                assert states == ["incomplete", "incomplete"], states
+            else:
+                assert not any(os.path.exists(m) for m in members)
     finally:
         subprocess.run(["umount", "-l", str(full)])
-    assert r.returncode == 5 and "m.json" in r.stderr, r
-    states = [m["state"] for m in info(members)["members"]]
-    assert states == ["incomplete", "incomplete"], states
 
 
 _LATE_CHILD = """
