@@ -110,3 +110,19 @@ def test_man_page_renders_no_words_run_together():
 
     runs = {w for w in re.findall(r"[A-Za-z]+", text) if w not in words}
     assert not {w for w in runs if split(w)}, sorted(runs)
+
+
+def test_readme_names_the_extra_that_bench_plot_needs():
+    """Issue 24 item 13: after the README's `pip install .`, its --plot example failed (no matplotlib);
+    wherever the README shows --plot it names the extra that brings matplotlib, and the extra does."""
+    import tomllib
+    with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
+        extras = tomllib.load(f)["project"]["optional-dependencies"]
+    assert any(re.match(r"matplotlib\b", d) for d in extras["bench"]), extras
+    lines = open(os.path.join(ROOT, "README.md")).read().splitlines()
+    plots = [i for i, ln in enumerate(lines) if "--plot" in ln]
+    assert plots
+    for i in plots:
+        assert any("pip install '.[bench]'" in ln for ln in lines[max(0, i - 3):i + 1]), lines[i]
+    assert any("pip install '.[bench]'" in ln for ln in lines if "matplotlib" in ln and "--plot" in ln)
+    assert "pip install \\(aq.[bench]\\(aq" in open(MAN_PAGE).read()

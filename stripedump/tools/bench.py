@@ -251,8 +251,8 @@ def need_matplotlib() -> None:
         assert matplotlib
     except ImportError:
         raise UsageError("--plot needs matplotlib, which is not installed in this Python (install it "
-                         "with this environment's pip: pip install matplotlib); or leave out --plot") \
-            from None
+                         "with this environment's pip: pip install matplotlib, or from the checkout: "
+                         "pip install '.[bench]'); or leave out --plot") from None
 
 
 def preflight(cfg: BenchConfig, plot_path: str | None = None) -> None:

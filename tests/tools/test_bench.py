@@ -131,7 +131,7 @@ def test_sizes_checked_before_any_run(tmp_path, cli, args, needle):
 def test_plot_without_matplotlib_refused_before_any_run(tmp_path, cli):
     r = cli("bench", "--size", "16M", "--codecs", "lz4", "--workers", "1", "--dir", tmp_path,
             "--plot", tmp_path / "b.png", without=["matplotlib"])
-    assert_one_line_error(r, 2, "--plot needs matplotlib", "leave out --plot")
+    assert_one_line_error(r, 2, "--plot needs matplotlib", "pip install '.[bench]'", "leave out --plot")
     assert os.listdir(tmp_path) == []            # no source made, no run started
     r = cli("bench", "--size", "16M", "--plot", tmp_path / "no" / "b.png")
     assert_one_line_error(r, 2, "--plot", "does not exist")
