@@ -172,7 +172,7 @@ def _add_dump(sub, common) -> None:
                         "UserKnownHostsFile=..., BatchMode=no); these come before stripedump's own "
                         "BatchMode=yes, ConnectTimeout and ServerAliveInterval, so they win")
     d.add_argument("--codec", type=_codec, default=None, metavar="CODEC[:LEVEL]",
-                   help="auto (the default) or auto:C,C,...: a codec per chunk, chosen from measured CPU "
+                   help="auto (the default) or auto:C+C+...: a codec per chunk, chosen from measured CPU "
                         "and disk rates; or one codec: none, lz4, snappy, lzo, zlib or zstd, with a level "
                         "for zlib/zstd")
     d.add_argument("--workers", type=_positive_int, default=0, metavar="N",

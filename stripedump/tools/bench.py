@@ -155,9 +155,9 @@ class BenchConfig:
 
 
 def parse_codecs(text: str) -> tuple:
-    """``lz4,zstd:3,auto`` -> specs; ``auto:lz4+zstd:3`` is auto over those codecs (``+``, as ``,`` splits the list)."""
+    """``lz4,zstd:3,auto`` -> specs; ``auto:lz4+zstd:3`` is auto over those codecs, as for dump's --codec."""
     from ..format.codecs import parse_codec
-    codecs = tuple(parse_codec(c.replace("+", ",")) for c in text.split(",") if c.strip())
+    codecs = tuple(parse_codec(c) for c in text.split(",") if c.strip())
     if not codecs:
         raise UsageError("--codecs is empty")
     return codecs

@@ -71,7 +71,7 @@ def test_bench_runs_codec_auto_and_reports_its_choices(tmp_path, cli):
             "--json", "--dir", tmp_path, timeout=300)
     assert r.rc == 0, r
     rows = json.loads(r.out)["results"]
-    assert [row["codec"] for row in rows] == ["auto", "auto:none,lz4"]
+    assert [row["codec"] for row in rows] == ["auto", "auto:none+lz4"]
     for row in rows:
         chunks = row["auto_chunks"]
         assert sum(chunks.values()) >= 16           # every chunk of 16 MiB of pages got a codec
