@@ -18,6 +18,7 @@ from .dumpset import DumpSet
 from .reader import ChunkIndex
 from ..format.codecs import BY_ID
 from ..format.structs import STATE_NAMES
+from ..levels.pagebits import left_out_text
 from ..source.vmcore import parse_notes, parse_vmcoreinfo
 
 
@@ -91,7 +92,8 @@ def info(members: list[str]) -> dict:
                        "osrelease": vmcoreinfo.get("OSRELEASE"), "crashtime": vmcoreinfo.get("CRASHTIME")},
             "members": out_members,
             **({"dump_level": {**level, "excluded_pages": excluded,
-                               "excluded": {k: v for k, v in classes.items() if k != "struct_unread"},
+                               "excluded": {k: v for k, v in classes.items() if k not in ("struct_unread", "zero")},
+                               "zero_pages": classes.get("zero", 0),
                                "struct_unreadable_pages": classes.get("struct_unread", 0)}}
                if level is not None else {}),
             "degraded": [[m, n] for m, n in sorted(ds.dropped.items())],
@@ -172,9 +174,7 @@ def _level_lines(lv: dict | None) -> list[str]:
     """dump -d N: the level asked and applied, what lowered it, the pages left out per class."""
     if lv is None:
         return []
-    per = ", ".join(f"{k} {n}" for k, n in lv["excluded"].items() if n)
-    lines = [f"dump level: {lv['applied']} applied ({lv['asked']} asked); {lv['excluded_pages']} page(s) "
-             "left out" + (f": {per}" if per else "")
+    lines = [f"dump level: {lv['applied']} applied ({lv['asked']} asked); {left_out_text(lv)}"
              + (f"; {lv['struct_unreadable_pages']} page(s) kept whose struct page could not be read"
                 if lv.get("struct_unreadable_pages") else "")]
     if lv["missing"]:
