@@ -354,6 +354,36 @@ def _disks_first_dash(argv: list[str]) -> list[str]:
             else x for i, x in enumerate(argv) if not (i and argv[i - 1] == "--disks" and x.startswith("-,"))]
 
 
+def _subparser(parser, command: str | None):
+    if command:
+        return next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[command]
+    return parser
+
+
+def _known(parser, command: str | None, arg: str) -> bool:
+    """``--name`` or ``--name=value`` is an option of the command, or an abbreviation of one only."""
+    name = arg.partition("=")[0]
+    known = [o for a in _subparser(parser, command)._actions for o in a.option_strings]
+    return name in known or len([o for o in known if o.startswith(name)]) == 1
+
+
+def _unrecognized(parser, command: str | None, extra: list[str]) -> str:
+    """Arguments the command does not take, told as that command's (argparse says them at the top
+    level, with the value an unknown option took from its neighbour: ``--codex lz4 SRC`` gave
+    "unrecognized arguments: --codex SRC"): the unknown options, each with the closest known one."""
+    import difflib
+    parser = _subparser(parser, command)
+    options = [x.partition("=")[0] for x in extra if x.startswith("-") and x != "-"]
+    if not options:
+        return f"unrecognized arguments: {' '.join(extra)} (see '{parser.prog} --help')"
+    known = [o for a in parser._actions for o in a.option_strings]
+    said = []
+    for o in options:
+        near = difflib.get_close_matches(o, known, n=1, cutoff=0.75)
+        said.append(o + (f" (did you mean {near[0]}?)" if near else ""))
+    return f"unknown option{'s' if len(said) > 1 else ''} {', '.join(said)} (see '{parser.prog} --help')"
+
+
 def _command(argv: list[str]) -> str | None:
     """The subcommand a normalized argv names (None: none, or an option such as --help first)."""
     for x in argv:
@@ -449,13 +479,13 @@ def run_join(a) -> int:
     if a.json:
         print(json.dumps(res.to_json()), file=out)
     elif not a.quiet and a.format == "elf":
-        print(f"joined {res.chunks} chunks into {res.output} ({res.bytes_out / 1e6:.1f} MB), "
+        print(f"joined {res.chunk_words()} into {res.output} ({res.bytes_out / 1e6:.1f} MB), "
               f"{res.seconds:.2f} s, {res.mb_per_s:.1f} MB/s", file=out)
     elif not a.quiet:
         x = res.extra
         mem = x["memory_bytes"]
         where = "standard output" if a.output == "-" else res.output
-        print(f"joined {res.chunks} chunks into {where} as {a.format} ({x['codec']}, pages "
+        print(f"joined {res.chunk_words()} into {where} as {a.format} ({x['codec']}, pages "
               f"{x['pages']}): {mem / 1e6:.1f} MB of memory in {res.bytes_out / 1e6:.1f} MB, "
               f"{res.seconds:.2f} s, {mem / res.seconds / 1e6 if res.seconds else 0:.1f} MB/s", file=out)
     return ExitCode.OK
@@ -496,7 +526,7 @@ def run_verify(a) -> int:
     if warning:
         print(f"stripedump: verify: note: {warning}", file=sys.stderr)
     if not a.json and not a.quiet:
-        print(f"verified {res.chunks} chunks ({res.bytes_out / 1e6:.1f} MB of source) of dump "
+        print(f"verified {res.chunk_words()}, {res.bytes_out / 1e6:.1f} MB of source, of dump "
               f"{res.dump_id}: all checksums good, {res.seconds:.2f} s")
     return ExitCode.OK
 
@@ -556,7 +586,14 @@ def main(argv: list[str] | None = None) -> int:
     debug = "--debug" in argv
     try:
         argv = _disks_first_dash(_normalize(argv))
-        a = build_parser(_command(argv)).parse_args(argv)
+        parser = build_parser(_command(argv))
+        # unknown long options first: argparse would complain of what they made it miss instead
+        extra = [x for x in argv[:argv.index("--") if "--" in argv else len(argv)]
+                 if x.startswith("--") and len(x) > 2 and not _known(parser, _command(argv), x)]
+        if not extra:
+            a, extra = parser.parse_known_args(argv)
+        if extra:
+            raise UsageError(_unrecognized(parser, _command(argv), extra))
         if not a.command:
             build_parser().print_help()
             return ExitCode.USAGE

@@ -110,7 +110,9 @@ def check_mountpoint(path: str) -> str:
     except OSError as e:
         raise MountError(f"mount point {path} cannot be listed: {e.strerror}") from None
     if entries:
-        raise MountError(f"mount point {path} is not empty ({len(entries)} entries)")
+        raise MountError(f"mount point {path} is not empty ({len(entries)} "
+                         f"{'entry' if len(entries) == 1 else 'entries'}: {', '.join(sorted(entries)[:3])}"
+                         f"{', ...' if len(entries) > 3 else ''})")
     return mp
 
 

@@ -111,6 +111,7 @@ def _crashtime(text: str) -> str:
 
 
 def render(d: dict) -> str:
+    from .output import chunk_kinds
     s = d["source"]
     created = datetime.datetime.fromtimestamp(d["created"] or 0, datetime.timezone.utc)
     lines = [
@@ -123,7 +124,8 @@ def render(d: dict) -> str:
         f"memory:     {s['pages']} pages of {s['page_size']} bytes in {s['pfn_ranges']} range(s), "
         f"{s['residue_bytes']} bytes of headers and padding",
         f"codec:      {d['codec']}, chunks of {d['chunk_bytes']} bytes, blocks of {d['block_bytes']} bytes, "
-        f"{d['chunks']} chunks, placed {d['placement']}",
+        f"{d['chunks']} chunks ({chunk_kinds({'dump_chunks': d['chunks'], 'page_chunks': d['page_chunks']})}), "
+        f"placed {d['placement']}",
         *(["by codec:   " + ", ".join(
             f"{n} {c['chunks']} chunk(s) ({_mb(c['raw_bytes'])} -> {_mb(c['stored_bytes'])})"
             for n, c in d["codecs"].items())] if d.get("codecs") else []),
