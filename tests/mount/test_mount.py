@@ -403,6 +403,35 @@ def test_foreground_ends_on_a_signal_and_unmounts(dumped, mnt, sig):
             proc.wait()
 
 
+def test_foreground_says_once_where_what_and_how_to_stop_it(dumped, mnt):
+    """Issue 24 item 15: --foreground printed nothing once serving.  Now one line on stderr, once the
+    mount is live: the mount point, the dump and its members, the files, the pid and how to stop it;
+    and the stop it names works."""
+    b, members = dumped
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    proc = subprocess.Popen([sys.executable, "-m", "stripedump", "mount", "--foreground", *members,
+                             str(mnt)], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=env, text=True)
+    try:
+        wait_until(lambda: mounted(mnt) is not None, "the mount", proc=proc, interval=0.02)
+        import select
+        said = select.select([proc.stderr], [], [], 10)[0]     # said once live (it was silent)
+        assert said, "mount --foreground said nothing in 10 s of serving"
+        line = proc.stderr.readline()
+        dump_id = json.loads((mnt / "dump.json").read_text())["dump_id"]
+        assert line == (f"stripedump: mount: serving dump {dump_id} ({len(members)} member(s): {', '.join(members)}) as "
+                        f"vmcore, vmcore.kdump, dump.json on {mnt} (pid {proc.pid}); stop it with Ctrl-C, "
+                        f"kill {proc.pid} or 'stripedump umount {mnt}'\n")
+        assert run_cli("umount", mnt).rc == 0
+        out, err = proc.communicate(timeout=30)
+        assert proc.returncode == 0 and out == "", (out, err)
+        assert err == f"stripedump mount: unmounted {mnt}\n", err        # nothing else was said
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 def test_no_fuse_is_a_one_line_error_saying_how_to_get_it(dumped, mnt):
     """In a mount namespace whose /dev has no fuse device."""
     b, members = dumped
