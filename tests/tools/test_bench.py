@@ -48,10 +48,14 @@ def test_bench_json_rows_and_nothing_left_behind(tmp_path, cli):
 
 def test_bench_table_and_plot(tmp_path, cli):
     png = tmp_path / "b.png"
-    r = cli("bench", "--size", "32M", "--codecs", "snappy", "--workers", "1,2", "--disks", "1",
-            "--data", "mixed", "--plot", png, "-q", timeout=300)
+    r = cli("bench", "--size", "32M", "--codecs", "snappy,auto:none+lz4", "--workers", "1,2", "--disks", "1",
+            "--data", "mixed", "--repeat", "2", "--plot", png, "-q", timeout=300)
     assert r.rc == 0, r
     assert "snappy" in r.out and "MB/s" in r.out
+    head, _, *rows = r.out.splitlines()
+    assert head.endswith("chunks per codec (auto)")          # issue 24 item 12: as the man page says
+    for row in rows:
+        assert ("lz4 " in row or "none " in row) == ("auto:none+lz4" in row), row
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
