@@ -206,6 +206,20 @@ def _add_dump(sub, common) -> None:
                    help="say more: the plan, the buffer pool, each member (-vv: each child process)")
 
 
+def _member(text: str) -> str:
+    """A member to read: a file, a block device or ssh://...; never - (standard input)."""
+    if text == "-":
+        from .read.member import NOT_A_STREAM
+        raise argparse.ArgumentTypeError(f"- (standard input) cannot be a member: {NOT_A_STREAM}")
+    return text
+
+
+def _add_members(p) -> None:
+    """The members of join, info, verify and mount."""
+    p.add_argument("members", nargs="+", type=_member, metavar="MEMBER",
+                   help="a member: a file, a block device or ssh://[user@]host[:port]/path (not -)")
+
+
 def _add_join(sub, common) -> None:
     j = sub.add_parser("join", parents=[common], formatter_class=_formatter,
                        help="rebuild the vmcore from the members",
@@ -223,7 +237,7 @@ def _add_join(sub, common) -> None:
                               "codec when it is zlib, lzo, snappy or zstd, else lzo); pages of a dump "
                               "taken with one-page blocks in that codec are copied without "
                               "recompression; --codec none stores them uncompressed.\n\n" + EXIT_CODES)
-    j.add_argument("members", nargs="+", metavar="MEMBER")
+    _add_members(j)
     j.add_argument("-o", "--output", required=True, metavar="OUT",
                    help="the file to create; - (standard output) with --format flat")
     j.add_argument("--format", choices=("elf", "kdump", "flat"), default="elf",
@@ -247,7 +261,7 @@ def _add_info(sub, common) -> None:
                        help="describe a dump from its members",
                        epilog="examples:\n  stripedump info /dev/sdb /dev/sdc\n"
                               "  stripedump info --json m0 m1\n\n" + EXIT_CODES)
-    i.add_argument("members", nargs="+", metavar="MEMBER")
+    _add_members(i)
     i.add_argument("--json", action="store_true")
 
 
@@ -255,7 +269,7 @@ def _add_verify(sub, common) -> None:
     v = sub.add_parser("verify", parents=[common], formatter_class=_formatter,
                        help="check every checksum and that every chunk decompresses",
                        epilog="examples:\n  stripedump verify /dev/sdb /dev/sdc\n\n" + EXIT_CODES)
-    v.add_argument("members", nargs="+", metavar="MEMBER")
+    _add_members(v)
     v.add_argument("--workers", type=_positive_int, default=0, metavar="N")
     v.add_argument("--json", action="store_true")
     v.add_argument("-q", "--quiet", action="store_true")
@@ -311,7 +325,7 @@ def _add_mount(sub, common) -> None:
                               "  stripedump mount /dev/sdb /dev/sdc /mnt/dump\n"
                               "  crash /usr/lib/debug/vmlinux /mnt/dump/vmcore\n"
                               "  stripedump umount /mnt/dump\n\n" + EXIT_CODES)
-    m.add_argument("members", nargs="+", metavar="MEMBER")
+    _add_members(m)
     m.add_argument("mountpoint", metavar="MOUNTPOINT")
     m.add_argument("--allow-incomplete", action="store_true",
                    help="mount a dump that did not finish, or without a missing member: missing "
