@@ -18,6 +18,10 @@ import sys
 
 from .version import __version__
 from .errors import ExitCode, StripedumpError, UsageError
+from .cliargs import (Parser as _Parser, codec as _codec, dump_level as _dump_level, formatter as _formatter,
+                      int_list as _int_list, join_codec as _join_codec, known as _known, member as _member,
+                      positive_int as _positive_int, seconds as _seconds, size as _size,
+                      ssh_read_option as _ssh_read_option, unrecognized as _unrecognized)
 
 EXIT_CODES = """exit codes:
   0    success
@@ -37,96 +41,6 @@ EXIT_CODES = """exit codes:
   129  stopped by SIGHUP; 130 by SIGINT; 143 by SIGTERM (a dump finalizes its members first)"""
 
 COMMANDS = ("dump", "join", "info", "verify", "bench", "mount", "umount")
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):   # one line, documented exit code
-        raise UsageError(f"{message} (see '{self.prog} --help')")
-
-
-def _formatter(prog):
-    return argparse.RawDescriptionHelpFormatter(prog, max_help_position=30, width=_columns() - 2)
-
-
-def _columns() -> int:
-    """shutil.get_terminal_size().columns, which argparse asks for when given no width, without
-    importing shutil (it imports bz2 and lzma: 3 ms of every run's fixed cost, issue 12)."""
-    import os
-    try:
-        columns = int(os.environ["COLUMNS"])
-    except (KeyError, ValueError):
-        columns = 0
-    if columns <= 0:
-        try:
-            columns = os.get_terminal_size(sys.__stdout__.fileno()).columns
-        except (AttributeError, ValueError, OSError):
-            columns = 0
-    return columns if columns > 0 else 80
-
-
-def _size(what, positive=False):
-    """A size like ``4M``; ``positive``: 0 is refused (a size the user gives must be one)."""
-    def parse(text):
-        from .runtime.units import parse_size
-        try:
-            v = parse_size(text, what)
-        except UsageError as e:
-            raise argparse.ArgumentTypeError(str(e)) from None
-        if positive and v == 0:
-            raise argparse.ArgumentTypeError(f"{what} must be more than 0 (got {text!r})")
-        return v
-    return parse
-
-
-def _codec(text):
-    from .format.codecs import parse_codec
-    try:
-        return parse_codec(text)
-    except UsageError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-
-
-def _join_codec(text):
-    """A kdump/flat page codec: those kdump has a flag for, or none (pages stored uncompressed)."""
-    from .format.codecs import BY_NAME
-    kdump = [n for n, c in BY_NAME.items() if c.kdump_flag is not None] + ["none"]
-    name = text.strip().lower().partition(":")[0]
-    if name not in kdump:
-        why = "kdump has no flag for it" if name in BY_NAME else "unknown codec"
-        raise argparse.ArgumentTypeError(f"{text!r} cannot compress kdump or flat pages ({why}); "
-                                         f"choose one of {', '.join(kdump)}")
-    return _codec(text)
-
-
-def _positive_int(text):
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1: {text!r}")
-    return v
-
-
-def _dump_level(text):
-    from .dump.config import MAX_DUMP_LEVEL
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if not 0 <= v <= MAX_DUMP_LEVEL:
-        raise argparse.ArgumentTypeError(f"must be from 0 to {MAX_DUMP_LEVEL} (a sum of 1, 2, 4, 8, 16): {text!r}")
-    return v
-
-
-def _seconds(text):
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if not v > 0 or v == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive number of seconds: {text!r}")
-    return v
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
@@ -206,18 +120,23 @@ def _add_dump(sub, common) -> None:
                    help="say more: the plan, the buffer pool, each member (-vv: each child process)")
 
 
-def _member(text: str) -> str:
-    """A member to read: a file, a block device or ssh://...; never - (standard input)."""
-    if text == "-":
-        from .read.member import NOT_A_STREAM
-        raise argparse.ArgumentTypeError(f"- (standard input) cannot be a member: {NOT_A_STREAM}")
-    return text
-
-
 def _add_members(p) -> None:
-    """The members of join, info, verify and mount."""
+    """The members of join, info, verify and mount, and how ssh:// ones are reached."""
     p.add_argument("members", nargs="+", type=_member, metavar="MEMBER",
                    help="a member: a file, a block device or ssh://[user@]host[:port]/path (not -)")
+    p.add_argument("--ssh-option", action="append", default=[], type=_ssh_read_option, metavar="KEY=VALUE",
+                   help="for ssh:// members, as ssh -o over ~/.ssh/config (repeatable): HostName, Port, User, "
+                        "IdentityFile, IdentitiesOnly, UserKnownHostsFile, GlobalKnownHostsFile, "
+                        "StrictHostKeyChecking, ConnectTimeout, ServerAliveInterval, ServerAliveCountMax, "
+                        "ProxyCommand, BatchMode=yes; others are refused")
+
+
+def _reach(a) -> None:
+    """``--ssh-option``s of a reading command, for every ssh:// member it opens (this process and its
+    forked readers); sshread is imported only when there are some."""
+    if a.ssh_option:
+        from .remote.sshread import use_options
+        use_options(a.ssh_option)
 
 
 def _add_join(sub, common) -> None:
@@ -368,36 +287,6 @@ def _disks_first_dash(argv: list[str]) -> list[str]:
             else x for i, x in enumerate(argv) if not (i and argv[i - 1] == "--disks" and x.startswith("-,"))]
 
 
-def _subparser(parser, command: str | None):
-    if command:
-        return next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[command]
-    return parser
-
-
-def _known(parser, command: str | None, arg: str) -> bool:
-    """``--name`` or ``--name=value`` is an option of the command, or an abbreviation of one only."""
-    name = arg.partition("=")[0]
-    known = [o for a in _subparser(parser, command)._actions for o in a.option_strings]
-    return name in known or len([o for o in known if o.startswith(name)]) == 1
-
-
-def _unrecognized(parser, command: str | None, extra: list[str]) -> str:
-    """Arguments the command does not take, told as that command's (argparse says them at the top
-    level, with the value an unknown option took from its neighbour: ``--codex lz4 SRC`` gave
-    "unrecognized arguments: --codex SRC"): the unknown options, each with the closest known one."""
-    import difflib
-    parser = _subparser(parser, command)
-    options = [x.partition("=")[0] for x in extra if x.startswith("-") and x != "-"]
-    if not options:
-        return f"unrecognized arguments: {' '.join(extra)} (see '{parser.prog} --help')"
-    known = [o for a in parser._actions for o in a.option_strings]
-    said = []
-    for o in options:
-        near = difflib.get_close_matches(o, known, n=1, cutoff=0.75)
-        said.append(o + (f" (did you mean {near[0]}?)" if near else ""))
-    return f"unknown option{'s' if len(said) > 1 else ''} {', '.join(said)} (see '{parser.prog} --help')"
-
-
 def _command(argv: list[str]) -> str | None:
     """The subcommand a normalized argv names (None: none, or an option such as --help first)."""
     for x in argv:
@@ -468,6 +357,7 @@ def _fit_workers(a, cmd: str) -> int:
 
 
 def run_join(a) -> int:
+    _reach(a)
     from .read.config import JoinConfig
     if a.format == "elf":
         from .read.join import join
@@ -506,6 +396,7 @@ def run_join(a) -> int:
 
 
 def run_info(a) -> int:
+    _reach(a)
     from .read.info import info, render
     d = info(list(a.members))
     print(json.dumps(d, indent=1) if a.json else render(d))
@@ -513,6 +404,7 @@ def run_info(a) -> int:
 
 
 def run_verify(a) -> int:
+    _reach(a)
     from .errors import VerifyError
     from .read.join import verify
     from .runtime.progress import Progress
@@ -545,16 +437,6 @@ def run_verify(a) -> int:
     return ExitCode.OK
 
 
-def _int_list(text: str, what: str) -> tuple[int, ...]:
-    try:
-        vals = tuple(int(x) for x in text.split(",") if x)
-    except ValueError:
-        raise UsageError(f"{what} takes numbers separated by commas (got {text!r})") from None
-    if not vals or min(vals) < 1:
-        raise UsageError(f"{what} values must be at least 1 (got {text!r})")
-    return vals
-
-
 def run_bench(a) -> int:
     from .tools.bench import BenchConfig, announce, bench, human, parse_codecs, parse_disks, plot, preflight, table
     from .runtime.machine import usable_cpus
@@ -582,6 +464,7 @@ def run_bench(a) -> int:
 
 
 def run_mount(a) -> int:
+    _reach(a)
     from .mount.lifecycle import mount
     return mount(list(a.members), a.mountpoint, a.allow_incomplete, a.cache, a.foreground, a.log)
 
