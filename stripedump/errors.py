@@ -100,6 +100,17 @@ class MemberError(StripedumpError):
     exit_code = ExitCode.MEMBER
 
 
+class RemoteError(MemberError):
+    """An ``ssh://`` or ``s3://`` member cannot be read; ``absent``: it is not there (host or store
+    down, no such file or object)."""
+
+    wire_attrs = ("absent",)
+
+    def __init__(self, message: str, absent: bool = False):
+        super().__init__(message)
+        self.absent = absent
+
+
 class VerifyError(StripedumpError):
     exit_code = ExitCode.VERIFY
 

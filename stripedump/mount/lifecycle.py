@@ -41,6 +41,7 @@ import sys
 import time
 
 from ..errors import MountError
+from ..read.member import remote_before_fork
 from ..runtime.progress import Output
 from .fusefs import files_of, load_fuse, serve
 
@@ -193,9 +194,7 @@ def _foreground(mfusepy, files, mp, log_path, what: str) -> int:
 
 
 def _daemon(mfusepy, files, mp, log_path) -> int:
-    remote = sys.modules.get("stripedump.remote.sshread")
-    if remote is not None:
-        remote.before_fork()        # ssh:// members: the server reads on connections of its own
+    remote_before_fork()        # ssh:// and s3:// members: the server reads on connections of its own
     r, w = os.pipe()
     sys.stdout.flush()
     sys.stderr.flush()

@@ -24,7 +24,36 @@ MAX_MANIFEST_RECORD = MAX_MANIFEST   # a compressed manifest is never longer tha
 # than one process (issue 24 item 16, and what to do instead)
 NOT_A_STREAM = ("a member is read at random (its header, the index at its end, its records by several "
                 "processes), which a pipe cannot give: save the stream first (ssh HOST cat PATH > m0), or "
-                "give the member where it is as ssh://HOST/PATH (read in place)")
+                "give the member where it is as ssh://HOST/PATH or s3://BUCKET/KEY (read in place)")
+
+
+REMOTE_SCHEMES = {"ssh://": "stripedump.remote.sshread", "s3://": "stripedump.remote.s3read"}
+
+
+def is_remote(path) -> bool:
+    """An ``ssh://`` or ``s3://`` member: read through remote/ (sshread.py, s3read.py)."""
+    return isinstance(path, str) and path.startswith(tuple(REMOTE_SCHEMES))
+
+
+def open_remote(url: str, head: bool = True):
+    """The reader object of a remote member (``size``, ``pread``, ``prefetch``, ``close``); its
+    module and library (paramiko, botocore) are imported only now.  ``head``: keep its head and
+    tail bytes (a read pool worker, which reads records only, asks for none)."""
+    if url.startswith("s3://"):
+        from ..remote.s3read import open_member as s3_open
+        return s3_open(url, head)
+    from ..remote.sshread import open_member as ssh_open
+    return ssh_open(url, head)
+
+
+def remote_before_fork() -> None:
+    """Before a fork: every loaded remote kind drops this process's connections (each process opens
+    its own)."""
+    import sys
+    for name in REMOTE_SCHEMES.values():
+        mod = sys.modules.get(name)
+        if mod is not None:
+            mod.before_fork()
 
 
 class MemberReader:
@@ -36,11 +65,10 @@ class MemberReader:
 
     def __init__(self, path: str):
         self.path = path
-        self.remote = None        # an ssh:// member: remote.RemoteFile (paramiko only then)
+        self.remote = None        # an ssh:// or s3:// member: open_remote's object
         self.fd = -1
-        if path.startswith("ssh://"):
-            from ..remote.sshread import open_member
-            self.remote = open_member(path)
+        if is_remote(path):
+            self.remote = open_remote(path)
         else:
             try:
                 self.fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))

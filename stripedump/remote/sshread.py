@@ -60,7 +60,7 @@ import re
 import socket
 import threading
 
-from ..errors import MemberError, UsageError
+from ..errors import MemberError, RemoteError, UsageError
 from .sshtarget import SCHEME, SshUrl
 
 REQUEST = 32768              # bytes per SFTP read request: what every server answers whole (paramiko's own size)
@@ -88,16 +88,6 @@ _options: list[tuple[str, str]] = []
 
 def is_remote(path: str) -> bool:
     return isinstance(path, str) and path.startswith(SCHEME)
-
-
-class RemoteError(MemberError):
-    """An ``ssh://`` member cannot be read; ``absent``: it is not there (host down, no such file)."""
-
-    wire_attrs = ("absent",)
-
-    def __init__(self, message: str, absent: bool = False):
-        super().__init__(message)
-        self.absent = absent
 
 
 def parse(url: str) -> tuple[str | None, str, int | None, str]:
@@ -195,28 +185,11 @@ def _connect(url: str, user: str | None, host: str, port: int | None) -> _Conn:
     port = port or int(cfg.get("port", 22))
     user = user or cfg.get("user") or getpass.getuser()
     key = (user, hostname, port)
-    with _conns_lock:
-        c = _conns.get(key)
-        if c is not None and c.pid != os.getpid():      # inherited through fork: not ours to use
-            _orphans.append(_conns.pop(key))
-            c = None
-        if c is not None and not c.closed and c.client.get_transport() is not None \
-                and c.client.get_transport().is_active():
-            return c
+    c = _cached(key)
+    if c is not None:
+        return c
     where = _where(user, hostname, port)
-    client = paramiko.SSHClient()
-    known = cfg.get("userknownhostsfile")
-    files = [os.path.expanduser(f) for f in known.split()] if known else [os.path.expanduser("~/.ssh/known_hosts")]
-    files.append(cfg.get("globalknownhostsfile", "/etc/ssh/ssh_known_hosts"))
-    for f in files:
-        if os.path.isfile(f):
-            try:
-                client.load_system_host_keys(f)
-            except Exception as e:
-                raise RemoteError(f"member {url}: known hosts file {f} cannot be read: {e}") from None
-    strict = str(cfg.get("stricthostkeychecking", "yes")).lower()
-    client.set_missing_host_key_policy(_Accept() if strict in ("no", "off", "accept-new")
-                                       else paramiko.RejectPolicy())
+    client, files = _client(url, cfg)
     idents = [os.path.expanduser(f) for f in cfg.get("identityfile", [])]
     only = str(cfg.get("identitiesonly", "no")).lower() == "yes"
     timeout = float(cfg.get("connecttimeout", CONNECT_TIMEOUT))
@@ -234,7 +207,7 @@ def _connect(url: str, user: str | None, host: str, port: int | None) -> _Conn:
     except paramiko.AuthenticationException as e:
         client.close()
         raise RemoteError(f"member {url}: {where} refused the login ({_say(e)}); an ssh-agent key or an "
-                          "IdentityFile in ~/.ssh/config must be one the host accepts") from None
+                          "IdentityFile (~/.ssh/config, --ssh-option) must be one the host accepts") from None
     except paramiko.ssh_exception.NoValidConnectionsError as e:
         client.close()
         why = "; ".join(sorted({_say(x) for x in e.errors.values()})) or _say(e)
@@ -259,7 +232,7 @@ def _connect(url: str, user: str | None, host: str, port: int | None) -> _Conn:
             raise RemoteError(f"member {url}: the host key of {hostname} port {port} is not in known_hosts "
                               f"({', '.join(files[:-1])}): refused; connect once with ssh to check and "
                               "record it, or set StrictHostKeyChecking no for that host in "
-                              "~/.ssh/config") from None
+                              "~/.ssh/config (or --ssh-option)") from None
         raise RemoteError(f"member {url}: SSH to {where} failed: {text}", absent=_gone(e)) from None
     except OSError as e:
         client.close()
@@ -269,6 +242,39 @@ def _connect(url: str, user: str | None, host: str, port: int | None) -> _Conn:
     with _conns_lock:
         _conns[key] = c
     return c
+
+
+def _cached(key: tuple) -> "_Conn | None":
+    """This process's live connection to (user, address, port), if there is one."""
+    with _conns_lock:
+        c = _conns.get(key)
+        if c is not None and c.pid != os.getpid():      # inherited through fork: not ours to use
+            _orphans.append(_conns.pop(key))
+            c = None
+        if c is not None and not c.closed and c.client.get_transport() is not None \
+                and c.client.get_transport().is_active():
+            return c
+    return None
+
+
+def _client(url: str, cfg: dict):
+    """(a paramiko SSHClient that knows the configured known hosts and checks host keys as
+    StrictHostKeyChecking says, the known hosts files it looked in: the user's, then the global one)."""
+    import paramiko
+    client = paramiko.SSHClient()
+    known = cfg.get("userknownhostsfile")
+    files = [os.path.expanduser(f) for f in known.split()] if known else [os.path.expanduser("~/.ssh/known_hosts")]
+    files.append(cfg.get("globalknownhostsfile", "/etc/ssh/ssh_known_hosts"))
+    for f in files:
+        if os.path.isfile(f):
+            try:
+                client.load_system_host_keys(f)
+            except Exception as e:
+                raise RemoteError(f"member {url}: known hosts file {f} cannot be read: {e}") from None
+    strict = str(cfg.get("stricthostkeychecking", "yes")).lower()
+    client.set_missing_host_key_policy(_Accept() if strict in ("no", "off", "accept-new")
+                                       else paramiko.RejectPolicy())
+    return client, files
 
 
 def _io_timeout(cfg: dict) -> float:
