@@ -77,35 +77,30 @@ def join_codec(text):
     return codec(text)
 
 
-def positive_int(text):
+def _number(text: str, cast, noun: str, ok, must: str):
+    """``cast(text)`` where ``ok`` of it, else "not NOUN" or "must be MUST" as a usage error."""
     try:
-        v = int(text)
+        v = cast(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1: {text!r}")
+        raise argparse.ArgumentTypeError(f"not {noun}: {text!r}") from None
+    if not ok(v):
+        raise argparse.ArgumentTypeError(f"must be {must}: {text!r}")
     return v
+
+
+def positive_int(text):
+    return _number(text, int, "an integer", lambda v: v >= 1, "at least 1")
 
 
 def dump_level(text):
     from .dump.config import MAX_DUMP_LEVEL
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if not 0 <= v <= MAX_DUMP_LEVEL:
-        raise argparse.ArgumentTypeError(f"must be from 0 to {MAX_DUMP_LEVEL} (a sum of 1, 2, 4, 8, 16): {text!r}")
-    return v
+    return _number(text, int, "an integer", lambda v: 0 <= v <= MAX_DUMP_LEVEL,
+                   f"from 0 to {MAX_DUMP_LEVEL} (a sum of 1, 2, 4, 8, 16)")
 
 
 def seconds(text):
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if not v > 0 or v == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive number of seconds: {text!r}")
-    return v
+    return _number(text, float, "a number of seconds", lambda v: 0 < v < float("inf"),
+                   "a positive number of seconds")
 
 
 def member(text: str) -> str:

@@ -381,13 +381,17 @@ def test_umount_refuses_what_is_not_a_stripedump_mount(tmp_path):
         subprocess.run(["umount", str(d)], capture_output=True)
 
 
+def foreground(members, mnt, **kw) -> subprocess.Popen:
+    """``stripedump mount --foreground MEMBERS MNT`` started, its output in pipes."""
+    return subprocess.Popen([sys.executable, "-m", "stripedump", "mount", "--foreground", *members, str(mnt)],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env=dict(os.environ, PYTHONPATH=ROOT), **kw)
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
 def test_foreground_ends_on_a_signal_and_unmounts(dumped, mnt, sig):
     b, members = dumped
-    env = dict(os.environ, PYTHONPATH=ROOT)
-    proc = subprocess.Popen([sys.executable, "-m", "stripedump", "mount", "--foreground", *members,
-                             str(mnt)], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, env=env, preexec_fn=default_signals)
+    proc = foreground(members, mnt, preexec_fn=default_signals)
     try:
         wait_until(lambda: mounted(mnt) is not None, "the mount", proc=proc, interval=0.02)
         assert server_pid(mnt) == proc.pid          # attached: this very process serves
@@ -408,10 +412,7 @@ def test_foreground_says_once_where_what_and_how_to_stop_it(dumped, mnt):
     mount is live: the mount point, the dump and its members, the files, the pid and how to stop it;
     and the stop it names works."""
     b, members = dumped
-    env = dict(os.environ, PYTHONPATH=ROOT)
-    proc = subprocess.Popen([sys.executable, "-m", "stripedump", "mount", "--foreground", *members,
-                             str(mnt)], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, env=env, text=True)
+    proc = foreground(members, mnt, text=True)
     try:
         wait_until(lambda: mounted(mnt) is not None, "the mount", proc=proc, interval=0.02)
         import select
