@@ -120,7 +120,9 @@ deb:
 	cp build/deb/$(DEB) $(DEB)
 	lintian --info --fail-on error $(DEB) >build/deb/lintian.txt 2>&1 || { cat build/deb/lintian.txt; exit 1; }
 	@cat build/deb/lintian.txt
+	@# the package's venv, unpacked, run with this machine's python3.11 (its relative link)
 	rm -rf build/deb/root && dpkg-deb -x $(DEB) build/deb/root
+	mkdir -p build/deb/root/usr/bin && ln -sf /usr/bin/python3.11 build/deb/root/usr/bin/python3.11
 	build/deb/root/usr/lib/stripedump/venv/bin/python3 -I dist/deb-smoke.py build/deb/smoke
 	@echo "deb: $(DEB) ($$(du -k $(DEB) | cut -f1) KiB); lintian: no errors ($$(grep -c '^W:' build/deb/lintian.txt) warnings, build/deb/lintian.txt)"
 

@@ -29,7 +29,9 @@ def main(work: str) -> int:
     if not where.startswith(sys.prefix):
         print(f"deb-smoke: FAIL: stripedump imported from {where}, not from {sys.prefix}")
         return 1
-    names = [m.name for m in pkgutil.walk_packages(stripedump.__path__, "stripedump.")] + list(DEPENDENCIES)
+    # every module but __main__ (importing it runs the command line)
+    names = [m.name for m in pkgutil.walk_packages(stripedump.__path__, "stripedump.")
+             if m.name != "stripedump.__main__"] + list(DEPENDENCIES)
     for name in names:
         try:
             importlib.import_module(name)
