@@ -84,6 +84,9 @@ def test_capture_dumps_records_and_overwrites_only_its_own_dump(tmp_path, vmcore
     recs = records.load_all(str(rdir))
     assert [r["status"] for _, r in recs] == ["saved", "saved"]
     assert recs[-1][1]["dump"]["dump_id"] and recs[-1][1]["targets"] == members
+    mem = recs[-1][1]["memory"]        # what sizes crashkernel= after a real crash
+    assert mem["mem_total_kib"] > 0 and 0 < mem["mem_available_min_kib"] <= mem["mem_available_start_kib"]
+    assert mem["peak_pss_kib"] > 1024
 
 
 def test_capture_refuses_a_target_that_holds_something_else_and_leaves_it_to_makedumpfile(tmp_path, vmcore, cli):

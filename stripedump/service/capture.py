@@ -116,7 +116,79 @@ def may_overwrite(targets: tuple[str, ...]) -> bool:
     return needed
 
 
-def run_dump(settings: Settings, source: str, say=_say, silence: float = SILENCE_LIMIT) -> tuple[int, dict, str]:
+class MemoryWatch:
+    """The memory a capture run had and took: MemTotal, MemAvailable at the start and at its lowest,
+    and the peak sum of Pss over this run and the dump's processes (the dump's session), sampled
+    every 0.5 s; kept in the record, so that crashkernel= can be sized from a real crash."""
+
+    def __init__(self):
+        self.session = 0
+        self.facts = {"mem_total_kib": _meminfo("MemTotal"), "mem_available_start_kib": _meminfo("MemAvailable")}
+        self.facts["mem_available_min_kib"] = self.facts["mem_available_start_kib"]
+        self.facts["peak_pss_kib"] = 0
+        self._sample()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        while not self._stop.wait(0.5):
+            self._sample()
+
+    def _sample(self):
+        avail = _meminfo("MemAvailable")
+        if avail:
+            self.facts["mem_available_min_kib"] = min(self.facts["mem_available_min_kib"] or avail, avail)
+        pss = _pss(os.getpid()) + sum(_pss(p) for p in _session(self.session))
+        self.facts["peak_pss_kib"] = max(self.facts["peak_pss_kib"], pss)
+
+    def stop(self) -> dict:
+        self._stop.set()
+        self._thread.join(5)
+        return dict(self.facts)
+
+
+def _meminfo(key: str) -> int:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+def _session(sid: int) -> list[int]:
+    """The processes of session SID (the dump child and everything it forked)."""
+    out = []
+    if not sid:
+        return out
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+                if int(fields[3]) == sid:
+                    out.append(int(name))
+            except (OSError, ValueError, IndexError):
+                continue
+    return out
+
+
+def _pss(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+def run_dump(settings: Settings, source: str, say=_say, silence: float = SILENCE_LIMIT,
+             watch: MemoryWatch | None = None) -> tuple[int, dict, str]:
     """``stripedump dump`` of SOURCE with the settings, as a child: (exit code, JSON summary, error line)."""
     import stripedump
     top = os.path.dirname(os.path.dirname(os.path.abspath(stripedump.__file__)))
@@ -135,6 +207,8 @@ def run_dump(settings: Settings, source: str, say=_say, silence: float = SILENCE
                                  start_new_session=True)
     except OSError as e:
         return ExitCode.INTERNAL, {}, f"cannot start the dump: {e.strerror}"
+    if watch is not None:
+        watch.session = child.pid
     last = {"line": "", "at": time.monotonic()}
 
     def relay():
@@ -205,13 +279,15 @@ def capture(settings: Settings, source: str = "/proc/vmcore", records_dir: str =
                 f"({earlier.get('error', '?')}); leaving the dump to kdump-tools")
             return int(earlier.get("exit_code") or ExitCode.INTERNAL)
     t0 = time.time()
+    watch = MemoryWatch()
     error = wait_for_targets(settings.targets, settings.wait, say)
     if error:
         rc, summary = ExitCode.TARGET_IO, {}
     else:
-        rc, summary, error = run_dump(settings, source, say)
+        rc, summary, error = run_dump(settings, source, say, watch=watch)
     rec = {"time": t0, "where": where, "source": source, "targets": list(settings.targets),
-           "kernel": platform.release(), "seconds": round(time.time() - t0, 1),
+           "kernel": platform.release(), "seconds": round(time.time() - t0, 1), "memory": watch.stop(),
+           "cpus": os.cpu_count(),
            "status": "saved" if rc == 0 else "failed", "exit_code": int(rc), "error": error,
            "dump": summary, "on_failure": settings.on_failure, "on_success": settings.on_success,
            "reported": None}

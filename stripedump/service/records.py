@@ -70,11 +70,18 @@ def describe(rec: dict) -> str:
     """One line about a capture run, for the journal and ``kdump show``."""
     when = stamp(rec["time"])
     targets = ",".join(rec.get("targets", []))
+    mem = rec.get("memory") or {}
+    if mem.get("mem_total_kib"):
+        mem_text = (f"; memory: {mem['mem_total_kib'] >> 10} MiB, {mem['mem_available_start_kib'] >> 10} MiB "
+                    f"available, {mem['mem_available_min_kib'] >> 10} MiB at the lowest, stripedump's peak "
+                    f"{mem['peak_pss_kib'] >> 10} MiB")
+    else:
+        mem_text = ""
     if rec.get("status") == "saved":
         d = rec.get("dump") or {}
         size = f"{d.get('input_bytes', 0) / 1e6:,.0f} MB -> {d.get('output_bytes', 0) / 1e6:,.0f} MB"
         return (f"dump {d.get('dump_id', '?')} saved by stripedump at {when} over {targets} "
-                f"({size} in {d.get('seconds', 0):.0f} s, capture kernel {rec.get('kernel', '?')}); "
+                f"({size} in {d.get('seconds', 0):.0f} s, capture kernel {rec.get('kernel', '?')}{mem_text}); "
                 f"read it with: stripedump info {' '.join(rec.get('targets', []))}")
     then = {"makedumpfile": "kdump-tools saved it with makedumpfile instead" + (
                 f" ({rec['fallback_dump']})" if rec.get("fallback_dump") else ""),
