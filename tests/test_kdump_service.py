@@ -289,3 +289,22 @@ def test_kdump_test_exit_code_and_one_line_error(tmp_path, cli):
     assert_one_line_error(cli("kdump", "collect", "--config", conf, "onlyone"), 2, "required: DEST")
     bad = _config(tmp_path / "bad", STRIPEDUMP_DUMP_LEVEL="99")
     assert_one_line_error(cli("kdump", "show", "--config", bad), 2, "STRIPEDUMP_DUMP_LEVEL")
+
+
+def test_report_of_a_failed_capture_names_the_makedumpfile_dump(tmp_path):
+    """kdump-tools saved the crash in KDUMP_COREDIR/YYYYMMDDHHMM/dump.YYYYMMDDHHMM after stripedump failed."""
+    import time
+    coredir, rdir = tmp_path / "crash", tmp_path / "records"
+    t = time.time()
+    stamp = time.strftime("%Y%m%d%H%M", time.localtime(t))
+    (coredir / stamp).mkdir(parents=True)
+    (coredir / stamp / f"dump.{stamp}").write_bytes(b"x")
+    (coredir / "201001010000").mkdir()                  # an older crash's directory: not this one
+    (coredir / "201001010000" / "dump.201001010000").write_bytes(b"x")
+    records.add(str(rdir), {"time": t, "status": "failed", "exit_code": 5, "targets": ["/dev/x"],
+                            "error": "target /dev/x did not appear within 90 s", "on_failure": "makedumpfile",
+                            "coredir": str(coredir), "reported": None})
+    lines = []
+    assert records.report(str(rdir), (), lines.append) == 1
+    assert "NOT saved by stripedump: target /dev/x did not appear within 90 s (exit 5)" in lines[0]
+    assert f"kdump-tools saved it with makedumpfile instead ({coredir}/{stamp}/dump.{stamp})" in lines[0]

@@ -290,7 +290,7 @@ def capture(settings: Settings, source: str = "/proc/vmcore", records_dir: str =
            "cpus": os.cpu_count(),
            "status": "saved" if rc == 0 else "failed", "exit_code": int(rc), "error": error,
            "dump": summary, "on_failure": settings.on_failure, "on_success": settings.on_success,
-           "reported": None}
+           "coredir": kdump_coredir(), "reported": None}
     try:
         records.add(records_dir, rec)
     except Exception as e:   # the dump is on the targets, or the fallback must still run
@@ -306,6 +306,15 @@ def capture(settings: Settings, source: str = "/proc/vmcore", records_dir: str =
     else:
         say("not rebooting (--no-reboot)")
     return int(rc)
+
+
+def kdump_coredir() -> str:
+    """Where kdump-tools saves its makedumpfile dumps (KDUMP_COREDIR), for the report's fallback line."""
+    from .settings import read_pairs
+    try:
+        return read_pairs("/etc/default/kdump-tools").get("KDUMP_COREDIR", (0, ""))[1] or "/var/crash"
+    except UsageError:
+        return "/var/crash"
 
 
 def _from_initramfs(records_dir: str) -> dict | None:

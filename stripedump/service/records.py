@@ -90,6 +90,25 @@ def describe(rec: dict) -> str:
             f"(exit {rec.get('exit_code', '?')}){'; ' + then if then else ''}")
 
 
+def fallback_dump(coredir: str, since: float) -> str:
+    """The dump kdump-tools saved after a failed capture run: its first YYYYMMDDHHMM directory in
+    COREDIR from the minute of the run on that holds a dump.* file ('' when there is none)."""
+    first = time.strftime("%Y%m%d%H%M", time.localtime(since))
+    try:
+        names = sorted(n for n in os.listdir(coredir) if n.isdigit() and len(n) == 12 and n >= first)
+    except OSError:
+        return ""
+    for n in names:
+        d = os.path.join(coredir, n)
+        try:
+            files = sorted(f for f in os.listdir(d) if f.startswith("dump."))
+        except OSError:
+            continue
+        if files:
+            return os.path.join(d, files[0])
+    return ""
+
+
 def seen_ids(folder: str) -> set[str]:
     try:
         with open(os.path.join(folder, SEEN_FILE)) as f:
@@ -136,6 +155,8 @@ def report(folder: str, targets: tuple[str, ...], say) -> int:
     for path, rec in load_all(folder):
         if rec.get("reported"):
             continue
+        if rec.get("status") != "saved" and rec.get("on_failure") == "makedumpfile":
+            rec["fallback_dump"] = fallback_dump(rec.get("coredir") or "/var/crash", rec["time"])
         say(describe(rec))
         n += 1
         rec["reported"] = time.time()
