@@ -41,7 +41,7 @@ def main(work: str) -> int:
     os.makedirs(work, exist_ok=True)
     src = os.path.join(work, "vmcore")
     run = [sys.executable, "-I", "-m", "stripedump"]
-    subprocess.run([sys.executable, "-I", "-m", "stripedump.synth", src, "--size", "16M"], check=True,
+    subprocess.run([sys.executable, "-I", "-m", "stripedump.tools.synth", src, "--size", "16M"], check=True,
                    stdout=subprocess.DEVNULL)
     for codec in CODECS:
         members = [os.path.join(work, f"{codec}.m{i}") for i in range(2)]

@@ -52,6 +52,8 @@ from ..errors import ExitCode, UsageError
 from . import records
 from .settings import Settings
 
+# this stripedump (service/ is one of its sub-packages)
+PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # the dump prints a progress line every 5 s on a non-terminal stderr (progress.py); this long
 # without one means it hangs somewhere --io-timeout does not watch
 SILENCE_LIMIT = 300.0
@@ -190,8 +192,7 @@ def _pss(pid: int) -> int:
 def run_dump(settings: Settings, source: str, say=_say, silence: float = SILENCE_LIMIT,
              watch: MemoryWatch | None = None) -> tuple[int, dict, str]:
     """``stripedump dump`` of SOURCE with the settings, as a child: (exit code, JSON summary, error line)."""
-    import stripedump
-    top = os.path.dirname(os.path.dirname(os.path.abspath(stripedump.__file__)))
+    top = os.path.dirname(PACKAGE_DIR)
     force = may_overwrite(settings.targets)
     args = settings.dump_args(force) + ["--json", source]
     if force:

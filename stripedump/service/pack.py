@@ -230,8 +230,7 @@ def pack(stage: str, lock: str, extra: list[str] = (), strip: bool = True) -> di
     if os.path.isdir(dynload):
         p.tree(dynload, "stdlib")
 
-    import stripedump
-    pkg = os.path.dirname(os.path.abspath(stripedump.__file__))
+    pkg = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))    # this stripedump
     p.tree(pkg, "stripedump", {"__pycache__"}, f"{SITE}/stripedump", re.compile(r"\.py$"))
     for key, dist in sorted(dists.items()):
         if key == "stripedump":

@@ -116,10 +116,15 @@ if [ ${#need[@]} -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive timeout 900 apt-get install -y -qq --no-install-recommends "${need[@]}" \
         >/dev/null 2>&1 || fail "apt-get install ${need[*]} failed"
 fi
-# the Debian mirror this host's apt uses (a dated snapshot here: no Valid-Until check)
-MIRROR=$(sed -n 's/^URIs: *\([^ ]*\/debian\)$/\1/p' /etc/apt/sources.list.d/*.sources 2>/dev/null | head -n1)
-[ -n "$MIRROR" ] || MIRROR=$(awk '$1 == "deb" && $2 ~ /\/debian\/?$/ { print $2; exit }' /etc/apt/sources.list 2>/dev/null)
-[ -n "$MIRROR" ] || fail "cannot find the Debian mirror in this host's apt sources"
+# The image's apt sources are this host's Debian ones (bookworm, -updates, -security), as a
+# Debian 12 machine has them: the image gets the kernel the host's apt sees, whose -dbg package
+# the host downloads.  The mirrors here are a dated snapshot: no Valid-Until check.
+SOURCES=()
+for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources; do
+    [ -f "$f" ] && grep -qE '^[^#]*(deb|URIs:).*/debian' "$f" && SOURCES+=("$f")
+done
+[ ${#SOURCES[@]} -gt 0 ] || fail "no Debian apt sources on this host (/etc/apt/sources.list*)"
+MIRROR=$(cat "${SOURCES[@]}" | grep -oE 'https?://[^ ]*/debian' | sort -u | tr '\n' ' ')
 
 # --- accelerator: KVM only if it really boots Debian's kernel (../shared/docs/debian-vm-notes.md) --
 accel_probe() {
@@ -203,12 +208,12 @@ write_script() {   # NAME BODY: the script of one boot
 }
 
 # --- base image (cached) --------------------------------------------------------------------
-key=$(printf '%s\n' "$IMAGE_VERSION" "$PACKAGES" "$MIRROR" "$(sha256sum "$HERE/debian-guest-driver.sh")" \
+key=$(printf '%s\n' "$IMAGE_VERSION" "$PACKAGES" "$(cat "${SOURCES[@]}")" "$(sha256sum "$HERE/debian-guest-driver.sh")" \
       | sha256sum | cut -c1-12)
 IMG=$CACHE/image-$key
 if [ "${E2E_REBUILD:-0}" = 1 ] || [ ! -s "$IMG/booted.img" ]; then
     rm -rf "$IMG" && mkdir -p "$IMG"
-    say "building the Debian 12 image with mmdebstrap ($MIRROR)"
+    say "building the Debian 12 image with mmdebstrap (${SOURCES[*]}: $MIRROR)"
     t0=$(date +%s)
     rootdir=$IMG/root
     # kdump-tools after the kernel (its kernel hook cannot build the capture initrd in a chroot);
@@ -226,7 +231,7 @@ if [ "${E2E_REBUILD:-0}" = 1 ] || [ ! -s "$IMG/booted.img" ]; then
             chroot "$1" systemctl enable e2e-driver.service' \
         --customize-hook='chroot "$1" systemctl mask apt-daily.timer apt-daily-upgrade.timer e2scrub_all.timer \
             fstrim.timer man-db.timer' \
-        bookworm "$rootdir" "$MIRROR" >"$IMG/mmdebstrap.log" 2>&1 \
+        bookworm "$rootdir" "${SOURCES[@]}" >"$IMG/mmdebstrap.log" 2>&1 \
         || { tail -n 20 "$IMG/mmdebstrap.log"; fail "mmdebstrap failed ($IMG/mmdebstrap.log)"; }
     cp "$rootdir"/boot/vmlinuz-* "$rootdir"/boot/initrd.img-* "$IMG/" || fail "no kernel or initrd in the image"
     truncate -s 4G "$IMG/base.img"
