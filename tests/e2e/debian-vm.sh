@@ -336,7 +336,8 @@ chroot "$mnt" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "/tmp/$(b
 measured "apt-get install $(basename "$DEB") in the image: $(( $(date +%s) - t0 )) s"
 grep -E '^(Setting up|Unpacking) stripedump' "$run/apt.log" | sed 's/^/  /'
 chroot "$mnt" stripedump --version | sed 's/^/  installed: /'
-chroot "$mnt" sh -c 'dpkg -l | grep -cE "^ii +(gcc|cc|clang|tcc)[ -]"' | grep -qx 0 || fail "a compiler is installed in the image"
+cc=$(chroot "$mnt" sh -c 'for c in cc c99 gcc clang tcc; do command -v "$c"; done' || true)
+[ -z "$cc" ] || fail "a compiler is on the image's PATH after installing the package: $cc"
 rm -f "$mnt/tmp/$(basename "$DEB")"
 unmount_image
 
