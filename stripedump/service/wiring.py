@@ -38,14 +38,15 @@ KDUMP_DEFAULTS = "/etc/default/kdump-tools"
 KDUMP_CONFIG = "/usr/sbin/kdump-config"
 # kdump-config's default (kdump-config 1.8.1)
 KDUMP_APPEND_DEFAULT = "reset_devices systemd.unit=kdump-tools-dump.service nr_cpus=1 irqpoll usbcore.nousb"
-# Memory of kdump-tools' capture boot with stripedump, measured by `make e2e-debian` (docs/kdump.md,
-# "Measured"): what the capture kernel, its initrd and the systemd boot up to kdump-tools-dump.service
-# take of the reservation before stripedump starts, and the peak of stripedump's processes (the capture
-# run, the coordinator, writers, one worker), then each further worker.  NEED_MARGIN: the page cache
-# the writers need to keep moving and what the kernel's own allocations vary by.
-NEED_BASE_MIB = 170
-NEED_STRIPEDUMP_MIB = 60
-NEED_PER_WORKER_MIB = 6
+# Memory of kdump-tools' capture boot with stripedump, measured by `make e2e-debian` (Debian 12,
+# kernel 6.1.0-57, crashkernel=384M; docs/kdump.md, "Measured"): the reservation less MemAvailable when
+# stripedump starts (the capture kernel, kdump-tools' initrd, systemd up to kdump-tools-dump.service:
+# 384 - 273 MiB), and the peak sum of Pss of stripedump's processes (the capture run, coordinator, two
+# writers, one worker: 36 MiB), then each further worker (5 MiB, `make e2e` with two workers).
+# NEED_MARGIN: page cache for the writers and what the kernel's own allocations vary by.
+NEED_BASE_MIB = 111
+NEED_STRIPEDUMP_MIB = 36
+NEED_PER_WORKER_MIB = 5
 NEED_MARGIN_MIB = 32
 
 
