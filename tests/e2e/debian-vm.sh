@@ -181,6 +181,7 @@ crash_now() {
     sync
     echo 1 >/proc/sys/kernel/sysrq
     say "crashing (echo c > /proc/sysrq-trigger)"
+    sleep 1     # the serial line drains its buffer (a crash loses what is still in it)
     echo c >/proc/sysrq-trigger
     sleep 30
     fail "still running 30 s after sysrq c"
@@ -278,7 +279,9 @@ qemu_boot() {
             tr -d '\r' <"$serial" | grep -a '^E2E: ' | sed -n "$(( shown + 1 )),${n}p" | sed "s/^E2E: /  $name: /"
             shown=$n
         fi
-        if [ -z "$T_CRASH" ] && tr -d '\r' <"$serial" | grep -qa '^E2E: .*crashing'; then T_CRASH=$(date +%s); fi
+        if [ -z "$T_CRASH" ] && tr -d '\r' <"$serial" | grep -qaE '^E2E: .*crashing|Kernel command line: .*elfcorehdr='; then
+            T_CRASH=$(date +%s)
+        fi
         if tr -d '\r' <"$serial" | grep -qa '^E2E: FAIL'; then
             fail "$name: guest: $(tr -d '\r' <"$serial" | grep -a -m1 '^E2E: FAIL' | sed 's/^E2E: FAIL: //')"
         fi
@@ -289,7 +292,9 @@ qemu_boot() {
     qemu_pid=''
     T_END=$(date +%s)
     tr -d '\r' <"$serial" | grep -a '^E2E: ' | sed -n "$(( shown + 1 )),\$p" | sed "s/^E2E: /  $name: /"
-    if [ -z "$T_CRASH" ] && tr -d '\r' <"$serial" | grep -qa '^E2E: .*crashing'; then T_CRASH=$T_END; fi
+    if [ -z "$T_CRASH" ] && tr -d '\r' <"$serial" | grep -qaE '^E2E: .*crashing|Kernel command line: .*elfcorehdr='; then
+        T_CRASH=$T_END
+    fi
 }
 console() { tr -d '\r' <"$E2E_DIR/serial-$1.log"; }
 guest_out() { console "$1" | sed -n 's/^E2E-OUT //p'; }
