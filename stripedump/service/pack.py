@@ -55,7 +55,7 @@ ELF_MAGIC = b"\x7fELF"
 # Runtime dependencies a capture kernel never imports, left out with everything only they need:
 # a dump writes ssh:// targets through the system's ssh client, not paramiko (which with
 # cryptography, PyNaCl, bcrypt and cffi is 25 MiB); mfusepy serves `stripedump mount`; packaging
-# serves this packer.  tests/test_pack.py runs a dump with these imports blocked.
+# serves this packer.  tests/service/test_pack.py runs a dump with these imports blocked.
 CAPTURE_UNNEEDED = {"paramiko": "reading ssh:// members", "mfusepy": "stripedump mount",
                     "packaging": "stripedump kdump pack"}
 # files of the dependencies a running program never reads: test suites, type stubs

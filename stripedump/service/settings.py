@@ -102,7 +102,7 @@ def load(path: str = DEFAULT_CONFIG) -> Settings:
             raise bad("STRIPEDUMP_TARGETS", "a target is named twice")
         kw["targets"] = targets
     if val.get("STRIPEDUMP_CODEC"):
-        from ..dump.autocodec import parse_codec
+        from ..format.codecs import parse_codec
         try:
             parse_codec(val["STRIPEDUMP_CODEC"])
         except UsageError as e:

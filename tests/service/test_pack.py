@@ -12,10 +12,10 @@ import sys
 
 import pytest
 
+from conftest import ROOT
 from stripedump.errors import WiringError
 from stripedump.service.pack import CAPTURE_UNNEEDED, canonical, check_lock, read_lock, runtime_dists
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LOCK = os.path.join(ROOT, "dist", "requirements.lock")
 
 

@@ -15,7 +15,7 @@ import pytest
 from stripedump.errors import UsageError
 from stripedump.service import capture, records, settings, wiring
 
-from conftest import assert_one_line_error
+from conftest import ROOT, assert_one_line_error
 
 
 def _config(path, **kv):
@@ -157,9 +157,8 @@ def test_kdump_utils_core_collector_contract(tmp_path, vmcore, cli):
         fi
         exit $_dump_exitcode
     """
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     r = subprocess.run(["sh", "-c", script, "sh", stripedump, conf, str(dump_dir), src.path],
-                       env=dict(os.environ, PYTHONPATH=root), capture_output=True, text=True, timeout=300)
+                       env=dict(os.environ, PYTHONPATH=ROOT), capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, (r, (dump_dir / "console.log").read_text())
     assert sorted(os.listdir(dump_dir)) == ["console.log", "vmcore"]
     summary = json.loads((dump_dir / "vmcore").read_text())
@@ -170,7 +169,7 @@ def test_kdump_utils_core_collector_contract(tmp_path, vmcore, cli):
     os.unlink(dump_dir / "vmcore")
     (tmp_path / "m1").write_bytes(b"not ours" * 100)
     r = subprocess.run(["sh", "-c", script, "sh", stripedump, conf, str(dump_dir), src.path],
-                       env=dict(os.environ, PYTHONPATH=root), capture_output=True, text=True, timeout=300)
+                       env=dict(os.environ, PYTHONPATH=ROOT), capture_output=True, text=True, timeout=300)
     assert r.returncode == 4
     assert sorted(os.listdir(dump_dir)) == ["console.log"]
 

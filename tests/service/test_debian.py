@@ -13,11 +13,11 @@ import subprocess
 
 import pytest
 
+from conftest import ROOT
 from stripedump.cli import build_parser
 from stripedump.service import settings, wiring
 from stripedump.version import __version__
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _read(*parts):
