@@ -296,7 +296,7 @@ def capture(settings: Settings, source: str = "/proc/vmcore", records_dir: str =
         records.add(records_dir, rec)
     except Exception as e:   # the dump is on the targets, or the fallback must still run
         say(f"warning: cannot keep a record of this run for the next boot: {e}")
-    say(records.describe(rec).replace("saved it with makedumpfile instead", "saves it with makedumpfile now"))
+    say(records.describe(rec, now=True))
     if rc == 0 and settings.on_success == "makedumpfile":
         say("STRIPEDUMP_ON_SUCCESS=makedumpfile: kdump-tools saves its own dump as well")
         return 0

@@ -66,8 +66,9 @@ def load_all(folder: str) -> list[tuple[str, dict]]:
     return out
 
 
-def describe(rec: dict) -> str:
-    """One line about a capture run, for the journal and ``kdump show``."""
+def describe(rec: dict, now: bool = False) -> str:
+    """One line about a capture run, for the journal and ``kdump show`` (``now``: said by the run
+    itself, before kdump-tools' fallback has run)."""
     when = stamp(rec["time"])
     targets = ",".join(rec.get("targets", []))
     mem = rec.get("memory") or {}
@@ -83,7 +84,8 @@ def describe(rec: dict) -> str:
         return (f"dump {d.get('dump_id', '?')} saved by stripedump at {when} over {targets} "
                 f"({size} in {d.get('seconds', 0):.0f} s, capture kernel {rec.get('kernel', '?')}{mem_text}); "
                 f"read it with: stripedump info {' '.join(rec.get('targets', []))}")
-    then = {"makedumpfile": "kdump-tools saved it with makedumpfile instead" + (
+    then = {"makedumpfile": ("kdump-tools saves it with makedumpfile now" if now else
+                             "kdump-tools saved it with makedumpfile instead") + (
                 f" ({rec['fallback_dump']})" if rec.get("fallback_dump") else ""),
             "reboot": "nothing saved it (STRIPEDUMP_ON_FAILURE=reboot)"}.get(rec.get("on_failure", ""), "")
     return (f"the crash dump at {when} was NOT saved by stripedump: {rec.get('error', 'unknown error')} "
