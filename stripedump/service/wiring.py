@@ -24,6 +24,7 @@ targets are always this machine's devices.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import stat
@@ -66,6 +67,11 @@ class Wiring:
         self.systemctl = (root == "/") if systemctl is None else systemctl
         self.lines: list[tuple[str, str]] = []
         self.problems: list[str] = []
+
+    @functools.cached_property
+    def kdump_conf(self) -> dict[str, str]:
+        """/etc/default/kdump-tools (below root) as KEY: VALUE."""
+        return {k: v for k, (_, v) in read_pairs(self.at(KDUMP_DEFAULTS)).items()}
 
     def at(self, path: str) -> str:
         return os.path.join(self.root, path.lstrip("/"))
@@ -115,7 +121,7 @@ class Wiring:
             self.problem("kdump-tools is not installed: apt install kdump-tools, then reboot "
                          "(it adds crashkernel= to the kernel command line)")
             return ""
-        conf = {k: v for k, (_, v) in read_pairs(self.at(KDUMP_DEFAULTS)).items()}
+        conf = self.kdump_conf
         state = []
         if conf.get("USE_KDUMP", "0") != "1":
             self.problem(f"kdump-tools is disabled: set USE_KDUMP=1 in {KDUMP_DEFAULTS}, "
@@ -167,8 +173,7 @@ class Wiring:
                          f"systemctl unmask {DUMP_UNIT}; systemctl daemon-reload")
 
     def _coredir(self) -> str:
-        return {k: v for k, (_, v) in read_pairs(self.at(KDUMP_DEFAULTS)).items()}.get("KDUMP_COREDIR") \
-            or "/var/crash"
+        return self.kdump_conf.get("KDUMP_COREDIR") or "/var/crash"
 
     def _cpus(self, cmdline: str) -> int:
         m = re.search(r"(?:^| )nr_cpus=(\d+)", cmdline)
