@@ -17,7 +17,7 @@ import json
 import sys
 
 from .version import __version__
-from .errors import ExitCode, StripedumpError, UsageError
+from .errors import ExitCode, StripedumpError, UsageError, WiringError
 from .cliargs import (Parser as _Parser, codec as _codec, dump_level as _dump_level, formatter as _formatter,
                       int_list as _int_list, join_codec as _join_codec, known as _known, member as _member,
                       positive_int as _positive_int, seconds as _seconds, size as _size,
@@ -38,9 +38,11 @@ EXIT_CODES = """exit codes:
   9    the join output cannot be written
   10   mount/umount: the mount point is not an empty directory (or not a stripedump
        mount), FUSE is not available, or mounting failed
+  11   kdump test: the kdump wiring has problems (one line each); kdump pack: the
+       capture initramfs cannot be packed
   129  stopped by SIGHUP; 130 by SIGINT; 143 by SIGTERM (a dump finalizes its members first)"""
 
-COMMANDS = ("dump", "join", "info", "verify", "bench", "mount", "umount")
+COMMANDS = ("dump", "join", "info", "verify", "bench", "mount", "umount", "kdump")
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
@@ -61,7 +63,8 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
                         help="show tracebacks of internal errors")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for name, add in (("dump", _add_dump), ("join", _add_join), ("info", _add_info), ("verify", _add_verify),
-                      ("mount", _add_mount), ("umount", _add_umount), ("bench", _add_bench)):
+                      ("mount", _add_mount), ("umount", _add_umount), ("bench", _add_bench),
+                      ("kdump", _add_kdump)):
         if only in (None, name):
             add(sub, common)
     return p
@@ -312,6 +315,48 @@ def _add_umount(sub, common) -> None:
                    help="detach it even while files in it are open (they are served until closed)")
 
 
+def _add_kdump(sub, common) -> None:
+    k = sub.add_parser("kdump", parents=[common], formatter_class=_formatter,
+                       help="stripedump in the distribution's kdump service (kdump-tools, dracut, kdump-utils)",
+                       description="Check and run stripedump in the kdump capture kernel, as configured in "
+                                   "/etc/default/stripedump (docs/kdump.md).",
+                       epilog="examples:\n"
+                              "  stripedump kdump show          # the wiring, the targets, the last dump\n"
+                              "  stripedump kdump test          # one line per problem; exit 11 if any\n"
+                              "  # kdump-utils (/etc/kdump.conf): core_collector stripedump kdump collect\n\n"
+                              + EXIT_CODES)
+    conf = argparse.ArgumentParser(add_help=False)
+    conf.add_argument("--config", default=None, metavar="FILE",
+                      help="the settings (default /etc/default/stripedump)")
+    conf.add_argument("--records", default=None, metavar="DIR",
+                      help="where capture runs leave their records (default /var/lib/stripedump/kdump)")
+    acts = k.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser, required=True)
+    for name, text in (("show", "the wiring, the targets and the last dumps"),
+                       ("test", "only the problems of the wiring, one line each (exit 11 if any)"),
+                       ("report", "journal lines about the dumps the last crash left (run at boot)")):
+        acts.add_parser(name, parents=[common, conf], help=text, description=text[0].upper() + text[1:] + ".")
+    c = acts.add_parser("capture", parents=[common, conf], formatter_class=_formatter,
+                        help="dump /proc/vmcore as configured (kdump-tools' capture unit, the dracut hook); "
+                             "reboots after a saved dump")
+    c.add_argument("--source", default="/proc/vmcore", metavar="VMCORE", help="the vmcore (default /proc/vmcore)")
+    c.add_argument("--initramfs", action="store_true",
+                   help="run from a capture initramfs (dracut): a failure leaves the dump to kdump-tools "
+                        "on the root filesystem")
+    c.add_argument("--no-reboot", action="store_true", help="do not reboot afterwards (tests)")
+    o = acts.add_parser("collect", parents=[common, conf], formatter_class=_formatter,
+                        help="kdump-utils' core_collector: the dump over the targets, its JSON summary into DEST")
+    o.add_argument("src", metavar="SRC")
+    o.add_argument("dest", metavar="DEST")
+    pk = acts.add_parser("pack", parents=[common], formatter_class=_formatter,
+                         help="Python and stripedump into a capture initramfs staging root (dracut's $initdir)")
+    pk.add_argument("stage", metavar="STAGE")
+    pk.add_argument("--lock", default=None, metavar="FILE",
+                    help="the lock file the dependencies must match (default /usr/lib/stripedump/requirements.lock)")
+    pk.add_argument("--extra", action="append", default=[], metavar="EXE",
+                    help="another executable to pack with its libraries (repeatable)")
+    pk.add_argument("--no-strip", action="store_true", help="do not strip the ELF files")
+
+
 def _normalize(argv: list[str]) -> list[str]:
     """Insert ``dump`` when no subcommand is given (the user's original form)."""
     i = 0
@@ -524,8 +569,35 @@ def run_umount(a) -> int:
     return umount(a.mountpoint, a.lazy)
 
 
+def run_kdump(a) -> int:
+    from .service import capture, records, settings, wiring
+    if a.action == "pack":
+        from .service.pack import DEFAULT_LOCK, pack
+        print(json.dumps(pack(a.stage, a.lock or DEFAULT_LOCK, a.extra, not a.no_strip)))
+        return ExitCode.OK
+    conf = settings.load(a.config or settings.DEFAULT_CONFIG)
+    rdir = a.records or (capture.RUN_RECORDS if getattr(a, "initramfs", False) else records.RECORDS_DIR)
+    if a.action == "capture":
+        return capture.capture(conf, a.source, rdir, not a.no_reboot, "initramfs" if a.initramfs else "kdump-tools")
+    if a.action == "collect":
+        return capture.collect(conf, a.src, a.dest)
+    if a.action == "report":
+        capture.report(conf, rdir)
+        return ExitCode.OK
+    w = wiring.Wiring(conf, records_dir=rdir).check()
+    if a.action == "show":
+        print(wiring.render(w))
+        return ExitCode.OK
+    for p in w.problems:
+        print(f"problem: {p}")
+    if w.problems:
+        raise WiringError(f"kdump test: {len(w.problems)} problem(s) in the kdump wiring (above)")
+    print("ok: the kdump wiring is complete; a crash will be saved by stripedump")
+    return ExitCode.OK
+
+
 RUNNERS = {"dump": run_dump, "join": run_join, "info": run_info, "verify": run_verify, "bench": run_bench,
-           "mount": run_mount, "umount": run_umount}
+           "mount": run_mount, "umount": run_umount, "kdump": run_kdump}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -126,10 +126,21 @@ def subparser(parser, command: str | None):
     return parser
 
 
+def options_of(parser) -> list[str]:
+    """Every option string of ``parser`` and of the subcommands below it (``kdump capture``'s)."""
+    out = []
+    for a in parser._actions:
+        out += a.option_strings
+        if isinstance(a, argparse._SubParsersAction):
+            for sub in a.choices.values():
+                out += [o for o in options_of(sub) if o not in out]
+    return out
+
+
 def known(parser, command: str | None, arg: str) -> bool:
     """``--name`` or ``--name=value`` is an option of the command, or an abbreviation of one only."""
     name = arg.partition("=")[0]
-    known = [o for a in subparser(parser, command)._actions for o in a.option_strings]
+    known = options_of(subparser(parser, command))
     return name in known or len([o for o in known if o.startswith(name)]) == 1
 
 
@@ -142,7 +153,7 @@ def unrecognized(parser, command: str | None, extra: list[str]) -> str:
     options = [x.partition("=")[0] for x in extra if x.startswith("-") and x != "-"]
     if not options:
         return f"unrecognized arguments: {' '.join(extra)} (see '{parser.prog} --help')"
-    known = [o for a in parser._actions for o in a.option_strings]
+    known = options_of(parser)
     said = []
     for o in options:
         near = difflib.get_close_matches(o, known, n=1, cutoff=0.75)
