@@ -25,6 +25,7 @@ class ExitCode(enum.IntEnum):
     INCOMPLETE = 8    # the dump was stopped early; members hold what was written
     OUTPUT = 9        # join/verify output cannot be written
     MOUNT = 10        # mount/umount: the mount point cannot be used, FUSE is unavailable, or mounting failed
+    WIRING = 11       # kdump: the kdump wiring has problems (test), or a capture initramfs cannot be packed
     SIGHUP = 129
     SIGINT = 130
     SIGTERM = 143
@@ -138,6 +139,11 @@ class OutputError(StripedumpError):
 class MountError(StripedumpError):
     """mount/umount: not an empty directory, not a stripedump mount, busy, no FUSE, mount failed."""
     exit_code = ExitCode.MOUNT
+
+
+class WiringError(StripedumpError):
+    """kdump test found problems in the kdump wiring; kdump pack cannot pack a capture initramfs."""
+    exit_code = ExitCode.WIRING
 
 
 class Interrupted(StripedumpError):

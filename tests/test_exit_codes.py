@@ -165,6 +165,12 @@ def _not_a_mount(tmp_path, env):
     return run_cli("umount", tmp_path / "mnt")
 
 
+def _wiring(tmp_path, env):
+    conf = tmp_path / "kdump.conf"
+    conf.write_text('STRIPEDUMP_CODEC="lz4"\n')          # no targets: a problem of the wiring
+    return run_cli("kdump", "test", "--config", conf, "--records", tmp_path / "records")
+
+
 def _signal(sig):
     def provoke(tmp_path, env):
         src = _source(tmp_path, 48 << 20)
@@ -208,6 +214,7 @@ CASES = [
     Case(8, "incomplete", _incomplete, "incomplete", "missing"),
     Case(9, "join-output", _join_output, "join output cannot be written"),
     Case(10, "not-a-mount", _not_a_mount, "not a stripedump mount", "not a mount point"),
+    Case(11, "kdump-wiring", _wiring, "the kdump wiring has problems", "kdump test:"),
     Case(129, "sighup", _signal(signal.SIGHUP), "sighup", "SIGHUP"),
     Case(130, "sigint", _signal(signal.SIGINT), "sigint", "SIGINT"),
     Case(143, "sigterm", _signal(signal.SIGTERM), "sigterm", "SIGTERM"),

@@ -337,10 +337,13 @@ class CodecSpec(Spec):
 
 
 DEFAULT_LADDER = ("none", "lz4", "zstd:1", "zstd:3", "zstd:9")
+# auto's list of codecs: ``auto:lz4+zstd:3``, the one syntax of dump's --codec and bench's --codecs
+# (whose own list is split at commas); ``auto:lz4,zstd:3``, the older form, is taken as the same
+AUTO_SEP, AUTO_SEP_ALIAS = "+", ","
 
 
 class AutoSpec(Spec):
-    """``auto[:CODEC,CODEC,...][/cost=N%][/ratio=R]``: the ladder the dump's controller chooses
+    """``auto[:CODEC+CODEC+...][/cost=N%][/ratio=R]``: the ladder the dump's controller chooses
     from per chunk, and the size preferences (issue 24, item 9), each a ``/key=value`` suffix
     after the ladder, whatever the ladder's own syntax:
 
@@ -370,9 +373,10 @@ class AutoSpec(Spec):
         cost, ratio = _preferences(text, prefs)
         if not colon:
             return cls(tuple(CodecSpec.parse(c) for c in DEFAULT_LADDER), False, cost, ratio)
-        names = [c for c in rest.split(",")]
+        names = rest.replace(AUTO_SEP_ALIAS, AUTO_SEP).split(AUTO_SEP)
         if not rest or any(not c.strip() for c in names):
-            raise UsageError(f"--codec {text!r}: auto: needs a list of codecs, e.g. auto:lz4,zstd:3")
+            raise UsageError(f"{text!r}: auto: needs a list of codecs joined by {AUTO_SEP!r}, "
+                             f"e.g. auto:lz4{AUTO_SEP}zstd:3")
         ladder = tuple(dict.fromkeys(CodecSpec.parse(c) for c in names))
         return cls(ladder, True, cost, ratio)
 
@@ -418,7 +422,7 @@ class AutoSpec(Spec):
         return self.ladder[self.start].make()
 
     def __str__(self) -> str:
-        return ("auto" + (":" + ",".join(str(s) for s in self.ladder) if self.explicit else "")
+        return ("auto" + (":" + AUTO_SEP.join(str(s) for s in self.ladder) if self.explicit else "")
                 + (f"/cost={self.cost * 100:g}%" if self.cost is not None else "")
                 + (f"/ratio={self.max_ratio:g}" if self.max_ratio is not None else ""))
 
@@ -429,22 +433,22 @@ def _preferences(text: str, prefs: list[str]) -> tuple[float | None, float | Non
     for p in prefs:
         key, eq, value = p.strip().partition("=")
         if key not in ("cost", "ratio") or not eq or key in found:
-            raise UsageError(f"--codec {text!r}: after auto, /cost=N% or /ratio=R (each once), "
-                             f"e.g. auto/cost=25% or auto:lz4,zstd:3/ratio=0.4; got {p!r}")
+            raise UsageError(f"{text!r}: after auto, /cost=N% or /ratio=R (each once), "
+                             f"e.g. auto/cost=25% or auto:lz4{AUTO_SEP}zstd:3/ratio=0.4; got {p!r}")
         try:
             x = float(value.strip().rstrip("%"))
         except ValueError:
             x = -1.0
         if key == "cost" and not 0 <= x <= 1000:
-            raise UsageError(f"--codec {text!r}: cost must be a percentage from 0 to 1000 (got {value!r})")
+            raise UsageError(f"{text!r}: cost must be a percentage from 0 to 1000 (got {value!r})")
         if key == "ratio" and not 0 < x <= 1:
-            raise UsageError(f"--codec {text!r}: ratio must be more than 0 and at most 1 (got {value!r})")
+            raise UsageError(f"{text!r}: ratio must be more than 0 and at most 1 (got {value!r})")
         found[key] = x / 100 if key == "cost" else x
     return found.get("cost"), found.get("ratio")
 
 
 def parse_codec(text: str) -> Spec:
-    """A CodecSpec, or an AutoSpec for ``auto``/``auto:...``/``auto/...``; raises UsageError."""
+    """A CodecSpec, or an AutoSpec for ``auto``/``auto:C+C+...``/``auto/...``; raises UsageError."""
     if text.strip().lower().partition(":")[0].partition("/")[0] == "auto":
         return AutoSpec.parse(text)
     return CodecSpec.parse(text)

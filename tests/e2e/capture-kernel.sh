@@ -26,10 +26,13 @@
 #
 # Environment (defaults in brackets):
 #   E2E_DIR [/var/tmp/stripedump-e2e]  STRIPEDUMP [REPO/.venv/bin/stripedump]
-#   E2E_CODEC [lzo]  E2E_MEM_MB [1024]  E2E_CRASHKERNEL [256M]  E2E_SMP [2]
+#   E2E_CODEC [lzo]  E2E_MEM_MB [1024]  E2E_SMP [2]
+#   E2E_CRASHKERNEL [256M with 9p, 384M with initramfs: the packed Python, 96 MiB
+#     unpacked with numpy's OpenBLAS, must fit beside its compressed image]
 #   E2E_CAPTURE_CPUS [1] (nr_cpus= of the capture kernel, at most E2E_SMP)
 #   E2E_PYTHON [9p]: where the capture kernel gets Python and stripedump:
-#     9p (the host root) or initramfs (packed by tests/e2e/pack-python.py)
+#     9p (the host root) or initramfs (packed by `stripedump kdump pack`, the
+#     dependencies checked against dist/requirements.lock)
 #   E2E_FILL_MB [256] (data written into the first kernel's memory)
 #   E2E_DEV_SHM [1] (mount a tmpfs on /dev/shm in the capture kernel, as
 #     dracut and systemd do; 0: leave /dev/shm absent)
@@ -53,14 +56,14 @@ CACHE=$E2E_DIR/cache
 SD=${STRIPEDUMP:-$REPO/.venv/bin/stripedump}
 CODEC=${E2E_CODEC:-lzo}
 MEM=${E2E_MEM_MB:-1024}
-CRASHKERNEL=${E2E_CRASHKERNEL:-256M}
 SMP=${E2E_SMP:-2}
 FILL=${E2E_FILL_MB:-256}
 DEV_SHM=${E2E_DEV_SHM:-1}
 CAPTURE_CPUS=${E2E_CAPTURE_CPUS:-1}
 PYTHON_FROM=${E2E_PYTHON:-9p}
 case $PYTHON_FROM in
-    9p|initramfs) ;;
+    9p) CRASHKERNEL=${E2E_CRASHKERNEL:-256M} ;;
+    initramfs) CRASHKERNEL=${E2E_CRASHKERNEL:-384M} ;;
     *) echo "e2e: FAIL: E2E_PYTHON must be 9p or initramfs (got '$PYTHON_FROM')" >&2; exit 1 ;;
 esac
 LOG=$E2E_DIR/last-run-$PYTHON_FROM.log
@@ -239,8 +242,8 @@ packed="nothing: Python and stripedump come from the host root over 9p"
 if [ "$PYTHON_FROM" = initramfs ]; then
     # The interpreter, the trimmed standard library, stripedump and its
     # runtime dependencies, their libraries, and GNU time for the measurement.
-    pack=$(timeout 300 "$(dirname "$SD")/python3" "$HERE/pack-python.py" "$stage" --extra /usr/bin/time) \
-        || fail "tests/e2e/pack-python.py failed"
+    pack=$(timeout 300 "$SD" kdump pack "$stage" --lock "$REPO/dist/requirements.lock" --extra /usr/bin/time) \
+        || fail "stripedump kdump pack failed"
     guest_sd=/opt/stripedump/bin/stripedump guest_wrapper=/usr/sbin/stripedump-kdump
     install -D -m 755 "$HERE/stripedump-kdump" "$stage$guest_wrapper"
     packed=$(echo "$pack" | python3 -c 'import json, sys; print(json.load(sys.stdin)["summary"])')

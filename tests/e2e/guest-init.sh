@@ -8,7 +8,7 @@
 #   capture kernel (/proc/vmcore exists): run stripedump onto two virtio
 #     disks, either from the host's venv (9p again, chroot) or, with
 #     E2E_PYTHON=initramfs, from the interpreter packed into this initramfs
-#     (tests/e2e/pack-python.py); copy /proc/vmcore raw onto a third disk,
+#     (stripedump kdump pack); copy /proc/vmcore raw onto a third disk,
 #     report times and memory, power off.
 #
 # Settings come from /e2e.conf (written by capture-kernel.sh).  Every line the

@@ -1,0 +1,1 @@
+"""Tests of stripedump.service (stripedump/service/) and the package files that wire it in (debian/, dist/)."""
