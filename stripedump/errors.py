@@ -25,6 +25,7 @@ class ExitCode(enum.IntEnum):
     INCOMPLETE = 8    # the dump was stopped early; members hold what was written
     OUTPUT = 9        # join/verify output cannot be written
     MOUNT = 10        # mount/umount: the mount point cannot be used, FUSE is unavailable, or mounting failed
+    REPAIRED = 11     # verify: damage that readers repair (join and mount give the whole dump, with a warning)
     SIGHUP = 129
     SIGINT = 130
     SIGTERM = 143
@@ -98,6 +99,13 @@ class TargetIOError(StripedumpError):
 
 class MemberError(StripedumpError):
     exit_code = ExitCode.MEMBER
+
+
+class Repaired(StripedumpError):
+    """verify: the members are damaged only where the readers repair it (a footer or index rebuilt
+    from the records of a member that finished, a trailer): a plain join and mount give the whole
+    dump, each with a warning naming the damage."""
+    exit_code = ExitCode.REPAIRED
 
 
 class VerifyError(StripedumpError):

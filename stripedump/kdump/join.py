@@ -275,6 +275,7 @@ def join_kdump(cfg: JoinConfig, progress=None, notice=None) -> JoinResult:
                  "pages": {COPY: "copied", NONE: "uncompressed", TRANSCODE: "transcoded"}[mode],
                  "utsname": uts_from, "memory_bytes": memory,
                  "unreadable": unreadable_report(bad, lay.page_size),
-                 **missing_report(ds, missing, ds.header_pieces), **excluded_report(kept, lay.page_size)}
+                 **missing_report(ds, missing, ds.header_pieces), **excluded_report(kept, lay.page_size),
+                 "repaired": dump.repairs}
         return JoinResult(ds.dump_id, cfg.output, size, ok, time.monotonic() - t0, errors, extra)
 

@@ -12,10 +12,11 @@ from __future__ import annotations
 import os
 
 from ..errors import MemberError, VerifyError
-from ..format.structs import (CHUNK_HEADER_SIZE, HEADER_BLOCK, INDEX_EVERY, MAX_FOOTER, MAX_MANIFEST, MEMBER_MAGIC,
-                     STATE_COMPLETE, TRAILER_SIZE, V1_RECORD_MAGICS, ChunkHeader, Footer, IndexEntry,
-                     MemberHeader, Trailer, checksum, first_record_offset, head_size, magic_of, parse_head,
-                     record_bound, unpack_index, unpack_index_body, unpack_manifest, unpack_record)
+from ..format.structs import (CHUNK_HEADER_SIZE, FEATURE_STREAMED, FOOTER_MAGIC, HEADER_BLOCK, INDEX_EVERY,
+                     MAX_FOOTER, MAX_MANIFEST, MEMBER_MAGIC, STATE_COMPLETE, TRAILER_SIZE, V1_RECORD_MAGICS,
+                     ChunkHeader, Footer, IndexEntry, MemberHeader, RecordHead, Trailer, checksum,
+                     first_record_offset, head_size, magic_of, parse_head, record_bound, unpack_index,
+                     unpack_index_body, unpack_manifest, unpack_record)
 from ..runtime.fileio import pread_exact
 
 MAX_MANIFEST_RECORD = MAX_MANIFEST   # a compressed manifest is never longer than the JSON it holds
@@ -32,6 +33,7 @@ class MemberReader:
         self.path = path
         self.remote = None        # an ssh:// member: remote.RemoteFile (paramiko only then)
         self.fd = -1
+        self.damage: list[str] = []     # what was damaged and worked around (join and mount warn)
         if path.startswith("ssh://"):
             from ..remote.sshread import open_member
             self.remote = open_member(path)
@@ -55,6 +57,7 @@ class MemberReader:
         self.dump_id = self.header.dump_id
         self._manifest = None
         self._trailer: Trailer | None | bool = False
+        self._footer: Footer | MemberError | None | bool = False
 
     def close(self) -> None:
         if self.fd >= 0:
@@ -111,16 +114,62 @@ class MemberReader:
         return self._trailer
 
     def footer_place(self) -> tuple[int, int] | None:
-        """(offset, length) of the footer: from the header when it was finalized, else the trailer."""
+        """(offset, length) of the footer: from the header when it was finalized, else the trailer;
+        for a streamed member whose trailer is damaged, the footer record that ends where the
+        trailer begins (``_footer_before_end``)."""
         h = self.header
         if h.footer_offset:
             return h.footer_offset, h.footer_length
         t = self.trailer()
         if t is not None:
             return t.footer_offset, t.footer_length
+        if self.version >= 2 and h.features_optional & FEATURE_STREAMED:
+            place = self._footer_before_end()
+            if place is not None:
+                self.damage.append("its trailer is damaged; its footer was found where the trailer begins")
+            return place
+        return None
+
+    FOOTER_SEARCH = 1 << 20     # how far from its end a streamed member's footer is looked for
+
+    def _footer_before_end(self) -> tuple[int, int] | None:
+        """A sound footer record of this dump that ends TRAILER_SIZE bytes before the member's end.
+
+        A streamed member is written once, in order: its file ends with the footer and the
+        trailer, so a footer found there (its dump id and seeded checksum checked) is its own.
+        Looked for in the last FOOTER_SEARCH bytes (a footer holds 8 bytes per 1024 chunks).
+        """
+        hs = RecordHead.STRUCT.size
+        end = self.size - TRAILER_SIZE
+        start = max(self.first_record(), end - self.FOOTER_SEARCH)
+        if end - start < hs:
+            return None
+        tail = self.pread(start, end - start)
+        i = len(tail)
+        while (i := tail.rfind(FOOTER_MAGIC, 0, i)) >= 0:
+            if i + hs <= len(tail):
+                _, length, rid, _ = RecordHead.STRUCT.unpack_from(tail, i)
+                if rid == self.dump_id and start + i + hs + length == end:
+                    try:
+                        Footer.unpack(tail[i:], self.where, self.dump_id, self.version)
+                        return start + i, hs + length
+                    except MemberError:
+                        pass
         return None
 
     def footer(self) -> Footer | None:
+        """The footer (None: the member was never finalized); MemberError when it cannot be read.
+        Read once: the outcome, an error included, is kept."""
+        if self._footer is False:
+            try:
+                self._footer = self._read_footer()
+            except MemberError as e:
+                self._footer = e
+        if isinstance(self._footer, MemberError):
+            raise self._footer
+        return self._footer
+
+    def _read_footer(self) -> Footer | None:
         place = self.footer_place()
         if place is None:
             return None
@@ -130,7 +179,11 @@ class MemberReader:
         if length > MAX_FOOTER or length < head_size(self.version) or off < start:
             raise MemberError(f"{self.where}: the member header gives an impossible place for the footer "
                               f"({length} bytes at {off}); the member is damaged")
-        f = Footer.unpack(self.pread(off, length), self.where, self.dump_id, self.version)
+        # the trailer follows the footer: read with it (one read) when the header gave the place
+        with_trailer = self.version >= 2 and self.header.footer_offset and \
+            off + length + TRAILER_SIZE <= self.size
+        data = self.pread(off, length + (TRAILER_SIZE if with_trailer else 0))
+        f = Footer.unpack(data[:length], self.where, self.dump_id, self.version)
         hs = head_size(self.version)
         if len(f.index_offsets) != -(-f.chunks // INDEX_EVERY) \
                 or any(not start <= o <= off - hs for o in f.index_offsets) \
@@ -139,7 +192,20 @@ class MemberReader:
             raise MemberError(f"{self.where}: the member's footer contradicts the member (chunk count, "
                               "index places or member number); the member is damaged; join "
                               "--allow-incomplete finds its chunks by reading it record by record")
+        if self.version >= 2 and self.header.footer_offset:
+            self._check_trailer(data[length:], off, length)
         return f
+
+    def _check_trailer(self, raw: bytes, off: int, length: int) -> None:
+        """A finalized member's trailer, after its footer: sound and saying what the header says,
+        else noted as damage (the header found the footer: nothing is lost)."""
+        h = self.header
+        t = Trailer.unpack(raw, self.dump_id) if len(raw) == TRAILER_SIZE else None
+        if t is None or (t.member_index, t.member_count, t.footer_offset, t.footer_length, t.member_length,
+                         t.state) != (h.member_index, h.member_count, off, length, off + length + TRAILER_SIZE,
+                                      h.state):
+            self.damage.append("its trailer is damaged or cut off (the header says where the footer is: "
+                               "nothing is lost)")
 
     def index(self, footer: Footer):
         """Index entries in the order written (a generator: memory stays bounded)."""
@@ -163,6 +229,13 @@ class MemberReader:
                                   "the member record by record")
             where = f"{self.where} index at {off}"
             yield where, unpack_record(self.pread(off, hs + length), magic, where, self.dump_id, self.version)
+
+    def index_places(self, footer: Footer) -> dict:
+        """{member offset: record length} of the index records a sound footer lists (each holds
+        INDEX_EVERY entries, the last the rest): what a walk steps over unread."""
+        hs = head_size(self.version)
+        return {o: hs + min(INDEX_EVERY, footer.chunks - i * INDEX_EVERY) * IndexEntry.STRUCT.size
+                for i, o in enumerate(footer.index_offsets)}
 
     def read_record(self, entry: IndexEntry) -> bytes:
         if entry.length < 52 or entry.length > self.record_limit():
@@ -189,7 +262,8 @@ class MemberReader:
             return end
         return aligned
 
-    def walk(self, verify: bool = True, report: "WalkReport | None" = None):
+    def walk(self, verify: bool = True, report: "WalkReport | None" = None, past_bad_index: bool = False,
+             index_at: dict | None = None):
         """The chunk records found by reading the member record by record (IndexEntry each).
 
         For a member whose footer never reached the disk (a killed dump, power
@@ -205,8 +279,13 @@ class MemberReader:
         member.  A chunk record whose header is sound but whose payload
         checksum fails is stepped over (its length can be trusted) and listed
         in ``report.damaged``.  With ``verify`` False payloads are not read:
-        the caller checks the records it uses.  Memory stays bounded: one
-        record.
+        the caller checks the records it uses.  ``past_bad_index`` (the walk of
+        a finished member whose index is damaged): an index record of this dump
+        whose checksum fails is stepped over by its length, as a chunk record
+        whose payload fails (listed in ``report.bad_index``); ``index_at``
+        ({member offset: record length}, from a sound footer) names the index
+        records to step over unread, whatever their bytes.  Memory stays
+        bounded: one record.
         """
         rep = report if report is not None else WalkReport()
         v2 = self.version >= 2
@@ -216,6 +295,9 @@ class MemberReader:
         cmagic, imagic, fmagic = (magic_of(k, self.version) for k in ("chunk", "index", "footer"))
         pos = self.first_record()
         while True:
+            if index_at and pos in index_at:
+                pos += index_at[pos]
+                continue
             if pos + min(hs, chs) > self.size:
                 return rep.stop(pos, "end of the member")
             head = self.pread(pos, min(max(hs, chs), self.size - pos))
@@ -252,6 +334,10 @@ class MemberReader:
                     else:
                         Footer.unpack(self.pread(pos, hs + length), self.where, self.dump_id, self.version)
                 except MemberError:
+                    if magic == imagic and past_bad_index and length % IndexEntry.STRUCT.size == 0:
+                        rep.bad_index.append(pos)
+                        pos += hs + length
+                        continue
                     return rep.stop(pos, f"a damaged {'index' if magic == imagic else 'footer'} record")
                 if magic == fmagic:
                     return rep.stop(pos, "the footer")
@@ -266,6 +352,7 @@ class WalkReport:
     def __init__(self):
         self.chunks = 0
         self.damaged: list[tuple[int, int]] = []   # (member offset, chunk id): payload checksum failed
+        self.bad_index: list[int] = []             # member offsets of damaged index records stepped over
         self.stopped_at: int | None = None
         self.reason = ""
 

@@ -238,6 +238,7 @@ class Dump(FileView):
         self.dump_id = ds.dump_id
         self.size = ds.source_size
         self.paths = [r.path for r in ds.readers]
+        self.repairs = ds.repairs()      # damage worked around (repair.py): join and mount warn
         self.missing = self.index.missing()
         if self.missing and not allow_incomplete:
             why = ds.describe_absent(self.missing)
