@@ -101,10 +101,14 @@ class MemberError(StripedumpError):
     exit_code = ExitCode.MEMBER
 
 
+class DamagedHeader(MemberError):
+    """A member header whose checksum fails: its copy, or another member of the dump, may rebuild it."""
+
+
 class Repaired(StripedumpError):
-    """verify: the members are damaged only where the readers repair it (a footer or index rebuilt
-    from the records of a member that finished, a trailer): a plain join and mount give the whole
-    dump, each with a warning naming the damage."""
+    """verify: the members are damaged only where the readers repair it (a header from its copy, a
+    footer or index from the records, a manifest from another member): a plain join and mount give
+    the whole dump, each with a warning naming the damage."""
     exit_code = ExitCode.REPAIRED
 
 

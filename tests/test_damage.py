@@ -1,15 +1,15 @@
-"""verify, join and mount agree about a damaged member (issue 24, item 1).
+"""verify, join and mount agree about a damaged member (issue 24, items 1 and 2).
 
 The rule: ``verify`` exits 0 if and only if a plain ``join`` and ``mount`` (no option) succeed
 without a warning and give the source's bytes.  It exits 11 exactly when they succeed and give
-the source's bytes but warn about damage they worked around (a footer or index rebuilt by
-walking the records of a member that finished, a trailer); with any other exit code a plain
-join fails.
+the source's bytes but warn about damage they worked around (a header read from its copy or
+rebuilt, a manifest taken from another member, a footer or index rebuilt by walking the
+records of a member that finished, a trailer); with any other exit code a plain join fails.
 
 Checked by flipping one byte in each region of a member of a real dump (real CLI processes, a
 real FUSE mount read by this process), for a regular member and for a streamed one (``--disks
--``: its header is never rewritten, its trailer is authoritative).  Then the case issue 24
-reported, as the user met it.
+-``: its header is never rewritten, its trailer is authoritative).  Then the two cases issue 24
+reported, each as the user met it.
 """
 
 from __future__ import annotations
@@ -21,16 +21,16 @@ import sys
 
 import pytest
 
-from stripedump.format.structs import TRAILER_SIZE
+from stripedump.format.structs import HEADER_COPY_OFFSET, TRAILER_SIZE
 from stripedump.read.member import MemberReader
 
 from conftest import ROOT, run_cli
+from mount.test_mount import need_mount
 from waiting import wait_until
 
-# byte to flip -> the verdict verify must give (0: nothing it can see; 11: repaired; 7: a chunk;
-# 6 and 8: the member cannot be read, and so a plain join fails too)
-EXPECTED = {"header": 6, "header magic": 6, "header padding": 0, "header copy": 0,
-            "manifest head": 8, "manifest body": 8, "chunk header": 7, "chunk payload": 7,
+# byte to flip -> the verdict verify must give (0: nothing it can see; 11: repaired; 7: a chunk)
+EXPECTED = {"header": 11, "header magic": 11, "header padding": 0, "header copy": 11,
+            "manifest head": 11, "manifest body": 11, "chunk header": 7, "chunk payload": 7,
             "index body": 11, "index head": 11, "footer body": 11, "footer head": 11, "trailer": 11,
             "index and footer": 11}
 
@@ -46,7 +46,7 @@ def regions(path: str) -> dict[str, tuple[int, ...]]:
     finally:
         r.close()
     return {"header": (40,), "header magic": (0,), "header padding": (500,),
-            "header copy": (2048 + 40,), "manifest head": (4096 + 12,),
+            "header copy": (HEADER_COPY_OFFSET + 40,), "manifest head": (4096 + 12,),
             "manifest body": (4096 + 60,), "chunk header": (first.offset + 20,),
             "chunk payload": (first.offset + first.length - 3,), "index body": (ix + 40,),
             "index head": (ix + 1,), "footer body": (foff + flen - 10,), "footer head": (foff + 1,),
@@ -60,17 +60,6 @@ def flip(path: str, *offsets: int) -> None:
             b = f.read(1)
             f.seek(at)
             f.write(bytes([b[0] ^ 0x5A]))
-
-
-def need_mount() -> None:
-    if not os.path.exists("/dev/fuse"):
-        pytest.skip("no /dev/fuse: FUSE is not available here")
-    from stripedump.errors import MountError
-    from stripedump.mount.fusefs import load_fuse
-    try:
-        load_fuse()
-    except MountError as e:
-        pytest.skip(str(e))
 
 
 def mount_read(members, mnt) -> tuple[int, str, bytes | None]:
@@ -157,7 +146,7 @@ def test_member_never_finalized_verify_says_what_join_says(dumped, tmp_path):
     h, foff = r.header._replace(state=0, footer_offset=0, footer_length=0), r.header.footer_offset
     r.close()
     with open(members[1], "r+b") as f:
-        f.write(h.pack())
+        f.write(h.pack_block())
         f.truncate(foff)              # no footer, no trailer: as a killed dump leaves it
     v = run_cli("verify", *members)
     j = run_cli("join", *members, "-o", tmp_path / "out")
@@ -169,15 +158,7 @@ def test_member_never_finalized_verify_says_what_join_says(dumped, tmp_path):
 
 # -- the two cases as issue 24 reported them -------------------------------------
 
-@pytest.fixture
-def lz4_dump(tmp_path, vmcore):
-    b = vmcore("kernel")
-    members = [str(tmp_path / f"m{i}") for i in range(3)]
-    res = run_cli("dump", "-q", "--disks", ",".join(members), "--codec", "lz4", b.path)
-    assert res.rc == 0, res
-    with open(b.path, "rb") as f:
-        return f.read(), members
-
+# (lz4_dump: conftest.py)
 
 def test_footer_flipped_100_bytes_from_the_end(lz4_dump, tmp_path):
     """Item 1: verify said "all checksums good" and info "complete", but join and mount exited 6."""
@@ -196,6 +177,63 @@ def test_footer_flipped_100_bytes_from_the_end(lz4_dump, tmp_path):
     assert r["join"].rc == 0 and r["mount"][0] == 0
     assert f"join: warning: member {m[1]}: the member's footer" in r["join"].err
     assert f"mount: warning: member {m[1]}: the member's footer" in r["mount"][1]
+
+
+def test_header_byte_100_of_member_0(lz4_dump, tmp_path):
+    """Item 2: every command exited 6 advising --allow-incomplete, which failed the same way.
+
+    Now the header is read from its copy; with the copy damaged too (or on a member written
+    before the copy existed) it is rebuilt from the other members' headers and its trailer.
+    """
+    need_mount()
+    source, m = lz4_dump
+    out = str(tmp_path / "out")
+    for at in (100, HEADER_COPY_OFFSET + 100):
+        flip(m[0], at)
+        r = verdicts(m, out, str(tmp_path / "mnt"))
+        assert r["verify"].rc == 11, r
+        assert_rule(r, source, out)
+        os.unlink(out)
+    assert "rebuilt from the header of" in r["join"].err
+    alone = run_cli("join", m[0], "-o", out)          # nothing to rebuild it from: says what works
+    assert alone.rc == 6 and "give the dump's other members too" in alone.err, alone
+    assert "--allow-incomplete" not in alone.err      # it would not help: no other member is given
+
+
+def test_header_of_an_unfinished_member(lz4_dump, tmp_path):
+    """Item 2: an unfinished member whose header and copy are damaged: join says to add
+    --allow-incomplete, and that works with the member still on the command line."""
+    source, m = lz4_dump
+    r = MemberReader(m[0])
+    h, foff = r.header._replace(state=0, footer_offset=0, footer_length=0), r.header.footer_offset
+    r.close()
+    with open(m[0], "r+b") as f:
+        f.write(h.pack_block())
+        f.truncate(foff)                 # never finalized: no footer, no trailer
+    flip(m[0], 100, HEADER_COPY_OFFSET + 100)
+    j = run_cli("join", *m, "-o", tmp_path / "out")
+    assert j.rc == 8 and "its header is damaged" in j.err and "--allow-incomplete" in j.err, j
+    v = run_cli("verify", *m)
+    assert v.rc == 8, v
+    j = run_cli("join", "--allow-incomplete", *m, "-o", tmp_path / "out")
+    assert j.rc == 0, j
+    assert open(tmp_path / "out", "rb").read() == source          # every chunk had reached it
+    assert "it never finished" in j.err
+
+
+def test_header_beyond_repair_says_what_works(lz4_dump, tmp_path):
+    """Header, copy and manifest record of m0 damaged: nothing says which dump it is; the error
+    says that the same command with --allow-incomplete goes on without it, and it does."""
+    source, m = lz4_dump
+    flip(m[0], 100, HEADER_COPY_OFFSET + 100, 4096 + 12)
+    j = run_cli("join", *m, "-o", tmp_path / "out")
+    assert j.rc == 6 and "run the same command with --allow-incomplete" in j.err, j
+    assert "(it may stay on the command line)" in j.err
+    j = run_cli("join", "--allow-incomplete", *m, "-o", tmp_path / "out")
+    assert j.rc == 0, j
+    assert f"{m[0]}: not read (the member header is damaged" in j.err
+    v = run_cli("verify", *m)
+    assert v.rc == 8, v
 
 
 def test_a_damaged_footer_whose_walk_stops_short(lz4_dump, tmp_path):

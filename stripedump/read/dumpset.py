@@ -13,7 +13,7 @@ Where a member's chunks are found:
 * finished (its header or trailer says complete) but with a footer or index
   that cannot be read (a flipped byte): by walking its records, with no
   option needed; the walk must reach the footer's place, and the damage is
-  told (``repairs``: join and mount warn, verify exits 11);
+  told (``repairs``: join and mount warn, verify exits 11; repair.py);
 * never finalized (a killed dump, power loss, a full disk) or with a footer
   or index that cannot be read (a truncated member): by walking its records
   (``MemberReader.walk``).  That is allowed when the caller accepts an
@@ -37,6 +37,7 @@ from ..errors import IncompleteDump, MemberError, StripedumpError, VerifyError
 from ..format.structs import HEADER_BLOCK, KIND_PAGES, MAX_CHUNK_BYTES, STATE_COMPLETE, STATE_NAMES, IndexEntry
 from ..format.manifest import Manifest
 from .member import MemberReader, WalkReport, is_complete
+from .repair import pick_manifest, rebuild_headers
 from ..format.decode import read_chunk
 from ..format.plan import placement
 from ..source.vmcore import merge_ranges
@@ -74,13 +75,15 @@ class DumpSet:
         self.readers: list[MemberReader] = []
         self.unwritten: list[str] = []    # given, but the dump stopped before writing a header there
         self.unusable: dict[int, tuple[str, str]] = {}   # member index -> (path, why): no manifest to read
-        # given as ssh://, but not there to be read (host unreachable, no such file): (path, why);
-        # with allow_missing their member indexes count as missing (remote.RemoteError.absent)
+        # given as ssh://, but not there to be read (host unreachable, no such file), or with a
+        # header that cannot be read nor rebuilt (repair.rebuild_headers): (path, why); with
+        # allow_missing their member indexes count as missing (remote.RemoteError.absent)
         self.unreached: list[tuple[str, str]] = []
         try:
+            damaged = []
             for p in paths:
                 try:
-                    self.readers.append(MemberReader(p))
+                    r = MemberReader(p, damaged_ok=True)
                 except MemberError as e:
                     if allow_missing and getattr(e, "absent", False):
                         self.unreached.append((p, str(e).split(f"member {p}: ", 1)[-1]))
@@ -88,6 +91,10 @@ class DumpSet:
                     if not (allow_missing and _never_written(p)):
                         raise
                     self.unwritten.append(p)
+                    continue
+                (self.readers if r.header is not None else damaged).append(r)
+            # a header and its copy damaged: rebuilt from another member's (or counted as not read)
+            rebuild_headers(damaged, self.readers, allow_missing, self.unreached)
             if not self.readers and self.unreached:
                 p, why = self.unreached[0]
                 raise MemberError(f"no member could be read: member {p}: {why}")
@@ -96,13 +103,15 @@ class DumpSet:
                                   "writing any; nothing to recover")
             if newest_dump:
                 self._keep_newest_dump()
-            if allow_missing:
-                self._drop_unreadable_manifests()
+            ref, self.readers = pick_manifest(self.readers, allow_missing, self.unusable)
             self._check_set(allow_missing)
-            self.manifest = self.readers[0].manifest()      # the JSON dict, as written
-            self._check_manifest()
+            self.manifest = ref.manifest()      # the JSON dict, as written
+            self._check_manifest(ref)
         except BaseException:
             self.close()
+            for r in damaged:
+                if r.header is not None and r not in self.readers:
+                    r.close()
             raise
         self._sources: list[MemberSource | None] = [None] * len(self.readers)
         # --on-disk-error continue: chunks may live on any member
@@ -157,36 +166,6 @@ class DumpSet:
             out.update(m for m, _ in (f.degraded if f is not None else ()))
         return out
 
-    def _drop_unreadable_manifests(self) -> None:
-        """With members allowed missing: a member whose manifest cannot be read counts as missing.
-
-        (The dump stopped while writing its head, or the file was cut short:
-        no chunk of it can be placed without the manifest, which the other
-        members hold identically.)  If no member's manifest can be read, the
-        first error stands.
-        """
-        keep, first, ref = [], None, None
-        for r in self.readers:
-            try:
-                if ref is None:
-                    r.manifest()             # the one parsed; the others are compared with it
-                    ref = (r, r.pread(r.header.manifest_offset, r.header.manifest_length))
-                else:
-                    h = r.header
-                    if h.manifest_offset + h.manifest_length > r.size or \
-                            r.pread(h.manifest_offset, h.manifest_length) != ref[1]:
-                        r.manifest()         # cut off or damaged: raises; else _check_manifest names it
-                        r._manifest = None
-                keep.append(r)
-            except MemberError as e:
-                first = first or e
-                why = str(e).split(": ", 1)[-1].split("; join the other members")[0]
-                self.unusable[r.header.member_index] = (r.path, why)
-                r.close()
-        if not keep:
-            raise first
-        self.readers = keep
-
     def close(self) -> None:
         for r in self.readers:
             r.close()
@@ -228,9 +207,9 @@ class DumpSet:
         self.readers = [by_index[i] for i in sorted(by_index)]
         self.header = self.readers[0].header
 
-    def _check_manifest(self) -> None:
-        """The manifest checked once (manifest.Manifest), and the same in every member given."""
-        r0 = self.readers[0]
+    def _check_manifest(self, r0: MemberReader) -> None:
+        """The manifest checked once (manifest.Manifest), and the same in every member given
+        (a member whose own copy is damaged reads ``r0``'s: repair.pick_manifest)."""
         m = Manifest(self.manifest, self.header, r0.where)
         self.checked = m
         self.page_size, self.source_size = m.page_size, m.source_size
@@ -240,9 +219,11 @@ class DumpSet:
             raise MemberError(f"{r0.where}: the manifest and the member header disagree on the number "
                               "of members; the member is damaged")
         self.chunk_limit = max(1, min(self.plan.chunk_bytes, MAX_CHUNK_BYTES))     # no record may claim more
-        for r in self.readers[1:]:
+        for r in self.readers:
+            if r is r0 or r.manifest_from is not None:
+                continue
             if r.pread(r.header.manifest_offset, r.header.manifest_length) != \
-                    r0.pread(self.header.manifest_offset, self.header.manifest_length):
+                    r0.pread(r0.header.manifest_offset, r0.header.manifest_length):
                 raise MemberError(f"{r.where}: manifest differs from {r0.path}'s")
 
     @property
@@ -314,7 +295,8 @@ class DumpSet:
                 continue
             why = s.problem if s.footer is None else \
                 f"incomplete: {s.footer.note or 'no reason recorded'}"
-            out.append(IncompleteDump(f"{r.where} is {why}; the dump did not finish; {INCOMPLETE_HINT}"))
+            rebuilt = " (its header is damaged: rebuilt from the other members')" if r.header_error else ""
+            out.append(IncompleteDump(f"{r.where}{rebuilt} is {why}; the dump did not finish; {INCOMPLETE_HINT}"))
         return out
 
     def repairs(self) -> list[str]:
