@@ -18,9 +18,10 @@ RUNTIME_APT_PACKAGES = libfuse3-3 fuse3
 # strace: tests/test_durability.py checks the order of fsync and rename calls.
 # openssh-client, util-linux (flock), coreutils: the ssh:// targets (tests/remote/test_sshtarget.py);
 # openssh-server: the tests start their own sshd per "host" on 127.0.0.2, 127.0.0.3, ...
-# (tests/helpers/sshd.py); iproute2: tc for the network benchmark.
+# (tests/helpers/sshd.py); iproute2: tc for the network benchmark; openssl: the s3:// tests' TLS
+# certificates (their S3 store itself, SeaweedFS, comes with the test extra: tests/helpers/seaweed.py).
 TEST_APT_PACKAGES = makedumpfile crash python3-libkdumpfile libfuse2 strace openssh-client util-linux \
-	coreutils iproute2
+	coreutils iproute2 openssl
 
 .PHONY: setup system-deps test-deps demo test bench e2e clean
 

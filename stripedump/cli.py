@@ -168,11 +168,13 @@ def _add_dump(sub, common) -> None:
     d.add_argument("--disks", required=True, metavar="T1,T2,...",
                    help="targets: block devices (written from offset 0), files (created), "
                         "ssh://[user@]host[:port]/absolute/path (a member streamed to that host through "
-                        "ssh, as ~/.ssh/config says), or - (a member on standard output)")
+                        "ssh, as ~/.ssh/config says), s3://[PROFILE@]BUCKET/KEY (a member uploaded to "
+                        "an S3-compatible store as one object), or - (a member on standard output)")
     d.add_argument("--ssh-option", action="append", default=[], metavar="OPT",
                    help="pass -o OPT to ssh for ssh:// targets (repeatable; e.g. IdentityFile=/root/.ssh/kdump_id, "
                         "UserKnownHostsFile=..., BatchMode=no); these come before stripedump's own "
                         "BatchMode=yes, ConnectTimeout and ServerAliveInterval, so they win")
+    _add_s3(d, dump=True)
     d.add_argument("--codec", type=_codec, default=None, metavar="CODEC[:LEVEL]",
                    help="auto (the default) or auto:C,C,...: a codec per chunk, chosen from measured CPU "
                         "and disk rates; or one codec: none, lz4, snappy, lzo, zlib or zstd, with a level "
@@ -184,7 +186,8 @@ def _add_dump(sub, common) -> None:
     d.add_argument("--block-size", type=_size("--block-size", positive=True), default=0, metavar="SIZE",
                    help="compression block inside a chunk (default: one page)")
     d.add_argument("--memory-limit", type=_size("--memory-limit"), default=0, metavar="SIZE",
-                   help="cap on the shared buffer pool (default: a quarter of available memory)")
+                   help="cap on the shared buffer pool and the s3:// part buffers (default: a quarter "
+                        "of available memory)")
     d.add_argument("--direct-io", action="store_true",
                    help="write targets with O_DIRECT, bypassing the page cache")
     d.add_argument("--manifest", metavar="PATH", help="also write the manifest as JSON to PATH")
@@ -206,6 +209,43 @@ def _add_dump(sub, common) -> None:
     d.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
     d.add_argument("-v", "--verbose", action="count", default=0,
                    help="say more: the plan, the buffer pool, each member (-vv: each child process)")
+
+
+def _add_s3(p, dump: bool = False) -> None:
+    """The S3 options: where s3:// members without a profile of their own are, and (dump) how they
+    are uploaded.  Credentials come as for every AWS tool (environment, ~/.aws, profiles)."""
+    p.add_argument("--s3-endpoint", metavar="URL",
+                   help="the S3 endpoint of s3://BUCKET/KEY members (e.g. http://10.0.0.5:8333 for a "
+                        "non-AWS store; default: AWS, or AWS_ENDPOINT_URL_S3 / the profile's "
+                        "endpoint_url); s3://PROFILE@BUCKET/KEY uses that profile's own endpoint")
+    p.add_argument("--s3-ca-bundle", metavar="FILE",
+                   help="CA certificates that sign the store's TLS certificate (TLS is always "
+                        "verified; default: the system's, or AWS_CA_BUNDLE / the profile's ca_bundle)")
+    if dump:
+        p.add_argument("--s3-part-size", type=_size("--s3-part-size", positive=True), default="8M",
+                       metavar="SIZE", help="bytes per uploaded part, 5M to 5G (default 8M; raised when a "
+                                            "member could need more than 10,000 parts)")
+        p.add_argument("--s3-parts-in-flight", type=_positive_int, default=2, metavar="N",
+                       help="parts uploading at once per s3:// target (default 2); each target holds "
+                            "N + 1 parts in memory, counted in --memory-limit")
+
+
+def _s3_options(a, dump: bool = False):
+    """The S3Options of the command line, or None when no S3 option was given."""
+    from .remote.s3url import S3Options
+    if dump:
+        return S3Options(a.s3_endpoint, a.s3_ca_bundle, a.s3_part_size, a.s3_parts_in_flight)
+    if a.s3_endpoint is None and a.s3_ca_bundle is None:
+        return None
+    return S3Options(a.s3_endpoint, a.s3_ca_bundle)
+
+
+def _s3_read(a) -> None:
+    """A read command's --s3-endpoint / --s3-ca-bundle, for the s3:// members it opens."""
+    opts = _s3_options(a)
+    if opts is not None:
+        from .remote.s3read import configure
+        configure(opts)
 
 
 def _add_join(sub, common) -> None:
@@ -239,6 +279,7 @@ def _add_join(sub, common) -> None:
                    help="join a dump that did not finish, or without a missing member: recover every "
                         "chunk that reached disk, zeros for the rest; the missing ranges are reported")
     j.add_argument("--workers", type=_positive_int, default=0, metavar="N")
+    _add_s3(j)
     j.add_argument("--json", action="store_true",
                    help="print a JSON summary on stdout (on stderr with -o -)")
     j.add_argument("-q", "--quiet", action="store_true")
@@ -250,6 +291,7 @@ def _add_info(sub, common) -> None:
                        epilog="examples:\n  stripedump info /dev/sdb /dev/sdc\n"
                               "  stripedump info --json m0 m1\n\n" + EXIT_CODES)
     i.add_argument("members", nargs="+", metavar="MEMBER")
+    _add_s3(i)
     i.add_argument("--json", action="store_true")
 
 
@@ -259,6 +301,7 @@ def _add_verify(sub, common) -> None:
                        epilog="examples:\n  stripedump verify /dev/sdb /dev/sdc\n\n" + EXIT_CODES)
     v.add_argument("members", nargs="+", metavar="MEMBER")
     v.add_argument("--workers", type=_positive_int, default=0, metavar="N")
+    _add_s3(v)
     v.add_argument("--json", action="store_true")
     v.add_argument("-q", "--quiet", action="store_true")
 
@@ -315,6 +358,7 @@ def _add_mount(sub, common) -> None:
                               "  stripedump umount /mnt/dump\n\n" + EXIT_CODES)
     m.add_argument("members", nargs="+", metavar="MEMBER")
     m.add_argument("mountpoint", metavar="MOUNTPOINT")
+    _add_s3(m)
     m.add_argument("--allow-incomplete", action="store_true",
                    help="mount a dump that did not finish, or without a missing member: missing "
                         "chunks read as zeros")
@@ -390,7 +434,7 @@ def run_dump(a) -> int:
     cfg = DumpConfig(a.source, disks, a.codec, a.workers, a.chunk_size, a.block_size, a.force,
                      a.manifest, not a.no_mmap, a.direct_io, a.memory_limit,
                      on_disk_error=a.on_disk_error, io_timeout=a.io_timeout,
-                     ssh_options=tuple(a.ssh_option), dump_level=a.dump_level)
+                     ssh_options=tuple(a.ssh_option), dump_level=a.dump_level, s3=_s3_options(a, dump=True))
     from .runtime.progress import Output, Progress
     # output is best effort: a closed or full stdout/stderr never changes the dump or its exit code;
     # a member on standard output (--disks -) sends the summary to stderr
@@ -407,8 +451,9 @@ def run_dump(a) -> int:
         prog.close()
     for f in res.extra.get("degraded", []):   # shown even with -q: the dump lost a disk
         err.print(f"stripedump: warning: {f['error']}; dropped that target (--on-disk-error continue): "
-                  f"{f['moved']} of its chunks went to the other members; join needs every member, "
-                  f"{f['path']} included")
+                  f"{f['moved']} of its chunks went to the other members; "
+                  + ("its upload was not completed: join the other members without it"
+                     if f["path"].startswith("s3://") else f"join needs every member, {f['path']} included"))
     if a.json:
         out.print(json.dumps(res.to_json()))
     elif not a.quiet:
@@ -432,6 +477,7 @@ def run_join(a) -> int:
     else:
         from .kdump.join import join_kdump as join
     out = sys.stderr if a.output == "-" else sys.stdout   # stdout carries the dump
+    _s3_read(a)
     cfg = JoinConfig(tuple(a.members), a.output, a.force, _fit_workers(a, "join"), a.format, a.codec,
                      a.allow_incomplete)
     res = join(cfg, notice=None if a.quiet else
@@ -467,6 +513,7 @@ def run_join(a) -> int:
 
 def run_info(a) -> int:
     from .read.info import info, render
+    _s3_read(a)
     d = info(list(a.members))
     print(json.dumps(d, indent=1) if a.json else render(d))
     return ExitCode.OK
@@ -476,6 +523,7 @@ def run_verify(a) -> int:
     from .read.join import verify
     from .read.output import describe_missing, describe_unreadable, verdict
     from .runtime.progress import Progress
+    _s3_read(a)
     prog = Progress("verify", quiet=a.quiet)
     try:
         res = verify(list(a.members), _fit_workers(a, "verify"), progress=prog)
@@ -539,6 +587,7 @@ def run_bench(a) -> int:
 
 def run_mount(a) -> int:
     from .mount.lifecycle import mount
+    _s3_read(a)
     return mount(list(a.members), a.mountpoint, a.allow_incomplete, a.cache, a.foreground, a.log)
 
 

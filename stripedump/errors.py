@@ -112,6 +112,17 @@ class Repaired(StripedumpError):
     exit_code = ExitCode.REPAIRED
 
 
+class RemoteError(MemberError):
+    """An ``ssh://`` or ``s3://`` member cannot be read; ``absent``: it is not there (host or store
+    down, no such file or object)."""
+
+    wire_attrs = ("absent",)
+
+    def __init__(self, message: str, absent: bool = False):
+        super().__init__(message)
+        self.absent = absent
+
+
 class VerifyError(StripedumpError):
     exit_code = ExitCode.VERIFY
 

@@ -27,7 +27,7 @@ class DumpConfig(Frozen):
     """What to dump where, and how (plain.Frozen: no dataclass on the dump path, issue 12)."""
     __slots__ = ("source", "targets", "codec", "workers", "chunk_size", "block_size", "force", "manifest_path",
                  "use_mmap", "direct_io", "memory_limit", "discard", "stall_seconds", "on_disk_error",
-                 "io_timeout", "ssh_options", "dump_level")
+                 "io_timeout", "ssh_options", "dump_level", "s3")
 
     def __init__(self, source: str, targets: tuple[str, ...],
                  codec: Spec | None = None,         # a CodecSpec or an AutoSpec; None: lz4
@@ -44,7 +44,8 @@ class DumpConfig(Frozen):
                  on_disk_error: str = "stop",       # a target fails: "stop" the dump, or "continue" without it
                  io_timeout: float = 60.0,          # no byte reaches a target's device this long: it hung
                  ssh_options: tuple[str, ...] = (),   # ssh:// targets: -o OPT each (sshtarget.py)
-                 dump_level: int = 0):              # makedumpfile's -d bits (issue 11): pages left out
+                 dump_level: int = 0,               # makedumpfile's -d bits (issue 11): pages left out
+                 s3=None):                          # s3:// targets: remote.s3url.S3Options (None: defaults)
         if workers < 0:
             raise UsageError("--workers must be at least 1")
         if not io_timeout > 0:
@@ -63,7 +64,7 @@ class DumpConfig(Frozen):
                      ("manifest_path", manifest_path), ("use_mmap", use_mmap), ("direct_io", direct_io),
                      ("memory_limit", memory_limit), ("discard", discard), ("stall_seconds", stall_seconds),
                      ("on_disk_error", on_disk_error), ("io_timeout", io_timeout),
-                     ("ssh_options", tuple(ssh_options)), ("dump_level", dump_level)):
+                     ("ssh_options", tuple(ssh_options)), ("dump_level", dump_level), ("s3", s3)):
             object.__setattr__(self, k, v)
 
     @property

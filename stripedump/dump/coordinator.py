@@ -101,7 +101,9 @@ import time
 from ..errors import StripedumpError, TargetIOError, UsageError
 from ..format.manifest import build_manifest, dump_level_entry
 from ..format.plan import Plan
-from ..format.structs import FEATURE_EXCLUDED, FEATURE_STREAMED, HEADER_BLOCK, first_record_offset, pack_manifest
+from ..format.structs import (FEATURE_EXCLUDED, FEATURE_STREAMED, HEADER_BLOCK, first_record_offset, pack_manifest,
+                              record_bound)
+from ..remote.s3url import S3Options, is_s3
 from ..runtime.fileio import write_json_atomic
 from ..runtime.plain import Plain
 from ..runtime.procs import Signals
@@ -175,7 +177,7 @@ def _dump(cfg: DumpConfig, src: Source, t0: float, progress, say, sig=None) -> D
         _check_manifest_folder(cfg.manifest_path)
     # every target locked (canonical order) before any is truncated or written; held until the
     # members are finalized (targets.py: exclusive targets), closed when this block ends
-    with targets.open(start + 4096, cfg):
+    with targets.open(start + 4096, job.cfg):
         targets.warn_space(job.plan.input_bytes, say)
         chunk_pages, page_size = job.plan.chunk_pages, src.page_size
         targets.write_heads([new_member_header(
@@ -213,7 +215,9 @@ def _prepare(cfg: DumpConfig, src: Source, say) -> tuple[DumpJob, list[str]]:
     workers = max(1, min(workers, plan.n_chunks))    # a small dump starts no idle worker (issue 12)
     if not cfg.workers:
         workers = min(workers, -(-plan.n_chunks // CHUNKS_PER_WORKER))
-    fit = fit_pool(workers, nmem, plan.chunk_bytes, block_bytes, cfg.memory_limit, cfg.direct_io)
+    cfg, stream_bytes = _s3_parts(cfg, plan, block_bytes, say)
+    fit = fit_pool(workers, nmem, plan.chunk_bytes, block_bytes, cfg.memory_limit, cfg.direct_io,
+                   stream_bytes=stream_bytes)
     for note in ((too_many,) if too_many else ()) + fit.warnings:
         say(note, 0)
     cfg = cfg._replace(workers=fit.workers)
@@ -230,6 +234,21 @@ def _prepare(cfg: DumpConfig, src: Source, say) -> tuple[DumpJob, list[str]]:
         + (", O_DIRECT" if cfg.direct_io else ""))
     job = DumpJob(cfg, src, plan, targets, block_bytes, fit.slots, fit.slot_size, level)
     return job, [n for n in (too_many,) + fit.warnings if n]
+
+
+def _s3_parts(cfg: DumpConfig, plan: Plan, block_bytes: int, say) -> tuple[DumpConfig, int]:
+    """s3:// targets: the part size raised where a member holding every chunk (a degraded dump)
+    would need more than S3's 10,000 parts, and the uploaders' part buffers (for fit_pool)."""
+    n = sum(1 for p in cfg.targets if is_s3(p))
+    if not n:
+        return cfg, 0
+    asked = cfg.s3 or S3Options()
+    bound = plan.n_chunks * (record_bound(plan.chunk_bytes, block_bytes) + 64) + (16 << 20)
+    s3 = asked.fit_member(bound)
+    if s3.part_size != asked.part_size:
+        say(f"s3:// part size raised from {asked.part_size >> 20} MiB to {s3.part_size >> 20} MiB: a member "
+            f"of up to {bound / 2**30:.1f} GiB must fit in S3's 10,000 parts", 1)
+    return cfg._replace(s3=s3), n * s3.buffer_bytes()
 
 
 class DumpLevel(Plain):

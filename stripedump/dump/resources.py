@@ -64,14 +64,16 @@ class PoolFit(Frozen):
 
 
 def fit_pool(workers: int, disks: int, chunk_bytes: int, block_bytes: int, memory_limit: int = 0,
-             direct_io: bool = False, avail: int | None = None, as_room: int | None = None) -> PoolFit:
+             direct_io: bool = False, avail: int | None = None, as_room: int | None = None,
+             stream_bytes: int = 0) -> PoolFit:
     """Workers and buffer pool that fit the machine; lowered with a warning, refused only if nothing fits.
 
     slot = roundup(chunk + 4 * chunk/block + 52, 4 KiB): a chunk stored raw
     plus its block table.  Slots S = 2W + 2D: each worker fills one while the
     next waits, each writer writes one while the next waits; W + D at least.
-    The pool (S x slot) plus D staging buffers of 4 MiB with --direct-io must
-    fit in the limit; the default limit is a quarter of the available memory,
+    The pool (S x slot) plus D staging buffers of 4 MiB with --direct-io, plus
+    ``stream_bytes`` (the part buffers of the s3:// targets' uploaders,
+    s3put.py) must fit in the limit; the default limit is a quarter of the available memory,
     as makedumpfile sizes its cyclic buffer from free memory (raised up to
     half of it when one worker's pool would not fit in a quarter).  What
     cannot fit is lowered, never refused while one worker fits (a capture
@@ -86,7 +88,7 @@ def fit_pool(workers: int, disks: int, chunk_bytes: int, block_bytes: int, memor
       then fewer slots.
     """
     slot = -(-record_bound(chunk_bytes, block_bytes) // SLOT_ALIGN) * SLOT_ALIGN
-    stage = disks * STAGE_BYTES if direct_io else 0
+    stage = (disks * STAGE_BYTES if direct_io else 0) + stream_bytes
     avail = available_memory() if avail is None else avail
     as_room = address_space_room() if as_room is None else as_room
     notes = []

@@ -39,8 +39,10 @@ device be written.
 
 Streams (sshtarget.py): an ``ssh://`` target is checked and locked on its
 host by the one ssh connection that will carry the member, before any local
-target is locked, and is told to go only when every target passed; ``-``
-(standard output) is a stream nobody acknowledges and must not be a terminal.
+target is locked, and is told to go only when every target passed; an
+``s3://`` target likewise by its uploader (s3target.py: the object absent,
+no other upload open to it, the upload started); ``-`` (standard output) is
+a stream nobody acknowledges and must not be a terminal.
 
 A dump holds its targets as one ``TargetSet``, opened and closed in one
 place (coordinator.py): checked, opened and locked, heads written, handed
@@ -61,6 +63,8 @@ from ..runtime.fileio import fsync_dir
 from .writer import SYNC_EVERY, MemberWriter, write_member_head
 from ..runtime.plain import Plain
 from ..remote.sshtarget import SCHEME, Remote, Sink, SshUrl, close_quietly
+from ..remote.s3url import S3Url, is_s3
+from ..remote.s3target import S3Remote
 
 # (offset, magic, what) -- from util-linux libblkid's probers
 SIGNATURES = (
@@ -103,7 +107,7 @@ class Target(Plain):
                  capacity: int | None = None,   # bytes, for block devices
                  key: tuple = (),               # canonical lock order: ("blk", rdev) or ("ino", dev, ino)
                  stream: bool = False,          # written append-only: ssh:// or - (sshtarget.py)
-                 remote: Remote | None = None,  # ssh://: the ssh child and its checks (coordinator's)
+                 remote: Remote | S3Remote | None = None,  # ssh:// or s3://: its child and its checks
                  sink: Sink | None = None):     # a stream's acknowledgements (its writer's)
         self.path = path
         self.is_block = is_block
@@ -147,8 +151,8 @@ def check_targets(paths: list[str], source_st: os.stat_result, force: bool) -> l
     for p in paths:
         if not p:
             raise UsageError("empty target name in --disks")
-        if p == "-" or p.startswith(SCHEME):
-            key = SshUrl.parse(p).key if p != "-" else ("stdout",)
+        if p == "-" or p.startswith(SCHEME) or is_s3(p):
+            key = ("stdout",) if p == "-" else S3Url.parse(p).ident if is_s3(p) else SshUrl.parse(p).key
             if key in seen:
                 raise TargetRefused(f"target {p} is given twice (also as {seen[key]})")
             seen[key] = p
@@ -219,11 +223,11 @@ UDEV_LOCK_WAIT = 3.0   # seconds: udev holds a shared flock on a block device wh
 
 
 def open_targets(targets: list[Target], min_size: int, direct: bool = False, force: bool = False,
-                 ssh_options: tuple[str, ...] = (), timeout: float = 60.0) -> None:
+                 ssh_options: tuple[str, ...] = (), timeout: float = 60.0, s3=None) -> None:
     """Open, lock (canonical order, never waiting), re-check, then truncate every target.
 
-    Streams first: every ssh:// target's connection is started (in parallel)
-    and its remote checks and lock awaited, ``-`` is checked; then the local
+    Streams first: every ssh:// target's connection and every s3:// target's
+    uploader is started (in parallel) and its checks (and lock) awaited, ``-`` is checked; then the local
     targets as below; then the streams are told to go.  On any refusal or
     error every descriptor opened here is closed (releasing its lock), every
     ssh child ended, and nothing has been written or truncated.  The
@@ -231,7 +235,7 @@ def open_targets(targets: list[Target], min_size: int, direct: bool = False, for
     """
     flags = os.O_WRONLY | getattr(os, "O_CLOEXEC", 0) | (getattr(os, "O_DIRECT", 0) if direct else 0)
     try:
-        _open_streams([t for t in targets if t.stream], force, ssh_options, timeout)
+        _open_streams([t for t in targets if t.stream], force, ssh_options, timeout, s3)
         _open_and_lock([t for t in targets if not t.stream], flags, min_size, direct, force)
         for t in targets:
             if t.remote is not None:
@@ -242,7 +246,8 @@ def open_targets(targets: list[Target], min_size: int, direct: bool = False, for
         raise
 
 
-def _open_streams(targets: list[Target], force: bool, options: tuple[str, ...], timeout: float) -> None:
+def _open_streams(targets: list[Target], force: bool, options: tuple[str, ...], timeout: float,
+                  s3=None) -> None:
     for t in targets:
         if t.path == "-":
             if os.isatty(1):
@@ -254,6 +259,10 @@ def _open_streams(targets: list[Target], force: bool, options: tuple[str, ...], 
                 raise TargetIOError(f"target -: standard output: {e.strerror}") from None
             os.set_inheritable(t.fd, False)
             t.sink = Sink("-")
+        elif is_s3(t.path):
+            t.remote = S3Remote(t.path, force, s3, timeout)
+            t.fd = t.remote.fd
+            t.sink = Sink(t.path, t.remote.ack, t.remote.err, timeout)
         else:
             t.remote = Remote(t.path, force, options, timeout, SYNC_EVERY)
             t.fd = t.remote.fd
@@ -265,7 +274,8 @@ def _open_streams(targets: list[Target], force: bool, options: tuple[str, ...], 
 
 
 def end_streams(targets: list[Target], wait: float) -> None:
-    """Reap the ssh children (after their writers finished, or on a refusal: they get EOF)."""
+    """Reap the ssh children and s3 uploaders (after their writers finished, or on a refusal: they
+    get EOF)."""
     for t in targets:
         if t.remote is not None:
             t.remote.end(wait)
@@ -444,7 +454,7 @@ class TargetSet:
     still held, which releases its lock, and reaps the ssh children of the
     streams (their writers have finished by then, or they get EOF).
     """
-    STREAMS_END_WAIT = 10.0      # seconds an ssh child gets to confirm its member is on the disk
+    STREAMS_END_WAIT = 10.0      # seconds an ssh child or uploader gets to confirm its member is stored
 
     def __init__(self, targets: list[Target]):
         self.targets = targets
@@ -471,8 +481,9 @@ class TargetSet:
 
     def open(self, min_size: int, cfg) -> "TargetSet":
         """Open and lock every target (``cfg``: the DumpConfig's direct_io, force, ssh_options,
-        io_timeout, discard); the set is then the context manager that closes them."""
-        open_targets(self.targets, min_size, cfg.direct_io, cfg.force, cfg.ssh_options, cfg.io_timeout)
+        io_timeout, discard, s3); the set is then the context manager that closes them."""
+        open_targets(self.targets, min_size, cfg.direct_io, cfg.force, cfg.ssh_options, cfg.io_timeout,
+                     cfg.s3)
         self.direct, self.discard = cfg.direct_io, cfg.discard
         return self
 

@@ -41,6 +41,7 @@ import sys
 import time
 
 from ..errors import MountError
+from ..read.member import remote_before_fork
 from .fusefs import files_of, load_fuse, serve
 
 FSTYPE = "fuse.stripedump"              # type in /proc/self/mountinfo: "fuse." + subtype
@@ -182,9 +183,7 @@ def _foreground(mfusepy, files, mp, log_path) -> int:
 
 
 def _daemon(mfusepy, files, mp, log_path) -> int:
-    remote = sys.modules.get("stripedump.remote.sshread")
-    if remote is not None:
-        remote.before_fork()        # ssh:// members: the server reads on connections of its own
+    remote_before_fork()        # ssh:// and s3:// members: the server reads on connections of its own
     r, w = os.pipe()
     sys.stdout.flush()
     sys.stderr.flush()

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from ..errors import IncompleteDump, MemberError, StripedumpError, VerifyError
 from ..format.structs import HEADER_BLOCK, KIND_PAGES, MAX_CHUNK_BYTES, STATE_COMPLETE, STATE_NAMES, IndexEntry
 from ..format.manifest import Manifest
-from .member import MemberReader, WalkReport, is_complete
+from .member import MemberReader, WalkReport, is_complete, is_remote, open_remote
 from .repair import pick_manifest, rebuild_headers
 from ..format.decode import read_chunk
 from ..format.plan import placement
@@ -75,9 +75,9 @@ class DumpSet:
         self.readers: list[MemberReader] = []
         self.unwritten: list[str] = []    # given, but the dump stopped before writing a header there
         self.unusable: dict[int, tuple[str, str]] = {}   # member index -> (path, why): no manifest to read
-        # given as ssh://, but not there to be read (host unreachable, no such file), or with a
-        # header that cannot be read nor rebuilt (repair.rebuild_headers): (path, why); with
-        # allow_missing their member indexes count as missing (remote.RemoteError.absent)
+        # given as ssh:// or s3://, but not there to be read (host unreachable, no such file), or
+        # with a header that cannot be read nor rebuilt (repair.rebuild_headers): (path, why); with
+        # allow_missing their member indexes count as missing (errors.RemoteError.absent)
         self.unreached: list[tuple[str, str]] = []
         try:
             damaged = []
@@ -545,10 +545,9 @@ def _count_congruent(lo: int, hi: int, d: int, n: int) -> int:
 
 def _never_written(path: str) -> bool:
     """A file the dump stopped before writing a member header to: empty, or zeros where it goes."""
-    if path.startswith("ssh://"):          # a stream cut before the head reached the host
-        from ..remote.sshread import open_member
+    if is_remote(path):          # a stream cut before the head reached the host
         try:
-            f = open_member(path, head=False)
+            f = open_remote(path, head=False)
             try:
                 head = f.pread(0, min(HEADER_BLOCK, f.size))
             finally:

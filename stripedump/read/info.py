@@ -77,7 +77,7 @@ def info(members: list[str]) -> dict:
             out_members.append({"index": None, "path": p, "bytes": None,
                                 "state": "no member header (never written)", "chunks": None,
                                 "input_bytes": None, "note": None})
-        for p, why in ds.unreached:      # ssh:// members not there to be read
+        for p, why in ds.unreached:      # ssh:// and s3:// members not there to be read
             out_members.append({"index": None, "path": p, "bytes": None, "state": f"not read ({why})",
                                 "chunks": None, "input_bytes": None, "note": None})
         return {

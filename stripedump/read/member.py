@@ -24,6 +24,35 @@ from ..runtime.fileio import pread_exact
 MAX_MANIFEST_RECORD = MAX_MANIFEST   # a compressed manifest is never longer than the JSON it holds
 
 
+REMOTE_SCHEMES = {"ssh://": "stripedump.remote.sshread", "s3://": "stripedump.remote.s3read"}
+
+
+def is_remote(path) -> bool:
+    """An ``ssh://`` or ``s3://`` member: read through remote/ (sshread.py, s3read.py)."""
+    return isinstance(path, str) and path.startswith(tuple(REMOTE_SCHEMES))
+
+
+def open_remote(url: str, head: bool = True):
+    """The reader object of a remote member (``size``, ``pread``, ``prefetch``, ``close``); its
+    module and library (paramiko, botocore) are imported only now.  ``head``: keep its head and
+    tail bytes (a read pool worker, which reads records only, asks for none)."""
+    if url.startswith("s3://"):
+        from ..remote.s3read import open_member as s3_open
+        return s3_open(url, head)
+    from ..remote.sshread import open_member as ssh_open
+    return ssh_open(url, head)
+
+
+def remote_before_fork() -> None:
+    """Before a fork: every loaded remote kind drops this process's connections (each process opens
+    its own)."""
+    import sys
+    for name in REMOTE_SCHEMES.values():
+        mod = sys.modules.get(name)
+        if mod is not None:
+            mod.before_fork()
+
+
 class MemberReader:
     """One member opened for reading; every field bounds-checked before use.
 
@@ -36,14 +65,13 @@ class MemberReader:
         and the error in ``header_error`` (``repair.rebuild_header`` may rebuild it) instead of
         raising ``DamagedHeader``."""
         self.path = path
-        self.remote = None        # an ssh:// member: remote.RemoteFile (paramiko only then)
+        self.remote = None        # an ssh:// or s3:// member: open_remote's object
         self.fd = -1
         self.damage: list[str] = []     # what was damaged and worked around (repair.py words it)
         self.header_error: DamagedHeader | None = None
         self.manifest_from: str | None = None     # another member's path, when this one's was damaged
-        if path.startswith("ssh://"):
-            from ..remote.sshread import open_member
-            self.remote = open_member(path)
+        if is_remote(path):
+            self.remote = open_remote(path)
         else:
             try:
                 self.fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))

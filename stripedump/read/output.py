@@ -15,6 +15,7 @@ import os
 from dataclasses import dataclass, field
 
 from .dumpset import INCOMPLETE_HINT, DumpSet
+from .member import is_remote
 from ..source.elfhead import rebuilt_ranges
 from ..errors import IncompleteDump, MemberError, OutputError, Repaired, VerifyError
 from ..runtime.fileio import fsync_dir, write_exact
@@ -143,7 +144,7 @@ def describe_missing(report: dict, most: int = 16, verify: bool = False) -> list
             more = f" ... ({len(ranges) - most} more; --json lists all)" if len(ranges) > most else ""
             lines.append(f"{what}: {shown}{more}")
     for m in report["members"]:
-        if m["index"] is None and m["state"].startswith("not read"):     # an ssh:// member not there
+        if m["index"] is None and m["state"].startswith("not read"):     # an ssh:// or s3:// member not there
             lines.append(f"{m['path']}: {m['state']}")
         elif m["index"] is None:
             lines.append(f"{m['path']}: no member header (the dump stopped before writing one)")
@@ -179,7 +180,7 @@ class PartialOutput:
         if os.path.lexists(out) and not force:
             raise OutputError(f"output {out} exists; refusing to overwrite it (use --force)")
         for m in members:
-            if os.path.exists(out) and not m.startswith("ssh://") and os.path.samefile(out, m):
+            if os.path.exists(out) and not is_remote(m) and os.path.samefile(out, m):
                 raise OutputError(f"output {out} is one of the members")
         self.out, self.tmp = out, out + ".partial"
         try:

@@ -26,10 +26,10 @@ import logging
 import multiprocessing
 import os
 import queue
-import sys
 from typing import NamedTuple
 
 from ..errors import Interrupted, MemberError, StripedumpError
+from .member import is_remote, open_remote, remote_before_fork
 from ..runtime.ipc import ChunkRead, Failed, decode
 from ..runtime.procs import POLL, Signals, child_init, describe_exit, join_all, messages, queue_pair, spawn
 from .reader import MISSING, Dump
@@ -166,7 +166,7 @@ class _PoolReader:
     def record(self, t: Task, where: str):
         """The bytes of task ``t``'s record (a view of the buffer, for a local member)."""
         paths = self.dump.paths
-        if paths[t.member].startswith("ssh://"):
+        if is_remote(paths[t.member]):
             try:
                 rec = _remote(t.member, paths, self.remotes).pread(t.offset, t.length)
             except MemberError as e:
@@ -197,7 +197,7 @@ def _prefetch_remote(batch, paths, remotes: dict) -> None:
     """
     by_member: dict[int, list] = {}
     for t in batch:
-        if paths[t[0]].startswith("ssh://"):
+        if is_remote(paths[t[0]]):
             by_member.setdefault(t[0], []).append((t[2], t[3]))
     for pos, ranges in by_member.items():
         try:
@@ -213,9 +213,8 @@ def _remote(pos: int, paths, remotes: dict):
     if isinstance(f, StripedumpError):
         raise f
     if f is None:
-        from ..remote.sshread import open_member
         try:
-            f = remotes[pos] = open_member(paths[pos], head=False)
+            f = remotes[pos] = open_remote(paths[pos], head=False)
         except StripedumpError as e:
             remotes[pos] = e
             raise
@@ -256,9 +255,7 @@ def run_pool(dump: Dump, workers: int, make_handler, keep_going: bool, progress,
     run = _PoolRun(dump, workers, keep_going, progress, [] if unreadable is None else unreadable,
                    allow_incomplete, turns)
     tasks, run.events = queue_pair()
-    remote = sys.modules.get("stripedump.remote.sshread")
-    if remote is not None:
-        remote.before_fork()      # no SSH connection is shared with the workers: each opens its own
+    remote_before_fork()      # no SSH or S3 connection is shared with the workers: each opens its own
     run.procs = [spawn(pool_worker, f"stripedump-join-{i}", (i, dump, make_handler, tasks, run.events, turns))
                  for i in range(workers)]
     with Signals() as run.sig:

@@ -58,7 +58,7 @@ import re
 import socket
 import threading
 
-from ..errors import MemberError, UsageError
+from ..errors import MemberError, RemoteError, UsageError
 from .sshtarget import SCHEME, SshUrl
 
 REQUEST = 32768              # bytes per SFTP read request: what every server answers whole (paramiko's own size)
@@ -76,16 +76,6 @@ STATS = {"round_trips": 0, "requests": 0, "bytes": 0, "connections": 0}   # this
 
 def is_remote(path: str) -> bool:
     return isinstance(path, str) and path.startswith(SCHEME)
-
-
-class RemoteError(MemberError):
-    """An ``ssh://`` member cannot be read; ``absent``: it is not there (host down, no such file)."""
-
-    wire_attrs = ("absent",)
-
-    def __init__(self, message: str, absent: bool = False):
-        super().__init__(message)
-        self.absent = absent
 
 
 def parse(url: str) -> tuple[str | None, str, int | None, str]:

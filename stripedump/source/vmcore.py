@@ -171,6 +171,21 @@ def machine_name(em: int):
 
 
 def _parse_elf(f, size: int) -> ElfInfo:
+    elfclass, endian, machine, segs = _read_headers(f, size)
+    loads, note_segs = _check_segments(segs, size, elfclass)
+    if sum(s.filesz for s in note_segs) > 64 << 20:
+        raise VmcoreFormatError("PT_NOTE segments are implausibly large (> 64 MiB)")
+    note_bytes = b""
+    for s in note_segs:
+        f.seek(s.offset)
+        note_bytes += f.read(s.filesz)
+    info = ElfInfo(size, elfclass, endian, machine, DEFAULT_PAGE_SIZE, loads, note_segs, note_bytes)
+    _read_notes(info)
+    return info
+
+
+def _read_headers(f, size: int) -> tuple[int, str, str, list[Segment]]:
+    """(ELF class, byte order, machine, every program header): the ELF and program headers, checked."""
     if size < 16:
         raise VmcoreFormatError(f"file is too small to be an ELF core ({size} bytes)")
     f.seek(0)
@@ -205,7 +220,6 @@ def _parse_elf(f, size: int) -> ElfInfo:
         raise VmcoreFormatError(f"e_phentsize is {phentsize}, expected {want}")
     if phoff + phnum * phentsize > size:
         raise VmcoreFormatError(f"program headers ({phnum} at offset {phoff}) extend past end of file")
-    machine = machine_name(e_machine)
     table = read(phoff, phnum * phentsize, "the program headers")
     segs = []
     for i, h in enumerate(phdr.iter_unpack(table)):
@@ -215,6 +229,11 @@ def _parse_elf(f, size: int) -> ElfInfo:
             ptype, offset, vaddr, paddr, filesz, memsz, flags, align = h
         segs.append(Segment(i, ptype if ptype in (PT_LOAD, PT_NOTE) else -1, offset, vaddr, paddr, filesz,
                             memsz, flags, align))
+    return elfclass, endian, machine_name(e_machine), segs
+
+
+def _check_segments(segs: list[Segment], size: int, elfclass: int) -> tuple[list[Segment], list[Segment]]:
+    """(PT_LOADs with memory, PT_NOTEs), each within the file and the address space."""
     limit = 1 << elfclass
     loads, note_segs = [], []
     for s in segs:
@@ -234,14 +253,12 @@ def _parse_elf(f, size: int) -> ElfInfo:
             loads.append(s)
     if not loads:
         raise VmcoreFormatError("ELF core has no PT_LOAD segment with memory")
-    note_bytes = b""
-    if sum(s.filesz for s in note_segs) > 64 << 20:
-        raise VmcoreFormatError("PT_NOTE segments are implausibly large (> 64 MiB)")
-    for s in note_segs:
-        f.seek(s.offset)
-        note_bytes += f.read(s.filesz)
-    info = ElfInfo(size, elfclass, endian, machine, DEFAULT_PAGE_SIZE, loads, note_segs, note_bytes)
-    for n in parse_notes(note_bytes, endian):
+    return loads, note_segs
+
+
+def _read_notes(info: ElfInfo) -> None:
+    """VMCOREINFO, the CPU count and the page size, from the notes."""
+    for n in parse_notes(info.notes, info.endian):
         if n.name == b"VMCOREINFO" and not info.vmcoreinfo_raw:
             info.vmcoreinfo_raw = n.desc
             info.vmcoreinfo = parse_vmcoreinfo(n.desc)
@@ -257,7 +274,6 @@ def _parse_elf(f, size: int) -> ElfInfo:
             raise VmcoreFormatError(f"VMCOREINFO PAGESIZE={info.vmcoreinfo['PAGESIZE']!r} is not a "
                                     "power of two between 4 KiB and 1 MiB")
         info.page_size = ps
-    return info
 
 
 def build_phys_map(loads: list[Segment]) -> tuple[list[PhysExtent], list[tuple[PhysExtent, PhysExtent]]]:

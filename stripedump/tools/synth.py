@@ -163,60 +163,72 @@ def build(path: str, loads: list[Load], *, elfclass: int = 64, layout: str = "ke
             for o in range(0, total, len(blk)):
                 f.seek(o)
                 f.write(blk[:min(len(blk), total - o)])
-        # ELF header
-        ident = b"\x7fELF" + bytes([2 if e64 else 1, 1, 1, 0]) + bytes(8)
-        e_phnum = PN_XNUM if pn_xnum else phnum
-        e_shnum = 1 if use_sh else 0
-        machine = EM_X86_64 if e64 else EM_386
-        if e64:
-            eh = ident + struct.pack("<HHIQQQIHHHHHH", 4, machine, 1, 0, ph_off, sh_off, 0, ehsize,
-                                     phentsize, e_phnum, shentsize, e_shnum, 0)
-        else:
-            eh = ident + struct.pack("<HHIIIIIHHHHHH", 4, machine, 1, 0, ph_off, sh_off, 0, ehsize,
-                                     phentsize, e_phnum, shentsize, e_shnum, 0)
-        f.seek(0)
-        f.write(eh)
-        if use_sh:   # section header 0: sh_info holds the real phnum under PN_XNUM
-            info = phnum if pn_xnum else 0
-            if e64:
-                sh = struct.pack("<IIQQQQIIQQ", 0, 0, 0, 0, 0, 0, 0, info, 0, 0)
-            else:
-                sh = struct.pack("<IIIIIIIIII", 0, 0, 0, 0, 0, 0, 0, info, 0, 0)
-            f.seek(sh_off)
-            f.write(sh)
-        # program headers
-        phs = [(PT_NOTE, note_off, 0, 0, len(note), len(note), 0, 0)]
-        for ld, off in zip(loads, offsets):
-            phs.append((PT_LOAD, off, ld.vaddr, ld.paddr, ld.filesz, ld.memsz, 7, 0))
-        f.seek(ph_off)
-        for t, off, va, pa, fs, ms, fl, al in phs:
-            if e64:
-                f.write(struct.pack("<IIQQQQQQ", t, fl, off, va, pa, fs, ms, al))
-            else:
-                f.write(struct.pack("<IIIIIIII", t, off, va & 0xFFFFFFFF, pa, fs, ms, fl, al))
-        f.seek(note_off)
-        f.write(note)
-        # load data, in pieces so that a large source never sits in memory
-        for (fstart, pstart, n, ld), off in zip(placed, offsets):
-            junk_from = off - fstart + ld.filesz if layout == "kernel" else n
-            flip = (off - fstart, off - fstart + ld.filesz) if ld.differ else (0, 0)
-            for a in range(0, n, PIECE):
-                b = min(n, a + PIECE)
-                if content is None and b <= junk_from and flip[1] <= a:
-                    continue          # all zero: leave the hole
-                data = bytearray(b - a) if content is None else \
-                    bytearray(phys_bytes(pstart + a, b - a, ps, content))
-                # bytes beyond p_filesz inside a "kernel" load's pages are not
-                # memory the core describes: junk, so the residue must keep them
-                if junk_from < b:
-                    j = max(junk_from, a)
-                    data[j - a:] = bytes([0xA5]) * (b - j)
-                x, y = max(flip[0], a), min(flip[1], b)
-                if x < y:
-                    data[x - a:y - a] = bytes(v ^ 0xFF for v in data[x - a:y - a])
-                # junk-filled layouts need their zero pages written, not left as holes
-                _write_sparse(f, fstart + a, data, ps if sparse and layout != "gaps" else 0)
+        _write_headers(f, e64, loads, offsets, ehsize, phentsize, shentsize, phnum, ph_off, sh_off,
+                       use_sh, pn_xnum, note, note_off)
+        _write_loads(f, placed, offsets, layout, content, ps, sparse)
     return Built(path, total, loads, ps, elfclass, offsets)
+
+
+def _write_headers(f, e64: bool, loads, offsets, ehsize: int, phentsize: int, shentsize: int, phnum: int,
+                   ph_off: int, sh_off: int, use_sh: bool, pn_xnum: bool, note: bytes, note_off: int) -> None:
+    """The ELF header, section header 0 (qemu style, PN_XNUM), the program headers and the notes."""
+    # ELF header
+    ident = b"\x7fELF" + bytes([2 if e64 else 1, 1, 1, 0]) + bytes(8)
+    e_phnum = PN_XNUM if pn_xnum else phnum
+    e_shnum = 1 if use_sh else 0
+    machine = EM_X86_64 if e64 else EM_386
+    if e64:
+        eh = ident + struct.pack("<HHIQQQIHHHHHH", 4, machine, 1, 0, ph_off, sh_off, 0, ehsize,
+                                 phentsize, e_phnum, shentsize, e_shnum, 0)
+    else:
+        eh = ident + struct.pack("<HHIIIIIHHHHHH", 4, machine, 1, 0, ph_off, sh_off, 0, ehsize,
+                                 phentsize, e_phnum, shentsize, e_shnum, 0)
+    f.seek(0)
+    f.write(eh)
+    if use_sh:   # section header 0: sh_info holds the real phnum under PN_XNUM
+        info = phnum if pn_xnum else 0
+        if e64:
+            sh = struct.pack("<IIQQQQIIQQ", 0, 0, 0, 0, 0, 0, 0, info, 0, 0)
+        else:
+            sh = struct.pack("<IIIIIIIIII", 0, 0, 0, 0, 0, 0, 0, info, 0, 0)
+        f.seek(sh_off)
+        f.write(sh)
+    # program headers
+    phs = [(PT_NOTE, note_off, 0, 0, len(note), len(note), 0, 0)]
+    for ld, off in zip(loads, offsets):
+        phs.append((PT_LOAD, off, ld.vaddr, ld.paddr, ld.filesz, ld.memsz, 7, 0))
+    f.seek(ph_off)
+    for t, off, va, pa, fs, ms, fl, al in phs:
+        if e64:
+            f.write(struct.pack("<IIQQQQQQ", t, fl, off, va, pa, fs, ms, al))
+        else:
+            f.write(struct.pack("<IIIIIIII", t, off, va & 0xFFFFFFFF, pa, fs, ms, fl, al))
+    f.seek(note_off)
+    f.write(note)
+
+
+def _write_loads(f, placed, offsets, layout: str, content, ps: int, sparse: bool) -> None:
+    """Each PT_LOAD's pages (and a kernel layout's junk beyond p_filesz), in pieces."""
+    # load data, in pieces so that a large source never sits in memory
+    for (fstart, pstart, n, ld), off in zip(placed, offsets):
+        junk_from = off - fstart + ld.filesz if layout == "kernel" else n
+        flip = (off - fstart, off - fstart + ld.filesz) if ld.differ else (0, 0)
+        for a in range(0, n, PIECE):
+            b = min(n, a + PIECE)
+            if content is None and b <= junk_from and flip[1] <= a:
+                continue          # all zero: leave the hole
+            data = bytearray(b - a) if content is None else \
+                bytearray(phys_bytes(pstart + a, b - a, ps, content))
+            # bytes beyond p_filesz inside a "kernel" load's pages are not
+            # memory the core describes: junk, so the residue must keep them
+            if junk_from < b:
+                j = max(junk_from, a)
+                data[j - a:] = bytes([0xA5]) * (b - j)
+            x, y = max(flip[0], a), min(flip[1], b)
+            if x < y:
+                data[x - a:y - a] = bytes(v ^ 0xFF for v in data[x - a:y - a])
+            # junk-filled layouts need their zero pages written, not left as holes
+            _write_sparse(f, fstart + a, data, ps if sparse and layout != "gaps" else 0)
 
 
 def _write_sparse(f, offset: int, data, page_size: int) -> None:
