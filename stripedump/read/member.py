@@ -103,6 +103,7 @@ class MemberReader:
         self._manifest = None
         self._trailer: Trailer | None | bool = False
         self._footer: Footer | MemberError | None | bool = False
+        self._tail_footer: tuple[int, int] | None | bool = False
 
     def _read_header(self, block: bytes) -> MemberHeader:
         """The member header, or its copy at HEADER_COPY_OFFSET when the header fails its checks.
@@ -271,10 +272,11 @@ class MemberReader:
         if t is not None:
             return t.footer_offset, t.footer_length
         if self.version >= 2 and h.features_optional & FEATURE_STREAMED:
-            place = self._footer_before_end()
-            if place is not None:
-                self.damage.append("its trailer is damaged; its footer was found where the trailer begins")
-            return place
+            if self._tail_footer is False:         # looked for once, and told once
+                self._tail_footer = self._footer_before_end()
+                if self._tail_footer is not None:
+                    self.damage.append("its trailer is damaged; its footer was found where the trailer begins")
+            return self._tail_footer
         return None
 
     FOOTER_SEARCH = 1 << 20     # how far from its end a streamed member's footer is looked for

@@ -109,3 +109,25 @@ def test_info_tells_the_damage_and_what_join_does(lz4_dump, tmp_path):
     # the manifest record of the only member given cannot stand in: refused as before
     shutil.copy(m[1], tmp_path / "alone")
     assert run_cli("info", tmp_path / "alone").rc == 6
+
+
+def test_a_streamed_member_with_its_trailer_and_index_damaged(lz4_dump, tmp_path):
+    """A streamed member's trailer damaged (its footer is found where the trailer begins) and its
+    index too (its records are walked): join gives the source, each damage told once."""
+    source, m = lz4_dump
+    s0, s1 = tmp_path / "s0", tmp_path / "s1"
+    with open(s0, "wb") as f:
+        p = subprocess.run([sys.executable, "-m", "stripedump", "dump", "-q", "--disks", f"-,{s1}",
+                            "--codec", "lz4", str(tmp_path / "vmcore")], stdout=f, stderr=subprocess.PIPE,
+                           env=dict(os.environ, PYTHONPATH=ROOT))
+    assert p.returncode == 0, p.stderr
+    r = MemberReader(str(s0))
+    index_at = r.footer().index_offsets[0]
+    r.close()
+    flip(str(s0), os.path.getsize(s0) - 20, index_at + 40)
+    j = run_cli("join", s0, s1, "-o", tmp_path / "out")
+    assert j.rc == 0, j
+    assert open(tmp_path / "out", "rb").read() == source
+    warnings = [ln for ln in j.err.splitlines() if "warning" in ln]
+    assert len(warnings) == 2, j.err
+    assert "its trailer is damaged" in warnings[0] and "an index record" in warnings[1], j.err
