@@ -18,6 +18,10 @@ import sys
 
 from .version import __version__
 from .errors import ExitCode, StripedumpError, UsageError
+from .cliargs import (Parser as _Parser, codec as _codec, dump_level as _dump_level, formatter as _formatter,
+                      int_list as _int_list, join_codec as _join_codec, known as _known, member as _member,
+                      positive_int as _positive_int, seconds as _seconds, size as _size,
+                      ssh_read_option as _ssh_read_option, unrecognized as _unrecognized)
 
 EXIT_CODES = """exit codes:
   0    success
@@ -39,96 +43,6 @@ EXIT_CODES = """exit codes:
   129  stopped by SIGHUP; 130 by SIGINT; 143 by SIGTERM (a dump finalizes its members first)"""
 
 COMMANDS = ("dump", "join", "info", "verify", "bench", "mount", "umount")
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):   # one line, documented exit code
-        raise UsageError(f"{message} (see '{self.prog} --help')")
-
-
-def _formatter(prog):
-    return argparse.RawDescriptionHelpFormatter(prog, max_help_position=30, width=_columns() - 2)
-
-
-def _columns() -> int:
-    """shutil.get_terminal_size().columns, which argparse asks for when given no width, without
-    importing shutil (it imports bz2 and lzma: 3 ms of every run's fixed cost, issue 12)."""
-    import os
-    try:
-        columns = int(os.environ["COLUMNS"])
-    except (KeyError, ValueError):
-        columns = 0
-    if columns <= 0:
-        try:
-            columns = os.get_terminal_size(sys.__stdout__.fileno()).columns
-        except (AttributeError, ValueError, OSError):
-            columns = 0
-    return columns if columns > 0 else 80
-
-
-def _size(what, positive=False):
-    """A size like ``4M``; ``positive``: 0 is refused (a size the user gives must be one)."""
-    def parse(text):
-        from .runtime.units import parse_size
-        try:
-            v = parse_size(text, what)
-        except UsageError as e:
-            raise argparse.ArgumentTypeError(str(e)) from None
-        if positive and v == 0:
-            raise argparse.ArgumentTypeError(f"{what} must be more than 0 (got {text!r})")
-        return v
-    return parse
-
-
-def _codec(text):
-    from .format.codecs import parse_codec
-    try:
-        return parse_codec(text)
-    except UsageError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-
-
-def _join_codec(text):
-    """A kdump/flat page codec: those kdump has a flag for, or none (pages stored uncompressed)."""
-    from .format.codecs import BY_NAME
-    kdump = [n for n, c in BY_NAME.items() if c.kdump_flag is not None] + ["none"]
-    name = text.strip().lower().partition(":")[0]
-    if name not in kdump:
-        why = "kdump has no flag for it" if name in BY_NAME else "unknown codec"
-        raise argparse.ArgumentTypeError(f"{text!r} cannot compress kdump or flat pages ({why}); "
-                                         f"choose one of {', '.join(kdump)}")
-    return _codec(text)
-
-
-def _positive_int(text):
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1: {text!r}")
-    return v
-
-
-def _dump_level(text):
-    from .dump.config import MAX_DUMP_LEVEL
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if not 0 <= v <= MAX_DUMP_LEVEL:
-        raise argparse.ArgumentTypeError(f"must be from 0 to {MAX_DUMP_LEVEL} (a sum of 1, 2, 4, 8, 16): {text!r}")
-    return v
-
-
-def _seconds(text):
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if not v > 0 or v == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive number of seconds: {text!r}")
-    return v
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
@@ -176,7 +90,7 @@ def _add_dump(sub, common) -> None:
                         "BatchMode=yes, ConnectTimeout and ServerAliveInterval, so they win")
     _add_s3(d, dump=True)
     d.add_argument("--codec", type=_codec, default=None, metavar="CODEC[:LEVEL]",
-                   help="auto (the default) or auto:C,C,...: a codec per chunk, chosen from measured CPU "
+                   help="auto (the default) or auto:C+C+...: a codec per chunk, chosen from measured CPU "
                         "and disk rates; or one codec: none, lz4, snappy, lzo, zlib or zstd, with a level "
                         "for zlib/zstd")
     d.add_argument("--workers", type=_positive_int, default=0, metavar="N",
@@ -209,6 +123,26 @@ def _add_dump(sub, common) -> None:
     d.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
     d.add_argument("-v", "--verbose", action="count", default=0,
                    help="say more: the plan, the buffer pool, each member (-vv: each child process)")
+
+
+def _add_members(p) -> None:
+    """The members of join, info, verify and mount, and how ssh:// ones are reached."""
+    p.add_argument("members", nargs="+", type=_member, metavar="MEMBER",
+                   help="a member: a file, a block device, ssh://[user@]host[:port]/path or "
+                        "s3://[PROFILE@]BUCKET/KEY (not -: a member is read at random)")
+    p.add_argument("--ssh-option", action="append", default=[], type=_ssh_read_option, metavar="KEY=VALUE",
+                   help="for ssh:// members, as ssh -o over ~/.ssh/config (repeatable): HostName, Port, User, "
+                        "IdentityFile, IdentitiesOnly, UserKnownHostsFile, GlobalKnownHostsFile, "
+                        "StrictHostKeyChecking, ConnectTimeout, ServerAliveInterval, ServerAliveCountMax, "
+                        "ProxyCommand, BatchMode=yes; others are refused")
+
+
+def _reach(a) -> None:
+    """``--ssh-option``s of a reading command, for every ssh:// member it opens (this process and its
+    forked readers); sshread is imported only when there are some."""
+    if a.ssh_option:
+        from .remote.sshread import use_options
+        use_options(a.ssh_option)
 
 
 def _add_s3(p, dump: bool = False) -> None:
@@ -265,7 +199,7 @@ def _add_join(sub, common) -> None:
                               "codec when it is zlib, lzo, snappy or zstd, else lzo); pages of a dump "
                               "taken with one-page blocks in that codec are copied without "
                               "recompression; --codec none stores them uncompressed.\n\n" + EXIT_CODES)
-    j.add_argument("members", nargs="+", metavar="MEMBER")
+    _add_members(j)
     j.add_argument("-o", "--output", required=True, metavar="OUT",
                    help="the file to create; - (standard output) with --format flat")
     j.add_argument("--format", choices=("elf", "kdump", "flat"), default="elf",
@@ -290,7 +224,7 @@ def _add_info(sub, common) -> None:
                        help="describe a dump from its members",
                        epilog="examples:\n  stripedump info /dev/sdb /dev/sdc\n"
                               "  stripedump info --json m0 m1\n\n" + EXIT_CODES)
-    i.add_argument("members", nargs="+", metavar="MEMBER")
+    _add_members(i)
     _add_s3(i)
     i.add_argument("--json", action="store_true")
 
@@ -299,7 +233,7 @@ def _add_verify(sub, common) -> None:
     v = sub.add_parser("verify", parents=[common], formatter_class=_formatter,
                        help="check every checksum and that every chunk decompresses",
                        epilog="examples:\n  stripedump verify /dev/sdb /dev/sdc\n\n" + EXIT_CODES)
-    v.add_argument("members", nargs="+", metavar="MEMBER")
+    _add_members(v)
     v.add_argument("--workers", type=_positive_int, default=0, metavar="N")
     _add_s3(v)
     v.add_argument("--json", action="store_true")
@@ -356,7 +290,7 @@ def _add_mount(sub, common) -> None:
                               "  stripedump mount /dev/sdb /dev/sdc /mnt/dump\n"
                               "  crash /usr/lib/debug/vmlinux /mnt/dump/vmcore\n"
                               "  stripedump umount /mnt/dump\n\n" + EXIT_CODES)
-    m.add_argument("members", nargs="+", metavar="MEMBER")
+    _add_members(m)
     m.add_argument("mountpoint", metavar="MOUNTPOINT")
     _add_s3(m)
     m.add_argument("--allow-incomplete", action="store_true",
@@ -471,6 +405,7 @@ def _fit_workers(a, cmd: str) -> int:
 
 
 def run_join(a) -> int:
+    _reach(a)
     from .read.config import JoinConfig
     if a.format == "elf":
         from .read.join import join
@@ -499,19 +434,20 @@ def run_join(a) -> int:
     if a.json:
         print(json.dumps(res.to_json()), file=out)
     elif not a.quiet and a.format == "elf":
-        print(f"joined {res.chunks} chunks into {res.output} ({res.bytes_out / 1e6:.1f} MB), "
+        print(f"joined {res.chunk_words()} into {res.output} ({res.bytes_out / 1e6:.1f} MB), "
               f"{res.seconds:.2f} s, {res.mb_per_s:.1f} MB/s", file=out)
     elif not a.quiet:
         x = res.extra
         mem = x["memory_bytes"]
         where = "standard output" if a.output == "-" else res.output
-        print(f"joined {res.chunks} chunks into {where} as {a.format} ({x['codec']}, pages "
+        print(f"joined {res.chunk_words()} into {where} as {a.format} ({x['codec']}, pages "
               f"{x['pages']}): {mem / 1e6:.1f} MB of memory in {res.bytes_out / 1e6:.1f} MB, "
               f"{res.seconds:.2f} s, {mem / res.seconds / 1e6 if res.seconds else 0:.1f} MB/s", file=out)
     return ExitCode.OK
 
 
 def run_info(a) -> int:
+    _reach(a)
     from .read.info import info, render
     _s3_read(a)
     d = info(list(a.members))
@@ -520,6 +456,7 @@ def run_info(a) -> int:
 
 
 def run_verify(a) -> int:
+    _reach(a)
     from .read.join import verify
     from .read.output import describe_missing, describe_unreadable, verdict
     from .runtime.progress import Progress
@@ -544,19 +481,9 @@ def run_verify(a) -> int:
     if err is not None:
         raise err
     if not a.json and not a.quiet:
-        print(f"verified {res.chunks} chunks ({res.bytes_out / 1e6:.1f} MB of source) of dump "
+        print(f"verified {res.chunk_words()}, {res.bytes_out / 1e6:.1f} MB of source, of dump "
               f"{res.dump_id}: all checksums good, {res.seconds:.2f} s")
     return ExitCode.OK
-
-
-def _int_list(text: str, what: str) -> tuple[int, ...]:
-    try:
-        vals = tuple(int(x) for x in text.split(",") if x)
-    except ValueError:
-        raise UsageError(f"{what} takes numbers separated by commas (got {text!r})") from None
-    if not vals or min(vals) < 1:
-        raise UsageError(f"{what} values must be at least 1 (got {text!r})")
-    return vals
 
 
 def run_bench(a) -> int:
@@ -586,6 +513,7 @@ def run_bench(a) -> int:
 
 
 def run_mount(a) -> int:
+    _reach(a)
     from .mount.lifecycle import mount
     _s3_read(a)
     return mount(list(a.members), a.mountpoint, a.allow_incomplete, a.cache, a.foreground, a.log)
@@ -605,7 +533,14 @@ def main(argv: list[str] | None = None) -> int:
     debug = "--debug" in argv
     try:
         argv = _disks_first_dash(_normalize(argv))
-        a = build_parser(_command(argv)).parse_args(argv)
+        parser = build_parser(_command(argv))
+        # unknown long options first: argparse would complain of what they made it miss instead
+        extra = [x for x in argv[:argv.index("--") if "--" in argv else len(argv)]
+                 if x.startswith("--") and len(x) > 2 and not _known(parser, _command(argv), x)]
+        if not extra:
+            a, extra = parser.parse_known_args(argv)
+        if extra:
+            raise UsageError(_unrecognized(parser, _command(argv), extra))
         if not a.command:
             build_parser().print_help()
             return ExitCode.USAGE

@@ -28,6 +28,7 @@ LAYERS = [
     ("kdump",),
     ("mount",),
     ("service", "tools"),
+    ("cliargs",),
     ("cli", "__init__"),
     ("__main__",),
 ]

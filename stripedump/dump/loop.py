@@ -247,7 +247,7 @@ class Coordinator:
             self.say(f"{why}; abandoned its writer (pid {writers[d].pid})")
             if cur is not None:          # the slot it is writing never comes back
                 self.slots.retire(cur[1])
-            self.members_done[d] = MemberDone(d, iow.position(d), 0, 0, {})
+            self.members_done[d] = MemberDone(d, iow.position(d), 0, 0, {}, 0)
             if self.crew.routes is None or final:
                 self.fail(TargetIOError(why))
                 continue
@@ -311,7 +311,7 @@ class Coordinator:
     def finish_here(self, d: int, note: str) -> None:
         """Member ``d``'s writer never started (a failed fork): finalize it here, as incomplete."""
         try:
-            self.members_done[d] = MemberDone(d, self.targets.writer(d).finish(STATE_INCOMPLETE, note), 0, 0, {})
+            self.members_done[d] = MemberDone(d, self.targets.writer(d).finish(STATE_INCOMPLETE, note), 0, 0, {}, 0)
         except StripedumpError as e:
             self.fail(e)
 
@@ -324,6 +324,7 @@ class Coordinator:
         if self.auto is not None:
             extra.update(self.auto.report())
         if self.job.level is not None:
-            extra.update(level_report(self.job.level.entry, self.crew.classes, self.unclassified))
+            extra.update(level_report(self.job.level.entry, self.crew.classes, self.unclassified,
+                                      sum(m.excluded for m in self.members_done.values())))
         return dump_result(self.job, self.targets.paths, [self.members_done[d].length for d in range(self.D)],
                            extra)

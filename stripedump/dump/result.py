@@ -59,9 +59,9 @@ class DumpResult(Plain):
         lv = self.extra.get("dump_level")
         if lv is None:
             return ""
-        per = ", ".join(f"{k} {n}" for k, n in lv["excluded"].items() if n)
+        from ..levels.pagebits import left_out_text    # a dump without -d never imports levels/
         return (f"; dump level {lv['applied']}" + (f" (asked {lv['asked']})" if lv["applied"] != lv["asked"] else "")
-                + f": {lv['excluded_pages']} pages left out" + (f" ({per})" if per else ""))
+                + ": " + left_out_text(lv))
 
     def to_json(self) -> dict:
         return {"dump_id": self.dump_id, "source": self.source, "codec": self.codec,
@@ -90,11 +90,14 @@ def stopped(error: StripedumpError, lost: str) -> StripedumpError:
     return IncompleteDump(f"dump incomplete: {error}{held} written before the failure")
 
 
-def level_report(entry: dict, counters, unclassified: int) -> dict:
+def level_report(entry: dict, counters, unclassified: int, excluded: int) -> dict:
     """dump -d N, for the summary and --json: the level asked and applied (``entry``: the manifest's),
-    the pages left out per class (``counters``: the workers' shared counters, or None where the level
-    applied is 0), and the chunks whose classification failed (their pages kept)."""
+    the pages left out (``excluded``: the writers' count, which their footers hold) and per class
+    (``counters``: the workers' shared counters, or None where the level applied is 0), the zero
+    pages (kept, as zero blocks), and the chunks whose classification failed (their pages kept).
+    The same keys as ``info --json``'s dump_level: read/info.py, docs/dumplevels.md."""
     per = dict(class_totals(counters)) if counters is not None else {}
-    unread = per.pop("struct_unread", 0)
-    return {"dump_level": {**entry, "excluded_pages": sum(per.values()), "excluded": per,
+    unread, zero = per.pop("struct_unread", 0), per.pop("zero", 0)
+    return {"dump_level": {**entry, "excluded_pages": excluded, "excluded": per, "zero_pages": zero,
                            "struct_unreadable_pages": unread, "unclassified_chunks": unclassified}}
+

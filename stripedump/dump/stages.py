@@ -268,7 +268,8 @@ class _WriterLoop:
             if not failed:        # a dropped target's finish may well fail: it was reported already
                 self.events.put(Failed.of(f"writer {self.d}", e))
             length = writer.pos
-        self.events.put(MemberDone(self.d, length, writer.chunks, writer.bytes_in, self.taken))
+        self.events.put(MemberDone(self.d, length, writer.chunks, writer.bytes_in, self.taken,
+                                   writer.excluded_pages))
 
 
 def release_output() -> None:

@@ -321,10 +321,13 @@ class CodecSpec(Spec):
 
 
 DEFAULT_LADDER = ("none", "lz4", "zstd:1", "zstd:3", "zstd:9")
+# auto's list of codecs: ``auto:lz4+zstd:3``, the one syntax of dump's --codec and bench's --codecs
+# (whose own list is split at commas); ``auto:lz4,zstd:3``, the older form, is taken as the same
+AUTO_SEP, AUTO_SEP_ALIAS = "+", ","
 
 
 class AutoSpec(Spec):
-    """``auto`` or ``auto:CODEC,CODEC,...``: the ladder the dump's controller chooses from per chunk.
+    """``auto`` or ``auto:CODEC+CODEC+...``: the ladder the dump's controller chooses from per chunk.
 
     A plain frozen class, not a dataclass: auto is the default codec, so this is on every
     dump's path (issue 12's fixed cost, tests/test_fixedcost.py)."""
@@ -342,9 +345,10 @@ class AutoSpec(Spec):
             raise UsageError(f"not an auto codec spec: {text!r}")
         if not colon:
             return cls(tuple(CodecSpec.parse(c) for c in DEFAULT_LADDER))
-        names = [c for c in rest.split(",")]
+        names = rest.replace(AUTO_SEP_ALIAS, AUTO_SEP).split(AUTO_SEP)
         if not rest or any(not c.strip() for c in names):
-            raise UsageError(f"--codec {text!r}: auto: needs a list of codecs, e.g. auto:lz4,zstd:3")
+            raise UsageError(f"{text!r}: auto: needs a list of codecs joined by {AUTO_SEP!r}, "
+                             f"e.g. auto:lz4{AUTO_SEP}zstd:3")
         ladder = tuple(dict.fromkeys(CodecSpec.parse(c) for c in names))
         return cls(ladder, True)
 
@@ -385,11 +389,11 @@ class AutoSpec(Spec):
         return self.ladder[self.start].make()
 
     def __str__(self) -> str:
-        return "auto" + (":" + ",".join(str(s) for s in self.ladder) if self.explicit else "")
+        return "auto" + (":" + AUTO_SEP.join(str(s) for s in self.ladder) if self.explicit else "")
 
 
 def parse_codec(text: str) -> Spec:
-    """A CodecSpec, or an AutoSpec for ``auto``/``auto:...``; raises UsageError."""
+    """A CodecSpec, or an AutoSpec for ``auto``/``auto:C+C+...``; raises UsageError."""
     if text.strip().lower().partition(":")[0] == "auto":
         return AutoSpec.parse(text)
     return CodecSpec.parse(text)

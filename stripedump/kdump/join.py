@@ -40,7 +40,7 @@ import sys
 import time
 
 from ..read import reader
-from ..format.codecs import BY_NAME, CodecSpec
+from ..format.codecs import BY_NAME, AutoSpec, CodecSpec
 from ..read.config import JoinConfig
 from ..read.dumpset import DumpSet
 from ..errors import OutputError, UsageError, VerifyError
@@ -62,6 +62,14 @@ DEFAULT_CODEC = "lzo"
 KDUMP_CODECS = tuple(n for n, c in BY_NAME.items() if c.kdump_flag is not None)
 
 
+def _auto_ladder(ds) -> list[str] | None:
+    """The codec names an auto dump's chunks may be in (its ladder, as the manifest says), or None."""
+    try:
+        return list(dict.fromkeys(s.name for s in AutoSpec.parse(str(ds.manifest.get("codec"))).ladder))
+    except UsageError:
+        return None
+
+
 def choose_codec(ds, asked: CodecSpec | None) -> tuple[CodecSpec, str, str | None]:
     """(codec for the pages, COPY/NONE/TRANSCODE, why not copy: a notice, or None)."""
     dump_cls, dump_spec = dump_codec(ds)
@@ -73,9 +81,14 @@ def choose_codec(ds, asked: CodecSpec | None) -> tuple[CodecSpec, str, str | Non
             raise UsageError(f"kdump pages cannot be {asked.name}-compressed (kdump has no flag for it); "
                              f"choose one of {', '.join(KDUMP_CODECS)}, or none")
         asked = asked or CodecSpec(DEFAULT_CODEC)
-        copied = (f"chunks stored in {asked.name} are copied, the others transcoded to {asked}"
-                  if ds.block_bytes == ds.page_size else f"transcoding every page to {asked} (the dump "
-                  f"was compressed in {ds.block_bytes // 1024} KiB blocks)")
+        ladder = _auto_ladder(ds)
+        if ds.block_bytes != ds.page_size:
+            copied = (f"transcoding every page to {asked} (the dump was compressed in "
+                      f"{ds.block_bytes // 1024} KiB blocks)")
+        elif ladder is not None and asked.name not in ladder:     # auto never chose it: nothing to copy
+            copied = f"auto chose among {', '.join(ladder)}, never {asked.name}: transcoding every page to {asked}"
+        else:
+            copied = f"chunks stored in {asked.name} are copied, the others transcoded to {asked}"
         return asked, TRANSCODE, f"the dump's chunks mix codecs (--codec auto): {copied}"
     if asked is not None and asked.name not in KDUMP_CODECS:
         raise UsageError(f"kdump pages cannot be {asked.name}-compressed (kdump has no flag for it); "
@@ -276,6 +289,6 @@ def join_kdump(cfg: JoinConfig, progress=None, notice=None) -> JoinResult:
                  "utsname": uts_from, "memory_bytes": memory,
                  "unreadable": unreadable_report(bad, lay.page_size),
                  **missing_report(ds, missing, ds.header_pieces), **excluded_report(kept, lay.page_size),
-                 "repaired": dump.repairs}
+                 "page_chunks_only": True, "repaired": dump.repairs}
         return JoinResult(ds.dump_id, cfg.output, size, ok, time.monotonic() - t0, errors, extra)
 

@@ -42,6 +42,7 @@ import time
 
 from ..errors import MountError
 from ..read.member import remote_before_fork
+from ..runtime.progress import Output
 from .fusefs import files_of, load_fuse, serve
 
 FSTYPE = "fuse.stripedump"              # type in /proc/self/mountinfo: "fuse." + subtype
@@ -111,7 +112,9 @@ def check_mountpoint(path: str) -> str:
     except OSError as e:
         raise MountError(f"mount point {path} cannot be listed: {e.strerror}") from None
     if entries:
-        raise MountError(f"mount point {path} is not empty ({len(entries)} entries)")
+        raise MountError(f"mount point {path} is not empty ({len(entries)} "
+                         f"{'entry' if len(entries) == 1 else 'entries'}: {', '.join(sorted(entries)[:3])}"
+                         f"{', ...' if len(entries) > 3 else ''})")
     return mp
 
 
@@ -158,7 +161,9 @@ def mount(members: list[str], mountpoint: str, allow_incomplete: bool = False,
             except OSError as e:
                 raise MountError(f"--log {log_path} cannot be written: {e.strerror}") from None
         if foreground:
-            return _foreground(mfusepy, files, mp, log_path)
+            what = (f"dump {dump.ds.dump_id} ({len(members)} member(s): {', '.join(members)}) as "
+                    f"{', '.join(files)}")
+            return _foreground(mfusepy, files, mp, log_path, what)
         return _daemon(mfusepy, files, mp, log_path)
     finally:
         dump.close()
@@ -175,10 +180,18 @@ def _setup_logging(handler) -> None:
     logging.getLogger("fuse").setLevel(logging.CRITICAL)   # mfusepy's own chatter
 
 
-def _foreground(mfusepy, files, mp, log_path) -> int:
+def _foreground(mfusepy, files, mp, log_path, what: str) -> int:
     _setup_logging(_log_handler(log_path, True))
-    if not serve(mfusepy, files, mp):
+
+    def ready():        # said once, on the terminal (also with --log): where, what, how to stop it
+        Output(sys.stderr).print(
+            f"stripedump: mount: serving {what} on {mp} (pid {os.getpid()}); stop it with Ctrl-C, "
+            f"kill {os.getpid()} or 'stripedump umount {mp}'")
+        if log_path:
+            log.info("serving %s (pid %d)", mp, os.getpid())
+    if not serve(mfusepy, files, mp, ready):
         raise MountError(f"mounting {mp} failed (libfuse said why above)")
+    log.info("unmounted %s", mp)
     return 0
 
 

@@ -201,8 +201,8 @@ class DumpSet:
         if self.absent and not allow_missing and not set(self.absent) <= self._named_dropped():
             raise MemberError(f"dump {uuid.UUID(bytes=h0.dump_id)} has {h0.member_count} members; "
                               f"missing member(s) {', '.join(map(str, self.absent))} "
-                              f"(given: {', '.join(r.path for r in self.readers)}); join "
-                              "--allow-incomplete goes on without them")
+                              f"(given: {', '.join(r.path for r in self.readers)}); with "
+                              "--allow-incomplete, join and mount go on without them")
         # present members in member-index order; locations() names them by position here
         self.readers = [by_index[i] for i in sorted(by_index)]
         self.header = self.readers[0].header

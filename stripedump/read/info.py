@@ -18,6 +18,7 @@ from .dumpset import DumpSet
 from .reader import ChunkIndex
 from ..format.codecs import BY_ID
 from ..format.structs import STATE_NAMES
+from ..levels.pagebits import left_out_text
 from ..source.vmcore import parse_notes, parse_vmcoreinfo
 
 
@@ -92,7 +93,8 @@ def info(members: list[str]) -> dict:
                        "osrelease": vmcoreinfo.get("OSRELEASE"), "crashtime": vmcoreinfo.get("CRASHTIME")},
             "members": out_members,
             **({"dump_level": {**level, "excluded_pages": excluded,
-                               "excluded": {k: v for k, v in classes.items() if k != "struct_unread"},
+                               "excluded": {k: v for k, v in classes.items() if k not in ("struct_unread", "zero")},
+                               "zero_pages": classes.get("zero", 0),
                                "struct_unreadable_pages": classes.get("struct_unread", 0)}}
                if level is not None else {}),
             "degraded": [[m, n] for m, n in sorted(ds.dropped.items())],
@@ -113,6 +115,7 @@ def _crashtime(text: str) -> str:
 
 
 def render(d: dict) -> str:
+    from .output import chunk_kinds
     s = d["source"]
     created = datetime.datetime.fromtimestamp(d["created"] or 0, datetime.timezone.utc)
     lines = [
@@ -125,7 +128,8 @@ def render(d: dict) -> str:
         f"memory:     {s['pages']} pages of {s['page_size']} bytes in {s['pfn_ranges']} range(s), "
         f"{s['residue_bytes']} bytes of headers and padding",
         f"codec:      {d['codec']}, chunks of {d['chunk_bytes']} bytes, blocks of {d['block_bytes']} bytes, "
-        f"{d['chunks']} chunks, placed {d['placement']}",
+        f"{d['chunks']} chunks ({chunk_kinds({'dump_chunks': d['chunks'], 'page_chunks': d['page_chunks']})}), "
+        f"placed {d['placement']}",
         *(["by codec:   " + ", ".join(
             f"{n} {c['chunks']} chunk(s) ({_mb(c['raw_bytes'])} -> {_mb(c['stored_bytes'])})"
             for n, c in d["codecs"].items())] if d.get("codecs") else []),
@@ -189,9 +193,7 @@ def _level_lines(lv: dict | None) -> list[str]:
     """dump -d N: the level asked and applied, what lowered it, the pages left out per class."""
     if lv is None:
         return []
-    per = ", ".join(f"{k} {n}" for k, n in lv["excluded"].items() if n)
-    lines = [f"dump level: {lv['applied']} applied ({lv['asked']} asked); {lv['excluded_pages']} page(s) "
-             "left out" + (f": {per}" if per else "")
+    lines = [f"dump level: {lv['applied']} applied ({lv['asked']} asked); {left_out_text(lv)}"
              + (f"; {lv['struct_unreadable_pages']} page(s) kept whose struct page could not be read"
                 if lv.get("struct_unreadable_pages") else "")]
     if lv["missing"]:

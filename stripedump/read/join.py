@@ -243,7 +243,7 @@ def _join_filtered(cfg: JoinConfig, dump, kept: KeptMap, progress, t0: float) ->
     return JoinResult(ds.dump_id, cfg.output, felf.size, ok, time.monotonic() - t0, errors,
                       {"format": "elf", "unreadable": unreadable_report(bad, ds.page_size),
                        **missing_report(ds, missing, ds.header_pieces), **excluded_report(kept, ds.page_size),
-                       "segments": len(felf.loads), "repaired": dump.repairs})
+                       "segments": len(felf.loads), "page_chunks_only": True, "repaired": dump.repairs})
 
 
 def verify(members: list[str], workers: int = 0, progress=None) -> JoinResult:

@@ -10,6 +10,7 @@ first record of another dump or a torn write.
 from __future__ import annotations
 
 import os
+import stat
 import struct
 import zlib
 
@@ -22,6 +23,11 @@ from ..format.structs import (CHUNK_HEADER_SIZE, FEATURE_STREAMED, FOOTER_MAGIC,
 from ..runtime.fileio import pread_exact
 
 MAX_MANIFEST_RECORD = MAX_MANIFEST   # a compressed manifest is never longer than the JSON it holds
+# Why a member is never a stream (standard input, a pipe, a FIFO): it is read at random, and by more
+# than one process (issue 24 item 16, and what to do instead)
+NOT_A_STREAM = ("a member is read at random (its header, the index at its end, its records by several "
+                "processes), which a pipe cannot give: save the stream first (ssh HOST cat PATH > m0), or "
+                "give the member where it is as ssh://HOST/PATH or s3://BUCKET/KEY (read in place)")
 
 
 REMOTE_SCHEMES = {"ssh://": "stripedump.remote.sshread", "s3://": "stripedump.remote.s3read"}
@@ -77,6 +83,9 @@ class MemberReader:
                 self.fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
             except OSError as e:
                 raise MemberError(f"member {path}: cannot open: {e.strerror}") from None
+            if stat.S_ISFIFO(os.fstat(self.fd).st_mode) or stat.S_ISSOCK(os.fstat(self.fd).st_mode):
+                self.close()
+                raise MemberError(f"member {path} is a pipe; {NOT_A_STREAM}")
         try:
             self.size = self.remote.size if self.remote is not None else os.lseek(self.fd, 0, os.SEEK_END)
             if self.size < MemberHeader.STRUCT.size and self.size >= 8:

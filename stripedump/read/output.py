@@ -47,6 +47,26 @@ class JoinResult:
                 "chunks": self.chunks, "seconds": round(self.seconds, 6),
                 "mb_per_s": round(self.mb_per_s, 3), "errors": self.errors, **self.extra}
 
+    def chunk_words(self) -> str:
+        """The chunks read, named as ``info`` counts them: every chunk of the dump (``dump_chunks``),
+        of which ``page_chunks`` hold memory pages and the rest the source's headers, notes and
+        padding; kdump output and a filtered dump's ELF file read only the page chunks (issue 24:
+        "joined 512 chunks" beside info's 514)."""
+        x = self.extra
+        total, pages, n = x["dump_chunks"], x["page_chunks"], self.chunks
+        if x.get("page_chunks_only"):
+            return ((f"the dump's {pages}" if n == pages else f"{n} of the dump's {pages}")
+                    + " chunks of memory pages" + (f" (not its {total - pages} of the source's headers, "
+                                                   "notes and padding: this output has headers of its own)"
+                                                   if total > pages else ""))
+        return (f"{n} chunks" if n == total else f"{n} of the dump's {total} chunks") + f" ({chunk_kinds(x)})"
+
+
+def chunk_kinds(counts: dict) -> str:
+    """``dump_chunks`` split as ``info`` splits them: memory pages, and the rest."""
+    pages, other = counts["page_chunks"], counts["dump_chunks"] - counts["page_chunks"]
+    return f"{pages} of memory pages" + (f", {other} of the source's headers, notes and padding" if other else "")
+
 
 def _ranges_left(ranges, cuts) -> list[tuple[int, int]]:
     return [r for a, b in ranges for r in subtract_ranges((a, b), cuts)]
@@ -85,7 +105,8 @@ def missing_report(ds: DumpSet, missing: list[int], pieces: list | None = None) 
                   "recoverable_chunks": share_chunks - len(gone), "recoverable_bytes": share_bytes - gone_bytes,
                   "missing_chunks": len(gone), "missing_pages": sum(b - a for a, b in mp),
                   "missing": [list(r) for r in mp], "missing_file_ranges": [list(r) for r in mf]})
-    return {"complete": not missing, "missing_chunks": len(missing),
+    return {"dump_chunks": ds.plan.n_chunks, "page_chunks": ds.plan.n_page_chunks,
+            "complete": not missing, "missing_chunks": len(missing),
             "recoverable_chunks": ds.plan.n_chunks - len(missing),
             "recoverable_bytes": ds.plan.input_bytes - total_bytes,
             "missing_pages": sum(b - a for a, b in pfns), "missing_bytes": total_bytes,

@@ -14,7 +14,9 @@ else in stripedump speaks SSH on the read side.
   IdentitiesOnly, UserKnownHostsFile, StrictHostKeyChecking, ConnectTimeout,
   ServerAliveInterval x ServerAliveCountMax as the longest wait for an
   answer, ProxyCommand); a port or user in the URL wins over the
-  configuration.
+  configuration.  ``--ssh-option KEY=VALUE`` (``use_options``) applies
+  those of ``READ_OPTIONS`` over it, as ``ssh -o`` does (an IdentityFile
+  given is tried first); any other is refused, naming these.
   Keys come from the agent, the configured identity files and the default
   ones.  Host keys are checked against the known_hosts files; an unknown
   host is refused unless the configuration says ``StrictHostKeyChecking
@@ -72,6 +74,16 @@ IO_TIMEOUT = 120.0           # seconds without an answer on an open connection: 
 
 STATS = {"round_trips": 0, "requests": 0, "bytes": 0, "connections": 0}   # this process's, for tests and bench
 
+# --ssh-option of join, info, verify and mount: the ssh -o options a reader applies (over the
+# configuration, as ssh applies -o); BatchMode yes is how it always runs (nothing is ever asked)
+READ_OPTIONS = ("HostName", "Port", "User", "IdentityFile", "IdentitiesOnly", "UserKnownHostsFile",
+                "GlobalKnownHostsFile", "StrictHostKeyChecking", "ConnectTimeout", "ServerAliveInterval",
+                "ServerAliveCountMax", "ProxyCommand", "BatchMode")
+_NUMBERS = {"port": int, "connecttimeout": float, "serveraliveinterval": float, "serveralivecountmax": int}
+# this process's options (use_options, by the command line); forked readers (pool workers, the mount
+# server) inherit them with the connections' other settings
+_options: list[tuple[str, str]] = []
+
 
 
 def is_remote(path: str) -> bool:
@@ -115,11 +127,44 @@ _orphans: list = []                    # connections inherited through fork: kep
 _conns_lock = threading.Lock()
 
 
+def parse_option(text: str) -> tuple[str, str]:
+    """One ``--ssh-option`` (``Key=Value`` or ``Key Value``, as ``ssh -o`` takes it), checked: the
+    lower-case key and the value; an option a reader does not apply is a UsageError naming those it does."""
+    key, sep, value = text.partition("=")
+    if not sep:
+        key, _, value = text.strip().partition(" ")
+    key, value = key.strip(), value.strip()
+    if key.lower() not in {k.lower() for k in READ_OPTIONS}:
+        raise UsageError(f"--ssh-option {text!r}: {key or 'no key'} is not applied when reading members (over "
+                         f"SFTP with paramiko, not ssh); these are: {', '.join(READ_OPTIONS)}")
+    if not value:
+        raise UsageError(f"--ssh-option {text!r}: no value (KEY=VALUE)")
+    key = key.lower()
+    if key == "batchmode" and value.lower() != "yes":
+        raise UsageError(f"--ssh-option {text!r}: reading members never asks for a password or passphrase: "
+                         "keys come from ssh-agent or identity files (BatchMode yes is how it runs)")
+    try:
+        _NUMBERS.get(key, str)(value)
+    except ValueError:
+        raise UsageError(f"--ssh-option {text!r}: {value!r} is not a number") from None
+    return key, value
+
+
+def use_options(options) -> None:
+    """Apply these ``--ssh-option``s (``parse_option``'s pairs) to every connection this process makes."""
+    _options[:] = [parse_option(o) if isinstance(o, str) else o for o in options]
+
+
 def _ssh_config(host: str) -> dict:
     import paramiko
     path = os.path.expanduser("~/.ssh/config")
     cfg = paramiko.SSHConfig.from_path(path) if os.path.exists(path) else paramiko.SSHConfig()
-    return cfg.lookup(host)
+    out = cfg.lookup(host)
+    given = [v for k, v in _options if k == "identityfile"]      # tried first, then the configured ones
+    if given:
+        out["identityfile"] = given + [f for f in out.get("identityfile", []) if f not in given]
+    out.update((k, v) for k, v in _options if k not in ("identityfile", "batchmode"))
+    return out
 
 
 def _where(user: str, host: str, port: int) -> str:
@@ -140,28 +185,11 @@ def _connect(url: str, user: str | None, host: str, port: int | None) -> _Conn:
     port = port or int(cfg.get("port", 22))
     user = user or cfg.get("user") or getpass.getuser()
     key = (user, hostname, port)
-    with _conns_lock:
-        c = _conns.get(key)
-        if c is not None and c.pid != os.getpid():      # inherited through fork: not ours to use
-            _orphans.append(_conns.pop(key))
-            c = None
-        if c is not None and not c.closed and c.client.get_transport() is not None \
-                and c.client.get_transport().is_active():
-            return c
+    c = _cached(key)
+    if c is not None:
+        return c
     where = _where(user, hostname, port)
-    client = paramiko.SSHClient()
-    known = cfg.get("userknownhostsfile")
-    files = [os.path.expanduser(f) for f in known.split()] if known else [os.path.expanduser("~/.ssh/known_hosts")]
-    files.append(cfg.get("globalknownhostsfile", "/etc/ssh/ssh_known_hosts"))
-    for f in files:
-        if os.path.isfile(f):
-            try:
-                client.load_system_host_keys(f)
-            except Exception as e:
-                raise RemoteError(f"member {url}: known hosts file {f} cannot be read: {e}") from None
-    strict = str(cfg.get("stricthostkeychecking", "yes")).lower()
-    client.set_missing_host_key_policy(_Accept() if strict in ("no", "off", "accept-new")
-                                       else paramiko.RejectPolicy())
+    client, files = _client(url, cfg)
     idents = [os.path.expanduser(f) for f in cfg.get("identityfile", [])]
     only = str(cfg.get("identitiesonly", "no")).lower() == "yes"
     timeout = float(cfg.get("connecttimeout", CONNECT_TIMEOUT))
@@ -179,7 +207,7 @@ def _connect(url: str, user: str | None, host: str, port: int | None) -> _Conn:
     except paramiko.AuthenticationException as e:
         client.close()
         raise RemoteError(f"member {url}: {where} refused the login ({_say(e)}); an ssh-agent key or an "
-                          "IdentityFile in ~/.ssh/config must be one the host accepts") from None
+                          "IdentityFile (~/.ssh/config, --ssh-option) must be one the host accepts") from None
     except paramiko.ssh_exception.NoValidConnectionsError as e:
         client.close()
         why = "; ".join(sorted({_say(x) for x in e.errors.values()})) or _say(e)
@@ -204,7 +232,7 @@ def _connect(url: str, user: str | None, host: str, port: int | None) -> _Conn:
             raise RemoteError(f"member {url}: the host key of {hostname} port {port} is not in known_hosts "
                               f"({', '.join(files[:-1])}): refused; connect once with ssh to check and "
                               "record it, or set StrictHostKeyChecking no for that host in "
-                              "~/.ssh/config") from None
+                              "~/.ssh/config (or --ssh-option)") from None
         raise RemoteError(f"member {url}: SSH to {where} failed: {text}", absent=_gone(e)) from None
     except OSError as e:
         client.close()
@@ -214,6 +242,39 @@ def _connect(url: str, user: str | None, host: str, port: int | None) -> _Conn:
     with _conns_lock:
         _conns[key] = c
     return c
+
+
+def _cached(key: tuple) -> "_Conn | None":
+    """This process's live connection to (user, address, port), if there is one."""
+    with _conns_lock:
+        c = _conns.get(key)
+        if c is not None and c.pid != os.getpid():      # inherited through fork: not ours to use
+            _orphans.append(_conns.pop(key))
+            c = None
+        if c is not None and not c.closed and c.client.get_transport() is not None \
+                and c.client.get_transport().is_active():
+            return c
+    return None
+
+
+def _client(url: str, cfg: dict):
+    """(a paramiko SSHClient that knows the configured known hosts and checks host keys as
+    StrictHostKeyChecking says, the known hosts files it looked in: the user's, then the global one)."""
+    import paramiko
+    client = paramiko.SSHClient()
+    known = cfg.get("userknownhostsfile")
+    files = [os.path.expanduser(f) for f in known.split()] if known else [os.path.expanduser("~/.ssh/known_hosts")]
+    files.append(cfg.get("globalknownhostsfile", "/etc/ssh/ssh_known_hosts"))
+    for f in files:
+        if os.path.isfile(f):
+            try:
+                client.load_system_host_keys(f)
+            except Exception as e:
+                raise RemoteError(f"member {url}: known hosts file {f} cannot be read: {e}") from None
+    strict = str(cfg.get("stricthostkeychecking", "yes")).lower()
+    client.set_missing_host_key_policy(_Accept() if strict in ("no", "off", "accept-new")
+                                       else paramiko.RejectPolicy())
+    return client, files
 
 
 def _io_timeout(cfg: dict) -> float:

@@ -223,9 +223,10 @@ class Lost(Event, tag="lost", fields=("member", "chunk")):
     __slots__ = ()
 
 
-class MemberDone(Event, tag="done", fields=("member", "length", "chunks", "bytes_in", "taken")):
+class MemberDone(Event, tag="done", fields=("member", "length", "chunks", "bytes_in", "taken", "excluded")):
     """Writer -> coordinator: ``member`` is finalized (``length`` bytes, ``chunks`` chunks of
-    ``bytes_in`` source bytes; ``taken``: {dropped member: its chunks stored here})."""
+    ``bytes_in`` source bytes; ``taken``: {dropped member: its chunks stored here}; ``excluded``:
+    pages a dump level left out of its chunks, as its footer counts them)."""
     __slots__ = ()
 
 

@@ -155,9 +155,9 @@ class BenchConfig:
 
 
 def parse_codecs(text: str) -> tuple:
-    """``lz4,zstd:3,auto`` -> specs; ``auto:lz4+zstd:3`` is auto over those codecs (``+``, as ``,`` splits the list)."""
+    """``lz4,zstd:3,auto`` -> specs; ``auto:lz4+zstd:3`` is auto over those codecs, as for dump's --codec."""
     from ..format.codecs import parse_codec
-    codecs = tuple(parse_codec(c.replace("+", ",")) for c in text.split(",") if c.strip())
+    codecs = tuple(parse_codec(c) for c in text.split(",") if c.strip())
     if not codecs:
         raise UsageError("--codecs is empty")
     return codecs
@@ -251,8 +251,8 @@ def need_matplotlib() -> None:
         assert matplotlib
     except ImportError:
         raise UsageError("--plot needs matplotlib, which is not installed in this Python (install it "
-                         "with this environment's pip: pip install matplotlib); or leave out --plot") \
-            from None
+                         "with this environment's pip: pip install matplotlib, or from the checkout: "
+                         "pip install '.[bench]'); or leave out --plot") from None
 
 
 def preflight(cfg: BenchConfig, plot_path: str | None = None) -> None:
@@ -364,44 +364,74 @@ def bench(cfg: BenchConfig, report=None) -> list[dict]:
 
 
 def table(rows: list[dict]) -> str:
+    """The rows for people; auto rows end with how many chunks each codec got (as --json's auto_chunks)."""
+    auto = any(r.get("auto_chunks") for r in rows)
     head = f"{'data':<6} {'codec':<8} {'workers':>7} {'disks':>5} {'mode':<8} {'MB/s':>9} {'ratio':>6} " \
-           f"{'CPU %':>6} {'peak MiB':>8} {'seconds':>8}"
+           f"{'CPU %':>6} {'peak MiB':>8} {'seconds':>8}" + ("  chunks per codec (auto)" if auto else "")
     lines = [head, "-" * len(head)]
     for r in rows:
-        lines.append(f"{r['data']:<6} {r['codec']:<8} {r['workers']:>7} {r['disks']:>5} "
-                     f"{'write' if r['write'] else 'no-write':<8} "
-                     f"{r['mb_per_s']:>9.1f} {r['ratio']:>6.2f} {r['cpu_percent']:>6.0f} "
-                     f"{r['peak_memory_bytes'] / 2**20:>8.1f} {r['seconds']:>8.2f}")
+        lines.append((f"{r['data']:<6} {r['codec']:<8} {r['workers']:>7} {r['disks']:>5} "
+                      f"{'write' if r['write'] else 'no-write':<8} "
+                      f"{r['mb_per_s']:>9.1f} {r['ratio']:>6.2f} {r['cpu_percent']:>6.0f} "
+                      f"{r['peak_memory_bytes'] / 2**20:>8.1f} {r['seconds']:>8.2f}"
+                      + ("  " + ", ".join(f"{c} {n}" for c, n in r.get("auto_chunks", {}).items()) if auto else ""))
+                     .rstrip())
     return "\n".join(lines)
 
 
-def plot(rows: list[dict], path: str, title: str = "") -> None:
-    """The talk's chart: MB/s per codec, 1 CPU beside N CPUs, one group per disk count."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise UsageError("--plot needs matplotlib (pip install matplotlib)") from None
+def _workers(n: int) -> str:
+    """The table's word for worker processes, in the plot's legend too."""
+    return f"{n} worker" + ("s" if n != 1 else "")
+
+
+def figure(rows: list[dict], title: str = ""):
+    """The talk's chart, per disk count: MB/s per codec, one bar per worker count (min-max bars
+    over the runs of --repeat), and below it the compression ratio of each bar (auto and none
+    look fast partly because they compress little).  Returns the matplotlib figure."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
     rows = [r for r in rows if r["write"]] or rows
     disks = sorted({r["disks"] for r in rows})
     codecs = list(dict.fromkeys(r["codec"] for r in rows))
     workers = sorted({r["workers"] for r in rows})
-    fig, axes = plt.subplots(1, len(disks), figsize=(4 + 3 * len(disks), 4.5), sharey=True, squeeze=False)
+    fig, axes = plt.subplots(2, len(disks), figsize=(4 + 3 * len(disks), 7), sharex="col", sharey="row",
+                             squeeze=False, gridspec_kw={"height_ratios": (3, 2)})
     width = 0.8 / len(workers)
-    for ax, d in zip(axes[0], disks):
+    for col, d in enumerate(disks):
+        speed, ratio = axes[0][col], axes[1][col]
         for k, w in enumerate(workers):
-            ys = [next((r["mb_per_s"] for r in rows if r["disks"] == d and r["workers"] == w
-                        and r["codec"] == c), 0) for c in codecs]
-            ax.bar([i + k * width for i in range(len(codecs))], ys, width,
-                   label=f"{w} CPU" + ("s" if w > 1 else ""))
-        ax.set_xticks([i + width * (len(workers) - 1) / 2 for i in range(len(codecs))])
-        ax.set_xticklabels(codecs)
-        ax.set_title(f"{d} disk" + ("s" if d > 1 else ""))
-        ax.grid(axis="y", alpha=0.3)
-    axes[0][0].set_ylabel("MB/s of dump (source bytes per second)")
+            got = [next((r for r in rows if r["disks"] == d and r["workers"] == w and r["codec"] == c), None)
+                   for c in codecs]
+            xs = [i + k * width for i in range(len(codecs))]
+            ys = [r["mb_per_s"] if r else 0 for r in got]
+            runs = [r.get("runs_mb_per_s") or [r["mb_per_s"]] if r else [0] for r in got]
+            spread = [[y - min(v) for y, v in zip(ys, runs)], [max(v) - y for y, v in zip(ys, runs)]]
+            many = any(len(v) > 1 for v in runs)
+            speed.bar(xs, ys, width, label=_workers(w), color=f"C{k}",
+                      **({"yerr": spread, "capsize": 3, "ecolor": "black"} if many else {}))
+            ratio.bar(xs, [r["ratio"] if r else 0 for r in got], width, color=f"C{k}")
+        speed.set_title(f"{d} disk" + ("s" if d > 1 else ""))
+        ratio.set_xticks([i + width * (len(workers) - 1) / 2 for i in range(len(codecs))])
+        ratio.set_xticklabels(codecs)
+        for ax in (speed, ratio):
+            ax.grid(axis="y", alpha=0.3)
+    axes[0][0].set_ylabel("MB/s of dump (source bytes per second)"
+                          + ("\nmedian, bars: min to max of the runs" if any("runs_mb_per_s" in r for r in rows)
+                             else ""))
+    axes[1][0].set_ylabel("compression ratio\n(source bytes / member bytes)")
     axes[0][-1].legend()
-    fig.suptitle(title or "stripedump throughput by codec, CPUs and disks")
+    fig.suptitle(title or "stripedump throughput by codec, workers and disks")
     fig.tight_layout()
+    return fig
+
+
+def plot(rows: list[dict], path: str, title: str = "") -> None:
+    """``figure`` saved as a PNG at ``path``."""
+    try:
+        fig = figure(rows, title)
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise UsageError("--plot needs matplotlib (pip install matplotlib, or pip install '.[bench]')") from None
     fig.savefig(path, dpi=100)
     plt.close(fig)

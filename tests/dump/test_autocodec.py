@@ -127,9 +127,10 @@ def test_estimates_follow_the_data():
 def test_specs():
     assert str(parse_codec("auto")) == "auto"
     assert [str(s) for s in AutoSpec.parse("auto").ladder] == list(DEFAULT_LADDER)
-    s = parse_codec("auto:zstd:3,lz4,zstd:3")
-    assert str(s) == "auto:zstd:3,lz4" and s.start == 1 and s.codec_id == 4
-    for bad in ("auto:", "auto:bogus", "auto:lz4,", "auto:zstd:99"):
+    s = parse_codec("auto:zstd:3+lz4+zstd:3")
+    assert str(s) == "auto:zstd:3+lz4" and s.start == 1 and s.codec_id == 4
+    assert parse_codec("auto:zstd:3,lz4") == s           # the older form, taken as the same
+    for bad in ("auto:", "auto:bogus", "auto:lz4,", "auto:lz4+", "auto:+lz4", "auto:zstd:99"):
         with pytest.raises(UsageError):
             parse_codec(bad)
 
@@ -141,6 +142,23 @@ def test_bad_specs_are_usage_errors(tmp_path, vmcore, spec, needle):
     r = run_cli("dump", "--codec", spec, "--disks", str(tmp_path / "m0"), b.path)
     assert_one_line_error(r, 2, needle)
     assert not os.path.exists(tmp_path / "m0")
+
+
+def test_one_auto_list_syntax_for_dump_and_bench(tmp_path, vmcore):
+    """Issue 24 item 10: bench took auto:none+lz4, dump auto:lz4,zstd:3, and dump --codec auto:lz4+zstd
+    exited 2.  Now C+C is the syntax of both (bench's --codecs list is split at commas); dump also
+    takes the older comma form; what the dump, info and bench print is what one types."""
+    from stripedump.tools.bench import parse_codecs
+    b = vmcore("kernel")
+    for i, given in enumerate(("auto:lz4+zstd:3", "auto:lz4,zstd:3")):
+        members = [str(tmp_path / f"{i}m{k}") for k in range(2)]
+        r = run_cli("dump", "--codec", given, "--chunk-size", "64K", "--disks", ",".join(members), b.path)
+        assert r.rc == 0, r
+        assert ", auto:lz4+zstd:3, ratio " in r.out, r.out
+        info = run_cli("info", *members)
+        assert "codec:      auto:lz4+zstd:3," in info.out, info.out
+    assert [str(s) for s in parse_codecs("auto:none+lz4,lz4,auto")] == ["auto:none+lz4", "lz4", "auto"]
+    assert parse_codecs("auto:lz4+zstd:3")[0] == parse_codec("auto:lz4,zstd:3")
 
 
 # -- real dumps ------------------------------------------------------------------
@@ -163,7 +181,7 @@ def test_auto_round_trip_is_byte_identical(tmp_path, vmcore):
     assert r.rc == 0, r
 
 
-MIX = "auto:lz4,zstd:3,none"     # the warm-up gives zstd:3 and none one chunk each: a mixed dump
+MIX = "auto:lz4+zstd:3+none"     # the warm-up gives zstd:3 and none one chunk each: a mixed dump
 
 
 def _mixed(tmp_path, vmcore, **kw):
@@ -269,6 +287,6 @@ def test_auto_in_process_with_a_slow_sync_interval(tmp_path, vmcore):
     """The API: an AutoSpec in DumpConfig; the writers publish their timed syncs (several per member)."""
     b = vmcore("kernel")
     targets = (str(tmp_path / "a"), str(tmp_path / "b"))
-    res = dump(DumpConfig(b.path, targets, parse_codec("auto:lz4,zstd:1"), 2, parse_size("64K")))
-    assert res.codec == "auto:lz4,zstd:1"
+    res = dump(DumpConfig(b.path, targets, parse_codec("auto:lz4+zstd:1"), 2, parse_size("64K")))
+    assert res.codec == "auto:lz4+zstd:1"
     assert set(res.extra["auto_chunks"]) == {"lz4", "zstd:1"}

@@ -265,22 +265,29 @@ def check_dump_level(judged, level, tmp_path):
     assert manifest["dump_level"] == {"asked": level, "applied": level, "missing": [], "weaker": []}
     assert all(h.features_required == FEATURE_EXCLUDED and h.block_pages == 1 for h in headers)
     lv = res.extra["dump_level"]
-    assert lv["excluded_pages"] == sum(v for k, v in classes.items() if k != "struct_unread") > 0
-    assert lv["excluded"] == {k: v for k, v in classes.items() if k != "struct_unread"}
-    assert f"dump level {level}: {lv['excluded_pages']} pages left out" in res.summary()
-    return members, classes
+    # issue 24 item 4: left out = BLOCK_EXCLUDED, the sum of the classes but zero, which are kept
+    assert lv["excluded_pages"] == sum(v for k, v in classes.items() if k not in ("struct_unread", "zero")) > 0 \
+        or (level == 1 and lv["excluded_pages"] == 0)
+    assert lv["excluded"] == {k: v for k, v in classes.items() if k not in ("struct_unread", "zero")}
+    assert lv["zero_pages"] == classes["zero"]
+    assert f"dump level {level}: {lv['excluded_pages']} page(s) left out" in res.summary()
+    return members, classes, lv
 
 
 @needs_makedumpfile
 @pytest.mark.parametrize("level", LEVELS)
 def test_dump_level_agrees_with_makedumpfile(judged_plain, level, tmp_path):
-    members, classes = check_dump_level(judged_plain, level, tmp_path)
+    from stripedump.levels.pagebits import left_out_text
+    members, classes, lv = check_dump_level(judged_plain, level, tmp_path)
     if level == 31:     # info and verify read the filtered dump
         d = json.loads(run_cli("info", "--json", *members).out)
         assert d["dump_level"]["asked"] == d["dump_level"]["applied"] == 31
         assert d["dump_level"]["excluded"]["free"] == classes["free"] > 0
+        assert d["dump_level"] == {k: v for k, v in lv.items() if k != "unclassified_chunks"}  # one count
         text = run_cli("info", *members).out
-        assert "dump level: 31 applied (31 asked); " in text and " free " in text
+        assert f"dump level: 31 applied (31 asked); {left_out_text(lv)}" in text and " free " in text
+        j = json.loads(run_cli("join", "--json", *members, "-o", tmp_path / "out").out)
+        assert j["excluded_pages"] == lv["excluded_pages"] > 0
         res = verify(list(members), 2)
         assert not res.errors and res.extra.get("complete", True)
         r = run_cli("verify", *members)
@@ -290,7 +297,7 @@ def test_dump_level_agrees_with_makedumpfile(judged_plain, level, tmp_path):
 @needs_makedumpfile
 @pytest.mark.parametrize("level", LEVELS)
 def test_dump_level_agrees_with_makedumpfile_under_a_workload(judged_load, level, tmp_path):
-    _, classes = check_dump_level(judged_load, level, tmp_path)
+    _, classes, _ = check_dump_level(judged_load, level, tmp_path)
     if level == 31:
         assert all(classes[k] > 0 for k in ("zero", "cache", "cache_private", "user", "free")), classes
 
@@ -374,7 +381,7 @@ def test_a_core_without_struct_pages_to_read_gets_the_zero_level_only(vmcore, tm
                 del pages
             assert (ours[a:e] == z).all()       # exactly the zero pages
             zero += int(z.sum())
-    assert classes["zero"] == zero == lv["excluded_pages"] > 0
+    assert classes["zero"] == zero == lv["zero_pages"] > 0 and lv["excluded_pages"] == 0
     # asked without bit 1 and nothing else applicable: level 0 applied, a full dump, no feature bit
     r = run_cli("dump", "-d", "16", "--force", "--disks", ",".join(members), b.path)
     assert r.rc == 0 and "lowered to 0" in r.err
@@ -382,6 +389,27 @@ def test_a_core_without_struct_pages_to_read_gets_the_zero_level_only(vmcore, tm
         ours, _, manifest, headers = read_back(members, src)
     assert not ours.any() and headers[0].features_required == 0
     assert manifest["dump_level"]["applied"] == 0 and headers[0].block_pages == 1
+
+
+def test_left_out_pages_are_counted_one_way_everywhere(vmcore, tmp_path):
+    """Issue 24 item 4: after -d 31 the dump said "577 pages left out (zero 577)", info "0 page(s) left
+    out: zero 577", --json excluded_pages 0 beside excluded.zero 577.  Zero pages are kept (zero
+    blocks): the summary, dump --json, info, info --json and join count left out and zero alike."""
+    b = vmcore("kernel")
+    members = [str(tmp_path / "m0"), str(tmp_path / "m1")]
+    r = run_cli("dump", "-d", "31", "--json", "--disks", ",".join(members), b.path)
+    assert r.rc == 0, r.err
+    lv = json.loads(r.out)["dump_level"]
+    assert lv["excluded_pages"] == 0 and lv["zero_pages"] > 0 and "zero" not in lv["excluded"], lv
+    d = json.loads(run_cli("info", "--json", *members).out)["dump_level"]
+    assert d == {k: v for k, v in lv.items() if k != "unclassified_chunks"}
+    words = f"0 page(s) left out, {lv['zero_pages']} zero page(s) kept as zero blocks"
+    assert f"dump level: 1 applied (31 asked); {words}\n" in run_cli("info", *members).out
+    r = run_cli("dump", "-d", "31", "--force", "--disks", ",".join(members), b.path)
+    assert r.out.rstrip().endswith(f"; dump level 1 (asked 31): {words}"), r.out
+    for fmt in ("elf", "kdump"):
+        j = run_cli("join", "--json", "--format", fmt, *members, "-o", tmp_path / fmt)
+        assert json.loads(j.out)["excluded_pages"] == 0 and "left out" not in j.err, j
 
 
 @pytest.mark.parametrize("arg", ["32", "-1", "x", "1.5"])

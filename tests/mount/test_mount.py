@@ -381,13 +381,17 @@ def test_umount_refuses_what_is_not_a_stripedump_mount(tmp_path):
         subprocess.run(["umount", str(d)], capture_output=True)
 
 
+def foreground(members, mnt, **kw) -> subprocess.Popen:
+    """``stripedump mount --foreground MEMBERS MNT`` started, its output in pipes."""
+    return subprocess.Popen([sys.executable, "-m", "stripedump", "mount", "--foreground", *members, str(mnt)],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env=dict(os.environ, PYTHONPATH=ROOT), **kw)
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
 def test_foreground_ends_on_a_signal_and_unmounts(dumped, mnt, sig):
     b, members = dumped
-    env = dict(os.environ, PYTHONPATH=ROOT)
-    proc = subprocess.Popen([sys.executable, "-m", "stripedump", "mount", "--foreground", *members,
-                             str(mnt)], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, env=env, preexec_fn=default_signals)
+    proc = foreground(members, mnt, preexec_fn=default_signals)
     try:
         wait_until(lambda: mounted(mnt) is not None, "the mount", proc=proc, interval=0.02)
         assert server_pid(mnt) == proc.pid          # attached: this very process serves
@@ -397,6 +401,32 @@ def test_foreground_ends_on_a_signal_and_unmounts(dumped, mnt, sig):
         assert proc.returncode == 0, err
         assert mounted(mnt) is None
         assert b"Traceback" not in err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_foreground_says_once_where_what_and_how_to_stop_it(dumped, mnt):
+    """Issue 24 item 15: --foreground printed nothing once serving.  Now one line on stderr, once the
+    mount is live: the mount point, the dump and its members, the files, the pid and how to stop it;
+    and the stop it names works."""
+    b, members = dumped
+    proc = foreground(members, mnt, text=True)
+    try:
+        wait_until(lambda: mounted(mnt) is not None, "the mount", proc=proc, interval=0.02)
+        import select
+        said = select.select([proc.stderr], [], [], 10)[0]     # said once live (it was silent)
+        assert said, "mount --foreground said nothing in 10 s of serving"
+        line = proc.stderr.readline()
+        dump_id = json.loads((mnt / "dump.json").read_text())["dump_id"]
+        assert line == (f"stripedump: mount: serving dump {dump_id} ({len(members)} member(s): {', '.join(members)}) as "
+                        f"vmcore, vmcore.kdump, dump.json on {mnt} (pid {proc.pid}); stop it with Ctrl-C, "
+                        f"kill {proc.pid} or 'stripedump umount {mnt}'\n")
+        assert run_cli("umount", mnt).rc == 0
+        out, err = proc.communicate(timeout=30)
+        assert proc.returncode == 0 and out == "", (out, err)
+        assert err == f"stripedump mount: unmounted {mnt}\n", err        # nothing else was said
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -364,3 +364,55 @@ def test_a_host_dying_during_the_join(tmp_path, ssh_hosts):
                 assert x == y or x == zero[:len(x)]
                 zeros += x != y
         assert zeros > 0
+
+
+# -- --ssh-option of the reading commands (issue 24, item 17) --------------------------------------
+
+def test_ssh_option_reaches_join_info_verify_and_mount(dumped, tmp_path, ssh_hosts):
+    """A HOME without ~/.ssh: the members as user@address:port are refused (no key, no known host);
+    with the options ssh -o would take they are read, by join's workers and mount's server too."""
+    need_mount()
+    src, local, urls, env = dumped
+    home = tmp_path / "bare"
+    home.mkdir()
+    bare = {k: v for k, v in dict(env, HOME=str(home)).items() if k != "SSH_AUTH_SOCK"}
+    members = [h.url(f"m{i}.sd", user=True, port=True) for i, h in enumerate(ssh_hosts.hosts)]
+    res = sd(bare, "info", *members)
+    assert_one_line_error(res, 6, "not in known_hosts")
+    opts = ["--ssh-option", f"IdentityFile={ssh_hosts.client_key}", "--ssh-option", "IdentitiesOnly yes",
+            "--ssh-option", f"UserKnownHostsFile={ssh_hosts.known_hosts}", "--ssh-option", "BatchMode=yes"]
+    out = tmp_path / "joined"
+    res = sd(bare, "join", "-q", "--workers", "2", *opts, *members, "-o", out)
+    assert res.rc == 0, res
+    assert filecmp.cmp(out, src, shallow=False)
+    res = sd(bare, "info", "--json", *opts, *members)
+    assert res.rc == 0 and _no_paths(json.loads(res.out)) == _no_paths(json.loads(sd(env, "info", "--json",
+                                                                                     *local).out)), res
+    res = sd(bare, "verify", "-q", *opts, *members)
+    assert res.rc == 0, res
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    res = sd(bare, "mount", *opts, *members, mnt, timeout=60)
+    try:
+        assert res.rc == 0 and res.err == "", res
+        assert filecmp.cmp(mnt / "vmcore", src, shallow=False)
+    finally:
+        done = sd(bare, "umount", mnt, timeout=60)
+        if done.rc != 0:
+            subprocess.run(["fusermount3", "-uz", str(mnt)], capture_output=True)
+    assert done.rc == 0, done
+
+
+@pytest.mark.parametrize("command", ["join", "info", "verify", "mount"])
+@pytest.mark.parametrize("option,needle", [
+    ("Ciphers=aes128-ctr", "Ciphers is not applied when reading members"),
+    ("BatchMode=no", "reading members never asks for a password"),
+    ("Port=ssh", "'ssh' is not a number"),
+    ("IdentityFile", "no value"),
+])
+def test_an_ssh_option_a_reader_cannot_apply_is_refused(tmp_path, command, option, needle):
+    args = {"join": ["m0", "-o", "out"], "info": ["m0"], "verify": ["m0"], "mount": ["m0", "mnt"]}[command]
+    res = sd(dict(os.environ), command, "--ssh-option", option, *args)
+    assert_one_line_error(res, 2, f"argument --ssh-option: {option!r}: {needle}", f"'stripedump {command} --help'")
+    if "not applied" in needle:
+        assert "HostName, Port, User, IdentityFile" in res.err

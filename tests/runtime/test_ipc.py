@@ -115,7 +115,7 @@ def test_an_unknown_class_falls_back_to_its_nearest_known_parent():
 
 def test_every_event_record_survives_the_wire():
     for ev in (ipc.Written(1, 4096, 0, 3, -1), ipc.Skipped(2), ipc.Unreadable(5, 2), ipc.Unclassified(6, "why"),
-               ipc.Synced(1, 0), ipc.DiskFailed(0, "EIO"), ipc.Lost(1, 9), ipc.MemberDone(0, 8192, 3, 4096, {1: 2}),
+               ipc.Synced(1, 0), ipc.DiskFailed(0, "EIO"), ipc.Lost(1, 9), ipc.MemberDone(0, 8192, 3, 4096, {1: 2}, 5),
                ipc.ChunkRead(65536, [(1, 0, 4096, 8192)])):
         assert ipc.decode(ev.wire()) == ev and type(ipc.decode(ev.wire())) is type(ev)
 

@@ -48,10 +48,14 @@ def test_bench_json_rows_and_nothing_left_behind(tmp_path, cli):
 
 def test_bench_table_and_plot(tmp_path, cli):
     png = tmp_path / "b.png"
-    r = cli("bench", "--size", "32M", "--codecs", "snappy", "--workers", "1,2", "--disks", "1",
-            "--data", "mixed", "--plot", png, "-q", timeout=300)
+    r = cli("bench", "--size", "32M", "--codecs", "snappy,auto:none+lz4", "--workers", "1,2", "--disks", "1",
+            "--data", "mixed", "--repeat", "2", "--plot", png, "-q", timeout=300)
     assert r.rc == 0, r
     assert "snappy" in r.out and "MB/s" in r.out
+    head, _, *rows = r.out.splitlines()
+    assert head.endswith("chunks per codec (auto)")          # issue 24 item 12: as the man page says
+    for row in rows:
+        assert ("lz4 " in row or "none " in row) == ("auto:none+lz4" in row), row
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -71,7 +75,7 @@ def test_bench_runs_codec_auto_and_reports_its_choices(tmp_path, cli):
             "--json", "--dir", tmp_path, timeout=300)
     assert r.rc == 0, r
     rows = json.loads(r.out)["results"]
-    assert [row["codec"] for row in rows] == ["auto", "auto:none,lz4"]
+    assert [row["codec"] for row in rows] == ["auto", "auto:none+lz4"]
     for row in rows:
         chunks = row["auto_chunks"]
         assert sum(chunks.values()) >= 16           # every chunk of 16 MiB of pages got a codec
@@ -131,7 +135,7 @@ def test_sizes_checked_before_any_run(tmp_path, cli, args, needle):
 def test_plot_without_matplotlib_refused_before_any_run(tmp_path, cli):
     r = cli("bench", "--size", "16M", "--codecs", "lz4", "--workers", "1", "--dir", tmp_path,
             "--plot", tmp_path / "b.png", without=["matplotlib"])
-    assert_one_line_error(r, 2, "--plot needs matplotlib", "leave out --plot")
+    assert_one_line_error(r, 2, "--plot needs matplotlib", "pip install '.[bench]'", "leave out --plot")
     assert os.listdir(tmp_path) == []            # no source made, no run started
     r = cli("bench", "--size", "16M", "--plot", tmp_path / "no" / "b.png")
     assert_one_line_error(r, 2, "--plot", "does not exist")
