@@ -42,6 +42,8 @@ EXIT_CODES = """exit codes:
        mount), FUSE is not available, or mounting failed
   11   kdump test: the kdump wiring has problems (one line each); kdump pack: the
        capture initramfs cannot be packed
+  12   verify: damage that the readers repair (a member header, manifest, index,
+       footer or trailer): join and mount give the whole dump, with a warning
   129  stopped by SIGHUP; 130 by SIGINT; 143 by SIGTERM (a dump finalizes its members first)"""
 
 COMMANDS = ("dump", "join", "info", "verify", "bench", "mount", "umount", "kdump")
@@ -465,6 +467,8 @@ def run_join(a) -> int:
     warning = describe_unreadable(res.extra.get("unreadable", {}))
     if warning:   # shown even with -q: the output is not the whole of memory
         print(f"stripedump: join: warning: {warning}", file=sys.stderr)
+    for line in res.extra.get("repaired", []):     # damage worked around: the output is whole
+        print(f"stripedump: join: warning: {line}", file=sys.stderr)
     for e in res.errors[:20]:     # --allow-incomplete: damaged chunks, left as zeros
         print(f"stripedump: join: warning: {e}", file=sys.stderr)
     for line in describe_missing(res.extra):
@@ -499,8 +503,8 @@ def run_info(a) -> int:
 
 def run_verify(a) -> int:
     _reach(a)
-    from .errors import VerifyError
     from .read.join import verify
+    from .read.output import describe_missing, describe_unreadable, verdict
     from .runtime.progress import Progress
     _s3_read(a)
     prog = Progress("verify", quiet=a.quiet)
@@ -512,20 +516,16 @@ def run_verify(a) -> int:
         print(json.dumps(res.to_json()))
     for e in res.errors[:20]:
         print(f"stripedump: verify: {e}", file=sys.stderr)
-    from .read.output import describe_missing
+    for line in res.extra.get("repaired", []):      # damage join and mount work around
+        print(f"stripedump: verify: damaged: {line}", file=sys.stderr)
     for line in describe_missing(res.extra, verify=True):
         print(f"stripedump: verify: {line}", file=sys.stderr)
-    if res.errors:
-        more = f" ({len(res.errors) - 20} more not shown)" if len(res.errors) > 20 else ""
-        raise VerifyError(f"{len(res.errors)} problem(s) found{more}; first: {res.errors[0]}")
-    if not res.extra.get("complete", True):
-        from .errors import IncompleteDump
-        raise IncompleteDump(f"the dump is incomplete: {res.extra['missing_chunks']} chunk(s) missing; "
-                             f"the {res.chunks} present are good; join --allow-incomplete recovers them")
-    from .read.output import describe_unreadable
     warning = describe_unreadable(res.extra.get("unreadable", {}))
     if warning:
         print(f"stripedump: verify: note: {warning}", file=sys.stderr)
+    err = verdict(res)
+    if err is not None:
+        raise err
     if not a.json and not a.quiet:
         print(f"verified {res.chunk_words()}, {res.bytes_out / 1e6:.1f} MB of source, of dump "
               f"{res.dump_id}: all checksums good, {res.seconds:.2f} s")

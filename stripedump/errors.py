@@ -26,6 +26,7 @@ class ExitCode(enum.IntEnum):
     OUTPUT = 9        # join/verify output cannot be written
     MOUNT = 10        # mount/umount: the mount point cannot be used, FUSE is unavailable, or mounting failed
     WIRING = 11       # kdump: the kdump wiring has problems (test), or a capture initramfs cannot be packed
+    REPAIRED = 12     # verify: damage that readers repair (join and mount give the whole dump, with a warning)
     SIGHUP = 129
     SIGINT = 130
     SIGTERM = 143
@@ -99,6 +100,17 @@ class TargetIOError(StripedumpError):
 
 class MemberError(StripedumpError):
     exit_code = ExitCode.MEMBER
+
+
+class DamagedHeader(MemberError):
+    """A member header whose checksum fails: its copy, or another member of the dump, may rebuild it."""
+
+
+class Repaired(StripedumpError):
+    """verify: the members are damaged only where the readers repair it (a header from its copy, a
+    footer or index from the records, a manifest from another member): a plain join and mount give
+    the whole dump, each with a warning naming the damage."""
+    exit_code = ExitCode.REPAIRED
 
 
 class RemoteError(MemberError):

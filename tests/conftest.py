@@ -147,6 +147,18 @@ def loop_device(tmp_path):
         subprocess.run(["losetup", "-d", d], capture_output=True)
 
 
+@pytest.fixture
+def lz4_dump(tmp_path, vmcore):
+    """(the source's bytes, [m0, m1, m2]): the synthetic kernel vmcore (``tmp_path/vmcore``) dumped
+    by the real CLI in lz4 over three member files."""
+    b = vmcore("kernel")
+    members = [str(tmp_path / f"m{i}") for i in range(3)]
+    res = run_cli("dump", "-q", "--disks", ",".join(members), "--codec", "lz4", b.path)
+    assert res.rc == 0, res
+    with open(b.path, "rb") as f:
+        return f.read(), members
+
+
 def damage_chunk(d, cid: int, back: int = 1, mask: int = 0xFF) -> None:
     """Flip bits (``mask``) of one payload byte of chunk ``cid``'s record, ``back`` bytes before its
     end, in the member that holds it; ``d`` is a ``stripedump.open`` of the dump (its index)."""

@@ -156,6 +156,16 @@ def _incomplete(tmp_path, env):
     return run_cli("verify", _members(tmp_path)[0])
 
 
+def _repaired(tmp_path, env):
+    m = _members(tmp_path)
+    with open(m[0], "r+b") as f:       # one byte of the footer: an index the records rebuild
+        f.seek(os.path.getsize(m[0]) - 100)
+        b = f.read(1)
+        f.seek(-1, os.SEEK_CUR)
+        f.write(bytes([b[0] ^ 0xFF]))
+    return run_cli("verify", *m)
+
+
 def _join_output(tmp_path, env):
     return run_cli("join", *_members(tmp_path), "-o", tmp_path / "no" / "out")
 
@@ -215,6 +225,7 @@ CASES = [
     Case(9, "join-output", _join_output, "join output cannot be written"),
     Case(10, "not-a-mount", _not_a_mount, "not a stripedump mount", "not a mount point"),
     Case(11, "kdump-wiring", _wiring, "the kdump wiring has problems", "kdump test:"),
+    Case(12, "repaired", _repaired, "damaged only where the readers repair it", "repair"),
     Case(129, "sighup", _signal(signal.SIGHUP), "sighup", "SIGHUP"),
     Case(130, "sigint", _signal(signal.SIGINT), "sigint", "SIGINT"),
     Case(143, "sigterm", _signal(signal.SIGTERM), "sigterm", "SIGTERM"),

@@ -320,7 +320,7 @@ class MemberWriter:
         self._sync()
         hdr = self.header._replace(state=state, footer_offset=foff, footer_length=len(footer))
         if not self.discard:
-            block = aligned_block(hdr.pack())
+            block = aligned_block(hdr.pack_block())      # the header and its copy, one write
             write_all(self.fd, block, f"target {self.path}", offset=0)
             self._sync()
         return self.pos
@@ -348,8 +348,8 @@ def write_member_head(fd: int, path: str, header: MemberHeader, manifest_rec: by
     if header.manifest_offset != HEADER_BLOCK or header.manifest_length != len(manifest_rec) \
             or start < HEADER_BLOCK + len(manifest_rec):
         raise ValueError("member head does not fit its manifest")
-    block = aligned_block(header.pack() + bytes(HEADER_BLOCK - MemberHeader.STRUCT.size) + manifest_rec,
-                          start)
+    hb = header.pack_block()          # the header and its copy (HEADER_COPY_OFFSET)
+    block = aligned_block(hb + bytes(HEADER_BLOCK - len(hb)) + manifest_rec, start)
     if stream:
         write_all(fd, block, f"target {path}")
         return

@@ -39,11 +39,12 @@ import zlib
 
 import xxhash
 
-from ..errors import MemberError, VerifyError
+from ..errors import DamagedHeader, MemberError, VerifyError
 from ..runtime.plain import Record
 
 VERSION = 2
 HEADER_BLOCK = 4096
+HEADER_COPY_OFFSET = 2048   # a second copy of the member header, in the same write (issue 24)
 INDEX_EVERY = 1024
 RECORD_ALIGN = 4096     # the first chunk record starts at the manifest's end rounded up to this
 MAX_CHUNK_BYTES = 256 << 20     # largest chunk a dump writes (config.MAX_CHUNK)
@@ -133,6 +134,12 @@ class MemberHeader(Record, fields=(
         body = self.STRUCT.pack(*self[:-1], 0)[:-4]
         return body + struct.pack("<I", zlib.crc32(body))
 
+    def pack_block(self) -> bytes:
+        """The header block's meaningful bytes: the header at 0 and its copy at HEADER_COPY_OFFSET
+        (zeros between), written and rewritten together; readers take the copy when the header fails."""
+        h = self.pack()
+        return h + bytes(HEADER_COPY_OFFSET - len(h)) + h
+
     @classmethod
     def unpack(cls, data: bytes, where: str) -> "MemberHeader":
         """A version 1 or 2 header, as a version 2 tuple; refuses what it cannot read."""
@@ -148,8 +155,7 @@ class MemberHeader(Record, fields=(
         if len(data) < st.size:
             raise MemberError(f"{where}: the member header is cut off (the file is truncated)")
         if zlib.crc32(data[:st.size - 4]) != struct.unpack_from("<I", data, st.size - 4)[0]:
-            raise MemberError(f"{where}: the member header is corrupt (checksum mismatch); "
-                              "the other members can still be joined with --allow-incomplete")
+            raise DamagedHeader(f"{where}: the member header is damaged (checksum mismatch)")
         if version >= 2:
             h = cls(*st.unpack_from(data))
         else:

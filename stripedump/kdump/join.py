@@ -289,6 +289,6 @@ def join_kdump(cfg: JoinConfig, progress=None, notice=None) -> JoinResult:
                  "utsname": uts_from, "memory_bytes": memory,
                  "unreadable": unreadable_report(bad, lay.page_size),
                  **missing_report(ds, missing, ds.header_pieces), **excluded_report(kept, lay.page_size),
-                 "page_chunks_only": True}
+                 "page_chunks_only": True, "repaired": dump.repairs}
         return JoinResult(ds.dump_id, cfg.output, size, ok, time.monotonic() - t0, errors, extra)
 

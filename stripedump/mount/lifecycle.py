@@ -148,6 +148,8 @@ def mount(members: list[str], mountpoint: str, allow_incomplete: bool = False,
     dump = reader.open(list(members), allow_incomplete=allow_incomplete,
                        cache_bytes=reader.DEFAULT_CACHE if cache_bytes is None else cache_bytes,
                        verify_walks=allow_incomplete)   # what join --allow-incomplete finds, byte for byte
+    for line in dump.repairs:      # damage worked around: said once, before the mount detaches
+        print(f"stripedump: mount: warning: {line}", file=sys.stderr)
     try:
         mp = check_mountpoint(mountpoint)
         mfusepy = load_fuse()

@@ -10,6 +10,10 @@ chunk IDs seen, so that a chunk missing from every member is named.
 Where a member's chunks are found:
 
 * finalized (complete, or incomplete after a failure): its footer's index;
+* finished (its header or trailer says complete) but with a footer or index
+  that cannot be read (a flipped byte): by walking its records, with no
+  option needed; the walk must reach the footer's place, and the damage is
+  told (``repairs``: join and mount warn, verify exits 12; repair.py);
 * never finalized (a killed dump, power loss, a full disk) or with a footer
   or index that cannot be read (a truncated member): by walking its records
   (``MemberReader.walk``).  That is allowed when the caller accepts an
@@ -29,10 +33,11 @@ import re
 import uuid
 from dataclasses import dataclass, field
 
-from ..errors import IncompleteDump, MemberError, VerifyError
+from ..errors import IncompleteDump, MemberError, StripedumpError, VerifyError
 from ..format.structs import HEADER_BLOCK, KIND_PAGES, MAX_CHUNK_BYTES, STATE_COMPLETE, STATE_NAMES, IndexEntry
 from ..format.manifest import Manifest
 from .member import MemberReader, WalkReport, is_complete, is_remote, open_remote
+from .repair import pick_manifest, rebuild_headers
 from ..format.decode import read_chunk
 from ..format.plan import placement
 from ..source.vmcore import merge_ranges
@@ -48,6 +53,10 @@ class MemberSource:
     problem: str | None            # why the footer cannot be used; None when it can
     walk: WalkReport = field(default_factory=WalkReport)
     walked: bool = False           # chunks came from a walk (all or after a bad index)
+    # the member says it finished, but its footer or index cannot be read: its records are walked
+    # instead, and must reach the footer's place (``end``) for the member to count as whole
+    repair: str | None = None
+    end: int | None = None
     used: int = 0                  # chunk records handed out
     skipped: int = 0               # records not used: duplicates, foreign ids, cut off
     notes: list = field(default_factory=list)
@@ -66,13 +75,15 @@ class DumpSet:
         self.readers: list[MemberReader] = []
         self.unwritten: list[str] = []    # given, but the dump stopped before writing a header there
         self.unusable: dict[int, tuple[str, str]] = {}   # member index -> (path, why): no manifest to read
-        # given as ssh:// or s3://, but not there to be read (host unreachable, no such file): (path, why);
-        # with allow_missing their member indexes count as missing (errors.RemoteError.absent)
+        # given as ssh:// or s3://, but not there to be read (host unreachable, no such file), or
+        # with a header that cannot be read nor rebuilt (repair.rebuild_headers): (path, why); with
+        # allow_missing their member indexes count as missing (errors.RemoteError.absent)
         self.unreached: list[tuple[str, str]] = []
         try:
+            damaged = []
             for p in paths:
                 try:
-                    self.readers.append(MemberReader(p))
+                    r = MemberReader(p, damaged_ok=True)
                 except MemberError as e:
                     if allow_missing and getattr(e, "absent", False):
                         self.unreached.append((p, str(e).split(f"member {p}: ", 1)[-1]))
@@ -80,6 +91,10 @@ class DumpSet:
                     if not (allow_missing and _never_written(p)):
                         raise
                     self.unwritten.append(p)
+                    continue
+                (self.readers if r.header is not None else damaged).append(r)
+            # a header and its copy damaged: rebuilt from another member's (or counted as not read)
+            rebuild_headers(damaged, self.readers, allow_missing, self.unreached)
             if not self.readers and self.unreached:
                 p, why = self.unreached[0]
                 raise MemberError(f"no member could be read: member {p}: {why}")
@@ -88,13 +103,15 @@ class DumpSet:
                                   "writing any; nothing to recover")
             if newest_dump:
                 self._keep_newest_dump()
-            if allow_missing:
-                self._drop_unreadable_manifests()
+            ref, self.readers = pick_manifest(self.readers, allow_missing, self.unusable)
             self._check_set(allow_missing)
-            self.manifest = self.readers[0].manifest()      # the JSON dict, as written
-            self._check_manifest()
+            self.manifest = ref.manifest()      # the JSON dict, as written
+            self._check_manifest(ref)
         except BaseException:
             self.close()
+            for r in damaged:
+                if r.header is not None and r not in self.readers:
+                    r.close()
             raise
         self._sources: list[MemberSource | None] = [None] * len(self.readers)
         # --on-disk-error continue: chunks may live on any member
@@ -149,36 +166,6 @@ class DumpSet:
             out.update(m for m, _ in (f.degraded if f is not None else ()))
         return out
 
-    def _drop_unreadable_manifests(self) -> None:
-        """With members allowed missing: a member whose manifest cannot be read counts as missing.
-
-        (The dump stopped while writing its head, or the file was cut short:
-        no chunk of it can be placed without the manifest, which the other
-        members hold identically.)  If no member's manifest can be read, the
-        first error stands.
-        """
-        keep, first, ref = [], None, None
-        for r in self.readers:
-            try:
-                if ref is None:
-                    r.manifest()             # the one parsed; the others are compared with it
-                    ref = (r, r.pread(r.header.manifest_offset, r.header.manifest_length))
-                else:
-                    h = r.header
-                    if h.manifest_offset + h.manifest_length > r.size or \
-                            r.pread(h.manifest_offset, h.manifest_length) != ref[1]:
-                        r.manifest()         # cut off or damaged: raises; else _check_manifest names it
-                        r._manifest = None
-                keep.append(r)
-            except MemberError as e:
-                first = first or e
-                why = str(e).split(": ", 1)[-1].split("; join the other members")[0]
-                self.unusable[r.header.member_index] = (r.path, why)
-                r.close()
-        if not keep:
-            raise first
-        self.readers = keep
-
     def close(self) -> None:
         for r in self.readers:
             r.close()
@@ -220,9 +207,9 @@ class DumpSet:
         self.readers = [by_index[i] for i in sorted(by_index)]
         self.header = self.readers[0].header
 
-    def _check_manifest(self) -> None:
-        """The manifest checked once (manifest.Manifest), and the same in every member given."""
-        r0 = self.readers[0]
+    def _check_manifest(self, r0: MemberReader) -> None:
+        """The manifest checked once (manifest.Manifest), and the same in every member given
+        (a member whose own copy is damaged reads ``r0``'s: repair.pick_manifest)."""
         m = Manifest(self.manifest, self.header, r0.where)
         self.checked = m
         self.page_size, self.source_size = m.page_size, m.source_size
@@ -232,9 +219,11 @@ class DumpSet:
             raise MemberError(f"{r0.where}: the manifest and the member header disagree on the number "
                               "of members; the member is damaged")
         self.chunk_limit = max(1, min(self.plan.chunk_bytes, MAX_CHUNK_BYTES))     # no record may claim more
-        for r in self.readers[1:]:
+        for r in self.readers:
+            if r is r0 or r.manifest_from is not None:
+                continue
             if r.pread(r.header.manifest_offset, r.header.manifest_length) != \
-                    r0.pread(self.header.manifest_offset, self.header.manifest_length):
+                    r0.pread(r0.header.manifest_offset, r0.header.manifest_length):
                 raise MemberError(f"{r.where}: manifest differs from {r0.path}'s")
 
     @property
@@ -256,11 +245,15 @@ class DumpSet:
             r = self.readers[pos]
             try:
                 f = r.footer()
-                problem = None if f is not None else STATE_NAMES.get(r.header.state,
-                                                                       f"in state {r.header.state}")
+                s = MemberSource(f, None if f is not None else STATE_NAMES.get(r.header.state,
+                                                                                 f"in state {r.header.state}"))
             except MemberError as e:
-                f, problem = None, f"unreadable: {e}"
-            s = self._sources[pos] = MemberSource(f, problem)
+                place = r.footer_place() if _finished(r) else None
+                if place is not None:        # it finished: its records say what the footer said
+                    s = MemberSource(None, None, repair=_clause(e), end=place[0])
+                else:
+                    s = MemberSource(None, f"unreadable: {e}")
+            self._sources[pos] = s
         return s
 
     @property
@@ -274,25 +267,52 @@ class DumpSet:
         return out
 
     def check_members(self, allow_incomplete: bool = False) -> None:
-        """Refuse a member that was not finalized complete, unless allowed.
+        """Refuse a member that was not finalized complete, unless allowed (``refusals``)."""
+        if not allow_incomplete:
+            for e in self.refusals():
+                raise e
 
-        A member with an unreadable footer (truncated, damaged) is a
-        MemberError; one never finalized, or finalized incomplete, is an
-        IncompleteDump.  Members the dump dropped are always allowed.
+    def refusals(self) -> list[StripedumpError]:
+        """What a join without --allow-incomplete refuses, member by member (verify reports them).
+
+        A member with an unreadable footer (truncated, damaged) that does not say it finished
+        is a MemberError; one never finalized, or finalized incomplete, is an IncompleteDump.
+        Members the dump dropped, and finished members whose footer is damaged (walked:
+        ``source``), are not refused.
         """
-        if allow_incomplete:
-            return
+        out: list[StripedumpError] = []
         dropped = self.dropped
         for pos, r in enumerate(self.readers):
             s = self.source(pos)
-            if is_complete(s.footer) or r.header.member_index in dropped:
+            if s.repair and s.walked and s.walk.stopped_at != s.end:
+                out.append(_cut_walk(r, s))       # verify, after the walk: what join would say
+                continue
+            if is_complete(s.footer) or s.repair or r.header.member_index in dropped:
                 continue
             if s.footer is None and r.header.footer_offset != 0:
-                raise MemberError(f"{r.where}: footer {s.problem}; the member is truncated or "
-                                  f"damaged; {INCOMPLETE_HINT}")
+                out.append(MemberError(f"{r.where}: footer {s.problem}; the member is truncated or "
+                                       f"damaged; {INCOMPLETE_HINT}"))
+                continue
             why = s.problem if s.footer is None else \
                 f"incomplete: {s.footer.note or 'no reason recorded'}"
-            raise IncompleteDump(f"{r.where} is {why}; the dump did not finish; {INCOMPLETE_HINT}")
+            rebuilt = " (its header is damaged: rebuilt from the other members')" if r.header_error else ""
+            out.append(IncompleteDump(f"{r.where}{rebuilt} is {why}; the dump did not finish; {INCOMPLETE_HINT}"))
+        return out
+
+    def repairs(self) -> list[str]:
+        """What was damaged and worked around, one line per thing (join and mount warn; verify:
+        exit 11).  Complete once the chunk locations were streamed (walks happen then)."""
+        out = []
+        for pos, r in enumerate(self.readers):
+            out.extend(f"{r.where}: {d}" for d in r.damage)
+            s = self._sources[pos]
+            if s is not None and s.repair:
+                reached = s.walk.stopped_at == s.end
+                out.append(f"{r.where}: {s.repair}; it finished, so its chunks were found by walking its "
+                           f"records ({s.walk.describe()}"
+                           + (")" if reached else f"; the footer is at offset {s.end}: what lies between is "
+                              "lost)"))
+        return out
 
     def footers(self, allow_incomplete: bool = False):
         """Each member's footer (None where there is none to read), after ``check_members``."""
@@ -333,9 +353,12 @@ class DumpSet:
                 try:
                     e = next(entries, None)
                 except MemberError as err:
-                    if not allow:
+                    if is_complete(s.footer):      # it finished: its records say what the index said
+                        s.repair, s.end = _clause(err), r.footer_place()[0]
+                    elif not allow:
                         raise
-                    s.notes.append(f"its index cannot be read ({err}); walked its records instead")
+                    else:
+                        s.notes.append(f"its index cannot be read ({err}); walked its records instead")
                     break
                 if e is None:
                     return
@@ -343,9 +366,15 @@ class DumpSet:
                 if self._accept(pos, e, seen, allow, walked=False):
                     yield pos, e
         s.walked = True
-        for e in r.walk(verify=payloads, report=s.walk):
+        # a finished member's walk: its payloads are checked where they are read (a damaged one is
+        # then a chunk error, as through an index), and a damaged index record is stepped over
+        places = r.index_places(s.footer) if s.repair and s.footer is not None else None
+        for e in r.walk(verify=payloads and not s.repair, report=s.walk, past_bad_index=bool(s.repair),
+                        index_at=places):
             if self._accept(pos, e, seen, allow, walked=True):
                 yield pos, e
+        if s.repair and s.walk.stopped_at != s.end and not allow:
+            raise _cut_walk(r, s)
 
     def _accept(self, pos: int, e: IndexEntry, seen: bytearray, allow: bool, walked: bool) -> bool:
         r, s = self.readers[pos], self.source(pos)
@@ -408,18 +437,20 @@ class DumpSet:
             r, s = self.readers[pos], self.source(pos)
             if r.header.member_index != d and not self.relaxed:
                 continue
-            try:
-                entries = r.index(s.footer) if s.footer is not None else r.walk(verify=False)
-                for e in entries:
-                    if e.chunk_id == chunk_id and e.offset + e.length <= r.size:
-                        rec = r.read_record(IndexEntry(*e))
-                        h, _, _ = read_chunk(rec, r.where, self.block_bytes, r.dump_id, self.page_size,
-                                             self.chunk_limit)
-                        if h.chunk_id != chunk_id:
-                            continue
-                        return rec
-            except (MemberError, VerifyError):
-                continue
+            ways = ([lambda: r.index(s.footer)] if s.footer is not None else []) + \
+                [lambda: r.walk(verify=False, past_bad_index=True)]     # an index that fails: the records
+            for entries in ways:
+                try:
+                    for e in entries():
+                        if e.chunk_id == chunk_id and e.offset + e.length <= r.size:
+                            rec = r.read_record(IndexEntry(*e))
+                            h, _, _ = read_chunk(rec, r.where, self.block_bytes, r.dump_id, self.page_size,
+                                                 self.chunk_limit)
+                            if h.chunk_id != chunk_id:
+                                continue
+                            return rec
+                except (MemberError, VerifyError):
+                    continue
         return None
 
     def missing_chunks(self, seen: bytearray) -> list[int]:
@@ -462,6 +493,9 @@ class DumpSet:
                  "found_by": "walk" if s.walked else "index", "chunks": s.used}
             if s.walked:
                 d["walk"] = s.walk.describe()
+            damage = list(r.damage) + ([s.repair] if s.repair else [])
+            if damage:
+                d["damage"] = damage
             if s.skipped:
                 d["skipped_records"] = s.skipped
             if s.notes:
@@ -527,6 +561,18 @@ def _never_written(path: str) -> bool:
     except OSError:
         return False
     return not head.strip(b"\0")
+
+
+def _cut_walk(r: MemberReader, s: MemberSource) -> MemberError:
+    """A finished member whose footer or index is damaged, and whose walk stopped short of the footer."""
+    return MemberError(f"{r.where}: {s.repair}, and walking its records stopped at offset {s.walk.stopped_at} "
+                       f"({s.walk.reason}), before its footer at {s.end}: the chunks between are lost; "
+                       f"{INCOMPLETE_HINT}")
+
+
+def _clause(e: MemberError) -> str:
+    """The first clause of a member error, without the member: what is wrong, not what to do."""
+    return str(e).split(": ", 1)[-1].split("; ")[0]
 
 
 def _finished(r: MemberReader) -> bool:

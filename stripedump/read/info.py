@@ -58,10 +58,11 @@ def info(members: list[str]) -> dict:
                  "note": f.note if f else None}
             s = ds.source(pos)
             if f is None:        # killed dump or unreadable footer: what a walk finds
-                if r.header.footer_offset:
+                if r.header.footer_offset and not s.repair:
                     d["state"], d["note"] = "footer unreadable", s.problem
             if s.walked:
                 d["recovered_chunks"] = s.used
+                d["repaired"] = bool(s.repair)      # finished, its footer or index damaged: join walks it too
                 d["walk"] = s.walk.describe()
             if f is not None and f.degraded:
                 d["took_over"] = [list(x) for x in f.degraded]
@@ -98,6 +99,9 @@ def info(members: list[str]) -> dict:
                if level is not None else {}),
             "degraded": [[m, n] for m, n in sorted(ds.dropped.items())],
             "recovery": {k: v for k, v in report.items() if k != "members"},
+            # what a join without --allow-incomplete refuses (every chunk may still be there)
+            "join_refuses": [str(e) for e in ds.refusals()],
+            "repaired": ds.repairs(),
         }
 
 
@@ -141,10 +145,13 @@ def render(d: dict) -> str:
                      + (f", {m['bytes']} bytes" if m["bytes"] is not None else "")
                      + (f", {m['chunks']} chunks" if m["chunks"] is not None else "")
                      + (f" ({m['note']})" if m["note"] and m["state"] != "complete" else ""))
+        for what in m.get("damage", []):
+            lines.append(f"      damaged: {what}")
         if "recovered_chunks" in m:
             lines.append(f"      {m['recovered_chunks']} chunk record(s) found by walking its records, "
-                         "recoverable with join --allow-incomplete (payloads are checked by verify "
-                         f"and join); {m['walk']}")
+                         + ("as join and mount do (no option needed)" if m.get("repaired") else
+                            "recoverable with join --allow-incomplete")
+                         + f" (payloads are checked by verify and join); {m['walk']}")
         if any(n for i, n in m.get("took_over", [])):
             lines.append("      holds chunks of failed member(s): "
                          + ", ".join(f"{n} of member {i}" for i, n in m["took_over"] if n))
@@ -160,7 +167,7 @@ def render(d: dict) -> str:
     if r:
         lines.append(f"recovery:   a join recovers {r['recoverable_chunks']} of {d['chunks']} chunk(s), "
                      f"{_mb(r['recoverable_bytes'])} of {_mb(r['recoverable_bytes'] + r['missing_bytes'])}"
-                     + ("; the dump is complete" if r["complete"] else
+                     + (_complete(d) if r["complete"] else
                         " with join --allow-incomplete; the rest reads as zeros"))
         if not r["complete"]:
             files = sum(b - a for a, b in r["missing_file_ranges"])
@@ -170,6 +177,16 @@ def render(d: dict) -> str:
                 lines.append("rebuilt:    the ELF header, program headers and notes, from the manifest ("
                              f"{sum(b - a for a, b in r['rebuilt_file_ranges'])} bytes)")
     return "\n".join(lines)
+
+
+def _complete(d: dict) -> str:
+    """The end of the recovery line of a dump whose chunks are all there: what a join does with it."""
+    if d.get("join_refuses"):
+        return ("; every chunk is there, but a join refuses the dump without --allow-incomplete: "
+                + d["join_refuses"][0].split("; the dump did not finish")[0])
+    if d.get("repaired"):
+        return "; the dump is complete (join and mount work around the damage above, with a warning)"
+    return "; the dump is complete"
 
 
 def _level_lines(lv: dict | None) -> list[str]:

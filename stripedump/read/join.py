@@ -215,7 +215,7 @@ def join(cfg: JoinConfig, progress=None, notice=None) -> JoinResult:
             out.commit()
         return JoinResult(ds.dump_id, cfg.output, ds.source_size, ok, time.monotonic() - t0, errors,
                           {"format": "elf", "unreadable": unreadable_report(bad, ds.page_size),
-                           **missing_report(ds, missing, pieces)})
+                           **missing_report(ds, missing, pieces), "repaired": dump.repairs})
 
 
 def _join_filtered(cfg: JoinConfig, dump, kept: KeptMap, progress, t0: float) -> JoinResult:
@@ -243,7 +243,7 @@ def _join_filtered(cfg: JoinConfig, dump, kept: KeptMap, progress, t0: float) ->
     return JoinResult(ds.dump_id, cfg.output, felf.size, ok, time.monotonic() - t0, errors,
                       {"format": "elf", "unreadable": unreadable_report(bad, ds.page_size),
                        **missing_report(ds, missing, ds.header_pieces), **excluded_report(kept, ds.page_size),
-                       "segments": len(felf.loads), "page_chunks_only": True})
+                       "segments": len(felf.loads), "page_chunks_only": True, "repaired": dump.repairs})
 
 
 def verify(members: list[str], workers: int = 0, progress=None) -> JoinResult:
@@ -263,7 +263,10 @@ def verify(members: list[str], workers: int = 0, progress=None) -> JoinResult:
         missing: list = []
         ok, nbytes, errors = run_pool(dump, workers or usable_cpus(), handler, True, progress, unreadable=bad,
                                       allow_incomplete=True, missing=missing)
+        # what a plain join would refuse although every chunk is there (a member that never
+        # finished), and the damage join and mount work around: verify exits non-zero for either
+        refused = [{"exit_code": int(e.exit_code), "error": str(e)} for e in ds.refusals()]
         res = JoinResult(ds.dump_id, None, nbytes, ok, time.monotonic() - t0, errors,
                          {"unreadable": unreadable_report(bad, ds.page_size),
-                          **missing_report(ds, missing, pieces)})
+                          **missing_report(ds, missing, pieces), "refused": refused, "repaired": dump.repairs})
     return res

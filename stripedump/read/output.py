@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from .dumpset import INCOMPLETE_HINT, DumpSet
 from .member import is_remote
 from ..source.elfhead import rebuilt_ranges
-from ..errors import IncompleteDump, OutputError, VerifyError
+from ..errors import IncompleteDump, MemberError, OutputError, Repaired, VerifyError
 from ..runtime.fileio import fsync_dir, write_exact
 from ..format.structs import KIND_PAGES
 from ..format.plan import placement
@@ -112,6 +112,33 @@ def missing_report(ds: DumpSet, missing: list[int], pieces: list | None = None) 
             "missing_pages": sum(b - a for a, b in pfns), "missing_bytes": total_bytes,
             "missing": [list(r) for r in pfns], "missing_file_ranges": [list(r) for r in files],
             "rebuilt_file_ranges": [list(r) for r in rebuilt], "members": members}
+
+
+def verdict(res: JoinResult):
+    """verify's verdict on what it found, as the error its exit code comes from; None: all good.
+
+    In this order: a chunk that fails its checks (7: join fails on it); chunks missing (8);
+    a member a plain join refuses although every chunk is there, e.g. one never finalized (8,
+    or 6 for a footer that cannot be read); damage the readers work around (12, ``Repaired``:
+    join and mount give the whole dump, with a warning).  So verify exits 0 exactly when a
+    plain join and mount succeed without a warning.
+    """
+    if res.errors:
+        more = f" ({len(res.errors) - 20} more not shown)" if len(res.errors) > 20 else ""
+        return VerifyError(f"{len(res.errors)} problem(s) found{more}; first: {res.errors[0]}")
+    x = res.extra
+    if not x.get("complete", True):
+        return IncompleteDump(f"the dump is incomplete: {x['missing_chunks']} chunk(s) missing; "
+                              f"the {res.chunks} present are good; join --allow-incomplete recovers them")
+    for r in x.get("refused", []):
+        cls = IncompleteDump if r["exit_code"] == IncompleteDump.exit_code else MemberError
+        return cls(f"every chunk is there and good, but join refuses the dump without --allow-incomplete: "
+                   f"{r['error']}")
+    if x.get("repaired"):
+        return Repaired(f"{len(x['repaired'])} damaged part(s) found, each repaired on reading: all "
+                        f"{res.chunks} chunks are good, and join and mount give the whole dump without an "
+                        "option, with a warning")
+    return None
 
 
 def describe_missing(report: dict, most: int = 16, verify: bool = False) -> list[str]:

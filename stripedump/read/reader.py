@@ -19,7 +19,9 @@ dump; give me chunk N, checked".  This module is that one reader:
   reads as zeros and is listed in ``missing``.  The ELF header, program
   headers and notes of missing residue chunks come from the manifest's copy
   and the header is marked incomplete, exactly as ``join --allow-incomplete``
-  writes them.
+  writes them.  ``repairs`` lists the damage the dump set worked around
+  (a header read from its copy, a footer rebuilt by a walk: read/repair.py),
+  which join and mount report as warnings.
 
 Thread safety: records are read with ``os.pread`` (no shared file position),
 each thread has its own decompressor objects, and the cache is guarded by
@@ -238,6 +240,7 @@ class Dump(FileView):
         self.dump_id = ds.dump_id
         self.size = ds.source_size
         self.paths = [r.path for r in ds.readers]
+        self.repairs = ds.repairs()      # damage worked around (repair.py): join and mount warn
         self.missing = self.index.missing()
         if self.missing and not allow_incomplete:
             why = ds.describe_absent(self.missing)

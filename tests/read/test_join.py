@@ -9,7 +9,7 @@ from stripedump.format.codecs import CodecSpec
 from stripedump.dump.config import DumpConfig
 from stripedump.read.config import JoinConfig
 from stripedump.errors import IncompleteDump, MemberError, OutputError, VerifyError
-from stripedump.format.structs import CHUNK_HEADER_SIZE, HEADER_BLOCK, MemberHeader
+from stripedump.format.structs import CHUNK_HEADER_SIZE, HEADER_BLOCK, HEADER_COPY_OFFSET, MemberHeader
 from stripedump.read.join import RenderMap, join, verify
 from stripedump.read.member import MemberReader
 from stripedump.dump.coordinator import dump
@@ -105,12 +105,18 @@ def test_truncated_member_is_named(dumped, tmp_path):
 
 
 def test_corrupt_member_header(dumped, tmp_path):
+    """A damaged header is read from its copy (issue 24 item 2; tests/read/test_repair.py has more);
+    with its copy damaged too and no other member given, it is refused saying what works."""
     b, t = dumped
-    with open(t[0], "r+b") as f:
-        f.seek(40)
-        f.write(b"\xff")
-    with pytest.raises(MemberError, match="header is corrupt"):
-        join(JoinConfig(tuple(t), str(tmp_path / "o")))
+    for at in (40, HEADER_COPY_OFFSET + 40):
+        with open(t[0], "r+b") as f:
+            f.seek(at)
+            f.write(b"\xff")
+        res = join(JoinConfig(tuple(t), str(tmp_path / "o"), force=True))
+        assert open(tmp_path / "o", "rb").read() == open(b.path, "rb").read()
+        assert any(t[0] in line for line in res.extra["repaired"]), res.extra
+    with pytest.raises(MemberError, match="header is damaged .*give the dump's other members too"):
+        join(JoinConfig((t[0],), str(tmp_path / "o2")))
 
 
 def test_newer_format_version_is_refused(dumped, tmp_path):
