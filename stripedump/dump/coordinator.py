@@ -113,7 +113,7 @@ from .config import DumpConfig
 from .loop import Coordinator, DumpJob
 from . import space
 from .resources import fit_pool, fit_workers
-from .result import DumpResult
+from .result import CpuClock, DumpResult
 from .targets import TargetSet
 from .writer import new_member_header
 
@@ -137,16 +137,18 @@ def dump(cfg: DumpConfig, progress=None, say=None) -> DumpResult:
     dump with every member finalized as incomplete (procs.py).
     """
     with Signals() as sig:
-        t0 = time.monotonic()
+        t0, clock = time.monotonic(), CpuClock()
         if cfg.codec.is_auto:   # --codec auto: the default ladder less missing libraries
             cfg = cfg._replace(codec=cfg.codec.resolve())
         cfg.codec.make()      # a missing codec library is a usage error, before anything is touched
         src = Source(cfg.source, use_mmap=cfg.use_mmap)
         try:
-            return _dump(cfg, src, t0, _best_effort(progress),
-                         _best_effort(say or (lambda msg, level=1: None)), sig)
+            result = _dump(cfg, src, t0, _best_effort(progress),
+                           _best_effort(say or (lambda msg, level=1: None)), sig)
         finally:
             src.close()
+        result.extra["cpu_seconds"] = clock.report(result.extra.pop("cpu_children"))   # the targets closed
+        return result
 
 
 def _best_effort(output):

@@ -18,7 +18,11 @@ slot, start time).  From it:
   dump stops (its slots would never come back);
 * at the end the workers are told to stop and joined, the writers joined
   after their members are finalized, and whatever is left killed
-  (procs.py's policy: nothing the coordinator forked outlives it).
+  (procs.py's policy: nothing the coordinator forked outlives it);
+* the CPU each child spent (``cpu``): what the kernel counted for it when
+  it was reaped (``procs.Child.cpu``, from ``wait4``), per role.  Not sent
+  by the children in an event: a child's own count misses its exit and
+  any child that was killed, and the kernel's needs no protocol.
 """
 
 from __future__ import annotations
@@ -55,6 +59,7 @@ class Crew:
         self.workers: list = []
         self.writers: list = []
         self.retried: set[int] = set()     # chunks handed out again to be read page by page
+        self.replaced: list = []           # workers that died and were replaced (their CPU still counts)
         self.stalled: set[int] = set()     # workers killed as stuck, not yet replaced
 
     def open(self, auto) -> None:
@@ -142,6 +147,7 @@ class Crew:
         why = "hit unreadable memory" if p.exitcode == -signal.SIGBUS else "was stuck"
         self.say(f"worker {i} {why} in chunk {cid - 1}; reading it page by page")
         p.join()
+        self.replaced.append(p)
         self.workers[i] = self.new_worker(i)
         self.tasks.put(cid - 1, slot | CAREFUL, self.choose(cid - 1))
         return True
@@ -157,6 +163,18 @@ class Crew:
 
     def reap(self) -> None:
         reap(self.workers + self.writers)
+
+    def cpu(self) -> dict | None:
+        """CPU seconds (user + system) of each worker and writer, once all were reaped: {"workers": [...],
+        "writers": [...]}; None where one was not reaped here (a multiprocessing.Process, or a writer
+        abandoned on a hung target)."""
+        out = {}
+        for role, procs in (("workers", self.workers + self.replaced), ("writers", self.writers)):
+            secs = [getattr(p, "cpu", None) for p in procs]
+            if None in secs:
+                return None
+            out[role] = secs
+        return out
 
     def close(self) -> None:
         """The pipes and the slot pool, once every child is gone."""

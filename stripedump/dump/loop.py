@@ -327,7 +327,8 @@ class Coordinator:
         if self.error is not None:
             raise stopped(self.error, self.book.describe_lost(self.plan) if self.book.lost else "")
         extra = {"unreadable_blocks": sum(self.unreadable.values()),
-                 "degraded": self.book.report(self.targets.paths, self.members_done.values())}
+                 "degraded": self.book.report(self.targets.paths, self.members_done.values()),
+                 "cpu_children": self.crew.cpu()}       # result.CpuClock makes cpu_seconds of it
         if self.auto is not None:
             extra.update(self.auto.report())
         if self.job.level is not None:

@@ -5,10 +5,13 @@ reads of it (the summary line, ``dump --json``, what ``bench`` compares) is
 written here, with the parts that only some dumps have: the codecs an
 ``--codec auto`` dump chose (autocodec.AutoStats.report), the pages a dump
 level left out (``level_report``), the targets a degraded dump dropped
-(degraded.Resends.report) and the memory the source could not give.
+(degraded.Resends.report), the memory the source could not give, and the
+CPU each kind of process spent (``CpuClock``).
 """
 
 from __future__ import annotations
+
+import resource
 
 from ..errors import IncompleteDump, Interrupted, StripedumpError
 from ..runtime.plain import Plain
@@ -124,3 +127,41 @@ def level_report(entry: dict, counters, unclassified: int, excluded: int) -> dic
     return {"dump_level": {**entry, "excluded_pages": excluded, "excluded": per, "zero_pages": zero,
                            "struct_unreadable_pages": unread, "unclassified_chunks": unclassified}}
 
+
+
+class CpuClock:
+    """The CPU seconds (user + system) a dump spent, per role, for ``dump --json`` and ``bench``.
+
+    ``coordinator``: the thread that runs ``dump()``, from its start to its
+    end (``RUSAGE_THREAD``: a caller's other threads, such as bench's memory
+    sampler, are not the dump's); ``workers`` and ``writers``: each child as
+    the kernel counted it when it was reaped (crew.Crew.cpu); ``other``: the
+    rest of the children reaped meanwhile (``RUSAGE_CHILDREN``: an s3://
+    target's uploader, an ssh:// target's ssh, and their children).  Where
+    the dump's children were not reaped by wait4 (a multiprocessing.Process),
+    the children are one sum, ``children``.
+    """
+    __slots__ = ("thread0", "children0")
+
+    def __init__(self):
+        self.thread0, self.children0 = _cpu(resource.RUSAGE_THREAD), _cpu(resource.RUSAGE_CHILDREN)
+
+    def report(self, each: dict | None) -> dict:
+        coordinator = _cpu(resource.RUSAGE_THREAD) - self.thread0
+        children = _cpu(resource.RUSAGE_CHILDREN) - self.children0
+        out = {"coordinator": round(coordinator, 4)}
+        if each is None:
+            out["children"] = round(children, 4)
+        else:
+            workers, writers = sum(each["workers"]), sum(each["writers"])
+            out.update(workers=round(workers, 4), writers=round(writers, 4),
+                       other=round(max(0.0, children - workers - writers), 4),
+                       each_worker=[round(x, 4) for x in each["workers"]],
+                       each_writer=[round(x, 4) for x in each["writers"]])
+        out["total"] = round(coordinator + children, 4)
+        return out
+
+
+def _cpu(who: int) -> float:
+    r = resource.getrusage(who)
+    return r.ru_utime + r.ru_stime

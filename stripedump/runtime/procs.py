@@ -88,6 +88,7 @@ class Child:
         self.pid: int | None = None
         self.sentinel: int | None = None
         self._code: int | None = None
+        self.cpu: float | None = None    # user + system seconds the kernel counted, once reaped (wait4)
 
     def start(self) -> None:
         global _PARENT
@@ -136,12 +137,16 @@ class Child:
     def exitcode(self) -> int | None:
         if self._code is None and self.pid is not None:
             try:
-                pid, status = os.waitpid(self.pid, os.WNOHANG)
+                pid, status, ru = os.wait4(self.pid, os.WNOHANG)
             except ChildProcessError:
                 return None
             if pid:
-                self._code = os.waitstatus_to_exitcode(status)
+                self._reaped(status, ru)
         return self._code
+
+    def _reaped(self, status: int, ru) -> None:
+        self._code = os.waitstatus_to_exitcode(status)
+        self.cpu = ru.ru_utime + ru.ru_stime
 
     def is_alive(self) -> bool:
         return self.pid is not None and self.exitcode is None
@@ -151,8 +156,8 @@ class Child:
             return
         if timeout is None:
             try:
-                _, status = os.waitpid(self.pid, 0)
-                self._code = os.waitstatus_to_exitcode(status)
+                _, status, ru = os.wait4(self.pid, 0)
+                self._reaped(status, ru)
             except ChildProcessError:
                 pass
             return

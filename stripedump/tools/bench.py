@@ -331,12 +331,23 @@ def run_one(cfg: BenchConfig, src: str, codec: CodecSpec, workers: int, ndisks: 
             except OSError:
                 pass
     cpu = _cpu_seconds() - cpu0
-    return {"codec": str(codec), "workers": workers, "disks": ndisks, "write": write, "data": cfg.data,
+    return {**cpu_columns(res.extra.get("cpu_seconds", {}), res.bytes_in),"codec": str(codec), "workers": workers, "disks": ndisks, "write": write, "data": cfg.data,
             "input_bytes": res.bytes_in, "output_bytes": sum(res.bytes_out),
             "seconds": round(res.seconds, 4), "mb_per_s": round(res.mb_per_s, 1),
             "ratio": round(res.ratio, 3), "cpu_percent": round(100 * cpu / res.seconds, 1),
             "peak_memory_bytes": peak, "chunk_bytes": cfg.chunk_size,
             **({"auto_chunks": res.extra["auto_chunks"]} if res.extra.get("auto_chunks") else {})}
+
+
+def cpu_columns(roles: dict, bytes_in: int) -> dict:
+    """``cpu_seconds`` per role (dump --json's), the dump's CPU seconds per GiB of source, and the
+    share of that CPU spent outside the workers (coordinator, writers, helpers): what a dump costs
+    on every core beyond its codec, and the serial part that caps its scaling."""
+    total = roles.get("total", 0.0)
+    out = {"cpu_seconds": roles, "cpu_s_per_gib": round(total / (bytes_in / 2**30), 3) if bytes_in else 0.0}
+    if "workers" in roles and total:
+        out["non_worker_share"] = round(1 - roles["workers"] / total, 3)
+    return out
 
 
 def bench(cfg: BenchConfig, report=None) -> list[dict]:
@@ -368,16 +379,21 @@ def table(rows: list[dict]) -> str:
     auto = any(r.get("auto_chunks") for r in rows)
     w = max([8] + [len(r["codec"]) for r in rows])      # auto:none+lz4/ratio=0.3 is longer than 8
     head = f"{'data':<6} {'codec':<{w}} {'workers':>7} {'disks':>5} {'mode':<8} {'MB/s':>9} {'ratio':>6} " \
-           f"{'CPU %':>6} {'peak MiB':>8} {'seconds':>8}" + ("  chunks per codec (auto)" if auto else "")
+           f"{'CPU %':>6} {'CPU s/GiB':>9} {'non-worker':>10} {'peak MiB':>8} {'seconds':>8}" + ("  chunks per codec (auto)" if auto else "")
     lines = [head, "-" * len(head)]
     for r in rows:
         lines.append((f"{r['data']:<6} {r['codec']:<{w}} {r['workers']:>7} {r['disks']:>5} "
                       f"{'write' if r['write'] else 'no-write':<8} "
                       f"{r['mb_per_s']:>9.1f} {r['ratio']:>6.2f} {r['cpu_percent']:>6.0f} "
+                      f"{r.get('cpu_s_per_gib', 0):>9.2f} {_share(r):>10} "
                       f"{r['peak_memory_bytes'] / 2**20:>8.1f} {r['seconds']:>8.2f}"
                       + ("  " + ", ".join(f"{c} {n}" for c, n in r.get("auto_chunks", {}).items()) if auto else ""))
                      .rstrip())
     return "\n".join(lines)
+
+
+def _share(row: dict) -> str:
+    return f"{100 * row['non_worker_share']:.0f} %" if "non_worker_share" in row else "-"
 
 
 def _workers(n: int) -> str:

@@ -37,8 +37,14 @@ def test_bench_json_rows_and_nothing_left_behind(tmp_path, cli):
     assert len(rows) == 2 * 2 * 2 * 2
     for row in rows:
         for k in ("codec", "workers", "disks", "input_bytes", "output_bytes", "seconds", "mb_per_s",
-                  "ratio", "cpu_percent", "peak_memory_bytes"):
+                  "ratio", "cpu_percent", "peak_memory_bytes", "cpu_seconds", "cpu_s_per_gib"):
             assert k in row
+        # issue 25 item 1: CPU per GiB and the share outside the workers, from dump's cpu_seconds
+        cpu = row["cpu_seconds"]
+        assert row["cpu_s_per_gib"] == round(cpu["total"] / (row["input_bytes"] / 2**30), 3) > 0
+        if "workers" in cpu:     # children reaped by wait4 (not multiprocessing.Process)
+            assert 0 < row["non_worker_share"] < 1
+            assert len(cpu["each_worker"]) == row["workers"] and len(cpu["each_writer"]) == row["disks"]
         assert 64 << 20 <= row["input_bytes"] < (64 << 20) + 65536    # pages + ELF headers
         assert row["mb_per_s"] > 0 and 0 < row["peak_memory_bytes"] < 512 << 20
     assert {(r["write"]) for r in rows} == {True, False}
@@ -53,6 +59,7 @@ def test_bench_table_and_plot(tmp_path, cli):
     assert r.rc == 0, r
     assert "snappy" in r.out and "MB/s" in r.out
     head, _, *rows = r.out.splitlines()
+    assert "CPU s/GiB" in head and "non-worker" in head
     assert head.endswith("chunks per codec (auto)")          # issue 24 item 12: as the man page says
     for row in rows:
         assert ("lz4 " in row or "none " in row) == ("auto:none+lz4" in row), row
