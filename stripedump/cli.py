@@ -108,8 +108,12 @@ def _add_dump(sub, common) -> None:
     d.add_argument("--memory-limit", type=_size("--memory-limit"), default=0, metavar="SIZE",
                    help="cap on the shared buffer pool and the s3:// part buffers (default: a quarter "
                         "of available memory)")
-    d.add_argument("--direct-io", action="store_true",
-                   help="write targets with O_DIRECT, bypassing the page cache")
+    io = d.add_mutually_exclusive_group()
+    io.add_argument("--direct-io", dest="direct_io", action="store_const", const=True, default=None,
+                    help="require O_DIRECT: a target that refuses it is an error (default: O_DIRECT "
+                         "wherever a target accepts it, buffered writes where it does not)")
+    io.add_argument("--buffered", dest="direct_io", action="store_const", const=False,
+                    help="write every target through the page cache (no O_DIRECT)")
     d.add_argument("--manifest", metavar="PATH", help="also write the manifest as JSON to PATH")
     d.add_argument("--force", action="store_true",
                    help="overwrite targets that are non-empty files or carry a signature")

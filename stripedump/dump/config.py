@@ -37,7 +37,8 @@ class DumpConfig(Frozen):
                  force: bool = False,
                  manifest_path: str | None = None,
                  use_mmap: bool = True,
-                 direct_io: bool = False,
+                 direct_io: bool | None = None,     # None: O_DIRECT where a target takes it; True: required
+                                                    # (--direct-io); False: buffered (--buffered)
                  memory_limit: int = 0,             # 0: derived from available memory (resources.fit_pool)
                  discard: bool = False,             # bench only: compress but write nothing
                  stall_seconds: float = 60.0,       # a worker on one chunk this long is killed, chunk retried

@@ -197,6 +197,8 @@ def _dump(cfg: DumpConfig, src: Source, t0: float, progress, say, sig=None) -> D
                 manifest_rec, start)
             if cfg.manifest_path:
                 _write_json_manifest(cfg.manifest_path, manifest, targets.paths)
+            modes = [_write_mode(t) for t in targets]
+            say("writes: " + ", ".join(f"{t.path} {m}" for t, m in zip(targets, modes)), 1)
         except StripedumpError as e:
             # before any chunk: the member files this dump created are removed, and no other
             # member is left "writing" (TargetSet.abandon)
@@ -206,6 +208,7 @@ def _dump(cfg: DumpConfig, src: Source, t0: float, progress, say, sig=None) -> D
     result.dump_id = str(dump_id)
     result.seconds = time.monotonic() - t0
     result.extra["lowered"] = lowered    # --json: what was lowered
+    result.extra["write_modes"] = modes  # --json: O_DIRECT, buffered or streamed, per member
     return result
 
 
@@ -225,8 +228,7 @@ def _prepare(cfg: DumpConfig, src: Source, say) -> tuple[DumpJob, list[str]]:
     if not cfg.workers:
         workers = min(workers, -(-plan.n_chunks // CHUNKS_PER_WORKER))
     cfg, stream_bytes = _s3_parts(cfg, plan, block_bytes, say)
-    fit = fit_pool(workers, nmem, plan.chunk_bytes, block_bytes, cfg.memory_limit, cfg.direct_io,
-                   stream_bytes=stream_bytes)
+    cfg, fit = _fit_pool(cfg, workers, nmem, plan.chunk_bytes, block_bytes, stream_bytes, say)
     for note in ((too_many,) if too_many else ()) + fit.warnings:
         say(note, 0)
     cfg = cfg._replace(workers=fit.workers)
@@ -240,9 +242,35 @@ def _prepare(cfg: DumpConfig, src: Source, say) -> tuple[DumpJob, list[str]]:
     say(f"plan: {plan.n_chunks} chunks of {plan.chunk_bytes >> 10} KiB, blocks of {block_bytes >> 10} KiB, "
         f"codec {cfg.codec}, {cfg.nworkers} worker(s), {nmem} member(s) round robin, "
         f"{fit.slots} buffer slots = {fit.slots * fit.slot_size / 2**20:.1f} MiB"
-        + (", O_DIRECT" if cfg.direct_io else ""))
+        + {True: ", O_DIRECT", False: ", buffered writes"}.get(cfg.direct_io, ""))
     job = DumpJob(cfg, src, plan, targets, block_bytes, fit.slots, fit.slot_size, level)
     return job, [n for n in (too_many,) + fit.warnings if n]
+
+
+def _fit_pool(cfg: DumpConfig, workers: int, nmem: int, chunk_bytes: int, block_bytes: int, stream_bytes: int,
+              say):
+    """resources.fit_pool for this dump.  O_DIRECT where taken (the default) needs a 4 MiB staging
+    buffer per writer; where that would cost a worker or a slot (a small --memory-limit, a capture
+    kernel's memory), the dump writes buffered instead: workers matter more than the copy saved."""
+    def fit(direct):
+        return fit_pool(workers, nmem, chunk_bytes, block_bytes, cfg.memory_limit, direct, stream_bytes=stream_bytes)
+    if cfg.direct_io is not None:
+        return cfg, fit(cfg.direct_io)
+    plain = fit(False)
+    try:
+        staged = fit(None)
+    except UsageError:
+        staged = None
+    if staged is not None and (staged.workers, staged.slots) >= (plain.workers, plain.slots):
+        return cfg, staged
+    say("buffered writes: O_DIRECT's staging buffers (4 MiB per target) would not leave the buffer pool "
+        "as many slots", 1)
+    return cfg._replace(direct_io=False), plain
+
+
+def _write_mode(t) -> str:
+    """How a target is written: "direct" (O_DIRECT), "buffered" (refused it, or --buffered), "stream"."""
+    return "stream" if t.stream else "direct" if t.direct else "buffered"
 
 
 def _s3_parts(cfg: DumpConfig, plan: Plan, block_bytes: int, say) -> tuple[DumpConfig, int]:

@@ -88,7 +88,7 @@ def fit_pool(workers: int, disks: int, chunk_bytes: int, block_bytes: int, memor
       then fewer slots.
     """
     slot = -(-record_bound(chunk_bytes, block_bytes) // SLOT_ALIGN) * SLOT_ALIGN
-    stage = (disks * STAGE_BYTES if direct_io else 0) + stream_bytes
+    stage = (disks * STAGE_BYTES if direct_io is not False else 0) + stream_bytes   # None: O_DIRECT may be taken
     avail = available_memory() if avail is None else avail
     as_room = address_space_room() if as_room is None else as_room
     notes = []

@@ -68,6 +68,7 @@ import time
 from ..errors import StripedumpError, TargetIOError, TargetRefused, UsageError
 from ..format.structs import STATE_INCOMPLETE
 from ..runtime.fileio import fsync_dir
+from .directio import O_DIRECT, is_direct, try_direct
 from .writer import SYNC_EVERY, MemberWriter, write_member_head
 from ..runtime.plain import Plain
 from ..remote.sshtarget import SCHEME, Remote, Sink, SshUrl, close_quietly
@@ -110,7 +111,7 @@ def probe_signature(head: bytes) -> str | None:
 
 class Target(Plain):
     __slots__ = ("path", "is_block", "existed", "fd", "capacity", "key", "stream", "remote", "sink",
-                 "real", "created")
+                 "real", "created", "direct")
 
     def __init__(self, path: str, is_block: bool, existed: bool, fd: int = -1,
                  capacity: int | None = None,   # bytes, for block devices
@@ -131,6 +132,7 @@ class Target(Plain):
         self.sink = sink
         self.real = real
         self.created = created
+        self.direct = False       # written with O_DIRECT (directio.py), once open
 
     def fds(self) -> tuple[int, ...]:
         """Every descriptor of this target the coordinator holds (a stream: its acknowledgements too)."""
@@ -248,7 +250,7 @@ def _read_signature(path: str) -> str | None:
 UDEV_LOCK_WAIT = 3.0   # seconds: udev holds a shared flock on a block device while it probes it
 
 
-def open_targets(targets: list[Target], min_size: int, direct: bool = False, force: bool = False,
+def open_targets(targets: list[Target], min_size: int, direct: bool | None = False, force: bool = False,
                  ssh_options: tuple[str, ...] = (), timeout: float = 60.0, s3=None) -> None:
     """Open, lock (canonical order, never waiting), re-check, then truncate every target.
 
@@ -258,11 +260,16 @@ def open_targets(targets: list[Target], min_size: int, direct: bool = False, for
     error every descriptor opened here is closed (releasing its lock), every
     ssh child ended, and nothing has been written or truncated.  The
     descriptors stay on the Targets, locked, until ``close_targets``.
+    ``direct``: True, opened with O_DIRECT (``--direct-io``: refused, an
+    error); None, O_DIRECT where a target takes it (directio.py); False, buffered.
     """
-    flags = os.O_WRONLY | getattr(os, "O_CLOEXEC", 0) | (getattr(os, "O_DIRECT", 0) if direct else 0)
+    flags = os.O_WRONLY | getattr(os, "O_CLOEXEC", 0) | (O_DIRECT if direct else 0)
     try:
         _open_streams([t for t in targets if t.stream], force, ssh_options, timeout, s3)
-        _open_and_lock([t for t in targets if not t.stream], flags, min_size, direct, force)
+        local = [t for t in targets if not t.stream]
+        _open_and_lock(local, flags, min_size, bool(direct), force)
+        for t in local:
+            t.direct = bool(direct) or (direct is None and try_direct(t.fd))
         for t in targets:
             if t.remote is not None:
                 t.remote.go()
@@ -529,7 +536,7 @@ class TargetSet:
         self.targets = targets
         self.headers: list = []          # each member's MemberHeader, once written
         self.start = 0                   # where the chunk records begin (first_record_offset)
-        self.direct = self.discard = False
+        self.direct_required = self.discard = False
 
     @classmethod
     def check(cls, paths, source_st: os.stat_result, force: bool) -> "TargetSet":
@@ -553,7 +560,7 @@ class TargetSet:
         io_timeout, discard, s3); the set is then the context manager that closes them."""
         open_targets(self.targets, min_size, cfg.direct_io, cfg.force, cfg.ssh_options, cfg.io_timeout,
                      cfg.s3)
-        self.direct, self.discard = cfg.direct_io, cfg.discard
+        self.direct_required, self.discard = cfg.direct_io is True, cfg.discard
         return self
 
     def __enter__(self) -> "TargetSet":
@@ -570,14 +577,14 @@ class TargetSet:
         """Every member's header block and manifest record; its chunk records begin at ``start``."""
         self.start = start
         for t, h in zip(self.targets, headers):
-            write_member_head(t.fd, t.path, h, manifest_rec, start, t.stream)
+            write_member_head(t.fd, t.path, h, manifest_rec, start, t.stream, self.direct_required)
+            t.direct = t.direct and is_direct(t.fd)      # its O_DIRECT write refused: buffered now
             self.headers.append(h)
 
     def writer(self, d: int) -> MemberWriter:
         """The writer of member ``d`` (a stream: append-only through its sink, never O_DIRECT)."""
         t = self.targets[d]
-        return MemberWriter(t.fd, t.path, self.headers[d], self.start, self.direct and not t.stream,
-                            self.discard, t.sink)
+        return MemberWriter(t.fd, t.path, self.headers[d], self.start, t.direct, self.discard, t.sink)
 
     def abandon(self, why: str) -> None:
         """The dump stopped before its first chunk: the member files it created are removed

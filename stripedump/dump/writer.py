@@ -20,6 +20,7 @@ from ..format.structs import (CHECKSUM_XXH3_64, HEADER_BLOCK, INDEX_EVERY, INDEX
                      STATE_WRITING, TRAILER_MAGIC, TRAILER_SIZE, VERSION, ChunkHeader, CodecTotal, Footer,
                      IndexEntry, MemberHeader, Trailer, pack_record, seal_chunk_header)
 from ..runtime.fileio import write_exact
+from .directio import DIRECT_ALIGN, buffered, write_head
 
 # for tests only: STRIPEDUMP_SYNC_EVERY=BYTES (read once, here) lowers the fdatasync interval so a
 # small dump has several sync barriers (tests/test_powerloss.py); anything but a positive integer is ignored
@@ -34,8 +35,7 @@ AUTO_KICK_EVERY = 1 << 20  # and start writeback after every MiB: a sync every 3
 # until the next kick (KICK_EVERY after it), which cost auto 16% on 30 MB/s loop devices (docs/benchmarks.md)
 SYNC_CHUNKS = 1 << 14      # also sync after this many chunks: bounds what the coordinator keeps per writer
 KICK_EVERY = 16 << 20      # start writeback early so the final fsync has little left to do
-DIRECT_ALIGN = 4096        # O_DIRECT offset and length alignment (logical block size or less)
-STAGE_BYTES = 4 << 20      # per-writer staging buffer for --direct-io     # machine-limits §4: buffered writes collapse past the dirty limit
+STAGE_BYTES = 4 << 20      # per-writer staging buffer for O_DIRECT     # machine-limits §4: buffered writes collapse past the dirty limit
 
 
 def write_all(fd: int, data, where: str, offset: int | None = None) -> None:
@@ -55,9 +55,10 @@ class MemberWriter:
       cache never holds more than that (machine-limits §4: past the dirty
       limit plain buffered writes collapse to a fifth of the disk's speed, and
       a capture kernel has no memory to spare);
-    * direct (``--direct-io``): the fd is O_DIRECT; records are gathered in
-      a page-aligned staging buffer and written in multiples of DIRECT_ALIGN,
-      the tail padded with zeros at the end;
+    * direct (the default where the target accepts O_DIRECT: directio.py):
+      the fd is O_DIRECT; records are gathered in a page-aligned staging
+      buffer and written in multiples of DIRECT_ALIGN; at the end the last
+      partial page is written buffered, so the member ends at its trailer;
     * either way ``fdatasync`` also every SYNC_CHUNKS chunks, and ``syncs``
       counts the syncs: the coordinator keeps the ids of the chunks since
       the last one, to send them elsewhere if the target fails (pipeline.py);
@@ -154,19 +155,24 @@ class MemberWriter:
                 self._flush_stage(final=False)
 
     def _flush_stage(self, final: bool) -> None:
+        """Write the staged bytes up to the last whole page (O_DIRECT); ``final``: the rest too,
+        buffered (the member's last partial page: no padding, the file ends where the trailer does)."""
         if not self._staged:
             return
-        n = self._staged if final else self._staged - self._staged % DIRECT_ALIGN
-        if final and n % DIRECT_ALIGN:
-            pad = DIRECT_ALIGN - n % DIRECT_ALIGN
-            self._stage[n:n + pad] = bytes(pad)
-            n += pad
+        n = self._staged - self._staged % DIRECT_ALIGN
         try:
             with memoryview(self._stage) as mv:
-                write_all(self.fd, mv[:n], f"target {self.path}", offset=self._stage_at)
-        except TargetIOError:
+                if n:
+                    write_all(self.fd, mv[:n], f"target {self.path}", offset=self._stage_at)
+                if final and n < self._staged:
+                    buffered(self.fd)
+                    write_all(self.fd, mv[n:self._staged], f"target {self.path}", offset=self._stage_at + n)
+                    n = self._staged
+        except (TargetIOError, OSError) as e:
             self.broken = True
-            raise
+            if isinstance(e, TargetIOError):
+                raise
+            raise TargetIOError(f"target {self.path}: {e.strerror}") from None
         self._stage_at += n
         while self._unwritten and self._unwritten[0][0] <= self._stage_at:
             self._unwritten.popleft()
@@ -210,6 +216,8 @@ class MemberWriter:
                 self._publish_io()   # --codec auto: time blocked in write() is the link's rate
         elif not self.discard:
             if self.since_sync >= self.sync_every or self.unsynced >= SYNC_CHUNKS:
+                if self.direct:           # what is staged too, but for its last partial page
+                    self._flush_stage(final=False)
                 self._sync_and_drop()
             elif not self.direct and self.pos - self.kicked_to >= self.kick_every:
                 self._advise_dontneed(self.kicked_to)
@@ -336,14 +344,16 @@ def new_member_header(dump_id: bytes, index: int, count: int, codec_id: int, cod
 
 
 def write_member_head(fd: int, path: str, header: MemberHeader, manifest_rec: bytes, start: int,
-                      stream: bool = False) -> None:
+                      stream: bool = False, direct_required: bool = False) -> None:
     """Write a new member's header block and manifest record at offset 0, in one write.
 
     ``start`` is where its first chunk record goes (``first_record_offset``);
     the bytes up to it are written too (zeros after the manifest), so no
     byte of an earlier dump on a reused device remains before the records.
     The file offset is left at ``start``.  ``stream``: written where the
-    stream is (it has just begun), not rewritten later.
+    stream is (it has just begun), not rewritten later.  ``direct_required``
+    (``--direct-io``): a target that refuses the head's O_DIRECT write is an
+    error, not written buffered.
     """
     if header.manifest_offset != HEADER_BLOCK or header.manifest_length != len(manifest_rec) \
             or start < HEADER_BLOCK + len(manifest_rec):
@@ -353,7 +363,7 @@ def write_member_head(fd: int, path: str, header: MemberHeader, manifest_rec: by
     if stream:
         write_all(fd, block, f"target {path}")
         return
-    write_all(fd, block, f"target {path}", 0)
+    write_head(fd, block, f"target {path}", direct_required)    # O_DIRECT refused: buffered (directio.py)
     os.lseek(fd, start, os.SEEK_SET)
 
 

@@ -41,10 +41,10 @@ CODEC, CHUNK, TIMEOUT = "zlib", "64K", 3
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="loop devices and FUSE aborts need root")
 
 
-# How the disk hangs: in the sync before the members are finalized (buffered writes of a
+# How the disk hangs: in the sync before the members are finalized (--buffered: the writes of a
 # small dump all land in the page cache), or mid-dump (--direct-io, uncompressed: the writer's
 # first 4 MiB staging flush never returns while the feed goes on).
-WAYS = {"at-final-sync": (CODEC, ()), "mid-dump": ("none", ("--direct-io",))}
+WAYS = {"at-final-sync": (CODEC, ("--buffered",)), "mid-dump": ("none", ("--direct-io",))}
 # ... or the target is a file on the FUSE file system itself, as on NFS: its writer hangs in
 # write(), and any process that closed a descriptor of it would hang in the flush too
 FILE_WAY = "file-on-fuse"
