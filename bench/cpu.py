@@ -1,7 +1,10 @@
 #!/usr/bin/env python3
 """CPU per GiB: stripedump's dump against makedumpfile's, on the real-kernel vmcores (issue 25).
 
-    .venv/bin/python bench/cpu.py --rounds 5 --json docs/bench/cpu-real.json
+    .venv/bin/python bench/cpu.py --rounds 5 --io both --json docs/bench/cpu-real.json
+    .venv/bin/python bench/cpu.py --per-chunk --rounds 7   # the coordinator's CPU per chunk (docs/scale.md)
+    .venv/bin/python bench/cpu.py --vmcore CORE --codec none --no-makedumpfile --workers 2 --io both \
+        --rounds 4 --json docs/bench/cpu-writers.json      # the writers' CPU, O_DIRECT vs buffered
 
 What it measures (issue 25, items 1, 2 and 7, and its central goal): the
 CPU seconds (user + system, every process of the command: ``os.wait4`` of
@@ -12,7 +15,11 @@ the command, which counts its reaped descendants) and the wall time of
 * ``stripedump dump --codec lzo --workers 1`` and ``--workers 2`` over two
   member files (``--json``: the CPU per role too: coordinator, workers,
   writers); with ``--io both`` each of them also with ``--buffered``
-  (item 2: the writers' CPU with and without O_DIRECT).
+  (item 2: the writers' CPU with and without O_DIRECT);
+* ``stripedump dump`` of a 4 MiB synthetic core: the fixed cost of a dump
+  (interpreter, imports, forks, heads, final syncs), which the table's
+  "beyond start" takes off each stripedump case's CPU before dividing by
+  the GiB of source: what a dump costs per GiB where the source is large.
 
 How: the sources are the real-kernel fixtures (tests/fixtures/make-real-vmcore.sh:
 ``/var/tmp/stripedump-real-vmcore/vmcore``, a freshly booted guest, and
@@ -51,6 +58,7 @@ import normalize_vmcore  # noqa: E402
 
 FIXTURES = ["/var/tmp/stripedump-real-vmcore/vmcore", "/var/tmp/stripedump-real-vmcore-workload/vmcore"]
 GIB = 1 << 30
+START = "stripedump start (4 MiB core)"
 
 
 def run(cmd: list[str], sync: str | None = None) -> tuple[float, float, str]:
@@ -76,18 +84,22 @@ def run(cmd: list[str], sync: str | None = None) -> tuple[float, float, str]:
 
 
 def cases(args, src: str, work: str) -> list[dict]:
-    sd = [str(args.stripedump), "dump", "--json", "-q", "--force", "--codec", "lzo"]
+    sd = [str(args.stripedump), "dump", "--json", "-q", "--force", "--codec", args.codec]
     members = f"{work}/m0,{work}/m1"
-    out = [
+    out = [] if args.no_makedumpfile else [
         {"key": "makedumpfile -l", "cmd": ["makedumpfile", "-d", "0", "-l", src, f"{work}/mdf"],
          "sync": f"{work}/mdf", "outputs": [f"{work}/mdf"]},
         {"key": "makedumpfile --num-threads 2 -l",
          "cmd": ["makedumpfile", "--num-threads", "2", "-d", "0", "-l", src, f"{work}/mdf2"],
          "sync": f"{work}/mdf2", "outputs": [f"{work}/mdf2"]},
     ]
+    # the fixed cost of a dump (interpreter, imports, forks, heads, syncs): a 4 MiB synthetic core,
+    # 2 workers; "beyond start" in the table is each stripedump case's CPU less this, per GiB
+    out.append({"key": START, "cmd": sd + ["--workers", "2", "--disks", f"{work}/s0,{work}/s1", args.tiny],
+                "sync": None, "outputs": [f"{work}/s0", f"{work}/s1"]})
     for io in (["", "--buffered"] if args.io == "both" else ["--buffered"] if args.io == "buffered" else [""]):
         for w in args.workers:
-            key = f"stripedump lzo {w}w" + (" buffered" if io else "")
+            key = f"stripedump {args.codec} {w}w" + (" buffered" if io else "")
             out.append({"key": key, "cmd": sd + ["--workers", str(w)] + ([io] if io else []) +
                         ["--disks", members, src], "sync": None, "outputs": [f"{work}/m0", f"{work}/m1"]})
     return out
@@ -123,11 +135,12 @@ def bench_source(args, raw: str) -> dict:
 
 def table(res: dict) -> str:
     size, runs = res["bytes"], res["runs"]
-    base = statistics.median(r["cpu"] for r in runs["makedumpfile -l"])
+    base = statistics.median(r["cpu"] for r in runs["makedumpfile -l"]) if "makedumpfile -l" in runs else 0
+    start = statistics.median(r["cpu"] for r in runs[START])
     lines = [f"### {res['source']} ({size / 1e6:.0f} MB)", "",
-             "| case | wall min / median s | CPU min / median s | CPU s per GiB | CPU vs makedumpfile -l "
-             "| coordinator / workers / writers CPU s (median) |",
-             "|---|---:|---:|---:|---:|---|"]
+             "| case | wall min / median s | CPU min / median s | CPU s per GiB | beyond start, per GiB "
+             "| CPU vs makedumpfile -l | coordinator / workers / writers CPU s (median) |",
+             "|---|---:|---:|---:|---:|---:|---|"]
     for key, rs in runs.items():
         walls, cpus = [r["wall"] for r in rs], [r["cpu"] for r in rs]
         med = statistics.median(cpus)
@@ -135,9 +148,34 @@ def table(res: dict) -> str:
         if rs and rs[0].get("roles") and "workers" in rs[0]["roles"]:
             roles = " / ".join(f"{statistics.median(r['roles'][k] for r in rs):.3f}"
                                for k in ("coordinator", "workers", "writers"))
+        beyond = f"{(med - start) / (size / GIB):.2f}" if key.startswith("stripedump") and key != START else ""
         lines.append(f"| {key} | {min(walls):.3f} / {statistics.median(walls):.3f} | {min(cpus):.3f} / {med:.3f} "
-                     f"| {med / (size / GIB):.2f} | {med / base:.2f}x | {roles} |")
+                     f"| {med / (size / GIB):.2f} | {beyond} | {f'{med / base:.2f}x' if base else ''} | {roles} |")
     return "\n".join(lines)
+
+
+def per_chunk(args) -> str:
+    """--per-chunk: the coordinator's and the writers' CPU per chunk at the highest chunk rate (a sparse
+    16 GiB synthetic core: every chunk a hole, so the workers do almost nothing), codec none, 2 workers,
+    2 members (issue 25, item 3; docs/scale.md)."""
+    src = os.path.join(args.dir, "sparse-16G.core")
+    if not os.path.exists(src):
+        subprocess.run([sys.executable, "-c", "from stripedump.tools import synth; "
+                        f"synth.build({src!r}, [synth.Load(0, 16 << 30)], content=None)"], check=True, cwd=REPO)
+    members = [os.path.join(args.dir, f"pc{i}") for i in range(2)]
+    rows = []
+    for rnd in range(args.rounds):
+        _, _, out = run([str(args.stripedump), "dump", "--json", "-q", "--force", "--codec", "none", "--workers",
+                         "2", "--disks", ",".join(members), src])
+        j = json.loads(out)
+        c, n = j["cpu_seconds"], j["chunks"]
+        rows.append((c["coordinator"] / n * 1e6, c["writers"] / n * 1e6, n, j["seconds"]))
+        print(f"bench/cpu.py: per chunk, round {rnd + 1}: coordinator {rows[-1][0]:.1f} us, writers "
+              f"{rows[-1][1]:.1f} us ({n} chunks, {j['seconds']:.2f} s)", file=sys.stderr)
+    co, wr = sorted(r[0] for r in rows), sorted(r[1] for r in rows)
+    return (f"per chunk ({rows[0][2]} chunks, {args.rounds} rounds): coordinator min {co[0]:.1f} / median "
+            f"{statistics.median(co):.1f} us of CPU; writers (both) min {wr[0]:.1f} / median "
+            f"{statistics.median(wr):.1f} us")
 
 
 def main(argv=None) -> int:
@@ -150,8 +188,21 @@ def main(argv=None) -> int:
     ap.add_argument("--dir", default="/var/tmp/stripedump-cpu-bench")
     ap.add_argument("--drop", action="store_true", help="remove the normalized sources afterwards")
     ap.add_argument("--stripedump", default=str(REPO / ".venv" / "bin" / "stripedump"))
+    ap.add_argument("--codec", default="lzo", help="stripedump's codec (default lzo, as makedumpfile -l)")
+    ap.add_argument("--no-makedumpfile", action="store_true",
+                    help="stripedump only (a source makedumpfile cannot read, e.g. a synthetic core)")
+    ap.add_argument("--per-chunk", action="store_true",
+                    help="only the coordinator's and writers' CPU per chunk, on a sparse 16 GiB core")
     ap.add_argument("--json")
     args = ap.parse_args(argv)
+    os.makedirs(args.dir, exist_ok=True)
+    if args.per_chunk:
+        print(per_chunk(args))
+        return 0
+    args.tiny = os.path.join(args.dir, "start-4M.core")
+    if not os.path.exists(args.tiny):
+        subprocess.run([sys.executable, "-m", "stripedump.tools.synth", "--size", "4M", args.tiny], check=True,
+                       cwd=REPO, stdout=subprocess.DEVNULL)
     sources = args.vmcore or [p for p in FIXTURES if os.path.exists(p)]
     if not sources:
         raise SystemExit("bench/cpu.py: no real-kernel fixture; build it (tests/fixtures/make-real-vmcore.sh) "
