@@ -28,7 +28,7 @@ def _dump(src: str, members: list[str], *opts) -> tuple[dict, float]:
 
 
 def test_cpu_seconds_per_role_add_up_to_what_the_kernel_counted(tmp_path):
-    big = synth.build(str(tmp_path / "big"), [synth.Load(0, 128 << 20)]).path
+    big = synth.build(str(tmp_path / "big"), [synth.Load(0, 256 << 20)]).path
     tiny = synth.build(str(tmp_path / "tiny"), [synth.Load(0, 1 << 20)]).path
     members = [str(tmp_path / "m0"), str(tmp_path / "m1")]
     cpu, spent = _dump(big, members, "--codec", "lzo", "--workers", "2")
@@ -38,10 +38,13 @@ def test_cpu_seconds_per_role_add_up_to_what_the_kernel_counted(tmp_path):
     assert abs(sum(cpu["each_worker"]) - cpu["workers"]) < 0.001
     assert abs(sum(cpu["each_writer"]) - cpu["writers"]) < 0.001
     assert abs(cpu["coordinator"] + cpu["workers"] + cpu["writers"] + cpu["other"] - cpu["total"]) < 0.001
-    assert cpu["workers"] > cpu["writers"]              # lzo over 128 MiB: the codec is the work
+    assert cpu["workers"] > cpu["writers"]              # lzo over 256 MiB: the codec is the work
     # what the dump does not count is the interpreter's start and its imports: as much for a dump
     # of one chunk as for this one (the kernel's count of each process tree, measured from here)
     small, small_spent = _dump(tiny, [str(tmp_path / "t0"), str(tmp_path / "t1")], "--codec", "lzo")
     assert cpu["total"] <= spent + 0.01
     start_up = small_spent - small["total"]
-    assert abs((spent - cpu["total"]) - start_up) < 0.05 + 0.1 * spent, (cpu, spent, small, small_spent)
+    # (a busy machine moves a start-up by some 0.1 s; a role left out would be off by far more: the
+    # workers alone are most of the total)
+    assert abs((spent - cpu["total"]) - start_up) < 0.1 + 0.15 * spent, (cpu, spent, small, small_spent)
+    assert cpu["workers"] > 0.1 + 0.15 * spent
