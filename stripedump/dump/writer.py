@@ -216,8 +216,6 @@ class MemberWriter:
                 self._publish_io()   # --codec auto: time blocked in write() is the link's rate
         elif not self.discard:
             if self.since_sync >= self.sync_every or self.unsynced >= SYNC_CHUNKS:
-                if self.direct:           # what is staged too, but for its last partial page
-                    self._flush_stage(final=False)
                 self._sync_and_drop()
             elif not self.direct and self.pos - self.kicked_to >= self.kick_every:
                 self._advise_dontneed(self.kicked_to)
@@ -248,6 +246,8 @@ class MemberWriter:
 
     def _sync_and_drop(self) -> None:
         t0, c0 = time.monotonic(), time.process_time()
+        if self.direct and not self.discard:    # what is staged too, but for its last partial page (timed
+            self._flush_stage(final=False)      # with the sync: --codec auto learns the disk's rate from both)
         self._sync(data_only=True)
         if self.io_stats is not None:
             self._io_secs += time.monotonic() - t0
@@ -284,8 +284,6 @@ class MemberWriter:
             if self.sink.poll():
                 self._stream_acked()
             return
-        if self.direct and not self.discard:
-            self._flush_stage(final=False)
         self._sync_and_drop()
 
     def pending_chunks(self) -> int:
