@@ -23,7 +23,7 @@ RUNTIME_APT_PACKAGES = libfuse3-3 fuse3
 # (tests/helpers/sshd.py); iproute2: tc for the network benchmark; openssl: the s3:// tests' TLS
 # certificates (their S3 store itself, SeaweedFS, comes with the test extra: tests/helpers/seaweed.py).
 TEST_APT_PACKAGES = makedumpfile crash python3-libkdumpfile libfuse2 strace openssh-client util-linux \
-	coreutils iproute2 openssl
+	coreutils iproute2 openssl man-db bsdextrautils
 
 .PHONY: setup system-deps test-deps demo test bench e2e lock deb e2e-debian clean
 

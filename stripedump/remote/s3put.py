@@ -54,7 +54,7 @@ import signal
 import threading
 import time
 
-from ..errors import TargetIOError, TargetRefused
+from ..errors import TargetIOError, TargetRefused, UsageError
 from ..format.structs import HEADER_BLOCK, TRAILER_SIZE, MemberHeader, Trailer
 from .s3url import S3Options, S3Url, error_code, make_client, say
 
@@ -218,6 +218,9 @@ def serve(url: str, opts: S3Options, force: bool, timeout: float, fd_in: int = 0
         up.check()
     except TargetRefused as e:
         answer(f"refused {_tail(e, url)}")
+        return 1
+    except UsageError as e:          # the S3 configuration itself (a profile that does not exist)
+        answer(f"usage {_tail(e, url)}")
         return 1
     except Exception as e:
         if up is not None:

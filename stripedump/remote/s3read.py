@@ -18,7 +18,7 @@ of a local file, as sshread.py does for ``ssh://``: ``size``,
   ``prefetch`` fetches its ranges with up to ``PARALLEL`` GETs at once
   (ranges closer than ``GAP`` merged into one), so index records come in
   batches of ``PREFETCH_GROUP``; a small read outside what is held fetches
-  ``READAHEAD`` bytes from there on (walking an unfinished member's records).
+  ``held.READAHEAD`` bytes from there on (walking an unfinished member's records).
 * Memory: the head and tail kept, plus the last prefetch or read-ahead (at
   most ``PREFETCH_GROUP`` index records, or the records of one read pool
   batch): a bounded cache, as for ``ssh://``.
@@ -38,11 +38,11 @@ import os
 import threading
 
 from ..errors import MemberError, RemoteError, UsageError
+from .held import HeldReads
 from .s3url import S3Options, S3Url, error_code, is_auth, is_gone, make_client, say
 
 HEAD = 256 << 10             # read at open: the header and the manifest
 TAIL = 64 << 10              # read at open: trailer, footer and the last index record
-READAHEAD = 1 << 20          # a small read outside what is held fetches this much from there on
 PREFETCH_GROUP = 64          # index records asked for at once
 PARALLEL = 8                 # GETs in flight for one prefetch
 GAP = 64 << 10               # prefetch ranges closer than this are fetched as one
@@ -77,15 +77,15 @@ def _client(at: S3Url):
             return got[1]
     try:
         c = make_client(at, _settings, CONNECT_TIMEOUT, READ_TIMEOUT, pool=PARALLEL + 2)
-    except UsageError as e:
-        raise MemberError(f"member {at}: {e}") from None
+    except UsageError as e:          # the S3 configuration refused (a profile not found): exit 2
+        raise UsageError(f"member {at}: {e}") from None
     STATS["clients"] += 1
     with _lock:
         _clients[key] = (os.getpid(), c)
     return c
 
 
-class S3File:
+class S3File(HeldReads):
     """One member read with ranged GETs: ``size``, ``pread``, ``prefetch``, ``close`` (thread-safe)."""
 
     PREFETCH_GROUP = PREFETCH_GROUP
@@ -100,9 +100,7 @@ class S3File:
             raise MemberError(str(e)) from None
         self.size = -1
         self.etag: str | None = None
-        self._keep: list[tuple[int, bytes]] = []
-        self._spans: list[tuple[int, bytes]] = []
-        self._lock = threading.Lock()
+        HeldReads.__init__(self)
         first = self._get(0, HEAD if head else 1, opening=True)
         if not head:
             return
@@ -116,8 +114,9 @@ class S3File:
         if length <= 0:
             return b""
         kw = {"IfMatch": self.etag} if self.etag else {}
+        client = _client(self.at)          # outside the try: a UsageError stays one (exit 2)
         try:
-            r = _client(self.at).get_object(Bucket=self.at.bucket, Key=self.at.key,
+            r = client.get_object(Bucket=self.at.bucket, Key=self.at.key,
                                             Range=f"bytes={offset}-{offset + length - 1}", **kw)
             data = r["Body"].read()
         except Exception as e:
@@ -146,24 +145,8 @@ class S3File:
             return RemoteError(f"{where}: {say(e)}")
         return RemoteError(f"{where}: {say(e)}", absent=is_gone(e))
 
-    def _held(self, offset: int, length: int) -> bytes | None:
-        for off, data in (*self._keep, *self._spans):
-            if off <= offset and offset + length <= off + len(data):
-                return data[offset - off:offset - off + length]
-        return None
-
-    def pread(self, offset: int, length: int) -> bytes:
-        """``length`` bytes at ``offset`` (fewer only at the end of the object)."""
-        with self._lock:
-            data = self._held(offset, length)
-            if data is not None:
-                return data
-            if length < READAHEAD // 4:
-                n = min(READAHEAD, self.size - offset)
-                if n > length:
-                    self._spans = [(offset, self._get(offset, n))]
-                    return self._spans[0][1][:length]
-            return self._get(offset, length)
+    def _fetch_one(self, offset: int, length: int) -> bytes:
+        return self._get(offset, length)
 
     def prefetch(self, ranges: list[tuple[int, int]]) -> None:
         """Fetch these ranges (merged where close, several GETs at once); reads inside them are then

@@ -23,9 +23,9 @@ import os
 import signal
 import time
 
-from ..errors import TargetIOError, TargetRefused
+from ..errors import TargetIOError
 from .s3url import S3Options, S3Url
-from .sshtarget import PIPE_BYTES, close_quietly, last_line, read_all, read_some
+from .sshtarget import PIPE_BYTES, close_pipes, last_line, read_all, read_some, ready_answer
 
 
 class S3Remote:
@@ -77,14 +77,7 @@ class S3Remote:
                 raise TargetIOError(f"target {self.url}: {why}")
             self._buf += data
         line, self._buf = self._buf.split(b"\n", 1)
-        word, _, why = line.decode("utf-8", "replace").partition(" ")
-        if word == "ready":
-            return
-        if word == "refused":
-            raise TargetRefused(f"target {self.url}: {why}")
-        if word == "error":
-            raise TargetIOError(f"target {self.url}: {why}")
-        raise TargetIOError(f"target {self.url}: unexpected answer from its uploader: {line[:80]!r}")
+        ready_answer(self.url, line, "its uploader")
 
     def go(self) -> None:
         try:
@@ -94,9 +87,7 @@ class S3Remote:
 
     def end(self, wait: float) -> None:
         """Reap the uploader (its writer is done with it); kill it after ``wait`` seconds."""
-        for fd in ("fd", "ack", "err"):
-            close_quietly(getattr(self, fd))
-            setattr(self, fd, -1)
+        close_pipes(self)
         if not self._reap(wait):
             try:
                 os.kill(self.pid, signal.SIGKILL)

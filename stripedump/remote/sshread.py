@@ -31,7 +31,7 @@ else in stripedump speaks SSH on the read side.
   first ``HEAD`` and last ``TAIL`` bytes together: header, manifest,
   trailer, footer and the last index record of a finalized member), and
   ``prefetch`` lets the index records come in batches of ``PREFETCH_GROUP``.
-  A small read outside what is held fetches ``READAHEAD`` bytes, so walking
+  A small read outside what is held fetches ``held.READAHEAD`` bytes, so walking
   an unfinished member's records is not one round trip per record head.
 * One connection per host (user, address, port) per process, shared by the
   members there; requests on one connection are serialized by its lock
@@ -61,12 +61,12 @@ import socket
 import threading
 
 from ..errors import MemberError, RemoteError, UsageError
+from .held import HeldReads
 from .sshtarget import SCHEME, SshUrl
 
 REQUEST = 32768              # bytes per SFTP read request: what every server answers whole (paramiko's own size)
 HEAD = 256 << 10             # read at open: the header and the manifest (a real kernel's: 20-90 KiB)
 TAIL = 64 << 10              # read at open: trailer, footer and the last index record (28 KiB)
-READAHEAD = 1 << 20          # a small read outside what is held fetches this much from there on
 PREFETCH_GROUP = 64          # index records asked for in one round trip (64 x 28 KiB)
 CONNECT_TIMEOUT = 15.0       # seconds, unless ConnectTimeout says otherwise
 IO_TIMEOUT = 120.0           # seconds without an answer on an open connection: the host is gone
@@ -321,7 +321,7 @@ def before_fork() -> None:
 
 # -- files ----------------------------------------------------------------------
 
-class RemoteFile:
+class RemoteFile(HeldReads):
     """One member read over SFTP: ``size``, ``pread``, ``prefetch``, ``close`` (thread-safe)."""
 
     PREFETCH_GROUP = PREFETCH_GROUP
@@ -334,9 +334,7 @@ class RemoteFile:
         self.size = -1
         self._conn: _Conn | None = None
         self._handle: bytes | None = None
-        self._keep: list[tuple[int, bytes]] = []      # head and tail: read at open, kept
-        self._spans: list[tuple[int, bytes]] = []     # the last prefetch or read-ahead
-        self._lock = threading.Lock()
+        HeldReads.__init__(self)
         with self._lock:
             self._open()
             if not head:
@@ -464,24 +462,8 @@ class RemoteFile:
             raise
         return msg.get_string() if t == CMD_DATA else b""
 
-    def _held(self, offset: int, length: int) -> bytes | None:
-        for off, data in (*self._keep, *self._spans):
-            if off <= offset and offset + length <= off + len(data):
-                return data[offset - off:offset - off + length]
-        return None
-
-    def pread(self, offset: int, length: int) -> bytes:
-        """``length`` bytes at ``offset`` (fewer only at the end of the file)."""
-        with self._lock:
-            data = self._held(offset, length)
-            if data is not None:
-                return data
-            if length < READAHEAD // 4:
-                n = min(READAHEAD, self.size - offset)
-                if n > length:
-                    self._spans = [(offset, self._fetch([(offset, n)])[0])]
-                    return self._spans[0][1][:length]
-            return self._fetch([(offset, length)])[0]
+    def _fetch_one(self, offset: int, length: int) -> bytes:
+        return self._fetch([(offset, length)])[0]
 
     def prefetch(self, ranges: list[tuple[int, int]]) -> None:
         """Fetch these ranges in one round trip; reads inside them are then served from memory

@@ -231,16 +231,9 @@ class Remote:
                 raise TargetIOError(f"target {self.url}: cannot reach host {self.host()}: {why}")
             self._buf += data
         line, self._buf = self._buf.split(b"\n", 1)
-        word, _, why = line.decode("utf-8", "replace").partition(" ")
-        if word == "ready":
-            self.avail = int(why) if why.strip().isdigit() else None
-            return
-        if word == "refused":
-            raise TargetRefused(f"target {self.url}: {why}")
-        if word == "error":
-            raise TargetIOError(f"target {self.url}: {why}")
-        raise TargetIOError(f"target {self.url}: unexpected answer from host {self.host()}: {line[:80]!r}"
-                            " (does the remote account's shell print something at login?)")
+        why = ready_answer(self.url, line, f"host {self.host()}", " (does the remote account's shell "
+                           "print something at login?)")
+        self.avail = int(why) if why.strip().isdigit() else None
 
     def go(self) -> None:
         try:
@@ -251,14 +244,34 @@ class Remote:
     def end(self, wait: float) -> None:
         """Reap the ssh child (its writer is done with it); kill it after ``wait`` seconds."""
         import subprocess
-        for fd in ("fd", "ack", "err"):
-            close_quietly(getattr(self, fd))
-            setattr(self, fd, -1)
+        close_pipes(self)
         try:
             self.proc.wait(timeout=wait)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+
+
+def ready_answer(url: str, line: bytes, who: str, hint: str = "") -> str:
+    """Phase 1's answer from a target's child (``ready [ARG]``): ARG, or the refusal, the error or
+    the usage error (an S3 configuration) it names, raised with the target's URL."""
+    word, _, why = line.decode("utf-8", "replace").partition(" ")
+    if word == "ready":
+        return why
+    if word == "refused":
+        raise TargetRefused(f"target {url}: {why}")
+    if word == "error":
+        raise TargetIOError(f"target {url}: {why}")
+    if word == "usage":
+        raise UsageError(f"target {url}: {why}")
+    raise TargetIOError(f"target {url}: unexpected answer from {who}: {line[:80]!r}{hint}")
+
+
+def close_pipes(remote) -> None:
+    """Close a remote's stream and answer pipes (``fd``, ``ack``, ``err``) and mark them closed."""
+    for fd in ("fd", "ack", "err"):
+        close_quietly(getattr(remote, fd))
+        setattr(remote, fd, -1)
 
 
 class Sink:

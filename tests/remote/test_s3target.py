@@ -223,8 +223,13 @@ def test_a_profile_names_its_own_endpoint_and_credentials(s3_store, tmp_path, vm
         out = tmp_path / "joined"
         j = sd(st, "join", "s3://crash@sd-b/m1", "s3://crash@sd-a/m0", "-o", out, env=env)
         assert j.rc == 0 and same(out, src.path), j
-        res = sd(st, "dump", "--disks", "s3://nosuchprofile@sd-a/m2", src.path, env=env)
-        assert_one_line_error(res, 5, "profile (nosuchprofile) could not be found")
+        # a profile that is not in the config is the user's configuration: a usage error (2), on
+        # both sides, and nothing written
+        res = sd(st, "dump", "--disks", f"s3://nosuchprofile@sd-a/m2,{tmp_path / 'm3'}", src.path, env=env)
+        assert_one_line_error(res, 2, "profile (nosuchprofile) could not be found")
+        assert not (tmp_path / "m3").exists()
+        res = sd(st, "info", "s3://nosuchprofile@sd-a/m0", env=env)
+        assert_one_line_error(res, 2, "member s3://nosuchprofile@sd-a/m0: the S3 configuration")
     finally:
         for p in (st.config_file, st.credentials_file):
             open(p, "w").close()
