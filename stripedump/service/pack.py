@@ -15,7 +15,8 @@ runs stripedump, copies into STAGE at their absolute paths on this machine:
     and the extension modules for Tk, SQLite, OpenSSL, curses, readline and
     dbm (SKIP_DYNLOAD: their libraries are large and a dump never loads them);
   * SITE: the stripedump package (every .py file of every sub-package, so an
-    editable install works too) and the files of its runtime dependencies;
+    editable install works too, byte-compiled there as unchecked-hash .pyc)
+    and the files of its runtime dependencies;
   * LAUNCHER: a sh launcher (python -I, SITE on sys.path);
   * the libraries every copied ELF file needs; ELF files are stripped of
     symbols (strip --strip-unneeded) when strip is installed.
@@ -189,6 +190,19 @@ class Packer:
                 dst = None if dst_top is None else os.path.join(dst_top, os.path.relpath(src, top))
                 self.copy(src, dst, part=part)
 
+    def compile(self, top: str, part: str) -> None:
+        """Byte-compile the .py files under STAGE/TOP, as unchecked-hash .pyc: the capture kernel's
+        Python then compiles nothing at a dump's start (0.15-0.2 CPU s for stripedump's modules,
+        docs/benchmarks.md) and never compares a source's time with the initramfs' own."""
+        import compileall
+        import py_compile
+        root = self.stage + top
+        before = _tree_bytes(root)
+        if not compileall.compile_dir(root, quiet=2, workers=1,
+                                      invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH):
+            raise WiringError(f"pack: cannot byte-compile {top}")
+        self.bytes[part] = self.bytes.get(part, 0) + _tree_bytes(root) - before
+
     def libraries(self) -> None:
         """Copy the shared libraries (and loader) of every ELF file copied so far."""
         seen = 0
@@ -215,6 +229,10 @@ class Packer:
             self.bytes[part] -= before - os.path.getsize(out)
 
 
+def _tree_bytes(top: str) -> int:
+    return sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(top) for f in fs)
+
+
 def pack(stage: str, lock: str, extra: list[str] = (), strip: bool = True) -> dict:
     """Pack into STAGE (see the module docstring); the JSON-able summary."""
     dists = runtime_dists(skip=frozenset(CAPTURE_UNNEEDED))
@@ -232,6 +250,7 @@ def pack(stage: str, lock: str, extra: list[str] = (), strip: bool = True) -> di
 
     pkg = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))    # this stripedump
     p.tree(pkg, "stripedump", {"__pycache__"}, f"{SITE}/stripedump", re.compile(r"\.py$"))
+    p.compile(f"{SITE}/stripedump", "stripedump")
     for key, dist in sorted(dists.items()):
         if key == "stripedump":
             continue

@@ -100,3 +100,35 @@ def test_a_dump_never_imports_what_the_initramfs_leaves_out(tmp_path, vmcore, cl
               without=tuple(CAPTURE_UNNEEDED))
     assert res.rc == 0, res
     assert cli("verify", f"{tmp_path}/m0", f"{tmp_path}/m1").rc == 0
+
+
+def test_the_packed_package_is_byte_compiled_and_imports_without_compiling(tmp_path):
+    """The capture kernel's Python imports stripedump from unchecked-hash .pyc made at pack time:
+    every module has one, and an import from the stage writes nothing and reads no source
+    (the .py files are emptied after packing: a stale-source check would recompile them)."""
+    import re
+    import subprocess
+    from stripedump.service.pack import SITE, Packer
+    pkg = os.path.join(ROOT, "stripedump")
+    p = Packer(str(tmp_path), strip=False)
+    p.tree(pkg, "stripedump", {"__pycache__"}, f"{SITE}/stripedump", re.compile(r"\.py$"))
+    p.compile(f"{SITE}/stripedump", "stripedump")
+    top = str(tmp_path) + f"{SITE}/stripedump"
+    tag = sys.implementation.cache_tag
+    sources = [os.path.join(r, f) for r, _, fs in os.walk(top) for f in fs if f.endswith(".py")]
+    assert len(sources) > 40
+    for src in sources:
+        pyc = os.path.join(os.path.dirname(src), "__pycache__", f"{os.path.basename(src)[:-3]}.{tag}.pyc")
+        with open(pyc, "rb") as f:
+            assert int.from_bytes(f.read(8)[4:], "little") == 0b01, pyc     # hash-based, unchecked
+    for src in sources:
+        open(src, "w").close()
+    before = {os.path.join(r, f) for r, _, fs in os.walk(top) for f in fs}
+    r = subprocess.run([sys.executable, "-I", "-c", f"import sys; sys.path.insert(0, {str(tmp_path) + SITE!r}); "
+                        "import stripedump.cli, stripedump.dump.coordinator, stripedump.read.join; "
+                        "print(stripedump.cli.__file__, stripedump.cli.main.__name__, stripedump.dump.coordinator.dump.__name__)"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr            # the emptied sources have no main(): the .pyc were used
+    where, *names = r.stdout.split()
+    assert where.startswith(str(tmp_path)) and names == ["main", "dump"], r.stdout
+    assert {os.path.join(r_, f) for r_, _, fs in os.walk(top) for f in fs} == before
